@@ -1,0 +1,59 @@
+/* evl.c - error classes and aborting allocation helpers (see evl.h). */
+#include "evl.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *evl_err_name(evl_err e)
+{
+    switch (e) {
+    case EVL_OK: return "ok";
+    case EVL_ETRANSIENT: return "transient";
+    case EVL_EPERMANENT: return "permanent";
+    case EVL_EFATAL: return "fatal";
+    }
+    return "unknown";
+}
+
+evl_err evl_seterr(char *err, size_t errlen, evl_err cls, const char *fmt, ...)
+{
+    if (err && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return cls;
+}
+
+static void oom(size_t n)
+{
+    fprintf(stderr, "evlua: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *evl_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        oom(n);
+    return p;
+}
+
+void *evl_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        oom(n);
+    return q;
+}
+
+char *evl_xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = evl_xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}

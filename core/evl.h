@@ -1,0 +1,45 @@
+/*
+ * evl.h - what every evlua module shares: the error classes and small
+ * helpers for caller-owned error buffers.
+ *
+ * A fallible function returns EVL_OK or the class of its failure, so the
+ * caller can act without parsing text: retry a transient error, park the
+ * aggregate on a permanent one, exit on a fatal one. The human-readable
+ * detail goes into a buffer the caller owns (err, errlen), so reporting
+ * never allocates.
+ */
+#ifndef EVL_H
+#define EVL_H
+
+#include <stddef.h>
+
+typedef enum evl_err {
+    EVL_OK = 0,
+    EVL_ETRANSIENT = 1, /* may succeed if tried again: retry with backoff */
+    EVL_EPERMANENT = 2, /* this input will never succeed: reject or park */
+    EVL_EFATAL = 3      /* the process cannot go on: log and exit */
+} evl_err;
+
+/* Size of the error buffers callers keep on their stack. */
+#define EVL_ERRLEN 512
+
+/* "transient", "permanent", "fatal" or "ok". Never NULL. */
+const char *evl_err_name(evl_err e);
+
+/* snprintf into err (when err is non-NULL and errlen > 0), then return
+ * cls. Lets error paths read `return evl_seterr(err, errlen, EVL_EPERMANENT,
+ * "...", ...);`. */
+evl_err evl_seterr(char *err, size_t errlen, evl_err cls, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/* malloc/realloc/strdup that abort the process on exhaustion (the C heap
+ * running out is not something evlua can recover from; only the capped
+ * Lua allocator returns NULL). */
+void *evl_xmalloc(size_t n);
+void *evl_xrealloc(void *p, size_t n);
+char *evl_xstrdup(const char *s);
+
+#endif

@@ -1,0 +1,103 @@
+/*
+ * json.h - exact conversion between JSON text and Lua values.
+ *
+ * Parsing is done by cJSON; this module walks its tree onto the Lua stack
+ * and adds what cJSON lacks:
+ *
+ *   - integers stay integers and floats stay floats: a JSON number written
+ *     without '.', 'e' or 'E' becomes a Lua integer (exact, from its text),
+ *     any other number a Lua float. Following I-JSON (RFC 7493), an integer
+ *     outside +-(2^53 - 1) and a number that overflows a double (1e400) are
+ *     rejected: send such values as strings.
+ *   - JSON null is the evlua.null sentinel (a light userdata, NULL), so a
+ *     null inside an array or object keeps its place.
+ *   - arrays carry a marker metatable, so `[]` and `{}` survive a round
+ *     trip; a decoded object has no metatable.
+ *   - every string and key must be valid UTF-8 (no lone surrogates, no
+ *     overlong forms); nesting is limited (EVL_JSON_MAX_DEPTH).
+ *
+ * Encoding is written directly (no cJSON tree):
+ *   nil or evlua.null -> null; booleans; integers exactly ("%lld");
+ *   floats with 17 significant digits, always with a '.' or exponent so
+ *   they decode as floats again; NaN and +-inf are errors; strings must be
+ *   valid UTF-8 and are escaped; a table with the array marker, or whose
+ *   keys are exactly 1..n (n > 0), is an array; a table whose keys are all
+ *   strings is an object (keys sorted, so equal tables encode equally); an
+ *   empty table without the marker is {}; anything else (sparse arrays,
+ *   mixed keys, functions, userdata, threads, cycles, nesting deeper than
+ *   EVL_JSON_MAX_DEPTH) is an error naming the offending path, e.g.
+ *   "data.items[3]: cannot encode a function as JSON".
+ *
+ * Uses cJSON and the Lua C API. No global state but the registry entry
+ * that holds the array metatable.
+ *
+ * @locality any thread, each on its own lua_State.
+ */
+#ifndef EVL_JSON_H
+#define EVL_JSON_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+#include "evl.h"
+
+#define EVL_JSON_MAX_DEPTH 128
+
+/* Decode len bytes of JSON text (one value, surrounding white space
+ * allowed, nothing after it) and push the value onto L.
+ * Returns EVL_OK with exactly one value pushed, or EVL_EPERMANENT with
+ * nothing pushed and a message in err ("invalid JSON at byte 17",
+ * "integer 9007199254740993 at byte 9 is outside +-2^53 (I-JSON): send it as
+ * a string", "invalid UTF-8 in string at byte 4", "nesting deeper than 128
+ * at byte 129"). Never raises a Lua error except on memory exhaustion of L
+ * (which the caller's pcall catches).
+ * @locality the thread that owns L. */
+evl_err evl_json_decode(lua_State *L, const char *s, size_t len, char *err,
+                        size_t errlen);
+
+/* A growable byte buffer owned by the caller; the encoder appends to it.
+ * Initialise with {0}; free data with free() (or keep it for reuse). */
+typedef struct evl_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} evl_buf;
+
+void evl_buf_put(evl_buf *b, const void *p, size_t n);
+void evl_buf_puts(evl_buf *b, const char *s);
+void evl_buf_putc(evl_buf *b, char c);
+void evl_buf_free(evl_buf *b); /* frees data and zeroes b; accepts NULL */
+
+/* Append the JSON text of the value at index idx of L to out (which is
+ * not NUL-terminated by the encoder; out->len grows). On error out->len is
+ * restored to what it was and the message (with the path of the bad value)
+ * is in err; returns EVL_EPERMANENT. Does not raise Lua errors, does not
+ * change the stack (may use a few slots temporarily: the caller must leave
+ * room via lua_checkstack, which this function also calls).
+ * @locality the thread that owns L. */
+evl_err evl_json_encode(lua_State *L, int idx, evl_buf *out, char *err,
+                        size_t errlen);
+
+/* Push the evlua.null sentinel; is the value at idx the sentinel? */
+void evl_json_push_null(lua_State *L);
+int evl_json_is_null(lua_State *L, int idx);
+
+/* Push the array marker metatable (created in the registry on first use,
+ * with __name = "evlua.json.array"). Setting it on a table makes the
+ * encoder write it as an array even when empty. */
+void evl_json_push_array_mt(lua_State *L);
+
+/* Is the string of len bytes valid UTF-8 (RFC 3629: no surrogates, no
+ * overlong forms, nothing above U+10FFFF)? Returns -1 when valid, else the
+ * byte offset of the first bad byte. */
+long evl_utf8_check(const char *s, size_t len);
+
+/* Lua module functions, for the evlua table (luaapi) and the busted
+ * module: evlua.json.encode(v) -> string, evlua.json.decode(s) -> value.
+ * Both raise a Lua error with the message on bad input. Pushes a table
+ * {encode=, decode=, null=, array=} where array(t) sets the marker on t
+ * and returns t. */
+int evl_json_open(lua_State *L);
+
+#endif

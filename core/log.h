@@ -1,0 +1,46 @@
+/*
+ * log.h - one line per event on stderr, in logfmt:
+ *
+ *   ts=2026-11-28T17:55:11.123Z level=info msg="scripts loaded" hash=ab12
+ *
+ * Fields are string key/value pairs; values are quoted and escaped when
+ * they need it, so a line always parses back. Each line is formatted in a
+ * stack buffer and written with one write(2), so lines from different
+ * threads never interleave. Does not allocate.
+ *
+ * @locality any thread.
+ */
+#ifndef EVL_LOG_H
+#define EVL_LOG_H
+
+#include <stdarg.h>
+
+typedef enum evl_log_level {
+    EVL_LOG_DEBUG = 0,
+    EVL_LOG_INFO = 1,
+    EVL_LOG_WARN = 2,
+    EVL_LOG_ERROR = 3
+} evl_log_level;
+
+/* Lines below lvl are dropped. Default: EVL_LOG_INFO, or the level named
+ * by the environment variable EVLUA_LOG_LEVEL when set. */
+void evl_log_set_level(evl_log_level lvl);
+evl_log_level evl_log_get_level(void);
+
+/* "debug", "info", "warn", "error" -> level; -1 for anything else. */
+int evl_log_parse_level(const char *name);
+
+/* Log msg with fields given as NULL-terminated pairs of strings:
+ * evl_log(EVL_LOG_INFO, "reloaded", "hash", h, "scripts", n, NULL).
+ * A NULL value is printed as an empty string. */
+void evl_log(evl_log_level lvl, const char *msg, ...);
+void evl_logv(evl_log_level lvl, const char *msg, va_list ap);
+
+/* Log a printf-formatted message with no fields. */
+void evl_logf(evl_log_level lvl, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+#endif
