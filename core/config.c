@@ -1,0 +1,712 @@
+/*
+ * config.c - load and validate the Lua configuration file (see config.h).
+ *
+ * The file runs in its own small lua_State that is closed right after:
+ * values are copied out into C strings, so nothing of the config's Lua
+ * world survives loading. Validation walks the returned table key by key
+ * against what this file knows; anything else is an error that names the
+ * dotted key, so a typo never silently falls back to a default.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+typedef struct loader {
+    lua_State *L;
+    const char *file;
+    char *err;
+    size_t errlen;
+} loader;
+
+static evl_err fail(loader *ld, const char *key, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+static evl_err fail(loader *ld, const char *key, const char *fmt, ...)
+{
+    char msg[EVL_ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (key)
+        return evl_seterr(ld->err, ld->errlen, EVL_EPERMANENT, "%s: %s: %s",
+                          ld->file, key, msg);
+    return evl_seterr(ld->err, ld->errlen, EVL_EPERMANENT, "%s: %s", ld->file,
+                      msg);
+}
+
+static void strlist_add(evl_strlist *l, const char *s)
+{
+    l->v = evl_xrealloc(l->v, sizeof(char *) * (size_t)(l->n + 1));
+    l->v[l->n++] = evl_xstrdup(s);
+}
+
+static void strlist_free(evl_strlist *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+static void set_str(char **dst, const char *s)
+{
+    free(*dst);
+    *dst = s ? evl_xstrdup(s) : NULL;
+}
+
+/* The value on top of the stack, typed; key is the dotted name for
+ * messages. Each pops nothing. */
+static evl_err get_str(loader *ld, const char *key, char **dst)
+{
+    if (lua_type(ld->L, -1) != LUA_TSTRING)
+        return fail(ld, key, "is a %s, expected a string",
+                    luaL_typename(ld->L, -1));
+    set_str(dst, lua_tostring(ld->L, -1));
+    return EVL_OK;
+}
+
+static evl_err get_int(loader *ld, const char *key, long min, long max,
+                       long *dst)
+{
+    int isint;
+    lua_Integer v = lua_tointegerx(ld->L, -1, &isint);
+    if (!isint || lua_type(ld->L, -1) != LUA_TNUMBER)
+        return fail(ld, key, "is a %s, expected an integer",
+                    luaL_typename(ld->L, -1));
+    if (v < min || v > max)
+        return fail(ld, key, "is %lld, expected %ld to %ld", (long long)v, min,
+                    max);
+    *dst = (long)v;
+    return EVL_OK;
+}
+
+static evl_err get_intv(loader *ld, const char *key, long min, long max,
+                        int *dst)
+{
+    long v;
+    evl_err e = get_int(ld, key, min, max, &v);
+    if (e == EVL_OK)
+        *dst = (int)v;
+    return e;
+}
+
+static evl_err get_bool(loader *ld, const char *key, int *dst)
+{
+    if (!lua_isboolean(ld->L, -1))
+        return fail(ld, key, "is a %s, expected a boolean",
+                    luaL_typename(ld->L, -1));
+    *dst = lua_toboolean(ld->L, -1);
+    return EVL_OK;
+}
+
+static evl_err get_enum(loader *ld, const char *key, const char *const *ok,
+                        char **dst)
+{
+    evl_err e = get_str(ld, key, dst);
+    if (e)
+        return e;
+    for (int i = 0; ok[i]; i++)
+        if (strcmp(*dst, ok[i]) == 0)
+            return EVL_OK;
+    char list[256] = "";
+    for (int i = 0; ok[i]; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
+                 i ? ", " : "", ok[i]);
+    return fail(ld, key, "is \"%s\", expected one of: %s", *dst, list);
+}
+
+/* A string or a list of strings. */
+static evl_err get_strlist(loader *ld, const char *key, evl_strlist *dst)
+{
+    lua_State *L = ld->L;
+    strlist_free(dst);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        strlist_add(dst, lua_tostring(L, -1));
+        return EVL_OK;
+    }
+    if (!lua_istable(L, -1))
+        return fail(ld, key, "is a %s, expected a string or a list of strings",
+                    luaL_typename(L, -1));
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            evl_err e = fail(ld, key, "item %lld is a %s, expected a string",
+                             (long long)i, luaL_typename(L, -1));
+            lua_pop(L, 1);
+            return e;
+        }
+        strlist_add(dst, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    return EVL_OK;
+}
+
+/* Iterate the table on top of the stack; for each string key call fn with
+ * the value on top. A non-string key is an error. */
+typedef evl_err (*field_fn)(loader *ld, const char *prefix, const char *k,
+                            void *ud);
+
+static evl_err each_field(loader *ld, const char *prefix, field_fn fn, void *ud)
+{
+    lua_State *L = ld->L;
+    if (!lua_istable(L, -1))
+        return fail(ld, prefix, "is a %s, expected a table",
+                    luaL_typename(L, -1));
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        evl_err e;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            e = fail(ld, prefix, "has a %s key, expected names",
+                     luaL_typename(L, -2));
+        } else {
+            char k[256];
+            snprintf(k, sizeof k, "%s", lua_tostring(L, -2));
+            e = fn(ld, prefix, k, ud);
+        }
+        if (e) {
+            lua_pop(L, 2);
+            return e;
+        }
+        lua_pop(L, 1);
+    }
+    return EVL_OK;
+}
+
+#define KEY(buf, prefix, k)                                                    \
+    snprintf(buf, sizeof buf, "%s%s%s", prefix ? prefix : "",                  \
+             prefix ? "." : "", k)
+
+static const char *const isolations[] = {"aggregate", "batch", "aggregate-tx",
+                                         NULL};
+static const char *const policies[] = {"park", "halt", NULL};
+static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const formats[] = {"logfmt", "json", NULL};
+
+static evl_err kafka_field(loader *ld, const char *prefix, const char *k,
+                           void *ud)
+{
+    evl_config *cfg = ud;
+    lua_State *L = ld->L;
+    char key[300];
+    KEY(key, prefix, k);
+    /* librdkafka takes every value as a string; accept numbers and
+     * booleans too, written the way librdkafka parses them */
+    const char *v;
+    if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)
+        v = lua_tostring(L, -1); /* converts the value slot only */
+    else if (lua_isboolean(L, -1))
+        v = lua_toboolean(L, -1) ? "true" : "false";
+    else
+        return fail(ld, key, "is a %s, expected a string, number or boolean",
+                    luaL_typename(L, -1));
+    for (int i = 0; i < cfg->nkafka; i++)
+        if (strcmp(cfg->kafka[i].key, k) == 0) {
+            set_str(&cfg->kafka[i].value, v);
+            return EVL_OK;
+        }
+    cfg->kafka =
+        evl_xrealloc(cfg->kafka, sizeof(evl_kv) * (size_t)(cfg->nkafka + 1));
+    cfg->kafka[cfg->nkafka].key = evl_xstrdup(k);
+    cfg->kafka[cfg->nkafka].value = evl_xstrdup(v);
+    cfg->nkafka++;
+    return EVL_OK;
+}
+
+static evl_err limits_field(loader *ld, const char *prefix, const char *k,
+                            void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    long v;
+    evl_err e;
+    KEY(key, prefix, k);
+    if (strcmp(k, "memory_mb") == 0) {
+        if ((e = get_int(ld, key, 1, 1 << 20, &v)))
+            return e;
+        cfg->limits.memory = (size_t)v << 20;
+    } else if (strcmp(k, "instructions") == 0) {
+        if ((e = get_int(ld, key, 1000, 1L << 40, &v)))
+            return e;
+        cfg->limits.instructions = v;
+    } else if (strcmp(k, "pattern_subject") == 0) {
+        if ((e = get_int(ld, key, 64, 1L << 30, &v)))
+            return e;
+        cfg->limits.pattern_subject = (size_t)v;
+    } else {
+        return fail(ld, NULL, "unknown key '%s'", key);
+    }
+    return EVL_OK;
+}
+
+static evl_err topics_field(loader *ld, const char *prefix, const char *k,
+                            void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    if (strcmp(k, "commands") == 0)
+        return get_str(ld, key, &cfg->cmd.commands_topic);
+    if (strcmp(k, "events") == 0)
+        return get_str(ld, key, &cfg->cmd.events_topic);
+    if (strcmp(k, "state") == 0)
+        return get_str(ld, key, &cfg->cmd.state_topic);
+    if (strcmp(k, "results") == 0)
+        return get_str(ld, key, &cfg->cmd.results_topic);
+    return fail(ld, NULL, "unknown key '%s'", key);
+}
+
+static evl_err commands_field(loader *ld, const char *prefix, const char *k,
+                              void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    if (strcmp(k, "enabled") == 0)
+        return get_bool(ld, key, &cfg->cmd.enabled);
+    if (strcmp(k, "group_id") == 0)
+        return get_str(ld, key, &cfg->cmd.group_id);
+    if (strcmp(k, "transactional_id") == 0)
+        return get_str(ld, key, &cfg->cmd.transactional_id);
+    if (strcmp(k, "batch_size") == 0)
+        return get_intv(ld, key, 1, 100000, &cfg->cmd.batch_size);
+    if (strcmp(k, "linger_ms") == 0)
+        return get_intv(ld, key, 0, 60000, &cfg->cmd.linger_ms);
+    if (strcmp(k, "dedup_ids") == 0)
+        return get_intv(ld, key, 0, 100000, &cfg->cmd.dedup_ids);
+    if (strcmp(k, "create_topics") == 0)
+        return get_bool(ld, key, &cfg->cmd.create_topics);
+    if (strcmp(k, "partitions") == 0)
+        return get_intv(ld, key, 1, 10000, &cfg->cmd.partitions);
+    if (strcmp(k, "topics") == 0)
+        return each_field(ld, key, topics_field, cfg);
+    return fail(ld, NULL, "unknown key '%s'", key);
+}
+
+static evl_err each_proj_field(loader *ld, const char *prefix, const char *k,
+                               void *ud)
+{
+    evl_projection_cfg *p = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    if (strcmp(k, "isolation") == 0)
+        return get_enum(ld, key, isolations, &p->isolation);
+    if (strcmp(k, "on_error") == 0)
+        return get_enum(ld, key, policies, &p->on_error);
+    if (strcmp(k, "group_id") == 0)
+        return get_str(ld, key, &p->group_id);
+    if (strcmp(k, "topics") == 0)
+        return get_strlist(ld, key, &p->topics);
+    if (strcmp(k, "batch_size") == 0)
+        return get_intv(ld, key, 1, 100000, &p->batch_size);
+    return fail(ld, NULL, "unknown key '%s'", key);
+}
+
+static evl_err each_proj(loader *ld, const char *prefix, const char *k,
+                         void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    cfg->proj.each =
+        evl_xrealloc(cfg->proj.each, sizeof(evl_projection_cfg) *
+                                         (size_t)(cfg->proj.neach + 1));
+    evl_projection_cfg *p = &cfg->proj.each[cfg->proj.neach++];
+    memset(p, 0, sizeof *p);
+    p->name = evl_xstrdup(k);
+    return each_field(ld, key, each_proj_field, p);
+}
+
+static evl_err projections_field(loader *ld, const char *prefix, const char *k,
+                                 void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    if (strcmp(k, "enabled") == 0)
+        return get_bool(ld, key, &cfg->proj.enabled);
+    if (strcmp(k, "batch_size") == 0)
+        return get_intv(ld, key, 1, 100000, &cfg->proj.batch_size);
+    if (strcmp(k, "linger_ms") == 0)
+        return get_intv(ld, key, 0, 60000, &cfg->proj.linger_ms);
+    if (strcmp(k, "isolation") == 0)
+        return get_enum(ld, key, isolations, &cfg->proj.isolation);
+    if (strcmp(k, "on_error") == 0)
+        return get_enum(ld, key, policies, &cfg->proj.on_error);
+    if (strcmp(k, "group_prefix") == 0)
+        return get_str(ld, key, &cfg->proj.group_prefix);
+    if (strcmp(k, "topics") == 0)
+        return get_strlist(ld, key, &cfg->proj.topics);
+    if (strcmp(k, "each") == 0)
+        return each_field(ld, key, each_proj, cfg);
+    return fail(ld, NULL, "unknown key '%s'", key);
+}
+
+static evl_err metrics_field(loader *ld, const char *prefix, const char *k,
+                             void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    if (strcmp(k, "listen") == 0)
+        return get_str(ld, key, &cfg->metrics.listen);
+    return fail(ld, NULL, "unknown key '%s'", key);
+}
+
+static evl_err log_field(loader *ld, const char *prefix, const char *k,
+                         void *ud)
+{
+    evl_config *cfg = ud;
+    char key[300];
+    KEY(key, prefix, k);
+    if (strcmp(k, "level") == 0)
+        return get_enum(ld, key, levels, &cfg->log_level);
+    if (strcmp(k, "format") == 0)
+        return get_enum(ld, key, formats, &cfg->log_format);
+    return fail(ld, NULL, "unknown key '%s'", key);
+}
+
+static evl_err top_field(loader *ld, const char *prefix, const char *k,
+                         void *ud)
+{
+    evl_config *cfg = ud;
+    if (strcmp(k, "aggregates") == 0)
+        return get_strlist(ld, k, &cfg->aggregate_dirs);
+    if (strcmp(k, "projections") == 0)
+        return get_strlist(ld, k, &cfg->projection_dirs);
+    if (strcmp(k, "lib") == 0)
+        return get_str(ld, k, &cfg->lib_dir);
+    if (strcmp(k, "kafka") == 0)
+        return each_field(ld, k, kafka_field, cfg);
+    if (strcmp(k, "postgres") == 0)
+        return get_str(ld, k, &cfg->pg_conninfo);
+    if (strcmp(k, "limits") == 0)
+        return each_field(ld, k, limits_field, cfg);
+    if (strcmp(k, "commands") == 0)
+        return each_field(ld, k, commands_field, cfg);
+    if (strcmp(k, "projection") == 0)
+        return each_field(ld, k, projections_field, cfg);
+    if (strcmp(k, "metrics") == 0)
+        return each_field(ld, k, metrics_field, cfg);
+    if (strcmp(k, "log") == 0)
+        return each_field(ld, k, log_field, cfg);
+    if (strcmp(k, "shutdown_timeout_ms") == 0)
+        return get_intv(ld, k, 0, 3600000, &cfg->shutdown_timeout_ms);
+    return fail(ld, NULL, "unknown key '%s'", k);
+}
+
+static void defaults(evl_config *cfg)
+{
+    strlist_add(&cfg->aggregate_dirs, "aggregates");
+    strlist_add(&cfg->projection_dirs, "projections");
+    cfg->limits.memory = (size_t)64 << 20;
+    cfg->limits.instructions = 10000000;
+    cfg->limits.pattern_subject = (size_t)1 << 20;
+    cfg->cmd.enabled = 1;
+    cfg->cmd.group_id = evl_xstrdup("evlua.commands");
+    cfg->cmd.transactional_id = evl_xstrdup("evlua.commands.0");
+    cfg->cmd.batch_size = 1000;
+    cfg->cmd.linger_ms = 5;
+    cfg->cmd.dedup_ids = 100;
+    cfg->cmd.create_topics = 1;
+    cfg->cmd.partitions = 6;
+    cfg->cmd.commands_topic = evl_xstrdup("{type}.commands");
+    cfg->cmd.events_topic = evl_xstrdup("{type}.events");
+    cfg->cmd.state_topic = evl_xstrdup("{type}.state");
+    cfg->cmd.results_topic = evl_xstrdup("{type}.results");
+    cfg->proj.enabled = 1;
+    cfg->proj.batch_size = 500;
+    cfg->proj.linger_ms = 5;
+    cfg->proj.isolation = evl_xstrdup("aggregate");
+    cfg->proj.on_error = evl_xstrdup("park");
+    cfg->proj.group_prefix = evl_xstrdup("evlua.projection.");
+    cfg->log_level = evl_xstrdup("info");
+    cfg->log_format = evl_xstrdup("logfmt");
+    cfg->shutdown_timeout_ms = 30000;
+}
+
+/* The config file's Lua: base (without file loading), string, table,
+ * math and os.getenv. */
+static void open_config_libs(lua_State *L)
+{
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0); /* not as a global */
+    lua_newtable(L);
+    lua_getfield(L, -2, "getenv");
+    lua_setfield(L, -2, "getenv");
+    lua_remove(L, -2);
+    lua_setglobal(L, "os");
+    static const char *const drop[] = {"dofile", "loadfile", "require",
+                                       "collectgarbage", NULL};
+    for (int i = 0; drop[i]; i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, drop[i]);
+    }
+}
+
+static void env_overrides(evl_config *cfg)
+{
+    const char *v = getenv("EVLUA_KAFKA_BOOTSTRAP");
+    if (v && *v) {
+        int i;
+        for (i = 0; i < cfg->nkafka; i++)
+            if (strcmp(cfg->kafka[i].key, "bootstrap.servers") == 0)
+                break;
+        if (i == cfg->nkafka) {
+            cfg->kafka =
+                evl_xrealloc(cfg->kafka, sizeof(evl_kv) * (size_t)(i + 1));
+            cfg->kafka[i].key = evl_xstrdup("bootstrap.servers");
+            cfg->kafka[i].value = NULL;
+            cfg->nkafka++;
+        }
+        set_str(&cfg->kafka[i].value, v);
+    }
+    v = getenv("EVLUA_PG_CONNINFO");
+    if (v && *v)
+        set_str(&cfg->pg_conninfo, v);
+}
+
+evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
+                        size_t errlen)
+{
+    evl_config c;
+    evl_err e = EVL_OK;
+    lua_State *L = NULL;
+    loader ld = {NULL, path ? path : "(defaults)", err, errlen};
+
+    memset(&c, 0, sizeof c);
+    memset(cfg, 0, sizeof *cfg);
+    defaults(&c);
+    c.path = evl_xstrdup(ld.file);
+    if (path) {
+        L = luaL_newstate();
+        if (!L) {
+            e = fail(&ld, NULL, "cannot create a Lua state");
+            goto out;
+        }
+        ld.L = L;
+        open_config_libs(L);
+        if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+            /* the message already names the file (and line) */
+            e = evl_seterr(err, errlen, EVL_EPERMANENT, "%s",
+                           lua_tostring(L, -1));
+            goto out;
+        }
+        if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+            e = evl_seterr(err, errlen, EVL_EPERMANENT, "%s",
+                           lua_tostring(L, -1));
+            goto out;
+        }
+        if (!lua_istable(L, -1)) {
+            e = fail(&ld, NULL, "returned a %s, expected a table",
+                     luaL_typename(L, -1));
+            goto out;
+        }
+        if ((e = each_field(&ld, NULL, top_field, &c)))
+            goto out;
+    }
+    env_overrides(&c);
+    if (c.cmd.transactional_id[0] == '\0') {
+        e = fail(&ld, "commands.transactional_id", "must not be empty");
+        goto out;
+    }
+out:
+    if (L)
+        lua_close(L);
+    if (e) {
+        evl_config_free(&c);
+        return e;
+    }
+    *cfg = c;
+    return EVL_OK;
+}
+
+void evl_config_free(evl_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->path);
+    strlist_free(&cfg->aggregate_dirs);
+    strlist_free(&cfg->projection_dirs);
+    free(cfg->lib_dir);
+    for (int i = 0; i < cfg->nkafka; i++) {
+        free(cfg->kafka[i].key);
+        free(cfg->kafka[i].value);
+    }
+    free(cfg->kafka);
+    free(cfg->pg_conninfo);
+    free(cfg->cmd.group_id);
+    free(cfg->cmd.transactional_id);
+    free(cfg->cmd.commands_topic);
+    free(cfg->cmd.events_topic);
+    free(cfg->cmd.state_topic);
+    free(cfg->cmd.results_topic);
+    free(cfg->proj.isolation);
+    free(cfg->proj.on_error);
+    free(cfg->proj.group_prefix);
+    strlist_free(&cfg->proj.topics);
+    for (int i = 0; i < cfg->proj.neach; i++) {
+        evl_projection_cfg *p = &cfg->proj.each[i];
+        free(p->name);
+        free(p->isolation);
+        free(p->on_error);
+        free(p->group_id);
+        strlist_free(&p->topics);
+    }
+    free(cfg->proj.each);
+    free(cfg->metrics.listen);
+    free(cfg->log_level);
+    free(cfg->log_format);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+const char *evl_config_kafka(const evl_config *cfg, const char *key)
+{
+    for (int i = 0; i < cfg->nkafka; i++)
+        if (strcmp(cfg->kafka[i].key, key) == 0)
+            return cfg->kafka[i].value;
+    return NULL;
+}
+
+void evl_config_topic(const char *pattern, const char *type, char *buf,
+                      size_t n)
+{
+    size_t o = 0;
+    if (n == 0)
+        return;
+    for (const char *p = pattern; *p && o + 1 < n;) {
+        if (strncmp(p, "{type}", 6) == 0) {
+            for (const char *t = type; *t && o + 1 < n; t++)
+                buf[o++] = *t;
+            p += 6;
+        } else {
+            buf[o++] = *p++;
+        }
+    }
+    buf[o] = '\0';
+}
+
+evl_projection_cfg evl_config_projection(const evl_config *cfg,
+                                         const char *name)
+{
+    evl_projection_cfg r;
+    memset(&r, 0, sizeof r);
+    r.name = (char *)name;
+    r.isolation = cfg->proj.isolation;
+    r.on_error = cfg->proj.on_error;
+    r.topics = cfg->proj.topics;
+    r.batch_size = cfg->proj.batch_size;
+    for (int i = 0; i < cfg->proj.neach; i++) {
+        const evl_projection_cfg *p = &cfg->proj.each[i];
+        if (strcmp(p->name, name) != 0)
+            continue;
+        if (p->isolation)
+            r.isolation = p->isolation;
+        if (p->on_error)
+            r.on_error = p->on_error;
+        if (p->group_id)
+            r.group_id = p->group_id;
+        if (p->topics.n)
+            r.topics = p->topics;
+        if (p->batch_size)
+            r.batch_size = p->batch_size;
+    }
+    return r;
+}
+
+void evl_config_redact_conninfo(const char *conninfo, char *buf, size_t n)
+{
+    const char *p = conninfo ? conninfo : "";
+    size_t o = 0;
+    if (n == 0)
+        return;
+#define OUT(c)                                                                 \
+    do {                                                                       \
+        if (o + 1 < n)                                                         \
+            buf[o++] = (c);                                                    \
+    } while (0)
+    const char *scheme = strstr(p, "://");
+    if (scheme) {
+        /* postgresql://user:secret@host/db?password=x */
+        const char *user = scheme + 3;
+        const char *at = strchr(user, '@');
+        const char *slash = strchr(user, '/');
+        const char *colon = strchr(user, ':');
+        for (const char *q = p; *q; q++) {
+            if (at && (!slash || at < slash) && colon && colon < at &&
+                q == colon + 1) {
+                OUT('*');
+                OUT('*');
+                OUT('*');
+                q = at - 1;
+                continue;
+            }
+            if (strncmp(q, "password=", 9) == 0 &&
+                (q[-1] == '?' || q[-1] == '&')) {
+                for (int i = 0; i < 9; i++)
+                    OUT(q[i]);
+                OUT('*');
+                OUT('*');
+                OUT('*');
+                q += 9;
+                while (*q && *q != '&')
+                    q++;
+                q--;
+                continue;
+            }
+            OUT(*q);
+        }
+        buf[o] = '\0';
+        return;
+    }
+    /* key = value pairs; a value may be single-quoted with \ escapes */
+    while (*p) {
+        if (strncmp(p, "password", 8) == 0 &&
+            (p == conninfo || p[-1] == ' ' || p[-1] == '\t')) {
+            const char *q = p + 8;
+            while (*q == ' ')
+                q++;
+            if (*q == '=') {
+                for (const char *k = "password="; *k; k++)
+                    OUT(*k);
+                q++;
+                while (*q == ' ')
+                    q++;
+                if (*q == '\'') {
+                    for (q++; *q && *q != '\''; q++)
+                        if (*q == '\\' && q[1])
+                            q++;
+                    if (*q)
+                        q++;
+                } else {
+                    while (*q && *q != ' ')
+                        q++;
+                }
+                OUT('*');
+                OUT('*');
+                OUT('*');
+                p = q;
+                continue;
+            }
+        }
+        OUT(*p);
+        p++;
+    }
+#undef OUT
+    buf[o] = '\0';
+}

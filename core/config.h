@@ -1,0 +1,130 @@
+/*
+ * config.h - evlua's configuration: a Lua file returning a table.
+ *
+ *   return {
+ *     aggregates  = "aggregates",   -- script dir, or a list of dirs
+ *     projections = "projections",
+ *     lib         = "lib",          -- require() looks here (optional)
+ *     kafka    = { ["bootstrap.servers"] = "127.0.0.1:9092" },
+ *     postgres = "host=127.0.0.1 dbname=evlua",
+ *     ...
+ *   }
+ *
+ * Every key is documented in docs/config.md; an unknown key or a value of
+ * the wrong type is an error naming the key ("evlua.lua: unknown key
+ * 'commands.batchsize'"). The file runs in a plain Lua state with the
+ * base, string, table and math libraries and os.getenv, so it can compute
+ * values; it cannot reach the host. After loading, the environment
+ * overrides the connection settings: EVLUA_KAFKA_BOOTSTRAP sets
+ * kafka["bootstrap.servers"], EVLUA_PG_CONNINFO sets postgres.
+ *
+ * Does not validate the scripts (luahost does) nor the Kafka properties
+ * (librdkafka does, when a client is created).
+ *
+ * @locality any thread; the returned struct is read-only after load.
+ */
+#ifndef EVL_CONFIG_H
+#define EVL_CONFIG_H
+
+#include <stddef.h>
+
+#include "evl.h"
+
+typedef struct evl_strlist {
+    char **v;
+    int n;
+} evl_strlist;
+
+/* One librdkafka property, passed through verbatim. */
+typedef struct evl_kv {
+    char *key;
+    char *value;
+} evl_kv;
+
+/* Per-projection settings; NULL / 0 fields inherit from evl_config.proj. */
+typedef struct evl_projection_cfg {
+    char *name;
+    char *isolation; /* "aggregate", "batch" or "aggregate-tx" */
+    char *on_error;  /* "park" or "halt" */
+    char *group_id;
+    evl_strlist topics;
+    int batch_size;
+} evl_projection_cfg;
+
+typedef struct evl_config {
+    char *path; /* the file it came from, or "(defaults)" */
+
+    evl_strlist aggregate_dirs;
+    evl_strlist projection_dirs;
+    char *lib_dir; /* NULL: require() finds nothing */
+
+    evl_kv *kafka; /* librdkafka properties, both sides */
+    int nkafka;
+    char *pg_conninfo; /* NULL: no database configured */
+
+    struct {
+        size_t memory;          /* bytes per lua_State */
+        long instructions;      /* per handler call */
+        size_t pattern_subject; /* bytes of a string-pattern subject */
+    } limits;
+
+    struct {
+        int enabled;
+        char *group_id;
+        char *transactional_id;
+        int batch_size;
+        int linger_ms;
+        int dedup_ids; /* command ids remembered per aggregate */
+        int create_topics;
+        int partitions; /* when creating the commands topic */
+        /* topic name patterns; "{type}" is replaced by the aggregate type */
+        char *commands_topic, *events_topic, *state_topic, *results_topic;
+    } cmd;
+
+    struct {
+        int enabled;
+        int batch_size;
+        int linger_ms;
+        char *isolation;
+        char *on_error;
+        char *group_prefix; /* group id = prefix .. projection name */
+        evl_strlist topics; /* empty: the events topic of every aggregate */
+        evl_projection_cfg *each; /* overrides by projection name */
+        int neach;
+    } proj;
+
+    struct {
+        char *listen; /* "127.0.0.1:9464"; NULL: no HTTP endpoint */
+    } metrics;
+
+    char *log_level;
+    char *log_format; /* "logfmt" or "json" */
+    int shutdown_timeout_ms;
+} evl_config;
+
+/* Load path (NULL: defaults only, i.e. as if the file returned {}), apply
+ * the environment overrides, validate. On success fills *cfg (owned; free
+ * with evl_config_free) and returns EVL_OK. On error returns
+ * EVL_EPERMANENT with "FILE: message" in err and leaves *cfg zeroed. */
+evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
+                        size_t errlen);
+
+/* Frees what cfg owns and zeroes it. Accepts NULL. */
+void evl_config_free(evl_config *cfg);
+
+/* The value of librdkafka property key in cfg->kafka, or NULL. */
+const char *evl_config_kafka(const evl_config *cfg, const char *key);
+
+/* Expand a topic pattern ("{type}.events") for aggregate type into buf. */
+void evl_config_topic(const char *pattern, const char *type, char *buf,
+                      size_t n);
+
+/* The settings of projection name: its override merged over cfg->proj.
+ * Pointers into cfg; valid while cfg lives. */
+evl_projection_cfg evl_config_projection(const evl_config *cfg,
+                                         const char *name);
+
+/* The conninfo with any password replaced by "***", for logs. */
+void evl_config_redact_conninfo(const char *conninfo, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,161 @@
+/*
+ * test_config.c - the config file: defaults, every section read, unknown
+ * keys and wrong types named, environment overrides, password redaction.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "config.h"
+
+static char path[64];
+
+static evl_err load(const char *text, evl_config *cfg, char *err)
+{
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    return evl_config_load(path, cfg, err, EVL_ERRLEN);
+}
+
+int main(void)
+{
+    evl_config cfg;
+    char err[EVL_ERRLEN], buf[512];
+    snprintf(path, sizeof path, "/tmp/evlua-test-config-%ld.lua",
+             (long)getpid());
+    unsetenv("EVLUA_KAFKA_BOOTSTRAP");
+    unsetenv("EVLUA_PG_CONNINFO");
+
+    CHECK_INT(evl_config_load(NULL, &cfg, err, sizeof err), EVL_OK,
+              "no file gives the defaults");
+    CHECK_STR(cfg.aggregate_dirs.v[0], "aggregates", "default aggregate dir");
+    CHECK_STR(cfg.proj.isolation, "aggregate", "default isolation");
+    CHECK_STR(cfg.proj.on_error, "park", "default failure policy");
+    CHECK(cfg.pg_conninfo == NULL, "no database by default");
+    evl_config_free(&cfg);
+
+    CHECK_INT(
+        load("return {\n"
+             "  aggregates = {'a1', 'a2'}, projections = 'p',\n"
+             "  lib = 'lib',\n"
+             "  kafka = { ['bootstrap.servers'] = 'h:1', linger = 5,\n"
+             "            ['enable.idempotence'] = true },\n"
+             "  postgres = 'host=x password=s3cret dbname=y',\n"
+             "  limits = { memory_mb = 8, instructions = 5000 },\n"
+             "  commands = { batch_size = 10, topics = { events = "
+             "'ev.{type}' } },\n"
+             "  projection = { isolation = 'batch', each = {\n"
+             "     shipping = { on_error = 'halt', batch_size = 7 } } },\n"
+             "  metrics = { listen = '127.0.0.1:0' },\n"
+             "  log = { format = 'json' },\n"
+             "  shutdown_timeout_ms = 1000,\n"
+             "}\n",
+             &cfg, err),
+        EVL_OK, "a full config loads");
+    CHECK_INT(cfg.aggregate_dirs.n, 2, "a list of aggregate dirs");
+    CHECK_STR(cfg.projection_dirs.v[0], "p", "a single projection dir");
+    CHECK_STR(evl_config_kafka(&cfg, "bootstrap.servers"), "h:1",
+              "kafka properties pass through");
+    CHECK_STR(evl_config_kafka(&cfg, "linger"), "5",
+              "numbers become librdkafka strings");
+    CHECK_STR(evl_config_kafka(&cfg, "enable.idempotence"), "true",
+              "booleans become librdkafka strings");
+    CHECK_INT(cfg.limits.memory, 8 << 20, "memory limit in MiB");
+    CHECK_INT(cfg.limits.instructions, 5000, "instruction budget");
+    CHECK_INT(cfg.cmd.batch_size, 10, "command batch size");
+    evl_config_topic(cfg.cmd.events_topic, "customer", buf, sizeof buf);
+    CHECK_STR(buf, "ev.customer", "topic patterns expand {type}");
+    evl_config_topic(cfg.cmd.state_topic, "customer", buf, sizeof buf);
+    CHECK_STR(buf, "customer.state", "other topics keep their default");
+    evl_projection_cfg p = evl_config_projection(&cfg, "shipping");
+    CHECK_STR(p.on_error, "halt", "a projection's own policy wins");
+    CHECK_STR(p.isolation, "batch", "and inherits the rest");
+    CHECK_INT(p.batch_size, 7, "its own batch size");
+    p = evl_config_projection(&cfg, "other");
+    CHECK_STR(p.on_error, "park", "other projections keep the default");
+    CHECK_STR(cfg.log_format, "json", "log format");
+    evl_config_free(&cfg);
+
+    CHECK_INT(load("return { commands = { batchsize = 10 } }", &cfg, err),
+              EVL_EPERMANENT, "an unknown key is an error");
+    CHECK_HAS(err, "unknown key 'commands.batchsize'",
+              "the message names the dotted key");
+    CHECK_HAS(err, path, "and the file");
+    CHECK(cfg.cmd.group_id == NULL, "a failed load leaves cfg zeroed");
+
+    CHECK_INT(
+        load("return { projection = { isolation = 'serial' } }", &cfg, err),
+        EVL_EPERMANENT, "a bad enum value is an error");
+    CHECK_HAS(err, "projection.isolation: is \"serial\", expected one of",
+              "the message lists the choices");
+
+    CHECK_INT(load("return { limits = { memory_mb = '64' } }", &cfg, err),
+              EVL_EPERMANENT, "a string for a number is an error");
+    CHECK_HAS(err, "limits.memory_mb: is a string, expected an integer",
+              "the message names key and types");
+
+    CHECK_INT(load("return { commands = { batch_size = 0 } }", &cfg, err),
+              EVL_EPERMANENT, "an out-of-range number is an error");
+    CHECK_HAS(err, "commands.batch_size: is 0, expected 1 to",
+              "the message gives the range");
+
+    CHECK_INT(load("return {\n  kafka = {\n", &cfg, err), EVL_EPERMANENT,
+              "a syntax error is an error");
+    CHECK_HAS(err, ":3:", "the message has the line");
+
+    CHECK_INT(load("error('boom')", &cfg, err), EVL_EPERMANENT,
+              "a runtime error is an error");
+    CHECK_HAS(err, "boom", "with the script's message");
+
+    CHECK_INT(load("return 42", &cfg, err), EVL_EPERMANENT,
+              "a config must return a table");
+    CHECK_HAS(err, "returned a number, expected a table", "says what came");
+
+    CHECK_INT(load("return { lib = type(io) .. type(require) .. "
+                   "type(os.execute) }",
+                   &cfg, err),
+              EVL_OK, "a config can look at what it has");
+    CHECK_STR(cfg.lib_dir, "nilnilnil",
+              "a config has no io, require or os.execute");
+    evl_config_free(&cfg);
+
+    CHECK_INT(evl_config_load("/nonexistent/evlua.lua", &cfg, err, sizeof err),
+              EVL_EPERMANENT, "a missing file is an error");
+    CHECK_HAS(err, "/nonexistent/evlua.lua", "naming the file");
+
+    setenv("EVLUA_KAFKA_BOOTSTRAP", "127.0.0.1:9", 1);
+    setenv("EVLUA_PG_CONNINFO", "dbname=fromenv", 1);
+    setenv("EVLUA_TEST_GROUP", "g-from-env", 1);
+    CHECK_INT(load("return { kafka = { ['bootstrap.servers'] = 'h:1' },\n"
+                   "  postgres = 'dbname=file',\n"
+                   "  commands = { group_id = os.getenv('EVLUA_TEST_GROUP') "
+                   "} }",
+                   &cfg, err),
+              EVL_OK, "a config using os.getenv loads");
+    CHECK_STR(evl_config_kafka(&cfg, "bootstrap.servers"), "127.0.0.1:9",
+              "EVLUA_KAFKA_BOOTSTRAP overrides the file");
+    CHECK_STR(cfg.pg_conninfo, "dbname=fromenv",
+              "EVLUA_PG_CONNINFO overrides the file");
+    CHECK_STR(cfg.cmd.group_id, "g-from-env", "os.getenv works in configs");
+    evl_config_free(&cfg);
+    unsetenv("EVLUA_KAFKA_BOOTSTRAP");
+    unsetenv("EVLUA_PG_CONNINFO");
+
+    evl_config_redact_conninfo("host=x password=s3cret dbname=y", buf,
+                               sizeof buf);
+    CHECK_STR(buf, "host=x password=*** dbname=y", "password redacted");
+    evl_config_redact_conninfo("password = 'a b\\' c' host=x", buf, sizeof buf);
+    CHECK_STR(buf, "password=*** host=x", "quoted password redacted");
+    evl_config_redact_conninfo("postgresql://u:s3cret@h:5/db", buf, sizeof buf);
+    CHECK_STR(buf, "postgresql://u:***@h:5/db", "URI password redacted");
+    evl_config_redact_conninfo("postgres://h/db?user=u&password=s3cret", buf,
+                               sizeof buf);
+    CHECK_STR(buf, "postgres://h/db?user=u&password=***",
+              "URI query password redacted");
+    evl_config_free(NULL);
+    unlink(path);
+    return check_done();
+}
