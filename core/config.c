@@ -241,6 +241,10 @@ static evl_err limits_field(loader *ld, const char *prefix, const char *k,
         if ((e = get_int(ld, key, 1000, 1L << 40, &v)))
             return e;
         cfg->limits.instructions = v;
+    } else if (strcmp(k, "time_ms") == 0) {
+        if ((e = get_int(ld, key, -1, 3600000, &v)))
+            return e;
+        cfg->limits.time_ms = v;
     } else if (strcmp(k, "pattern_subject") == 0) {
         if ((e = get_int(ld, key, 64, 1L << 30, &v)))
             return e;
@@ -413,6 +417,7 @@ static void defaults(evl_config *cfg)
     strlist_add(&cfg->projection_dirs, "projections");
     cfg->limits.memory = (size_t)64 << 20;
     cfg->limits.instructions = 10000000;
+    cfg->limits.time_ms = 1000;
     cfg->limits.pattern_subject = (size_t)1 << 20;
     cfg->cmd.enabled = 1;
     cfg->cmd.group_id = evl_xstrdup("evlua.commands");

@@ -65,6 +65,7 @@ typedef struct evl_config {
     struct {
         size_t memory;          /* bytes per lua_State */
         long instructions;      /* per handler call */
+        long time_ms;           /* wall clock per handler call; -1: none */
         size_t pattern_subject; /* bytes of a string-pattern subject */
     } limits;
 

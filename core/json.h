@@ -16,8 +16,16 @@
  *   - every string and key must be valid UTF-8 (no lone surrogates, no
  *     overlong forms); nesting is limited (EVL_JSON_MAX_DEPTH).
  *
+ * Decoding also rejects \u0000 (cJSON's C strings would cut the string
+ * short; PostgreSQL's jsonb refuses it too) and a byte order mark;
+ * duplicate keys: the last one wins. Byte offsets in messages count from
+ * 0; paths use Lua's 1-based indices.
+ *
  * Encoding is written directly (no cJSON tree):
- *   nil or evlua.null -> null; booleans; integers exactly ("%lld");
+ *   nil or evlua.null -> null; booleans; integers exactly ("%lld"), but
+ *   only within +-(2^53 - 1) and strings without NUL bytes, so whatever
+ *   encode writes, decode reads back (an aggregate can never emit an event
+ *   its projections would refuse); at most 64 MB of output;
  *   floats with 17 significant digits, always with a '.' or exponent so
  *   they decode as floats again; NaN and +-inf are errors; strings must be
  *   valid UTF-8 and are escaped; a table with the array marker, or whose
@@ -50,7 +58,7 @@
  * nothing pushed and a message in err ("invalid JSON at byte 17",
  * "integer 9007199254740993 at byte 9 is outside +-2^53 (I-JSON): send it as
  * a string", "invalid UTF-8 in string at byte 4", "nesting deeper than 128
- * at byte 129"). Never raises a Lua error except on memory exhaustion of L
+ * at byte 128"). Never raises a Lua error except on memory exhaustion of L
  * (which the caller's pcall catches).
  * @locality the thread that owns L. */
 evl_err evl_json_decode(lua_State *L, const char *s, size_t len, char *err,

@@ -1,46 +1,76 @@
 /*
- * main.c - the evlua binary: parses the command line and hands over to
- * the command's module. Exit codes: 0 ok, 1 runtime failure, 2 usage or
- * configuration error.
+ * main.c - the evlua binary: dispatches to the subcommand (cli.h). Exit
+ * codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "evl.h"
-#include "log.h"
+#include <librdkafka/rdkafka.h>
+#include <libpq-fe.h>
+#include <lua.h>
+
+#include "cli.h"
 
 static const char usage[] =
     "usage: evlua [--version] [--help] COMMAND [ARGS]\n"
     "\n"
     "evlua turns commands into atomic events with Lua aggregates (one Kafka\n"
-    "transaction per command) and projects events into PostgreSQL with Lua\n"
-    "projections.\n"
+    "transaction per command batch) and projects events into PostgreSQL "
+    "with\n"
+    "Lua projections.\n"
+    "\n"
+    "Commands (`evlua COMMAND --help` for each):\n"
+    "  run [-c CONFIG]                     run the configured pipelines\n"
+    "  check [-c CONFIG] [--scripts DIR]   load and validate every script\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this help and exit\n"
-    "  --version      print the version and exit\n"
+    "  --version      print the versions of evlua and its libraries\n"
     "\n"
     "Environment:\n"
-    "  EVLUA_LOG_LEVEL   debug, info (default), warn or error\n"
+    "  EVLUA_LOG_LEVEL        debug, info (default), warn or error\n"
+    "  EVLUA_KAFKA_BOOTSTRAP  overrides kafka[\"bootstrap.servers\"]\n"
+    "  EVLUA_PG_CONNINFO      overrides postgres\n"
     "\n"
-    "Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.\n";
+    "Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.\n"
+    "Configuration reference: docs/config.md.\n";
+
+typedef struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+} command;
+
+static const command commands[] = {
+    {"run", evl_cli_run},       {"check", evl_cli_check},
+#ifdef EVLUA_HAVE_CMDPROC
+    {"send", evl_cli_send},
+#endif
+#ifdef EVLUA_HAVE_PROJECTOR
+    {"parked", evl_cli_parked}, {"projection", evl_cli_projection},
+#endif
+};
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         fputs(usage, stderr);
-        return 2;
+        return EVL_EXIT_USAGE;
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 ||
         strcmp(cmd, "help") == 0) {
         fputs(usage, stdout);
-        return 0;
+        return EVL_EXIT_OK;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
-        printf("evlua %s\n", EVLUA_VERSION);
-        return 0;
+        int pqv = PQlibVersion();
+        printf("evlua %s\nlibrdkafka %s\n%s\nlibpq %d.%d\n", EVLUA_VERSION,
+               rd_kafka_version_str(), LUA_RELEASE, pqv / 10000, pqv % 100);
+        return EVL_EXIT_OK;
     }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "evlua: unknown command '%s' (see evlua --help)\n", cmd);
-    return 2;
+    return EVL_EXIT_USAGE;
 }

@@ -1,0 +1,69 @@
+/* cli.c - config and script loading shared by the subcommands. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "log.h"
+
+int evl_cli_load_config(const char *path, evl_config *cfg)
+{
+    char err[EVL_ERRLEN];
+    if (evl_config_load(path, cfg, err, sizeof err) != EVL_OK) {
+        fprintf(stderr, "evlua: %s\n", err);
+        return EVL_EXIT_USAGE;
+    }
+    /* EVLUA_LOG_LEVEL wins over the file, as for every connection
+     * setting */
+    if (!getenv("EVLUA_LOG_LEVEL"))
+        evl_log_set_level((evl_log_level)evl_log_parse_level(cfg->log_level));
+    return EVL_EXIT_OK;
+}
+
+static char agg_dir[4096], proj_dir[4096], lib_dir[4096];
+static const char *agg_dirs[1] = {agg_dir}, *proj_dirs[1] = {proj_dir};
+
+void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
+                         evl_luahost_config *hc)
+{
+    memset(hc, 0, sizeof *hc);
+    hc->memory_limit = cfg->limits.memory;
+    hc->instruction_limit = cfg->limits.instructions;
+    hc->time_limit_ms = cfg->limits.time_ms;
+    hc->max_string_op = cfg->limits.pattern_subject;
+    if (scripts_dir) {
+        struct stat st;
+        snprintf(agg_dir, sizeof agg_dir, "%s/aggregates", scripts_dir);
+        snprintf(proj_dir, sizeof proj_dir, "%s/projections", scripts_dir);
+        snprintf(lib_dir, sizeof lib_dir, "%s/lib", scripts_dir);
+        hc->aggregate_dirs = agg_dirs;
+        hc->naggregate_dirs = 1;
+        hc->projection_dirs = proj_dirs;
+        hc->nprojection_dirs = 1;
+        hc->lib_dir = stat(lib_dir, &st) == 0 ? lib_dir : cfg->lib_dir;
+        return;
+    }
+    hc->aggregate_dirs = (const char *const *)cfg->aggregate_dirs.v;
+    hc->naggregate_dirs = (size_t)cfg->aggregate_dirs.n;
+    hc->projection_dirs = (const char *const *)cfg->projection_dirs.v;
+    hc->nprojection_dirs = (size_t)cfg->projection_dirs.n;
+    hc->lib_dir = cfg->lib_dir;
+}
+
+int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host)
+{
+    char err[EVL_ERRLEN];
+    evl_luahost_problems problems = {0};
+    if (evl_luahost_new(hc, host, &problems, err, sizeof err) == EVL_OK) {
+        evl_luahost_problems_free(&problems);
+        return EVL_EXIT_OK;
+    }
+    for (size_t i = 0; i < problems.n; i++)
+        fprintf(stderr, "%s\n", problems.lines[i]);
+    if (problems.n == 0)
+        fprintf(stderr, "evlua: %s\n", err);
+    evl_luahost_problems_free(&problems);
+    return EVL_EXIT_USAGE;
+}

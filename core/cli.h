@@ -1,0 +1,43 @@
+/*
+ * cli.h - what the evlua subcommands share, and their entry points.
+ *
+ * Each subcommand is `int evl_cli_NAME(int argc, char **argv)` where
+ * argv[0] is the subcommand's name; it returns the process exit code:
+ * 0 ok, 1 runtime failure, 2 usage or configuration error. main.c only
+ * dispatches. Each lives in its own file (cli_run.c, cli_send.c, ...).
+ *
+ * @locality the main thread.
+ */
+#ifndef EVL_CLI_H
+#define EVL_CLI_H
+
+#include "config.h"
+#include "luahost.h"
+
+#define EVL_EXIT_OK      0
+#define EVL_EXIT_FAILURE 1
+#define EVL_EXIT_USAGE   2
+
+/* Load the config at path (NULL: defaults) and apply its log level.
+ * On error prints "evlua: MESSAGE" to stderr and returns EVL_EXIT_USAGE;
+ * else EVL_EXIT_OK with *cfg filled (free with evl_config_free). */
+int evl_cli_load_config(const char *path, evl_config *cfg);
+
+/* Fill hc from cfg (pointers into cfg: keep cfg alive). scripts_dir, when
+ * non-NULL, replaces the script directories with scripts_dir/aggregates
+ * and scripts_dir/projections (and scripts_dir/lib when it exists); the
+ * strings are kept in static storage. */
+void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
+                         evl_luahost_config *hc);
+
+/* Load the script set; on problems print one "file:line: message" line
+ * each to stderr and return EVL_EXIT_USAGE, else EVL_EXIT_OK and *host. */
+int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host);
+
+int evl_cli_run(int argc, char **argv);
+int evl_cli_check(int argc, char **argv);
+int evl_cli_send(int argc, char **argv);
+int evl_cli_parked(int argc, char **argv);
+int evl_cli_projection(int argc, char **argv);
+
+#endif

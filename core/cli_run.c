@@ -1,0 +1,159 @@
+/*
+ * cli_run.c - `evlua run`: the long-running service.
+ *
+ * Loads the config and the script set once (a broken set is a
+ * configuration error: exit 2 before touching Kafka), then starts one
+ * thread per pipeline: the command processor (when aggregates are loaded
+ * and commands.enabled) and one projector per projection (when a database
+ * is configured and projection.enabled). Each pipeline builds its own
+ * host from the loaded one (evl_luahost_reload), so no lua_State is ever
+ * shared between threads, and watches SIGHUP and the stop flag at its
+ * batch boundaries. The exit code is the worst of the pipelines'.
+ */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "lifecycle.h"
+#include "log.h"
+#ifdef EVLUA_HAVE_CMDPROC
+#include "cmdproc.h"
+#endif
+#ifdef EVLUA_HAVE_PROJECTOR
+#include "projector.h"
+#endif
+
+static const char run_usage[] =
+    "usage: evlua run [-c CONFIG] [--scripts DIR]\n"
+    "\n"
+    "Run the configured pipelines until SIGTERM or SIGINT:\n"
+    "  - the command processor: commands topics -> aggregates -> events,\n"
+    "    state snapshots and results, one Kafka transaction per batch;\n"
+    "  - one projector per projection: events -> SQL in PostgreSQL, with\n"
+    "    checkpoints and offsets in the same DB transaction.\n"
+    "SIGHUP reloads every script (all or nothing) between batches.\n"
+    "\n"
+    "  -c, --config FILE   config file (see docs/config.md)\n"
+    "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
+    "\n"
+    "Exit 0 after a clean stop, 1 on a runtime failure (e.g. fenced by\n"
+    "another instance), 2 on a usage, config or script error.\n";
+
+typedef struct pipeline {
+    pthread_t thread;
+    const char *kind;
+    const char *name; /* projection name, or NULL */
+    const evl_config *cfg;
+    const evl_luahost *proto;
+    int rc;
+} pipeline;
+
+static void *pipeline_main(void *arg)
+{
+    pipeline *p = arg;
+#ifdef EVLUA_HAVE_CMDPROC
+    if (strcmp(p->kind, "commands") == 0)
+        p->rc = evl_cmdproc_run(p->cfg, p->proto);
+#endif
+#ifdef EVLUA_HAVE_PROJECTOR
+    if (strcmp(p->kind, "projection") == 0)
+        p->rc = evl_projector_run(p->cfg, p->proto, p->name);
+#endif
+    if (p->rc != 0)
+        evl_lifecycle_request_stop(); /* one pipeline down: drain all */
+    return NULL;
+}
+
+int evl_cli_run(int argc, char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"scripts", required_argument, 0, 's'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *config = NULL, *scripts = NULL;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config = optarg; break;
+        case 's': scripts = optarg; break;
+        case 'h': fputs(run_usage, stdout); return EVL_EXIT_OK;
+        default: fputs(run_usage, stderr); return EVL_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evlua run: unexpected argument '%s'\n%s", argv[optind],
+                run_usage);
+        return EVL_EXIT_USAGE;
+    }
+
+    evl_config cfg;
+    if ((rc = evl_cli_load_config(config, &cfg)))
+        return rc;
+    evl_luahost_config hc;
+    evl_luahost *proto = NULL;
+    evl_cli_host_config(&cfg, scripts, &hc);
+    if ((rc = evl_cli_load_host(&hc, &proto))) {
+        evl_config_free(&cfg);
+        return rc;
+    }
+    if (evl_lifecycle_install() != 0 || evl_luahost_install_sighup() != 0) {
+        evl_log(EVL_LOG_ERROR, "cannot install signal handlers", NULL);
+        rc = EVL_EXIT_FAILURE;
+        goto out;
+    }
+
+    size_t nproj = evl_luahost_nprojections(proto);
+    pipeline *ps = evl_xmalloc(sizeof(pipeline) * (nproj + 1));
+    size_t n = 0;
+    if (cfg.cmd.enabled && evl_luahost_naggregates(proto) > 0)
+        ps[n++] = (pipeline){.kind = "commands", .cfg = &cfg, .proto = proto};
+    if (cfg.proj.enabled && nproj > 0) {
+        if (!cfg.pg_conninfo) {
+            evl_log(EVL_LOG_WARN,
+                    "projections loaded but no database configured "
+                    "(postgres / EVLUA_PG_CONNINFO): projectors not started",
+                    NULL);
+        } else {
+            for (size_t i = 0; i < nproj; i++)
+                ps[n++] = (pipeline){
+                    .kind = "projection",
+                    .name = evl_luahost_projection_at(proto, i)->name,
+                    .cfg = &cfg,
+                    .proto = proto};
+        }
+    }
+    if (n == 0) {
+        fprintf(stderr, "evlua run: nothing to run: no aggregates with "
+                        "commands.enabled and no projections with a "
+                        "database\n");
+        free(ps);
+        rc = EVL_EXIT_USAGE;
+        goto out;
+    }
+    evl_log(EVL_LOG_INFO, "evlua starting", "version", EVLUA_VERSION, "config",
+            cfg.path, "scripts", evl_luahost_hash(proto), NULL);
+    size_t started = 0;
+    for (; started < n; started++)
+        if (pthread_create(&ps[started].thread, NULL, pipeline_main,
+                           &ps[started]) != 0) {
+            evl_log(EVL_LOG_ERROR, "pthread_create failed", NULL);
+            evl_lifecycle_request_stop();
+            rc = EVL_EXIT_FAILURE;
+            break;
+        }
+    for (size_t i = 0; i < started; i++) {
+        pthread_join(ps[i].thread, NULL);
+        if (ps[i].rc > rc)
+            rc = ps[i].rc;
+    }
+    free(ps);
+    evl_log(EVL_LOG_INFO, "evlua stopped", NULL);
+out:
+    evl_luahost_free(proto);
+    evl_config_free(&cfg);
+    return rc;
+}

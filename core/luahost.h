@@ -1,0 +1,331 @@
+/*
+ * luahost.h - runs the user's aggregate and projection scripts, sandboxed
+ * and limited, and turns their results into plain C data.
+ *
+ * A host is one lua_State holding one complete script set: every *.lua of
+ * the configured aggregate and projection directories, loaded in sorted
+ * file-name order and validated against the contracts of DESIGN.md:
+ *
+ *   aggregate  { type = "customer",               -- [A-Za-z0-9._-]+
+ *                initial = function() -> state table,
+ *                apply  = { EventType   = function(state, e) -> nil | state },
+ *                handle = { CommandType = function(state, cmd, ctx)
+ *                                         -> { {type=, data=}, ... }
+ *                                          | ctx.reject(msg) },
+ *                upcast = { EventType = function(e) -> nil | e } }  -- optional
+ *   projection { name = "customer_profile",       -- [A-Za-z0-9._-]+
+ *                on = { EventType = function(e) -> stmt | {stmt...} | nil },
+ *                schema = "DDL" | { "DDL", ... }, -- optional
+ *                reset = "SQL" | function() -> stmt | {stmt...} | nil }
+ *                                                 -- optional
+ *
+ * where stmt is { sql, param1, param2, ... }. Two aggregates with one type
+ * or two projections with one name are an error.
+ *
+ * State lives in C as JSON text: the caller keeps it (the store is not this
+ * module's business) and passes it in; decide returns the events and the
+ * state after applying them, in one call.
+ *
+ * Sandbox (see the allow-list in luahost.c and core/lua/API.md): each
+ * script gets its own global table with fresh copies of the base library
+ * (without dofile, loadfile, collectgarbage control; load takes text
+ * only), string (without dump), table, math, utf8, os.time/clock/date and
+ * the evlua table; require() loads only text modules from lib_dir. The
+ * shared string metatable is hidden. Metatables with __gc are refused.
+ *
+ * Limits: memory per lua_State (custom allocator), an instruction budget
+ * and a time limit per handler call (count hook; a pcall in the script
+ * cannot swallow them), caps on the subject size of string patterns and
+ * on string.rep results (the hook does not reach inside C functions).
+ * Going over fails the call, not the process, and the next call starts
+ * afresh.
+ *
+ * Errors: load problems are collected (all of them, one "file:line: msg"
+ * line each). A failing call reports "<script>: <handler>: <detail>";
+ * Lua errors carry script:line and a traceback.
+ *
+ * Does not: talk to Kafka or PostgreSQL, build event envelopes (ids,
+ * timestamps, sequence numbers), keep state between calls, lock anything.
+ *
+ * Uses luaapi, json, log and the Lua C API.
+ *
+ * @locality a host belongs to one thread at a time (the pipeline that owns
+ * it); hosts on different threads are independent. The SIGHUP helpers are
+ * for any thread.
+ */
+#ifndef EVL_LUAHOST_H
+#define EVL_LUAHOST_H
+
+#include <stddef.h>
+
+#include "evl.h"
+#include "json.h"
+
+typedef struct evl_luahost evl_luahost;
+
+/* Defaults for the limits when the config leaves them 0. */
+#define EVL_LUAHOST_MEMORY_LIMIT      (64u * 1024 * 1024) /* bytes per state */
+#define EVL_LUAHOST_INSTRUCTION_LIMIT 10000000L           /* per handler call */
+#define EVL_LUAHOST_TIME_LIMIT_MS     1000L               /* per handler call */
+#define EVL_LUAHOST_MAX_STRING_OP     (1024u * 1024)      /* bytes */
+
+typedef struct evl_luahost_config {
+    /* Directories whose *.lua files are aggregates / projections. Each
+     * must exist (an empty one is fine). Files load in directory order,
+     * then by file name (strcmp). A script's name in messages is the
+     * directory as given joined with the file name. */
+    const char *const *aggregate_dirs;
+    size_t naggregate_dirs;
+    const char *const *projection_dirs;
+    size_t nprojection_dirs;
+    /* Where require("a.b") looks: lib_dir/a/b.lua. NULL: require fails. */
+    const char *lib_dir;
+    /* Bytes of Lua heap per host; 0: EVL_LUAHOST_MEMORY_LIMIT. */
+    size_t memory_limit;
+    /* VM instructions per handler call (counted in steps of at most
+     * 1000); 0: EVL_LUAHOST_INSTRUCTION_LIMIT. Library functions that
+     * loop as often as an argument says (table.move, insert, remove,
+     * sort) are charged for their steps. */
+    long instruction_limit;
+    /* Wall-clock milliseconds per handler call, checked with the
+     * instruction count (so a short loop over a costly C function, such
+     * as a find on a large string, is stopped too); 0:
+     * EVL_LUAHOST_TIME_LIMIT_MS; negative: no time limit. The clock is
+     * CLOCK_MONOTONIC_COARSE: a few milliseconds of resolution. */
+    long time_limit_ms;
+    /* Largest subject of string.find/match/gmatch/gsub and largest
+     * string.rep result; 0: EVL_LUAHOST_MAX_STRING_OP. Patterns are
+     * capped at 4096 bytes. Both bound what one C call can cost, where
+     * neither the count hook nor the clock reaches. */
+    size_t max_string_op;
+} evl_luahost_config;
+
+/* Everything wrong with a script set, one line per problem:
+ * "dir/file.lua:12: message" (Lua's own syntax and runtime errors) or
+ * "dir/file.lua: message" (contract problems, which have no line). */
+typedef struct evl_luahost_problems {
+    char **lines;
+    size_t n;
+} evl_luahost_problems;
+
+/* Frees the lines and zeroes p; accepts NULL. */
+void evl_luahost_problems_free(evl_luahost_problems *p);
+
+/* Load and validate the script set of cfg into a new host. The config is
+ * copied. On success returns EVL_OK, sets *out (owned; free with
+ * evl_luahost_free()) and logs "scripts loaded" with the set's hash and
+ * counts. Otherwise returns EVL_EPERMANENT, leaves *out alone, appends
+ * every problem to problems (when non-NULL; free with
+ * evl_luahost_problems_free()) and writes "N problems loading scripts;
+ * first: ..." into err. */
+evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
+                        evl_luahost_problems *problems, char *err,
+                        size_t errlen);
+
+/* Build a complete new host from old's config (the same directories,
+ * sandbox and limits). On success: EVL_OK, *out is the new host (log
+ * line "scripts loaded"); the caller swaps it in between batches and frees
+ * old. On failure: EVL_EPERMANENT, old is untouched and stays in use,
+ * each problem is logged ("script reload failed; keeping the loaded set")
+ * and appended to problems when non-NULL. */
+evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
+                           evl_luahost_problems *problems, char *err,
+                           size_t errlen);
+
+/* Close the lua_State and free everything; accepts NULL. */
+void evl_luahost_free(evl_luahost *host);
+
+/* Hex FNV-1a 64 of the loaded set: over each script's kind, file name
+ * (without directory) and content, in load order, and each library module
+ * that scripts require while loading. Equal sets hash equally wherever
+ * they live. Owned by the host. */
+const char *evl_luahost_hash(const evl_luahost *host);
+
+/* Bytes of Lua heap in use now. */
+size_t evl_luahost_memory(const evl_luahost *host);
+
+/* ---- lookups: pointers stay valid until the host is freed ---------------- */
+
+typedef struct evl_luahost_aggregate {
+    const char *type;
+    const char *script;          /* "aggregates/customer.lua" */
+    const char *const *commands; /* keys of handle, sorted */
+    size_t ncommands;
+    const char *const *events; /* keys of apply, sorted */
+    size_t nevents;
+} evl_luahost_aggregate;
+
+typedef struct evl_luahost_projection {
+    const char *name;
+    const char *script;
+    const char *const *schema; /* DDL statements in order (a string
+                                  schema is one); none: nschema 0 */
+    size_t nschema;
+    const char *const *events; /* keys of on, sorted */
+    size_t nevents;
+} evl_luahost_projection;
+
+size_t evl_luahost_naggregates(const evl_luahost *host);
+size_t evl_luahost_nprojections(const evl_luahost *host);
+
+/* By position (0 .. n-1, in load order) or by type / name; NULL when out
+ * of range or unknown. */
+const evl_luahost_aggregate *evl_luahost_aggregate_at(const evl_luahost *host,
+                                                      size_t i);
+const evl_luahost_aggregate *evl_luahost_aggregate_get(const evl_luahost *host,
+                                                       const char *type);
+const evl_luahost_projection *evl_luahost_projection_at(const evl_luahost *host,
+                                                        size_t i);
+const evl_luahost_projection *
+evl_luahost_projection_get(const evl_luahost *host, const char *name);
+
+/* Does projection p have a handler for event_type? (binary search) */
+int evl_luahost_projection_handles(const evl_luahost_projection *p,
+                                   const char *event_type);
+
+/* ---- calls ------------------------------------------------------------- */
+
+/* What decide runs on. aggregate_type picks the script; the command's
+ * "type" field picks the handler. */
+typedef struct evl_luahost_command {
+    const char *aggregate_type;
+    const char *aggregate_id; /* ctx.aggregate_id; the events' aggregate_id */
+    long long version;        /* events so far: ctx.version */
+    const char *state;        /* state JSON; NULL: no events yet, initial() */
+    size_t state_len;
+    const char *command; /* the command JSON (wire format) */
+    size_t command_len;
+} evl_luahost_command;
+
+typedef enum evl_luahost_verdict {
+    EVL_LUAHOST_ACCEPTED = 0, /* events (maybe none) and the new state */
+    EVL_LUAHOST_REJECTED = 1, /* ctx.reject(msg), or no handler for the
+                                 command type: msg in err, no events */
+    EVL_LUAHOST_FAILED = 2    /* a bug or a limit: Lua error, bad result,
+                                 bad input JSON, unknown aggregate type,
+                                 memory or instruction limit; detail in
+                                 err, no events */
+} evl_luahost_verdict;
+
+typedef struct evl_luahost_event {
+    const char *type;
+    long long version; /* schema version: the event's `version` field,
+                          1 when absent */
+    const char *data;  /* JSON text of data, NUL-terminated */
+    size_t data_len;
+} evl_luahost_event;
+
+/* Owned by the caller; initialise with {0}. decide overwrites it (reusing
+ * its memory); free with evl_luahost_decision_free(). Pointers inside stay
+ * valid until the next decide into it or its free. */
+typedef struct evl_luahost_decision {
+    evl_luahost_event *events;
+    size_t nevents;
+    const char *state; /* JSON of the state after applying the events */
+    size_t state_len;
+    /* internal */
+    evl_buf text;
+    size_t cap;
+} evl_luahost_decision;
+
+void evl_luahost_decision_free(evl_luahost_decision *d); /* accepts NULL */
+
+/* Decide a command: state (or initial()) -> handle[cmd.type](state, cmd,
+ * ctx) with ctx = {aggregate_id, version, metadata = cmd.metadata or {},
+ * reject}. Each event must be a table with a non-empty string `type`, a
+ * table `data` and optionally a positive integer `version`; data must
+ * have a JSON form. On ACCEPTED the events are applied in order (to a
+ * fresh decode of the state: changes handle made to its state are not
+ * kept), each seeing e = {type, version, data, aggregate_type,
+ * aggregate_id, sequence = version + i}, and the resulting state must
+ * be a table with a JSON form; out holds events and state. On REJECTED
+ * and FAILED out is emptied (nevents 0, state NULL) and err holds the
+ * reason. */
+evl_luahost_verdict evl_luahost_decide(evl_luahost *host,
+                                       const evl_luahost_command *cmd,
+                                       evl_luahost_decision *out, char *err,
+                                       size_t errlen);
+
+/* Rebuild state: apply the n stored events (full envelope JSON, as on
+ * the events topic) in order to state (NULL: initial()). Each event goes
+ * through upcast[e.type] first when the script has one. On EVL_OK the new
+ * state JSON replaces the content of out (out->len reset first); else
+ * EVL_EPERMANENT with the reason in err and out->len 0. */
+evl_err evl_luahost_apply(evl_luahost *host, const char *aggregate_type,
+                          const char *state, size_t state_len,
+                          const char *const *events, const size_t *lens,
+                          size_t n, evl_buf *out, char *err, size_t errlen);
+
+/* One SQL parameter. text is what to bind: NULL for SQL NULL, otherwise
+ * NUL-terminated: the string itself, "%lld", "%.17g", "true"/"false", or
+ * JSON for a table. */
+typedef enum evl_luahost_ptype {
+    EVL_PARAM_NULL = 0, /* evlua.null */
+    EVL_PARAM_STRING,
+    EVL_PARAM_INTEGER,
+    EVL_PARAM_FLOAT,
+    EVL_PARAM_BOOLEAN,
+    EVL_PARAM_JSON /* a Lua table */
+} evl_luahost_ptype;
+
+typedef struct evl_luahost_param {
+    evl_luahost_ptype type;
+    const char *text;
+    size_t len;
+    long long i; /* EVL_PARAM_INTEGER, and 0/1 for EVL_PARAM_BOOLEAN */
+    double f;    /* EVL_PARAM_FLOAT */
+} evl_luahost_param;
+
+typedef struct evl_luahost_stmt {
+    const char *sql;
+    size_t sql_len;
+    const evl_luahost_param *params;
+    size_t nparams;
+} evl_luahost_stmt;
+
+/* Owned by the caller; initialise with {0}; project overwrites it (reusing
+ * its memory); free with evl_luahost_stmts_free(). */
+typedef struct evl_luahost_stmts {
+    evl_luahost_stmt *stmts;
+    size_t n;
+    /* internal */
+    evl_buf text;
+    evl_luahost_param *params;
+    size_t nparams, capparams, capstmts;
+} evl_luahost_stmts;
+
+void evl_luahost_stmts_free(evl_luahost_stmts *s); /* accepts NULL */
+
+/* Run projection `projection`'s handler for the event (envelope JSON):
+ * on[e.type](e), after the event's aggregate's upcast[e.type] when the
+ * host has that aggregate and it has one. The handler returns one
+ * statement {sql, params...} (first element a string), a list of them, or
+ * nil. SQL is a non-empty string; params are strings, integers, floats
+ * (not NaN or infinite), booleans, evlua.null or tables (bound as JSON);
+ * strings must be UTF-8 without NUL bytes. A nil between params is an
+ * error (a trailing one cannot be seen: PostgreSQL will count the
+ * parameters). An event type with no handler gives 0 statements.
+ * EVL_OK with out filled, or EVL_EPERMANENT with out emptied and the
+ * reason in err (the event should be parked). */
+evl_err evl_luahost_project(evl_luahost *host, const char *projection,
+                            const char *event, size_t event_len,
+                            evl_luahost_stmts *out, char *err, size_t errlen);
+
+/* The statements that reset projection's tables before a rebuild: its
+ * `reset` string as one statement, what its `reset` function returns
+ * (validated like a handler's result), or none. */
+evl_err evl_luahost_reset(evl_luahost *host, const char *projection,
+                          evl_luahost_stmts *out, char *err, size_t errlen);
+
+/* ---- hot reload on SIGHUP ---------------------------------------------- */
+
+/* Install a SIGHUP handler that only counts signals. Returns 0, or -1 with
+ * errno from sigaction(2). */
+int evl_luahost_install_sighup(void);
+
+/* Has a SIGHUP arrived since this caller last looked? *seen is the
+ * caller's own marker (start it at 0): each pipeline keeps one, so every
+ * pipeline sees every request. Returns 1 and updates *seen, or 0. */
+int evl_luahost_reload_requested(unsigned *seen);
+
+#endif

@@ -1,0 +1,425 @@
+/*
+ * luamod.c - the Lua host as a loadable Lua C module, `evlua_host`, so
+ * busted specs (and core/lua/evlua/testing.lua) load scripts through the
+ * exact sandbox, limits, JSON bridge and validation that `evlua run` uses.
+ *
+ *   local native = require("evlua_host")
+ *   native.api                       -- the evlua table (uuid, now, json..)
+ *   local host, problems = native.load{
+ *     aggregates = "dir" | {dirs}, projections = "dir" | {dirs},
+ *     lib = "dir", memory_mb = 64, instructions = 1e7 }
+ *   host:decide{ aggregate_type=, aggregate_id=, version=, state=,
+ *                command= }           -> { verdict=, events=, state=,
+ *                                          error= }
+ *   host:apply(type, state, events)   -> state | nil, err
+ *   host:project(name, event)         -> { {sql=, params={...}}, ... } |
+ *                                        nil, err
+ *   host:reset(name)                  -> statements | nil, err
+ *   host:aggregates(), host:projections(), host:hash(), host:memory()
+ *
+ * Values cross as JSON through json.h, exactly as in production: a state
+ * or event that has no JSON form fails here as it would there. The module
+ * is built without linking liblua: the interpreter that loads it provides
+ * the Lua API (a second copy of the Lua runtime in one process corrupts
+ * tables).
+ *
+ * @locality the thread of the lua_State that loaded it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "json.h"
+#include "luaapi.h"
+#include "luahost.h"
+
+#define HOST_MT "evlua.host"
+
+typedef struct ud {
+    evl_luahost *host;
+    evl_luahost_decision dec;
+    evl_luahost_stmts stmts;
+    evl_buf buf;
+} ud;
+
+static ud *check_host(lua_State *L)
+{
+    ud *u = luaL_checkudata(L, 1, HOST_MT);
+    if (!u->host)
+        luaL_error(L, "evlua_host: host is closed");
+    return u;
+}
+
+/* Read a string or list of strings field into a NULL-terminated array of
+ * pointers to strings kept alive on the Lua stack (in table at index
+ * keep). */
+static size_t dirs_field(lua_State *L, int opts, const char *field,
+                         const char **out, size_t max)
+{
+    size_t n = 0;
+    lua_getfield(L, opts, field);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        out[n++] = lua_tostring(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, out); /* keep it alive */
+        return n;
+    }
+    if (lua_istable(L, -1)) {
+        lua_Integer len = luaL_len(L, -1);
+        for (lua_Integer i = 1; i <= len && n < max; i++) {
+            lua_rawgeti(L, -1, i);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "evlua_host.load: %s[%d] is not a string", field,
+                           (int)i);
+            out[n++] = lua_tostring(L, -1);
+            lua_pop(L, 1); /* the list table keeps it alive */
+        }
+        lua_rawsetp(L, LUA_REGISTRYINDEX, out);
+        return n;
+    }
+    if (!lua_isnil(L, -1))
+        luaL_error(L, "evlua_host.load: %s must be a string or a list", field);
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* native.load(opts) -> host | nil, problems */
+static int l_load(lua_State *L)
+{
+    static const char *aggs[64], *projs[64];
+    evl_luahost_config hc;
+    evl_luahost_problems problems = {0};
+    char err[EVL_ERRLEN];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    memset(&hc, 0, sizeof hc);
+    hc.aggregate_dirs = aggs;
+    hc.naggregate_dirs = dirs_field(L, 1, "aggregates", aggs, 64);
+    hc.projection_dirs = projs;
+    hc.nprojection_dirs = dirs_field(L, 1, "projections", projs, 64);
+    lua_getfield(L, 1, "lib");
+    hc.lib_dir = lua_tostring(L, -1);
+    lua_getfield(L, 1, "memory_mb");
+    hc.memory_limit = (size_t)luaL_optinteger(L, -1, 0) << 20;
+    lua_getfield(L, 1, "instructions");
+    hc.instruction_limit = (long)luaL_optinteger(L, -1, 0);
+    lua_pop(L, 2);
+
+    ud *u = lua_newuserdatauv(L, sizeof(ud), 0);
+    memset(u, 0, sizeof *u);
+    luaL_setmetatable(L, HOST_MT);
+    if (evl_luahost_new(&hc, &u->host, &problems, err, sizeof err) != EVL_OK) {
+        lua_pushnil(L);
+        lua_createtable(L, (int)problems.n, 0);
+        for (size_t i = 0; i < problems.n; i++) {
+            lua_pushstring(L, problems.lines[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        if (problems.n == 0) {
+            lua_pushstring(L, err);
+            lua_rawseti(L, -2, 1);
+        }
+        evl_luahost_problems_free(&problems);
+        return 2;
+    }
+    evl_luahost_problems_free(&problems);
+    return 1;
+}
+
+/* Encode the value at idx to JSON into u->buf (NUL-terminated); raises a
+ * Lua error naming what on failure. */
+static const char *encode(lua_State *L, ud *u, int idx, const char *what)
+{
+    char err[EVL_ERRLEN];
+    u->buf.len = 0;
+    if (evl_json_encode(L, idx, &u->buf, err, sizeof err) != EVL_OK)
+        luaL_error(L, "%s: %s", what, err);
+    evl_buf_putc(&u->buf, '\0');
+    u->buf.len--;
+    return u->buf.data;
+}
+
+static void decode(lua_State *L, const char *s, size_t len)
+{
+    char err[EVL_ERRLEN];
+    if (evl_json_decode(L, s, len, err, sizeof err) != EVL_OK)
+        luaL_error(L, "evlua_host: cannot decode host output: %s", err);
+}
+
+/* host:decide{aggregate_type, aggregate_id, version, state, command} */
+static int l_decide(lua_State *L)
+{
+    ud *u = check_host(L);
+    char err[EVL_ERRLEN];
+    luaL_checktype(L, 2, LUA_TTABLE);
+    evl_luahost_command cmd;
+    memset(&cmd, 0, sizeof cmd);
+    lua_getfield(L, 2, "aggregate_type");
+    cmd.aggregate_type = luaL_checkstring(L, -1);
+    lua_getfield(L, 2, "aggregate_id");
+    cmd.aggregate_id = luaL_optstring(L, -1, "test-1");
+    lua_getfield(L, 2, "version");
+    cmd.version = luaL_optinteger(L, -1, 0);
+    /* the command and the state as JSON, each kept alive as a string on
+     * the stack */
+    lua_getfield(L, 2, "command");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    encode(L, u, lua_gettop(L), "command");
+    lua_pushlstring(L, u->buf.data, u->buf.len);
+    cmd.command = lua_tolstring(L, -1, &cmd.command_len);
+    lua_getfield(L, 2, "state");
+    if (!lua_isnil(L, -1)) {
+        encode(L, u, lua_gettop(L), "state");
+        lua_pushlstring(L, u->buf.data, u->buf.len);
+        cmd.state = lua_tolstring(L, -1, &cmd.state_len);
+    }
+    evl_luahost_verdict v =
+        evl_luahost_decide(u->host, &cmd, &u->dec, err, sizeof err);
+    lua_createtable(L, 0, 4);
+    static const char *const names[] = {"accepted", "rejected", "failed"};
+    lua_pushstring(L, names[v]);
+    lua_setfield(L, -2, "verdict");
+    if (v != EVL_LUAHOST_ACCEPTED) {
+        lua_pushstring(L, err);
+        lua_setfield(L, -2, "error");
+        return 1;
+    }
+    lua_createtable(L, (int)u->dec.nevents, 0);
+    for (size_t i = 0; i < u->dec.nevents; i++) {
+        const evl_luahost_event *e = &u->dec.events[i];
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, e->type);
+        lua_setfield(L, -2, "type");
+        lua_pushinteger(L, e->version);
+        lua_setfield(L, -2, "version");
+        decode(L, e->data, e->data_len);
+        lua_setfield(L, -2, "data");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "events");
+    decode(L, u->dec.state, u->dec.state_len);
+    lua_setfield(L, -2, "state");
+    return 1;
+}
+
+/* host:apply(type, state|nil, {event envelope tables}) -> state | nil,err */
+static int l_apply(lua_State *L)
+{
+    ud *u = check_host(L);
+    char err[EVL_ERRLEN];
+    const char *type = luaL_checkstring(L, 2);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 4);
+    const char *state = NULL;
+    size_t state_len = 0;
+    if (!lua_isnil(L, 3)) {
+        encode(L, u, 3, "state");
+        lua_pushlstring(L, u->buf.data, u->buf.len);
+        state = lua_tolstring(L, -1, &state_len);
+    }
+    /* encoded events stay alive in a table of strings */
+    lua_createtable(L, (int)n, 0);
+    int keep = lua_gettop(L);
+    const char **evs = lua_newuserdatauv(
+        L, sizeof(char *) * (size_t)(n + 1) + sizeof(size_t) * (size_t)(n + 1),
+        0);
+    size_t *lens = (size_t *)(evs + n + 1);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 4, i);
+        encode(L, u, lua_gettop(L), "event");
+        lua_pop(L, 1);
+        lua_pushlstring(L, u->buf.data, u->buf.len);
+        evs[i - 1] = lua_tolstring(L, -1, &lens[i - 1]);
+        lua_rawseti(L, keep, i);
+    }
+    u->buf.len = 0;
+    if (evl_luahost_apply(u->host, type, state, state_len, evs, lens, (size_t)n,
+                          &u->buf, err, sizeof err) != EVL_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    decode(L, u->buf.data, u->buf.len);
+    return 1;
+}
+
+static void push_stmts(lua_State *L, const evl_luahost_stmts *s)
+{
+    lua_createtable(L, (int)s->n, 0);
+    for (size_t i = 0; i < s->n; i++) {
+        const evl_luahost_stmt *st = &s->stmts[i];
+        lua_createtable(L, 0, 2);
+        lua_pushlstring(L, st->sql, st->sql_len);
+        lua_setfield(L, -2, "sql");
+        lua_createtable(L, (int)st->nparams, 0);
+        for (size_t j = 0; j < st->nparams; j++) {
+            const evl_luahost_param *p = &st->params[j];
+            switch (p->type) {
+            case EVL_PARAM_NULL: evl_json_push_null(L); break;
+            case EVL_PARAM_STRING: lua_pushlstring(L, p->text, p->len); break;
+            case EVL_PARAM_INTEGER: lua_pushinteger(L, p->i); break;
+            case EVL_PARAM_FLOAT: lua_pushnumber(L, p->f); break;
+            case EVL_PARAM_BOOLEAN: lua_pushboolean(L, (int)p->i); break;
+            case EVL_PARAM_JSON: decode(L, p->text, p->len); break;
+            }
+            lua_rawseti(L, -2, (lua_Integer)j + 1);
+        }
+        lua_setfield(L, -2, "params");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+/* host:project(name, event) -> statements | nil, err */
+static int l_project(lua_State *L)
+{
+    ud *u = check_host(L);
+    char err[EVL_ERRLEN];
+    const char *name = luaL_checkstring(L, 2);
+    size_t len;
+    const char *ev;
+    if (lua_type(L, 3) == LUA_TSTRING) {
+        ev = lua_tolstring(L, 3, &len);
+    } else {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        encode(L, u, 3, "event");
+        lua_pushlstring(L, u->buf.data, u->buf.len);
+        ev = lua_tolstring(L, -1, &len);
+    }
+    if (!evl_luahost_projection_get(u->host, name))
+        return luaL_error(L, "evlua_host: no projection named '%s'", name);
+    if (evl_luahost_project(u->host, name, ev, len, &u->stmts, err,
+                            sizeof err) != EVL_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    push_stmts(L, &u->stmts);
+    return 1;
+}
+
+/* host:reset(name) -> statements | nil, err */
+static int l_reset(lua_State *L)
+{
+    ud *u = check_host(L);
+    char err[EVL_ERRLEN];
+    const char *name = luaL_checkstring(L, 2);
+    if (evl_luahost_reset(u->host, name, &u->stmts, err, sizeof err) !=
+        EVL_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    push_stmts(L, &u->stmts);
+    return 1;
+}
+
+static void push_strv(lua_State *L, const char *const *v, size_t n)
+{
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushstring(L, v[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+/* host:aggregates() -> { {type=, script=, commands={}, events={}}, ... } */
+static int l_aggregates(lua_State *L)
+{
+    ud *u = check_host(L);
+    size_t n = evl_luahost_naggregates(u->host);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(u->host, i);
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, a->type);
+        lua_setfield(L, -2, "type");
+        lua_pushstring(L, a->script);
+        lua_setfield(L, -2, "script");
+        push_strv(L, a->commands, a->ncommands);
+        lua_setfield(L, -2, "commands");
+        push_strv(L, a->events, a->nevents);
+        lua_setfield(L, -2, "events");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+/* host:projections() -> { {name=, script=, schema={}, events={}}, ... } */
+static int l_projections(lua_State *L)
+{
+    ud *u = check_host(L);
+    size_t n = evl_luahost_nprojections(u->host);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        const evl_luahost_projection *p = evl_luahost_projection_at(u->host, i);
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, p->name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, p->script);
+        lua_setfield(L, -2, "script");
+        push_strv(L, p->schema, p->nschema);
+        lua_setfield(L, -2, "schema");
+        push_strv(L, p->events, p->nevents);
+        lua_setfield(L, -2, "events");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+/* host:hash() -> string */
+static int l_hash(lua_State *L)
+{
+    lua_pushstring(L, evl_luahost_hash(check_host(L)->host));
+    return 1;
+}
+
+/* host:memory() -> integer (bytes of the host's Lua heap) */
+static int l_memory(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)evl_luahost_memory(check_host(L)->host));
+    return 1;
+}
+
+/* host:close(); also the __gc */
+static int l_close(lua_State *L)
+{
+    ud *u = luaL_checkudata(L, 1, HOST_MT);
+    evl_luahost_free(u->host);
+    u->host = NULL;
+    evl_luahost_decision_free(&u->dec);
+    evl_luahost_stmts_free(&u->stmts);
+    evl_buf_free(&u->buf);
+    return 0;
+}
+
+int luaopen_evlua_host(lua_State *L);
+
+int luaopen_evlua_host(lua_State *L)
+{
+    static const luaL_Reg methods[] = {{"decide", l_decide},
+                                       {"apply", l_apply},
+                                       {"project", l_project},
+                                       {"reset", l_reset},
+                                       {"aggregates", l_aggregates},
+                                       {"projections", l_projections},
+                                       {"hash", l_hash},
+                                       {"memory", l_memory},
+                                       {"close", l_close},
+                                       {NULL, NULL}};
+    luaL_checkversion(L);
+    if (luaL_newmetatable(L, HOST_MT)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, l_load);
+    lua_setfield(L, -2, "load");
+    evl_luaapi_push(L, "spec");
+    lua_setfield(L, -2, "api");
+    return 1;
+}
