@@ -16,6 +16,9 @@
  *                                        nil, err
  *   host:reset(name)                  -> statements | nil, err
  *   host:aggregates(), host:projections(), host:hash(), host:memory()
+ *   local db = native.pg(conninfo)   -- a libpq connection for specs
+ *   db:exec(sql, {n=, ...})          -> rows ({col = text|nil}), count
+ *   db:close()
  *
  * Values cross as JSON through json.h, exactly as in production: a state
  * or event that has no JSON form fails here as it would there. The module
@@ -29,6 +32,7 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <libpq-fe.h>
 #include <lua.h>
 
 #include "json.h"
@@ -392,6 +396,94 @@ static int l_close(lua_State *L)
     return 0;
 }
 
+/* ---- a small libpq binding for evlua.testing's against_postgres ------- */
+
+#define PG_MT "evlua.pg"
+
+typedef struct pgud {
+    PGconn *conn;
+} pgud;
+
+/* native.pg(conninfo) -> db; raises with libpq's message on failure */
+static int l_pg(lua_State *L)
+{
+    const char *conninfo = luaL_checkstring(L, 1);
+    pgud *p = lua_newuserdatauv(L, sizeof(pgud), 0);
+    p->conn = NULL;
+    luaL_setmetatable(L, PG_MT);
+    p->conn = PQconnectdb(conninfo);
+    if (PQstatus(p->conn) != CONNECTION_OK) {
+        lua_pushstring(L, PQerrorMessage(p->conn));
+        PQfinish(p->conn);
+        p->conn = NULL;
+        return lua_error(L);
+    }
+    PQsetNoticeProcessor(p->conn, NULL, NULL);
+    return 1;
+}
+
+/* db:exec(sql, params) -> rows, affected. params is a table with n (or a
+ * sequence) of strings, nil for SQL NULL. Raises on any error with the
+ * server's message. */
+static int l_pg_exec(lua_State *L)
+{
+    pgud *p = luaL_checkudata(L, 1, PG_MT);
+    const char *sql = luaL_checkstring(L, 2);
+    const char *vals[256];
+    int n = 0;
+    if (!p->conn)
+        return luaL_error(L, "evlua_host: connection is closed");
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "n");
+        n = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1)
+                                 : (int)luaL_len(L, 3);
+        lua_pop(L, 1);
+        if (n > 256)
+            return luaL_error(L, "evlua_host: at most 256 parameters");
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, 3, i + 1); /* kept on the stack while used */
+            vals[i] = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
+        }
+    }
+    PGresult *res = PQexecParams(p->conn, sql, n, NULL, vals, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        lua_pushfstring(L, "%s", PQresultErrorMessage(res));
+        PQclear(res);
+        return lua_error(L);
+    }
+    int rows = PQntuples(res), cols = PQnfields(res);
+    /* build the result; on a memory error the PGresult would leak, which
+     * a test process can afford */
+    lua_createtable(L, rows, 0);
+    for (int r = 0; r < rows; r++) {
+        lua_createtable(L, 0, cols);
+        for (int c = 0; c < cols; c++) {
+            if (PQgetisnull(res, r, c))
+                continue;
+            lua_pushlstring(L, PQgetvalue(res, r, c),
+                            (size_t)PQgetlength(res, r, c));
+            lua_setfield(L, -2, PQfname(res, c));
+        }
+        lua_rawseti(L, -2, r + 1);
+    }
+    const char *tuples = PQcmdTuples(res);
+    lua_pushinteger(L, tuples && *tuples ? atoll(tuples) : 0);
+    PQclear(res);
+    return 2;
+}
+
+/* db:close(); also the __gc */
+static int l_pg_close(lua_State *L)
+{
+    pgud *p = luaL_checkudata(L, 1, PG_MT);
+    if (p->conn)
+        PQfinish(p->conn);
+    p->conn = NULL;
+    return 0;
+}
+
 int luaopen_evlua_host(lua_State *L);
 
 int luaopen_evlua_host(lua_State *L)
@@ -416,9 +508,20 @@ int luaopen_evlua_host(lua_State *L)
         lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
+    static const luaL_Reg pg_methods[] = {
+        {"exec", l_pg_exec}, {"close", l_pg_close}, {NULL, NULL}};
+    if (luaL_newmetatable(L, PG_MT)) {
+        luaL_newlib(L, pg_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_pg_close);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 3);
     lua_pushcfunction(L, l_load);
     lua_setfield(L, -2, "load");
+    lua_pushcfunction(L, l_pg);
+    lua_setfield(L, -2, "pg");
     evl_luaapi_push(L, "spec");
     lua_setfield(L, -2, "api");
     return 1;

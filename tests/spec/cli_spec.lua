@@ -1,6 +1,6 @@
 -- The evlua binary's command line: help, version, exit codes
 -- (0 ok, 1 runtime failure, 2 usage or configuration error).
-local bin = assert(os.getenv("EVLUA_BIN"), "EVLUA_BIN must name the evlua binary")
+local bin = os.getenv("EVLUA_BIN") or "build/evlua"
 
 local function run(args)
   local p = io.popen(bin .. " " .. args .. " 2>&1; echo \"rc=$?\"")

@@ -1,0 +1,62 @@
+-- The example projections against a real PostgreSQL, each spec in a
+-- transaction that is rolled back. Needs EVLUA_PG_CONNINFO or a server
+-- from scripts/pg start; fails (never skips) without one.
+local testing = require("evlua.testing")
+local app = testing.load{ root = os.getenv("EVLUA_SOURCE_DIR") or "." }
+
+local function conninfo()
+  local v = os.getenv("EVLUA_PG_CONNINFO")
+  if v and v ~= "" then return v end
+  local f = io.open((os.getenv("EVLUA_RUN_DIR") or ".run") .. "/pg/conninfo")
+  assert(f, "no PostgreSQL: set EVLUA_PG_CONNINFO or run scripts/pg start")
+  v = f:read("l")
+  f:close()
+  return v
+end
+
+local function ev(type_, id, data, seq)
+  return { type = type_, aggregate_type = "customer", aggregate_id = id, data = data,
+           sequence = seq }
+end
+
+describe("against PostgreSQL", function()
+  local db
+  after_each(function() if db then db.rollback(); db = nil end end)
+
+  it("customer_profile builds the customers row from atomic events", function()
+    db = app.projection("customer_profile").against_postgres(conninfo())
+    db.apply{
+      ev("CustomerRegistered", "c1", { name = "Ann", email = "ann@example.com" }, 1),
+      ev("CustomerNameChanged", "c1", { newName = "Ann Lee", previousName = "Ann" }, 2),
+      ev("CustomerAddressChanged", "c1", { newAddress = "1 Main St", previousAddress = testing.null }, 3),
+    }
+    local rows = db.query("SELECT id, name, email, address FROM customers")
+    assert.are.same({ { id = "c1", name = "Ann Lee", email = "ann@example.com",
+                        address = "1 Main St" } }, rows)
+  end)
+
+  it("stores hostile strings and odd Unicode verbatim", function()
+    db = app.projection("customer_profile").against_postgres(conninfo())
+    local name = "Robert'); DROP TABLE customers; -- 𝓡ö\u{200B}b"
+    db.apply{ ev("CustomerRegistered", "c'2", { name = name, email = "r@example.com" }, 1) }
+    local rows = db.query("SELECT name FROM customers WHERE id = $1", "c'2")
+    assert.are.equal(name, rows[1].name)
+  end)
+
+  it("shipping_addresses is harmless to replay", function()
+    db = app.projection("customer_profile").against_postgres(conninfo())
+    db.apply{ ev("CustomerRegistered", "c3", { name = "C", email = "c@example.com" }, 1) }
+    db.assert_replay_harmless(
+      { ev("CustomerAddressChanged", "c3", { newAddress = "9 Elm" }, 2) },
+      "SELECT id, address FROM customers ORDER BY id")
+  end)
+
+  it("detects a projection whose SQL is not replay-safe", function()
+    db = app.projection("shipping_addresses").against_postgres(conninfo())
+    assert.has_error(function()
+      db.assert_replay_harmless(
+        { ev("CustomerAddressChanged", "c4", { newAddress = "9 Elm" }, 1) },
+        "SELECT customer_id, changes FROM shipping_addresses")
+    end)
+  end)
+end)
