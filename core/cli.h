@@ -36,6 +36,7 @@ int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host);
 
 int evl_cli_run(int argc, char **argv);
 int evl_cli_check(int argc, char **argv);
+int evl_cli_repl(int argc, char **argv);
 int evl_cli_send(int argc, char **argv);
 int evl_cli_parked(int argc, char **argv);
 int evl_cli_projection(int argc, char **argv);

@@ -22,6 +22,7 @@ static const char usage[] =
     "Commands (`evlua COMMAND --help` for each):\n"
     "  run [-c CONFIG]                     run the configured pipelines\n"
     "  check [-c CONFIG] [--scripts DIR]   load and validate every script\n"
+    "  repl [-c CONFIG] [--scripts DIR]    try commands against the scripts\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this help and exit\n"
@@ -42,6 +43,7 @@ typedef struct command {
 
 static const command commands[] = {
     {"run", evl_cli_run},       {"check", evl_cli_check},
+    {"repl", evl_cli_repl},
 #ifdef EVLUA_HAVE_CMDPROC
     {"send", evl_cli_send},
 #endif

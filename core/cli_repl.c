@@ -1,0 +1,795 @@
+/*
+ * cli_repl.c - `evlua repl`: try commands against the real scripts.
+ *
+ * In memory by default: no Kafka, no PostgreSQL. Each input line
+ *
+ *   AGGREGATE_TYPE AGGREGATE_ID COMMAND_TYPE [DATA]
+ *
+ * (DATA as JSON or as a Lua table constructor, default {}) runs through
+ * the production host (luahost.h): the verdict, the events in their full
+ * envelope, the new state and version, and the SQL every projection would
+ * run for those events. States and events are kept per aggregate in this
+ * process only. Lines starting with ':' are REPL commands (:help).
+ *
+ * Line editing, history and tab completion come from libedit when stdin is
+ * a terminal; otherwise lines are read plainly, without prompts, so the
+ * REPL can be scripted and tested through a pipe.
+ */
+#include <ctype.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <editline/readline.h>
+#include <lauxlib.h>
+#include <libpq-fe.h>
+#include <lualib.h>
+
+#include "cli.h"
+#include "json.h"
+#include "log.h"
+#include "luaapi.h"
+
+static const char repl_usage[] =
+    "usage: evlua repl [-c CONFIG] [--scripts DIR]\n"
+    "\n"
+    "Try commands against the real aggregate and projection scripts, in\n"
+    "memory (no Kafka, no PostgreSQL needed). Type :help inside.\n"
+    "\n"
+    "  -c, --config FILE   config file (scripts, limits, postgres for :db)\n"
+    "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
+    "\n"
+    "Reads plain lines without prompts when stdin is not a terminal.\n";
+
+static const char repl_help[] =
+    "  TYPE ID COMMAND [DATA]   run a command; DATA is JSON or a Lua table\n"
+    "                           (default {}), e.g.\n"
+    "                           customer c1 RegisterCustomer {\"name\":\"Ann\","
+    "\"email\":\"a@x.io\"}\n"
+    "  :state TYPE ID           the aggregate's state and version\n"
+    "  :events TYPE ID          the aggregate's events so far\n"
+    "  :sql                     the SQL of the last command's events\n"
+    "  :db                      run that SQL in PostgreSQL (config postgres)\n"
+    "                           inside a transaction that is rolled back\n"
+    "  :reload                  reload every script (all or nothing), show\n"
+    "                           what changed\n"
+    "  :reset                   forget every aggregate\n"
+    "  :help, :quit\n";
+
+/* One aggregate instance kept in memory. */
+typedef struct agg_inst {
+    char *type, *id;
+    char *state; /* JSON */
+    long long version;
+    evl_buf events; /* envelope JSON texts, one per line */
+    struct agg_inst *next;
+} agg_inst;
+
+typedef struct repl {
+    evl_config cfg;
+    evl_luahost *host;
+    agg_inst *aggs;
+    evl_luahost_stmts stmts;
+    evl_buf sql;       /* the last command's statements, for :sql/:db */
+    char **sql_events; /* envelope JSON of the last command's events */
+    size_t nsql_events;
+    lua_State *L; /* scratch state: Lua-table input, JSON */
+    int tty;
+} repl;
+
+static repl R;
+
+/* ---- small JSON helpers --------------------------------------------- */
+
+static void put_jstr(evl_buf *b, const char *s)
+{
+    evl_buf_putc(b, '"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char esc[8];
+        if (*p == '"' || *p == '\\') {
+            evl_buf_putc(b, '\\');
+            evl_buf_putc(b, (char)*p);
+        } else if (*p < 0x20) {
+            snprintf(esc, sizeof esc, "\\u%04x", *p);
+            evl_buf_puts(b, esc);
+        } else {
+            evl_buf_putc(b, (char)*p);
+        }
+    }
+    evl_buf_putc(b, '"');
+}
+
+/* Print compact JSON text indented by 2 per level, prefixed by pad. */
+static void print_pretty(const char *s, size_t len, const char *pad)
+{
+    int depth = 0, instr = 0;
+    fputs(pad, stdout);
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (instr) {
+            putchar(c);
+            if (c == '\\' && i + 1 < len)
+                putchar(s[++i]);
+            else if (c == '"')
+                instr = 0;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            instr = 1;
+            putchar(c);
+            break;
+        case '{':
+        case '[':
+            if (i + 1 < len && (s[i + 1] == '}' || s[i + 1] == ']')) {
+                putchar(c);
+                putchar(s[++i]);
+                break;
+            }
+            putchar(c);
+            depth++;
+            printf("\n%s%*s", pad, depth * 2, "");
+            break;
+        case '}':
+        case ']':
+            depth--;
+            printf("\n%s%*s%c", pad, depth * 2, "", c);
+            break;
+        case ',': printf(",\n%s%*s", pad, depth * 2, ""); break;
+        case ':': fputs(": ", stdout); break;
+        default: putchar(c);
+        }
+    }
+    putchar('\n');
+}
+
+/* ---- the aggregate store ---------------------------------------------- */
+
+static agg_inst *find_inst(const char *type, const char *id, int create)
+{
+    for (agg_inst *a = R.aggs; a; a = a->next)
+        if (strcmp(a->type, type) == 0 && strcmp(a->id, id) == 0)
+            return a;
+    if (!create)
+        return NULL;
+    agg_inst *a = evl_xmalloc(sizeof *a);
+    memset(a, 0, sizeof *a);
+    a->type = evl_xstrdup(type);
+    a->id = evl_xstrdup(id);
+    a->next = R.aggs;
+    R.aggs = a;
+    return a;
+}
+
+static void free_insts(void)
+{
+    while (R.aggs) {
+        agg_inst *a = R.aggs;
+        R.aggs = a->next;
+        free(a->type);
+        free(a->id);
+        free(a->state);
+        evl_buf_free(&a->events);
+        free(a);
+    }
+}
+
+static void clear_last(void)
+{
+    for (size_t i = 0; i < R.nsql_events; i++)
+        free(R.sql_events[i]);
+    free(R.sql_events);
+    R.sql_events = NULL;
+    R.nsql_events = 0;
+    R.sql.len = 0;
+}
+
+/* ---- input ----------------------------------------------------------------
+ */
+
+/* Turn DATA (JSON, or a Lua table constructor evaluated in an empty
+ * environment) into JSON text in out. Returns 0, or -1 with err. */
+static int data_to_json(const char *data, evl_buf *out, char *err,
+                        size_t errlen)
+{
+    lua_State *L = R.L;
+    int top = lua_gettop(L);
+    out->len = 0;
+    while (isspace((unsigned char)*data))
+        data++;
+    if (*data == '\0') {
+        evl_buf_puts(out, "{}");
+        return 0;
+    }
+    if (evl_json_decode(L, data, strlen(data), err, errlen) != EVL_OK) {
+        /* not JSON: try a Lua table constructor */
+        char jerr[EVL_ERRLEN];
+        snprintf(jerr, sizeof jerr, "%s", err);
+        size_t n = strlen(data) + 8;
+        char *chunk = evl_xmalloc(n);
+        snprintf(chunk, n, "return %s", data);
+        int rc = luaL_loadbufferx(L, chunk, strlen(chunk), "=data", "t");
+        free(chunk);
+        if (rc == LUA_OK) {
+            lua_newtable(L); /* empty environment: a constructor only */
+            lua_setupvalue(L, -2, 1);
+            rc = lua_pcall(L, 0, 1, 0);
+        }
+        if (rc != LUA_OK) {
+            snprintf(err, errlen,
+                     "DATA is neither JSON (%.200s) nor a Lua "
+                     "table (%.200s)",
+                     jerr, lua_tostring(L, -1));
+            lua_settop(L, top);
+            return -1;
+        }
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "DATA must be an object, got %s",
+                 luaL_typename(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    evl_err e = evl_json_encode(L, -1, out, err, errlen);
+    lua_settop(L, top);
+    return e == EVL_OK ? 0 : -1;
+}
+
+/* ---- commands -------------------------------------------------------------
+ */
+
+static void print_statements(const evl_luahost_stmts *s, const char *proj,
+                             evl_buf *sql)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        const evl_luahost_stmt *st = &s->stmts[i];
+        printf("    %s: %.*s\n", proj, (int)st->sql_len, st->sql);
+        evl_buf_puts(sql, "-- ");
+        evl_buf_puts(sql, proj);
+        evl_buf_putc(sql, '\n');
+        evl_buf_put(sql, st->sql, st->sql_len);
+        evl_buf_puts(sql, ";\n");
+        if (st->nparams == 0)
+            continue;
+        printf("      params:");
+        evl_buf_puts(sql, "-- params:");
+        for (size_t j = 0; j < st->nparams; j++) {
+            const evl_luahost_param *p = &st->params[j];
+            char one[160];
+            if (p->type == EVL_PARAM_NULL)
+                snprintf(one, sizeof one, " $%zu=NULL", j + 1);
+            else
+                snprintf(one, sizeof one, " $%zu=%s%.*s%s", j + 1,
+                         p->type == EVL_PARAM_STRING ? "'" : "",
+                         p->len > 100 ? 100 : (int)p->len, p->text,
+                         p->type == EVL_PARAM_STRING ? "'" : "");
+            fputs(one, stdout);
+            evl_buf_puts(sql, one);
+        }
+        putchar('\n');
+        evl_buf_putc(sql, '\n');
+    }
+}
+
+/* The SQL every projection would run for one event envelope. */
+static void project_event(const char *env, size_t len, const char *type)
+{
+    char err[EVL_ERRLEN];
+    for (size_t i = 0; i < evl_luahost_nprojections(R.host); i++) {
+        const evl_luahost_projection *p = evl_luahost_projection_at(R.host, i);
+        if (!evl_luahost_projection_handles(p, type))
+            continue;
+        if (evl_luahost_project(R.host, p->name, env, len, &R.stmts, err,
+                                sizeof err) != EVL_OK) {
+            printf("    %s: FAILED: %s\n", p->name, err);
+            continue;
+        }
+        print_statements(&R.stmts, p->name, &R.sql);
+    }
+}
+
+static void run_command(const char *type, const char *id, const char *ctype,
+                        const char *data)
+{
+    char err[EVL_ERRLEN], cmd_id[37], now[25];
+    evl_buf dj = {0}, cmd = {0}, env = {0};
+    evl_luahost_decision dec = {0};
+
+    if (!evl_luahost_aggregate_get(R.host, type)) {
+        printf("rejected: unknown aggregate type '%s'\n", type);
+        goto out;
+    }
+    if (data_to_json(data, &dj, err, sizeof err) != 0) {
+        printf("error: %s\n", err);
+        goto out;
+    }
+    agg_inst *a = find_inst(type, id, 0);
+    evl_luaapi_uuid7(cmd_id);
+    evl_buf_puts(&cmd, "{\"id\":");
+    put_jstr(&cmd, cmd_id);
+    evl_buf_puts(&cmd, ",\"type\":");
+    put_jstr(&cmd, ctype);
+    evl_buf_puts(&cmd, ",\"aggregate_type\":");
+    put_jstr(&cmd, type);
+    evl_buf_puts(&cmd, ",\"aggregate_id\":");
+    put_jstr(&cmd, id);
+    evl_buf_puts(&cmd, ",\"data\":");
+    evl_buf_put(&cmd, dj.data, dj.len);
+    evl_buf_puts(&cmd, ",\"metadata\":{\"user_id\":\"repl\"}}");
+
+    evl_luahost_command c = {.aggregate_type = type,
+                             .aggregate_id = id,
+                             .version = a ? a->version : 0,
+                             .state = a ? a->state : NULL,
+                             .state_len = a && a->state ? strlen(a->state) : 0,
+                             .command = cmd.data,
+                             .command_len = cmd.len};
+    evl_luahost_verdict v =
+        evl_luahost_decide(R.host, &c, &dec, err, sizeof err);
+    if (v == EVL_LUAHOST_REJECTED) {
+        printf("rejected: %s\n", err);
+        goto out;
+    }
+    if (v == EVL_LUAHOST_FAILED) {
+        printf("failed: %s\n", err);
+        goto out;
+    }
+    a = find_inst(type, id, 1);
+    clear_last();
+    printf("accepted: %zu event%s, version %lld -> %lld\n", dec.nevents,
+           dec.nevents == 1 ? "" : "s", a->version,
+           a->version + (long long)dec.nevents);
+    R.sql_events = evl_xmalloc(sizeof(char *) * (dec.nevents + 1));
+    for (size_t i = 0; i < dec.nevents; i++) {
+        const evl_luahost_event *e = &dec.events[i];
+        char eid[37], seq[32], ver[32];
+        evl_luaapi_uuid7(eid);
+        evl_luaapi_now(now);
+        snprintf(seq, sizeof seq, "%lld", a->version + (long long)i + 1);
+        snprintf(ver, sizeof ver, "%lld", e->version);
+        env.len = 0;
+        evl_buf_puts(&env, "{\"id\":");
+        put_jstr(&env, eid);
+        evl_buf_puts(&env, ",\"type\":");
+        put_jstr(&env, e->type);
+        evl_buf_puts(&env, ",\"version\":");
+        evl_buf_puts(&env, ver);
+        evl_buf_puts(&env, ",\"aggregate_type\":");
+        put_jstr(&env, type);
+        evl_buf_puts(&env, ",\"aggregate_id\":");
+        put_jstr(&env, id);
+        evl_buf_puts(&env, ",\"sequence\":");
+        evl_buf_puts(&env, seq);
+        evl_buf_puts(&env, ",\"occurred_at\":");
+        put_jstr(&env, now);
+        evl_buf_puts(&env, ",\"causation_id\":");
+        put_jstr(&env, cmd_id);
+        evl_buf_puts(&env, ",\"correlation_id\":");
+        put_jstr(&env, cmd_id);
+        evl_buf_puts(&env, ",\"user_id\":\"repl\",\"data\":");
+        evl_buf_put(&env, e->data, e->data_len);
+        evl_buf_putc(&env, '}');
+        printf("  event %s (sequence %s):\n", e->type, seq);
+        print_pretty(env.data, env.len, "    ");
+        evl_buf_put(&a->events, env.data, env.len);
+        evl_buf_putc(&a->events, '\n');
+        evl_buf_putc(&env, '\0');
+        R.sql_events[R.nsql_events++] = evl_xstrdup(env.data);
+    }
+    free(a->state);
+    a->state = evl_xstrdup(dec.state);
+    a->version += (long long)dec.nevents;
+    printf("  state (version %lld):\n", a->version);
+    print_pretty(dec.state, dec.state_len, "    ");
+    if (dec.nevents > 0) {
+        printf("  sql:\n");
+        for (size_t i = 0; i < R.nsql_events; i++) {
+            const char *t = dec.events[i].type;
+            project_event(R.sql_events[i], strlen(R.sql_events[i]), t);
+        }
+        if (R.sql.len == 0)
+            printf("    (no projection handles these events)\n");
+    }
+out:
+    evl_luahost_decision_free(&dec);
+    evl_buf_free(&dj);
+    evl_buf_free(&cmd);
+    evl_buf_free(&env);
+}
+
+static void cmd_state(const char *type, const char *id, int events)
+{
+    agg_inst *a = type && id ? find_inst(type, id, 0) : NULL;
+    if (!a) {
+        printf("no events for %s %s yet\n", type ? type : "?", id ? id : "?");
+        return;
+    }
+    if (!events) {
+        printf("version %lld\n", a->version);
+        print_pretty(a->state, strlen(a->state), "  ");
+        return;
+    }
+    const char *p = a->events.data, *end = p + a->events.len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        print_pretty(p, (size_t)(nl - p), "  ");
+        p = nl + 1;
+    }
+}
+
+/* Names of the aggregates, commands and projections of a host, for
+ * :reload's diff. */
+static void describe(evl_luahost *h, evl_buf *b)
+{
+    b->len = 0;
+    for (size_t i = 0; i < evl_luahost_naggregates(h); i++) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(h, i);
+        for (size_t j = 0; j < a->ncommands; j++) {
+            evl_buf_puts(b, "aggregate ");
+            evl_buf_puts(b, a->type);
+            evl_buf_puts(b, " command ");
+            evl_buf_puts(b, a->commands[j]);
+            evl_buf_putc(b, '\n');
+        }
+        for (size_t j = 0; j < a->nevents; j++) {
+            evl_buf_puts(b, "aggregate ");
+            evl_buf_puts(b, a->type);
+            evl_buf_puts(b, " applies ");
+            evl_buf_puts(b, a->events[j]);
+            evl_buf_putc(b, '\n');
+        }
+    }
+    for (size_t i = 0; i < evl_luahost_nprojections(h); i++) {
+        const evl_luahost_projection *p = evl_luahost_projection_at(h, i);
+        for (size_t j = 0; j < p->nevents; j++) {
+            evl_buf_puts(b, "projection ");
+            evl_buf_puts(b, p->name);
+            evl_buf_puts(b, " on ");
+            evl_buf_puts(b, p->events[j]);
+            evl_buf_putc(b, '\n');
+        }
+    }
+    evl_buf_putc(b, '\0');
+}
+
+/* Print the lines of a that are not in b, prefixed by mark. */
+static int diff_lines(const char *a, const char *b, char mark)
+{
+    int n = 0;
+    const char *p = a;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t len = (size_t)(nl - p);
+        int found = 0;
+        for (const char *q = b; *q;) {
+            const char *qnl = strchr(q, '\n');
+            if ((size_t)(qnl - q) == len && memcmp(p, q, len) == 0) {
+                found = 1;
+                break;
+            }
+            q = qnl + 1;
+        }
+        if (!found) {
+            printf("  %c %.*s\n", mark, (int)len, p);
+            n++;
+        }
+        p = nl + 1;
+    }
+    return n;
+}
+
+static void cmd_reload(void)
+{
+    char err[EVL_ERRLEN];
+    evl_luahost *fresh = NULL;
+    evl_luahost_problems problems = {0};
+    if (evl_luahost_reload(R.host, &fresh, &problems, err, sizeof err) !=
+        EVL_OK) {
+        printf("reload failed; keeping the loaded scripts (%s):\n",
+               evl_luahost_hash(R.host));
+        for (size_t i = 0; i < problems.n; i++)
+            printf("  %s\n", problems.lines[i]);
+        evl_luahost_problems_free(&problems);
+        return;
+    }
+    evl_buf before = {0}, after = {0};
+    describe(R.host, &before);
+    describe(fresh, &after);
+    printf("reloaded: %s -> %s\n", evl_luahost_hash(R.host),
+           evl_luahost_hash(fresh));
+    int n = diff_lines(before.data, after.data, '-') +
+            diff_lines(after.data, before.data, '+');
+    if (n == 0)
+        printf("  (same aggregates, commands and projections; script "
+               "bodies %s)\n",
+               strcmp(evl_luahost_hash(R.host), evl_luahost_hash(fresh))
+                   ? "changed"
+                   : "unchanged");
+    evl_buf_free(&before);
+    evl_buf_free(&after);
+    evl_luahost_free(R.host);
+    R.host = fresh;
+}
+
+static void cmd_db(void)
+{
+    char err[EVL_ERRLEN];
+    if (!R.cfg.pg_conninfo) {
+        printf("no database configured (postgres in the config, or "
+               "EVLUA_PG_CONNINFO)\n");
+        return;
+    }
+    if (R.nsql_events == 0) {
+        printf("no SQL yet: run a command first\n");
+        return;
+    }
+    PGconn *conn = PQconnectdb(R.cfg.pg_conninfo);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        printf("cannot connect: %s", PQerrorMessage(conn));
+        PQfinish(conn);
+        return;
+    }
+    PQsetNoticeProcessor(conn, NULL, NULL);
+    PQclear(PQexec(conn, "BEGIN"));
+    for (size_t i = 0; i < evl_luahost_nprojections(R.host); i++) {
+        const evl_luahost_projection *p = evl_luahost_projection_at(R.host, i);
+        int used = 0;
+        for (size_t e = 0; e < R.nsql_events && !used; e++) {
+            lua_State *L = R.L;
+            if (evl_json_decode(L, R.sql_events[e], strlen(R.sql_events[e]),
+                                err, sizeof err) != EVL_OK)
+                continue;
+            lua_getfield(L, -1, "type");
+            used = evl_luahost_projection_handles(p, lua_tostring(L, -1));
+            lua_pop(L, 2);
+        }
+        if (!used)
+            continue;
+        for (size_t s = 0; s < p->nschema; s++) {
+            PGresult *res = PQexec(conn, p->schema[s]);
+            if (PQresultStatus(res) != PGRES_COMMAND_OK)
+                printf("  %s schema: %s", p->name, PQresultErrorMessage(res));
+            PQclear(res);
+        }
+        for (size_t e = 0; e < R.nsql_events; e++) {
+            if (evl_luahost_project(R.host, p->name, R.sql_events[e],
+                                    strlen(R.sql_events[e]), &R.stmts, err,
+                                    sizeof err) != EVL_OK)
+                continue;
+            for (size_t k = 0; k < R.stmts.n; k++) {
+                const evl_luahost_stmt *st = &R.stmts.stmts[k];
+                const char *vals[256];
+                size_t np = st->nparams > 256 ? 256 : st->nparams;
+                for (size_t j = 0; j < np; j++)
+                    vals[j] = st->params[j].text;
+                char *sql = evl_xmalloc(st->sql_len + 1);
+                memcpy(sql, st->sql, st->sql_len);
+                sql[st->sql_len] = '\0';
+                PQclear(PQexec(conn, "SAVEPOINT repl"));
+                PGresult *res =
+                    PQexecParams(conn, sql, (int)np, NULL, vals, NULL, NULL, 0);
+                ExecStatusType rs = PQresultStatus(res);
+                if (rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK) {
+                    printf("  %s: %s rows affected\n", p->name,
+                           *PQcmdTuples(res) ? PQcmdTuples(res) : "0");
+                    PQclear(PQexec(conn, "RELEASE SAVEPOINT repl"));
+                } else {
+                    printf("  %s: ERROR %s: %s", p->name,
+                           PQresultErrorField(res, PG_DIAG_SQLSTATE)
+                               ? PQresultErrorField(res, PG_DIAG_SQLSTATE)
+                               : "",
+                           PQresultErrorMessage(res));
+                    PQclear(PQexec(conn, "ROLLBACK TO SAVEPOINT repl"));
+                }
+                PQclear(res);
+                free(sql);
+            }
+        }
+    }
+    PQclear(PQexec(conn, "ROLLBACK"));
+    printf("  (rolled back)\n");
+    PQfinish(conn);
+}
+
+/* ---- line editing ---------------------------------------------------------
+ */
+
+static char *dup_match(const char *s)
+{
+    return strdup(s); /* libedit frees matches with free() */
+}
+
+static char *complete_gen(const char *text, int state)
+{
+    static size_t i, j;
+    static int word;
+    if (state == 0) {
+        i = j = 0;
+        /* which word is being completed? */
+        word = 0;
+        const char *line = rl_line_buffer;
+        int inword = 0;
+        for (int k = 0; k < rl_point && line[k]; k++) {
+            if (isspace((unsigned char)line[k]))
+                inword = 0;
+            else if (!inword) {
+                inword = 1;
+                word++;
+            }
+        }
+        if (rl_point == 0 || isspace((unsigned char)line[rl_point - 1]))
+            word++;
+    }
+    size_t tl = strlen(text);
+    if (word <= 1) {
+        static const char *const cmds[] = {":state", ":events", ":sql",
+                                           ":db",    ":reload", ":reset",
+                                           ":help",  ":quit"};
+        for (; i < evl_luahost_naggregates(R.host); i++) {
+            const char *t = evl_luahost_aggregate_at(R.host, i)->type;
+            if (strncmp(t, text, tl) == 0) {
+                i++;
+                return dup_match(t);
+            }
+        }
+        for (; j < sizeof cmds / sizeof cmds[0]; j++)
+            if (strncmp(cmds[j], text, tl) == 0)
+                return dup_match(cmds[j++]);
+        return NULL;
+    }
+    if (word == 3) {
+        char type[128] = "";
+        sscanf(rl_line_buffer, "%127s", type);
+        const evl_luahost_aggregate *a =
+            evl_luahost_aggregate_get(R.host, type);
+        if (!a)
+            return NULL;
+        for (; i < a->ncommands; i++)
+            if (strncmp(a->commands[i], text, tl) == 0)
+                return dup_match(a->commands[i++]);
+    }
+    return NULL;
+}
+
+static char **complete(const char *text, int start, int end)
+{
+    rl_attempted_completion_over = 1;
+    return rl_completion_matches(text, complete_gen);
+}
+
+/* Next line, owned by the caller (free()); NULL at end of input. */
+static char *next_line(void)
+{
+    if (R.tty) {
+        char *l = readline("evlua> ");
+        if (l && *l)
+            add_history(l);
+        return l;
+    }
+    size_t cap = 0;
+    char *l = NULL;
+    ssize_t n = getline(&l, &cap, stdin);
+    if (n < 0) {
+        free(l);
+        return NULL;
+    }
+    l[strcspn(l, "\r\n")] = '\0';
+    return l;
+}
+
+/* Handle one line; returns 0 to quit. */
+static int handle_line(char *line)
+{
+    char *p = line;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p == '\0' || *p == '#')
+        return 1;
+    if (*p == ':') {
+        char cmd[32] = "", a1[256] = "", a2[256] = "";
+        sscanf(p, "%31s %255s %255s", cmd, a1, a2);
+        if (strcmp(cmd, ":quit") == 0 || strcmp(cmd, ":q") == 0)
+            return 0;
+        else if (strcmp(cmd, ":help") == 0)
+            fputs(repl_help, stdout);
+        else if (strcmp(cmd, ":state") == 0)
+            cmd_state(a1, a2, 0);
+        else if (strcmp(cmd, ":events") == 0)
+            cmd_state(a1, a2, 1);
+        else if (strcmp(cmd, ":sql") == 0)
+            fwrite(R.sql.data ? R.sql.data : "", 1, R.sql.len, stdout);
+        else if (strcmp(cmd, ":db") == 0)
+            cmd_db();
+        else if (strcmp(cmd, ":reload") == 0)
+            cmd_reload();
+        else if (strcmp(cmd, ":reset") == 0) {
+            free_insts();
+            clear_last();
+            printf("all aggregates forgotten\n");
+        } else
+            printf("unknown command %s (:help)\n", cmd);
+        return 1;
+    }
+    /* TYPE ID COMMAND [DATA] */
+    char *words[3];
+    for (int w = 0; w < 3; w++) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0') {
+            printf("error: expected TYPE ID COMMAND [DATA] (:help)\n");
+            return 1;
+        }
+        words[w] = p;
+        while (*p && !isspace((unsigned char)*p))
+            p++;
+        if (*p)
+            *p++ = '\0';
+    }
+    run_command(words[0], words[1], words[2], p);
+    return 1;
+}
+
+int evl_cli_repl(int argc, char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"scripts", required_argument, 0, 's'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *config = NULL, *scripts = NULL;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config = optarg; break;
+        case 's': scripts = optarg; break;
+        case 'h': fputs(repl_usage, stdout); return EVL_EXIT_OK;
+        default: fputs(repl_usage, stderr); return EVL_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evlua repl: unexpected argument '%s'\n%s",
+                argv[optind], repl_usage);
+        return EVL_EXIT_USAGE;
+    }
+    memset(&R, 0, sizeof R);
+    if ((rc = evl_cli_load_config(config, &R.cfg)))
+        return rc;
+    /* the REPL's own chatter would drown the answers: warnings only,
+     * unless asked for more */
+    if (!getenv("EVLUA_LOG_LEVEL"))
+        evl_log_set_level(EVL_LOG_WARN);
+    evl_luahost_config hc;
+    evl_cli_host_config(&R.cfg, scripts, &hc);
+    if ((rc = evl_cli_load_host(&hc, &R.host))) {
+        evl_config_free(&R.cfg);
+        return rc;
+    }
+    R.L = luaL_newstate();
+    R.tty = isatty(0) && isatty(1);
+    if (R.tty) {
+        rl_readline_name = "evlua";
+        rl_attempted_completion_function = complete;
+        printf("evlua repl: %zu aggregates, %zu projections (scripts %s). "
+               ":help for help.\n",
+               evl_luahost_naggregates(R.host),
+               evl_luahost_nprojections(R.host), evl_luahost_hash(R.host));
+    }
+    char *line;
+    while ((line = next_line())) {
+        int go = handle_line(line);
+        free(line);
+        fflush(stdout);
+        if (!go)
+            break;
+    }
+    free_insts();
+    clear_last();
+    evl_buf_free(&R.sql);
+    evl_luahost_stmts_free(&R.stmts);
+    evl_luahost_free(R.host);
+    lua_close(R.L);
+    evl_config_free(&R.cfg);
+    return EVL_EXIT_OK;
+}
