@@ -1,0 +1,431 @@
+/*
+ * metrics.c - registry, Prometheus rendering and the HTTP endpoint (see
+ * metrics.h).
+ *
+ * Metrics live in one list guarded by one mutex; handles are never freed
+ * while the process runs, so pipelines can keep them. Values are doubles
+ * updated under the same mutex: updates happen per event at most, far
+ * below what a mutex costs to matter.
+ */
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+#include "log.h"
+
+typedef enum kind { COUNTER, GAUGE, HISTOGRAM } kind;
+
+struct evl_metric {
+    kind kind;
+    char *name, *help, *labels;
+    double value;
+    double *buckets; /* upper bounds */
+    double *counts;  /* per bucket, not cumulative */
+    size_t nbuckets;
+    double sum, count;
+    struct evl_metric *next;
+};
+
+typedef struct ready_entry {
+    char *component;
+    int ready;
+    char *reason;
+    struct ready_entry *next;
+} ready_entry;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static evl_metric *metrics, *metrics_tail;
+static ready_entry *readies;
+static struct MHD_Daemon *daemon_;
+
+static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                         0.025,  0.05,  0.1,    0.25,  0.5,
+                                         1,      2.5,   5,      10};
+
+static evl_metric *get(kind k, const char *name, const char *help,
+                       const char *labels, const double *buckets, size_t nb)
+{
+    if (!labels)
+        labels = "";
+    pthread_mutex_lock(&mu);
+    evl_metric *m;
+    for (m = metrics; m; m = m->next)
+        if (strcmp(m->name, name) == 0 && strcmp(m->labels, labels) == 0)
+            goto out;
+    m = evl_xmalloc(sizeof *m);
+    memset(m, 0, sizeof *m);
+    m->kind = k;
+    m->name = evl_xstrdup(name);
+    m->help = evl_xstrdup(help ? help : "");
+    m->labels = evl_xstrdup(labels);
+    if (k == HISTOGRAM) {
+        if (!buckets) {
+            buckets = default_buckets;
+            nb = sizeof default_buckets / sizeof default_buckets[0];
+        }
+        m->nbuckets = nb;
+        m->buckets = evl_xmalloc(sizeof(double) * nb);
+        memcpy(m->buckets, buckets, sizeof(double) * nb);
+        m->counts = evl_xmalloc(sizeof(double) * nb);
+        memset(m->counts, 0, sizeof(double) * nb);
+    }
+    /* keep metrics of one name together, in order of first use */
+    evl_metric *after = NULL;
+    for (evl_metric *p = metrics; p; p = p->next)
+        if (strcmp(p->name, name) == 0)
+            after = p;
+    if (after) {
+        m->next = after->next;
+        after->next = m;
+        if (metrics_tail == after)
+            metrics_tail = m;
+    } else if (metrics_tail) {
+        metrics_tail->next = m;
+        metrics_tail = m;
+    } else {
+        metrics = metrics_tail = m;
+    }
+out:
+    pthread_mutex_unlock(&mu);
+    return m;
+}
+
+evl_metric *evl_metrics_counter(const char *name, const char *help,
+                                const char *labels)
+{
+    return get(COUNTER, name, help, labels, NULL, 0);
+}
+
+evl_metric *evl_metrics_gauge(const char *name, const char *help,
+                              const char *labels)
+{
+    return get(GAUGE, name, help, labels, NULL, 0);
+}
+
+evl_metric *evl_metrics_histogram(const char *name, const char *help,
+                                  const char *labels, const double *buckets,
+                                  size_t nbuckets)
+{
+    return get(HISTOGRAM, name, help, labels, buckets, nbuckets);
+}
+
+void evl_metric_add(evl_metric *m, double v)
+{
+    pthread_mutex_lock(&mu);
+    m->value += v;
+    pthread_mutex_unlock(&mu);
+}
+
+void evl_metric_set(evl_metric *m, double v)
+{
+    pthread_mutex_lock(&mu);
+    m->value = v;
+    pthread_mutex_unlock(&mu);
+}
+
+void evl_metric_observe(evl_metric *m, double v)
+{
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < m->nbuckets; i++)
+        if (v <= m->buckets[i]) {
+            m->counts[i] += 1;
+            break;
+        }
+    m->sum += v;
+    m->count += 1;
+    pthread_mutex_unlock(&mu);
+}
+
+double evl_metric_value(const evl_metric *m)
+{
+    pthread_mutex_lock(&mu);
+    double v = m->value;
+    pthread_mutex_unlock(&mu);
+    return v;
+}
+
+char *evl_metrics_labels(char *buf, size_t n, ...)
+{
+    va_list ap;
+    size_t o = 0;
+    if (n == 0)
+        return buf;
+    buf[0] = '\0';
+    va_start(ap, n);
+    for (;;) {
+        const char *k = va_arg(ap, const char *);
+        if (!k)
+            break;
+        const char *v = va_arg(ap, const char *);
+        if (!v)
+            v = "";
+        o += (size_t)snprintf(buf + o, o < n ? n - o : 0, "%s%s=\"",
+                              o ? "," : "", k);
+        for (const char *p = v; *p && o + 3 < n; p++) {
+            if (*p == '"' || *p == '\\') {
+                buf[o++] = '\\';
+                buf[o++] = *p;
+            } else if (*p == '\n') {
+                buf[o++] = '\\';
+                buf[o++] = 'n';
+            } else {
+                buf[o++] = *p;
+            }
+        }
+        if (o + 1 < n)
+            buf[o++] = '"';
+        buf[o < n ? o : n - 1] = '\0';
+    }
+    va_end(ap);
+    return buf;
+}
+
+static void appendf(char **s, size_t *len, size_t *cap, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int w = vsnprintf(*s + *len, *cap - *len, fmt, ap);
+        va_end(ap);
+        if ((size_t)w < *cap - *len) {
+            *len += (size_t)w;
+            return;
+        }
+        *cap = *cap * 2 + (size_t)w;
+        *s = evl_xrealloc(*s, *cap);
+    }
+}
+
+/* Prometheus wants labels joined with le for buckets. */
+static void bucket_labels(char *buf, size_t n, const char *labels,
+                          const char *le)
+{
+    snprintf(buf, n, "%s%sle=\"%s\"", labels, *labels ? "," : "", le);
+}
+
+char *evl_metrics_render(void)
+{
+    size_t len = 0, cap = 4096;
+    char *s = evl_xmalloc(cap);
+    s[0] = '\0';
+    static const char *const types[] = {"counter", "gauge", "histogram"};
+    pthread_mutex_lock(&mu);
+    const char *last = NULL;
+    for (evl_metric *m = metrics; m; m = m->next) {
+        if (!last || strcmp(last, m->name) != 0) {
+            appendf(&s, &len, &cap, "# HELP %s %s\n# TYPE %s %s\n", m->name,
+                    m->help, m->name, types[m->kind]);
+            last = m->name;
+        }
+        const char *open = *m->labels ? "{" : "",
+                   *close = *m->labels ? "}" : "";
+        if (m->kind != HISTOGRAM) {
+            appendf(&s, &len, &cap, "%s%s%s%s %.17g\n", m->name, open,
+                    m->labels, close, m->value);
+            continue;
+        }
+        double cum = 0;
+        char lb[1024], le[64];
+        for (size_t i = 0; i < m->nbuckets; i++) {
+            cum += m->counts[i];
+            snprintf(le, sizeof le, "%g", m->buckets[i]);
+            bucket_labels(lb, sizeof lb, m->labels, le);
+            appendf(&s, &len, &cap, "%s_bucket{%s} %.17g\n", m->name, lb, cum);
+        }
+        bucket_labels(lb, sizeof lb, m->labels, "+Inf");
+        appendf(&s, &len, &cap, "%s_bucket{%s} %.17g\n", m->name, lb, m->count);
+        appendf(&s, &len, &cap, "%s_sum%s%s%s %.17g\n%s_count%s%s%s %.17g\n",
+                m->name, open, m->labels, close, m->sum, m->name, open,
+                m->labels, close, m->count);
+    }
+    pthread_mutex_unlock(&mu);
+    return s;
+}
+
+void evl_metrics_ready(const char *component, int ready, const char *reason)
+{
+    pthread_mutex_lock(&mu);
+    ready_entry *r;
+    for (r = readies; r; r = r->next)
+        if (strcmp(r->component, component) == 0)
+            break;
+    if (!r) {
+        r = evl_xmalloc(sizeof *r);
+        memset(r, 0, sizeof *r);
+        r->component = evl_xstrdup(component);
+        r->next = readies;
+        readies = r;
+    }
+    if (r->ready != ready || !r->reason ||
+        strcmp(r->reason, reason ? reason : "") != 0) {
+        free(r->reason);
+        r->reason = evl_xstrdup(reason ? reason : "");
+        r->ready = ready;
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static void json_str(char *buf, size_t n, size_t *o, const char *s)
+{
+    if (*o + 1 < n)
+        buf[(*o)++] = '"';
+    for (; *s && *o + 7 < n; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            buf[(*o)++] = '\\';
+            buf[(*o)++] = (char)c;
+        } else if (c < 0x20) {
+            *o += (size_t)snprintf(buf + *o, n - *o, "\\u%04x", c);
+        } else {
+            buf[(*o)++] = (char)c;
+        }
+    }
+    if (*o + 1 < n)
+        buf[(*o)++] = '"';
+    buf[*o < n ? *o : n - 1] = '\0';
+}
+
+int evl_metrics_readiness(char *buf, size_t n)
+{
+    size_t o = 0;
+    int all = 1;
+    pthread_mutex_lock(&mu);
+    for (ready_entry *r = readies; r; r = r->next)
+        if (!r->ready)
+            all = 0;
+    o += (size_t)snprintf(buf, n, "{\"ready\":%s,\"components\":{",
+                          all ? "true" : "false");
+    for (ready_entry *r = readies; r && o + 64 < n; r = r->next) {
+        json_str(buf, n, &o, r->component);
+        o += (size_t)snprintf(buf + o, n - o, ":{\"ready\":%s,\"reason\":",
+                              r->ready ? "true" : "false");
+        json_str(buf, n, &o, r->reason);
+        o += (size_t)snprintf(buf + o, n - o, "}%s", r->next ? "," : "");
+    }
+    if (o + 3 < n) {
+        buf[o++] = '}';
+        buf[o++] = '}';
+        buf[o] = '\0';
+    }
+    pthread_mutex_unlock(&mu);
+    return all;
+}
+
+static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
+                              const char *url, const char *method,
+                              const char *version, const char *upload,
+                              size_t *upload_len, void **con_cls)
+{
+    struct MHD_Response *res;
+    unsigned status = MHD_HTTP_OK;
+    const char *ctype = "application/json";
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        static const char msg[] = "{\"error\":\"method not allowed\"}";
+        res = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg,
+                                              MHD_RESPMEM_PERSISTENT);
+        status = MHD_HTTP_METHOD_NOT_ALLOWED;
+    } else if (strcmp(url, "/metrics") == 0) {
+        char *body = evl_metrics_render();
+        res = MHD_create_response_from_buffer(strlen(body), body,
+                                              MHD_RESPMEM_MUST_FREE);
+        ctype = "text/plain; version=0.0.4; charset=utf-8";
+    } else if (strcmp(url, "/healthz") == 0) {
+        static const char msg[] = "{\"status\":\"alive\"}";
+        res = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg,
+                                              MHD_RESPMEM_PERSISTENT);
+    } else if (strcmp(url, "/readyz") == 0) {
+        char *body = evl_xmalloc(16384);
+        if (!evl_metrics_readiness(body, 16384))
+            status = MHD_HTTP_SERVICE_UNAVAILABLE;
+        res = MHD_create_response_from_buffer(strlen(body), body,
+                                              MHD_RESPMEM_MUST_FREE);
+    } else {
+        static const char msg[] = "{\"error\":\"not found: try /metrics, "
+                                  "/healthz or /readyz\"}";
+        res = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg,
+                                              MHD_RESPMEM_PERSISTENT);
+        status = MHD_HTTP_NOT_FOUND;
+    }
+    MHD_add_response_header(res, "Content-Type", ctype);
+    enum MHD_Result r = MHD_queue_response(conn, status, res);
+    MHD_destroy_response(res);
+    return r;
+}
+
+evl_err evl_metrics_serve(const char *listen, int *port, char *err,
+                          size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "metrics.listen \"%s\": expected HOST:PORT", listen);
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "metrics.listen \"%s\": bad port", listen);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)p);
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "metrics.listen \"%s\": HOST must be an IPv4 "
+                          "address",
+                          listen);
+    daemon_ = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)p, NULL,
+        NULL, answer, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+    if (!daemon_)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "cannot listen on %s (in use or not allowed)",
+                          listen);
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+    *port = info ? info->port : (int)p;
+    return EVL_OK;
+}
+
+void evl_metrics_stop(void)
+{
+    if (daemon_)
+        MHD_stop_daemon(daemon_);
+    daemon_ = NULL;
+}
+
+void evl_metrics_reset(void)
+{
+    pthread_mutex_lock(&mu);
+    while (metrics) {
+        evl_metric *m = metrics;
+        metrics = m->next;
+        free(m->name);
+        free(m->help);
+        free(m->labels);
+        free(m->buckets);
+        free(m->counts);
+        free(m);
+    }
+    metrics_tail = NULL;
+    while (readies) {
+        ready_entry *r = readies;
+        readies = r->next;
+        free(r->component);
+        free(r->reason);
+        free(r);
+    }
+    pthread_mutex_unlock(&mu);
+}
