@@ -1,6 +1,7 @@
 /* cli.c - config and script loading shared by the subcommands. */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,17 @@ int evl_cli_load_config(const char *path, evl_config *cfg)
      * setting */
     if (!getenv("EVLUA_LOG_LEVEL"))
         evl_log_set_level((evl_log_level)evl_log_parse_level(cfg->log_level));
+    evl_log_set_format(strcmp(cfg->log_format, "json") == 0 ? EVL_LOG_JSON
+                                                            : EVL_LOG_LOGFMT);
+    if (cfg->log_file) {
+        if (evl_log_open_file(cfg->log_file) != 0 ||
+            evl_log_install_reopen() != 0) {
+            fprintf(stderr, "evlua: log.file \"%s\": %s\n", cfg->log_file,
+                    strerror(errno));
+            evl_config_free(cfg);
+            return EVL_EXIT_USAGE;
+        }
+    }
     return EVL_EXIT_OK;
 }
 

@@ -19,6 +19,7 @@
 #include "cli.h"
 #include "lifecycle.h"
 #include "log.h"
+#include "metrics.h"
 #ifdef EVLUA_HAVE_CMDPROC
 #include "cmdproc.h"
 #endif
@@ -106,6 +107,29 @@ int evl_cli_run(int argc, char **argv)
         goto out;
     }
 
+    if (cfg.metrics.listen) {
+        char err[EVL_ERRLEN], port[16];
+        int bound = 0;
+        if (evl_metrics_serve(cfg.metrics.listen, &bound, err, sizeof err) !=
+            EVL_OK) {
+            fprintf(stderr, "evlua run: %s\n", err);
+            rc = EVL_EXIT_USAGE;
+            goto out;
+        }
+        snprintf(port, sizeof port, "%d", bound);
+        evl_log(EVL_LOG_INFO, "metrics endpoint listening", "listen",
+                cfg.metrics.listen, "port", port, NULL);
+    }
+    {
+        char labels[128];
+        evl_metrics_labels(labels, sizeof labels, "version", EVLUA_VERSION,
+                           "hash", evl_luahost_hash(proto), NULL);
+        evl_metric_set(evl_metrics_gauge("evlua_scripts_info",
+                                         "The script set loaded at start "
+                                         "(value 1; hash label)",
+                                         labels),
+                       1);
+    }
     size_t nproj = evl_luahost_nprojections(proto);
     pipeline *ps = evl_xmalloc(sizeof(pipeline) * (nproj + 1));
     size_t n = 0;
@@ -153,6 +177,7 @@ int evl_cli_run(int argc, char **argv)
     free(ps);
     evl_log(EVL_LOG_INFO, "evlua stopped", NULL);
 out:
+    evl_metrics_stop();
     evl_luahost_free(proto);
     evl_config_free(&cfg);
     return rc;

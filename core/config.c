@@ -379,6 +379,8 @@ static evl_err log_field(loader *ld, const char *prefix, const char *k,
         return get_enum(ld, key, levels, &cfg->log_level);
     if (strcmp(k, "format") == 0)
         return get_enum(ld, key, formats, &cfg->log_format);
+    if (strcmp(k, "file") == 0)
+        return get_str(ld, key, &cfg->log_file);
     return fail(ld, NULL, "unknown key '%s'", key);
 }
 
@@ -577,6 +579,7 @@ void evl_config_free(evl_config *cfg)
     free(cfg->metrics.listen);
     free(cfg->log_level);
     free(cfg->log_format);
+    free(cfg->log_file);
     memset(cfg, 0, sizeof *cfg);
 }
 

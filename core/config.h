@@ -100,6 +100,7 @@ typedef struct evl_config {
 
     char *log_level;
     char *log_format; /* "logfmt" or "json" */
+    char *log_file;   /* NULL: stderr */
     int shutdown_timeout_ms;
 } evl_config;
 

@@ -1,6 +1,8 @@
 /* log.c - logfmt lines on stderr (see log.h). */
 #include "log.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,51 @@
 #include <unistd.h>
 
 static int level = -1; /* -1: not yet read from the environment */
+static int format = EVL_LOG_LOGFMT;
+static int log_fd = 2;
+static char log_path[4096]; /* for reopening from the signal handler */
+
+void evl_log_set_format(evl_log_format f)
+{
+    format = (int)f;
+}
+
+int evl_log_open_file(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    snprintf(log_path, sizeof log_path, "%s", path);
+    if (log_fd != 2)
+        close(log_fd);
+    log_fd = fd;
+    return 0;
+}
+
+/* SIGUSR1: open the path again (logrotate moved the old file away) and
+ * put it in place of the old descriptor; open/dup2/close are
+ * async-signal-safe, and dup2 swaps atomically for concurrent writers. */
+static void on_reopen(int sig)
+{
+    (void)sig;
+    if (!log_path[0])
+        return;
+    int fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return;
+    dup2(fd, log_fd);
+    close(fd);
+}
+
+int evl_log_install_reopen(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_reopen;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    return sigaction(SIGUSR1, &sa, NULL);
+}
 
 static const char *names[] = {"debug", "info", "warn", "error"};
 
@@ -43,7 +90,7 @@ typedef struct line {
 
 static void put(line *ln, const char *s, size_t n)
 {
-    size_t room = sizeof(ln->buf) - 1 - ln->len; /* keep 1 for '\n' */
+    size_t room = sizeof(ln->buf) - 2 - ln->len; /* keep "}\n" */
     if (n > room)
         n = room;
     memcpy(ln->buf + ln->len, s, n);
@@ -89,6 +136,26 @@ static void putval(line *ln, const char *v)
     put(ln, "\"", 1);
 }
 
+/* JSON string with escapes; bytes >= 0x80 pass through (the callers log
+ * UTF-8). */
+static void putjson(line *ln, const char *v)
+{
+    put(ln, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        char esc[8];
+        if (*p == '"' || *p == '\\') {
+            put(ln, "\\", 1);
+            put(ln, (const char *)p, 1);
+        } else if (*p < ' ' || *p == 0x7f) {
+            snprintf(esc, sizeof esc, "\\u%04x", *p);
+            puts_(ln, esc);
+        } else {
+            put(ln, (const char *)p, 1);
+        }
+    }
+    put(ln, "\"", 1);
+}
+
 static void begin(line *ln, evl_log_level lvl)
 {
     struct timeval tv;
@@ -96,21 +163,35 @@ static void begin(line *ln, evl_log_level lvl)
     char ts[64];
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    snprintf(ts, sizeof ts,
-             "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03dZ level=", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(tv.tv_usec / 1000));
+    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
     ln->len = 0;
+    if (format == EVL_LOG_JSON) {
+        puts_(ln, "{\"ts\":\"");
+        puts_(ln, ts);
+        puts_(ln, "\",\"level\":\"");
+        puts_(ln, names[lvl]);
+        put(ln, "\"", 1);
+        return;
+    }
+    puts_(ln, "ts=");
     puts_(ln, ts);
+    puts_(ln, " level=");
     puts_(ln, names[lvl]);
 }
 
 static void emit(line *ln)
 {
+    if (format == EVL_LOG_JSON) {
+        if (ln->len > sizeof(ln->buf) - 3) /* truncated: close it validly */
+            ln->len = sizeof(ln->buf) - 3;
+        ln->buf[ln->len++] = '}';
+    }
     ln->buf[ln->len++] = '\n';
     ssize_t off = 0;
     while ((size_t)off < ln->len) {
-        ssize_t w = write(2, ln->buf + off, ln->len - (size_t)off);
+        ssize_t w = write(log_fd, ln->buf + off, ln->len - (size_t)off);
         if (w <= 0)
             break;
         off += w;
@@ -123,14 +204,22 @@ void evl_logv(evl_log_level lvl, const char *msg, va_list ap)
     if ((int)lvl < (int)evl_log_get_level())
         return;
     begin(&ln, lvl);
-    puts_(&ln, " msg=");
-    putval(&ln, msg ? msg : "");
+    int json = format == EVL_LOG_JSON;
+    puts_(&ln, json ? ",\"msg\":" : " msg=");
+    (json ? putjson : putval)(&ln, msg ? msg : "");
     for (;;) {
         const char *k = va_arg(ap, const char *);
         const char *v;
         if (!k)
             break;
         v = va_arg(ap, const char *);
+        if (json) {
+            put(&ln, ",", 1);
+            putjson(&ln, k);
+            put(&ln, ":", 1);
+            putjson(&ln, v ? v : "");
+            continue;
+        }
         put(&ln, " ", 1);
         puts_(&ln, k);
         put(&ln, "=", 1);

@@ -36,6 +36,20 @@ int evl_log_parse_level(const char *name);
 void evl_log(evl_log_level lvl, const char *msg, ...);
 void evl_logv(evl_log_level lvl, const char *msg, va_list ap);
 
+/* Output format: logfmt (default) or one JSON object per line
+ * ({"ts":..,"level":..,"msg":..,"key":"value",...}). */
+typedef enum evl_log_format {
+    EVL_LOG_LOGFMT = 0,
+    EVL_LOG_JSON = 1
+} evl_log_format;
+void evl_log_set_format(evl_log_format f);
+
+/* Write log lines to path (appending, created 0640) instead of stderr.
+ * Returns 0, or -1 with errno. With a file set, SIGUSR1 reopens it (for
+ * logrotate): evl_log_install_reopen() installs that handler. */
+int evl_log_open_file(const char *path);
+int evl_log_install_reopen(void);
+
 /* Log a printf-formatted message with no fields. */
 void evl_logf(evl_log_level lvl, const char *fmt, ...)
 #if defined(__GNUC__)

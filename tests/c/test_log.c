@@ -2,6 +2,7 @@
  * test_log.c - log lines are logfmt that parses back: one line per call,
  * values quoted and escaped when they need it, levels filter.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -82,5 +83,42 @@ int main(void)
                          "0123456789abcdefXYZ"),
               EVL_EPERMANENT, "evl_seterr returns the class");
     CHECK_STR(err, "0123456789abcde", "evl_seterr truncates into the buffer");
+    /* JSON lines */
+    evl_log_set_format(EVL_LOG_JSON);
+    capture_begin();
+    evl_log(EVL_LOG_INFO, "a \"q\"", "k", "v\n1", (const char *)NULL);
+    capture_end(out, sizeof out);
+    CHECK(strncmp(out, "{\"ts\":\"", 7) == 0, "a JSON line is an object");
+    CHECK_HAS(
+        out,
+        "\"level\":\"info\",\"msg\":\"a \\\"q\\\"\",\"k\":\"v\\u000a1\"}\n",
+        "fields are JSON strings, escaped");
+    evl_log_set_format(EVL_LOG_LOGFMT);
+
+    /* a log file, reopened on SIGUSR1 after rotation */
+    char path[64], rotated[80];
+    snprintf(path, sizeof path, "/tmp/evlua-test-log-%ld.log", (long)getpid());
+    snprintf(rotated, sizeof rotated, "%s.1", path);
+    CHECK_INT(evl_log_open_file(path), 0, "the log file opens");
+    CHECK_INT(evl_log_install_reopen(), 0, "SIGUSR1 handler installs");
+    evl_log(EVL_LOG_INFO, "before rotation", (const char *)NULL);
+    rename(path, rotated);
+    raise(SIGUSR1);
+    evl_log(EVL_LOG_INFO, "after rotation", (const char *)NULL);
+    FILE *f = fopen(rotated, "r");
+    size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+    out[n] = '\0';
+    if (f)
+        fclose(f);
+    CHECK_HAS(out, "before rotation", "the old file has the old lines");
+    CHECK(strstr(out, "after rotation") == NULL, "and not the new ones");
+    f = fopen(path, "r");
+    n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+    out[n] = '\0';
+    if (f)
+        fclose(f);
+    CHECK_HAS(out, "after rotation", "SIGUSR1 reopened the path");
+    unlink(path);
+    unlink(rotated);
     return check_done();
 }
