@@ -1,0 +1,1550 @@
+/*
+ * cmdproc.c - the command processor (cmdproc.h).
+ *
+ * Threads: everything runs on the caller's thread. librdkafka calls back
+ * into this file only from calls made here: the rebalance callback from
+ * rd_kafka_consumer_poll / rd_kafka_consumer_close, the delivery report
+ * callback from rd_kafka_poll / the transaction calls.
+ *
+ * The batch lives in cp->batch from the poll until it is committed or
+ * abandoned; a revocation destroys it (eager rebalancing revokes every
+ * partition, so nothing in it may be processed any more).
+ */
+#include "cmdproc.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <librdkafka/rdkafka.h>
+
+#include "envelope.h"
+#include "kafka.h"
+#include "lifecycle.h"
+#include "log.h"
+#include "luaapi.h"
+#include "metrics.h"
+#include "store.h"
+
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_CONFIG = 2 };
+
+/* How long start-up keeps trying to reach the cluster. */
+#define STARTUP_TIMEOUT_MS 60000
+/* Bytes a record needs beyond key and value (headers, framing): kept free
+ * under message.max.bytes. */
+#define RECORD_OVERHEAD 1024
+/* Deciding a batch stops after this long (the rest goes into the next
+ * transaction), far below transaction.timeout.ms. */
+#define DECIDE_BUDGET_MS 1000
+
+/* Producers used in turn, one transaction each (see process_batch). */
+#define NPRODUCERS 2
+
+typedef struct agtype {
+    char *type;
+    char commands[256], events[256], state[256], results[256];
+    int partitions;
+    /* topic handles of events, state, results, per producer */
+    rd_kafka_topic_t *rkt[3][NPRODUCERS];
+    /* evlua_commands_total by outcome (OUTCOME_*), evlua_events_total */
+    evl_metric *outcomes[4], *events_total;
+    /* counts of the open transaction, added to the metrics on commit */
+    long long pending[4], pending_events;
+} agtype;
+
+enum { OUTCOME_ACCEPTED, OUTCOME_REJECTED, OUTCOME_FAILED, OUTCOME_DUPLICATE };
+static const char *const outcome_names[4] = {"accepted", "rejected", "failed",
+                                             "duplicate"};
+
+enum { OUT_EVENTS = 0, OUT_STATE = 1, OUT_RESULTS = 2 };
+
+/* A record to produce in the write phase. Offsets point into cp->arena,
+ * which may move while the batch is decided. */
+typedef struct outmsg {
+    agtype *t;
+    int kind; /* OUT_EVENTS, OUT_STATE, OUT_RESULTS */
+    int32_t partition;
+    const char *agtype;
+    size_t key, keylen, val, vallen;
+    size_t evtype;      /* NUL-terminated event type, or SIZE_MAX */
+    const char *status; /* results: the status header */
+} outmsg;
+
+typedef struct cmdproc {
+    const evl_config *cfg;
+    evl_luahost *host;
+    unsigned seen_hup;
+
+    agtype *types;
+    size_t ntypes;
+
+    rd_kafka_t *producers[NPRODUCERS], *consumer, *restorer;
+    int cur;            /* the producer of the next transaction */
+    size_t max_message; /* message.max.bytes of the producers */
+    evl_store *store;
+    lua_State *L; /* scratch state for parsing commands */
+
+    rd_kafka_message_t **batch;
+    size_t nbatch, capbatch;
+
+    evl_buf arena;
+    outmsg *out;
+    size_t nout, capout;
+    size_t *event_ids; /* offsets of this command's event ids */
+    size_t capids;
+    evl_luahost_decision dec;
+    evl_command cmd;
+
+    int in_txn;
+    int fatal; /* a fatal error seen in a callback */
+    long txn_count, fail_before_commit, hang_before_commit;
+    char delivery_error[EVL_ERRLEN];
+    unsigned backoff_ms;
+    long long collect_ms; /* how long the last batch took to collect */
+
+    /* totals for the log (committed transactions only) */
+    long long n_accepted, n_rejected, n_failed, n_duplicate, n_events;
+    /* evlua_command_transactions_total{outcome}, batch duration */
+    evl_metric *m_committed, *m_aborted, *m_batch_seconds;
+} cmdproc;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- aggregate types and their topics ---------------------------------- */
+
+static void types_free(cmdproc *cp)
+{
+    for (size_t i = 0; i < cp->ntypes; i++) {
+        agtype *t = &cp->types[i];
+        for (int k = 0; k < 3; k++)
+            for (int j = 0; j < NPRODUCERS; j++)
+                if (t->rkt[k][j])
+                    rd_kafka_topic_destroy(t->rkt[k][j]);
+        free(t->type);
+    }
+    free(cp->types);
+    cp->types = NULL;
+    cp->ntypes = 0;
+}
+
+static void types_from_host(const evl_config *cfg, const evl_luahost *host,
+                            agtype **out, size_t *n)
+{
+    size_t k = evl_luahost_naggregates(host);
+    agtype *ts = evl_xmalloc(sizeof *ts * (k ? k : 1));
+    memset(ts, 0, sizeof *ts * (k ? k : 1));
+    for (size_t i = 0; i < k; i++) {
+        const char *type = evl_luahost_aggregate_at(host, i)->type;
+        ts[i].type = evl_xstrdup(type);
+        evl_config_topic(cfg->cmd.commands_topic, type, ts[i].commands,
+                         sizeof ts[i].commands);
+        evl_config_topic(cfg->cmd.events_topic, type, ts[i].events,
+                         sizeof ts[i].events);
+        evl_config_topic(cfg->cmd.state_topic, type, ts[i].state,
+                         sizeof ts[i].state);
+        evl_config_topic(cfg->cmd.results_topic, type, ts[i].results,
+                         sizeof ts[i].results);
+        for (int o = 0; o < 4; o++) {
+            char labels[512];
+            evl_metrics_labels(labels, sizeof labels, "aggregate_type", type,
+                               "outcome", outcome_names[o], NULL);
+            ts[i].outcomes[o] = evl_metrics_counter(
+                "evlua_commands_total", "Commands handled, by outcome", labels);
+        }
+        char labels[512];
+        evl_metrics_labels(labels, sizeof labels, "aggregate_type", type, NULL);
+        ts[i].events_total = evl_metrics_counter("evlua_events_total",
+                                                 "Events committed", labels);
+    }
+    *out = ts;
+    *n = k;
+}
+
+static agtype *type_by_commands(cmdproc *cp, const char *topic)
+{
+    for (size_t i = 0; i < cp->ntypes; i++)
+        if (strcmp(cp->types[i].commands, topic) == 0)
+            return &cp->types[i];
+    return NULL;
+}
+
+static agtype *type_by_state(cmdproc *cp, const char *topic)
+{
+    for (size_t i = 0; i < cp->ntypes; i++)
+        if (strcmp(cp->types[i].state, topic) == 0)
+            return &cp->types[i];
+    return NULL;
+}
+
+/* Partition count of topic, retrying while the cluster does not answer. */
+static evl_err partitions_of(cmdproc *cp, const char *topic, int *count,
+                             char *err, size_t errlen)
+{
+    long long deadline = now_ms() + STARTUP_TIMEOUT_MS;
+    for (;;) {
+        evl_err e = evl_kafka_partitions(cp->producers[0], topic, 10000, count,
+                                         err, errlen);
+        if (e != EVL_ETRANSIENT || now_ms() > deadline ||
+            evl_lifecycle_stopping())
+            return e;
+        evl_log(EVL_LOG_WARN, "waiting for the Kafka cluster", "error", err,
+                NULL);
+    }
+}
+
+/* After a CreateTopics the metadata may lag: wait until topic shows. */
+static evl_err wait_topic(cmdproc *cp, const char *topic, int *count, char *err,
+                          size_t errlen)
+{
+    for (int i = 0; i < 100; i++) {
+        evl_err e = partitions_of(cp, topic, count, err, errlen);
+        if (e || *count > 0)
+            return e;
+        sleep_ms(100);
+    }
+    return evl_seterr(err, errlen, EVL_ETRANSIENT,
+                      "topic %s was created but does not show in the "
+                      "cluster's metadata",
+                      topic);
+}
+
+/* Check (and create, when configured) the four topics of t. Returns EVL_OK,
+ * EVL_EPERMANENT for a configuration problem, EVL_ETRANSIENT when the
+ * cluster could not be reached. */
+static evl_err ensure_topics(cmdproc *cp, agtype *t, char *err, size_t errlen)
+{
+    const evl_config *cfg = cp->cfg;
+    const char *names[3] = {t->events, t->state, t->results};
+    int n, counts[3];
+    evl_err e;
+
+    if ((e = partitions_of(cp, t->commands, &n, err, errlen)))
+        return e;
+    if (n == 0) {
+        evl_kafka_topic_spec spec = {t->commands, cfg->cmd.partitions, 0};
+        if (!cfg->cmd.create_topics)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "topic %s does not exist (create it, or set "
+                              "commands.create_topics = true)",
+                              t->commands);
+        if ((e = evl_kafka_create_topics(cp->producers[0], &spec, 1, 30000, err,
+                                         errlen)))
+            return e;
+        evl_log(EVL_LOG_INFO, "topic created", "topic", t->commands, NULL);
+        if ((e = wait_topic(cp, t->commands, &n, err, errlen)))
+            return e;
+    }
+    t->partitions = n;
+
+    for (int i = 0; i < 3; i++) {
+        if ((e = partitions_of(cp, names[i], &counts[i], err, errlen)))
+            return e;
+        if (counts[i] == 0) {
+            evl_kafka_topic_spec spec = {names[i], n, i == 1};
+            if (!cfg->cmd.create_topics)
+                return evl_seterr(err, errlen, EVL_EPERMANENT,
+                                  "topic %s does not exist (create it with "
+                                  "%d partitions like %s%s, or set "
+                                  "commands.create_topics = true)",
+                                  names[i], n, t->commands,
+                                  i == 1 ? ", compacted" : "");
+            if ((e = evl_kafka_create_topics(cp->producers[0], &spec, 1, 30000,
+                                             err, errlen)))
+                return e;
+            evl_log(EVL_LOG_INFO, "topic created", "topic", names[i],
+                    "compacted", i == 1 ? "true" : "false", NULL);
+            if ((e = wait_topic(cp, names[i], &counts[i], err, errlen)))
+                return e;
+        }
+        if (counts[i] != n)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "topic %s has %d partitions but %s has %d: "
+                              "the events, state and results topics need "
+                              "the commands topic's partition count (an "
+                              "aggregate's command, events and snapshot "
+                              "share one partition number)",
+                              names[i], counts[i], t->commands, n);
+    }
+    for (int j = 0; j < NPRODUCERS; j++) {
+        t->rkt[OUT_EVENTS][j] =
+            rd_kafka_topic_new(cp->producers[j], t->events, NULL);
+        t->rkt[OUT_STATE][j] =
+            rd_kafka_topic_new(cp->producers[j], t->state, NULL);
+        t->rkt[OUT_RESULTS][j] =
+            rd_kafka_topic_new(cp->producers[j], t->results, NULL);
+    }
+    return EVL_OK;
+}
+
+static evl_err ensure_all(cmdproc *cp, agtype *ts, size_t n, char *err,
+                          size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        evl_err e = ensure_topics(cp, &ts[i], err, errlen);
+        if (e)
+            return e;
+    }
+    return EVL_OK;
+}
+
+static evl_err subscribe(cmdproc *cp, char *err, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *topics =
+        rd_kafka_topic_partition_list_new((int)cp->ntypes);
+    rd_kafka_resp_err_t rerr;
+    for (size_t i = 0; i < cp->ntypes; i++)
+        rd_kafka_topic_partition_list_add(topics, cp->types[i].commands,
+                                          RD_KAFKA_PARTITION_UA);
+    rerr = rd_kafka_subscribe(cp->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (rerr)
+        return evl_seterr(err, errlen, EVL_EFATAL, "rd_kafka_subscribe: %s",
+                          rd_kafka_err2str(rerr));
+    return EVL_OK;
+}
+
+/* ---- the batch --------------------------------------------------------- */
+
+static void batch_clear(cmdproc *cp)
+{
+    for (size_t i = 0; i < cp->nbatch; i++)
+        rd_kafka_message_destroy(cp->batch[i]);
+    cp->nbatch = 0;
+}
+
+static void batch_add(cmdproc *cp, rd_kafka_message_t *rkm)
+{
+    if (cp->nbatch == cp->capbatch) {
+        cp->capbatch = cp->capbatch ? 2 * cp->capbatch : 256;
+        cp->batch = evl_xrealloc(cp->batch, sizeof *cp->batch * cp->capbatch);
+    }
+    cp->batch[cp->nbatch++] = rkm;
+}
+
+/* First (rewind = 1) or next (rewind = 0) offset per partition of the
+ * first n messages of the batch. Returns owned; NULL when n is 0. */
+static rd_kafka_topic_partition_list_t *batch_offsets(cmdproc *cp, int rewind,
+                                                      size_t n)
+{
+    rd_kafka_topic_partition_list_t *l;
+    if (n == 0)
+        return NULL;
+    l = rd_kafka_topic_partition_list_new(8);
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_message_t *m = cp->batch[i];
+        const char *topic = rd_kafka_topic_name(m->rkt);
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(l, topic, m->partition);
+        if (!p) {
+            p = rd_kafka_topic_partition_list_add(l, topic, m->partition);
+            p->offset = rewind ? m->offset : m->offset + 1;
+        } else if (!rewind && m->offset + 1 > p->offset) {
+            p->offset = m->offset + 1;
+        } else if (rewind && m->offset < p->offset) {
+            p->offset = m->offset;
+        }
+    }
+    return l;
+}
+
+/* ---- restoring states on assignment -------------------------------------- */
+
+/* Read the state partitions of parts (commands-topic partitions) from the
+ * beginning to their end into the store. Returns 0, or -1 when stopped. */
+static int restore_states(cmdproc *cp,
+                          const rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new(parts->cnt);
+    long long t0 = now_ms(), last_log = t0, last_pending = 0;
+    long records = 0, bad = 0;
+    int remaining, rc = 0;
+    char err[EVL_ERRLEN];
+
+    for (int i = 0; i < parts->cnt; i++) {
+        agtype *t = type_by_commands(cp, parts->elems[i].topic);
+        if (!t)
+            continue;
+        rd_kafka_topic_partition_list_add(l, t->state,
+                                          parts->elems[i].partition)
+            ->offset = RD_KAFKA_OFFSET_BEGINNING;
+    }
+    remaining = l->cnt;
+    if (remaining == 0)
+        goto out;
+    rd_kafka_assign(cp->restorer, l);
+    while (remaining > 0) {
+        rd_kafka_message_t *m;
+        if (evl_lifecycle_stopping()) {
+            rc = -1;
+            break;
+        }
+        if (now_ms() - last_log > 10000) {
+            last_log = now_ms();
+            evl_logf(EVL_LOG_INFO,
+                     "restoring states: %ld records read, %d partitions to "
+                     "go",
+                     records, remaining);
+        }
+        if (!(m = rd_kafka_consumer_poll(cp->restorer, 200)))
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            const char *topic = rd_kafka_topic_name(m->rkt);
+            rd_kafka_topic_partition_t *p =
+                rd_kafka_topic_partition_list_find(l, topic, m->partition);
+            int64_t lo = -1, hi = -1;
+            rd_kafka_get_watermark_offsets(cp->restorer, topic, m->partition,
+                                           &lo, &hi);
+            /* read_committed stops at the last stable offset: a
+             * transaction still open there (a dead owner's, until its
+             * timeout; a committed one whose markers are still being
+             * written) hides what follows it, possibly snapshots of a
+             * later owner. The end counts only when nothing is pending. */
+            if (p && p->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->offset < hi) {
+                if (now_ms() - last_pending > 5000) {
+                    char at[64];
+                    last_pending = now_ms();
+                    snprintf(at, sizeof at, "%s[%d] at %lld of %lld", topic,
+                             (int)m->partition, (long long)m->offset,
+                             (long long)hi);
+                    evl_log(EVL_LOG_INFO,
+                            "restoring states: waiting for a pending "
+                            "transaction on a state partition",
+                            "partition", at, NULL);
+                }
+            } else if (p && p->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                p->err = RD_KAFKA_RESP_ERR__PARTITION_EOF; /* done */
+                remaining--;
+            }
+        } else if (m->err) {
+            evl_log(EVL_LOG_WARN, "reading a state topic failed; retrying",
+                    "error", rd_kafka_message_errstr(m), NULL);
+        } else {
+            agtype *t = type_by_state(cp, rd_kafka_topic_name(m->rkt));
+            if (t && evl_store_restore(cp->store, t->type, m->partition, m->key,
+                                       m->key_len, m->payload,
+                                       m->payload ? m->len : 0, err,
+                                       sizeof err) != EVL_OK) {
+                bad++;
+                evl_log(EVL_LOG_WARN, "ignoring a bad state record", "topic",
+                        t->state, "error", err, NULL);
+            }
+            records++;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_assign(cp->restorer, NULL);
+    if (rc == 0) {
+        char ms[32], nrec[32], naggs[32];
+        snprintf(ms, sizeof ms, "%lld", now_ms() - t0);
+        snprintf(nrec, sizeof nrec, "%ld", records);
+        snprintf(naggs, sizeof naggs, "%zu",
+                 evl_store_count(cp->store, NULL, -1));
+        evl_log(EVL_LOG_INFO, "states restored", "records", nrec, "aggregates",
+                naggs, "ms", ms, NULL);
+    }
+out:
+    rd_kafka_topic_partition_list_destroy(l);
+    return rc;
+}
+
+/* The committed offsets of parts, once no transaction is pending on them
+ * (require_stable: librdkafka asks so under read_committed). */
+static rd_kafka_topic_partition_list_t *
+committed_offsets(cmdproc *cp, const rd_kafka_topic_partition_list_t *parts)
+{
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_topic_partition_list_t *l =
+            rd_kafka_topic_partition_list_copy(parts);
+        rd_kafka_resp_err_t rerr = rd_kafka_committed(cp->consumer, l, 10000);
+        int unstable = 0;
+        for (int i = 0; !rerr && i < l->cnt; i++)
+            if (l->elems[i].err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT)
+                unstable = 1;
+        if (!rerr && !unstable)
+            return l;
+        rd_kafka_topic_partition_list_destroy(l);
+        if (evl_lifecycle_stopping())
+            return NULL;
+        if (attempt % 25 == 0) /* every 5 s */
+            evl_log(EVL_LOG_WARN, "waiting for the committed offsets", "error",
+                    rerr ? rd_kafka_err2str(rerr)
+                         : "a transaction of the previous owner is still "
+                           "pending (it ends by its commit, abort or "
+                           "transaction.timeout.ms)",
+                    NULL);
+        sleep_ms(200);
+    }
+}
+
+static void abort_open_txn(cmdproc *cp);
+
+static void log_partitions(const char *msg,
+                           const rd_kafka_topic_partition_list_t *parts)
+{
+    char list[1024];
+    size_t len = 0;
+    list[0] = '\0';
+    for (int i = 0; i < parts->cnt && len < sizeof list - 64; i++)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s[%d]",
+                                i ? "," : "", parts->elems[i].topic,
+                                (int)parts->elems[i].partition);
+    evl_log(EVL_LOG_INFO, msg, "partitions", list, NULL);
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    cmdproc *cp = opaque;
+    if (rerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        rd_kafka_topic_partition_list_t *offsets;
+        log_partitions("partitions assigned", parts);
+        evl_metrics_ready("commands", 0, "restoring states");
+        /* offsets first: once they are stable, no earlier owner's
+         * transaction can still add to the state topic */
+        offsets = committed_offsets(cp, parts);
+        if (!offsets || restore_states(cp, parts) != 0) {
+            if (offsets)
+                rd_kafka_topic_partition_list_destroy(offsets);
+            evl_store_drop(cp->store, NULL, -1);
+            rd_kafka_assign(rk, NULL); /* stopping: consume nothing */
+            return;
+        }
+        rd_kafka_assign(rk, offsets);
+        rd_kafka_topic_partition_list_destroy(offsets);
+        evl_metrics_ready("commands", 1, NULL);
+        return;
+    }
+    if (rerr == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        log_partitions("partitions revoked", parts);
+    else
+        evl_log(EVL_LOG_WARN, "rebalance error", "error",
+                rd_kafka_err2str(rerr), NULL);
+    abort_open_txn(cp);
+    batch_clear(cp);
+    evl_store_drop(cp->store, NULL, -1);
+    rd_kafka_assign(rk, NULL);
+}
+
+/* ---- deciding one command -------------------------------------------- */
+
+static size_t arena_put(cmdproc *cp, const void *p, size_t n)
+{
+    size_t off = cp->arena.len;
+    evl_buf_put(&cp->arena, p, n);
+    return off;
+}
+
+static size_t arena_str(cmdproc *cp, const char *s)
+{
+    size_t off = arena_put(cp, s, strlen(s));
+    evl_buf_putc(&cp->arena, '\0');
+    return off;
+}
+
+static outmsg *out_new(cmdproc *cp)
+{
+    outmsg *o;
+    if (cp->nout == cp->capout) {
+        cp->capout = cp->capout ? 2 * cp->capout : 1024;
+        cp->out = evl_xrealloc(cp->out, sizeof *cp->out * cp->capout);
+    }
+    o = &cp->out[cp->nout++];
+    memset(o, 0, sizeof *o);
+    o->evtype = SIZE_MAX;
+    return o;
+}
+
+/* Queue the result of the command in rkm. ids: offsets of event ids in
+ * the arena. */
+static void queue_result(cmdproc *cp, agtype *t, const rd_kafka_message_t *rkm,
+                         const char *status, const char *aggregate_id,
+                         long long version, const size_t *ids, size_t nids,
+                         const char *error)
+{
+    const char *evs[64];
+    const char **ev = nids <= 64 ? evs : evl_xmalloc(sizeof *ev * nids);
+    outmsg *o;
+    evl_envelope_result_in r;
+
+    for (size_t i = 0; i < nids; i++)
+        ev[i] = cp->arena.data + ids[i];
+    r = (evl_envelope_result_in){cp->cmd.id, status, aggregate_id, version,
+                                 ev,         nids,   error};
+    /* build in a scratch buffer (the arena is where ev points into) */
+    evl_buf tmp = {0};
+    evl_envelope_result(&tmp, &r);
+    if (ev != evs)
+        free(ev);
+
+    o = out_new(cp);
+    o->t = t;
+    o->kind = OUT_RESULTS;
+    o->partition = rkm->partition;
+    o->agtype = t->type;
+    o->status = status;
+    if (aggregate_id) {
+        o->keylen = strlen(aggregate_id);
+        o->key = arena_put(cp, aggregate_id, o->keylen);
+    } else if (rkm->key) {
+        o->keylen = rkm->key_len;
+        o->key = arena_put(cp, rkm->key, rkm->key_len);
+    } else {
+        o->key = SIZE_MAX;
+    }
+    o->vallen = tmp.len;
+    o->val = arena_put(cp, tmp.data, tmp.len);
+    evl_buf_free(&tmp);
+
+    for (int k = 0; k < 4; k++)
+        if (strcmp(status, outcome_names[k]) == 0)
+            t->pending[k]++;
+}
+
+static void reject(cmdproc *cp, agtype *t, const rd_kafka_message_t *rkm,
+                   long long version, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+
+static void reject(cmdproc *cp, agtype *t, const rd_kafka_message_t *rkm,
+                   long long version, const char *fmt, ...)
+{
+    char msg[EVL_ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    queue_result(cp, t, rkm, "rejected", cp->cmd.aggregate_id, version, NULL, 0,
+                 msg);
+}
+
+static void fail(cmdproc *cp, agtype *t, const rd_kafka_message_t *rkm,
+                 long long version, const char *msg)
+{
+    evl_log(EVL_LOG_WARN, "command failed", "aggregate_type", t->type,
+            "aggregate_id", cp->cmd.aggregate_id, "command_id", cp->cmd.id,
+            "error", msg, NULL);
+    queue_result(cp, t, rkm, "failed", cp->cmd.aggregate_id, version, NULL, 0,
+                 msg);
+}
+
+/* Would a snapshot of this state (plus ids) fit in a record? */
+static size_t snapshot_estimate(const evl_store_agg *a, size_t state_len,
+                                int dedup)
+{
+    return state_len + (size_t)dedup * (EVL_ENVELOPE_MAX_ID * 2 + 3) + 4096 +
+           (a ? strlen(evl_store_id(a)) : 0);
+}
+
+static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
+{
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    agtype *t = type_by_commands(cp, topic);
+    evl_command *c = &cp->cmd;
+    char err[EVL_ERRLEN];
+    evl_store_agg *a;
+    long long version;
+    const char *state;
+    size_t state_len;
+    int32_t home;
+
+    if (!t) { /* cannot happen: we subscribe only to our topics */
+        evl_log(EVL_LOG_ERROR, "a message from an unknown topic", "topic",
+                topic, NULL);
+        return;
+    }
+    if (evl_envelope_parse_command(cp->L, rkm->payload ? rkm->payload : "",
+                                   rkm->payload ? rkm->len : 0, c, err,
+                                   sizeof err) != EVL_OK) {
+        reject(cp, t, rkm, -1, "%s", err);
+        return;
+    }
+    if (c->aggregate_type && strcmp(c->aggregate_type, t->type) != 0) {
+        if (evl_luahost_aggregate_get(cp->host, c->aggregate_type))
+            reject(cp, t, rkm, -1,
+                   "a command for aggregate type %s arrived on %s (send it "
+                   "to the commands topic of %s)",
+                   c->aggregate_type, topic, c->aggregate_type);
+        else
+            reject(cp, t, rkm, -1, "unknown aggregate type %s",
+                   c->aggregate_type);
+        return;
+    }
+    if (!rkm->key) {
+        reject(cp, t, rkm, -1,
+               "the command has no Kafka key: key commands by their "
+               "aggregate_id");
+        return;
+    }
+    if (rkm->key_len != strlen(c->aggregate_id) ||
+        memcmp(rkm->key, c->aggregate_id, rkm->key_len) != 0) {
+        reject(cp, t, rkm, -1,
+               "the command's Kafka key differs from its aggregate_id %s: "
+               "key commands by their aggregate_id",
+               c->aggregate_id);
+        return;
+    }
+    home = evl_kafka_murmur2_partition(rkm->key, rkm->key_len, t->partitions);
+    if (home != rkm->partition) {
+        reject(cp, t, rkm, -1,
+               "aggregate %s belongs to partition %d of %s (murmur2) but its "
+               "command came on partition %d: produce commands with the "
+               "murmur2 partitioner (Java's default; librdkafka's "
+               "murmur2_random)",
+               c->aggregate_id, (int)home, topic, (int)rkm->partition);
+        return;
+    }
+
+    a = evl_store_get(cp->store, t->type, rkm->partition, c->aggregate_id);
+    version = evl_store_version(a);
+    if (evl_store_seen(a, c->id)) {
+        queue_result(cp, t, rkm, "duplicate", c->aggregate_id, version, NULL, 0,
+                     NULL);
+        return;
+    }
+    if (c->has_expected_version && c->expected_version != version) {
+        reject(cp, t, rkm, version,
+               "expected version %lld, but aggregate %s is at version %lld",
+               c->expected_version, c->aggregate_id, version);
+        return;
+    }
+
+    state = evl_store_state(a, &state_len);
+    evl_luahost_command lc = {t->type,   c->aggregate_id, version, state,
+                              state_len, rkm->payload,    rkm->len};
+    switch (evl_luahost_decide(cp->host, &lc, &cp->dec, err, sizeof err)) {
+    case EVL_LUAHOST_REJECTED: reject(cp, t, rkm, version, "%s", err); return;
+    case EVL_LUAHOST_FAILED: fail(cp, t, rkm, version, err); return;
+    case EVL_LUAHOST_ACCEPTED: break;
+    }
+
+    /* Envelopes. All or nothing: check sizes before queueing anything. */
+    size_t n = cp->dec.nevents, first_out = cp->nout,
+           arena_mark = cp->arena.len;
+    char occurred_at[25];
+    const char *correlation = c->correlation_id ? c->correlation_id : c->id;
+    evl_luaapi_now(occurred_at);
+    if (n > cp->capids) {
+        cp->capids = n;
+        cp->event_ids = evl_xrealloc(cp->event_ids, sizeof(size_t) * n);
+    }
+    if (snapshot_estimate(a, cp->dec.state_len, cp->cfg->cmd.dedup_ids) >
+        cp->max_message) {
+        char msg[EVL_ERRLEN];
+        snprintf(msg, sizeof msg,
+                 "the state of aggregate %s after this command is %zu bytes: "
+                 "its snapshot would not fit message.max.bytes (%zu)",
+                 c->aggregate_id, cp->dec.state_len, cp->max_message);
+        fail(cp, t, rkm, version, msg);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const evl_luahost_event *ev = &cp->dec.events[i];
+        char id[37];
+        evl_buf tmp = {0};
+        if (evl_luaapi_uuid7(id) != 0) {
+            /* getrandom failing is not something to go on with */
+            evl_log(EVL_LOG_ERROR, "cannot generate an event id", NULL);
+            abort();
+        }
+        evl_envelope_event_in in = {
+            id,          ev->type,        ev->version,
+            t->type,     c->aggregate_id, version + (long long)i + 1,
+            occurred_at, c->id,           correlation,
+            c->user_id,  ev->data,        ev->data_len};
+        evl_envelope_event(&tmp, &in);
+        if (tmp.len + strlen(c->aggregate_id) + RECORD_OVERHEAD >
+            cp->max_message) {
+            char msg[EVL_ERRLEN];
+            snprintf(msg, sizeof msg,
+                     "event %zu (%s) is %zu bytes: more than "
+                     "message.max.bytes (%zu) allows",
+                     i + 1, ev->type, tmp.len, cp->max_message);
+            evl_buf_free(&tmp);
+            cp->nout = first_out;
+            cp->arena.len = arena_mark;
+            fail(cp, t, rkm, version, msg);
+            return;
+        }
+        outmsg *o = out_new(cp);
+        o->t = t;
+        o->kind = OUT_EVENTS;
+        o->partition = rkm->partition;
+        o->agtype = t->type;
+        o->keylen = strlen(c->aggregate_id);
+        o->key = arena_put(cp, c->aggregate_id, o->keylen);
+        o->vallen = tmp.len;
+        o->val = arena_put(cp, tmp.data, tmp.len);
+        o->evtype = arena_str(cp, ev->type);
+        cp->event_ids[i] = arena_str(cp, id);
+        evl_buf_free(&tmp);
+    }
+    evl_store_put(cp->store, t->type, rkm->partition, c->aggregate_id,
+                  cp->dec.state, cp->dec.state_len, version + (long long)n,
+                  c->id);
+    t->pending_events += (long long)n;
+    queue_result(cp, t, rkm, "accepted", c->aggregate_id,
+                 version + (long long)n, cp->event_ids, n, NULL);
+}
+
+/* Queue one snapshot per aggregate the batch touched. */
+static void queue_snapshots(cmdproc *cp)
+{
+    size_t n = evl_store_ntouched(cp->store);
+    for (size_t i = 0; i < n; i++) {
+        const char *type;
+        int32_t partition;
+        const evl_store_agg *a =
+            evl_store_touched(cp->store, i, &type, &partition);
+        agtype *t = NULL;
+        for (size_t k = 0; k < cp->ntypes; k++)
+            if (strcmp(cp->types[k].type, type) == 0)
+                t = &cp->types[k];
+        if (!t)
+            continue;
+        outmsg *o = out_new(cp);
+        o->t = t;
+        o->kind = OUT_STATE;
+        o->partition = partition;
+        o->agtype = t->type;
+        o->keylen = strlen(evl_store_id(a));
+        o->key = arena_put(cp, evl_store_id(a), o->keylen);
+        o->val = cp->arena.len;
+        evl_store_snapshot(a, type, &cp->arena);
+        o->vallen = cp->arena.len - o->val;
+    }
+}
+
+/* ---- the transaction ----------------------------------------------------- */
+
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
+                      void *opaque)
+{
+    cmdproc *cp = opaque;
+    if (rkm->err && cp->delivery_error[0] == '\0')
+        snprintf(cp->delivery_error, sizeof cp->delivery_error,
+                 "delivery to %s[%d] failed: %s", rd_kafka_topic_name(rkm->rkt),
+                 (int)rkm->partition, rd_kafka_err2str(rkm->err));
+}
+
+/* Outcome of a transaction step: go on, repeat the call, abort the
+ * transaction and read the batch again, stop. */
+typedef enum step { STEP_OK, STEP_RETRY, STEP_ABORT, STEP_FATAL } step;
+
+static step produce_one(cmdproc *cp, const outmsg *o)
+{
+    const char *b = cp->arena.data;
+    rd_kafka_t *rk = cp->producers[cp->cur];
+    rd_kafka_topic_t *rkt = o->t->rkt[o->kind][cp->cur];
+    for (;;) {
+        rd_kafka_resp_err_t rerr;
+        const char *key = o->key == SIZE_MAX ? NULL : b + o->key;
+        size_t keylen = o->key == SIZE_MAX ? 0 : o->keylen;
+        if (o->evtype != SIZE_MAX)
+            rerr = rd_kafka_producev(
+                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(o->partition),
+                RD_KAFKA_V_KEY(key, keylen),
+                RD_KAFKA_V_VALUE((void *)(b + o->val), o->vallen),
+                RD_KAFKA_V_MSGFLAGS(0),
+                RD_KAFKA_V_HEADER("evlua-type", b + o->evtype, -1),
+                RD_KAFKA_V_HEADER("evlua-aggregate-type", o->agtype, -1),
+                RD_KAFKA_V_HEADER("content-type", "application/json", -1),
+                RD_KAFKA_V_END);
+        else if (o->status)
+            rerr = rd_kafka_producev(
+                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(o->partition),
+                RD_KAFKA_V_KEY(key, keylen),
+                RD_KAFKA_V_VALUE((void *)(b + o->val), o->vallen),
+                RD_KAFKA_V_MSGFLAGS(0),
+                RD_KAFKA_V_HEADER("evlua-status", o->status, -1),
+                RD_KAFKA_V_HEADER("evlua-aggregate-type", o->agtype, -1),
+                RD_KAFKA_V_HEADER("content-type", "application/json", -1),
+                RD_KAFKA_V_END);
+        else
+            rerr = rd_kafka_producev(
+                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(o->partition),
+                RD_KAFKA_V_KEY(key, keylen),
+                RD_KAFKA_V_VALUE((void *)(b + o->val), o->vallen),
+                RD_KAFKA_V_MSGFLAGS(0),
+                RD_KAFKA_V_HEADER("evlua-aggregate-type", o->agtype, -1),
+                RD_KAFKA_V_HEADER("content-type", "application/json", -1),
+                RD_KAFKA_V_END);
+        if (rerr == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return STEP_OK;
+        if (rerr == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(rk, 10);
+            continue;
+        }
+        if (rerr == RD_KAFKA_RESP_ERR__FATAL) {
+            char reason[512];
+            rd_kafka_fatal_error(rk, reason, sizeof reason);
+            evl_log(EVL_LOG_ERROR, "producer fatal error", "error", reason,
+                    NULL);
+            return STEP_FATAL;
+        }
+        evl_log(EVL_LOG_WARN, "rd_kafka_producev failed; aborting the batch",
+                "topic", rd_kafka_topic_name(rkt), "error",
+                rd_kafka_err2str(rerr), NULL);
+        return STEP_ABORT;
+    }
+}
+
+/* Run a transaction call: retry while retriable; map the rest. */
+static step txn_call(cmdproc *cp, const char *call, rd_kafka_error_t *error)
+{
+    char err[EVL_ERRLEN];
+    evl_err e = evl_kafka_error(error, call, err, sizeof err);
+    switch (e) {
+    case EVL_OK: return STEP_OK;
+    case EVL_EPERMANENT:
+        evl_log(EVL_LOG_WARN, "transaction needs an abort", "error", err,
+                "delivery", cp->delivery_error[0] ? cp->delivery_error : NULL,
+                NULL);
+        return STEP_ABORT;
+    case EVL_ETRANSIENT:
+        evl_log(EVL_LOG_WARN, "retrying a transaction call", "error", err,
+                NULL);
+        sleep_ms(100);
+        return STEP_RETRY;
+    case EVL_EFATAL: break;
+    }
+    evl_log(EVL_LOG_ERROR, "transaction failed fatally", "error", err, NULL);
+    return STEP_FATAL;
+}
+
+/* Abort the open transaction (if any). Sets cp->fatal when that fails. */
+static void abort_open_txn(cmdproc *cp)
+{
+    if (!cp->in_txn)
+        return;
+    for (;;) {
+        step s =
+            txn_call(cp, "rd_kafka_abort_transaction",
+                     rd_kafka_abort_transaction(cp->producers[cp->cur], -1));
+        if (s == STEP_RETRY)
+            continue;
+        if (s != STEP_OK)
+            cp->fatal = 1;
+        break;
+    }
+    cp->in_txn = 0;
+    cp->cur = (cp->cur + 1) % NPRODUCERS; /* see process_batch */
+    evl_store_rollback(cp->store);
+}
+
+/* Abort, roll the store back, seek the consumer back to the batch. */
+static void abort_and_rewind(cmdproc *cp)
+{
+    rd_kafka_topic_partition_list_t *first = batch_offsets(cp, 1, cp->nbatch);
+    abort_open_txn(cp);
+    evl_store_rollback(cp->store);
+    if (first) {
+        rd_kafka_error_t *error =
+            rd_kafka_seek_partitions(cp->consumer, first, 10000);
+        if (error) {
+            evl_log(EVL_LOG_WARN, "seeking back failed", "error",
+                    rd_kafka_error_string(error), NULL);
+            rd_kafka_error_destroy(error);
+        }
+        rd_kafka_topic_partition_list_destroy(first);
+    }
+    batch_clear(cp);
+    evl_log(EVL_LOG_WARN, "batch aborted; it will be read again", NULL);
+    sleep_ms(cp->backoff_ms);
+    cp->backoff_ms = cp->backoff_ms ? cp->backoff_ms * 2 : 100;
+    if (cp->backoff_ms > 5000)
+        cp->backoff_ms = 5000;
+}
+
+/* Drop the first n messages of the batch (committed); keep the rest. */
+static void batch_shift(cmdproc *cp, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_message_destroy(cp->batch[i]);
+    memmove(cp->batch, cp->batch + n, sizeof *cp->batch * (cp->nbatch - n));
+    cp->nbatch -= n;
+}
+
+/* The counts of the transaction: to the metrics and the log's totals
+ * (committed), or forgotten (aborted). */
+static void counts_settle(cmdproc *cp, int committed)
+{
+    for (size_t i = 0; i < cp->ntypes; i++) {
+        agtype *t = &cp->types[i];
+        if (committed) {
+            for (int k = 0; k < 4; k++)
+                if (t->pending[k])
+                    evl_metric_add(t->outcomes[k], (double)t->pending[k]);
+            if (t->pending_events)
+                evl_metric_add(t->events_total, (double)t->pending_events);
+            cp->n_accepted += t->pending[OUTCOME_ACCEPTED];
+            cp->n_rejected += t->pending[OUTCOME_REJECTED];
+            cp->n_failed += t->pending[OUTCOME_FAILED];
+            cp->n_duplicate += t->pending[OUTCOME_DUPLICATE];
+            cp->n_events += t->pending_events;
+        }
+        memset(t->pending, 0, sizeof t->pending);
+        t->pending_events = 0;
+    }
+}
+
+/* One transaction over the batch. First decide every command (Lua, no
+ * Kafka: the transaction is not open yet, so however slow a script is, it
+ * never stretches a transaction), queueing its records and the store
+ * updates; then begin, produce the records, the snapshots of the touched
+ * aggregates and the offsets, and commit. Deciding stops early after
+ * DECIDE_BUDGET_MS; the rest of the batch goes into the next transaction.
+ * Records are produced without a copy: the arena stays put until the
+ * transaction is committed or aborted (when librdkafka is done with
+ * them).
+ *
+ * Transactions take turns between NPRODUCERS producers. Once
+ * commit_transaction returns, the transaction is committed, but the
+ * coordinator is still writing its markers, and until it has, the same
+ * transactional id cannot start the next one (CONCURRENT_TRANSACTIONS, a
+ * retry after retry.backoff.ms): 20 to 70 ms per transaction on a loaded
+ * two-core machine, the larger part of a small batch's latency. The next
+ * producer has no such wait. Order and exactly-once are unaffected: a
+ * transaction begins only after the previous one committed, records keep
+ * their log order, and each producer's offset commits carry the consumer
+ * group's generation.
+ *
+ * Returns 0, or 1 on a fatal error. */
+static int process_batch(cmdproc *cp)
+{
+    rd_kafka_topic_partition_list_t *offsets;
+    rd_kafka_consumer_group_metadata_t *cgmd;
+    long long t0 = now_ms(), t1, t2;
+    size_t done = 0;
+    step s;
+
+    cp->arena.len = 0;
+    cp->nout = 0;
+    cp->delivery_error[0] = '\0';
+    evl_store_begin(cp->store);
+    while (done < cp->nbatch) {
+        decide(cp, cp->batch[done++]);
+        if (now_ms() - t0 > DECIDE_BUDGET_MS)
+            break;
+    }
+    queue_snapshots(cp);
+    t1 = now_ms();
+
+    do {
+        s = txn_call(cp, "rd_kafka_begin_transaction",
+                     rd_kafka_begin_transaction(cp->producers[cp->cur]));
+    } while (s == STEP_RETRY && !evl_lifecycle_stopping());
+    if (s != STEP_OK)
+        goto failed;
+    cp->in_txn = 1;
+    for (size_t i = 0; i < cp->nout; i++)
+        if ((s = produce_one(cp, &cp->out[i])) != STEP_OK)
+            goto failed;
+
+    cp->txn_count++;
+    if (cp->hang_before_commit > 0 && cp->txn_count == cp->hang_before_commit) {
+        rd_kafka_flush(cp->producers[cp->cur], 30000);
+        evl_log(EVL_LOG_WARN,
+                "test hook EVLUA_TEST_HANG_BEFORE_COMMIT: hanging with an "
+                "open transaction",
+                NULL);
+        for (;;)
+            sleep_ms(1000); /* until killed */
+    }
+    if (cp->fail_before_commit > 0 && cp->txn_count == cp->fail_before_commit) {
+        rd_kafka_flush(cp->producers[cp->cur],
+                       30000); /* the records are in the log */
+        evl_log(EVL_LOG_WARN,
+                "test hook EVLUA_TEST_FAIL_BEFORE_COMMIT: failing this "
+                "transaction before its commit",
+                NULL);
+        s = STEP_ABORT;
+        goto failed;
+    }
+
+    t2 = now_ms();
+    offsets = batch_offsets(cp, 0, done);
+    cgmd = rd_kafka_consumer_group_metadata(cp->consumer);
+    do {
+        s = txn_call(cp, "rd_kafka_send_offsets_to_transaction",
+                     rd_kafka_send_offsets_to_transaction(
+                         cp->producers[cp->cur], offsets, cgmd, -1));
+    } while (s == STEP_RETRY && !cp->fatal);
+    rd_kafka_consumer_group_metadata_destroy(cgmd);
+    rd_kafka_topic_partition_list_destroy(offsets);
+    if (s != STEP_OK)
+        goto failed;
+
+    do {
+        s = txn_call(cp, "rd_kafka_commit_transaction",
+                     rd_kafka_commit_transaction(cp->producers[cp->cur], -1));
+    } while (s == STEP_RETRY && !cp->fatal);
+    if (s != STEP_OK)
+        goto failed;
+    cp->in_txn = 0;
+    evl_store_commit(cp->store);
+    counts_settle(cp, 1);
+    evl_metric_add(cp->m_committed, 1);
+    evl_metric_observe(cp->m_batch_seconds, (double)(now_ms() - t0) / 1000.0);
+    cp->cur = (cp->cur + 1) % NPRODUCERS;
+    if (evl_log_get_level() <= EVL_LOG_DEBUG) {
+        char n[32], m[32], d[32], w[32], c[32], p[32];
+        snprintf(p, sizeof p, "%lld", cp->collect_ms);
+        snprintf(n, sizeof n, "%zu", done);
+        snprintf(m, sizeof m, "%zu", cp->nout);
+        snprintf(d, sizeof d, "%lld", t1 - t0);
+        snprintf(w, sizeof w, "%lld", t2 - t1);
+        snprintf(c, sizeof c, "%lld", now_ms() - t2);
+        evl_log(EVL_LOG_DEBUG, "batch committed", "commands", n, "records", m,
+                "poll_ms", p, "decide_ms", d, "produce_ms", w, "commit_ms", c,
+                NULL);
+    }
+    batch_shift(cp, done);
+    cp->backoff_ms = 0;
+    return 0;
+
+failed:
+    counts_settle(cp, 0);
+    evl_metric_add(cp->m_aborted, 1);
+    if (s == STEP_FATAL || cp->fatal) {
+        cp->in_txn = 0; /* a fenced producer cannot abort */
+        evl_store_rollback(cp->store);
+        batch_clear(cp);
+        return 1;
+    }
+    /* STEP_ABORT, or a retriable begin/produce problem */
+    abort_and_rewind(cp);
+    return cp->fatal ? 1 : 0;
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+/* Poll until the batch is full, linger_ms passed since its first command,
+ * or a stop is requested. While nothing comes, return every 100 ms so the
+ * loop sees SIGHUP and the stop flag. */
+static void collect(cmdproc *cp)
+{
+    long long deadline = 0;
+    int batch = cp->cfg->cmd.batch_size, linger = cp->cfg->cmd.linger_ms;
+    while ((int)cp->nbatch < batch && !cp->fatal) {
+        int timeout;
+        rd_kafka_message_t *m;
+        if (cp->nbatch == 0) {
+            if (evl_lifecycle_stopping())
+                return;
+            timeout = 100;
+        } else {
+            long long left = deadline - now_ms();
+            if (left <= 0)
+                return;
+            timeout = (int)left;
+        }
+        for (int j = 0; j < NPRODUCERS; j++)
+            rd_kafka_poll(cp->producers[j], 0);
+        m = rd_kafka_consumer_poll(cp->consumer, timeout);
+        if (!m) {
+            if (cp->nbatch == 0)
+                return; /* idle */
+            continue;
+        }
+        if (m->err) {
+            if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+                cp->fatal = 1;
+                evl_log(EVL_LOG_ERROR, "consumer fatal error", "error",
+                        rd_kafka_message_errstr(m), NULL);
+            } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                evl_log(EVL_LOG_WARN, "consumer error", "error",
+                        rd_kafka_message_errstr(m), NULL);
+            }
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        batch_add(cp, m);
+        if (cp->nbatch == 1)
+            deadline = now_ms() + linger;
+    }
+}
+
+/* Same aggregate types in a and b (in order: hosts load sorted)? */
+static int same_types(const agtype *a, size_t na, const agtype *b, size_t nb)
+{
+    if (na != nb)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i].type, b[i].type) != 0)
+            return 0;
+    return 1;
+}
+
+static void maybe_reload(cmdproc *cp)
+{
+    char err[EVL_ERRLEN];
+    evl_luahost *nh = NULL;
+    agtype *ts;
+    size_t nts;
+
+    if (!evl_luahost_reload_requested(&cp->seen_hup))
+        return;
+    if (evl_luahost_reload(cp->host, &nh, NULL, err, sizeof err) != EVL_OK)
+        return; /* luahost logged why; the old set stays */
+    types_from_host(cp->cfg, nh, &ts, &nts);
+    if (!same_types(cp->types, cp->ntypes, ts, nts)) {
+        evl_err e = ensure_all(cp, ts, nts, err, sizeof err);
+        if (e) {
+            evl_log(EVL_LOG_ERROR,
+                    "script reload refused: the new aggregate types' topics "
+                    "are not usable; keeping the loaded set",
+                    "error", err, NULL);
+            agtype *keep = cp->types;
+            size_t nkeep = cp->ntypes;
+            cp->types = ts, cp->ntypes = nts;
+            types_free(cp);
+            cp->types = keep, cp->ntypes = nkeep;
+            evl_luahost_free(nh);
+            return;
+        }
+        types_free(cp);
+        cp->types = ts, cp->ntypes = nts;
+        if (subscribe(cp, err, sizeof err) != EVL_OK) {
+            evl_log(EVL_LOG_ERROR, "resubscribing failed", "error", err, NULL);
+            cp->fatal = 1;
+        }
+    } else {
+        /* keep the topic handles; the new list only names the same */
+        agtype *keep = cp->types;
+        size_t nkeep = cp->ntypes;
+        cp->types = ts, cp->ntypes = nts;
+        types_free(cp);
+        cp->types = keep, cp->ntypes = nkeep;
+    }
+    evl_luahost_free(cp->host);
+    cp->host = nh;
+    evl_log(EVL_LOG_INFO, "command processor switched scripts", "hash",
+            evl_luahost_hash(nh), NULL);
+}
+
+static const char *allowed_assignor(const evl_config *cfg)
+{
+    const char *v = evl_config_kafka(cfg, "partition.assignment.strategy");
+    if (v && (strcmp(v, "range") == 0 || strcmp(v, "roundrobin") == 0 ||
+              strcmp(v, "range,roundrobin") == 0 ||
+              strcmp(v, "roundrobin,range") == 0))
+        return v;
+    return "range";
+}
+
+static int start_clients(cmdproc *cp, char *err, size_t errlen)
+{
+    const evl_config *cfg = cp->cfg;
+    rd_kafka_conf_t *conf;
+    char errstr[512], group[512], size[64];
+    size_t sizelen = sizeof size;
+
+    /* the producers: NPRODUCERS transactional ids derived from
+     * commands.transactional_id (the first is it, the others add ".alt",
+     * ".alt2", ...), all stable across restarts
+     *
+     * retry.backoff.ms: right after a commit the coordinator may still be
+     * writing the markers and answer the next AddPartitionsToTxn with
+     * CONCURRENT_TRANSACTIONS; librdkafka waits retry.backoff.ms (100 ms by
+     * default) before trying again, which caps small transactions at ~15/s.
+     * The Java producer retries those after 20 ms.
+     * linger.ms: records are produced all at once right before the commit,
+     * whose flush would otherwise wait out the linger. */
+    const char *pdefaults[] = {"transaction.timeout.ms",
+                               "10000",
+                               "retry.backoff.ms",
+                               "20",
+                               "linger.ms",
+                               "0",
+                               NULL};
+    for (int j = 0; j < NPRODUCERS; j++) {
+        char txid[600], client[64];
+        if (j == 0)
+            snprintf(txid, sizeof txid, "%s", cfg->cmd.transactional_id);
+        else if (j == 1)
+            snprintf(txid, sizeof txid, "%s.alt", cfg->cmd.transactional_id);
+        else
+            snprintf(txid, sizeof txid, "%s.alt%d", cfg->cmd.transactional_id,
+                     j);
+        snprintf(client, sizeof client, "evlua-commands-%d", j);
+        const char *prequired[] = {"transactional.id",
+                                   txid,
+                                   "enable.idempotence",
+                                   "true",
+                                   "acks",
+                                   "all",
+                                   "partitioner",
+                                   "murmur2_random",
+                                   "client.id",
+                                   client,
+                                   NULL};
+        if (evl_kafka_conf_new(cfg, pdefaults, prequired, &conf, err, errlen))
+            return EXIT_CONFIG;
+        rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+        rd_kafka_conf_set_opaque(conf, cp);
+        sizelen = sizeof size;
+        if (rd_kafka_conf_get(conf, "message.max.bytes", size, &sizelen) ==
+            RD_KAFKA_CONF_OK)
+            cp->max_message = (size_t)strtoull(size, NULL, 10);
+        if (cp->max_message < 4096)
+            cp->max_message = 1000000;
+        if (!(cp->producers[j] = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
+                                              sizeof errstr))) {
+            evl_seterr(err, errlen, EVL_EPERMANENT, "producer: %s", errstr);
+            return EXIT_CONFIG;
+        }
+    }
+
+    /* consumer of the commands topics */
+    const char *cdefaults[] = {"auto.offset.reset", "earliest", NULL};
+    const char *crequired[] = {"group.id",
+                               cfg->cmd.group_id,
+                               "isolation.level",
+                               "read_committed",
+                               "enable.auto.commit",
+                               "false",
+                               "enable.auto.offset.store",
+                               "false",
+                               "enable.partition.eof",
+                               "false",
+                               "partition.assignment.strategy",
+                               allowed_assignor(cfg),
+                               "client.id",
+                               "evlua-commands",
+                               NULL};
+    if (evl_kafka_conf_new(cfg, cdefaults, crequired, &conf, err, errlen))
+        return EXIT_CONFIG;
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_opaque(conf, cp);
+    if (!(cp->consumer =
+              rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {
+        evl_seterr(err, errlen, EVL_EPERMANENT, "consumer: %s", errstr);
+        return EXIT_CONFIG;
+    }
+    rd_kafka_poll_set_consumer(cp->consumer);
+
+    /* reader of the state topics: assigned by hand, never joins a group */
+    snprintf(group, sizeof group, "%s.restore", cfg->cmd.group_id);
+    const char *rrequired[] = {"group.id",
+                               group,
+                               "isolation.level",
+                               "read_committed",
+                               "enable.auto.commit",
+                               "false",
+                               "enable.auto.offset.store",
+                               "false",
+                               "enable.partition.eof",
+                               "true",
+                               "auto.offset.reset",
+                               "earliest",
+                               "client.id",
+                               "evlua-restore",
+                               NULL};
+    /* an empty partition's end is known after one fetch: do not let the
+     * broker hold it */
+    const char *rdefaults[] = {"fetch.wait.max.ms", "10", NULL};
+    if (evl_kafka_conf_new(cfg, rdefaults, rrequired, &conf, err, errlen))
+        return EXIT_CONFIG;
+    if (!(cp->restorer =
+              rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {
+        evl_seterr(err, errlen, EVL_EPERMANENT, "state reader: %s", errstr);
+        return EXIT_CONFIG;
+    }
+    rd_kafka_poll_set_consumer(cp->restorer);
+    return EXIT_OK;
+}
+
+static int init_transactions(cmdproc *cp)
+{
+    long long deadline = now_ms() + STARTUP_TIMEOUT_MS;
+    for (int j = 0; j < NPRODUCERS;) {
+        char err[EVL_ERRLEN];
+        evl_err e =
+            evl_kafka_error(rd_kafka_init_transactions(cp->producers[j], 30000),
+                            "rd_kafka_init_transactions", err, sizeof err);
+        if (e == EVL_OK) {
+            j++;
+            continue;
+        }
+        if (e == EVL_EFATAL || now_ms() > deadline ||
+            evl_lifecycle_stopping()) {
+            evl_log(EVL_LOG_ERROR, "cannot start the transactional producer",
+                    "error", err, NULL);
+            return EXIT_RUNTIME;
+        }
+        evl_log(EVL_LOG_WARN, "retrying init_transactions", "error", err, NULL);
+        sleep_ms(500);
+    }
+    return EXIT_OK;
+}
+
+static void log_counts(cmdproc *cp)
+{
+    char a[32], r[32], f[32], d[32], e[32];
+    snprintf(a, sizeof a, "%lld", cp->n_accepted);
+    snprintf(r, sizeof r, "%lld", cp->n_rejected);
+    snprintf(f, sizeof f, "%lld", cp->n_failed);
+    snprintf(d, sizeof d, "%lld", cp->n_duplicate);
+    snprintf(e, sizeof e, "%lld", cp->n_events);
+    evl_log(EVL_LOG_INFO, "commands so far", "accepted", a, "rejected", r,
+            "failed", f, "duplicate", d, "events", e, NULL);
+}
+
+int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
+{
+    cmdproc cp;
+    char err[EVL_ERRLEN];
+    int rc = EXIT_OK;
+    evl_err e;
+    long long last_counts;
+    const char *hook = getenv("EVLUA_TEST_FAIL_BEFORE_COMMIT");
+    const char *hang = getenv("EVLUA_TEST_HANG_BEFORE_COMMIT");
+
+    memset(&cp, 0, sizeof cp);
+    cp.cfg = cfg;
+    evl_metrics_ready("commands", 0, "starting");
+    cp.m_committed = evl_metrics_counter(
+        "evlua_command_transactions_total",
+        "Kafka transactions of the command side, by outcome",
+        "outcome=\"committed\"");
+    cp.m_aborted = evl_metrics_counter(
+        "evlua_command_transactions_total",
+        "Kafka transactions of the command side, by outcome",
+        "outcome=\"aborted\"");
+    cp.m_batch_seconds = evl_metrics_histogram(
+        "evlua_command_batch_seconds",
+        "Time from the start of deciding a batch to its commit", NULL, NULL, 0);
+    if (hook && *hook)
+        cp.fail_before_commit = strtol(hook, NULL, 10);
+    if (hang && *hang)
+        cp.hang_before_commit = strtol(hang, NULL, 10);
+    if (evl_luahost_reload(proto, &cp.host, NULL, err, sizeof err) != EVL_OK) {
+        evl_log(EVL_LOG_ERROR, "command processor: cannot load the scripts",
+                "error", err, NULL);
+        return EXIT_CONFIG;
+    }
+    /* the SIGHUPs before now are in this host already */
+    evl_luahost_reload_requested(&cp.seen_hup);
+    cp.store = evl_store_new(cfg->cmd.dedup_ids);
+    cp.L = luaL_newstate();
+    if (!cp.L) {
+        evl_log(EVL_LOG_ERROR, "cannot create a Lua state", NULL);
+        rc = EXIT_RUNTIME;
+        goto out;
+    }
+    types_from_host(cfg, cp.host, &cp.types, &cp.ntypes);
+    if (cp.ntypes == 0) {
+        evl_log(EVL_LOG_ERROR, "command processor: no aggregate scripts", NULL);
+        rc = EXIT_CONFIG;
+        goto out;
+    }
+    if (!evl_config_kafka(cfg, "bootstrap.servers") &&
+        !evl_config_kafka(cfg, "test.mock.num.brokers")) {
+        evl_log(EVL_LOG_ERROR,
+                "command processor: no Kafka configured: set "
+                "kafka[\"bootstrap.servers\"] or EVLUA_KAFKA_BOOTSTRAP",
+                NULL);
+        rc = EXIT_CONFIG;
+        goto out;
+    }
+    if (evl_config_kafka(cfg, "test.mock.num.brokers"))
+        evl_log(EVL_LOG_WARN,
+                "librdkafka's MOCK cluster is configured: a development toy "
+                "without transaction markers; nothing here is exactly once",
+                NULL);
+    if ((rc = start_clients(&cp, err, sizeof err)) != EXIT_OK) {
+        evl_log(EVL_LOG_ERROR, "command processor: bad Kafka configuration",
+                "error", err, NULL);
+        goto out;
+    }
+    if ((e = ensure_all(&cp, cp.types, cp.ntypes, err, sizeof err))) {
+        evl_log(EVL_LOG_ERROR, "command processor: topics not usable", "error",
+                err, NULL);
+        rc = e == EVL_EPERMANENT ? EXIT_CONFIG : EXIT_RUNTIME;
+        goto out;
+    }
+    if ((rc = init_transactions(&cp)) != EXIT_OK)
+        goto out;
+    if (subscribe(&cp, err, sizeof err) != EVL_OK) {
+        evl_log(EVL_LOG_ERROR, "command processor", "error", err, NULL);
+        rc = EXIT_RUNTIME;
+        goto out;
+    }
+    evl_metrics_ready("commands", 1, NULL);
+    evl_log(EVL_LOG_INFO, "command processor started", "group",
+            cfg->cmd.group_id, "transactional_id", cfg->cmd.transactional_id,
+            "scripts", evl_luahost_hash(cp.host), NULL);
+
+    last_counts = now_ms();
+    while (!evl_lifecycle_stopping() && !cp.fatal) {
+        maybe_reload(&cp);
+        long long tc = now_ms();
+        collect(&cp);
+        cp.collect_ms = now_ms() - tc;
+        if (cp.fatal)
+            break;
+        if (cp.nbatch > 0 && process_batch(&cp) != 0) {
+            cp.fatal = 1;
+            break;
+        }
+        if (now_ms() - last_counts > 60000) {
+            last_counts = now_ms();
+            log_counts(&cp);
+        }
+    }
+    batch_clear(&cp);
+    if (cp.fatal) {
+        evl_log(EVL_LOG_ERROR,
+                "command processor stops after a fatal Kafka error (another "
+                "instance with the same transactional.id fences this one?)",
+                NULL);
+        rc = EXIT_RUNTIME;
+    }
+    log_counts(&cp);
+
+out:
+    if (cp.consumer) {
+        rd_kafka_consumer_close(cp.consumer);
+        rd_kafka_destroy(cp.consumer);
+    }
+    if (cp.restorer) {
+        rd_kafka_consumer_close(cp.restorer);
+        rd_kafka_destroy(cp.restorer);
+    }
+    types_free(&cp); /* topic handles before their producers */
+    for (int j = 0; j < NPRODUCERS; j++)
+        if (cp.producers[j])
+            rd_kafka_destroy(cp.producers[j]);
+    if (cp.L)
+        lua_close(cp.L);
+    evl_store_free(cp.store);
+    evl_luahost_decision_free(&cp.dec);
+    evl_envelope_command_free(&cp.cmd);
+    evl_buf_free(&cp.arena);
+    free(cp.out);
+    free(cp.event_ids);
+    free(cp.batch);
+    evl_luahost_free(cp.host);
+    evl_metrics_ready("commands", 0, rc == EXIT_OK ? "stopped" : "failed");
+    if (rc == EXIT_OK)
+        evl_log(EVL_LOG_INFO, "command processor stopped", NULL);
+    return rc;
+}

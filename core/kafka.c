@@ -1,0 +1,247 @@
+/* kafka.c - librdkafka configuration, error classes and topics (kafka.h). */
+#include "kafka.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
+                           const char *value, char *err, size_t errlen)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "kafka property '%s': %s", key, errstr);
+    return EVL_OK;
+}
+
+/* librdkafka's syslog levels -> ours. Its notices (reconnects, group
+ * changes) are worth seeing at info. */
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                   const char *buf)
+{
+    evl_log_level lvl = level <= 3   ? EVL_LOG_ERROR
+                        : level == 4 ? EVL_LOG_WARN
+                        : level <= 6 ? EVL_LOG_INFO
+                                     : EVL_LOG_DEBUG;
+    /* The kafka table goes to every client, so consumer properties on a
+     * producer (and back) are expected, not worth a warning. */
+    if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "will be ignored"))
+        lvl = EVL_LOG_DEBUG;
+    evl_log(lvl, buf, "client", rd_kafka_name(rk), "facility", fac, NULL);
+}
+
+static void error_cb(rd_kafka_t *rk, int code, const char *reason, void *opaque)
+{
+    char fatal[512];
+    if (code == RD_KAFKA_RESP_ERR__FATAL) {
+        rd_kafka_resp_err_t orig =
+            rd_kafka_fatal_error(rk, fatal, sizeof fatal);
+        evl_log(EVL_LOG_ERROR, "kafka client fatal error", "client",
+                rd_kafka_name(rk), "error", rd_kafka_err2name(orig), "reason",
+                fatal, NULL);
+        return;
+    }
+    evl_log(EVL_LOG_WARN, "kafka client error", "client", rd_kafka_name(rk),
+            "error", rd_kafka_err2name((rd_kafka_resp_err_t)code), "reason",
+            reason, NULL);
+}
+
+static evl_err set_pairs(rd_kafka_conf_t *conf, const char *const *kv,
+                         char *err, size_t errlen)
+{
+    for (; kv && kv[0]; kv += 2) {
+        evl_err e = evl_kafka_conf_set(conf, kv[0], kv[1], err, errlen);
+        if (e)
+            return e;
+    }
+    return EVL_OK;
+}
+
+evl_err evl_kafka_conf_new(const evl_config *cfg, const char *const *defaults,
+                           const char *const *required, rd_kafka_conf_t **out,
+                           char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    evl_err e;
+
+    if ((e = set_pairs(conf, defaults, err, errlen)))
+        goto fail;
+    for (int i = 0; cfg && i < cfg->nkafka; i++) {
+        if (!cfg->kafka[i].value)
+            continue;
+        if ((e = evl_kafka_conf_set(conf, cfg->kafka[i].key,
+                                    cfg->kafka[i].value, err, errlen)))
+            goto fail;
+    }
+    for (const char *const *kv = required; kv && kv[0]; kv += 2) {
+        const char *mine = cfg ? evl_config_kafka(cfg, kv[0]) : NULL;
+        if (mine && strcmp(mine, kv[1]) != 0)
+            evl_log(EVL_LOG_WARN,
+                    "kafka property overridden: evlua's guarantees need it",
+                    "property", kv[0], "configured", mine, "used", kv[1], NULL);
+    }
+    if ((e = set_pairs(conf, required, err, errlen)))
+        goto fail;
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    *out = conf;
+    return EVL_OK;
+fail:
+    rd_kafka_conf_destroy(conf);
+    return e;
+}
+
+evl_err evl_kafka_classify(const rd_kafka_error_t *error)
+{
+    if (!error)
+        return EVL_OK;
+    if (rd_kafka_error_is_fatal(error))
+        return EVL_EFATAL;
+    if (rd_kafka_error_txn_requires_abort(error))
+        return EVL_EPERMANENT;
+    if (rd_kafka_error_is_retriable(error))
+        return EVL_ETRANSIENT;
+    return EVL_EFATAL;
+}
+
+evl_err evl_kafka_error(rd_kafka_error_t *error, const char *call, char *err,
+                        size_t errlen)
+{
+    evl_err e;
+    if (!error)
+        return EVL_OK;
+    e = evl_kafka_classify(error);
+    evl_seterr(err, errlen, e, "%s: %s (%s)", call,
+               rd_kafka_error_string(error), rd_kafka_error_name(error));
+    rd_kafka_error_destroy(error);
+    return e;
+}
+
+evl_err evl_kafka_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                             int *count, char *err, size_t errlen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t rerr = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
+    if (rerr)
+        return evl_seterr(err, errlen, EVL_ETRANSIENT,
+                          "cannot read the cluster's metadata: %s",
+                          rd_kafka_err2str(rerr));
+    *count = 0;
+    for (int i = 0; i < md->topic_cnt; i++) {
+        const struct rd_kafka_metadata_topic *t = &md->topics[i];
+        if (strcmp(t->topic, topic) != 0)
+            continue;
+        if (t->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            *count = t->partition_cnt;
+        break;
+    }
+    rd_kafka_metadata_destroy(md);
+    return EVL_OK;
+}
+
+evl_err evl_kafka_create_topics(rd_kafka_t *rk,
+                                const evl_kafka_topic_spec *specs, size_t n,
+                                int timeout_ms, char *err, size_t errlen)
+{
+    char errstr[512];
+    evl_err e = EVL_OK;
+    rd_kafka_NewTopic_t **nts;
+    rd_kafka_AdminOptions_t *opts;
+    rd_kafka_queue_t *q;
+    rd_kafka_event_t *ev;
+    size_t made = 0;
+
+    if (n == 0)
+        return EVL_OK;
+    nts = evl_xmalloc(sizeof *nts * n);
+    for (; made < n; made++) {
+        nts[made] =
+            rd_kafka_NewTopic_new(specs[made].name, specs[made].partitions, -1,
+                                  errstr, sizeof errstr);
+        if (!nts[made]) {
+            e = evl_seterr(err, errlen, EVL_EPERMANENT,
+                           "cannot describe topic %s: %s", specs[made].name,
+                           errstr);
+            goto out;
+        }
+        if (specs[made].compacted)
+            rd_kafka_NewTopic_set_config(nts[made], "cleanup.policy",
+                                         "compact");
+    }
+    opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, NULL, 0);
+    rd_kafka_AdminOptions_set_operation_timeout(opts, timeout_ms, NULL, 0);
+    q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, nts, n, opts, q);
+    ev = rd_kafka_queue_poll(q, timeout_ms + 5000);
+    if (!ev) {
+        e = evl_seterr(err, errlen, EVL_ETRANSIENT,
+                       "CreateTopics: no answer within %d ms", timeout_ms);
+    } else if (rd_kafka_event_error(ev)) {
+        e = evl_seterr(err, errlen, EVL_ETRANSIENT, "CreateTopics: %s",
+                       rd_kafka_event_error_string(ev));
+    } else {
+        size_t cnt;
+        const rd_kafka_topic_result_t **res =
+            rd_kafka_CreateTopics_result_topics(
+                rd_kafka_event_CreateTopics_result(ev), &cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            rd_kafka_resp_err_t te = rd_kafka_topic_result_error(res[i]);
+            if (te == RD_KAFKA_RESP_ERR_NO_ERROR ||
+                te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+                continue;
+            e = evl_seterr(err, errlen,
+                           te == RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT
+                               ? EVL_ETRANSIENT
+                               : EVL_EPERMANENT,
+                           "cannot create topic %s: %s",
+                           rd_kafka_topic_result_name(res[i]),
+                           rd_kafka_topic_result_error_string(res[i])
+                               ? rd_kafka_topic_result_error_string(res[i])
+                               : rd_kafka_err2str(te));
+            break;
+        }
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_AdminOptions_destroy(opts);
+out:
+    rd_kafka_NewTopic_destroy_array(nts, made);
+    free(nts);
+    return e;
+}
+
+int32_t evl_kafka_murmur2_partition(const void *key, size_t len,
+                                    int32_t partitions)
+{
+    /* librdkafka's own function: the same code its producer runs. It
+     * falls back to a random partition only for a NULL key. */
+    return rd_kafka_msg_partitioner_murmur2(NULL, key ? key : "", len,
+                                            partitions, NULL, NULL);
+}
+
+const char *evl_kafka_header(const rd_kafka_message_t *rkm, const char *name,
+                             char *buf, size_t n)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *val;
+    size_t size;
+    if (n == 0 ||
+        rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, name, &val, &size) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR)
+        return NULL;
+    if (!val)
+        size = 0;
+    if (size > n - 1)
+        size = n - 1;
+    if (size)
+        memcpy(buf, val, size);
+    buf[size] = '\0';
+    return buf;
+}

@@ -1,0 +1,98 @@
+/*
+ * kafka.h - what evlua's pipelines need from librdkafka beyond its own API:
+ * client configuration from evl_config, error classes, and topics.
+ *
+ *   - Configuration: the `kafka` table of the config is passed through
+ *     verbatim to every client; each pipeline adds the properties its
+ *     guarantees rest on (isolation.level, transactional.id, ...), which
+ *     win over the table (a conflicting value is logged and overridden),
+ *     and defaults the table may change. librdkafka's log lines and
+ *     client errors go through log.h.
+ *   - Errors: rd_kafka_error_t is classified by its flags, in the order
+ *     DESIGN.md fixes (fatal, then txn_requires_abort, then retriable):
+ *       fatal              -> EVL_EFATAL      (fenced: log and exit)
+ *       txn_requires_abort -> EVL_EPERMANENT  (this transaction is lost:
+ *                                             abort, rewind, try again)
+ *       retriable          -> EVL_ETRANSIENT  (repeat the same call)
+ *       anything else      -> EVL_EFATAL      (a state or usage error: a bug
+ *                                             or a broken cluster)
+ *   - Topics: partition counts from the cluster metadata, creation with the
+ *     admin API (the broker's replication factor; optionally compacted), and
+ *     the murmur2 partition of a key (Java's default partitioner, which
+ *     evlua's producers use through partitioner=murmur2_random).
+ *
+ * Does not: own clients beyond the call, consume, produce, retry.
+ *
+ * @locality any thread; each function works on the handles it is given.
+ */
+#ifndef EVL_KAFKA_H
+#define EVL_KAFKA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "config.h"
+#include "evl.h"
+
+/* Build a client configuration: `defaults` (NULL-terminated key, value
+ * pairs; may be NULL), then every property of cfg->kafka, then `required`
+ * (same form; may be NULL). A required property the config sets to another
+ * value is logged at warn level and overridden. Installs a log callback
+ * (librdkafka's lines become log.h lines with client=NAME) and an error
+ * callback (logged at warn; fatal ones at error).
+ * On success returns EVL_OK and *out (owned: pass it to rd_kafka_new, or
+ * rd_kafka_conf_destroy it). On an invalid property returns
+ * EVL_EPERMANENT with "kafka property 'k': librdkafka's message" in err. */
+evl_err evl_kafka_conf_new(const evl_config *cfg, const char *const *defaults,
+                           const char *const *required, rd_kafka_conf_t **out,
+                           char *err, size_t errlen);
+
+/* rd_kafka_conf_set with evlua's error convention (EVL_EPERMANENT). */
+evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
+                           const char *value, char *err, size_t errlen);
+
+/* The class of error (see above); EVL_OK for NULL. Does not destroy it. */
+evl_err evl_kafka_classify(const rd_kafka_error_t *error);
+
+/* Classify error, write "CALL: message (NAME)" into err, destroy error.
+ * Returns EVL_OK (and writes nothing) when error is NULL. */
+evl_err evl_kafka_error(rd_kafka_error_t *error, const char *call, char *err,
+                        size_t errlen);
+
+/* Partition count of topic from the cluster's metadata into *count (0 when
+ * the topic does not exist). Asks for all topics, so a broker with
+ * auto.create.topics.enable does not create it by being asked. Returns
+ * EVL_OK, or EVL_ETRANSIENT when the cluster did not answer within
+ * timeout_ms (message in err). */
+evl_err evl_kafka_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                             int *count, char *err, size_t errlen);
+
+typedef struct evl_kafka_topic_spec {
+    const char *name;
+    int partitions;
+    int compacted; /* cleanup.policy=compact */
+} evl_kafka_topic_spec;
+
+/* Create the n topics with the broker's default replication factor. A
+ * topic that already exists is not an error (another instance may have
+ * won the race; the caller checks partition counts afterwards). Returns
+ * EVL_OK, EVL_ETRANSIENT on a timeout, else EVL_EPERMANENT naming the
+ * topic and the broker's reason. */
+evl_err evl_kafka_create_topics(rd_kafka_t *rk,
+                                const evl_kafka_topic_spec *specs, size_t n,
+                                int timeout_ms, char *err, size_t errlen);
+
+/* The partition the murmur2 partitioners (librdkafka's murmur2 and
+ * murmur2_random for non-NULL keys, the Java client's default) choose for
+ * key among partitions partitions. */
+int32_t evl_kafka_murmur2_partition(const void *key, size_t len,
+                                    int32_t partitions);
+
+/* Value of header name of rkm (the last one), NULL-terminated into buf
+ * (truncated to n - 1 bytes); NULL when absent. */
+const char *evl_kafka_header(const rd_kafka_message_t *rkm, const char *name,
+                             char *buf, size_t n);
+
+#endif

@@ -1,0 +1,288 @@
+/*
+ * bench_cmd.c - throughput and latency of the command side against the
+ * real broker, driving a real `evlua run` (the binary in EVLUA_BIN).
+ *
+ *   bench_cmd throughput EVENTS COMMANDS BATCH_SIZE AGGREGATES
+ *       Preload COMMANDS commands (each yielding EVENTS events, 1 or 3)
+ *       for AGGREGATES aggregates into a fresh 6-partition commands topic,
+ *       start evlua run with commands.batch_size = BATCH_SIZE, and time
+ *       the results: commands/s = results between the first and the last
+ *       one / the time between them (from the records' timestamps, so
+ *       start-up and restore are not counted). BATCH_SIZE 1 is the seed's
+ *       literal form: one transaction per command.
+ *   bench_cmd latency RATE SECONDS AGGREGATES
+ *       With evlua run consuming, send 1-event commands at RATE per second
+ *       for SECONDS; for each, the time from the send call to its result
+ *       arriving at a read_committed consumer; prints p50, p99, max.
+ *
+ * Output: one line of "key=value" per run (scripts/bench-cmd makes the
+ * table). Needs the broker (svc.h) and EVLUA_BIN, EVLUA_SOURCE_DIR.
+ */
+#define _GNU_SOURCE /* memmem */
+#include <pthread.h>
+
+#include "cmdtest.h"
+
+static const char bench_lua[] =
+    "-- bench: One yields one event, Three yields three\n"
+    "return {\n"
+    "  type = 'bench',\n"
+    "  initial = function() return { n = 0 } end,\n"
+    "  apply = { Counted = function(s, e) s.n = s.n + 1 end },\n"
+    "  handle = {\n"
+    "    One = function(s, cmd)\n"
+    "      return { { type = 'Counted', data = { by = cmd.data.by } } }\n"
+    "    end,\n"
+    "    Three = function(s, cmd)\n"
+    "      return { { type = 'Counted', data = { by = cmd.data.by } },\n"
+    "               { type = 'Counted', data = { by = cmd.data.by } },\n"
+    "               { type = 'Counted', data = { by = cmd.data.by } } }\n"
+    "    end,\n"
+    "  },\n"
+    "}\n";
+
+static ct t;
+
+static void setup(int batch)
+{
+    char extra[256], commands[256];
+    ct_init(&t, "bench");
+    ct_write_file(&t, "aggregates/bench.lua", bench_lua);
+    snprintf(extra, sizeof extra, "batch_size = %d, linger_ms = 5,", batch);
+    /* EVLUA_BENCH_KAFKA: extra librdkafka properties as Lua fields,
+     * e.g. "['retry.backoff.ms'] = 10," */
+    ct_config(&t, "a", "a", extra, getenv("EVLUA_BENCH_KAFKA"));
+    ct_topic(&t, "bench", "commands", commands, sizeof commands);
+    ct_create_topic(&t, commands, 6, NULL);
+}
+
+static void send_cmd(rd_kafka_t *p, const char *id, const char *type, int agg)
+{
+    char a[32];
+    snprintf(a, sizeof a, "a-%d", agg);
+    ct_send(&t, p, "bench", id, type, a, "{\"by\":1}", NULL);
+}
+
+/* A read_committed consumer of every partition of the results topic,
+ * from the start. */
+static rd_kafka_t *results_consumer(const char *topic)
+{
+    char errstr[512], group[300];
+    rd_kafka_conf_t *conf = ct_conf(&t);
+    rd_kafka_t *rk;
+    rd_kafka_topic_partition_list_t *l;
+    int n = 0;
+    for (int i = 0; i < 600 && (n = ct_partitions(&t, topic)) == 0; i++)
+        ct_sleep_ms(100);
+    if (n == 0)
+        ct_die("topic %s never appeared", topic);
+    snprintf(group, sizeof group, "%s.bench", t.prefix);
+    ct_set(conf, "group.id", group);
+    ct_set(conf, "isolation.level", "read_committed");
+    ct_set(conf, "enable.auto.commit", "false");
+    ct_set(conf, "fetch.wait.max.ms", "5");
+    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
+        ct_die("consumer: %s", errstr);
+    rd_kafka_poll_set_consumer(rk);
+    l = rd_kafka_topic_partition_list_new(n);
+    for (int i = 0; i < n; i++)
+        rd_kafka_topic_partition_list_add(l, topic, i)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    return rk;
+}
+
+static int throughput(int events, int ncommands, int batch, int aggs)
+{
+    char results[256], id[32];
+    rd_kafka_t *p, *c;
+    long long first_ts = -1, last_ts = -1, t0, seen = 0, accepted = 0;
+    pid_t pid;
+
+    setup(batch);
+    ct_topic(&t, "bench", "results", results, sizeof results);
+    p = ct_producer(&t);
+    t0 = ct_now_ms();
+    for (int i = 0; i < ncommands; i++) {
+        snprintf(id, sizeof id, "c-%d", i);
+        send_cmd(p, id, events == 3 ? "Three" : "One", i % aggs);
+    }
+    ct_flush(p);
+    fprintf(stderr, "preloaded %d commands in %lld ms\n", ncommands,
+            ct_now_ms() - t0);
+    rd_kafka_destroy(p);
+
+    pid = ct_start(&t, "a", "a.log",
+                   getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
+                                               : "EVLUA_LOG_LEVEL=warn");
+    c = results_consumer(results);
+    t0 = ct_now_ms();
+    while (seen < ncommands) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 500);
+        if (ct_now_ms() - t0 > 600000)
+            ct_die("only %lld of %d results after 10 minutes", seen, ncommands);
+        if (!m)
+            continue;
+        if (!m->err) {
+            long long ts = rd_kafka_message_timestamp(m, NULL);
+            if (first_ts < 0 || ts < first_ts)
+                first_ts = ts;
+            if (ts > last_ts)
+                last_ts = ts;
+            seen++;
+            accepted += m->len > 40 &&
+                        memmem(m->payload, m->len, "\"accepted\"", 10) != NULL;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    int rc = ct_stop(pid, SIGTERM, 60);
+    double secs = (double)(last_ts - first_ts) / 1000.0;
+    printf("mode=throughput events=%d commands=%d batch_size=%d "
+           "aggregates=%d accepted=%lld seconds=%.3f commands_per_s=%.0f "
+           "events_per_s=%.0f exit=%d\n",
+           events, ncommands, batch, aggs, accepted, secs,
+           secs > 0 ? (double)(ncommands - 1) / secs : 0.0,
+           secs > 0 ? (double)(ncommands - 1) * events / secs : 0.0, rc);
+    return accepted == ncommands && rc == 0 ? 0 : 1;
+}
+
+/* ---- latency ----------------------------------------------------------- */
+
+static long long *sent_us;
+static long long *lat_us;
+static int nsent_total;
+static volatile int received, warm;
+static volatile int stop_reader;
+static char lat_results[256];
+
+static long long now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void *reader(void *arg)
+{
+    rd_kafka_t *c = arg;
+    while (!stop_reader && received < nsent_total) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+        long long now = now_us();
+        if (!m)
+            continue;
+        if (!m->err && m->payload) {
+            /* {"command_id":"L-123",... */
+            const char *s = memmem(m->payload, m->len, "\"L-", 3);
+            if (!s && memmem(m->payload, m->len, "\"W-", 3))
+                warm++;
+            if (s) {
+                int i = atoi(s + 3);
+                if (i >= 0 && i < nsent_total && lat_us[i] < 0) {
+                    lat_us[i] = now - sent_us[i];
+                    received++;
+                }
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int latency(int rate, int seconds, int aggs)
+{
+    char id[32];
+    rd_kafka_t *p, *c;
+    pthread_t th;
+    pid_t pid;
+    long long start;
+    int n = rate * seconds, i = 0;
+
+    setup(1000);
+    ct_topic(&t, "bench", "results", lat_results, sizeof lat_results);
+    nsent_total = n;
+    sent_us = calloc((size_t)n, sizeof *sent_us);
+    lat_us = malloc(sizeof *lat_us * (size_t)n);
+    for (int k = 0; k < n; k++)
+        lat_us[k] = -1;
+    pid = ct_start(&t, "a", "a.log",
+                   getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
+                                               : "EVLUA_LOG_LEVEL=info");
+    for (int k = 0; k < 600 && !ct_log_has(&t, "a.log", "states restored"); k++)
+        ct_sleep_ms(50);
+    c = results_consumer(lat_results);
+    pthread_create(&th, NULL, reader, c);
+    p = ct_producer(&t);
+    /* warm up: connections, metadata, the first fetches, until results
+     * flow; these are not measured */
+    for (int k = 0; k < 200; k++) {
+        snprintf(id, sizeof id, "W-%d", k);
+        send_cmd(p, id, "One", k % aggs);
+    }
+    ct_flush(p);
+    for (int k = 0; k < 600 && warm < 200; k++)
+        ct_sleep_ms(50);
+    if (warm < 200)
+        ct_die("warm-up: %d of 200 results", warm);
+    start = now_us();
+    while (i < n) {
+        long long due = start + (long long)i * 1000000 / rate;
+        long long now = now_us();
+        if (now < due) {
+            struct timespec ts = {0, (long)((due - now) * 1000)};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        snprintf(id, sizeof id, "L-%d", i);
+        sent_us[i] = now_us();
+        send_cmd(p, id, "One", i % aggs);
+        i++;
+    }
+    ct_flush(p);
+    for (int k = 0; k < 600 && received < n; k++)
+        ct_sleep_ms(50);
+    stop_reader = 1;
+    pthread_join(th, NULL);
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    rd_kafka_destroy(p);
+    int rc = ct_stop(pid, SIGTERM, 60);
+
+    long long *v = malloc(sizeof *v * (size_t)n);
+    int m = 0;
+    for (int k = 0; k < n; k++)
+        if (lat_us[k] >= 0)
+            v[m++] = lat_us[k];
+    qsort(v, (size_t)m, sizeof *v, cmp_ll);
+    printf("mode=latency rate=%d seconds=%d commands=%d results=%d "
+           "p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f max_ms=%.1f exit=%d\n",
+           rate, seconds, n, m, m ? v[m / 2] / 1000.0 : -1.0,
+           m ? v[(long)m * 99 / 100] / 1000.0 : -1.0,
+           m ? v[(long)m * 999 / 1000] / 1000.0 : -1.0,
+           m ? v[m - 1] / 1000.0 : -1.0, rc);
+    free(v);
+    free(sent_us);
+    free(lat_us);
+    return m == n && rc == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 6 && strcmp(argv[1], "throughput") == 0)
+        return throughput(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]),
+                          atoi(argv[5]));
+    if (argc == 5 && strcmp(argv[1], "latency") == 0)
+        return latency(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+    fprintf(stderr, "usage: bench_cmd throughput EVENTS COMMANDS BATCH_SIZE "
+                    "AGGREGATES\n"
+                    "       bench_cmd latency RATE SECONDS AGGREGATES\n");
+    return 2;
+}

@@ -1,0 +1,639 @@
+/*
+ * cmdtest.h - the harness of the command side's tests against the real
+ * broker (tests/c/test_cmd_*.c): a private directory with a config and
+ * aggregate scripts, `evlua run` as a child process, a producer of
+ * commands, and read-everything consumers that parse what they read.
+ *
+ * Every test names its topics, group and transactional ids with a prefix
+ * unique to the process (the broker is shared by the whole ctest run).
+ * Without a broker the tests FAIL (svc.h).
+ */
+#ifndef EVL_CMDTEST_H
+#define EVL_CMDTEST_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <librdkafka/rdkafka.h>
+
+#include "check.h"
+#include "kafka.h"
+#include "svc.h"
+
+typedef struct ct {
+    char bootstrap[256];
+    char prefix[128]; /* topic/group prefix, unique per process */
+    char dir[512];    /* private directory: configs, scripts, logs */
+    const char *bin;  /* the evlua binary */
+    const char *src;  /* the source tree */
+} ct;
+
+static inline void ct_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "FAIL: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static inline long long ct_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void ct_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static inline void ct_write_file(const ct *t, const char *rel, const char *text)
+{
+    char path[1024];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", t->dir, rel);
+    if (!(f = fopen(path, "w")))
+        ct_die("cannot write %s: %s", path, strerror(errno));
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Copy aggregates/NAME of the source tree into the test's aggregates. */
+static inline void ct_copy_aggregate(const ct *t, const char *name)
+{
+    char from[1024], to[1024], buf[8192];
+    size_t n;
+    FILE *in, *out;
+    snprintf(from, sizeof from, "%s/aggregates/%s", t->src, name);
+    snprintf(to, sizeof to, "%s/aggregates/%s", t->dir, name);
+    if (!(in = fopen(from, "r")) || !(out = fopen(to, "w")))
+        ct_die("cannot copy %s to %s", from, to);
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        fwrite(buf, 1, n, out);
+    fclose(in);
+    fclose(out);
+}
+
+static inline void ct_init(ct *t, const char *name)
+{
+    char aggs[1024];
+    memset(t, 0, sizeof *t);
+    svc_kafka_bootstrap(t->bootstrap, sizeof t->bootstrap);
+    t->bin = getenv("EVLUA_BIN");
+    t->src = getenv("EVLUA_SOURCE_DIR");
+    if (!t->bin || !t->src)
+        ct_die("EVLUA_BIN and EVLUA_SOURCE_DIR must be set (run through "
+               "ctest)");
+    snprintf(t->prefix, sizeof t->prefix, "ct-%s-%ld-%ld", name, (long)getpid(),
+             (long)time(NULL));
+    snprintf(t->dir, sizeof t->dir, "/tmp/evlua-%s-XXXXXX", name);
+    if (!mkdtemp(t->dir))
+        ct_die("mkdtemp: %s", strerror(errno));
+    snprintf(aggs, sizeof aggs, "%s/aggregates", t->dir);
+    mkdir(aggs, 0755);
+    fprintf(stderr, "test directory %s, prefix %s\n", t->dir, t->prefix);
+}
+
+/* Topic of aggregate type `type` and kind ("commands", "events", ...). */
+static inline void ct_topic(const ct *t, const char *type, const char *kind,
+                            char *buf, size_t n)
+{
+    snprintf(buf, n, "%s.%s.%s", t->prefix, type, kind);
+}
+
+/* Write config NAME.lua: transactional id txid; extra_commands and
+ * extra_kafka are Lua fields (with trailing commas) added to the commands
+ * and kafka tables. */
+static inline void ct_config(const ct *t, const char *name, const char *txid,
+                             const char *extra_commands,
+                             const char *extra_kafka)
+{
+    char text[8192], rel[256];
+    snprintf(text, sizeof text,
+             "return {\n"
+             "  aggregates = '%s/aggregates',\n"
+             "  projections = {},\n"
+             "  kafka = { ['bootstrap.servers'] = '%s',\n"
+             "            ['session.timeout.ms'] = 6000,\n"
+             "            ['heartbeat.interval.ms'] = 1000,\n"
+             "            %s },\n"
+             "  commands = {\n"
+             "    group_id = '%s.group', transactional_id = '%s.%s',\n"
+             "    linger_ms = 5,\n"
+             "    topics = { commands = '%s.{type}.commands',\n"
+             "               events = '%s.{type}.events',\n"
+             "               state = '%s.{type}.state',\n"
+             "               results = '%s.{type}.results' },\n"
+             "    %s\n"
+             "  },\n"
+             "}\n",
+             t->dir, t->bootstrap, extra_kafka ? extra_kafka : "", t->prefix,
+             t->prefix, txid, t->prefix, t->prefix, t->prefix, t->prefix,
+             extra_commands ? extra_commands : "");
+    snprintf(rel, sizeof rel, "%s.lua", name);
+    ct_write_file(t, rel, text);
+}
+
+/* Start `evlua run -c DIR/CONFIG.lua`, stderr to DIR/LOG; env: extra
+ * "K=V" (or NULL). */
+static inline pid_t ct_start(const ct *t, const char *config, const char *log,
+                             const char *env)
+{
+    char cfg[1024], logpath[1024];
+    pid_t pid;
+    snprintf(cfg, sizeof cfg, "%s/%s.lua", t->dir, config);
+    snprintf(logpath, sizeof logpath, "%s/%s", t->dir, log);
+    pid = fork();
+    if (pid < 0)
+        ct_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+            close(fd);
+        }
+        if (env)
+            putenv((char *)env);
+        execl(t->bin, t->bin, "run", "-c", cfg, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Wait up to timeout_s for pid; its exit code, 128+signal, or -1 when it
+ * is still running. */
+static inline int ct_wait(pid_t pid, int timeout_s)
+{
+    long long deadline = ct_now_ms() + timeout_s * 1000LL;
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status)
+                                     : 128 + WTERMSIG(status);
+        if (ct_now_ms() > deadline)
+            return -1;
+        ct_sleep_ms(50);
+    }
+}
+
+/* Send sig and wait; kills with SIGKILL after timeout_s. */
+static inline int ct_stop(pid_t pid, int sig, int timeout_s)
+{
+    int rc;
+    kill(pid, sig);
+    rc = ct_wait(pid, timeout_s);
+    if (rc < 0) {
+        kill(pid, SIGKILL);
+        ct_wait(pid, 10);
+    }
+    return rc;
+}
+
+/* Does DIR/LOG contain text? */
+static inline int ct_log_has(const ct *t, const char *log, const char *text)
+{
+    char path[1024], *buf;
+    long n;
+    int found = 0;
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    if (!(f = fopen(path, "r")))
+        return 0;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc((size_t)n + 1);
+    n = (long)fread(buf, 1, (size_t)n, f);
+    buf[n] = '\0';
+    fclose(f);
+    found = strstr(buf, text) != NULL;
+    free(buf);
+    return found;
+}
+
+static inline void ct_dump_log(const ct *t, const char *log)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "tail -n 40 %s/%s >&2", t->dir, log);
+    fprintf(stderr, "--- last lines of %s\n", log);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no log)\n");
+}
+
+static inline rd_kafka_conf_t *ct_conf(const ct *t)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", t->bootstrap, errstr,
+                          sizeof errstr) != RD_KAFKA_CONF_OK)
+        ct_die("bootstrap.servers: %s", errstr);
+    return conf;
+}
+
+static inline void ct_set(rd_kafka_conf_t *conf, const char *k, const char *v)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK)
+        ct_die("%s: %s", k, errstr);
+}
+
+/* A plain producer with the murmur2 partitioner (as evlua requires of
+ * command producers). */
+static inline rd_kafka_t *ct_producer(const ct *t)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = ct_conf(t);
+    rd_kafka_t *rk;
+    ct_set(conf, "partitioner", "murmur2_random");
+    ct_set(conf, "enable.idempotence", "true");
+    ct_set(conf, "message.max.bytes", "10000000");
+    ct_set(conf, "linger.ms", "1");
+    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr)))
+        ct_die("rd_kafka_new(producer): %s", errstr);
+    return rk;
+}
+
+/* Produce value to topic with key (NULL: none); partition -1: the
+ * partitioner's choice. */
+static inline void ct_send_raw(rd_kafka_t *rk, const char *topic,
+                               int32_t partition, const char *key,
+                               const void *value, size_t len)
+{
+    rd_kafka_resp_err_t e;
+    for (;;) {
+        e = rd_kafka_producev(
+            rk, RD_KAFKA_V_TOPIC(topic),
+            RD_KAFKA_V_PARTITION(partition < 0 ? RD_KAFKA_PARTITION_UA
+                                               : partition),
+            RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+            RD_KAFKA_V_VALUE((void *)value, len),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            break;
+        rd_kafka_poll(rk, 10);
+    }
+    if (e)
+        ct_die("rd_kafka_producev(%s): %s", topic, rd_kafka_err2str(e));
+    rd_kafka_poll(rk, 0);
+}
+
+static inline void ct_flush(rd_kafka_t *rk)
+{
+    if (rd_kafka_flush(rk, 30000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        ct_die("flush: messages not delivered in 30 s");
+}
+
+/* Send the command {id,type,aggregate_type,aggregate_id,data[,extra]}
+ * keyed by the aggregate id. extra: more members, e.g.
+ * "\"expected_version\":2" (or NULL). */
+static inline void ct_send(const ct *t, rd_kafka_t *rk, const char *type,
+                           const char *id, const char *command_type,
+                           const char *aggregate_id, const char *data,
+                           const char *extra)
+{
+    char topic[256];
+    size_t n = strlen(data) + 1024 + (extra ? strlen(extra) : 0);
+    char *v = malloc(n);
+    ct_topic(t, type, "commands", topic, sizeof topic);
+    snprintf(v, n,
+             "{\"id\":\"%s\",\"type\":\"%s\",\"aggregate_type\":\"%s\","
+             "\"aggregate_id\":\"%s\",\"data\":%s%s%s}",
+             id, command_type, type, aggregate_id, data, extra ? "," : "",
+             extra ? extra : "");
+    ct_send_raw(rk, topic, -1, aggregate_id, v, strlen(v));
+    free(v);
+}
+
+static inline int ct_partitions(const ct *t, const char *topic)
+{
+    char errstr[512], err[EVL_ERRLEN];
+    int n = 0;
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), errstr, sizeof errstr);
+    if (!rk)
+        ct_die("rd_kafka_new: %s", errstr);
+    if (evl_kafka_partitions(rk, topic, 10000, &n, err, sizeof err))
+        ct_die("metadata: %s", err);
+    rd_kafka_destroy(rk);
+    return n;
+}
+
+/* Create topic with partitions and (NULL-terminated pairs) config. */
+static inline void ct_create_topic(const ct *t, const char *topic,
+                                   int partitions, const char *const *config)
+{
+    char errstr[512];
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), errstr, sizeof errstr);
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_event_t *ev;
+    for (; config && config[0]; config += 2)
+        rd_kafka_NewTopic_set_config(nt, config[0], config[1]);
+    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
+    if (!(ev = rd_kafka_queue_poll(q, 30000)))
+        ct_die("CreateTopics %s: no answer", topic);
+    if (rd_kafka_event_error(ev))
+        ct_die("CreateTopics %s: %s", topic, rd_kafka_event_error_string(ev));
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_destroy(rk);
+    for (int i = 0; i < 100 && ct_partitions(t, topic) == 0; i++)
+        ct_sleep_ms(100);
+}
+
+/* One record read back: the value parsed when it is JSON. */
+typedef struct ct_rec {
+    int32_t partition;
+    int64_t offset;
+    char *key;
+    char *value;
+    size_t len;
+    char h_type[128], h_agg[128], h_ct[128];
+    cJSON *json;
+} ct_rec;
+
+typedef struct ct_recs {
+    ct_rec *v;
+    size_t n, cap;
+} ct_recs;
+
+static inline void ct_recs_free(ct_recs *r)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->v[i].key);
+        free(r->v[i].value);
+        cJSON_Delete(r->v[i].json);
+    }
+    free(r->v);
+    memset(r, 0, sizeof *r);
+}
+
+static inline char *ct_strndup(const void *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (n)
+        memcpy(s, p, n);
+    s[n] = '\0';
+    return s;
+}
+
+/* Read every partition of topic from the start to its end (for
+ * read_committed: the last stable offset) into out (emptied first), in
+ * partition order, offset order within a partition. */
+static inline void ct_read_all(const ct *t, const char *topic,
+                               const char *isolation, ct_recs *out)
+{
+    char errstr[512], group[300];
+    int n = ct_partitions(t, topic), remaining;
+    rd_kafka_conf_t *conf = ct_conf(t);
+    rd_kafka_t *rk;
+    rd_kafka_topic_partition_list_t *parts;
+    long long deadline = ct_now_ms() + 60000;
+    ct_recs tmp = {0};
+
+    ct_recs_free(out);
+    if (n == 0)
+        return;
+    snprintf(group, sizeof group, "%s.reader", t->prefix);
+    ct_set(conf, "group.id", group);
+    ct_set(conf, "isolation.level", isolation);
+    ct_set(conf, "enable.auto.commit", "false");
+    ct_set(conf, "enable.partition.eof", "true");
+    ct_set(conf, "fetch.wait.max.ms", "10");
+    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
+        ct_die("rd_kafka_new(consumer): %s", errstr);
+    rd_kafka_poll_set_consumer(rk);
+    parts = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++)
+        rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rk, parts);
+    remaining = n;
+    while (remaining > 0) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+        if (ct_now_ms() > deadline)
+            ct_die("reading %s: no end of partition within 60 s", topic);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            rd_kafka_topic_partition_t *p =
+                rd_kafka_topic_partition_list_find(parts, topic, m->partition);
+            if (p && p->err == 0) {
+                p->err = RD_KAFKA_RESP_ERR__PARTITION_EOF;
+                remaining--;
+            }
+        } else if (m->err) {
+            fprintf(stderr, "reading %s: %s\n", topic,
+                    rd_kafka_message_errstr(m));
+        } else {
+            ct_rec *r;
+            rd_kafka_headers_t *h;
+            if (tmp.n == tmp.cap) {
+                tmp.cap = tmp.cap ? 2 * tmp.cap : 256;
+                tmp.v = realloc(tmp.v, sizeof *tmp.v * tmp.cap);
+            }
+            r = &tmp.v[tmp.n++];
+            memset(r, 0, sizeof *r);
+            r->partition = m->partition;
+            r->offset = m->offset;
+            r->key = m->key ? ct_strndup(m->key, m->key_len) : NULL;
+            r->value = m->payload ? ct_strndup(m->payload, m->len) : NULL;
+            r->len = m->len;
+            r->json = r->value ? cJSON_ParseWithLength(r->value, r->len) : NULL;
+            if (rd_kafka_message_headers(m, &h) == 0) {
+                evl_kafka_header(m, "evlua-type", r->h_type, sizeof r->h_type);
+                evl_kafka_header(m, "evlua-aggregate-type", r->h_agg,
+                                 sizeof r->h_agg);
+                evl_kafka_header(m, "content-type", r->h_ct, sizeof r->h_ct);
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    /* stable order: by partition, then offset */
+    for (size_t i = 1; i < tmp.n; i++) {
+        ct_rec x = tmp.v[i];
+        size_t j = i;
+        while (j > 0 && (tmp.v[j - 1].partition > x.partition ||
+                         (tmp.v[j - 1].partition == x.partition &&
+                          tmp.v[j - 1].offset > x.offset))) {
+            tmp.v[j] = tmp.v[j - 1];
+            j--;
+        }
+        tmp.v[j] = x;
+    }
+    *out = tmp;
+}
+
+/* Read topic until it holds at least n records (read_committed) or
+ * timeout_s passes. Returns the number read (out holds them). */
+static inline size_t ct_wait_count(const ct *t, const char *topic, size_t n,
+                                   int timeout_s, ct_recs *out)
+{
+    long long deadline = ct_now_ms() + timeout_s * 1000LL;
+    for (;;) {
+        ct_read_all(t, topic, "read_committed", out);
+        if (out->n >= n || ct_now_ms() > deadline)
+            return out->n;
+        ct_sleep_ms(300);
+    }
+}
+
+/* String member of a record's JSON, or NULL. */
+static inline const char *ct_str(const ct_rec *r, const char *name)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Integer member, or -1. */
+static inline long long ct_int(const ct_rec *r, const char *name)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
+    return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
+}
+
+/* The result of command id among recs, or NULL. */
+static inline const ct_rec *ct_result(const ct_recs *recs, const char *id)
+{
+    for (size_t i = 0; i < recs->n; i++) {
+        const char *c = ct_str(&recs->v[i], "command_id");
+        if (c && strcmp(c, id) == 0)
+            return &recs->v[i];
+    }
+    return NULL;
+}
+
+/* ---- exactly-once checks over a whole run ------------------------------- */
+
+/* Check the invariants of the command side over events and results of one
+ * aggregate type, given the n command ids that were sent:
+ *   - exactly one result per command id, and no other results;
+ *   - every accepted command's events appear exactly once, with the ids
+ *     its result lists, in order, causation_id = the command;
+ *   - per aggregate, sequences are 1..k without gaps or repeats;
+ *   - each aggregate's events sit on one partition.
+ * Returns the number of problems (each printed). */
+static inline int ct_check_exactly_once(const ct_recs *events,
+                                        const ct_recs *results, char **ids,
+                                        size_t n)
+{
+    int problems = 0;
+    cJSON *by_cmd = cJSON_CreateObject();   /* command id -> result index */
+    cJSON *by_event = cJSON_CreateObject(); /* event id -> count */
+    cJSON *agg_seq = cJSON_CreateObject();  /* aggregate -> last sequence */
+    cJSON *agg_part = cJSON_CreateObject(); /* aggregate -> partition */
+
+#define PROBLEM(...)                                                           \
+    do {                                                                       \
+        if (problems++ < 20) {                                                 \
+            fprintf(stderr, "exactly-once: ");                                 \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+        }                                                                      \
+    } while (0)
+
+    for (size_t i = 0; i < results->n; i++) {
+        const char *c = ct_str(&results->v[i], "command_id");
+        if (!c) {
+            PROBLEM("a result without command_id: %s", results->v[i].value);
+            continue;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(by_cmd, c))
+            PROBLEM("two results for command %s", c);
+        else
+            cJSON_AddNumberToObject(by_cmd, c, (double)i);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!cJSON_GetObjectItemCaseSensitive(by_cmd, ids[i]))
+            PROBLEM("no result for command %s", ids[i]);
+    if ((size_t)cJSON_GetArraySize(by_cmd) != n)
+        PROBLEM("%d distinct results for %zu commands",
+                cJSON_GetArraySize(by_cmd), n);
+
+    for (size_t i = 0; i < events->n; i++) {
+        const ct_rec *e = &events->v[i];
+        const char *id = ct_str(e, "id"), *agg = ct_str(e, "aggregate_id");
+        long long seq = ct_int(e, "sequence");
+        cJSON *c, *p;
+        if (!id || !agg) {
+            PROBLEM("a malformed event: %s", e->value);
+            continue;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(by_event, id))
+            PROBLEM("event %s appears twice", id);
+        else
+            cJSON_AddNumberToObject(by_event, id, 1);
+        c = cJSON_GetObjectItemCaseSensitive(agg_seq, agg);
+        if (!c) {
+            if (seq != 1)
+                PROBLEM("aggregate %s starts at sequence %lld", agg, seq);
+            cJSON_AddNumberToObject(agg_seq, agg, (double)seq);
+        } else {
+            if (seq != (long long)c->valuedouble + 1)
+                PROBLEM("aggregate %s: sequence %lld after %lld", agg, seq,
+                        (long long)c->valuedouble);
+            cJSON_SetNumberValue(c, (double)seq);
+        }
+        p = cJSON_GetObjectItemCaseSensitive(agg_part, agg);
+        if (!p)
+            cJSON_AddNumberToObject(agg_part, agg, e->partition);
+        else if ((int)p->valuedouble != e->partition)
+            PROBLEM("aggregate %s has events on partitions %d and %d", agg,
+                    (int)p->valuedouble, (int)e->partition);
+    }
+    /* every event an accepted result lists exists; the total matches */
+    size_t listed = 0;
+    for (size_t i = 0; i < results->n; i++) {
+        const ct_rec *r = &results->v[i];
+        cJSON *evs = cJSON_GetObjectItemCaseSensitive(r->json, "events");
+        const char *st = ct_str(r, "status");
+        cJSON *e;
+        if (st && strcmp(st, "accepted") != 0 && cJSON_GetArraySize(evs) > 0)
+            PROBLEM("a %s result lists events: %s", st, r->value);
+        cJSON_ArrayForEach(e, evs)
+        {
+            listed++;
+            if (!cJSON_IsString(e) ||
+                !cJSON_GetObjectItemCaseSensitive(by_event, e->valuestring))
+                PROBLEM("result %s lists an event that is not on the topic",
+                        r->value);
+        }
+    }
+    if (listed != events->n)
+        PROBLEM("results list %zu events, the topic has %zu", listed,
+                events->n);
+#undef PROBLEM
+    cJSON_Delete(by_cmd);
+    cJSON_Delete(by_event);
+    cJSON_Delete(agg_seq);
+    cJSON_Delete(agg_part);
+    return problems;
+}
+
+#endif

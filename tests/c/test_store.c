@@ -1,0 +1,225 @@
+/*
+ * test_store.c - the command side's in-memory states: lookups per
+ * (type, partition); transactions that roll back to exactly the committed
+ * states (state text, version, remembered command ids, aggregates created
+ * in the transaction); the dedup ring keeps the newest N ids; snapshots
+ * round-trip through restore without re-encoding the state; tombstones
+ * and bad records; dropping partitions.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "check.h"
+#include "store.h"
+
+static const char *state_of(evl_store *s, const char *id)
+{
+    return evl_store_state(evl_store_get(s, "customer", 0, id), NULL);
+}
+
+static void lookups(void)
+{
+    evl_store *s = evl_store_new(3);
+    CHECK(evl_store_get(s, "customer", 0, "c-1") == NULL, "empty store");
+    CHECK_INT(evl_store_version(NULL), 0, "an unknown aggregate: version 0");
+    CHECK(!evl_store_seen(NULL, "x"), "an unknown aggregate saw nothing");
+    evl_store_put(s, "customer", 0, "c-1", "{\"a\":1}", 7, 2, "cmd-1");
+    evl_store_put(s, "customer", 1, "c-1", "{\"b\":1}", 7, 5, NULL);
+    evl_store_put(s, "cart", 0, "c-1", "{}", 2, 1, NULL);
+    evl_store_agg *a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK_INT(evl_store_version(a), 2, "version");
+    CHECK_STR(evl_store_state(a, NULL), "{\"a\":1}", "state");
+    CHECK(evl_store_seen(a, "cmd-1"), "the command id is remembered");
+    CHECK(!evl_store_seen(a, "cmd-2"), "another is not");
+    CHECK_INT(evl_store_version(evl_store_get(s, "customer", 1, "c-1")), 5,
+              "partitions are separate");
+    CHECK_INT(evl_store_count(s, NULL, -1), 3, "three aggregates in all");
+    CHECK_INT(evl_store_count(s, "customer", -1), 2, "two customers");
+    evl_store_drop(s, "customer", 1);
+    CHECK_INT(evl_store_count(s, NULL, -1), 2, "drop one partition");
+    evl_store_drop(s, "cart", -1);
+    CHECK_INT(evl_store_count(s, NULL, -1), 1, "drop a type");
+    evl_store_drop(s, NULL, -1);
+    CHECK_INT(evl_store_count(s, NULL, -1), 0, "drop everything");
+    evl_store_free(s);
+    evl_store_free(NULL);
+}
+
+static void dedup_ring(void)
+{
+    evl_store *s = evl_store_new(3);
+    char id[16];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(id, sizeof id, "cmd-%d", i);
+        evl_store_put(s, "customer", 0, "c-1", "{}", 2, i, id);
+    }
+    evl_store_agg *a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK(!evl_store_seen(a, "cmd-1") && !evl_store_seen(a, "cmd-2"),
+          "the oldest ids are forgotten");
+    CHECK(evl_store_seen(a, "cmd-3") && evl_store_seen(a, "cmd-5"),
+          "the newest three are kept");
+    evl_store_free(s);
+
+    s = evl_store_new(0);
+    evl_store_put(s, "customer", 0, "c-1", "{}", 2, 1, "cmd-1");
+    CHECK(!evl_store_seen(evl_store_get(s, "customer", 0, "c-1"), "cmd-1"),
+          "dedup_ids = 0 remembers nothing");
+    evl_store_free(s);
+}
+
+static void transactions(void)
+{
+    evl_store *s = evl_store_new(2);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":1}", 7, 1, "a");
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":2}", 7, 2, "b");
+
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":3}", 7, 3, "c");
+    evl_store_put(s, "customer", 0, "c-2", "{\"w\":1}", 7, 1, "d");
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":4}", 7, 4, "e");
+    CHECK_INT(evl_store_ntouched(s), 2, "two aggregates touched");
+    const char *type;
+    int32_t part;
+    const evl_store_agg *t0 = evl_store_touched(s, 0, &type, &part);
+    CHECK_STR(evl_store_id(t0), "c-1", "first touched first");
+    CHECK_STR(type, "customer", "its type");
+    CHECK_INT(part, 0, "its partition");
+    CHECK_STR(state_of(s, "c-1"), "{\"v\":4}",
+              "the transaction sees its "
+              "own writes");
+    evl_store_agg *a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK(!evl_store_seen(a, "a") && !evl_store_seen(a, "b"),
+          "inside: the ring moved on");
+    evl_store_rollback(s);
+
+    a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK_STR(evl_store_state(a, NULL), "{\"v\":2}", "rollback: old state");
+    CHECK_INT(evl_store_version(a), 2, "rollback: old version");
+    CHECK(evl_store_seen(a, "a") && evl_store_seen(a, "b"),
+          "rollback: the old ids are back");
+    CHECK(!evl_store_seen(a, "c") && !evl_store_seen(a, "e"),
+          "rollback: the new ids are gone");
+    CHECK(evl_store_get(s, "customer", 0, "c-2") == NULL,
+          "rollback: an aggregate created in it is gone");
+    CHECK_INT(evl_store_ntouched(s), 0, "nothing touched after rollback");
+
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":3}", 7, 3, "c");
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":4}", 7, 4, "e");
+    evl_store_put(s, "customer", 0, "c-2", "{\"w\":1}", 7, 1, "d");
+    evl_store_commit(s);
+    a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK_STR(evl_store_state(a, NULL), "{\"v\":4}", "commit keeps");
+    CHECK(evl_store_seen(a, "e") && evl_store_seen(a, "c") &&
+              !evl_store_seen(a, "b"),
+          "commit: the ring holds the newest two");
+    CHECK(evl_store_get(s, "customer", 0, "c-2") != NULL, "commit: created");
+
+    /* a drop in the middle of a transaction rolls it back first */
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-3", "{}", 2, 1, "x");
+    evl_store_drop(s, "customer", 0);
+    CHECK_INT(evl_store_count(s, NULL, -1), 0, "drop inside a transaction");
+    evl_store_free(s);
+}
+
+static void snapshots(void)
+{
+    evl_store *s = evl_store_new(2), *r = evl_store_new(2);
+    evl_buf b = {0};
+    char err[EVL_ERRLEN];
+    const char *st = "{\"f\":1.0,\"i\":10,\"s\":\"\\u00e9\",\"l\":[]}";
+    evl_store_put(s, "customer", 3, "c-\"1\"", st, strlen(st), 4, "a");
+    evl_store_put(s, "customer", 3, "c-\"1\"", st, strlen(st), 5, "b");
+    evl_store_put(s, "customer", 3, "c-\"1\"", st, strlen(st), 6, "c");
+    evl_store_snapshot(evl_store_get(s, "customer", 3, "c-\"1\""), "customer",
+                       &b);
+    evl_buf_putc(&b, '\0');
+    CHECK_STR(
+        b.data,
+        "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-\\\"1\\\"\","
+        "\"version\":6,\"command_ids\":[\"b\",\"c\"],"
+        "\"state\":{\"f\":1.0,\"i\":10,\"s\":\"\\u00e9\",\"l\":[]}}",
+        "the snapshot format");
+    CHECK_INT(evl_store_restore(r, "customer", 3, "c-\"1\"", 5, b.data,
+                                b.len - 1, err, sizeof err),
+              EVL_OK, "restore a snapshot");
+    evl_store_agg *a = evl_store_get(r, "customer", 3, "c-\"1\"");
+    CHECK_INT(evl_store_version(a), 6, "restored version");
+    CHECK_STR(evl_store_state(a, NULL), st,
+              "restored state, byte for byte (1.0 stays a float)");
+    CHECK(evl_store_seen(a, "b") && evl_store_seen(a, "c") &&
+              !evl_store_seen(a, "a"),
+          "restored command ids");
+
+    /* more ids than the store remembers: the newest are kept */
+    evl_store *small = evl_store_new(1);
+    evl_store_restore(small, "customer", 3, "k", 1, b.data, b.len - 1, err,
+                      sizeof err);
+    a = evl_store_get(small, "customer", 3, "k");
+    CHECK(evl_store_seen(a, "c") && !evl_store_seen(a, "b"),
+          "a smaller dedup_ids keeps the newest");
+    evl_store_free(small);
+
+    const char *nullstate = "{ \"version\" : 0 , \"command_ids\":[\"z\"], "
+                            "\"state\" : null }";
+    CHECK_INT(evl_store_restore(r, "customer", 3, "n", 1, nullstate,
+                                strlen(nullstate), err, sizeof err),
+              EVL_OK, "a snapshot with a null state");
+    CHECK(evl_store_state(evl_store_get(r, "customer", 3, "n"), NULL) == NULL,
+          "no state: initial()");
+
+    CHECK_INT(evl_store_restore(r, "customer", 3, "c-\"1\"", 5, NULL, 0, err,
+                                sizeof err),
+              EVL_OK, "a tombstone");
+    CHECK(evl_store_get(r, "customer", 3, "c-\"1\"") == NULL,
+          "a tombstone forgets the aggregate");
+
+    CHECK_INT(evl_store_restore(r, "customer", 3, "x", 1, "not json", 8, err,
+                                sizeof err),
+              EVL_EPERMANENT, "garbage is refused");
+    CHECK_HAS(err, "not a JSON object", "and named");
+    CHECK_INT(evl_store_restore(r, "customer", 3, "x", 1, "{\"state\":{}}", 12,
+                                err, sizeof err),
+              EVL_EPERMANENT, "a snapshot without version is refused");
+    CHECK_INT(evl_store_restore(r, "customer", 3, "x", 1, "{\"version\":1}", 13,
+                                err, sizeof err),
+              EVL_EPERMANENT, "a snapshot without state is refused");
+    CHECK_INT(
+        evl_store_restore(r, "customer", 3, NULL, 0, "{}", 2, err, sizeof err),
+        EVL_EPERMANENT, "a record without key is refused");
+    CHECK(evl_store_get(r, "customer", 3, "x") == NULL,
+          "refused records change nothing");
+    evl_buf_free(&b);
+    evl_store_free(s);
+    evl_store_free(r);
+}
+
+static void many(void)
+{
+    evl_store *s = evl_store_new(2);
+    char id[32];
+    evl_store_begin(s);
+    for (int i = 0; i < 20000; i++) {
+        snprintf(id, sizeof id, "agg-%d", i);
+        evl_store_put(s, "t", i % 3, id, "{}", 2, 1, id);
+    }
+    evl_store_commit(s);
+    int found = 0;
+    for (int i = 0; i < 20000; i++) {
+        snprintf(id, sizeof id, "agg-%d", i);
+        found += evl_store_seen(evl_store_get(s, "t", i % 3, id), id);
+    }
+    CHECK_INT(found, 20000, "20,000 aggregates, all found after growth");
+    evl_store_free(s);
+}
+
+int main(void)
+{
+    lookups();
+    dedup_ring();
+    transactions();
+    snapshots();
+    many();
+    return check_done();
+}

@@ -1,0 +1,29 @@
+# The command side's tests (included by tests/CMakeLists.txt).
+#   unit:  envelope, store, kafka helpers (no services)
+#   kafka: against the real broker started by the `kafka` fixture; each
+#          test names its topics, group and transactional ids uniquely
+#   slow:  the kill -9 chaos run and the scale-out run
+evl_c_test(envelope LABELS unit)
+evl_c_test(store LABELS unit)
+evl_c_test(kafka_util LABELS unit)
+
+foreach(t cmd_e2e cmd_bad cmd_abort cmd_restart cmd_fence)
+  if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/c/test_${t}.c)
+    evl_c_test(${t} LABELS kafka FIXTURES kafka)
+    add_dependencies(test_${t} evlua)
+  endif()
+endforeach()
+foreach(t cmd_chaos cmd_scale cmd_takeover)
+  if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/c/test_${t}.c)
+    evl_c_test(${t} LABELS kafka slow FIXTURES kafka)
+    add_dependencies(test_${t} evlua)
+    set_tests_properties(${t} PROPERTIES TIMEOUT 900)
+  endif()
+endforeach()
+
+# benchmark: tests/bench/bench_cmd.c, figures from scripts/bench-cmd
+if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_cmd.c)
+  add_executable(bench_cmd bench/bench_cmd.c)
+  target_link_libraries(bench_cmd PRIVATE evlua_core)
+  target_include_directories(bench_cmd PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/c)
+endif()
