@@ -1,0 +1,352 @@
+/*
+ * cli_parked.c - `evlua parked list|retry|drop` and `evlua projection
+ * reset NAME`: the operator's side of the projection pipeline.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "lifecycle.h"
+#include "log.h"
+#include "parked.h"
+#include "pg.h"
+#include "projector.h"
+
+static const char parked_usage[] =
+    "usage: evlua parked list [PROJECTION] [-c CONFIG]\n"
+    "       evlua parked retry PROJECTION AGGREGATE_ID [--type TYPE]\n"
+    "                          [-c CONFIG] [--scripts DIR]\n"
+    "       evlua parked drop PROJECTION AGGREGATE_ID [--type TYPE] [-c "
+    "CONFIG]\n"
+    "\n"
+    "When an event fails permanently in a projection (a Lua error, a bad\n"
+    "payload, a constraint violation...), the projector parks it, and every\n"
+    "later event of the same aggregate, in evlua_parked; other aggregates\n"
+    "go on.\n"
+    "\n"
+    "  list    show the parked aggregates (of PROJECTION, or all) with the\n"
+    "          error of their first parked event\n"
+    "  retry   re-run the aggregate's parked events in order with the\n"
+    "          current scripts; those that succeed leave evlua_parked and\n"
+    "          the checkpoint moves on; the first failing one stays, with\n"
+    "          its new error. Safe while projectors run.\n"
+    "  drop    delete the aggregate's parked events for good (logged); its\n"
+    "          checkpoint moves past them\n"
+    "\n"
+    "  -c, --config FILE   config file (postgres, script dirs; see "
+    "docs/config.md)\n"
+    "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
+    "  --type TYPE         only the aggregate of this type (default: every\n"
+    "                      type with parked events under AGGREGATE_ID)\n"
+    "\n"
+    "Exit 0 on success (retry: nothing left parked), 1 when events remain\n"
+    "parked, nothing is parked under that name or the database fails, 2 on\n"
+    "a usage or config error.\n";
+
+static const char projection_usage[] =
+    "usage: evlua projection reset NAME [-c CONFIG] [--scripts DIR]\n"
+    "                              [--no-rebuild]\n"
+    "\n"
+    "Rebuild projection NAME from the start of its topics:\n"
+    "  1. its consumer group is deleted (refused while projectors of NAME\n"
+    "     are running: stop them first);\n"
+    "  2. in one transaction: its `reset` SQL runs and its checkpoints,\n"
+    "     offsets and parked events are deleted;\n"
+    "  3. its events are read again from the beginning up to the end the\n"
+    "     topics have now, with progress (done/total, rate, ETA) on a\n"
+    "     terminal. SIGINT stops the rebuild; `evlua run` finishes it.\n"
+    "\n"
+    "  -c, --config FILE   config file (see docs/config.md)\n"
+    "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
+    "  --no-rebuild        do 1 and 2 only: the next `evlua run` rebuilds\n"
+    "\n"
+    "Exit 0 when done, 1 on a runtime failure, 2 on a usage or config "
+    "error.\n";
+
+typedef struct args {
+    const char *config, *scripts, *type;
+    int no_rebuild;
+    int npos;
+    char *pos[4];
+} args;
+
+/* Parse options anywhere on the line; positionals into a->pos. Returns
+ * -1 after --help, 0 ok, 2 on a usage error. */
+static int parse(int argc, char **argv, const char *usage, args *a)
+{
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"scripts", required_argument, 0, 's'},
+                                         {"type", required_argument, 0, 't'},
+                                         {"no-rebuild", no_argument, 0, 'n'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    memset(a, 0, sizeof *a);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': a->config = optarg; break;
+        case 's': a->scripts = optarg; break;
+        case 't': a->type = optarg; break;
+        case 'n': a->no_rebuild = 1; break;
+        case 'h': fputs(usage, stdout); return -1;
+        default: fputs(usage, stderr); return EVL_EXIT_USAGE;
+        }
+    }
+    for (int i = optind; i < argc; i++) {
+        if (a->npos == 4) {
+            fprintf(stderr, "evlua %s: too many arguments\n%s", argv[0], usage);
+            return EVL_EXIT_USAGE;
+        }
+        a->pos[a->npos++] = argv[i];
+    }
+    return 0;
+}
+
+static int connect_db(const evl_config *cfg, evl_pg **pg)
+{
+    char err[EVL_ERRLEN];
+    if (!cfg->pg_conninfo) {
+        fprintf(stderr, "evlua: no database configured (postgres in the "
+                        "config, or EVLUA_PG_CONNINFO)\n");
+        return EVL_EXIT_USAGE;
+    }
+    evl_err e = evl_pg_open(cfg->pg_conninfo, "evlua cli", pg, err, sizeof err);
+    if (e != EVL_OK) {
+        fprintf(stderr, "evlua: %s\n", err);
+        return e == EVL_EPERMANENT ? EVL_EXIT_USAGE : EVL_EXIT_FAILURE;
+    }
+    return EVL_EXIT_OK;
+}
+
+static int parked_list(const evl_config *cfg, const args *a)
+{
+    evl_pg *pg = NULL;
+    char err[EVL_ERRLEN];
+    long long n = 0;
+    int rc = connect_db(cfg, &pg);
+    if (rc)
+        return rc;
+    if (evl_parked_list(pg, a->npos > 1 ? a->pos[1] : NULL, stdout, &n, err,
+                        sizeof err) != EVL_OK) {
+        fprintf(stderr, "evlua parked list: %s\n", err);
+        rc = EVL_EXIT_FAILURE;
+    } else if (n == 0) {
+        printf("no parked events%s%s\n", a->npos > 1 ? " in projection " : "",
+               a->npos > 1 ? a->pos[1] : "");
+    }
+    evl_pg_close(pg);
+    return rc;
+}
+
+static int parked_retry(const evl_config *cfg, const args *a)
+{
+    evl_luahost_config hc;
+    evl_luahost *host = NULL;
+    evl_pg *pg = NULL;
+    char err[EVL_ERRLEN];
+    evl_parked_result r;
+    evl_cli_host_config(cfg, a->scripts, &hc);
+    int rc = evl_cli_load_host(&hc, &host);
+    if (rc)
+        return rc;
+    if ((rc = connect_db(cfg, &pg)) != 0)
+        goto out;
+    if (evl_parked_retry(pg, host, a->pos[1], a->type, a->pos[2], &r, err,
+                         sizeof err) != EVL_OK) {
+        fprintf(stderr, "evlua parked retry: %s\n", err);
+        rc = EVL_EXIT_FAILURE;
+        goto out;
+    }
+    printf("%s %s: %lld applied, %lld already applied, %lld still parked; "
+           "checkpoint %lld\n",
+           a->pos[1], a->pos[2], r.applied, r.obsolete, r.remaining,
+           r.checkpoint);
+    if (r.remaining > 0) {
+        if (r.failed_sequence >= 0)
+            printf("  sequence %lld failed again: %s\n", r.failed_sequence,
+                   r.error);
+        else
+            printf("  failed again: %s\n", r.error);
+        rc = EVL_EXIT_FAILURE;
+    }
+out:
+    evl_pg_close(pg);
+    evl_luahost_free(host);
+    return rc;
+}
+
+static int parked_drop(const evl_config *cfg, const args *a)
+{
+    evl_pg *pg = NULL;
+    char err[EVL_ERRLEN];
+    long long n = 0;
+    int rc = connect_db(cfg, &pg);
+    if (rc)
+        return rc;
+    if (evl_parked_drop(pg, a->pos[1], a->type, a->pos[2], &n, err,
+                        sizeof err) != EVL_OK) {
+        fprintf(stderr, "evlua parked drop: %s\n", err);
+        rc = EVL_EXIT_FAILURE;
+    } else {
+        printf("%s %s: %lld parked event%s dropped\n", a->pos[1], a->pos[2], n,
+               n == 1 ? "" : "s");
+    }
+    evl_pg_close(pg);
+    return rc;
+}
+
+int evl_cli_parked(int argc, char **argv)
+{
+    args a;
+    evl_config cfg;
+    int rc = parse(argc, argv, parked_usage, &a);
+    if (rc)
+        return rc < 0 ? EVL_EXIT_OK : rc;
+    const char *sub = a.npos ? a.pos[0] : "";
+    int want = strcmp(sub, "list") == 0    ? -1
+               : strcmp(sub, "retry") == 0 ? 3
+               : strcmp(sub, "drop") == 0  ? 3
+                                           : 0;
+    if (want == 0 || (want < 0 && a.npos > 2) || (want > 0 && a.npos != want)) {
+        fprintf(stderr, "evlua parked: %s\n%s",
+                want == 0 ? "expected list, retry or drop"
+                          : "wrong number of arguments",
+                parked_usage);
+        return EVL_EXIT_USAGE;
+    }
+    if ((rc = evl_cli_load_config(a.config, &cfg)) != 0)
+        return rc;
+    if (strcmp(sub, "list") == 0)
+        rc = parked_list(&cfg, &a);
+    else if (strcmp(sub, "retry") == 0)
+        rc = parked_retry(&cfg, &a);
+    else
+        rc = parked_drop(&cfg, &a);
+    evl_config_free(&cfg);
+    return rc;
+}
+
+/* ---- projection reset ---------------------------------------------------- */
+
+static void fmt_count(long long v, char *buf, size_t n)
+{
+    char raw[32];
+    snprintf(raw, sizeof raw, "%lld", v);
+    size_t len = strlen(raw), o = 0;
+    for (size_t i = 0; i < len && o + 2 < n; i++) {
+        if (i > 0 && (len - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = raw[i];
+    }
+    buf[o] = '\0';
+}
+
+static void show_progress(void *ud, const evl_projector_progress *p)
+{
+    const char *name = ud;
+    char done[32], total[32], rate[32], eta[32];
+    fmt_count(p->done, done, sizeof done);
+    fmt_count(p->total, total, sizeof total);
+    fmt_count((long long)p->rate, rate, sizeof rate);
+    if (p->eta >= 0)
+        snprintf(eta, sizeof eta, "%lds", (long)(p->eta + 0.5));
+    else
+        snprintf(eta, sizeof eta, "?");
+    fprintf(stderr, "\r\033[Krebuilding %s: %s/%s (%d%%), %s events/s, ETA %s",
+            name, done, total,
+            p->total ? (int)(100.0 * (double)p->done / (double)p->total) : 100,
+            rate, eta);
+    fflush(stderr);
+}
+
+int evl_cli_projection(int argc, char **argv)
+{
+    args a;
+    evl_config cfg;
+    evl_luahost_config hc;
+    evl_luahost *host = NULL;
+    evl_pg *pg = NULL;
+    char err[EVL_ERRLEN], group[256];
+    int rc = parse(argc, argv, projection_usage, &a);
+    if (rc)
+        return rc < 0 ? EVL_EXIT_OK : rc;
+    if (a.npos != 2 || strcmp(a.pos[0], "reset") != 0) {
+        fprintf(stderr, "evlua projection: expected reset NAME\n%s",
+                projection_usage);
+        return EVL_EXIT_USAGE;
+    }
+    const char *name = a.pos[1];
+    if ((rc = evl_cli_load_config(a.config, &cfg)) != 0)
+        return rc;
+    evl_cli_host_config(&cfg, a.scripts, &hc);
+    if ((rc = evl_cli_load_host(&hc, &host)) != 0)
+        goto out;
+    if (!evl_luahost_projection_get(host, name)) {
+        fprintf(stderr,
+                "evlua projection reset: no projection script has "
+                "name %s\n",
+                name);
+        rc = EVL_EXIT_USAGE;
+        goto out;
+    }
+    if ((rc = connect_db(&cfg, &pg)) != 0)
+        goto out;
+
+    evl_projector_group(&cfg, name, group, sizeof group);
+    evl_err e = evl_projector_reset_group(&cfg, group, err, sizeof err);
+    if (e != EVL_OK) {
+        fprintf(stderr, "evlua projection reset: %s\n", err);
+        rc = EVL_EXIT_FAILURE;
+        goto out;
+    }
+    e = evl_projector_reset_db(pg, host, name, err, sizeof err);
+    if (e != EVL_OK) {
+        fprintf(stderr, "evlua projection reset: %s\n", err);
+        rc = EVL_EXIT_FAILURE;
+        goto out;
+    }
+    evl_pg_close(pg);
+    pg = NULL;
+    evl_log(EVL_LOG_WARN, "projection reset", "projection", name, "group",
+            group, NULL);
+    printf("projection %s reset: reset SQL run; checkpoints, offsets and "
+           "parked events cleared; consumer group %s deleted\n",
+           name, group);
+    fflush(stdout);
+    if (a.no_rebuild)
+        goto out;
+
+    if (evl_lifecycle_install() != 0) {
+        fprintf(stderr, "evlua projection reset: cannot install signal "
+                        "handlers\n");
+        rc = EVL_EXIT_FAILURE;
+        goto out;
+    }
+    int tty = isatty(STDERR_FILENO);
+    evl_log_level saved = evl_log_get_level();
+    if (tty && !getenv("EVLUA_LOG_LEVEL") && saved < EVL_LOG_WARN)
+        evl_log_set_level(EVL_LOG_WARN); /* keep the progress line clean */
+    evl_projector_stats st;
+    memset(&st, 0, sizeof st);
+    evl_projector_opts o = {.until_caught_up = 1,
+                            .progress = tty ? show_progress : NULL,
+                            .ud = (void *)name,
+                            .stats = &st};
+    rc = evl_projector_run_opts(&cfg, host, name, &o);
+    evl_log_set_level(saved);
+    if (tty)
+        fputc('\n', stderr);
+    printf("projection %s %s: %lld events applied, %lld skipped (other "
+           "types), %lld parked\n",
+           name, evl_lifecycle_stopping() ? "rebuild interrupted" : "rebuilt",
+           st.applied, st.skipped, st.parked);
+out:
+    evl_pg_close(pg);
+    evl_luahost_free(host);
+    evl_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,449 @@
+/*
+ * bench_proj.c - events per second from Kafka into PostgreSQL, evlua's
+ * projector in each isolation mode against two references, in one run:
+ *
+ *   ceiling  the same upserts pipelined from C with a prepared statement,
+ *            one transaction per 500 (no Kafka, no Lua, no checkpoints):
+ *            what PostgreSQL can take here;
+ *   seed     the seed's literal consumer (event-design-notes.md): poll,
+ *            group by aggregate, one DB transaction per aggregate with
+ *            one round trip per statement, then a synchronous offset
+ *            commit;
+ *   evlua    `evlua run`'s projector (checkpoints, offsets, Lua handler)
+ *            with isolation aggregate (the default), batch, aggregate-tx.
+ *
+ * Each run starts from an empty schema and reads the same topic of
+ * EVENTS events (default 100,000) over KEYS aggregates (default 1,000 and
+ * 50,000; one topic each, 4 partitions, written by a transactional
+ * producer). Times run from the first message consumed to the last
+ * commit, so joining the consumer group is not counted. The machine is
+ * shared with Kafka and PostgreSQL (and maybe more), so every shape runs
+ * EVLUA_BENCH_REPEAT times (default 3) and the median is shown. Each
+ * evlua run is a child process of its own, whose RSS is sampled at 10%
+ * of the run and at its end (it must stay flat).
+ *
+ * usage: bench_proj [EVENTS [KEYS...]]   (services as for the tests:
+ * $EVLUA_RUN_DIR/{kafka/bootstrap,pg/conninfo} or EVLUA_KAFKA_BOOTSTRAP /
+ * EVLUA_PG_CONNINFO)
+ */
+#include <stdint.h>
+#include <sys/wait.h>
+
+#include <cjson/cJSON.h>
+
+#include "log.h"
+#include "projtest.h"
+
+#define BATCH 500
+
+static pt T;
+static long nevents = 100000;
+static int run_no;
+
+static const char script[] =
+    "return {\n"
+    "  name = 'bench',\n"
+    "  schema = [[CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY "
+    "KEY,\n"
+    "    v bigint NOT NULL, name text NOT NULL)]],\n"
+    "  reset = 'TRUNCATE bench_items',\n"
+    "  on = {\n"
+    "    Upserted = function(e)\n"
+    "      return { [[INSERT INTO bench_items (id, v, name) VALUES ($1, $2, "
+    "$3)\n"
+    "                 ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v,\n"
+    "                 name = EXCLUDED.name]],\n"
+    "               e.aggregate_id, e.data.v, e.data.name }\n"
+    "    end,\n"
+    "  },\n"
+    "}\n";
+
+#define UPSERT                                                                 \
+    "INSERT INTO bench_items (id, v, name) VALUES ($1, $2, $3) ON CONFLICT "   \
+    "(id) DO UPDATE SET v = EXCLUDED.v, name = EXCLUDED.name"
+#define TABLE                                                                  \
+    "CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY KEY, v bigint "   \
+    "NOT NULL, name text NOT NULL)"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static void fresh_schema(void)
+{
+    pt_exec(&T, "DROP SCHEMA IF EXISTS %s CASCADE", T.name);
+    pt_exec(&T, "CREATE SCHEMA %s", T.name);
+}
+
+static void produce(const char *topic, int keys)
+{
+    pt_topic(&T, topic, 4);
+    for (long i = 0; i < nevents; i++) {
+        if (i % 5000 == 0)
+            pt_begin(&T);
+        char id[32], data[96];
+        snprintf(id, sizeof id, "k%06ld", i % keys);
+        snprintf(data, sizeof data, "{\"v\":%ld,\"name\":\"name-%ld\"}", i, i);
+        pt_ev(&T, topic, id, i / keys + 1, "Upserted", data);
+        if (i % 5000 == 4999 || i == nevents - 1)
+            pt_commit(&T);
+    }
+}
+
+/* ---- the raw PostgreSQL ceiling --------------------------------------------
+ */
+
+static double run_ceiling(int keys)
+{
+    PGconn *c = PQconnectdb(T.dbinfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        pt_die("ceiling: %s", PQerrorMessage(c));
+    PQclear(PQexec(c, TABLE));
+    PQclear(PQprepare(c, "up", UPSERT, 0, NULL));
+    double t0 = now();
+    for (long i = 0; i < nevents; i += BATCH) {
+        long end = i + BATCH < nevents ? i + BATCH : nevents;
+        PQenterPipelineMode(c);
+        PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+        for (long k = i; k < end; k++) {
+            char id[32], v[24], name[32];
+            snprintf(id, sizeof id, "k%06ld", k % keys);
+            snprintf(v, sizeof v, "%ld", k);
+            snprintf(name, sizeof name, "name-%ld", k);
+            const char *vals[3] = {id, v, name};
+            PQsendQueryPrepared(c, "up", 3, vals, NULL, NULL, 0);
+        }
+        PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+        PQpipelineSync(c);
+        for (long k = 0; k < end - i + 2; k++) {
+            PGresult *r = PQgetResult(c);
+            if (PQresultStatus(r) != PGRES_COMMAND_OK)
+                pt_die("ceiling: %s", PQresultErrorMessage(r));
+            PQclear(r);
+            PQclear(PQgetResult(c)); /* NULL */
+        }
+        PGresult *r = PQgetResult(c); /* the sync */
+        PQclear(r);
+        PQexitPipelineMode(c);
+    }
+    double s = now() - t0;
+    PQfinish(c);
+    return s;
+}
+
+#define MAXREP 9
+static int repeat = 3;
+
+/* index of the median of v[0..n) */
+static int median(const double *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int below = 0, same = 0;
+        for (int j = 0; j < n; j++) {
+            below += v[j] < v[i];
+            same += v[j] == v[i];
+        }
+        if (below <= n / 2 && below + same > n / 2)
+            return i;
+    }
+    return 0;
+}
+
+/* ---- the seed's literal consumer --------------------------------------------
+ */
+
+static double run_seed(const char *topic)
+{
+    char errstr[512], group[160];
+    PGconn *c = PQconnectdb(T.dbinfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        pt_die("seed: %s", PQerrorMessage(c));
+    PQclear(PQexec(c, TABLE));
+    rd_kafka_conf_t *conf = pt_kconf(&T);
+    snprintf(group, sizeof group, "%s.seed.%d", T.name, ++run_no);
+    pt_kset(conf, "group.id", group);
+    pt_kset(conf, "isolation.level", "read_committed");
+    pt_kset(conf, "enable.auto.commit", "false");
+    pt_kset(conf, "auto.offset.reset", "earliest");
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk)
+        pt_die("seed: %s", errstr);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_subscribe(rk, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+
+    rd_kafka_message_t *msgs[BATCH];
+    int done_[BATCH];
+    long seen = 0;
+    double t0 = 0;
+    while (seen < nevents) {
+        int n = 0;
+        double deadline = 0;
+        while (n < BATCH) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, n ? 5 : 1000);
+            if (!m) {
+                if (n && now() > deadline)
+                    break;
+                continue;
+            }
+            if (m->err) {
+                rd_kafka_message_destroy(m);
+                continue;
+            }
+            if (!t0)
+                t0 = now();
+            if (!n)
+                deadline = now() + 0.005;
+            msgs[n++] = m;
+        }
+        /* Map<aggregateId, List<record>>, in first-seen order */
+        memset(done_, 0, sizeof done_);
+        for (int i = 0; i < n; i++) {
+            if (done_[i])
+                continue;
+            PQclear(PQexec(c, "BEGIN"));
+            for (int j = i; j < n; j++) {
+                if (done_[j] || msgs[j]->key_len != msgs[i]->key_len ||
+                    memcmp(msgs[j]->key, msgs[i]->key, msgs[i]->key_len))
+                    continue;
+                done_[j] = 1;
+                cJSON *e =
+                    cJSON_ParseWithLength(msgs[j]->payload, msgs[j]->len);
+                const cJSON *d = cJSON_GetObjectItem(e, "data");
+                char v[24];
+                snprintf(v, sizeof v, "%.0f",
+                         cJSON_GetObjectItem(d, "v")->valuedouble);
+                const char *vals[3] = {
+                    cJSON_GetObjectItem(e, "aggregate_id")->valuestring, v,
+                    cJSON_GetObjectItem(d, "name")->valuestring};
+                PGresult *r =
+                    PQexecParams(c, UPSERT, 3, NULL, vals, NULL, NULL, 0);
+                if (PQresultStatus(r) != PGRES_COMMAND_OK)
+                    pt_die("seed: %s", PQresultErrorMessage(r));
+                PQclear(r);
+                cJSON_Delete(e);
+            }
+            PQclear(PQexec(c, "COMMIT"));
+        }
+        rd_kafka_commit(rk, NULL, 0); /* commitSync */
+        for (int i = 0; i < n; i++)
+            rd_kafka_message_destroy(msgs[i]);
+        seen += n;
+    }
+    double s = now() - t0;
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    PQfinish(c);
+    return s;
+}
+
+/* ---- evlua ------------------------------------------------------------------
+ */
+
+typedef struct rss_probe {
+    long at10, peak;
+} rss_probe;
+
+static void probe(void *ud, const evl_projector_progress *p)
+{
+    rss_probe *r = ud;
+    long kb = rss_kb();
+    if (kb > r->peak)
+        r->peak = kb;
+    if (!r->at10 && p->total > 0 && p->done * 10 >= p->total)
+        r->at10 = kb;
+}
+
+static double run_evlua_here(const char *topic, const char *mode, long *rss10,
+                             long *rss_end, long long *applied)
+{
+    char extra[512], pdir[700];
+    snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
+    snprintf(extra, sizeof extra,
+             "projection = { topics = { \"%s\" }, group_prefix = "
+             "\"%s.%d.\", batch_size = %d },",
+             topic, T.name, run_no, BATCH);
+    pt_config(&T, pdir, extra);
+    evl_config cfg;
+    evl_luahost *host = NULL;
+    pt_load(&T, &cfg, &host);
+    evl_projector_stats st;
+    rss_probe r = {0, 0};
+    evl_projector_opts o;
+    memset(&o, 0, sizeof o);
+    memset(&st, 0, sizeof st);
+    o.until_caught_up = 1;
+    o.isolation = mode;
+    o.stats = &st;
+    o.progress = probe;
+    o.ud = &r;
+    if (evl_projector_run_opts(&cfg, host, "bench", &o) != 0)
+        pt_die("evlua %s: the projector failed", mode);
+    *rss10 = r.at10;
+    *rss_end = rss_kb();
+    if (r.peak > *rss_end)
+        *rss_end = r.peak;
+    *applied = st.applied;
+    evl_luahost_free(host);
+    evl_config_free(&cfg);
+    return st.seconds;
+}
+
+typedef struct evlua_result {
+    double seconds;
+    long rss10, rss_end;
+    long long applied;
+} evlua_result;
+
+/* run_evlua_here in a child process, so that its RSS is its own */
+static double run_evlua(const char *topic, const char *mode, long *rss10,
+                        long *rss_end, long long *applied)
+{
+    int fd[2];
+    evlua_result r = {0, 0, 0, 0};
+    ++run_no; /* a fresh consumer group for every run */
+    if (pipe(fd) != 0)
+        pt_die("pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        pt_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(fd[0]);
+        r.seconds =
+            run_evlua_here(topic, mode, &r.rss10, &r.rss_end, &r.applied);
+        if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
+            _exit(1);
+        _exit(0); /* no atexit, no destructors: the parent owns T */
+    }
+    close(fd[1]);
+    if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
+        pt_die("evlua %s: the child died", mode);
+    close(fd[0]);
+    pt_wait(pid);
+    *rss10 = r.rss10;
+    *rss_end = r.rss_end;
+    *applied = r.applied;
+    return r.seconds;
+}
+
+/* ---- the table ------------------------------------------------------------
+ */
+
+static void row(int keys, const char *shape, double eps, double seed,
+                double ceiling, long rss10, long rss_end)
+{
+    char r[64] = "";
+    if (rss10 > 0)
+        snprintf(r, sizeof r, "%5.1f -> %5.1f", rss10 / 1024.0,
+                 rss_end / 1024.0);
+    printf("| %6d | %-44s | %9.0f | %6.1fx | %5.0f%% | %s |\n", keys, shape,
+           eps, seed > 0 ? eps / seed : 1.0,
+           ceiling > 0 ? 100.0 * eps / ceiling : 100.0, r);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    int keys[8] = {1000, 50000}, nkeys = 2;
+    if (argc > 1)
+        nevents = atol(argv[1]);
+    if (argc > 2) {
+        nkeys = 0;
+        for (int i = 2; i < argc && nkeys < 8; i++)
+            keys[nkeys++] = atoi(argv[i]);
+    }
+    if (!getenv("EVLUA_LOG_LEVEL"))
+        evl_log_set_level(EVL_LOG_WARN);
+    const char *rp = getenv("EVLUA_BENCH_REPEAT");
+    repeat = rp && atoi(rp) > 0 ? atoi(rp) : 3;
+    if (repeat > MAXREP)
+        repeat = MAXREP;
+    pt_init(&T, "bench_proj");
+    char path[800];
+    snprintf(path, sizeof path, "%s/projections/bench.lua", T.dir);
+    pt_write(path, script);
+    pt_producer(&T);
+    char fsync_[64];
+    pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");
+    printf("evlua projector benchmark: %ld events per run, batches of %d, "
+           "PostgreSQL fsync=%s, %ld CPUs, median of %d runs\n\n",
+           nevents, BATCH, fsync_, sysconf(_SC_NPROCESSORS_ONLN), repeat);
+    printf("| keys | shape | events/s | vs seed | vs ceiling | RSS MB at "
+           "10%% -> end |\n|---|---|---|---|---|---|\n");
+
+    static const char *const modes[] = {"aggregate", "batch", "aggregate-tx"};
+    static const char *const names[] = {"evlua isolation=aggregate (default)",
+                                        "evlua isolation=batch",
+                                        "evlua isolation=aggregate-tx"};
+    int ok = 1;
+    for (int k = 0; k < nkeys; k++) {
+        char topic[160];
+        snprintf(topic, sizeof topic, "%s.k%d", T.name, keys[k]);
+        produce(topic, keys[k]);
+        double eps[5][MAXREP];
+        long r10[5][MAXREP], rend[5][MAXREP];
+        for (int rep = 0; rep < repeat; rep++) {
+            fresh_schema();
+            eps[0][rep] = (double)nevents / run_ceiling(keys[k]);
+            fresh_schema();
+            eps[1][rep] = (double)nevents / run_seed(topic);
+            for (int m = 0; m < 3; m++) {
+                long long applied = 0;
+                fresh_schema();
+                double s = run_evlua(topic, modes[m], &r10[m + 2][rep],
+                                     &rend[m + 2][rep], &applied);
+                eps[m + 2][rep] = (double)nevents / s;
+                if (applied != nevents) {
+                    fprintf(stderr, "FAIL: %s applied %lld of %ld events\n",
+                            modes[m], applied, nevents);
+                    ok = 0;
+                }
+                long long rows =
+                    pt_long(&T, "SELECT count(*) FROM %s.bench_items", T.name);
+                if (rows != (nevents < keys[k] ? nevents : keys[k])) {
+                    fprintf(stderr, "FAIL: %s left %lld rows\n", modes[m],
+                            rows);
+                    ok = 0;
+                }
+            }
+        }
+        int mid[5];
+        for (int x = 0; x < 5; x++)
+            mid[x] = median(eps[x], repeat);
+        double ceiling = eps[0][mid[0]], seed = eps[1][mid[1]];
+        row(keys[k], "raw PostgreSQL ceiling (C, pipelined, prepared)", ceiling,
+            0, 0, 0, 0);
+        row(keys[k], "seed's literal consumer (txn per aggregate)", seed, seed,
+            ceiling, 0, 0);
+        for (int m = 0; m < 3; m++)
+            row(keys[k], names[m], eps[m + 2][mid[m + 2]], seed, ceiling,
+                r10[m + 2][mid[m + 2]], rend[m + 2][mid[m + 2]]);
+    }
+    printf("\ncommand: scripts/bench-proj %ld", nevents);
+    for (int k = 0; k < nkeys; k++)
+        printf(" %d", keys[k]);
+    printf("\n");
+    pt_exec(&T, "DROP SCHEMA IF EXISTS %s CASCADE", T.name);
+    pt_done(&T);
+    return ok ? 0 : 1;
+}

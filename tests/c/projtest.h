@@ -1,0 +1,502 @@
+/*
+ * projtest.h - what the projection-side tests share: a private world on
+ * the shared services (a PostgreSQL schema, topics and consumer groups
+ * named after the test and its pid), a transactional producer writing
+ * events in the DESIGN wire format, config files, and ways to run a
+ * projector (in this process until caught up, or as `evlua run`).
+ *
+ * Every helper fails the test (exit 1) when a service misbehaves: a test
+ * never skips.
+ */
+#ifndef EVL_PROJTEST_H
+#define EVL_PROJTEST_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+
+#include "check.h"
+#include "config.h"
+#include "luahost.h"
+#include "projector.h"
+#include "svc.h"
+
+typedef struct pt {
+    char name[64]; /* test name + pid: schema, topic, group prefix */
+    char bootstrap[256];
+    char conninfo[1024]; /* the service's */
+    char dbinfo[1200];   /* conninfo with search_path = name */
+    char dir[512];       /* scratch dir: config, scripts, logs */
+    char src[1024];      /* source tree */
+    PGconn *db;
+    rd_kafka_t *producer;
+    int in_txn;
+} pt;
+
+static inline void pt_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("FAIL: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+/* ---- PostgreSQL -------------------------------------------------------------
+ */
+
+static inline PGresult *pt_sql(pt *t, const char *sql)
+{
+    PGresult *res = PQexec(t->db, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        pt_die("SQL \"%s\": %s", sql, PQresultErrorMessage(res));
+    return res;
+}
+
+static inline void pt_exec(pt *t, const char *fmt, ...)
+{
+    char sql[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    PQclear(pt_sql(t, sql));
+}
+
+/* First column of the first row as a number (-1: no row or NULL). */
+static inline long long pt_long(pt *t, const char *fmt, ...)
+{
+    char sql[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    PGresult *res = pt_sql(t, sql);
+    long long v = -1;
+    if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
+        v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return v;
+}
+
+/* First column of the first row as text into buf ("(none)" / "(null)"). */
+static inline const char *pt_text(pt *t, char *buf, size_t n, const char *fmt,
+                                  ...)
+{
+    char sql[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    PGresult *res = pt_sql(t, sql);
+    if (PQntuples(res) == 0)
+        snprintf(buf, n, "(none)");
+    else if (PQgetisnull(res, 0, 0))
+        snprintf(buf, n, "(null)");
+    else
+        snprintf(buf, n, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return buf;
+}
+
+static inline void pt_connect(pt *t)
+{
+    if (t->db)
+        PQfinish(t->db);
+    t->db = PQconnectdb(t->dbinfo);
+    if (PQstatus(t->db) != CONNECTION_OK)
+        pt_die("PQconnectdb: %s", PQerrorMessage(t->db));
+    PQclear(PQexec(t->db, "SET client_min_messages = warning"));
+}
+
+/* ---- Kafka
+ * -------------------------------------------------------------------- */
+
+static inline rd_kafka_conf_t *pt_kconf(pt *t)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", t->bootstrap, errstr,
+                          sizeof errstr) != RD_KAFKA_CONF_OK)
+        pt_die("bootstrap.servers: %s", errstr);
+    return conf;
+}
+
+static inline void pt_kset(rd_kafka_conf_t *conf, const char *k, const char *v)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK)
+        pt_die("%s: %s", k, errstr);
+}
+
+static inline void pt_topic(pt *t, const char *topic, int partitions)
+{
+    char errstr[512];
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, pt_kconf(t), errstr, sizeof errstr);
+    if (!rk)
+        pt_die("rd_kafka_new(admin): %s", errstr);
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+    if (!ev)
+        pt_die("CreateTopics(%s): no answer within 30 s", topic);
+    if (rd_kafka_event_error(ev))
+        pt_die("CreateTopics(%s): %s", topic, rd_kafka_event_error_string(ev));
+    size_t n;
+    const rd_kafka_topic_result_t **res = rd_kafka_CreateTopics_result_topics(
+        rd_kafka_event_CreateTopics_result(ev), &n);
+    if (n == 1 && rd_kafka_topic_result_error(res[0]))
+        pt_die("CreateTopics(%s): %s", topic,
+               rd_kafka_topic_result_error_string(res[0]));
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_destroy(rk);
+}
+
+static inline void pt_kcheck(rd_kafka_error_t *error, const char *call)
+{
+    if (error) {
+        fprintf(stderr, "FAIL: %s: %s\n", call, rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+        exit(1);
+    }
+}
+
+/* A transactional producer with the partitioner evlua documents. */
+static inline void pt_producer(pt *t)
+{
+    char errstr[512], txid[160];
+    rd_kafka_conf_t *conf = pt_kconf(t);
+    snprintf(txid, sizeof txid, "%s-producer", t->name);
+    pt_kset(conf, "transactional.id", txid);
+    pt_kset(conf, "partitioner", "murmur2_random");
+    pt_kset(conf, "linger.ms", "5");
+    t->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!t->producer)
+        pt_die("rd_kafka_new(producer): %s", errstr);
+    pt_kcheck(rd_kafka_init_transactions(t->producer, 30000),
+              "init_transactions");
+}
+
+static inline void pt_begin(pt *t)
+{
+    pt_kcheck(rd_kafka_begin_transaction(t->producer), "begin_transaction");
+    t->in_txn = 1;
+}
+
+static inline void pt_commit(pt *t)
+{
+    pt_kcheck(rd_kafka_commit_transaction(t->producer, -1),
+              "commit_transaction");
+    t->in_txn = 0;
+}
+
+/* Produce raw: key, value and the three evlua headers (type may be NULL:
+ * no evlua-type header). */
+static inline void pt_raw(pt *t, const char *topic, const char *key,
+                          const char *type, const char *atype,
+                          const char *value, size_t len)
+{
+    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+    if (type)
+        rd_kafka_header_add(h, "evlua-type", -1, type, -1);
+    rd_kafka_header_add(h, "evlua-aggregate-type", -1, atype, -1);
+    rd_kafka_header_add(h, "content-type", -1, "application/json", -1);
+    for (;;) {
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            t->producer, RD_KAFKA_V_TOPIC(topic),
+            RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_HEADERS(h),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (!e)
+            return;
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(t->producer, 50);
+            continue;
+        }
+        pt_die("rd_kafka_producev: %s", rd_kafka_err2str(e));
+    }
+}
+
+/* One event in the wire format; data is JSON text. */
+static inline void pt_event(pt *t, const char *topic, const char *atype,
+                            const char *aid_json, const char *key,
+                            long long seq, const char *type, const char *data)
+{
+    static unsigned long long n;
+    size_t cap = strlen(data) + strlen(aid_json) + 512;
+    char *v = malloc(cap);
+    int len = snprintf(
+        v, cap,
+        "{\"id\":\"%s-%llu\",\"type\":\"%s\",\"version\":1,"
+        "\"aggregate_type\":\"%s\",\"aggregate_id\":%s,\"sequence\":%lld,"
+        "\"occurred_at\":\"2026-01-01T00:00:%02lldZ\","
+        "\"causation_id\":\"c\",\"correlation_id\":\"c\",\"user_id\":\"u\","
+        "\"data\":%s}",
+        t->name, ++n, type, atype, aid_json, seq, seq % 60, data);
+    pt_raw(t, topic, key, type, atype, v, (size_t)len);
+    free(v);
+}
+
+/* pt_event for a plain ASCII aggregate id. */
+static inline void pt_ev(pt *t, const char *topic, const char *aid,
+                         long long seq, const char *type, const char *data)
+{
+    char aj[300];
+    snprintf(aj, sizeof aj, "\"%s\"", aid);
+    pt_event(t, topic, "customer", aj, aid, seq, type, data);
+}
+
+/* ---- setup
+ * ----------------------------------------------------------------------- */
+
+static inline void pt_write(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        pt_die("cannot write %s: %s", path, strerror(errno));
+}
+
+/* pt_init on the PostgreSQL at conninfo (NULL: the shared service). */
+static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
+{
+    memset(t, 0, sizeof *t);
+    svc_kafka_bootstrap(t->bootstrap, sizeof t->bootstrap);
+    if (conninfo)
+        snprintf(t->conninfo, sizeof t->conninfo, "%s", conninfo);
+    else
+        svc_pg_conninfo(t->conninfo, sizeof t->conninfo);
+    snprintf(t->name, sizeof t->name, "%s_%ld", name, (long)getpid());
+    const char *src = getenv("EVLUA_SOURCE_DIR");
+    snprintf(t->src, sizeof t->src, "%s", src && *src ? src : ".");
+    const char *run = getenv("EVLUA_RUN_DIR");
+    snprintf(t->dir, sizeof t->dir, "%s/%s", run && *run ? run : "/tmp",
+             t->name);
+    mkdir(t->dir, 0700);
+    char sub[600];
+    snprintf(sub, sizeof sub, "%s/projections", t->dir);
+    mkdir(sub, 0700);
+    snprintf(sub, sizeof sub, "%s/aggregates", t->dir);
+    mkdir(sub, 0700);
+    snprintf(t->dbinfo, sizeof t->dbinfo, "%s options='-csearch_path=%s'",
+             t->conninfo, t->name);
+    /* the schema first, on a plain connection */
+    PGconn *c = PQconnectdb(t->conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        pt_die("PQconnectdb: %s", PQerrorMessage(c));
+    char sql[300];
+    snprintf(sql, sizeof sql,
+             "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s "
+             "CASCADE; CREATE SCHEMA %s",
+             t->name, t->name);
+    PGresult *res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        pt_die("%s: %s", sql, PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(c);
+    pt_connect(t);
+}
+
+static inline void pt_init(pt *t, const char *name)
+{
+    pt_init_pg(t, name, NULL);
+}
+
+/* Write DIR/evlua.lua: the test's kafka, postgres (its schema) and
+ * script dirs (projections: dir; aggregates: the test's own, empty unless
+ * written), then `extra` (Lua table fields, e.g. "projection = {...},"). */
+static inline void pt_config(pt *t, const char *projections_dir,
+                             const char *extra)
+{
+    char path[700], text[8192];
+    snprintf(path, sizeof path, "%s/evlua.lua", t->dir);
+    snprintf(text, sizeof text,
+             "return {\n"
+             "  aggregates = \"%s/aggregates\",\n"
+             "  projections = \"%s\",\n"
+             "  kafka = { [\"bootstrap.servers\"] = \"%s\" },\n"
+             "  postgres = [==[%s]==],\n"
+             "  commands = { enabled = false },\n"
+             "  %s\n"
+             "}\n",
+             t->dir, projections_dir, t->bootstrap, t->dbinfo,
+             extra ? extra : "");
+    pt_write(path, text);
+}
+
+static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
+{
+    char path[700], err[EVL_ERRLEN];
+    snprintf(path, sizeof path, "%s/evlua.lua", t->dir);
+    if (evl_config_load(path, cfg, err, sizeof err) != EVL_OK)
+        pt_die("config: %s", err);
+    evl_luahost_config hc;
+    memset(&hc, 0, sizeof hc);
+    hc.aggregate_dirs = (const char *const *)cfg->aggregate_dirs.v;
+    hc.naggregate_dirs = (size_t)cfg->aggregate_dirs.n;
+    hc.projection_dirs = (const char *const *)cfg->projection_dirs.v;
+    hc.nprojection_dirs = (size_t)cfg->projection_dirs.n;
+    evl_luahost_problems probs = {0};
+    if (evl_luahost_new(&hc, host, &probs, err, sizeof err) != EVL_OK)
+        pt_die("scripts: %s", err);
+    evl_luahost_problems_free(&probs);
+}
+
+/* Run projection in this process until it has read everything there is.
+ * Returns its exit code. */
+static inline int pt_catch_up(pt *t, const char *projection,
+                              const char *isolation, evl_projector_stats *stats)
+{
+    evl_config cfg;
+    evl_luahost *host = NULL;
+    pt_load(t, &cfg, &host);
+    evl_projector_opts o;
+    memset(&o, 0, sizeof o);
+    o.until_caught_up = 1;
+    o.isolation = isolation;
+    o.stats = stats;
+    int rc = evl_projector_run_opts(&cfg, host, projection, &o);
+    evl_luahost_free(host);
+    evl_config_free(&cfg);
+    return rc;
+}
+
+/* ---- the evlua binary
+ * -------------------------------------------------------------- */
+
+/* Start `evlua ARGS...` (NULL-terminated) with stdout and stderr appended
+ * to DIR/<log>. Returns the pid. */
+static inline pid_t pt_spawn(pt *t, const char *log, ...)
+{
+    const char *bin = getenv("EVLUA_BIN");
+    if (!bin || !*bin)
+        pt_die("EVLUA_BIN is not set (run through ctest)");
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = bin;
+    va_list ap;
+    va_start(ap, log);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && argc < 31)
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        pt_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        FILE *f = freopen(path, "a", stdout);
+        if (!f || dup2(fileno(stdout), 2) < 0)
+            _exit(127);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Wait for pid; returns its exit code, or 128+signal. */
+static inline int pt_wait(pid_t pid)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static inline void pt_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Poll `SELECT ...` until it returns want (or timeout_s passes); returns
+ * the last value. */
+static inline long long pt_wait_for(pt *t, long long want, int timeout_s,
+                                    const char *sql)
+{
+    long long v = -1;
+    time_t end = time(NULL) + timeout_s;
+    do {
+        PGresult *res = PQexec(t->db, sql);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0 &&
+            !PQgetisnull(res, 0, 0))
+            v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        if (PQstatus(t->db) != CONNECTION_OK)
+            pt_connect(t);
+        if (v == want)
+            return v;
+        pt_sleep_ms(200);
+    } while (time(NULL) < end);
+    return v;
+}
+
+/* How often needle occurs in DIR/log. */
+static inline int pt_log_count(pt *t, const char *log, const char *needle)
+{
+    char path[800], line[8192];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Wait until needle occurs at least count times in DIR/log; returns the
+ * count seen. */
+static inline int pt_wait_log(pt *t, const char *log, const char *needle,
+                              int count, int timeout_s)
+{
+    int n = 0;
+    for (int i = 0; i < timeout_s * 10; i++) {
+        if ((n = pt_log_count(t, log, needle)) >= count)
+            break;
+        pt_sleep_ms(100);
+    }
+    return n;
+}
+
+/* Release the clients; a passing test also removes its scratch dir (a
+ * failing one keeps it: the logs are there). */
+static inline void pt_done(pt *t)
+{
+    if (t->producer)
+        rd_kafka_destroy(t->producer);
+    if (t->db)
+        PQfinish(t->db);
+    if (check_failures_ == 0 && strstr(t->dir, t->name)) {
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "warning: cannot remove %s\n", t->dir);
+    }
+}
+
+#endif

@@ -1,0 +1,171 @@
+/*
+ * test_projector_kill.c - kill -9 cannot make an event count twice or
+ * get lost.
+ *
+ * While a producer writes 20,000 events over 500 aggregates (in 100
+ * Kafka transactions), `evlua run` is killed with SIGKILL ten times at
+ * random moments and started again, each time in the next isolation mode.
+ * Then it runs until done and stops on SIGTERM with exit code 0. The
+ * tables equal the state computed here independently (count, sum and
+ * last value per aggregate; each (aggregate, sequence) logged exactly
+ * once) and every checkpoint equals its aggregate's last sequence.
+ *
+ * The consumer uses static group membership (group.instance.id), so a
+ * restarted instance takes its partitions back without waiting for the
+ * dead one's session to time out.
+ */
+#include <pthread.h>
+
+#include "projtest.h"
+
+#define AGGS   500
+#define SEQS   40
+#define PER_TX 200
+
+static pt T;
+static char topic[128];
+static volatile int produced_all;
+
+static const char script[] =
+    "return {\n"
+    "  name = 'kill',\n"
+    "  schema = [[\n"
+    "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
+    "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT NULL);\n"
+    "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
+    "      seq bigint NOT NULL)]],\n"
+    "  on = {\n"
+    "    Added = function(e)\n"
+    "      return {\n"
+    "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT (id)\n"
+    "            DO UPDATE SET n = totals.n + 1,\n"
+    "            sum = totals.sum + EXCLUDED.sum, last = EXCLUDED.last]],\n"
+    "          e.aggregate_id, e.data.v, e.data.v },\n"
+    "        { 'INSERT INTO applied VALUES ($1, $2)', e.aggregate_id,\n"
+    "          e.sequence },\n"
+    "      }\n"
+    "    end,\n"
+    "  },\n"
+    "}\n";
+
+static int value(int a, int s)
+{
+    return (a * 7 + s * 13) % 101;
+}
+
+static void *producer(void *arg)
+{
+    (void)arg;
+    int k = 0;
+    /* sequences in order per aggregate, aggregates interleaved */
+    for (int s = 1; s <= SEQS; s++)
+        for (int a = 0; a < AGGS; a++) {
+            if (k % PER_TX == 0)
+                pt_begin(&T);
+            char id[16], data[32];
+            snprintf(id, sizeof id, "k%03d", a);
+            snprintf(data, sizeof data, "{\"v\":%d}", value(a, s));
+            pt_ev(&T, topic, id, s, "Added", data);
+            if (++k % PER_TX == 0) {
+                pt_commit(&T);
+                pt_sleep_ms(150);
+            }
+        }
+    produced_all = 1;
+    return NULL;
+}
+
+static void config(const char *isolation)
+{
+    char extra[1024], pdir[700];
+    snprintf(extra, sizeof extra,
+             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
+             "batch_size = 250, isolation = \"%s\" },\n"
+             "  kafka = { [\"bootstrap.servers\"] = \"%s\",\n"
+             "            [\"group.instance.id\"] = \"%s-1\",\n"
+             "            [\"session.timeout.ms\"] = \"6000\" },",
+             topic, T.name, isolation, T.bootstrap, T.name);
+    snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
+    pt_config(&T, pdir, extra);
+}
+
+int main(void)
+{
+    static const char *const modes[] = {"aggregate", "batch", "aggregate-tx"};
+    char cfg[700], path[800], msg[160];
+    pt_init(&T, "proj_kill");
+    snprintf(topic, sizeof topic, "%s.events", T.name);
+    pt_topic(&T, topic, 4);
+    snprintf(path, sizeof path, "%s/projections/kill.lua", T.dir);
+    pt_write(path, script);
+    snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
+    pt_producer(&T);
+    srand((unsigned)getpid());
+
+    pthread_t th;
+    pthread_create(&th, NULL, producer, NULL);
+    for (int i = 0; i < 10; i++) {
+        config(modes[i % 3]);
+        pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
+        long ms = 300 + rand() % 1300;
+        pt_sleep_ms(ms);
+        long long n = pt_long(&T, "SELECT count(*) FROM applied");
+        fprintf(stderr, "kill -9 #%d after %ld ms (%s), %lld applied so far\n",
+                i + 1, ms, modes[i % 3], n);
+        kill(pid, SIGKILL);
+        CHECK_INT(pt_wait(pid), 128 + SIGKILL, "the projector was killed");
+    }
+    pthread_join(th, NULL);
+    CHECK(produced_all, "the producer wrote every event");
+
+    config("aggregate");
+    int started = pt_log_count(&T, "evlua.log", "partitions assigned");
+    pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
+    CHECK(pt_wait_log(&T, "evlua.log", "partitions assigned", started + 1, 60) >
+              started,
+          "the last instance gets its partitions");
+    long long n =
+        pt_wait_for(&T, AGGS * SEQS, 180, "SELECT count(*) FROM applied");
+    CHECK_INT(n, AGGS * SEQS, "after the kills every event gets applied");
+    pt_wait_for(&T, AGGS, 30,
+                "SELECT count(*) FROM evlua_checkpoints WHERE sequence = 40");
+    kill(pid, SIGTERM);
+    CHECK_INT(pt_wait(pid), 0, "SIGTERM stops the projector with exit 0");
+
+    CHECK_INT(pt_long(&T, "SELECT count(*) FROM (SELECT DISTINCT id, seq "
+                          "FROM applied) d"),
+              AGGS * SEQS, "no event was applied twice");
+    /* the expected state, computed here */
+    long long good = 0;
+    PGresult *res = pt_sql(&T, "SELECT id, n, sum, last FROM totals");
+    for (int r = 0; r < PQntuples(res); r++) {
+        int a = atoi(PQgetvalue(res, r, 0) + 1);
+        long long sum = 0;
+        for (int s = 1; s <= SEQS; s++)
+            sum += value(a, s);
+        if (atoi(PQgetvalue(res, r, 1)) == SEQS &&
+            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
+            atoi(PQgetvalue(res, r, 3)) == value(a, SEQS))
+            good++;
+        else if (good < 5)
+            fprintf(stderr, "  %s: n=%s sum=%s (want %lld) last=%s\n",
+                    PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
+                    PQgetvalue(res, r, 2), sum, PQgetvalue(res, r, 3));
+    }
+    PQclear(res);
+    snprintf(msg, sizeof msg,
+             "all %d aggregates equal the independently computed state", AGGS);
+    CHECK_INT(good, AGGS, msg);
+    CHECK_INT(pt_long(&T,
+                      "SELECT count(*) FROM evlua_checkpoints WHERE "
+                      "projection = 'kill' AND sequence = %d AND NOT "
+                      "parked",
+                      SEQS),
+              AGGS, "every checkpoint is its aggregate's last sequence");
+    CHECK_INT(pt_long(&T, "SELECT count(*) FROM evlua_parked"), 0,
+              "nothing was parked");
+
+    pt_exec(&T, "DROP SCHEMA %s CASCADE", T.name);
+    pt_done(&T);
+    return check_done();
+}
