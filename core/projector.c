@@ -41,6 +41,7 @@
 
 #include "lifecycle.h"
 #include "log.h"
+#include "metrics.h"
 
 /* ---- small tools --------------------------------------------------------- */
 
@@ -361,6 +362,9 @@ typedef struct projector {
 
     evl_buf a[7]; /* array literals of the bookkeeping statements */
     evl_projector_stats stats;
+    evl_projector_stats published; /* what the metrics have seen */
+    evl_metric *m_events[5], *m_batches, *m_lua_memory;
+    char component[160]; /* readiness name: "projection NAME" */
     double t0, last_progress;
     double first_msg, last_commit; /* for stats.seconds */
 } projector;
@@ -715,9 +719,73 @@ bad:
     return 2;
 }
 
+/* ---- metrics and readiness ------------------------------------------------
+ */
+
+static void metrics_init(projector *pj)
+{
+    static const char *const outcomes[5] = {"consumed", "skipped", "applied",
+                                            "replayed", "parked"};
+    char labels[256];
+    for (int i = 0; i < 5; i++) {
+        evl_metrics_labels(labels, sizeof labels, "projection", pj->name,
+                           "outcome", outcomes[i], NULL);
+        pj->m_events[i] = evl_metrics_counter(
+            "evlua_projection_events_total",
+            "Events seen by a projection, by outcome", labels);
+    }
+    evl_metrics_labels(labels, sizeof labels, "projection", pj->name, NULL);
+    pj->m_batches =
+        evl_metrics_counter("evlua_projection_batches_total",
+                            "Batches committed in PostgreSQL", labels);
+    snprintf(pj->component, sizeof pj->component, "projection %s", pj->name);
+    evl_metrics_labels(labels, sizeof labels, "pipeline", pj->component, NULL);
+    pj->m_lua_memory = evl_metrics_gauge(
+        "evlua_lua_memory_bytes", "Heap of a pipeline's Lua state", labels);
+    evl_metrics_ready(pj->component, 0, "starting");
+}
+
+/* Add what happened since the last call to the counters. */
+static void metrics_publish(projector *pj)
+{
+    const evl_projector_stats *s = &pj->stats;
+    evl_projector_stats *p = &pj->published;
+    long long now[5] = {s->messages, s->skipped, s->applied, s->replayed,
+                        s->parked};
+    long long was[5] = {p->messages, p->skipped, p->applied, p->replayed,
+                        p->parked};
+    for (int i = 0; i < 5; i++)
+        if (now[i] > was[i])
+            evl_metric_add(pj->m_events[i], (double)(now[i] - was[i]));
+    if (s->batches > p->batches)
+        evl_metric_add(pj->m_batches, (double)(s->batches - p->batches));
+    *p = *s;
+    if (pj->host)
+        evl_metric_set(pj->m_lua_memory, (double)evl_luahost_memory(pj->host));
+}
+
+/* A transient failure: count it by SQLSTATE class (from the "[XXXXX]" the
+ * pg module appends; "connection" when there is none) and say why the
+ * projection is not ready. */
+static void metrics_retry(projector *pj, const char *reason)
+{
+    char cls[16] = "connection", labels[256];
+    const char *b = reason ? strrchr(reason, '[') : NULL;
+    if (b && strlen(b) >= 7 && b[6] == ']')
+        snprintf(cls, sizeof cls, "%.2s", b + 1);
+    evl_metrics_labels(labels, sizeof labels, "projection", pj->name,
+                       "sqlstate_class", cls, NULL);
+    evl_metric_add(evl_metrics_counter("evlua_db_retries_total",
+                                       "Transient database errors retried",
+                                       labels),
+                   1);
+    evl_metrics_ready(pj->component, 0, reason ? reason : "retrying");
+}
+
 static void log_retry(projector *pj, const char *msg, const char *reason,
                       int attempt, long ms)
 {
+    metrics_retry(pj, reason);
     char n[24], d[24];
     snprintf(n, sizeof n, "%d", attempt + 1);
     snprintf(d, sizeof d, "%ld", ms);
@@ -877,6 +945,7 @@ static int setup(projector *pj, const evl_luahost *proto)
             pj->group_id, "topics", topics, "isolation", iso_names[pj->iso],
             "on_error", pj->halt ? "halt" : "park", "batch_size", bs,
             "postgres", conn, NULL);
+    evl_metrics_ready(pj->component, 1, "connected");
     return 0;
 }
 
@@ -1889,6 +1958,8 @@ static void finish_batch(projector *pj, batch *b)
     }
     pj->stats.batches++;
     pj->last_commit = now_s();
+    metrics_publish(pj);
+    evl_metrics_ready(pj->component, 1, "committing");
 
     for (size_t e = 0; e < b->nevs; e++) {
         const pev *ev = &b->evs[e];
@@ -2252,6 +2323,7 @@ int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
     memset(pj, 0, sizeof *pj);
     pj->cfg = cfg;
     pj->name = projection;
+    metrics_init(pj);
     if (opts)
         pj->opts = *opts;
     pj->t0 = now_s();
