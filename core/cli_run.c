@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "lifecycle.h"
@@ -50,6 +52,7 @@ typedef struct pipeline {
     const evl_config *cfg;
     const evl_luahost *proto;
     int rc;
+    int done; /* set (atomically) when the pipeline returned */
 } pipeline;
 
 static void *pipeline_main(void *arg)
@@ -65,7 +68,53 @@ static void *pipeline_main(void *arg)
 #endif
     if (p->rc != 0)
         evl_lifecycle_request_stop(); /* one pipeline down: drain all */
+    __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
     return NULL;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait until every pipeline returned. Once a stop is requested they have
+ * shutdown_timeout_ms to drain; a pipeline stuck past that (a broker or
+ * database that does not answer) ends the process with exit code 1. What
+ * was not committed is processed again after the restart: the open Kafka
+ * transaction is aborted by the next instance's init_transactions (or its
+ * timeout), an open DB transaction rolls back with the connection. */
+static void wait_pipelines(pipeline *ps, size_t n, int timeout_ms)
+{
+    double stop_at = 0;
+    for (;;) {
+        size_t done = 0;
+        for (size_t i = 0; i < n; i++)
+            done += (size_t)__atomic_load_n(&ps[i].done, __ATOMIC_ACQUIRE);
+        if (done == n)
+            return;
+        if (evl_lifecycle_stopping()) {
+            if (stop_at == 0)
+                stop_at = mono_s();
+            else if (mono_s() - stop_at > timeout_ms / 1000.0) {
+                char t[24];
+                snprintf(t, sizeof t, "%d", timeout_ms);
+                for (size_t i = 0; i < n; i++)
+                    if (!__atomic_load_n(&ps[i].done, __ATOMIC_ACQUIRE))
+                        evl_log(EVL_LOG_ERROR,
+                                "shutdown deadline passed with this pipeline "
+                                "still draining; exiting without it (its "
+                                "uncommitted batch is processed again after "
+                                "a restart)",
+                                "pipeline", ps[i].kind, "projection",
+                                ps[i].name, "shutdown_timeout_ms", t, NULL);
+                fflush(NULL);
+                _exit(EVL_EXIT_FAILURE);
+            }
+        }
+        usleep(20000);
+    }
 }
 
 int evl_cli_run(int argc, char **argv)
@@ -123,11 +172,9 @@ int evl_cli_run(int argc, char **argv)
     {
         char labels[128];
         evl_metrics_labels(labels, sizeof labels, "version", EVLUA_VERSION,
-                           "hash", evl_luahost_hash(proto), NULL);
-        evl_metric_set(evl_metrics_gauge("evlua_scripts_info",
-                                         "The script set loaded at start "
-                                         "(value 1; hash label)",
-                                         labels),
+                           NULL);
+        evl_metric_set(evl_metrics_gauge("evlua_build_info",
+                                         "evlua's version (value 1)", labels),
                        1);
     }
     size_t nproj = evl_luahost_nprojections(proto);
@@ -169,6 +216,7 @@ int evl_cli_run(int argc, char **argv)
             rc = EVL_EXIT_FAILURE;
             break;
         }
+    wait_pipelines(ps, started, cfg.shutdown_timeout_ms);
     for (size_t i = 0; i < started; i++) {
         pthread_join(ps[i].thread, NULL);
         if (ps[i].rc > rc)

@@ -108,8 +108,11 @@ typedef struct cmdproc {
 
     /* totals for the log (committed transactions only) */
     long long n_accepted, n_rejected, n_failed, n_duplicate, n_events;
-    /* evlua_command_transactions_total{outcome}, batch duration */
-    evl_metric *m_committed, *m_aborted, *m_batch_seconds;
+    /* evlua_command_transactions_total{outcome}, batch duration, ... */
+    evl_metric *m_committed, *m_aborted, *m_batch_seconds, *m_batch_size,
+        *m_txn_seconds, *m_lua_seconds, *m_lua_memory;
+    double lua_s;          /* handler time of the batch being decided */
+    long long last_lag_ms; /* consumer lag reported at most once a second */
 } cmdproc;
 
 static long long now_ms(void)
@@ -117,6 +120,13 @@ static long long now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static void sleep_ms(unsigned ms)
@@ -729,7 +739,10 @@ static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
     state = evl_store_state(a, &state_len);
     evl_luahost_command lc = {t->type,   c->aggregate_id, version, state,
                               state_len, rkm->payload,    rkm->len};
-    switch (evl_luahost_decide(cp->host, &lc, &cp->dec, err, sizeof err)) {
+    double h0 = now_s();
+    int verdict = evl_luahost_decide(cp->host, &lc, &cp->dec, err, sizeof err);
+    cp->lua_s += now_s() - h0;
+    switch (verdict) {
     case EVL_LUAHOST_REJECTED: reject(cp, t, rkm, version, "%s", err); return;
     case EVL_LUAHOST_FAILED: fail(cp, t, rkm, version, err); return;
     case EVL_LUAHOST_ACCEPTED: break;
@@ -1039,6 +1052,7 @@ static int process_batch(cmdproc *cp)
     cp->nout = 0;
     cp->delivery_error[0] = '\0';
     evl_store_begin(cp->store);
+    cp->lua_s = 0;
     while (done < cp->nbatch) {
         decide(cp, cp->batch[done++]);
         if (now_ms() - t0 > DECIDE_BUDGET_MS)
@@ -1046,6 +1060,7 @@ static int process_batch(cmdproc *cp)
     }
     queue_snapshots(cp);
     t1 = now_ms();
+    evl_metric_add(cp->m_lua_seconds, cp->lua_s);
 
     do {
         s = txn_call(cp, "rd_kafka_begin_transaction",
@@ -1103,6 +1118,13 @@ static int process_batch(cmdproc *cp)
     counts_settle(cp, 1);
     evl_metric_add(cp->m_committed, 1);
     evl_metric_observe(cp->m_batch_seconds, (double)(now_ms() - t0) / 1000.0);
+    evl_metric_observe(cp->m_txn_seconds, (double)(now_ms() - t1) / 1000.0);
+    evl_metric_observe(cp->m_batch_size, (double)done);
+    evl_metric_set(cp->m_lua_memory, (double)evl_luahost_memory(cp->host));
+    if (now_ms() - cp->last_lag_ms >= 1000) {
+        cp->last_lag_ms = now_ms();
+        evl_kafka_report_lag(cp->consumer, cp->cfg->cmd.group_id);
+    }
     cp->cur = (cp->cur + 1) % NPRODUCERS;
     if (evl_log_get_level() <= EVL_LOG_DEBUG) {
         char n[32], m[32], d[32], w[32], c[32], p[32];
@@ -1202,8 +1224,10 @@ static void maybe_reload(cmdproc *cp)
 
     if (!evl_luahost_reload_requested(&cp->seen_hup))
         return;
-    if (evl_luahost_reload(cp->host, &nh, NULL, err, sizeof err) != EVL_OK)
+    if (evl_luahost_reload(cp->host, &nh, NULL, err, sizeof err) != EVL_OK) {
+        evl_metrics_scripts("commands", "failed", NULL, NULL);
         return; /* luahost logged why; the old set stays */
+    }
     types_from_host(cp->cfg, nh, &ts, &nts);
     if (!same_types(cp->types, cp->ntypes, ts, nts)) {
         evl_err e = ensure_all(cp, ts, nts, err, sizeof err);
@@ -1218,6 +1242,7 @@ static void maybe_reload(cmdproc *cp)
             types_free(cp);
             cp->types = keep, cp->ntypes = nkeep;
             evl_luahost_free(nh);
+            evl_metrics_scripts("commands", "failed", NULL, NULL);
             return;
         }
         types_free(cp);
@@ -1234,6 +1259,8 @@ static void maybe_reload(cmdproc *cp)
         types_free(cp);
         cp->types = keep, cp->ntypes = nkeep;
     }
+    evl_metrics_scripts("commands", "applied", evl_luahost_hash(cp->host),
+                        evl_luahost_hash(nh));
     evl_luahost_free(cp->host);
     cp->host = nh;
     evl_log(EVL_LOG_INFO, "command processor switched scripts", "hash",
@@ -1432,6 +1459,21 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     cp.m_batch_seconds = evl_metrics_histogram(
         "evlua_command_batch_seconds",
         "Time from the start of deciding a batch to its commit", NULL, NULL, 0);
+    cp.m_txn_seconds = evl_metrics_histogram(
+        "evlua_command_transaction_seconds",
+        "Time from beginning a Kafka transaction to its commit", NULL, NULL, 0);
+    static const double sizes[] = {1,   2,   5,    10,   50,
+                                   100, 500, 1000, 5000, 10000};
+    cp.m_batch_size = evl_metrics_histogram(
+        "evlua_command_batch_size", "Commands per Kafka transaction", NULL,
+        sizes, sizeof sizes / sizeof sizes[0]);
+    cp.m_lua_seconds = evl_metrics_counter(
+        "evlua_lua_handler_seconds_total",
+        "Time spent in Lua handlers (aggregate handle, projection handlers)",
+        "pipeline=\"commands\"");
+    cp.m_lua_memory = evl_metrics_gauge("evlua_lua_memory_bytes",
+                                        "Heap of a pipeline's Lua state",
+                                        "pipeline=\"commands\"");
     if (hook && *hook)
         cp.fail_before_commit = strtol(hook, NULL, 10);
     if (hang && *hang)
@@ -1443,6 +1485,7 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     }
     /* the SIGHUPs before now are in this host already */
     evl_luahost_reload_requested(&cp.seen_hup);
+    evl_metrics_scripts("commands", NULL, NULL, evl_luahost_hash(cp.host));
     cp.store = evl_store_new(cfg->cmd.dedup_ids);
     cp.L = luaL_newstate();
     if (!cp.L) {

@@ -406,6 +406,34 @@ void evl_metrics_stop(void)
     daemon_ = NULL;
 }
 
+void evl_metrics_scripts(const char *pipeline, const char *outcome,
+                         const char *old_hash, const char *new_hash)
+{
+    static const char info_help[] =
+        "Script set of a pipeline: 1 for the loaded hash, 0 for replaced ones";
+    char labels[512];
+    if (outcome) {
+        evl_metrics_labels(labels, sizeof labels, "pipeline", pipeline,
+                           "outcome", outcome, NULL);
+        evl_metric_add(evl_metrics_counter("evlua_script_reloads_total",
+                                           "Script reloads, by outcome",
+                                           labels),
+                       1);
+    }
+    if (old_hash && new_hash && strcmp(old_hash, new_hash) != 0) {
+        evl_metrics_labels(labels, sizeof labels, "pipeline", pipeline, "hash",
+                           old_hash, NULL);
+        evl_metric_set(
+            evl_metrics_gauge("evlua_scripts_info", info_help, labels), 0);
+    }
+    if (new_hash) {
+        evl_metrics_labels(labels, sizeof labels, "pipeline", pipeline, "hash",
+                           new_hash, NULL);
+        evl_metric_set(
+            evl_metrics_gauge("evlua_scripts_info", info_help, labels), 1);
+    }
+}
+
 void evl_metrics_reset(void)
 {
     pthread_mutex_lock(&mu);

@@ -69,6 +69,13 @@ evl_err evl_metrics_serve(const char *listen, int *port, char *err,
                           size_t errlen);
 void evl_metrics_stop(void);
 
+/* A pipeline's script set: evlua_script_reloads_total{pipeline,outcome}
+ * gains one when outcome is "applied" or "failed" (NULL: the initial load
+ * counts nothing), and evlua_scripts_info{pipeline,hash} is 1 for the
+ * current hash and 0 for the one it replaced. */
+void evl_metrics_scripts(const char *pipeline, const char *outcome,
+                         const char *old_hash, const char *new_hash);
+
 /* Forget every metric and readiness entry (tests). */
 void evl_metrics_reset(void);
 

@@ -39,6 +39,7 @@
 #include <cjson/cJSON.h>
 #include <librdkafka/rdkafka.h>
 
+#include "kafka.h"
 #include "lifecycle.h"
 #include "log.h"
 #include "metrics.h"
@@ -328,6 +329,7 @@ typedef struct batch {
     pstmt *stmts;
     size_t nstmts, capstmts;
     arena attempt_ar;
+    double t_collected; /* for evlua_projection_batch_seconds */
 } batch;
 
 typedef struct projector {
@@ -363,8 +365,12 @@ typedef struct projector {
     evl_buf a[7]; /* array literals of the bookkeeping statements */
     evl_projector_stats stats;
     evl_projector_stats published; /* what the metrics have seen */
-    evl_metric *m_events[5], *m_batches, *m_lua_memory;
-    char component[160]; /* readiness name: "projection NAME" */
+    evl_metric *m_events[5], *m_batches, *m_lua_memory, *m_batch_size,
+        *m_batch_seconds, *m_lua_seconds, *m_parked;
+    double lua_s;                        /* handler time not yet published */
+    double parked_counted, lag_reported; /* when they were last refreshed */
+    int parked_dirty;                    /* a batch parked an aggregate */
+    char component[160];                 /* readiness name: "projection NAME" */
     double t0, last_progress;
     double first_msg, last_commit; /* for stats.seconds */
 } projector;
@@ -722,6 +728,23 @@ bad:
 /* ---- metrics and readiness ------------------------------------------------
  */
 
+/* Ready unless a partition is halted (on_error = halt). */
+static void report_ready(projector *pj)
+{
+    for (int p = 0; p < pj->nparts; p++) {
+        const part *pt = &pj->parts[p];
+        if (!pt->halted)
+            continue;
+        char why[768];
+        snprintf(why, sizeof why, "partition %s[%d] halted at offset %lld: %s",
+                 pt->topic, (int)pt->partition, (long long)pt->halt_offset,
+                 pt->halt_error ? pt->halt_error : "");
+        evl_metrics_ready(pj->component, 0, why);
+        return;
+    }
+    evl_metrics_ready(pj->component, 1, NULL);
+}
+
 static void metrics_init(projector *pj)
 {
     static const char *const outcomes[5] = {"consumed", "skipped", "applied",
@@ -742,6 +765,23 @@ static void metrics_init(projector *pj)
     evl_metrics_labels(labels, sizeof labels, "pipeline", pj->component, NULL);
     pj->m_lua_memory = evl_metrics_gauge(
         "evlua_lua_memory_bytes", "Heap of a pipeline's Lua state", labels);
+    pj->m_lua_seconds = evl_metrics_counter(
+        "evlua_lua_handler_seconds_total",
+        "Time spent in Lua handlers (aggregate handle, projection handlers)",
+        labels);
+    evl_metrics_labels(labels, sizeof labels, "projection", pj->name, NULL);
+    static const double sizes[] = {1,   2,   5,    10,   50,
+                                   100, 500, 1000, 5000, 10000};
+    pj->m_batch_size = evl_metrics_histogram(
+        "evlua_projection_batch_size", "Events per projection batch", labels,
+        sizes, sizeof sizes / sizeof sizes[0]);
+    pj->m_batch_seconds = evl_metrics_histogram(
+        "evlua_projection_batch_seconds",
+        "Time from a batch being collected to its PostgreSQL commit", labels,
+        NULL, 0);
+    pj->m_parked = evl_metrics_gauge(
+        "evlua_parked_aggregates",
+        "Aggregates with events waiting in evlua_parked", labels);
     evl_metrics_ready(pj->component, 0, "starting");
 }
 
@@ -762,6 +802,31 @@ static void metrics_publish(projector *pj)
     *p = *s;
     if (pj->host)
         evl_metric_set(pj->m_lua_memory, (double)evl_luahost_memory(pj->host));
+    evl_metric_add(pj->m_lua_seconds, pj->lua_s);
+    pj->lua_s = 0;
+}
+
+/* evlua_parked_aggregates from the table (parked retry and drop run in
+ * other processes): after a batch that parked, and every 10 s. Only with
+ * nothing in flight on the connection. */
+static void count_parked(projector *pj)
+{
+    double now = now_s();
+    if (!pj->parked_dirty && now - pj->parked_counted < 10)
+        return;
+    char err[EVL_ERRLEN];
+    const char *vals[1] = {pj->name};
+    PGresult *res = NULL;
+    if (!evl_pg_ok(pj->pg) ||
+        evl_pg_query(pj->pg,
+                     "SELECT count(*) FROM evlua_checkpoints "
+                     "WHERE projection = $1 AND parked",
+                     1, vals, &res, err, sizeof err) != EVL_OK)
+        return; /* the next batch finds out; nothing depends on it */
+    pj->parked_dirty = 0;
+    pj->parked_counted = now;
+    evl_metric_set(pj->m_parked, strtod(PQgetvalue(res, 0, 0), NULL));
+    PQclear(res);
 }
 
 /* A transient failure: count it by SQLSTATE class (from the "[XXXXX]" the
@@ -946,6 +1011,9 @@ static int setup(projector *pj, const evl_luahost *proto)
             "on_error", pj->halt ? "halt" : "park", "batch_size", bs,
             "postgres", conn, NULL);
     evl_metrics_ready(pj->component, 1, "connected");
+    evl_metrics_scripts(pj->component, NULL, NULL, evl_luahost_hash(pj->host));
+    pj->parked_dirty = 1;
+    count_parked(pj);
     return 0;
 }
 
@@ -1385,6 +1453,16 @@ static void keep_stmts(projector *pj, batch *b, pev *ev)
 
 /* Decide every event of the batch on the cached checkpoints, running the
  * handlers of those to apply. */
+static evl_err project_one(projector *pj, const pev *ev, char *err,
+                           size_t errlen)
+{
+    double t = now_s();
+    evl_err e = evl_luahost_project(pj->host, pj->name, ev->rkm->payload,
+                                    ev->rkm->len, &pj->lstmts, err, errlen);
+    pj->lua_s += now_s() - t;
+    return e;
+}
+
 static void decide(projector *pj, batch *b)
 {
     char err[EVL_ERRLEN];
@@ -1418,9 +1496,7 @@ static void decide(projector *pj, batch *b)
                     ev->error = why;
                     parked = 1;
                 }
-            } else if (evl_luahost_project(pj->host, pj->name, ev->rkm->payload,
-                                           ev->rkm->len, &pj->lstmts, err,
-                                           sizeof err) != EVL_OK) {
+            } else if (project_one(pj, ev, err, sizeof err) != EVL_OK) {
                 ev->fail = arena_text(&b->ar, err, strlen(err));
                 if (pj->halt) {
                     halt_part(pj, ev, ev->fail);
@@ -1959,7 +2035,19 @@ static void finish_batch(projector *pj, batch *b)
     pj->stats.batches++;
     pj->last_commit = now_s();
     metrics_publish(pj);
-    evl_metrics_ready(pj->component, 1, "committing");
+    report_ready(pj);
+    evl_metric_observe(pj->m_batch_size, (double)b->nmsgs);
+    if (b->t_collected > 0)
+        evl_metric_observe(pj->m_batch_seconds, now_s() - b->t_collected);
+    for (size_t gi = 0; gi < b->ngroups; gi++)
+        if (b->groups[gi].touched && b->groups[gi].new_parked &&
+            !b->groups[gi].prev_parked)
+            pj->parked_dirty = 1;
+    count_parked(pj);
+    if (pj->last_commit - pj->lag_reported >= 1) {
+        pj->lag_reported = pj->last_commit;
+        evl_kafka_report_lag(pj->rk, pj->group_id);
+    }
 
     for (size_t e = 0; e < b->nevs; e++) {
         const pev *ev = &b->evs[e];
@@ -2099,6 +2187,7 @@ static int process(projector *pj, batch *b)
 {
     char err[EVL_ERRLEN];
     int r = 0;
+    b->t_collected = now_s();
     prepare_batch(pj, b);
     if (pj->guess_off > 0)
         pj->guess_off--;
@@ -2176,8 +2265,10 @@ static void maybe_reload(projector *pj)
     }
     char err[EVL_ERRLEN];
     evl_luahost *nh = NULL;
-    if (evl_luahost_reload(pj->host, &nh, NULL, err, sizeof err) != EVL_OK)
+    if (evl_luahost_reload(pj->host, &nh, NULL, err, sizeof err) != EVL_OK) {
+        evl_metrics_scripts(pj->component, "failed", NULL, NULL);
         return; /* logged by luahost; the loaded set stays */
+    }
     const evl_luahost_projection *np = evl_luahost_projection_get(nh, pj->name);
     if (!np) {
         evl_log(EVL_LOG_ERROR,
@@ -2185,6 +2276,7 @@ static void maybe_reload(projector *pj)
                 "the loaded set",
                 "projection", pj->name, NULL);
         evl_luahost_free(nh);
+        evl_metrics_scripts(pj->component, "failed", NULL, NULL);
         return;
     }
     for (size_t i = 0; i < np->nschema; i++) {
@@ -2198,9 +2290,12 @@ static void maybe_reload(projector *pj)
                     "the new schema failed; keeping the loaded set",
                     "projection", pj->name, "error", err, NULL);
             evl_luahost_free(nh);
+            evl_metrics_scripts(pj->component, "failed", NULL, NULL);
             return;
         }
     }
+    evl_metrics_scripts(pj->component, "applied", evl_luahost_hash(pj->host),
+                        evl_luahost_hash(nh));
     evl_luahost_free(pj->host);
     pj->host = nh;
     pj->proj = np;
@@ -2231,6 +2326,7 @@ static void maybe_reload(projector *pj)
         free(pt->halt_error);
         pt->halt_error = NULL;
     }
+    report_ready(pj);
 }
 
 /* ---- progress ------------------------------------------------------------ */

@@ -53,9 +53,26 @@ static const char *items(char *b, size_t n)
                    "ORDER BY id), '') FROM h_items");
 }
 
+/* GET /readyz: "CODE BODY" into b */
+static const char *readyz(int port, char *b, size_t n)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd,
+             "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/readyz", port);
+    b[0] = '\0';
+    FILE *f = popen(cmd, "r");
+    if (f) {
+        size_t k = fread(b, 1, n - 1, f);
+        b[k] = '\0';
+        pclose(f);
+    }
+    return b;
+}
+
 int main(void)
 {
-    char topic[160], extra[512], pdir[700], cfg[700], b[1024];
+    char topic[160], extra[600], pdir[700], cfg[700], b[1024];
+    int port = 20000 + (int)(getpid() % 30000);
     pt_init(&T, "proj_halt");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 1);
@@ -64,8 +81,8 @@ int main(void)
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
              "linger_ms = 200, each = { halting = { on_error = \"halt\" } } "
-             "},",
-             topic, T.name);
+             "}, metrics = { listen = \"127.0.0.1:%d\" },",
+             topic, T.name, port);
     pt_config(&T, pdir, extra);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
@@ -87,6 +104,9 @@ int main(void)
               "what came before the bad event is committed, nothing after");
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM evlua_parked"), 0,
               "nothing is parked");
+    CHECK_HAS(readyz(port, b, sizeof b), " 503",
+              "/readyz: halted is not ready");
+    CHECK_HAS(b, "halted at offset 2", "/readyz says which offset halted");
     pt_begin(&T);
     count(topic, "B", 3, 3);
     pt_commit(&T);
@@ -104,6 +124,7 @@ int main(void)
               "every event applied once, in order");
     CHECK(pt_log_count(&T, "evlua.log", "halted partition resumed") == 1,
           "the log says it resumed");
+    CHECK_HAS(readyz(port, b, sizeof b), " 200", "/readyz: ready again");
     /* offsets 0-4, a commit marker at 5, B's third event at 6 */
     CHECK_INT(pt_long(&T, "SELECT next_offset FROM evlua_offsets"), 7,
               "the offset moved past everything");
