@@ -540,6 +540,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
         evl_metrics_ready("commands", 1, NULL);
         return;
     }
+    evl_metrics_ready("commands", 0, "rebalancing: partitions revoked");
     if (rerr == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
         log_partitions("partitions revoked", parts);
     else
@@ -1531,7 +1532,7 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
         rc = EXIT_RUNTIME;
         goto out;
     }
-    evl_metrics_ready("commands", 1, NULL);
+    evl_metrics_ready("commands", 0, "waiting for a partition assignment");
     evl_log(EVL_LOG_INFO, "command processor started", "group",
             cfg->cmd.group_id, "transactional_id", cfg->cmd.transactional_id,
             "scripts", evl_luahost_hash(cp.host), NULL);

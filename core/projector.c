@@ -572,6 +572,8 @@ static void describe_parts(const rd_kafka_topic_partition_list_t *ps,
 
 static int settle(projector *pj);
 
+static void report_ready(projector *pj);
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *ps, void *opaque)
 {
@@ -589,6 +591,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         describe_parts(ps, 0, desc, sizeof desc);
         rd_kafka_assign(rk, NULL);
         pj->assigned = 0;
+        evl_metrics_ready(pj->component, 0, "rebalancing: partitions revoked");
         evl_log(EVL_LOG_INFO, "partitions revoked", "projection", pj->name,
                 "partitions", desc, NULL);
         return;
@@ -629,6 +632,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             "projection", pj->name, "partitions", desc, NULL);
     if (!ok) /* stopping: read nothing more */
         rd_kafka_pause_partitions(rk, ps);
+    report_ready(pj);
 }
 
 /* ---- setup --------------------------------------------------------------- */
@@ -1010,7 +1014,7 @@ static int setup(projector *pj, const evl_luahost *proto)
             pj->group_id, "topics", topics, "isolation", iso_names[pj->iso],
             "on_error", pj->halt ? "halt" : "park", "batch_size", bs,
             "postgres", conn, NULL);
-    evl_metrics_ready(pj->component, 1, "connected");
+    evl_metrics_ready(pj->component, 0, "waiting for a partition assignment");
     evl_metrics_scripts(pj->component, NULL, NULL, evl_luahost_hash(pj->host));
     pj->parked_dirty = 1;
     count_parked(pj);

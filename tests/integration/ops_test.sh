@@ -112,15 +112,17 @@ results_now() {
 }
 wait_until 30 sh -c "[ \$(curl -s http://127.0.0.1:$port/metrics | grep -E '^evlua_commands_total\{[^}]*outcome=\"accepted\"' | awk '{s+=\$2} END {print s+0}') -ge 500 ]" \
     || fail "the load starts flowing"
+t0=$(date +%s%N)
 kill -TERM "$pid"
 rc=0; wait "$pid" || rc=$?
 pid=
+drain_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 [ $rc = 0 ] || fail "SIGTERM under load exits 0 (got $rc)"
 grep -q 'evlua stopped' "$work/log" || fail "a clean stop is logged"
 wait "$feeder" || fail "producing the commands"
 before=$(results_now | wc -l)
 [ "$before" -lt "$n" ] || fail "SIGTERM did not land under load ($before of $n results already)"
-echo "SIGTERM landed after $before of $n results"
+echo "SIGTERM landed after $before of $n results; exit 0 after $drain_ms ms"
 start
 wait_until 180 sh -c "[ \$(kcat -b $bootstrap -C -t $tag.results -e -q -X isolation.level=read_committed -f '%s\n' 2>/dev/null | grep -c '\"command_id\":\"$tag-cmd-') -ge $n ]" \
     || fail "every command gets a result after the restart (got $(results_now | wc -l))"
