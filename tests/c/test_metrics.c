@@ -125,5 +125,29 @@ int main(void)
     evl_metrics_stop();
     evl_metrics_stop();
     evl_metrics_reset();
+
+    /* a pipeline's script set: the initial load, a failed and an applied
+     * reload */
+    evl_metrics_scripts("commands", NULL, NULL, "aaaa");
+    evl_metrics_scripts("commands", "failed", NULL, NULL);
+    evl_metrics_scripts("commands", "applied", "aaaa", "bbbb");
+    evl_metrics_scripts("commands", "applied", "bbbb", "bbbb");
+    text = evl_metrics_render();
+    CHECK_HAS(text,
+              "evlua_scripts_info{pipeline=\"commands\",hash=\"aaaa\"} 0\n",
+              "the replaced hash goes to 0");
+    CHECK_HAS(text,
+              "evlua_scripts_info{pipeline=\"commands\",hash=\"bbbb\"} 1\n",
+              "the loaded hash is 1");
+    CHECK_HAS(text,
+              "evlua_script_reloads_total{pipeline=\"commands\","
+              "outcome=\"applied\"} 2\n",
+              "applied reloads are counted (also one without changes)");
+    CHECK_HAS(text,
+              "evlua_script_reloads_total{pipeline=\"commands\","
+              "outcome=\"failed\"} 1\n",
+              "failed reloads are counted");
+    free(text);
+    evl_metrics_reset();
     return check_done();
 }
