@@ -355,7 +355,6 @@ typedef struct projector {
     batch *inflight; /* sent to PostgreSQL, results not read yet */
     int abort_rc;    /* set when settling in a callback failed or stopped */
     int guess_off;   /* batches to go before guessing new aggregates again */
-    long long fresh, analyze_at; /* checkpoint rows inserted; next ANALYZE */
     evl_luahost_stmts lstmts;
     failure *fails;
     size_t nfails, capfails;
@@ -1829,30 +1828,8 @@ static void committed(projector *pj, batch *b, size_t lo, size_t hi)
 {
     remember(pj, b, lo, hi);
     for (size_t gi = lo; gi < hi; gi++)
-        if (b->groups[gi].touched && !b->groups[gi].done) {
+        if (b->groups[gi].touched)
             b->groups[gi].done = 1;
-            if (b->groups[gi].prev_seq < 0)
-                pj->fresh++;
-        }
-}
-
-/* A checkpoint table that grows by thousands of rows a second outruns
- * autovacuum's statistics, and the planner's choice for the checkpoint
- * statements goes wrong on a table it believes small: ANALYZE it each time
- * the rows this projector inserted double (5,000, 10,000, ...). Called
- * with nothing in flight. */
-static void keep_statistics(projector *pj)
-{
-    char err[EVL_ERRLEN];
-    if (pj->analyze_at == 0)
-        pj->analyze_at = 5000;
-    if (pj->fresh < pj->analyze_at)
-        return;
-    pj->analyze_at = 2 * pj->fresh;
-    if (evl_pg_ok(pj->pg) && evl_pg_exec(pj->pg, "ANALYZE evlua_checkpoints",
-                                         err, sizeof err) != EVL_OK)
-        evl_log(EVL_LOG_DEBUG, "ANALYZE evlua_checkpoints failed", "projection",
-                pj->name, "error", err, NULL);
 }
 
 static evl_err bookkeeping_failed(const failure *f, char *err, size_t errlen)
@@ -2167,12 +2144,6 @@ static int process(projector *pj, batch *b)
     prepare_batch(pj, b);
     if (pj->guess_off > 0)
         pj->guess_off--;
-    if (pj->fresh >= pj->analyze_at && pj->analyze_at > 0) {
-        r = settle(pj);
-        if (r == 1 || r < 0)
-            goto out;
-        keep_statistics(pj);
-    }
     if (pj->inflight && (pj->iso == ISO_AGGREGATE_TX || needs_load(pj, b))) {
         r = settle(pj); /* the checkpoints must be read after it */
         if (r == 1 || r < 0)
@@ -2394,7 +2365,6 @@ int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
         pj->opts = *opts;
     pj->t0 = now_s();
 
-    pj->analyze_at = 5000;
     int rc = setup(pj, proto);
     if (rc != 0) {
         teardown(pj);
