@@ -1,30 +1,32 @@
 /*
  * json.c - exact conversion between JSON text and Lua values (see json.h).
  *
- * Decoding runs in three steps:
+ * Decoding runs in two passes:
  *
- *   1. scan(): one pass over the text that checks everything cJSON is lax
- *      about and records what it loses. It checks the nesting depth before
- *      cJSON recurses (so 10,000 brackets cost nothing), the number grammar
- *      (cJSON takes "01", "1." and "-.5"), string escapes (cJSON turns
- *      "\uZZZZ" into a NUL), raw control characters in strings, UTF-8 of
- *      the raw bytes and the pairing of \u surrogate escapes. It converts
- *      every number from its own text, so integers stay exact; cJSON's
- *      doubles are never used.
- *   2. cJSON builds its tree; it is left only the structure ("[1,}") to
- *      reject.
- *   3. walk() pushes the tree onto the Lua stack, taking the numbers from
- *      step 1 in document order (cJSON keeps children in document order,
- *      and scan() splits number tokens exactly where cJSON does, since it
- *      rejects a number followed by another number character).
+ *   1. scan(): one pass over the text that checks all of it: the nesting
+ *      depth (before anything recurses, so 10,000 brackets cost nothing),
+ *      the number grammar ("01", "1." and "-.5" are not JSON), string
+ *      escapes, raw control characters in strings, UTF-8 of the raw bytes,
+ *      the pairing of \u surrogate escapes, and the grammar ("[1,}"). It
+ *      converts every number from its own text, so integers stay exact,
+ *      and counts the entries of every array and object.
+ *   2. build() pushes the value onto the Lua stack straight from the text,
+ *      which it may now trust: numbers come from step 1 in document order,
+ *      tables are created at their final size, strings without escapes
+ *      are pushed from the text itself. No tree, no C heap per value
+ *      (cJSON's tree and its mallocs were most of the projector's
+ *      decoding time).
  *
- * walk() allocates Lua values, which raises on memory exhaustion. It runs
- * under lua_pcall, so the cJSON tree and the number list (C heap) are freed
- * before the memory error is raised again: C called from Lua holds no
- * malloc'd memory across a call that can raise.
+ * evl_json_members() uses the same scan to read a few top-level members
+ * of an object without Lua (the projector's grouping).
+ *
+ * build() allocates Lua values, which raises on memory exhaustion. It runs
+ * under lua_pcall, so the number and count lists (C heap) are freed before
+ * the memory error is raised again: C called from Lua holds no malloc'd
+ * memory across a call that can raise.
  *
  * Decisions:
- *   - "\u0000" is rejected: cJSON keeps strings NUL-terminated and would cut
+ *   - "\u0000" is rejected: C strings (and so many consumers) would cut
  *     the string short, and PostgreSQL's jsonb, where projections write,
  *     rejects it too. The encoder refuses strings with a NUL byte for the
  *     same reason, so whatever encode() writes, decode() reads back.
@@ -55,7 +57,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
 #include <lauxlib.h>
 
 /* Registry key of the array marker metatable (its address is the key). */
@@ -256,15 +257,55 @@ typedef struct num {
     } v;
 } num;
 
+/* What the structure allows next (scan's grammar check). */
+enum {
+    WANT_VALUE,          /* at the start, after ':' or ',' in an array */
+    WANT_VALUE_OR_CLOSE, /* after '[' */
+    WANT_KEY,            /* after ',' in an object */
+    WANT_KEY_OR_CLOSE,   /* after '{' */
+    WANT_COLON,          /* after a key */
+    WANT_COMMA_OR_CLOSE, /* after a value inside an array or object */
+    WANT_END             /* after the top-level value */
+};
+
 typedef struct scan_state {
     const unsigned char *s;
     size_t len;
     num *nums; /* starts as the caller's stack array, then heap */
     size_t n, cap;
     int on_heap;
+    /* the element count of each array and object, in document order (so
+     * the builder sizes its tables once); like nums */
+    uint32_t *counts;
+    size_t ncounts, capcounts;
+    int counts_on_heap;
+    /* the grammar: what may come next, the open containers ('[' or '{')
+     * and their entries in counts; the first violation, reported when the
+     * tokens are all fine (token errors come first, as they always did) */
+    int want;
+    char open[EVL_JSON_MAX_DEPTH + 2];
+    uint32_t open_at[EVL_JSON_MAX_DEPTH + 2];
+    int bad_structure; /* 1: invalid; 2: text after the value */
+    size_t bad_at;
     char *err;
     size_t errlen;
 } scan_state;
+
+#define SCAN_STATE(s, len, nums, counts, err, errlen)                          \
+    {                                                                          \
+        (const unsigned char *)(s), (len), (nums), 0,                          \
+            sizeof(nums) / sizeof(nums)[0], 0, (counts), 0,                    \
+            sizeof(counts) / sizeof(counts)[0], 0, WANT_VALUE, {0}, {0}, 0, 0, \
+            (err), (errlen)                                                    \
+    }
+
+static void scan_free(scan_state *st)
+{
+    if (st->on_heap)
+        free(st->nums);
+    if (st->counts_on_heap)
+        free(st->counts);
+}
 
 static int is_ws(unsigned c)
 {
@@ -497,7 +538,8 @@ static evl_err scan_number(scan_state *st, size_t *pos)
         while (i < len && is_digit(s[i]))
             i++;
     }
-    /* "01", "1.5.3", "1-2": cJSON would cut this token elsewhere. */
+    /* "01", "1.5.3", "1-2": not one JSON number (and the builder skips a
+     * number token by its characters). */
     if (i < len && (is_digit(s[i]) || s[i] == '.' || s[i] == 'e' ||
                     s[i] == 'E' || s[i] == '+' || s[i] == '-'))
         goto bad;
@@ -546,8 +588,84 @@ range:
                       NUM_TEXT(st, start, n), start);
 }
 
-/* Check the tokens of the whole text and convert its numbers (see the top
- * of this file). The structure is left to cJSON. */
+static void structure_bad(scan_state *st, size_t at)
+{
+    if (!st->bad_structure) {
+        st->bad_structure = st->want == WANT_END ? 2 : 1;
+        st->bad_at = at;
+    }
+}
+
+/* The token at st->s[at] of kind c ('[', '{', ']', '}', ',', ':', '"' or
+ * 'v' for any other value) meets the grammar; depth is the nesting before
+ * it. Records the first violation and then stops checking. */
+static void structure(scan_state *st, unsigned c, int depth, size_t at)
+{
+    if (st->bad_structure)
+        return;
+    switch (c) {
+    case ',':
+        if (st->want != WANT_COMMA_OR_CLOSE)
+            goto bad;
+        st->counts[st->open_at[depth]]++;
+        st->want = st->open[depth] == '{' ? WANT_KEY : WANT_VALUE;
+        return;
+    case ':':
+        if (st->want != WANT_COLON)
+            goto bad;
+        st->want = WANT_VALUE;
+        return;
+    case ']':
+    case '}':
+        if (depth < 1 || st->open[depth] != (c == ']' ? '[' : '{'))
+            goto bad;
+        if (st->want != WANT_COMMA_OR_CLOSE &&
+            st->want != (c == ']' ? WANT_VALUE_OR_CLOSE : WANT_KEY_OR_CLOSE))
+            goto bad;
+        st->want = depth == 1 ? WANT_END : WANT_COMMA_OR_CLOSE;
+        return;
+    case '"':
+        if (st->want == WANT_KEY || st->want == WANT_KEY_OR_CLOSE) {
+            if (st->want == WANT_KEY_OR_CLOSE)
+                st->counts[st->open_at[depth]] = 1;
+            st->want = WANT_COLON;
+            return;
+        }
+        break;
+    default: break;
+    }
+    /* a value: a scalar, or '[' / '{' opening depth + 1 */
+    if (st->want != WANT_VALUE && st->want != WANT_VALUE_OR_CLOSE)
+        goto bad;
+    if (st->want == WANT_VALUE_OR_CLOSE)
+        st->counts[st->open_at[depth]] = 1;
+    if (c == '[' || c == '{') {
+        if (st->ncounts == st->capcounts) {
+            size_t cap = st->capcounts * 2;
+            uint32_t *p = st->counts_on_heap
+                              ? evl_xrealloc(st->counts, cap * sizeof *p)
+                              : evl_xmalloc(cap * sizeof *p);
+            if (!st->counts_on_heap)
+                memcpy(p, st->counts, st->ncounts * sizeof *p);
+            st->counts = p;
+            st->capcounts = cap;
+            st->counts_on_heap = 1;
+        }
+        st->open[depth + 1] = (char)c;
+        st->open_at[depth + 1] = (uint32_t)st->ncounts;
+        st->counts[st->ncounts++] = 0;
+        st->want = c == '[' ? WANT_VALUE_OR_CLOSE : WANT_KEY_OR_CLOSE;
+        return;
+    }
+    st->want = depth == 0 ? WANT_END : WANT_COMMA_OR_CLOSE;
+    return;
+bad:
+    structure_bad(st, at);
+}
+
+/* Check the whole text and convert its numbers (see the top of this
+ * file): its tokens, and then its structure (JSON's grammar), counting the
+ * entries of every array and object on the way. */
 static evl_err scan(scan_state *st)
 {
     const unsigned char *s = st->s;
@@ -562,6 +680,12 @@ static evl_err scan(scan_state *st)
             continue;
         }
         tokens++;
+        if (c == '"' || c == '-' || is_digit(c) || c == 't' || c == 'f' ||
+            c == 'n')
+            structure(st, c == '"' ? '"' : 'v', depth, i);
+        else if (c == '[' || c == '{' || c == ']' || c == '}' || c == ',' ||
+                 c == ':')
+            structure(st, c, depth, i);
         switch (c) {
         case '[':
         case '{':
@@ -607,6 +731,16 @@ static evl_err scan(scan_state *st)
     if (!tokens)
         return evl_seterr(st->err, st->errlen, EVL_EPERMANENT,
                           "invalid JSON at byte %zu: no value", len);
+    if (st->bad_structure == 2)
+        return evl_seterr(st->err, st->errlen, EVL_EPERMANENT,
+                          "invalid JSON at byte %zu: text after the value",
+                          st->bad_at);
+    if (st->bad_structure)
+        return evl_seterr(st->err, st->errlen, EVL_EPERMANENT,
+                          "invalid JSON at byte %zu", st->bad_at);
+    if (st->want != WANT_END)
+        return evl_seterr(st->err, st->errlen, EVL_EPERMANENT,
+                          "invalid JSON at byte %zu: unexpected end", len);
     return EVL_OK;
 
 unexpected:
@@ -619,70 +753,216 @@ unexpected:
 }
 
 /* ------------------------------------------------------------------ */
-/* Decoding, step 3: walk                                               */
+/* Decoding, step 2: build                                              */
 
-typedef struct walk_state {
-    const cJSON *root;
+/* The text is valid (scan said so): the builder only reads it. */
+typedef struct build_state {
+    const unsigned char *s;
+    size_t len, i;
     const num *nums;
     size_t n, next;
+    const uint32_t *counts;
+    size_t ncounts, nextc;
     int mt; /* stack index of the array marker metatable */
-} walk_state;
+} build_state;
 
-static void push_item(lua_State *L, walk_state *w, const cJSON *item)
+static inline void skip_ws(const unsigned char *s, size_t len, size_t *i)
 {
-    const cJSON *c;
-    int n = 0;
+    while (*i < len && is_ws(s[*i]))
+        (*i)++;
+}
 
-    switch (item->type & 0xFF) {
-    case cJSON_False: lua_pushboolean(L, 0); return;
-    case cJSON_True: lua_pushboolean(L, 1); return;
-    case cJSON_NULL: lua_pushlightuserdata(L, NULL); return;
-    case cJSON_String: lua_pushstring(L, item->valuestring); return;
-    case cJSON_Number:
-        if (w->next >= w->n) /* scan() and cJSON disagree: a bug */
-            luaL_error(L, "internal error: JSON numbers out of step");
-        if (w->nums[w->next].isint)
-            lua_pushinteger(L, w->nums[w->next].v.i);
-        else
-            lua_pushnumber(L, w->nums[w->next].v.d);
-        w->next++;
-        return;
-    case cJSON_Array:
-        luaL_checkstack(L, 3, "decoding JSON");
-        for (c = item->child; c; c = c->next)
-            n++;
-        lua_createtable(L, n, 0);
-        lua_pushvalue(L, w->mt);
-        lua_setmetatable(L, -2);
-        n = 0;
-        for (c = item->child; c; c = c->next) {
-            push_item(L, w, c);
-            lua_rawseti(L, -2, ++n);
+/* Append the UTF-8 form of code point u to out (at most 4 bytes); returns
+ * how many. */
+static size_t utf8_put(unsigned long u, char *out)
+{
+    if (u < 0x80) {
+        out[0] = (char)u;
+        return 1;
+    }
+    if (u < 0x800) {
+        out[0] = (char)(0xC0 | (u >> 6));
+        out[1] = (char)(0x80 | (u & 0x3F));
+        return 2;
+    }
+    if (u < 0x10000) {
+        out[0] = (char)(0xE0 | (u >> 12));
+        out[1] = (char)(0x80 | ((u >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (u & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (u >> 18));
+    out[1] = (char)(0x80 | ((u >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((u >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (u & 0x3F));
+    return 4;
+}
+
+/* The code unit of the (valid) \uXXXX escape at p. */
+static unsigned long hex4_valid(const unsigned char *p)
+{
+    unsigned long v = 0;
+    for (int k = 2; k < 6; k++)
+        v = v * 16 + (unsigned long)hexval(p[k]);
+    return v;
+}
+
+/* The end of the (valid) string of s[0..len) whose opening quote is at
+ * s[i]: the index of its closing quote; *esc says whether it has escapes. */
+static size_t string_end(const unsigned char *s, size_t len, size_t i, int *esc)
+{
+    *esc = 0;
+    i++;
+    for (;;) {
+        while (len - i >= 8 && plain8(s + i))
+            i += 8;
+        unsigned c = s[i];
+        if (c == '"')
+            return i;
+        if (c == '\\') {
+            *esc = 1;
+            i += 2;
+            continue;
         }
-        return;
-    case cJSON_Object:
-        luaL_checkstack(L, 4, "decoding JSON");
-        for (c = item->child; c; c = c->next)
-            n++;
-        lua_createtable(L, 0, n);
-        for (c = item->child; c; c = c->next) {
-            lua_pushstring(L, c->string);
-            push_item(L, w, c);
-            lua_rawset(L, -3); /* a duplicate key: the last one wins */
-        }
-        return;
-    default:
-        luaL_error(L, "internal error: unexpected cJSON type %d", item->type);
+        i++;
     }
 }
 
-/* Runs under lua_pcall: (walk_state) -> value */
-static int walk(lua_State *L)
+/* Unescape the (valid) string body s[from..to) into out, which has room
+ * for to - from bytes (escapes never grow); returns the length. */
+static size_t unescape(const unsigned char *s, size_t from, size_t to,
+                       char *out)
 {
-    walk_state *w = lua_touserdata(L, 1);
+    size_t o = 0;
+    for (size_t i = from; i < to;) {
+        if (s[i] != '\\') {
+            out[o++] = (char)s[i++];
+            continue;
+        }
+        unsigned char e = s[i + 1];
+        i += 2;
+        switch (e) {
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            unsigned long u = hex4_valid(s + i - 2);
+            i += 4;
+            if (u >= 0xD800 && u <= 0xDBFF) { /* a pair (scan checked) */
+                unsigned long lo = hex4_valid(s + i);
+                i += 6;
+                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            o += utf8_put(u, out + o);
+            break;
+        }
+        default: out[o++] = (char)e; break; /* " \ / */
+        }
+    }
+    return o;
+}
+
+/* Push the string whose opening quote is at b->i; b->i moves past it. */
+static void build_string(lua_State *L, build_state *b)
+{
+    int esc;
+    size_t end = string_end(b->s, b->len, b->i, &esc), from = b->i + 1;
+    if (!esc) {
+        lua_pushlstring(L, (const char *)b->s + from, end - from);
+    } else {
+        luaL_Buffer lb;
+        char *p = luaL_buffinitsize(L, &lb, end - from);
+        luaL_pushresultsize(&lb, unescape(b->s, from, end, p));
+    }
+    b->i = end + 1;
+}
+
+/* Push the value at b->i (after white space); b->i moves past it. The
+ * recursion is bounded by scan's depth limit. */
+static void build_value(lua_State *L, build_state *b)
+{
+    const unsigned char *s = b->s;
+    skip_ws(s, b->len, &b->i);
+    unsigned c = s[b->i];
+    switch (c) {
+    case '"': build_string(L, b); return;
+    case 't':
+        lua_pushboolean(L, 1);
+        b->i += 4;
+        return;
+    case 'f':
+        lua_pushboolean(L, 0);
+        b->i += 5;
+        return;
+    case 'n':
+        lua_pushlightuserdata(L, NULL);
+        b->i += 4;
+        return;
+    case '[': {
+        uint32_t n = b->counts[b->nextc++];
+        luaL_checkstack(L, 3, "decoding JSON");
+        lua_createtable(L, (int)n, 0);
+        lua_pushvalue(L, b->mt);
+        lua_setmetatable(L, -2);
+        b->i++;
+        for (uint32_t k = 1; k <= n; k++) {
+            build_value(L, b);
+            lua_rawseti(L, -2, (lua_Integer)k);
+            skip_ws(s, b->len, &b->i);
+            b->i++; /* ',' or ']' */
+        }
+        if (n == 0) {
+            skip_ws(s, b->len, &b->i);
+            b->i++; /* ']' */
+        }
+        return;
+    }
+    case '{': {
+        uint32_t n = b->counts[b->nextc++];
+        luaL_checkstack(L, 4, "decoding JSON");
+        lua_createtable(L, 0, (int)n);
+        b->i++;
+        for (uint32_t k = 0; k < n; k++) {
+            skip_ws(s, b->len, &b->i);
+            build_string(L, b);
+            skip_ws(s, b->len, &b->i);
+            b->i++; /* ':' */
+            build_value(L, b);
+            lua_rawset(L, -3); /* a duplicate key: the last one wins */
+            skip_ws(s, b->len, &b->i);
+            b->i++; /* ',' or '}' */
+        }
+        if (n == 0) {
+            skip_ws(s, b->len, &b->i);
+            b->i++; /* '}' */
+        }
+        return;
+    }
+    default:                 /* a number: scan converted it */
+        if (b->next >= b->n) /* scan() and the builder disagree: a bug */
+            luaL_error(L, "internal error: JSON numbers out of step");
+        if (b->nums[b->next].isint)
+            lua_pushinteger(L, b->nums[b->next].v.i);
+        else
+            lua_pushnumber(L, b->nums[b->next].v.d);
+        b->next++;
+        while (b->i < b->len &&
+               (is_digit(s[b->i]) || s[b->i] == '-' || s[b->i] == '+' ||
+                s[b->i] == '.' || s[b->i] == 'e' || s[b->i] == 'E'))
+            b->i++;
+        return;
+    }
+}
+
+/* Runs under lua_pcall: (build_state) -> value */
+static int build(lua_State *L)
+{
+    build_state *b = lua_touserdata(L, 1);
     evl_json_push_array_mt(L);
-    w->mt = lua_gettop(L);
-    push_item(L, w, w->root);
+    b->mt = lua_gettop(L);
+    build_value(L, b);
     return 1;
 }
 
@@ -690,41 +970,30 @@ evl_err evl_json_decode(lua_State *L, const char *s, size_t len, char *err,
                         size_t errlen)
 {
     num stack_nums[64];
-    scan_state st = {
-        (const unsigned char *)s, len, stack_nums, 0, 64, 0, err, errlen};
-    cJSON *root = NULL;
-    const char *end = NULL;
+    uint32_t stack_counts[32];
+    scan_state st = SCAN_STATE(s, len, stack_nums, stack_counts, err, errlen);
     int memerr = 0;
     evl_err rc;
 
     if ((rc = scan(&st)) != EVL_OK)
         goto out;
-
-    root = cJSON_ParseWithLengthOpts(s, len, &end, 0);
-    if (!root) {
-        rc = evl_seterr(err, errlen, EVL_EPERMANENT, "invalid JSON at byte %zu",
-                        end ? (size_t)(end - s) : 0);
-        goto out;
-    }
-    /* cJSON's require_null_terminated wants a NUL inside len: check the
-     * rest ourselves. */
-    size_t rest = (size_t)(end - s);
-    while (rest < len && is_ws((unsigned char)s[rest]))
-        rest++;
-    if (rest < len) {
-        rc = evl_seterr(err, errlen, EVL_EPERMANENT,
-                        "invalid JSON at byte %zu: text after the value", rest);
-        goto out;
-    }
-
     if (!lua_checkstack(L, 3)) {
         rc = evl_seterr(err, errlen, EVL_EPERMANENT,
                         "cannot decode JSON: Lua stack exhausted");
         goto out;
     }
-    walk_state w = {root, st.nums, st.n, 0, 0};
-    lua_pushcfunction(L, walk);
-    lua_pushlightuserdata(L, &w);
+    build_state b = {(const unsigned char *)s,
+                     len,
+                     0,
+                     st.nums,
+                     st.n,
+                     0,
+                     st.counts,
+                     st.ncounts,
+                     0,
+                     0};
+    lua_pushcfunction(L, build);
+    lua_pushlightuserdata(L, &b);
     int status = lua_pcall(L, 1, 1, 0);
     if (status == LUA_ERRMEM) {
         memerr = 1; /* raised again below, once the C heap is clean */
@@ -740,11 +1009,126 @@ evl_err evl_json_decode(lua_State *L, const char *s, size_t len, char *err,
     }
 
 out:
-    cJSON_Delete(root);
-    if (st.on_heap)
-        free(st.nums);
+    scan_free(&st);
     if (memerr)
         lua_error(L);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Top-level members without Lua                                        */
+
+/* The index just past the (valid) value at s[i] (after white space);
+ * *nums counts the numbers it holds. */
+static size_t skip_value(const unsigned char *s, size_t len, size_t i,
+                         size_t *nums)
+{
+    int depth = 0, esc;
+    do {
+        skip_ws(s, len, &i);
+        unsigned c = s[i];
+        if (c == '"') {
+            i = string_end(s, len, i, &esc) + 1;
+        } else if (c == '[' || c == '{') {
+            depth++;
+            i++;
+        } else if (c == ']' || c == '}') {
+            depth--;
+            i++;
+        } else if (c == ',' || c == ':') {
+            i++;
+        } else if (c == 't' || c == 'n') {
+            i += 4;
+        } else if (c == 'f') {
+            i += 5;
+        } else {
+            (*nums)++;
+            while (i < len && (is_digit(s[i]) || s[i] == '-' || s[i] == '+' ||
+                               s[i] == '.' || s[i] == 'e' || s[i] == 'E'))
+                i++;
+        }
+    } while (depth > 0);
+    return i;
+}
+
+evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
+                         size_t nm, evl_buf *scratch, int *is_object, char *err,
+                         size_t errlen)
+{
+    num stack_nums[64];
+    uint32_t stack_counts[32];
+    scan_state st =
+        SCAN_STATE(text, len, stack_nums, stack_counts, err, errlen);
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0, nums = 0;
+    evl_err rc;
+
+    for (size_t k = 0; k < nm; k++)
+        m[k].type = EVL_JSON_ABSENT;
+    *is_object = 0;
+    scratch->len = 0;
+    if ((rc = scan(&st)) != EVL_OK)
+        goto out;
+    skip_ws(s, len, &i);
+    if (s[i] != '{')
+        goto out;
+    *is_object = 1;
+    for (uint32_t n = st.counts[0]; n > 0; n--) {
+        int esc;
+        i++; /* '{' or ',' */
+        skip_ws(s, len, &i);
+        size_t end = string_end(s, len, i, &esc), from = i + 1;
+        const char *key = text + from;
+        size_t klen = end - from;
+        if (esc) { /* rare: compare the key unescaped */
+            size_t at = scratch->len;
+            if (scratch->cap - at < klen)
+                buf_grow(scratch, klen);
+            klen = unescape(s, from, end, scratch->data + at);
+            key = scratch->data + at; /* not kept: len stays at */
+        }
+        evl_json_member *hit = NULL;
+        for (size_t k = 0; k < nm && !hit; k++)
+            if (m[k].type == EVL_JSON_ABSENT && strlen(m[k].name) == klen &&
+                memcmp(m[k].name, key, klen) == 0)
+                hit = &m[k]; /* a duplicate key: the first one counts */
+        i = end + 1;
+        skip_ws(s, len, &i);
+        i++; /* ':' */
+        skip_ws(s, len, &i);
+        if (!hit) {
+            i = skip_value(s, len, i, &nums);
+        } else if (s[i] == '"') {
+            end = string_end(s, len, i, &esc);
+            from = i + 1;
+            size_t at = scratch->len;
+            if (scratch->cap - at < end - from + 1)
+                buf_grow(scratch, end - from + 1);
+            size_t n2 =
+                esc ? unescape(s, from, end, scratch->data + at) : end - from;
+            if (!esc)
+                memcpy(scratch->data + at, s + from, n2);
+            scratch->data[at + n2] = '\0';
+            scratch->len = at + n2 + 1;
+            hit->type = EVL_JSON_STRING;
+            hit->off = at;
+            hit->len = n2;
+            i = end + 1;
+        } else if (s[i] == '-' || is_digit(s[i])) {
+            const num *v = &st.nums[nums];
+            hit->type = EVL_JSON_NUMBER;
+            hit->isint = v->isint;
+            hit->num = v->isint ? (double)v->v.i : v->v.d;
+            hit->integer = v->isint ? (long long)v->v.i : 0;
+            i = skip_value(s, len, i, &nums);
+        } else {
+            hit->type = EVL_JSON_OTHER;
+            i = skip_value(s, len, i, &nums);
+        }
+        skip_ws(s, len, &i);
+    }
+out:
+    scan_free(&st);
     return rc;
 }
 

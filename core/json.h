@@ -1,8 +1,8 @@
 /*
  * json.h - exact conversion between JSON text and Lua values.
  *
- * Parsing is done by cJSON; this module walks its tree onto the Lua stack
- * and adds what cJSON lacks:
+ * Decoding is written directly (no cJSON tree): one pass checks the text,
+ * a second builds the Lua value from it. It guarantees:
  *
  *   - integers stay integers and floats stay floats: a JSON number written
  *     without '.', 'e' or 'E' becomes a Lua integer (exact, from its text),
@@ -16,8 +16,8 @@
  *   - every string and key must be valid UTF-8 (no lone surrogates, no
  *     overlong forms); nesting is limited (EVL_JSON_MAX_DEPTH).
  *
- * Decoding also rejects \u0000 (cJSON's C strings would cut the string
- * short; PostgreSQL's jsonb refuses it too) and a byte order mark;
+ * Decoding also rejects \u0000 (C strings would cut the string short;
+ * PostgreSQL's jsonb refuses it too) and a byte order mark;
  * duplicate keys: the last one wins. Byte offsets in messages count from
  * 0; paths use Lua's 1-based indices.
  *
@@ -36,7 +36,7 @@
  *   EVL_JSON_MAX_DEPTH) is an error naming the offending path, e.g.
  *   "data.items[3]: cannot encode a function as JSON".
  *
- * Uses cJSON and the Lua C API. No global state but the registry entry
+ * Uses the Lua C API. No global state but the registry entry
  * that holds the array metatable.
  *
  * @locality any thread, each on its own lua_State.
@@ -71,6 +71,32 @@ typedef struct evl_buf {
     size_t len;
     size_t cap;
 } evl_buf;
+
+/* One top-level member looked for by evl_json_members. */
+enum { EVL_JSON_ABSENT, EVL_JSON_STRING, EVL_JSON_NUMBER, EVL_JSON_OTHER };
+typedef struct evl_json_member {
+    const char *name; /* in: the key (compared unescaped) */
+    int type;         /* out: EVL_JSON_* */
+    size_t off, len;  /* STRING: unescaped, NUL-terminated, at
+                         scratch->data + off (valid UTF-8, no NUL inside) */
+    int isint;        /* NUMBER: written as an integer (exact) */
+    long long integer;
+    double num; /* NUMBER: the value (integers exactly) */
+} evl_json_member;
+
+/* Check len bytes of JSON text exactly as evl_json_decode does and, when
+ * it is an object, find its top-level members named in m[0..nm) (of
+ * duplicate keys the first counts). scratch (caller-owned, reused; its
+ * old content is dropped) holds the strings found. Returns EVL_OK with
+ * *is_object set (0: valid JSON but not an object; every member ABSENT),
+ * or EVL_EPERMANENT with decode's message in err. No Lua, no allocation
+ * but scratch's growth (and a long text's number list). For readers that
+ * need a few fields fast (the projector groups events by them before any
+ * Lua runs).
+ * @locality any thread. */
+evl_err evl_json_members(const char *s, size_t len, evl_json_member *m,
+                         size_t nm, evl_buf *scratch, int *is_object, char *err,
+                         size_t errlen);
 
 void evl_buf_put(evl_buf *b, const void *p, size_t n);
 void evl_buf_puts(evl_buf *b, const char *s);

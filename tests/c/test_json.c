@@ -298,6 +298,14 @@ static void test_rejections(void)
          "a trailing comma in an object"},
         {"{\"a\" 1}", "invalid JSON at byte ", "a missing colon is rejected"},
         {"{1:2}", "invalid JSON at byte ", "a number key is rejected"},
+        {"[1}", "invalid JSON at byte 2", "a mismatched bracket is rejected"},
+        {"{\"a\":1 \"b\":2}", "invalid JSON at byte 7",
+         "a missing comma is rejected"},
+        {"[1:2]", "invalid JSON at byte 2", "a colon in an array is rejected"},
+        {"{\"a\"}", "invalid JSON at byte 4", "a key without a value"},
+        {"[,1]", "invalid JSON at byte 1", "a leading comma is rejected"},
+        {"{\"a\":{}", "invalid JSON at byte 7: unexpected end",
+         "an unclosed object is rejected at the end"},
         {"]", "invalid JSON at byte 0: unmatched ']'", "a stray ] is rejected"},
         {"01", "invalid JSON at byte 0: malformed number",
          "a leading zero is rejected"},
@@ -673,6 +681,59 @@ static int decode_big(lua_State *LL)
     return 1;
 }
 
+static void test_members(void)
+{
+    evl_buf scratch = {0};
+    int is_object = -1;
+    evl_json_member m[4] = {{.name = "type"},
+                            {.name = "aggregate_id"},
+                            {.name = "sequence"},
+                            {.name = "missing"}};
+    const char *ev = " {\"data\":{\"sequence\":[1,2.5,{\"x\":3}],"
+                     "\"type\":\"inner\"},\"t\\u0079pe\":\"Up\\u00e9\","
+                     "\"aggregate_id\":\"k\\\"1\",\"sequence\":42,"
+                     "\"sequence\":7,\"n\":[null,true,false,-1e3]} ";
+    CHECK_INT(evl_json_members(ev, strlen(ev), m, 4, &scratch, &is_object, err,
+                               sizeof err),
+              EVL_OK, "a valid object is read");
+    CHECK_INT(is_object, 1, "and known to be an object");
+    CHECK_INT(m[0].type, EVL_JSON_STRING,
+              "a key written with an escape is found");
+    CHECK_STR(scratch.data + m[0].off, "Up\xc3\xa9",
+              "its string comes unescaped");
+    CHECK_INT(m[0].len, 4, "with its length in bytes");
+    CHECK_STR(scratch.data + m[1].off, "k\"1",
+              "a top-level string member is read, nested ones are not");
+    CHECK_INT(m[2].type, EVL_JSON_NUMBER, "a number member is read");
+    CHECK(m[2].isint && m[2].integer == 42 && m[2].num == 42.0,
+          "as the exact integer, after nested numbers were skipped");
+    CHECK_INT(m[3].type, EVL_JSON_ABSENT, "a missing member is absent");
+
+    CHECK_INT(
+        evl_json_members("[1]", 3, m, 4, &scratch, &is_object, err, sizeof err),
+        EVL_OK, "an array is valid JSON");
+    CHECK_INT(is_object, 0, "but not an object");
+    CHECK_INT(m[0].type, EVL_JSON_ABSENT, "and has no members");
+    CHECK_INT(evl_json_members("{\"type\":[]}", 11, m, 4, &scratch, &is_object,
+                               err, sizeof err),
+              EVL_OK, "an object with an array member is read");
+    CHECK_INT(m[0].type, EVL_JSON_OTHER, "whose kind is other");
+    CHECK_INT(evl_json_members("{\"sequence\":1.0}", 16, m, 4, &scratch,
+                               &is_object, err, sizeof err),
+              EVL_OK, "a float member is read");
+    CHECK(m[2].type == EVL_JSON_NUMBER && !m[2].isint && m[2].num == 1.0,
+          "as a float");
+    CHECK_INT(evl_json_members("{\"a\":1,}", 8, m, 4, &scratch, &is_object, err,
+                               sizeof err),
+              EVL_EPERMANENT, "invalid JSON is refused");
+    CHECK_HAS(err, "invalid JSON at byte ", "with decode's message");
+    CHECK_INT(evl_json_members("{\"a\":9007199254740993}", 22, m, 4, &scratch,
+                               &is_object, err, sizeof err),
+              EVL_EPERMANENT, "as is what decode refuses beyond syntax");
+    CHECK_HAS(err, "outside +-2^53", "naming why");
+    evl_buf_free(&scratch);
+}
+
 static void test_memory_exhaustion(void)
 {
     cap c = {0, (size_t)-1};
@@ -738,6 +799,7 @@ int main(void)
     test_encoder_errors();
     test_utf8_check();
     test_lua_api();
+    test_members();
     test_memory_exhaustion();
 
     CHECK_INT(lua_gettop(L), 0, "the tests leave the Lua stack empty");
