@@ -670,11 +670,24 @@ static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
                 topic, NULL);
         return;
     }
-    if (evl_envelope_parse_command(cp->L, rkm->payload ? rkm->payload : "",
-                                   rkm->payload ? rkm->len : 0, c, err,
-                                   sizeof err) != EVL_OK) {
-        reject(cp, t, rkm, -1, "%s", err);
+    /* decoded once, in the host's state, for the checks here and for
+     * handle below */
+    switch (evl_luahost_parse_command(
+        cp->host, rkm->payload ? rkm->payload : "", rkm->payload ? rkm->len : 0,
+        c, err, sizeof err)) {
+    case EVL_LUAHOST_ACCEPTED: break;
+    case EVL_LUAHOST_REJECTED: reject(cp, t, rkm, -1, "%s", err); return;
+    case EVL_LUAHOST_FAILED: {
+        /* too big for the host's memory: read it in the scratch state to
+         * answer with its id (or why it is invalid) */
+        char why[EVL_ERRLEN];
+        if (evl_envelope_parse_command(cp->L, rkm->payload, rkm->len, c, why,
+                                       sizeof why) != EVL_OK)
+            reject(cp, t, rkm, -1, "%s", why);
+        else
+            fail(cp, t, rkm, -1, err);
         return;
+    }
     }
     if (c->aggregate_type && strcmp(c->aggregate_type, t->type) != 0) {
         if (evl_luahost_aggregate_get(cp->host, c->aggregate_type))
@@ -727,8 +740,8 @@ static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
     }
 
     state = evl_store_state(a, &state_len);
-    evl_luahost_command lc = {t->type,   c->aggregate_id, version, state,
-                              state_len, rkm->payload,    rkm->len};
+    evl_luahost_command lc = {
+        t->type, c->aggregate_id, version, state, state_len, NULL, 0};
     switch (evl_luahost_decide(cp->host, &lc, &cp->dec, err, sizeof err)) {
     case EVL_LUAHOST_REJECTED: reject(cp, t, rkm, version, "%s", err); return;
     case EVL_LUAHOST_FAILED: fail(cp, t, rkm, version, err); return;
