@@ -1165,6 +1165,10 @@ static void collect(cmdproc *cp)
 {
     long long deadline = 0;
     int batch = cp->cfg->cmd.batch_size, linger = cp->cfg->cmd.linger_ms;
+    /* delivery reports between transactions (commit's flush serves those
+     * of its own records) */
+    for (int j = 0; j < NPRODUCERS; j++)
+        rd_kafka_poll(cp->producers[j], 0);
     while ((int)cp->nbatch < batch && !cp->fatal) {
         int timeout;
         rd_kafka_message_t *m;
@@ -1176,8 +1180,6 @@ static void collect(cmdproc *cp)
             long long left = deadline - now_ms();
             timeout = left > 0 ? (int)left : 0;
         }
-        for (int j = 0; j < NPRODUCERS; j++)
-            rd_kafka_poll(cp->producers[j], 0);
         m = rd_kafka_consumer_poll(cp->consumer, timeout);
         if (!m) {
             if (cp->nbatch == 0 || timeout == 0)
