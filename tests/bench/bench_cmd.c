@@ -21,8 +21,10 @@
  *       to_visible (produced -> read: flushing, commit, the markers, the
  *       reader's fetch), p50 and p99 in ms.
  *
- * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms (default
- * 0, evlua's default); EVLUA_BENCH_KAFKA adds librdkafka properties;
+ * Latency runs with evlua's default batch_size and linger_ms.
+ * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms,
+ * EVLUA_BENCH_BATCH_SIZE the latency run's commands.batch_size;
+ * EVLUA_BENCH_KAFKA adds librdkafka properties;
  * EVLUA_BENCH_DEBUG=1 runs evlua at debug level (per-batch timings).
  *
  * Output: one line of "key=value" per run (scripts/bench-cmd makes the
@@ -53,15 +55,24 @@ static const char bench_lua[] =
 
 static ct t;
 
+/* batch: commands.batch_size, 0 for evlua's default (or
+ * EVLUA_BENCH_BATCH_SIZE); commands.linger_ms is evlua's default unless
+ * EVLUA_BENCH_LINGER_MS. */
 static void setup(int batch)
 {
     char extra[256], commands[256];
     const char *linger = getenv("EVLUA_BENCH_LINGER_MS");
+    const char *size = getenv("EVLUA_BENCH_BATCH_SIZE");
+    size_t n = 0;
     ct_init(&t, "bench");
     ct_write_file(&t, "aggregates/bench.lua", bench_lua);
-    /* commands.linger_ms: evlua's default unless EVLUA_BENCH_LINGER_MS */
-    snprintf(extra, sizeof extra, "batch_size = %d, linger_ms = %d,", batch,
-             linger && *linger ? atoi(linger) : 0);
+    extra[0] = '\0';
+    if (batch == 0 && size && *size)
+        batch = atoi(size);
+    if (batch > 0)
+        n += (size_t)snprintf(extra, sizeof extra, "batch_size = %d, ", batch);
+    if (linger && *linger)
+        snprintf(extra + n, sizeof extra - n, "linger_ms = %d,", atoi(linger));
     /* EVLUA_BENCH_KAFKA: extra librdkafka properties as Lua fields,
      * e.g. "['retry.backoff.ms'] = 10," */
     ct_config(&t, "a", "a", extra, getenv("EVLUA_BENCH_KAFKA"));
@@ -234,7 +245,7 @@ static int latency(int rate, int seconds, int aggs)
     long long start;
     int n = rate * seconds, i = 0;
 
-    setup(1000);
+    setup(0);
     ct_topic(&t, "bench", "results", lat_results, sizeof lat_results);
     nsent_total = n;
     sent_us = calloc((size_t)n, sizeof *sent_us);
