@@ -658,7 +658,8 @@ static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     agtype *t = type_by_commands(cp, topic);
     evl_command *c = &cp->cmd;
-    char err[EVL_ERRLEN];
+    char err[EVL_ERRLEN], memerr[EVL_ERRLEN];
+    int host_full = 0;
     evl_store_agg *a;
     long long version;
     const char *state;
@@ -677,17 +678,19 @@ static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
         c, err, sizeof err)) {
     case EVL_LUAHOST_ACCEPTED: break;
     case EVL_LUAHOST_REJECTED: reject(cp, t, rkm, -1, "%s", err); return;
-    case EVL_LUAHOST_FAILED: {
-        /* too big for the host's memory: read it in the scratch state to
-         * answer with its id (or why it is invalid) */
-        char why[EVL_ERRLEN];
-        if (evl_envelope_parse_command(cp->L, rkm->payload, rkm->len, c, why,
-                                       sizeof why) != EVL_OK)
-            reject(cp, t, rkm, -1, "%s", why);
-        else
-            fail(cp, t, rkm, -1, err);
-        return;
-    }
+    case EVL_LUAHOST_FAILED:
+        /* the decoded command does not fit the host's memory limit: read
+         * it in the scratch state for the checks below; deciding it then
+         * fails, with the aggregate's version */
+        snprintf(memerr, sizeof memerr, "%s", err);
+        host_full = 1;
+        if (evl_envelope_parse_command(cp->L, rkm->payload ? rkm->payload : "",
+                                       rkm->payload ? rkm->len : 0, c, err,
+                                       sizeof err) != EVL_OK) {
+            reject(cp, t, rkm, -1, "%s", err);
+            return;
+        }
+        break;
     }
     if (c->aggregate_type && strcmp(c->aggregate_type, t->type) != 0) {
         if (evl_luahost_aggregate_get(cp->host, c->aggregate_type))
@@ -739,6 +742,10 @@ static void decide(cmdproc *cp, const rd_kafka_message_t *rkm)
         return;
     }
 
+    if (host_full) {
+        fail(cp, t, rkm, version, memerr);
+        return;
+    }
     state = evl_store_state(a, &state_len);
     evl_luahost_command lc = {
         t->type, c->aggregate_id, version, state, state_len, NULL, 0};
