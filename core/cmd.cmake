@@ -3,7 +3,6 @@
 # CMakeLists.txt after EVLUA_CORE_SOURCES and EVLUA_CLI_SOURCES are set.
 list(APPEND EVLUA_CORE_SOURCES
   core/kafka.c
-  core/envelope.c
   core/store.c
   core/cmdproc.c
 )

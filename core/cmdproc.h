@@ -14,12 +14,14 @@
  * which is what Kafka's exactly-once protocol is built around; types
  * scale out by partitions and instances, not threads.
  *
- * Per batch (up to commands.batch_size commands, waiting at most
- * commands.linger_ms for it to fill):
- *   1. decide: for each command in order, parse and validate it, then run
- *      the aggregate's handle (Lua) on the state from the store, and queue
- *      its events, its result, and the store update. Nothing is sent yet,
- *      so the Kafka transaction never waits for Lua.
+ * Per batch (up to commands.batch_size commands: those already received,
+ * closing as soon as none is left, or with commands.linger_ms > 0 waiting
+ * up to that long after the first one for more):
+ *   1. decide: for each command in order, parse and validate it (decoded
+ *      once, in the Lua host's state), then run the aggregate's handle
+ *      (Lua) on the state from the store, and queue its events, its
+ *      result, and the store update. Nothing is sent yet, so the Kafka
+ *      transaction never waits for Lua.
  *   2. write: begin the transaction; produce each event (key = aggregate
  *      id, the DESIGN envelope, headers evlua-type, evlua-aggregate-type,
  *      content-type) to {type}.events, one snapshot per touched aggregate

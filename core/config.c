@@ -425,7 +425,7 @@ static void defaults(evl_config *cfg)
     cfg->cmd.group_id = evl_xstrdup("evlua.commands");
     cfg->cmd.transactional_id = evl_xstrdup("evlua.commands.0");
     cfg->cmd.batch_size = 1000;
-    cfg->cmd.linger_ms = 5;
+    cfg->cmd.linger_ms = 0;
     cfg->cmd.dedup_ids = 100;
     cfg->cmd.create_topics = 1;
     cfg->cmd.partitions = 6;

@@ -216,30 +216,30 @@ static const char *get_string(lua_State *L, int t, const char *name,
     return why;
 }
 
-evl_err evl_envelope_parse_command(lua_State *L, const char *json, size_t len,
-                                   evl_command *cmd, char *err, size_t errlen)
+/* A command that cannot be read leaves every field absent. */
+static void command_fields_clear(evl_command *cmd)
 {
-    char jerr[EVL_ERRLEN];
+    cmd->text.len = 0;
+    cmd->has_expected_version = 0;
+    cmd->expected_version = 0;
+    cmd->id = cmd->type = cmd->aggregate_type = cmd->aggregate_id = NULL;
+    cmd->user_id = cmd->correlation_id = NULL;
+}
+
+/* Read and check the fields of the decoded command at t (the stack is
+ * left as it was). */
+static evl_err command_fields(lua_State *L, int t, evl_command *cmd, char *err,
+                              size_t errlen)
+{
     fields f = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
     const char *why;
     evl_err e = EVL_EPERMANENT;
-    int top = lua_gettop(L), t, m;
+    int top = lua_gettop(L), m;
 
     cmd->text.len = 0;
     cmd->has_expected_version = 0;
     cmd->expected_version = 0;
 
-    if (len > EVL_ENVELOPE_MAX_COMMAND) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "the command is %zu bytes, more than the %u evlua accepts",
-                   len, EVL_ENVELOPE_MAX_COMMAND);
-        goto out;
-    }
-    if (evl_json_decode(L, json, len, jerr, sizeof jerr) != EVL_OK) {
-        evl_seterr(err, errlen, EVL_EPERMANENT, "malformed JSON: %s", jerr);
-        goto out;
-    }
-    t = lua_gettop(L);
     if (!lua_istable(L, t) || is_array(L, t)) {
         evl_seterr(err, errlen, EVL_EPERMANENT,
                    "malformed command: a command is a JSON object");
@@ -346,6 +346,45 @@ out:
     cmd->user_id = at(cmd, f.user_id);
     cmd->correlation_id = at(cmd, f.correlation_id);
     return e;
+}
+
+/* Decode and check; with keep, leave the decoded table on L on EVL_OK. */
+static evl_err parse_command(lua_State *L, const char *json, size_t len,
+                             int keep, evl_command *cmd, char *err,
+                             size_t errlen)
+{
+    char jerr[EVL_ERRLEN];
+    evl_err e;
+
+    if (len > EVL_ENVELOPE_MAX_COMMAND) {
+        command_fields_clear(cmd);
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command is %zu bytes, more than the %u evlua "
+                          "accepts",
+                          len, EVL_ENVELOPE_MAX_COMMAND);
+    }
+    if (evl_json_decode(L, json, len, jerr, sizeof jerr) != EVL_OK) {
+        command_fields_clear(cmd);
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "malformed JSON: %s",
+                          jerr);
+    }
+    e = command_fields(L, lua_gettop(L), cmd, err, errlen);
+    if (e != EVL_OK || !keep)
+        lua_pop(L, 1);
+    return e;
+}
+
+evl_err evl_envelope_parse_command(lua_State *L, const char *json, size_t len,
+                                   evl_command *cmd, char *err, size_t errlen)
+{
+    return parse_command(L, json, len, 0, cmd, err, errlen);
+}
+
+evl_err evl_envelope_parse_command_keep(lua_State *L, const char *json,
+                                        size_t len, evl_command *cmd, char *err,
+                                        size_t errlen)
+{
+    return parse_command(L, json, len, 1, cmd, err, errlen);
 }
 
 void evl_envelope_command_free(evl_command *cmd)

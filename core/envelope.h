@@ -67,6 +67,14 @@ typedef struct evl_command {
 evl_err evl_envelope_parse_command(lua_State *L, const char *json, size_t len,
                                    evl_command *cmd, char *err, size_t errlen);
 
+/* The same, but on EVL_OK the decoded command table stays pushed on L
+ * (one more slot), for a caller that goes on to use it: the Lua host
+ * decides on it instead of decoding the JSON a second time. On error the
+ * stack is left as it was. */
+evl_err evl_envelope_parse_command_keep(lua_State *L, const char *json,
+                                        size_t len, evl_command *cmd, char *err,
+                                        size_t errlen);
+
 /* Frees what cmd owns and zeroes it; accepts NULL. */
 void evl_envelope_command_free(evl_command *cmd);
 

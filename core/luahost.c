@@ -123,6 +123,7 @@ static const char key_loaded = 0;   /* require's cache */
 static const char key_loading = 0;  /* marks a module being loaded */
 static const char key_rejectmt = 0; /* metatable of ctx.reject results */
 static const char key_reject = 0;   /* the ctx.reject function */
+static const char key_command = 0;  /* the command parse kept for decide */
 
 static evl_luahost *host_of(lua_State *L)
 {
@@ -973,6 +974,10 @@ struct op {
     struct file *files;
     size_t nfiles;
     evl_luahost_problems *problems;
+    /* parse_command */
+    const char *json;
+    size_t json_len;
+    evl_command *parsed;
     /* decide */
     const agg *agg;
     const evl_luahost_command *cmd;
@@ -1848,8 +1853,18 @@ static void op_decide(lua_State *L, op *o)
     lua_rawgeti(L, LUA_REGISTRYINDEX, o->agg->ref);
     priv = lua_gettop(L);
 
-    if (!push_json_table(o, L, "command", c->command, c->command_len))
+    if (!c->command) {
+        /* the table evl_luahost_parse_command kept; taken, not shared */
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &key_command);
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &key_command);
+        if (!lua_istable(L, -1)) {
+            failf(o, "%s: no parsed command to decide", o->script);
+            return;
+        }
+    } else if (!push_json_table(o, L, "command", c->command, c->command_len)) {
         return;
+    }
     cmd = lua_gettop(L);
     if (rawfield(L, cmd, "type") != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
         failf(o, "%s: the command has no type (a non-empty string)", o->script);
@@ -2064,6 +2079,43 @@ evl_luahost_verdict evl_luahost_decide(evl_luahost *h,
         out->nevents = 0;
         out->state = NULL;
         out->state_len = 0;
+    }
+    return (evl_luahost_verdict)o.status;
+}
+
+static void op_parse_command(lua_State *L, op *o)
+{
+    o->status = EVL_LUAHOST_REJECTED;
+    if (evl_envelope_parse_command_keep(L, o->json, o->json_len, o->parsed,
+                                        o->err, o->errlen) != EVL_OK)
+        return;
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_command);
+    o->status = EVL_LUAHOST_ACCEPTED;
+}
+
+evl_luahost_verdict evl_luahost_parse_command(evl_luahost *h, const char *json,
+                                              size_t len, evl_command *out,
+                                              char *err, size_t errlen)
+{
+    op o;
+    memset(&o, 0, sizeof o);
+    /* drop what an earlier parse kept (assigning nil never allocates) */
+    lua_pushnil(h->L);
+    lua_rawsetp(h->L, LUA_REGISTRYINDEX, &key_command);
+    o.h = h;
+    o.fn = op_parse_command;
+    o.script = "the command";
+    o.err = err;
+    o.errlen = errlen;
+    o.json = json;
+    o.json_len = len;
+    o.parsed = out;
+    if (run(h, &o) != 0) {
+        /* out of memory part way: no field may point into its text */
+        out->id = out->type = out->aggregate_type = out->aggregate_id = NULL;
+        out->user_id = out->correlation_id = NULL;
+        out->has_expected_version = 0;
+        return EVL_LUAHOST_FAILED;
     }
     return (evl_luahost_verdict)o.status;
 }

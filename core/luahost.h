@@ -45,9 +45,11 @@
  * Lua errors carry script:line and a traceback.
  *
  * Does not: talk to Kafka or PostgreSQL, build event envelopes (ids,
- * timestamps, sequence numbers), keep state between calls, lock anything.
+ * timestamps, sequence numbers), keep state between calls (but for the
+ * decoded command evl_luahost_parse_command hands to the next decide),
+ * lock anything.
  *
- * Uses luaapi, json, log and the Lua C API.
+ * Uses luaapi, envelope, json, log and the Lua C API.
  *
  * @locality a host belongs to one thread at a time (the pipeline that owns
  * it); hosts on different threads are independent. The SIGHUP helpers are
@@ -58,6 +60,7 @@
 
 #include <stddef.h>
 
+#include "envelope.h"
 #include "evl.h"
 #include "json.h"
 
@@ -193,7 +196,9 @@ typedef struct evl_luahost_command {
     long long version;        /* events so far: ctx.version */
     const char *state;        /* state JSON; NULL: no events yet, initial() */
     size_t state_len;
-    const char *command; /* the command JSON (wire format) */
+    const char *command; /* the command JSON (wire format); NULL: the
+                            command the last evl_luahost_parse_command
+                            kept (decoded once, not twice) */
     size_t command_len;
 } evl_luahost_command;
 
@@ -245,6 +250,20 @@ evl_luahost_verdict evl_luahost_decide(evl_luahost *host,
                                        const evl_luahost_command *cmd,
                                        evl_luahost_decision *out, char *err,
                                        size_t errlen);
+
+/* Decode and check a command exactly like evl_envelope_parse_command,
+ * but in the host's Lua state (under its memory limit), and keep the
+ * decoded table for the next evl_luahost_decide whose cmd->command is
+ * NULL; that decide takes it (a second one finds none). A command kept
+ * before and not decided is dropped. Returns ACCEPTED: a valid command,
+ * its fields in out; REJECTED: not a valid command, the reason in err and
+ * every field that could be read in out (as evl_envelope_parse_command);
+ * FAILED: the decoded command does not fit the memory limit (err says
+ * so; out's fields are all NULL). */
+evl_luahost_verdict evl_luahost_parse_command(evl_luahost *host,
+                                              const char *json, size_t len,
+                                              evl_command *out, char *err,
+                                              size_t errlen);
 
 /* Rebuild state: apply the n stored events (full envelope JSON, as on
  * the events topic) in order to state (NULL: initial()). Each event goes

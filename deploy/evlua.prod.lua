@@ -35,7 +35,7 @@ return {
   commands = {
     -- one stable id per instance (e.g. from the host name)
     transactional_id = "evlua.commands." .. (os.getenv("HOSTNAME") or "0"),
-    batch_size = 1000, linger_ms = 5,
+    batch_size = 1000, linger_ms = 0,   -- 0: batches close when nothing more is queued
     create_topics = false,   -- topics are managed; evlua checks them at start
   },
 

@@ -13,7 +13,19 @@
  *   bench_cmd latency RATE SECONDS AGGREGATES
  *       With evlua run consuming, send 1-event commands at RATE per second
  *       for SECONDS; for each, the time from the send call to its result
- *       arriving at a read_committed consumer; prints p50, p99, max.
+ *       arriving at a read_committed consumer; prints p50, p99, p99.9,
+ *       max, and where the time went, split at the result record's
+ *       timestamp (evlua's producer stamps it when evlua produces it):
+ *       to_result (send -> produced: the load generator's linger, evlua's
+ *       fetch, the wait for the transaction in flight, deciding) and
+ *       to_visible (produced -> read: flushing, commit, the markers, the
+ *       reader's fetch), p50 and p99 in ms.
+ *
+ * Latency runs with evlua's default batch_size and linger_ms.
+ * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms,
+ * EVLUA_BENCH_BATCH_SIZE the latency run's commands.batch_size;
+ * EVLUA_BENCH_KAFKA adds librdkafka properties;
+ * EVLUA_BENCH_DEBUG=1 runs evlua at debug level (per-batch timings).
  *
  * Output: one line of "key=value" per run (scripts/bench-cmd makes the
  * table). Needs the broker (svc.h) and EVLUA_BIN, EVLUA_SOURCE_DIR.
@@ -43,12 +55,24 @@ static const char bench_lua[] =
 
 static ct t;
 
+/* batch: commands.batch_size, 0 for evlua's default (or
+ * EVLUA_BENCH_BATCH_SIZE); commands.linger_ms is evlua's default unless
+ * EVLUA_BENCH_LINGER_MS. */
 static void setup(int batch)
 {
     char extra[256], commands[256];
+    const char *linger = getenv("EVLUA_BENCH_LINGER_MS");
+    const char *size = getenv("EVLUA_BENCH_BATCH_SIZE");
+    size_t n = 0;
     ct_init(&t, "bench");
     ct_write_file(&t, "aggregates/bench.lua", bench_lua);
-    snprintf(extra, sizeof extra, "batch_size = %d, linger_ms = 5,", batch);
+    extra[0] = '\0';
+    if (batch == 0 && size && *size)
+        batch = atoi(size);
+    if (batch > 0)
+        n += (size_t)snprintf(extra, sizeof extra, "batch_size = %d, ", batch);
+    if (linger && *linger)
+        snprintf(extra + n, sizeof extra - n, "linger_ms = %d,", atoi(linger));
     /* EVLUA_BENCH_KAFKA: extra librdkafka properties as Lua fields,
      * e.g. "['retry.backoff.ms'] = 10," */
     ct_config(&t, "a", "a", extra, getenv("EVLUA_BENCH_KAFKA"));
@@ -153,10 +177,22 @@ static int throughput(int events, int ncommands, int batch, int aggs)
 
 static long long *sent_us;
 static long long *lat_us;
+/* the split: send -> the result record's timestamp (set by evlua's
+ * producer: queueing, fetching, batching, deciding), and that timestamp ->
+ * arrival (flushing, committing, the markers, the reader's fetch); wall
+ * clock milliseconds */
+static long long *sent_wall_ms, *in_evlua_ms, *to_visible_ms;
 static int nsent_total;
 static volatile int received, warm;
 static volatile int stop_reader;
 static char lat_results[256];
+
+static long long wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static long long now_us(void)
 {
@@ -181,7 +217,10 @@ static void *reader(void *arg)
             if (s) {
                 int i = atoi(s + 3);
                 if (i >= 0 && i < nsent_total && lat_us[i] < 0) {
+                    long long ts = rd_kafka_message_timestamp(m, NULL);
                     lat_us[i] = now - sent_us[i];
+                    in_evlua_ms[i] = ts - sent_wall_ms[i];
+                    to_visible_ms[i] = wall_ms() - ts;
                     received++;
                 }
             }
@@ -206,11 +245,14 @@ static int latency(int rate, int seconds, int aggs)
     long long start;
     int n = rate * seconds, i = 0;
 
-    setup(1000);
+    setup(0);
     ct_topic(&t, "bench", "results", lat_results, sizeof lat_results);
     nsent_total = n;
     sent_us = calloc((size_t)n, sizeof *sent_us);
     lat_us = malloc(sizeof *lat_us * (size_t)n);
+    sent_wall_ms = calloc((size_t)n, sizeof *sent_wall_ms);
+    in_evlua_ms = calloc((size_t)n, sizeof *in_evlua_ms);
+    to_visible_ms = calloc((size_t)n, sizeof *to_visible_ms);
     for (int k = 0; k < n; k++)
         lat_us[k] = -1;
     pid = ct_start(&t, "a", "a.log",
@@ -243,6 +285,7 @@ static int latency(int rate, int seconds, int aggs)
         }
         snprintf(id, sizeof id, "L-%d", i);
         sent_us[i] = now_us();
+        sent_wall_ms[i] = wall_ms();
         send_cmd(p, id, "One", i % aggs);
         i++;
     }
@@ -257,17 +300,33 @@ static int latency(int rate, int seconds, int aggs)
     int rc = ct_stop(pid, SIGTERM, 60);
 
     long long *v = malloc(sizeof *v * (size_t)n);
+    long long *a = malloc(sizeof *a * (size_t)n);
+    long long *b = malloc(sizeof *b * (size_t)n);
     int m = 0;
     for (int k = 0; k < n; k++)
-        if (lat_us[k] >= 0)
+        if (lat_us[k] >= 0) {
+            a[m] = in_evlua_ms[k];
+            b[m] = to_visible_ms[k];
             v[m++] = lat_us[k];
+        }
     qsort(v, (size_t)m, sizeof *v, cmp_ll);
+    qsort(a, (size_t)m, sizeof *a, cmp_ll);
+    qsort(b, (size_t)m, sizeof *b, cmp_ll);
     printf("mode=latency rate=%d seconds=%d commands=%d results=%d "
-           "p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f max_ms=%.1f exit=%d\n",
+           "p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f max_ms=%.1f "
+           "to_result_p50_ms=%lld to_result_p99_ms=%lld "
+           "to_visible_p50_ms=%lld to_visible_p99_ms=%lld exit=%d\n",
            rate, seconds, n, m, m ? v[m / 2] / 1000.0 : -1.0,
            m ? v[(long)m * 99 / 100] / 1000.0 : -1.0,
            m ? v[(long)m * 999 / 1000] / 1000.0 : -1.0,
-           m ? v[m - 1] / 1000.0 : -1.0, rc);
+           m ? v[m - 1] / 1000.0 : -1.0, m ? a[m / 2] : -1LL,
+           m ? a[(long)m * 99 / 100] : -1LL, m ? b[m / 2] : -1LL,
+           m ? b[(long)m * 99 / 100] : -1LL, rc);
+    free(a);
+    free(b);
+    free(sent_wall_ms);
+    free(in_evlua_ms);
+    free(to_visible_ms);
     free(v);
     free(sent_us);
     free(lat_us);

@@ -136,7 +136,6 @@ static inline void ct_config(const ct *t, const char *name, const char *txid,
              "            %s },\n"
              "  commands = {\n"
              "    group_id = '%s.group', transactional_id = '%s.%s',\n"
-             "    linger_ms = 5,\n"
              "    topics = { commands = '%s.{type}.commands',\n"
              "               events = '%s.{type}.events',\n"
              "               state = '%s.{type}.state',\n"

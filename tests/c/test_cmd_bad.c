@@ -6,7 +6,8 @@
  * beyond 2^53, missing id / aggregate_id, a missing or wrong Kafka key, a
  * command on the wrong partition -> rejected; a Lua error (with
  * script:line), an exceeded instruction budget, a 5 MB command whose event
- * cannot fit a Kafka record -> failed; a repeated command id ->
+ * cannot fit a Kafka record, a command whose decoded form exceeds the
+ * scripts' memory limit -> failed; a repeated command id ->
  * duplicate. Afterwards good commands are still accepted and the group's
  * committed offsets are at the end of every commands partition.
  */
@@ -162,12 +163,24 @@ int main(void)
         ct_send(&t, p, "probe", "big-1", "Echo", "p-1", blob, NULL);
         free(blob);
     }
+    {
+        /* 4.5 MB of JSON, 1.5 million tables: more than the 64 MiB the
+         * scripts may use */
+        int items = 1500000;
+        char *huge = malloc((size_t)items * 3 + 16), *w = huge;
+        w += sprintf(w, "{\"x\":[[]");
+        for (int i = 0; i < items; i++, w += 3)
+            memcpy(w, ",[]", 3);
+        strcpy(w, "]}");
+        ct_send(&t, p, "probe", "huge-1", "Ok", "p-1", huge, NULL);
+        free(huge);
+    }
     ct_send(&t, p, "probe", "ok-2", "Ok", "p-1", "{}", NULL);
     ct_flush(p);
 
     CHECK_INT(ct_wait_count(&t, cust_res, sent, 90, &res), sent,
               "one result per customer command, bad ones included");
-    CHECK_INT(ct_wait_count(&t, probe_res, 6, 90, &res2), 6,
+    CHECK_INT(ct_wait_count(&t, probe_res, 7, 90, &res2), 7,
               "one result per probe command");
 
     static const expect cust[] = {
@@ -211,6 +224,7 @@ int main(void)
         {"boom-1", "failed", "probe.lua:11: boom"},
         {"spin-1", "failed", "instruction budget"},
         {"big-1", "failed", "message.max.bytes"},
+        {"huge-1", "failed", "memory limit"},
         {"ok-2", "accepted", NULL},
     };
     for (size_t i = 0; i < sizeof probe / sizeof probe[0]; i++) {
@@ -235,6 +249,10 @@ int main(void)
     }
     CHECK_INT(ok1, 2, "the repeated command id got two results");
     CHECK_INT(dup, 1, "... one of them duplicate");
+    r = ct_result(&res2, "huge-1");
+    CHECK_INT(r ? ct_int(r, "version") : -1, 1,
+              "a command too big for the scripts' memory is answered with "
+              "its aggregate's version");
     r = ct_result(&res2, "ok-2");
     CHECK_INT(r ? ct_int(r, "version") : -1, 2,
               "after the failures, ok-2 lands at version 2");

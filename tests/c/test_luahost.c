@@ -1103,6 +1103,74 @@ static void test_api(void)
     evl_luahost_free(h);
 }
 
+/* A command parsed once in the host is what the next decide runs on. */
+static void test_parse_command(void)
+{
+    char err[4096];
+    evl_luahost *h = load("good", 0, 0, NULL, err, sizeof err);
+    evl_luahost *small;
+    evl_luahost_decision d = {0};
+    evl_luahost_command c;
+    evl_command cmd = {0};
+    const char *text;
+
+    if (!h) {
+        CHECK(0, "the good set loads for parse_command");
+        return;
+    }
+    text = command("RegisterCustomer", "{\"name\":\"Ada\"}");
+    CHECK_INT(
+        evl_luahost_parse_command(h, text, strlen(text), &cmd, err, sizeof err),
+        EVL_LUAHOST_ACCEPTED, "a valid command parses");
+    CHECK_STR(cmd.id, "cmd-1", "parse reads the id");
+    CHECK_STR(cmd.aggregate_id, "id-7", "and the aggregate id");
+    CHECK_STR(cmd.user_id, "u-1", "and the metadata");
+
+    memset(&c, 0, sizeof c);
+    c.aggregate_type = "customer";
+    c.aggregate_id = cmd.aggregate_id;
+    CHECK_INT(evl_luahost_decide(h, &c, &d, err, sizeof err),
+              EVL_LUAHOST_ACCEPTED, "decide runs on the parsed command");
+    CHECK_INT(d.nevents, 2, "with the handler of its type");
+    CHECK_INT(evl_luahost_decide(h, &c, &d, err, sizeof err),
+              EVL_LUAHOST_FAILED, "a second decide finds no parsed command");
+    CHECK_HAS(err, "no parsed command", "and says so");
+
+    text = "{\"id\":\"x-1\",\"type\":\"T\",\"data\":{}}";
+    CHECK_INT(
+        evl_luahost_parse_command(h, text, strlen(text), &cmd, err, sizeof err),
+        EVL_LUAHOST_REJECTED, "a command without aggregate_id is invalid");
+    CHECK_HAS(err, "no aggregate_id", "the reason is the envelope's");
+    CHECK_STR(cmd.id, "x-1", "the id is still read");
+    CHECK_INT(evl_luahost_parse_command(h, "{", 1, &cmd, err, sizeof err),
+              EVL_LUAHOST_REJECTED, "malformed JSON is invalid");
+    CHECK_HAS(err, "malformed JSON", "and named so");
+    CHECK(cmd.id == NULL, "with no id");
+    evl_luahost_free(h);
+
+    /* a command whose decoded form exceeds the host's memory limit */
+    small = load("good", (size_t)1 << 20, 0, NULL, err, sizeof err);
+    if (small) {
+        evl_buf big = {0};
+        evl_buf_puts(&big, "{\"id\":\"b-1\",\"type\":\"T\","
+                           "\"aggregate_id\":\"a\",\"data\":{\"x\":[[]");
+        for (int i = 0; i < 100000; i++)
+            evl_buf_puts(&big, ",[]");
+        evl_buf_puts(&big, "]}}");
+        CHECK_INT(evl_luahost_parse_command(small, big.data, big.len, &cmd, err,
+                                            sizeof err),
+                  EVL_LUAHOST_FAILED, "a command over the memory limit fails");
+        CHECK_HAS(err, "memory limit", "naming the limit");
+        CHECK(cmd.id == NULL, "and no field points anywhere");
+        evl_buf_free(&big);
+        evl_luahost_free(small);
+    } else {
+        CHECK(0, "the good set loads with 1 MiB");
+    }
+    evl_luahost_decision_free(&d);
+    evl_envelope_command_free(&cmd);
+}
+
 int main(int argc, char **argv)
 {
     const char *src = getenv("EVLUA_SOURCE_DIR");
@@ -1116,6 +1184,7 @@ int main(int argc, char **argv)
 
     test_good_set();
     test_decide();
+    test_parse_command();
     test_project();
     test_broken_set();
     test_hostile();
