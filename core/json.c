@@ -1089,9 +1089,9 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
         }
         evl_json_member *hit = NULL;
         for (size_t k = 0; k < nm && !hit; k++)
-            if (m[k].type == EVL_JSON_ABSENT && strlen(m[k].name) == klen &&
-                memcmp(m[k].name, key, klen) == 0)
-                hit = &m[k]; /* a duplicate key: the first one counts */
+            if (strlen(m[k].name) == klen && memcmp(m[k].name, key, klen) == 0)
+                hit = &m[k]; /* a duplicate key: the last one counts, as in
+                                evl_json_decode */
         i = end + 1;
         skip_ws(s, len, &i);
         i++; /* ':' */

@@ -85,14 +85,14 @@ typedef struct evl_json_member {
 } evl_json_member;
 
 /* Check len bytes of JSON text exactly as evl_json_decode does and, when
- * it is an object, find its top-level members named in m[0..nm) (of
- * duplicate keys the first counts). scratch (caller-owned, reused; its
- * old content is dropped) holds the strings found. Returns EVL_OK with
- * *is_object set (0: valid JSON but not an object; every member ABSENT),
- * or EVL_EPERMANENT with decode's message in err. No Lua, no allocation
- * but scratch's growth (and a long text's number list). For readers that
- * need a few fields fast (the projector groups events by them before any
- * Lua runs).
+ * it is an object, find its top-level members named in m[0..nm). scratch
+ * (caller-owned, reused; its old content is dropped) holds the strings found.
+ * Returns EVL_OK with *is_object set (0: valid JSON but not an object; every
+ * member ABSENT), or EVL_EPERMANENT with decode's message in err. No Lua, no
+ * allocation but scratch's growth (and a long text's number list). For readers
+ * that need a few fields fast (the projector groups events by them before any
+ * Lua runs). Of duplicate keys the last one counts, as in evl_json_decode,
+ * so such readers agree with what the scripts see.
  * @locality any thread. */
 evl_err evl_json_members(const char *s, size_t len, evl_json_member *m,
                          size_t nm, evl_buf *scratch, int *is_object, char *err,
