@@ -40,9 +40,25 @@ typedef struct ct {
     const char *src;  /* the source tree */
 } ct;
 
+/* The private directory is removed at exit when every check passed and
+ * nothing died; after a failure it stays for its logs. */
+static char ct_dir_[512];
+static int ct_died_;
+
+static inline void ct_cleanup_(void)
+{
+    if (!ct_dir_[0] || ct_died_ || check_failures_ > 0)
+        return;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", ct_dir_);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", ct_dir_);
+}
+
 static inline void ct_die(const char *fmt, ...)
 {
     va_list ap;
+    ct_died_ = 1;
     va_start(ap, fmt);
     fprintf(stderr, "FAIL: ");
     vfprintf(stderr, fmt, ap);
@@ -106,6 +122,10 @@ static inline void ct_init(ct *t, const char *name)
     snprintf(t->dir, sizeof t->dir, "/tmp/evlua-%s-XXXXXX", name);
     if (!mkdtemp(t->dir))
         ct_die("mkdtemp: %s", strerror(errno));
+    if (!ct_dir_[0]) {
+        snprintf(ct_dir_, sizeof ct_dir_, "%s", t->dir);
+        atexit(ct_cleanup_);
+    }
     snprintf(aggs, sizeof aggs, "%s/aggregates", t->dir);
     mkdir(aggs, 0755);
     fprintf(stderr, "test directory %s, prefix %s\n", t->dir, t->prefix);
