@@ -1,13 +1,41 @@
-/* cli.c - config and script loading shared by the subcommands. */
+/* cli.c - options, config and script loading shared by the subcommands. */
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "log.h"
+
+int evl_cli_script_opts(int argc, char **argv, const char *name,
+                        const char *usage, const char **config,
+                        const char **scripts)
+{
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"scripts", required_argument, 0, 's'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    *config = *scripts = NULL;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': *config = optarg; break;
+        case 's': *scripts = optarg; break;
+        case 'h': fputs(usage, stdout); return EVL_EXIT_OK;
+        default: fputs(usage, stderr); return EVL_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evlua %s: unexpected argument '%s'\n%s", name,
+                argv[optind], usage);
+        return EVL_EXIT_USAGE;
+    }
+    return -1;
+}
 
 int evl_cli_load_config(const char *path, evl_config *cfg)
 {

@@ -34,6 +34,15 @@ void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
  * each to stderr and return EVL_EXIT_USAGE, else EVL_EXIT_OK and *host. */
 int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host);
 
+/* Parse the options run, check and repl share: -c/--config FILE,
+ * --scripts DIR, -h/--help, and no operands. Returns -1 to go on (with
+ * *config and *scripts set, NULL when absent), or the exit code to return
+ * now: 0 after printing usage for --help, EVL_EXIT_USAGE after printing
+ * what was wrong and the usage to stderr. */
+int evl_cli_script_opts(int argc, char **argv, const char *name,
+                        const char *usage, const char **config,
+                        const char **scripts);
+
 int evl_cli_run(int argc, char **argv);
 int evl_cli_check(int argc, char **argv);
 int evl_cli_repl(int argc, char **argv);

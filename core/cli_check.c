@@ -1,5 +1,4 @@
 /* cli_check.c - `evlua check`: load and validate every script. */
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -20,28 +19,13 @@ static const char check_usage[] =
 
 int evl_cli_check(int argc, char **argv)
 {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
-                                         {"scripts", required_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *config = NULL, *scripts = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config = optarg; break;
-        case 's': scripts = optarg; break;
-        case 'h': fputs(check_usage, stdout); return EVL_EXIT_OK;
-        default: fputs(check_usage, stderr); return EVL_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "evlua check: unexpected argument '%s'\n%s",
-                argv[optind], check_usage);
-        return EVL_EXIT_USAGE;
-    }
+    const char *config, *scripts;
+    int rc = evl_cli_script_opts(argc, argv, "check", check_usage, &config,
+                                 &scripts);
+    if (rc >= 0)
+        return rc;
     evl_config cfg;
-    int rc = evl_cli_load_config(config, &cfg);
+    rc = evl_cli_load_config(config, &cfg);
     if (rc)
         return rc;
     evl_luahost_config hc;

@@ -16,7 +16,6 @@
  * REPL can be scripted and tested through a pipe.
  */
 #include <ctype.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -733,26 +732,11 @@ static int handle_line(char *line)
 
 int evl_cli_repl(int argc, char **argv)
 {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
-                                         {"scripts", required_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *config = NULL, *scripts = NULL;
-    int c, rc;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config = optarg; break;
-        case 's': scripts = optarg; break;
-        case 'h': fputs(repl_usage, stdout); return EVL_EXIT_OK;
-        default: fputs(repl_usage, stderr); return EVL_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "evlua repl: unexpected argument '%s'\n%s",
-                argv[optind], repl_usage);
-        return EVL_EXIT_USAGE;
-    }
+    const char *config, *scripts;
+    int rc =
+        evl_cli_script_opts(argc, argv, "repl", repl_usage, &config, &scripts);
+    if (rc >= 0)
+        return rc;
     memset(&R, 0, sizeof R);
     if ((rc = evl_cli_load_config(config, &R.cfg)))
         return rc;

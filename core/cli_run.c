@@ -10,7 +10,6 @@
  * shared between threads, and watches SIGHUP and the stop flag at its
  * batch boundaries. The exit code is the worst of the pipelines'.
  */
-#include <getopt.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,26 +118,11 @@ static void wait_pipelines(pipeline *ps, size_t n, int timeout_ms)
 
 int evl_cli_run(int argc, char **argv)
 {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
-                                         {"scripts", required_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *config = NULL, *scripts = NULL;
-    int c, rc;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config = optarg; break;
-        case 's': scripts = optarg; break;
-        case 'h': fputs(run_usage, stdout); return EVL_EXIT_OK;
-        default: fputs(run_usage, stderr); return EVL_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "evlua run: unexpected argument '%s'\n%s", argv[optind],
-                run_usage);
-        return EVL_EXIT_USAGE;
-    }
+    const char *config, *scripts;
+    int rc =
+        evl_cli_script_opts(argc, argv, "run", run_usage, &config, &scripts);
+    if (rc >= 0)
+        return rc;
 
     evl_config cfg;
     if ((rc = evl_cli_load_config(config, &cfg)))

@@ -2498,9 +2498,13 @@ static void clear_stmts(evl_luahost_stmts *s)
     s->text.len = 0;
 }
 
-evl_err evl_luahost_project(evl_luahost *h, const char *projection,
-                            const char *event, size_t event_len,
-                            evl_luahost_stmts *out, char *err, size_t errlen)
+/* Run fn (op_project, op_reset) on projection's script; out is cleared
+ * first and again on failure. */
+static evl_err run_projection_op(evl_luahost *h, const char *projection,
+                                 void (*fn)(lua_State *, op *),
+                                 const char *event, size_t event_len,
+                                 evl_luahost_stmts *out, char *err,
+                                 size_t errlen)
 {
     op o;
     memset(&o, 0, sizeof o);
@@ -2511,7 +2515,7 @@ evl_err evl_luahost_project(evl_luahost *h, const char *projection,
                           "no projection script has name %s",
                           projection ? projection : "(null)");
     o.h = h;
-    o.fn = op_project;
+    o.fn = fn;
     o.script = o.proj->script;
     o.err = err;
     o.errlen = errlen;
@@ -2523,6 +2527,14 @@ evl_err evl_luahost_project(evl_luahost *h, const char *projection,
     if (o.status != EVL_OK)
         clear_stmts(out);
     return (evl_err)o.status;
+}
+
+evl_err evl_luahost_project(evl_luahost *h, const char *projection,
+                            const char *event, size_t event_len,
+                            evl_luahost_stmts *out, char *err, size_t errlen)
+{
+    return run_projection_op(h, projection, op_project, event, event_len, out,
+                             err, errlen);
 }
 
 static void op_reset(lua_State *L, op *o)
@@ -2551,25 +2563,8 @@ static void op_reset(lua_State *L, op *o)
 evl_err evl_luahost_reset(evl_luahost *h, const char *projection,
                           evl_luahost_stmts *out, char *err, size_t errlen)
 {
-    op o;
-    memset(&o, 0, sizeof o);
-    clear_stmts(out);
-    o.proj = find_proj(h, projection);
-    if (!o.proj)
-        return evl_seterr(err, errlen, EVL_EPERMANENT,
-                          "no projection script has name %s",
-                          projection ? projection : "(null)");
-    o.h = h;
-    o.fn = op_reset;
-    o.script = o.proj->script;
-    o.err = err;
-    o.errlen = errlen;
-    o.stmts = out;
-    if (run(h, &o) != 0)
-        o.status = EVL_EPERMANENT;
-    if (o.status != EVL_OK)
-        clear_stmts(out);
-    return (evl_err)o.status;
+    return run_projection_op(h, projection, op_reset, NULL, 0, out, err,
+                             errlen);
 }
 
 void evl_luahost_stmts_free(evl_luahost_stmts *s)
