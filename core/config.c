@@ -315,6 +315,8 @@ static evl_err each_proj_field(loader *ld, const char *prefix, const char *k,
         return get_strlist(ld, key, &p->topics);
     if (strcmp(k, "batch_size") == 0)
         return get_intv(ld, key, 1, 100000, &p->batch_size);
+    if (strcmp(k, "threads") == 0)
+        return get_intv(ld, key, 1, 64, &p->threads);
     return fail(ld, NULL, "unknown key '%s'", key);
 }
 
@@ -345,6 +347,8 @@ static evl_err projections_field(loader *ld, const char *prefix, const char *k,
         return get_intv(ld, key, 1, 100000, &cfg->proj.batch_size);
     if (strcmp(k, "linger_ms") == 0)
         return get_intv(ld, key, 0, 60000, &cfg->proj.linger_ms);
+    if (strcmp(k, "threads") == 0)
+        return get_intv(ld, key, 1, 64, &cfg->proj.threads);
     if (strcmp(k, "isolation") == 0)
         return get_enum(ld, key, isolations, &cfg->proj.isolation);
     if (strcmp(k, "on_error") == 0)
@@ -436,6 +440,7 @@ static void defaults(evl_config *cfg)
     cfg->proj.enabled = 1;
     cfg->proj.batch_size = 500;
     cfg->proj.linger_ms = 5;
+    cfg->proj.threads = 1;
     cfg->proj.isolation = evl_xstrdup("aggregate");
     cfg->proj.on_error = evl_xstrdup("park");
     cfg->proj.group_prefix = evl_xstrdup("evlua.projection.");
@@ -619,6 +624,7 @@ evl_projection_cfg evl_config_projection(const evl_config *cfg,
     r.on_error = cfg->proj.on_error;
     r.topics = cfg->proj.topics;
     r.batch_size = cfg->proj.batch_size;
+    r.threads = cfg->proj.threads;
     for (int i = 0; i < cfg->proj.neach; i++) {
         const evl_projection_cfg *p = &cfg->proj.each[i];
         if (strcmp(p->name, name) != 0)
@@ -633,6 +639,8 @@ evl_projection_cfg evl_config_projection(const evl_config *cfg,
             r.topics = p->topics;
         if (p->batch_size)
             r.batch_size = p->batch_size;
+        if (p->threads)
+            r.threads = p->threads;
     }
     return r;
 }

@@ -49,6 +49,7 @@ typedef struct evl_projection_cfg {
     char *group_id;
     evl_strlist topics;
     int batch_size;
+    int threads; /* projector instances (consumer + DB connection) */
 } evl_projection_cfg;
 
 typedef struct evl_config {
@@ -86,6 +87,7 @@ typedef struct evl_config {
         int enabled;
         int batch_size;
         int linger_ms;
+        int threads; /* projector instances per projection */
         char *isolation;
         char *on_error;
         char *group_prefix; /* group id = prefix .. projection name */

@@ -30,6 +30,7 @@
 #include "projector.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -370,7 +371,10 @@ typedef struct projector {
     double lua_s;                        /* handler time not yet published */
     double parked_counted, lag_reported; /* when they were last refreshed */
     int parked_dirty;                    /* a batch parked an aggregate */
-    char component[160];                 /* readiness name: "projection NAME" */
+    char component[160];      /* readiness name: "projection NAME" ("#i" added
+                                 when the projection runs several threads) */
+    int instance, ninstances; /* this thread, of the projection's threads */
+    char thread_no[12];       /* instance + 1, for the log */
     double t0, last_progress;
     double first_msg, last_commit; /* for stats.seconds */
 } projector;
@@ -593,7 +597,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         pj->assigned = 0;
         evl_metrics_ready(pj->component, 0, "rebalancing: partitions revoked");
         evl_log(EVL_LOG_INFO, "partitions revoked", "projection", pj->name,
-                "partitions", desc, NULL);
+                "partitions", desc, pj->ninstances > 1 ? "thread" : NULL,
+                pj->thread_no, NULL);
         return;
     }
     int ok = offsets_from_db(pj, ps);
@@ -629,7 +634,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     describe_parts(ps, 1, desc, sizeof desc);
     evl_log(EVL_LOG_INFO, "partitions assigned at their database offsets",
-            "projection", pj->name, "partitions", desc, NULL);
+            "projection", pj->name, "partitions", desc,
+            pj->ninstances > 1 ? "thread" : NULL, pj->thread_no, NULL);
     if (!ok) /* stopping: read nothing more */
         rd_kafka_pause_partitions(rk, ps);
     report_ready(pj);
@@ -657,7 +663,11 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
     const evl_config *cfg = pj->cfg;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client[300];
-    snprintf(client, sizeof client, "evlua-projection-%s", pj->name);
+    if (pj->ninstances > 1)
+        snprintf(client, sizeof client, "evlua-projection-%s-%d", pj->name,
+                 pj->instance + 1);
+    else
+        snprintf(client, sizeof client, "evlua-projection-%s", pj->name);
     if (kafka_set(conf, "client.id", client, err, errlen))
         goto bad;
     for (int i = 0; i < cfg->nkafka; i++) {
@@ -670,6 +680,12 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
                     "librdkafka 2.0; projectors use range,roundrobin",
                     "projection", pj->name, NULL);
             continue;
+        }
+        char member[300];
+        if (strcmp(k, "group.instance.id") == 0 && pj->ninstances > 1) {
+            /* static members must differ: one per thread */
+            snprintf(member, sizeof member, "%s-%d", v, pj->instance + 1);
+            v = member;
         }
         if (kafka_set(conf, k, v, err, errlen))
             goto bad;
@@ -765,7 +781,12 @@ static void metrics_init(projector *pj)
     pj->m_batches =
         evl_metrics_counter("evlua_projection_batches_total",
                             "Batches committed in PostgreSQL", labels);
-    snprintf(pj->component, sizeof pj->component, "projection %s", pj->name);
+    if (pj->ninstances > 1)
+        snprintf(pj->component, sizeof pj->component, "projection %s#%d",
+                 pj->name, pj->instance + 1);
+    else
+        snprintf(pj->component, sizeof pj->component, "projection %s",
+                 pj->name);
     evl_metrics_labels(labels, sizeof labels, "pipeline", pj->component, NULL);
     pj->m_lua_memory = evl_metrics_gauge(
         "evlua_lua_memory_bytes", "Heap of a pipeline's Lua state", labels);
@@ -2452,14 +2473,26 @@ static int stop_code(int r)
     return r < 0 ? 1 : r == 1 ? -1 : 0;
 }
 
-int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
-                           const char *projection,
-                           const evl_projector_opts *opts)
+/* What one thread of a projection hands back. */
+typedef struct instance_out {
+    evl_projector_stats stats;
+    double first_msg, last_commit;
+} instance_out;
+
+/* One projector (one consumer, one Lua state, one connection): instance
+ * of ninstances threads of the projection. */
+static int run_instance(const evl_config *cfg, const evl_luahost *proto,
+                        const char *projection, const evl_projector_opts *opts,
+                        int instance, int ninstances, instance_out *out)
 {
+    memset(out, 0, sizeof *out);
     projector *pj = evl_xmalloc(sizeof *pj);
     memset(pj, 0, sizeof *pj);
     pj->cfg = cfg;
     pj->name = projection;
+    pj->instance = instance;
+    pj->ninstances = ninstances;
+    snprintf(pj->thread_no, sizeof pj->thread_no, "%d", instance + 1);
     metrics_init(pj);
     if (opts)
         pj->opts = *opts;
@@ -2509,9 +2542,140 @@ int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
             bt, NULL);
     if (pj->first_msg > 0 && pj->last_commit > pj->first_msg)
         pj->stats.seconds = pj->last_commit - pj->first_msg;
-    if (pj->opts.stats)
-        *pj->opts.stats = pj->stats;
+    out->stats = pj->stats;
+    out->first_msg = pj->first_msg;
+    out->last_commit = pj->last_commit;
     teardown(pj);
+    return rc;
+}
+
+/* ---- threads ------------------------------------------------------------- */
+
+/* The threads of one projection: each is a member of the projection's
+ * consumer group, so Kafka spreads the partitions over them (and over
+ * the other instances of evlua) as over separate processes. Their
+ * progress is added up for the caller's callback. */
+typedef struct thread_group {
+    const evl_config *cfg;
+    const evl_luahost *proto;
+    const char *name;
+    const evl_projector_opts *opts;
+    int n;
+    pthread_mutex_t mu;
+    evl_projector_progress *progress; /* the last report of each thread */
+} thread_group;
+
+typedef struct thread_arg {
+    thread_group *g;
+    int instance;
+    evl_projector_opts opts;
+    instance_out out;
+    int rc;
+} thread_arg;
+
+static void group_progress(void *ud, const evl_projector_progress *p)
+{
+    thread_arg *a = ud;
+    thread_group *g = a->g;
+    pthread_mutex_lock(&g->mu);
+    g->progress[a->instance] = *p;
+    evl_projector_progress sum = {0, 0, 0, -1};
+    for (int i = 0; i < g->n; i++) {
+        sum.done += g->progress[i].done;
+        sum.total += g->progress[i].total;
+        sum.rate += g->progress[i].rate;
+    }
+    if (sum.rate > 0)
+        sum.eta = (double)(sum.total - sum.done) / sum.rate;
+    g->opts->progress(g->opts->ud, &sum);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void *thread_main(void *arg)
+{
+    thread_arg *a = arg;
+    thread_group *g = a->g;
+    a->rc = run_instance(g->cfg, g->proto, g->name, &a->opts, a->instance, g->n,
+                         &a->out);
+    if (a->rc != 0 && !g->opts->until_caught_up)
+        evl_lifecycle_request_stop(); /* one thread down: drain all */
+    return NULL;
+}
+
+int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
+                           const char *projection,
+                           const evl_projector_opts *opts)
+{
+    evl_projector_opts none;
+    if (!opts) {
+        memset(&none, 0, sizeof none);
+        opts = &none;
+    }
+    int n = opts->threads > 0 ? opts->threads
+                              : evl_config_projection(cfg, projection).threads;
+    if (n <= 1) {
+        instance_out out;
+        int rc = run_instance(cfg, proto, projection, opts, 0, 1, &out);
+        if (opts->stats)
+            *opts->stats = out.stats;
+        return rc;
+    }
+    thread_group g = {
+        cfg, proto, projection, opts, n, PTHREAD_MUTEX_INITIALIZER, NULL};
+    g.progress = evl_xmalloc(sizeof *g.progress * (size_t)n);
+    memset(g.progress, 0, sizeof *g.progress * (size_t)n);
+    thread_arg *args = evl_xmalloc(sizeof *args * (size_t)n);
+    pthread_t *tids = evl_xmalloc(sizeof *tids * (size_t)n);
+    int started = 0, rc = 0;
+    for (int i = 0; i < n; i++) {
+        thread_arg *a = &args[i];
+        memset(a, 0, sizeof *a);
+        a->g = &g;
+        a->instance = i;
+        a->opts = *opts;
+        a->opts.stats = NULL;
+        if (opts->progress) {
+            a->opts.progress = group_progress;
+            a->opts.ud = a;
+        }
+        if (pthread_create(&tids[i], NULL, thread_main, a) != 0) {
+            evl_log(EVL_LOG_ERROR, "pthread_create failed", "projection",
+                    projection, NULL);
+            evl_lifecycle_request_stop();
+            rc = 1;
+            break;
+        }
+        started++;
+    }
+    evl_projector_stats sum;
+    memset(&sum, 0, sizeof sum);
+    double first = 0, last = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(tids[i], NULL);
+        const instance_out *o = &args[i].out;
+        if (args[i].rc > rc)
+            rc = args[i].rc;
+        sum.messages += o->stats.messages;
+        sum.applied += o->stats.applied;
+        sum.skipped += o->stats.skipped;
+        sum.replayed += o->stats.replayed;
+        sum.parked += o->stats.parked;
+        sum.batches += o->stats.batches;
+        sum.retries += o->stats.retries;
+        sum.statements += o->stats.statements;
+        if (o->first_msg > 0 && (first == 0 || o->first_msg < first))
+            first = o->first_msg;
+        if (o->last_commit > last)
+            last = o->last_commit;
+    }
+    if (first > 0 && last > first)
+        sum.seconds = last - first;
+    if (opts->stats)
+        *opts->stats = sum;
+    free(tids);
+    free(args);
+    free(g.progress);
+    pthread_mutex_destroy(&g.mu);
     return rc;
 }
 

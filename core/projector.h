@@ -5,8 +5,11 @@
  * One projector runs one projection on its own thread, with its own Lua
  * host (built from the prototype with evl_luahost_reload), its own
  * consumer in group evlua.projection.NAME and its own PostgreSQL
- * connection. Per batch (up to projection.batch_size events, waiting at
- * most projection.linger_ms for it to fill):
+ * connection; projection.threads > 1 runs that many such projectors,
+ * members of the same group, which Kafka gives disjoint partitions (all
+ * events of an aggregate are in one partition, so each aggregate still
+ * has one writer, in order). Per batch (up to projection.batch_size events,
+ * waiting at most projection.linger_ms for it to fill):
  *
  *   1. events whose evlua-type header the projection has no handler for
  *      are dropped unparsed (their offsets still advance);
@@ -111,7 +114,10 @@ typedef struct evl_projector_opts {
     const char *isolation;
     const char *on_error;
     int batch_size;
-    /* Filled at the end of the run (may be NULL). */
+    int threads; /* projector threads (0: projection.threads) */
+    /* Filled at the end of the run (may be NULL); with several threads,
+     * their sums (seconds: from the first message of any to the last
+     * commit of any). */
     evl_projector_stats *stats;
 } evl_projector_opts;
 

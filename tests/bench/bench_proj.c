@@ -10,7 +10,11 @@
  *            one round trip per statement, then a synchronous offset
  *            commit;
  *   evlua    `evlua run`'s projector (checkpoints, offsets, Lua handler)
- *            with isolation aggregate (the default), batch, aggregate-tx.
+ *            with isolation aggregate (the default), batch, aggregate-tx,
+ *            one projector thread (the default); then aggregate with
+ *            projection.threads = 2 and 4, batch with 4 (that many
+ *            consumers in the group and connections: PostgreSQL works on
+ *            that many transactions at once; 4 = one per partition).
  *
  * Each run starts from an empty schema and reads the same topic of
  * EVENTS events (default 100,000) over KEYS aggregates (default 1,000 and
@@ -20,13 +24,18 @@
  * shared with Kafka and PostgreSQL (and maybe more), so every shape runs
  * EVLUA_BENCH_REPEAT times (default 3) and the median is shown. Each
  * evlua run is a child process of its own, whose RSS is sampled at 10%
- * of the run and at its end (it must stay flat).
+ * of the run and at its end (it must stay flat). The CPU column is the
+ * share of one core the client (the evlua process, or the C program) and
+ * the PostgreSQL server (all its processes) used over the run: where the
+ * time goes.
  *
  * usage: bench_proj [EVENTS [KEYS...]]   (services as for the tests:
  * $EVLUA_RUN_DIR/{kafka/bootstrap,pg/conninfo} or EVLUA_KAFKA_BOOTSTRAP /
  * EVLUA_PG_CONNINFO)
  */
 #include <stdint.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <cjson/cJSON.h>
@@ -83,6 +92,72 @@ static long rss_kb(void)
     if (f)
         fclose(f);
     return kb;
+}
+
+/* CPU seconds (user + system) spent so far by every process named
+ * "postgres" on this machine, ended backends included: the server's
+ * share of a run is the difference over it. */
+static double postgres_cpu_s(void)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    double ticks = 0;
+    while (d && (e = readdir(d))) {
+        char path[300], line[1024];
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(line, 1, sizeof line - 1, f);
+        fclose(f);
+        line[n] = '\0';
+        char *open = strchr(line, '('), *close = strrchr(line, ')');
+        if (!open || !close || strncmp(open + 1, "postgres", 8) != 0 ||
+            close != open + 9)
+            continue;
+        unsigned long ut = 0, st = 0;
+        long cut = 0, cst = 0;
+        /* after ") ": state, fields 4..13, then utime, stime and the
+         * times of reaped children (the postmaster's: backends that
+         * ended, such as a projector's when it closed its connection) */
+        if (sscanf(close + 2,
+                   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld "
+                   "%ld",
+                   &ut, &st, &cut, &cst) == 4)
+            ticks += (double)ut + (double)st + (double)cut + (double)cst;
+    }
+    if (d)
+        closedir(d);
+    return ticks / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* EVLUA_BENCH_ONLY=shape,...: run only these shapes (ceiling, seed,
+ * aggregate, batch, aggregate-tx, aggregate/2, aggregate/4, batch/4),
+ * e.g. to profile one of them. EVLUA_BENCH_EVLUA_BATCH=N sets evlua's
+ * projection.batch_size (default 500, as the references use). */
+static int wanted(const char *shape)
+{
+    const char *only = getenv("EVLUA_BENCH_ONLY");
+    if (!only || !*only)
+        return 1;
+    size_t n = strlen(shape);
+    for (const char *p = only; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, shape, n) == 0)
+            return 1;
+        p += len + (p[len] == ',');
+    }
+    return 0;
 }
 
 static void fresh_schema(void)
@@ -273,15 +348,22 @@ static void probe(void *ud, const evl_projector_progress *p)
         r->at10 = kb;
 }
 
-static double run_evlua_here(const char *topic, const char *mode, long *rss10,
-                             long *rss_end, long long *applied)
+/* the CPU the last evlua run used, as shares of one core over its
+ * time: the projector process and the PostgreSQL server */
+static double cpu_evlua, cpu_pg;
+
+static double run_evlua_here(const char *topic, const char *mode, int threads,
+                             long *rss10, long *rss_end, long long *applied)
 {
     char extra[512], pdir[700];
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = "
              "\"%s.%d.\", batch_size = %d },",
-             topic, T.name, run_no, BATCH);
+             topic, T.name, run_no,
+             getenv("EVLUA_BENCH_EVLUA_BATCH")
+                 ? atoi(getenv("EVLUA_BENCH_EVLUA_BATCH"))
+                 : BATCH);
     pt_config(&T, pdir, extra);
     evl_config cfg;
     evl_luahost *host = NULL;
@@ -293,11 +375,18 @@ static double run_evlua_here(const char *topic, const char *mode, long *rss10,
     memset(&st, 0, sizeof st);
     o.until_caught_up = 1;
     o.isolation = mode;
+    o.threads = threads;
     o.stats = &st;
     o.progress = probe;
     o.ud = &r;
+    double c0 = self_cpu_s(), p0 = postgres_cpu_s();
     if (evl_projector_run_opts(&cfg, host, "bench", &o) != 0)
         pt_die("evlua %s: the projector failed", mode);
+    if (st.seconds > 0) {
+        usleep(100000); /* the postmaster reaps the closed backends */
+        cpu_evlua = (self_cpu_s() - c0) / st.seconds;
+        cpu_pg = (postgres_cpu_s() - p0) / st.seconds;
+    }
     *rss10 = r.at10;
     *rss_end = rss_kb();
     if (r.peak > *rss_end)
@@ -309,17 +398,17 @@ static double run_evlua_here(const char *topic, const char *mode, long *rss10,
 }
 
 typedef struct evlua_result {
-    double seconds;
+    double seconds, cpu_evlua, cpu_pg;
     long rss10, rss_end;
     long long applied;
 } evlua_result;
 
 /* run_evlua_here in a child process, so that its RSS is its own */
-static double run_evlua(const char *topic, const char *mode, long *rss10,
-                        long *rss_end, long long *applied)
+static double run_evlua(const char *topic, const char *mode, int threads,
+                        long *rss10, long *rss_end, long long *applied)
 {
     int fd[2];
-    evlua_result r = {0, 0, 0, 0};
+    evlua_result r = {0, 0, 0, 0, 0, 0};
     ++run_no; /* a fresh consumer group for every run */
     if (pipe(fd) != 0)
         pt_die("pipe: %s", strerror(errno));
@@ -329,8 +418,10 @@ static double run_evlua(const char *topic, const char *mode, long *rss10,
         pt_die("fork: %s", strerror(errno));
     if (pid == 0) {
         close(fd[0]);
-        r.seconds =
-            run_evlua_here(topic, mode, &r.rss10, &r.rss_end, &r.applied);
+        r.seconds = run_evlua_here(topic, mode, threads, &r.rss10, &r.rss_end,
+                                   &r.applied);
+        r.cpu_evlua = cpu_evlua;
+        r.cpu_pg = cpu_pg;
         if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
             _exit(1);
         _exit(0); /* no atexit, no destructors: the parent owns T */
@@ -343,6 +434,8 @@ static double run_evlua(const char *topic, const char *mode, long *rss10,
     *rss10 = r.rss10;
     *rss_end = r.rss_end;
     *applied = r.applied;
+    cpu_evlua = r.cpu_evlua;
+    cpu_pg = r.cpu_pg;
     return r.seconds;
 }
 
@@ -350,15 +443,17 @@ static double run_evlua(const char *topic, const char *mode, long *rss10,
  */
 
 static void row(int keys, const char *shape, double eps, double seed,
-                double ceiling, long rss10, long rss_end)
+                double ceiling, const double cpu[2], long rss10, long rss_end)
 {
     char r[64] = "";
     if (rss10 > 0)
         snprintf(r, sizeof r, "%5.1f -> %5.1f", rss10 / 1024.0,
                  rss_end / 1024.0);
-    printf("| %6d | %-44s | %9.0f | %6.1fx | %5.0f%% | %s |\n", keys, shape,
-           eps, seed > 0 ? eps / seed : 1.0,
-           ceiling > 0 ? 100.0 * eps / ceiling : 100.0, r);
+    printf(
+        "| %6d | %-44s | %9.0f | %6.1fx | %5.0f%% | %3.0f%% / %3.0f%% | %s |\n",
+        keys, shape, eps, seed > 0 ? eps / seed : 1.0,
+        ceiling > 0 ? 100.0 * eps / ceiling : 100.0, 100.0 * cpu[0],
+        100.0 * cpu[1], r);
     fflush(stdout);
 }
 
@@ -388,56 +483,84 @@ int main(int argc, char **argv)
     printf("evlua projector benchmark: %ld events per run, batches of %d, "
            "PostgreSQL fsync=%s, %ld CPUs, median of %d runs\n\n",
            nevents, BATCH, fsync_, sysconf(_SC_NPROCESSORS_ONLN), repeat);
-    printf("| keys | shape | events/s | vs seed | vs ceiling | RSS MB at "
-           "10%% -> end |\n|---|---|---|---|---|---|\n");
+    printf("| keys | shape | events/s | vs seed | vs ceiling | CPU client / "
+           "PostgreSQL | RSS MB at 10%% -> end |\n|---|---|---|---|---|---|---|"
+           "\n");
 
-    static const char *const modes[] = {"aggregate", "batch", "aggregate-tx"};
-    static const char *const names[] = {"evlua isolation=aggregate (default)",
-                                        "evlua isolation=batch",
-                                        "evlua isolation=aggregate-tx"};
+    /* the isolation modes with one projector thread (the default), then
+     * more threads (projection.threads; 4 = one per partition here) */
+    enum { NMODES = 6, NSHAPES = NMODES + 2 };
+    static const char *const modes[NMODES] = {"aggregate",    "batch",
+                                              "aggregate-tx", "aggregate",
+                                              "aggregate",    "batch"};
+    static const int threads[NMODES] = {1, 1, 1, 2, 4, 4};
+    static const char *const only[NMODES] = {"aggregate",    "batch",
+                                             "aggregate-tx", "aggregate/2",
+                                             "aggregate/4",  "batch/4"};
+    static const char *const names[NMODES] = {
+        "evlua isolation=aggregate (default)", "evlua isolation=batch",
+        "evlua isolation=aggregate-tx",        "evlua aggregate, threads=2",
+        "evlua aggregate, threads=4",          "evlua batch, threads=4"};
     int ok = 1;
     for (int k = 0; k < nkeys; k++) {
         char topic[160];
         snprintf(topic, sizeof topic, "%s.k%d", T.name, keys[k]);
         produce(topic, keys[k]);
-        double eps[5][MAXREP];
-        long r10[5][MAXREP], rend[5][MAXREP];
+        double eps[NSHAPES][MAXREP], cpu[NSHAPES][MAXREP][2];
+        long r10[NSHAPES][MAXREP], rend[NSHAPES][MAXREP];
         for (int rep = 0; rep < repeat; rep++) {
-            fresh_schema();
-            eps[0][rep] = (double)nevents / run_ceiling(keys[k]);
-            fresh_schema();
-            eps[1][rep] = (double)nevents / run_seed(topic);
-            for (int m = 0; m < 3; m++) {
-                long long applied = 0;
+            for (int x = 0; x < 2; x++) {
+                eps[x][rep] = 0;
+                cpu[x][rep][0] = cpu[x][rep][1] = 0;
+                if (!wanted(x == 0 ? "ceiling" : "seed"))
+                    continue;
                 fresh_schema();
-                double s = run_evlua(topic, modes[m], &r10[m + 2][rep],
-                                     &rend[m + 2][rep], &applied);
+                double c0 = self_cpu_s(), p0 = postgres_cpu_s();
+                double s = x == 0 ? run_ceiling(keys[k]) : run_seed(topic);
+                eps[x][rep] = (double)nevents / s;
+                cpu[x][rep][0] = (self_cpu_s() - c0) / s;
+                cpu[x][rep][1] = (postgres_cpu_s() - p0) / s;
+            }
+            for (int m = 0; m < NMODES; m++) {
+                long long applied = 0;
+                eps[m + 2][rep] = 0;
+                if (!wanted(only[m]))
+                    continue;
+                fresh_schema();
+                double s =
+                    run_evlua(topic, modes[m], threads[m], &r10[m + 2][rep],
+                              &rend[m + 2][rep], &applied);
                 eps[m + 2][rep] = (double)nevents / s;
+                cpu[m + 2][rep][0] = cpu_evlua;
+                cpu[m + 2][rep][1] = cpu_pg;
                 if (applied != nevents) {
                     fprintf(stderr, "FAIL: %s applied %lld of %ld events\n",
-                            modes[m], applied, nevents);
+                            only[m], applied, nevents);
                     ok = 0;
                 }
                 long long rows =
                     pt_long(&T, "SELECT count(*) FROM %s.bench_items", T.name);
                 if (rows != (nevents < keys[k] ? nevents : keys[k])) {
-                    fprintf(stderr, "FAIL: %s left %lld rows\n", modes[m],
-                            rows);
+                    fprintf(stderr, "FAIL: %s left %lld rows\n", only[m], rows);
                     ok = 0;
                 }
             }
         }
-        int mid[5];
-        for (int x = 0; x < 5; x++)
+        int mid[NSHAPES];
+        for (int x = 0; x < NSHAPES; x++)
             mid[x] = median(eps[x], repeat);
         double ceiling = eps[0][mid[0]], seed = eps[1][mid[1]];
-        row(keys[k], "raw PostgreSQL ceiling (C, pipelined, prepared)", ceiling,
-            0, 0, 0, 0);
-        row(keys[k], "seed's literal consumer (txn per aggregate)", seed, seed,
-            ceiling, 0, 0);
-        for (int m = 0; m < 3; m++)
-            row(keys[k], names[m], eps[m + 2][mid[m + 2]], seed, ceiling,
-                r10[m + 2][mid[m + 2]], rend[m + 2][mid[m + 2]]);
+        if (wanted("ceiling"))
+            row(keys[k], "raw PostgreSQL ceiling (C, pipelined, prepared)",
+                ceiling, 0, 0, cpu[0][mid[0]], 0, 0);
+        if (wanted("seed"))
+            row(keys[k], "seed's literal consumer (txn per aggregate)", seed,
+                seed, ceiling, cpu[1][mid[1]], 0, 0);
+        for (int m = 0; m < NMODES; m++)
+            if (wanted(only[m]))
+                row(keys[k], names[m], eps[m + 2][mid[m + 2]], seed, ceiling,
+                    cpu[m + 2][mid[m + 2]], r10[m + 2][mid[m + 2]],
+                    rend[m + 2][mid[m + 2]]);
     }
     printf("\ncommand: scripts/bench-proj %ld", nevents);
     for (int k = 0; k < nkeys; k++)

@@ -41,13 +41,15 @@ typedef struct ct {
 } ct;
 
 /* The private directory is removed at exit when every check passed and
- * nothing died; after a failure it stays for its logs. */
+ * nothing died (and EVLUA_TEST_KEEP is unset); after a failure it stays
+ * for its logs. */
 static char ct_dir_[512];
 static int ct_died_;
 
 static inline void ct_cleanup_(void)
 {
-    if (!ct_dir_[0] || ct_died_ || check_failures_ > 0)
+    const char *keep = getenv("EVLUA_TEST_KEEP");
+    if (!ct_dir_[0] || ct_died_ || check_failures_ > 0 || (keep && *keep))
         return;
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", ct_dir_);

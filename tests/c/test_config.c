@@ -34,6 +34,7 @@ int main(void)
     CHECK_STR(cfg.aggregate_dirs.v[0], "aggregates", "default aggregate dir");
     CHECK_STR(cfg.proj.isolation, "aggregate", "default isolation");
     CHECK_STR(cfg.proj.on_error, "park", "default failure policy");
+    CHECK_INT(cfg.proj.threads, 1, "one projector thread by default");
     CHECK(cfg.pg_conninfo == NULL, "no database by default");
     evl_config_free(&cfg);
 
@@ -47,8 +48,9 @@ int main(void)
              "  limits = { memory_mb = 8, instructions = 5000 },\n"
              "  commands = { batch_size = 10, topics = { events = "
              "'ev.{type}' } },\n"
-             "  projection = { isolation = 'batch', each = {\n"
-             "     shipping = { on_error = 'halt', batch_size = 7 } } },\n"
+             "  projection = { isolation = 'batch', threads = 3, each = {\n"
+             "     shipping = { on_error = 'halt', batch_size = 7,\n"
+             "                  threads = 2 } } },\n"
              "  metrics = { listen = '127.0.0.1:0' },\n"
              "  log = { format = 'json' },\n"
              "  shutdown_timeout_ms = 1000,\n"
@@ -74,8 +76,10 @@ int main(void)
     CHECK_STR(p.on_error, "halt", "a projection's own policy wins");
     CHECK_STR(p.isolation, "batch", "and inherits the rest");
     CHECK_INT(p.batch_size, 7, "its own batch size");
+    CHECK_INT(p.threads, 2, "its own thread count");
     p = evl_config_projection(&cfg, "other");
     CHECK_STR(p.on_error, "park", "other projections keep the default");
+    CHECK_INT(p.threads, 3, "and the configured thread count");
     CHECK_STR(cfg.log_format, "json", "log format");
     evl_config_free(&cfg);
 
@@ -101,6 +105,11 @@ int main(void)
               EVL_EPERMANENT, "an out-of-range number is an error");
     CHECK_HAS(err, "commands.batch_size: is 0, expected 1 to",
               "the message gives the range");
+
+    CHECK_INT(load("return { projection = { threads = 0 } }", &cfg, err),
+              EVL_EPERMANENT, "zero projector threads is an error");
+    CHECK_HAS(err, "projection.threads: is 0, expected 1 to 64",
+              "the message names the key and the range");
 
     CHECK_INT(load("return {\n  kafka = {\n", &cfg, err), EVL_EPERMANENT,
               "a syntax error is an error");

@@ -4,15 +4,19 @@
  *
  * While a producer writes 20,000 events over 500 aggregates (in 100
  * Kafka transactions), `evlua run` is killed with SIGKILL ten times at
- * random moments and started again, each time in the next isolation mode.
- * Then it runs until done and stops on SIGTERM with exit code 0. The
+ * random moments and started again, each time in the next isolation mode,
+ * every other time with two projector threads (projection.threads = 2:
+ * two consumers in the group, two connections). Then it runs until done
+ * (two threads) and stops on SIGTERM with exit code 0. The
  * tables equal the state computed here independently (count, sum and
  * last value per aggregate; each (aggregate, sequence) logged exactly
  * once) and every checkpoint equals its aggregate's last sequence.
  *
  * The consumer uses static group membership (group.instance.id), so a
  * restarted instance takes its partitions back without waiting for the
- * dead one's session to time out.
+ * dead one's session to time out (with two threads their ids get -1 and
+ * -2 appended: a change of thread count waits for the old members'
+ * sessions, 6 s).
  */
 #include <pthread.h>
 
@@ -75,16 +79,16 @@ static void *producer(void *arg)
     return NULL;
 }
 
-static void config(const char *isolation)
+static void config(const char *isolation, int threads)
 {
     char extra[1024], pdir[700];
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "batch_size = 250, isolation = \"%s\" },\n"
+             "batch_size = 250, isolation = \"%s\", threads = %d },\n"
              "  kafka = { [\"bootstrap.servers\"] = \"%s\",\n"
              "            [\"group.instance.id\"] = \"%s-1\",\n"
              "            [\"session.timeout.ms\"] = \"6000\" },",
-             topic, T.name, isolation, T.bootstrap, T.name);
+             topic, T.name, isolation, threads, T.bootstrap, T.name);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     pt_config(&T, pdir, extra);
 }
@@ -105,25 +109,30 @@ int main(void)
     pthread_t th;
     pthread_create(&th, NULL, producer, NULL);
     for (int i = 0; i < 10; i++) {
-        config(modes[i % 3]);
+        config(modes[i % 3], 1 + i % 2);
         pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
         long ms = 300 + rand() % 1300;
         pt_sleep_ms(ms);
         long long n = pt_long(&T, "SELECT count(*) FROM applied");
-        fprintf(stderr, "kill -9 #%d after %ld ms (%s), %lld applied so far\n",
-                i + 1, ms, modes[i % 3], n);
+        fprintf(stderr,
+                "kill -9 #%d after %ld ms (%s, %d thread(s)), %lld applied so "
+                "far\n",
+                i + 1, ms, modes[i % 3], 1 + i % 2, n);
         kill(pid, SIGKILL);
         CHECK_INT(pt_wait(pid), 128 + SIGKILL, "the projector was killed");
     }
     pthread_join(th, NULL);
     CHECK(produced_all, "the producer wrote every event");
 
-    config("aggregate");
+    config("aggregate", 2);
     int started = pt_log_count(&T, "evlua.log", "partitions assigned");
+    int second = pt_log_count(&T, "evlua.log", "thread=2");
     pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
     CHECK(pt_wait_log(&T, "evlua.log", "partitions assigned", started + 1, 60) >
               started,
           "the last instance gets its partitions");
+    CHECK(pt_wait_log(&T, "evlua.log", "thread=2", second + 1, 60) > second,
+          "its second thread joins the group too");
     long long n =
         pt_wait_for(&T, AGGS * SEQS, 180, "SELECT count(*) FROM applied");
     CHECK_INT(n, AGGS * SEQS, "after the kills every event gets applied");
