@@ -9,7 +9,9 @@
  * its checkpoints, offsets and parked events, deletes its consumer group
  * and re-reads everything: the same rows again, checkpoints at the last
  * sequences. --no-rebuild leaves the tables empty for `evlua run` to
- * refill. Other projections' bookkeeping is untouched.
+ * refill. Other projections' bookkeeping is untouched. Everything runs
+ * with projection.threads = 2 (one partition each): the rebuild's count
+ * adds up both threads'.
  */
 #include "projtest.h"
 
@@ -54,7 +56,8 @@ int main(void)
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 2);
     snprintf(extra, sizeof extra,
-             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\" },",
+             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
+             "threads = 2 },",
              topic, T.name);
     snprintf(pdir, sizeof pdir, "%s/projections", T.src);
     pt_config(&T, pdir, extra);
