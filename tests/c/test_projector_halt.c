@@ -9,6 +9,8 @@
  * and the log says PARTITION HALTED. A later event waits too. After the
  * script is fixed, SIGHUP reloads it and the partition goes on from the
  * bad event: everything is applied once, in order. SIGTERM: exit 0.
+ * The projection runs two threads on its one partition: one idles (and
+ * is ready), /readyz names the halted one, both reload on SIGHUP.
  */
 #include "projtest.h"
 
@@ -80,8 +82,8 @@ int main(void)
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "linger_ms = 200, each = { halting = { on_error = \"halt\" } } "
-             "}, metrics = { listen = \"127.0.0.1:%d\" },",
+             "linger_ms = 200, each = { halting = { on_error = \"halt\", "
+             "threads = 2 } } }, metrics = { listen = \"127.0.0.1:%d\" },",
              topic, T.name, port);
     pt_config(&T, pdir, extra);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
@@ -107,6 +109,7 @@ int main(void)
     CHECK_HAS(readyz(port, b, sizeof b), " 503",
               "/readyz: halted is not ready");
     CHECK_HAS(b, "halted at offset 2", "/readyz says which offset halted");
+    CHECK_HAS(b, "projection halting#", "and which thread of the projection");
     pt_begin(&T);
     count(topic, "B", 3, 3);
     pt_commit(&T);
@@ -124,6 +127,8 @@ int main(void)
               "every event applied once, in order");
     CHECK(pt_log_count(&T, "evlua.log", "halted partition resumed") == 1,
           "the log says it resumed");
+    CHECK_INT(pt_log_count(&T, "evlua.log", "projection reloaded"), 2,
+              "both threads reloaded the scripts");
     CHECK_HAS(readyz(port, b, sizeof b), " 200", "/readyz: ready again");
     /* offsets 0-4, a commit marker at 5, B's third event at 6 */
     CHECK_INT(pt_long(&T, "SELECT next_offset FROM evlua_offsets"), 7,
