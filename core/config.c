@@ -440,7 +440,7 @@ static void defaults(evl_config *cfg)
     cfg->proj.enabled = 1;
     cfg->proj.batch_size = 500;
     cfg->proj.linger_ms = 5;
-    cfg->proj.threads = 1;
+    cfg->proj.threads = 2;
     cfg->proj.isolation = evl_xstrdup("aggregate");
     cfg->proj.on_error = evl_xstrdup("park");
     cfg->proj.group_prefix = evl_xstrdup("evlua.projection.");

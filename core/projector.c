@@ -2554,7 +2554,8 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
 /* The threads of one projection: each is a member of the projection's
  * consumer group, so Kafka spreads the partitions over them (and over
  * the other instances of evlua) as over separate processes. Their
- * progress is added up for the caller's callback. */
+ * progress is added up for the caller's callback, once every thread has
+ * reported (each reports within 200 ms of starting to poll). */
 typedef struct thread_group {
     const evl_config *cfg;
     const evl_luahost *proto;
@@ -2563,6 +2564,7 @@ typedef struct thread_group {
     int n;
     pthread_mutex_t mu;
     evl_projector_progress *progress; /* the last report of each thread */
+    int nreported;                    /* threads that reported yet */
 } thread_group;
 
 typedef struct thread_arg {
@@ -2571,6 +2573,7 @@ typedef struct thread_arg {
     evl_projector_opts opts;
     instance_out out;
     int rc;
+    int reported; /* has reported progress (under g->mu) */
 } thread_arg;
 
 static void group_progress(void *ud, const evl_projector_progress *p)
@@ -2579,6 +2582,14 @@ static void group_progress(void *ud, const evl_projector_progress *p)
     thread_group *g = a->g;
     pthread_mutex_lock(&g->mu);
     g->progress[a->instance] = *p;
+    if (!a->reported) {
+        a->reported = 1;
+        g->nreported++;
+    }
+    if (g->nreported < g->n) { /* a total without some thread's is wrong */
+        pthread_mutex_unlock(&g->mu);
+        return;
+    }
     evl_projector_progress sum = {0, 0, 0, -1};
     for (int i = 0; i < g->n; i++) {
         sum.done += g->progress[i].done;
@@ -2621,7 +2632,7 @@ int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
         return rc;
     }
     thread_group g = {
-        cfg, proto, projection, opts, n, PTHREAD_MUTEX_INITIALIZER, NULL};
+        cfg, proto, projection, opts, n, PTHREAD_MUTEX_INITIALIZER, NULL, 0};
     g.progress = evl_xmalloc(sizeof *g.progress * (size_t)n);
     memset(g.progress, 0, sizeof *g.progress * (size_t)n);
     thread_arg *args = evl_xmalloc(sizeof *args * (size_t)n);

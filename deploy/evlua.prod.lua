@@ -41,6 +41,7 @@ return {
 
   projection = {
     isolation = "aggregate", on_error = "park", batch_size = 500,
+    threads = 2,   -- projectors per projection (at most the topics' partitions)
     each = { welcome_kits = { on_error = "halt" } },
   },
 

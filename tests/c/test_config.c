@@ -34,7 +34,7 @@ int main(void)
     CHECK_STR(cfg.aggregate_dirs.v[0], "aggregates", "default aggregate dir");
     CHECK_STR(cfg.proj.isolation, "aggregate", "default isolation");
     CHECK_STR(cfg.proj.on_error, "park", "default failure policy");
-    CHECK_INT(cfg.proj.threads, 1, "one projector thread by default");
+    CHECK_INT(cfg.proj.threads, 2, "two projector threads by default");
     CHECK(cfg.pg_conninfo == NULL, "no database by default");
     evl_config_free(&cfg);
 
