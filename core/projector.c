@@ -1034,7 +1034,8 @@ static int setup(projector *pj, const evl_luahost *proto)
     evl_log(EVL_LOG_INFO, "projector started", "projection", pj->name, "group",
             pj->group_id, "topics", topics, "isolation", iso_names[pj->iso],
             "on_error", pj->halt ? "halt" : "park", "batch_size", bs,
-            "postgres", conn, NULL);
+            "postgres", conn, pj->ninstances > 1 ? "thread" : NULL,
+            pj->thread_no, NULL);
     evl_metrics_ready(pj->component, 0, "waiting for a partition assignment");
     evl_metrics_scripts(pj->component, NULL, NULL, evl_luahost_hash(pj->host));
     pj->parked_dirty = 1;
@@ -2361,7 +2362,8 @@ static void maybe_reload(projector *pj)
     pj->host = nh;
     pj->proj = np;
     evl_log(EVL_LOG_INFO, "projection reloaded", "projection", pj->name,
-            "scripts", evl_luahost_hash(nh), NULL);
+            "scripts", evl_luahost_hash(nh),
+            pj->ninstances > 1 ? "thread" : NULL, pj->thread_no, NULL);
 
     /* halted partitions get another chance with the new scripts */
     for (int p = 0; p < pj->nparts; p++) {
@@ -2539,7 +2541,7 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
     snprintf(bt, sizeof bt, "%lld", pj->stats.batches);
     evl_log(EVL_LOG_INFO, "projector stopped", "projection", pj->name,
             "applied", a, "skipped", s, "replayed", r, "parked", pk, "batches",
-            bt, NULL);
+            bt, pj->ninstances > 1 ? "thread" : NULL, pj->thread_no, NULL);
     if (pj->first_msg > 0 && pj->last_commit > pj->first_msg)
         pj->stats.seconds = pj->last_commit - pj->first_msg;
     out->stats = pj->stats;
