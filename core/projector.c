@@ -379,6 +379,11 @@ typedef struct projector {
     double first_msg, last_commit; /* for stats.seconds */
 } projector;
 
+/* The last field of a projector's log lines: thread=i when the projection
+ * runs several threads (a NULL key ends the list otherwise). */
+#define THREAD_FIELD(pj)                                                       \
+    ((pj)->ninstances > 1 ? "thread" : NULL), (pj)->thread_no
+
 static const char *const iso_names[] = {"aggregate", "batch", "aggregate-tx"};
 
 /* ---- topics, group ------------------------------------------------------- */
@@ -597,8 +602,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         pj->assigned = 0;
         evl_metrics_ready(pj->component, 0, "rebalancing: partitions revoked");
         evl_log(EVL_LOG_INFO, "partitions revoked", "projection", pj->name,
-                "partitions", desc, pj->ninstances > 1 ? "thread" : NULL,
-                pj->thread_no, NULL);
+                "partitions", desc, THREAD_FIELD(pj), NULL);
         return;
     }
     int ok = offsets_from_db(pj, ps);
@@ -634,8 +638,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     describe_parts(ps, 1, desc, sizeof desc);
     evl_log(EVL_LOG_INFO, "partitions assigned at their database offsets",
-            "projection", pj->name, "partitions", desc,
-            pj->ninstances > 1 ? "thread" : NULL, pj->thread_no, NULL);
+            "projection", pj->name, "partitions", desc, THREAD_FIELD(pj), NULL);
     if (!ok) /* stopping: read nothing more */
         rd_kafka_pause_partitions(rk, ps);
     report_ready(pj);
@@ -1034,8 +1037,7 @@ static int setup(projector *pj, const evl_luahost *proto)
     evl_log(EVL_LOG_INFO, "projector started", "projection", pj->name, "group",
             pj->group_id, "topics", topics, "isolation", iso_names[pj->iso],
             "on_error", pj->halt ? "halt" : "park", "batch_size", bs,
-            "postgres", conn, pj->ninstances > 1 ? "thread" : NULL,
-            pj->thread_no, NULL);
+            "postgres", conn, THREAD_FIELD(pj), NULL);
     evl_metrics_ready(pj->component, 0, "waiting for a partition assignment");
     evl_metrics_scripts(pj->component, NULL, NULL, evl_luahost_hash(pj->host));
     pj->parked_dirty = 1;
@@ -2362,8 +2364,7 @@ static void maybe_reload(projector *pj)
     pj->host = nh;
     pj->proj = np;
     evl_log(EVL_LOG_INFO, "projection reloaded", "projection", pj->name,
-            "scripts", evl_luahost_hash(nh),
-            pj->ninstances > 1 ? "thread" : NULL, pj->thread_no, NULL);
+            "scripts", evl_luahost_hash(nh), THREAD_FIELD(pj), NULL);
 
     /* halted partitions get another chance with the new scripts */
     for (int p = 0; p < pj->nparts; p++) {
@@ -2541,7 +2542,7 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
     snprintf(bt, sizeof bt, "%lld", pj->stats.batches);
     evl_log(EVL_LOG_INFO, "projector stopped", "projection", pj->name,
             "applied", a, "skipped", s, "replayed", r, "parked", pk, "batches",
-            bt, pj->ninstances > 1 ? "thread" : NULL, pj->thread_no, NULL);
+            bt, THREAD_FIELD(pj), NULL);
     if (pj->first_msg > 0 && pj->last_commit > pj->first_msg)
         pj->stats.seconds = pj->last_commit - pj->first_msg;
     out->stats = pj->stats;

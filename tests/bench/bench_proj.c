@@ -376,7 +376,8 @@ static void rss_halves(const rss_probe *r, double seconds, long *first,
 static double cpu_evlua, cpu_pg;
 
 static double run_evlua_here(const char *topic, const char *mode, int threads,
-                             long *rss10, long *rss_end, long long *applied)
+                             long *rss_first, long *rss_second,
+                             long long *applied)
 {
     char extra[512], pdir[700];
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
@@ -411,7 +412,7 @@ static double run_evlua_here(const char *topic, const char *mode, int threads,
         cpu_evlua = (self_cpu_s() - c0) / st.seconds;
         cpu_pg = (postgres_cpu_s() - p0) / st.seconds;
     }
-    rss_halves(&r, st.seconds, rss10, rss_end);
+    rss_halves(&r, st.seconds, rss_first, rss_second);
     *applied = st.applied;
     evl_luahost_free(host);
     evl_config_free(&cfg);
@@ -420,13 +421,13 @@ static double run_evlua_here(const char *topic, const char *mode, int threads,
 
 typedef struct evlua_result {
     double seconds, cpu_evlua, cpu_pg;
-    long rss10, rss_end;
+    long rss_first, rss_second;
     long long applied;
 } evlua_result;
 
 /* run_evlua_here in a child process, so that its RSS is its own */
 static double run_evlua(const char *topic, const char *mode, int threads,
-                        long *rss10, long *rss_end, long long *applied)
+                        long *rss_first, long *rss_second, long long *applied)
 {
     int fd[2];
     evlua_result r = {0, 0, 0, 0, 0, 0};
@@ -439,8 +440,8 @@ static double run_evlua(const char *topic, const char *mode, int threads,
         pt_die("fork: %s", strerror(errno));
     if (pid == 0) {
         close(fd[0]);
-        r.seconds = run_evlua_here(topic, mode, threads, &r.rss10, &r.rss_end,
-                                   &r.applied);
+        r.seconds = run_evlua_here(topic, mode, threads, &r.rss_first,
+                                   &r.rss_second, &r.applied);
         r.cpu_evlua = cpu_evlua;
         r.cpu_pg = cpu_pg;
         if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
@@ -452,8 +453,8 @@ static double run_evlua(const char *topic, const char *mode, int threads,
         pt_die("evlua %s: the child died", mode);
     close(fd[0]);
     pt_wait(pid);
-    *rss10 = r.rss10;
-    *rss_end = r.rss_end;
+    *rss_first = r.rss_first;
+    *rss_second = r.rss_second;
     *applied = r.applied;
     cpu_evlua = r.cpu_evlua;
     cpu_pg = r.cpu_pg;
@@ -464,12 +465,13 @@ static double run_evlua(const char *topic, const char *mode, int threads,
  */
 
 static void row(int keys, const char *shape, double eps, double seed,
-                double ceiling, const double cpu[2], long rss10, long rss_end)
+                double ceiling, const double cpu[2], long rss_first,
+                long rss_second)
 {
     char r[64] = "";
-    if (rss10 > 0)
-        snprintf(r, sizeof r, "%5.1f -> %5.1f", rss10 / 1024.0,
-                 rss_end / 1024.0);
+    if (rss_first > 0)
+        snprintf(r, sizeof r, "%5.1f -> %5.1f", rss_first / 1024.0,
+                 rss_second / 1024.0);
     printf(
         "| %6d | %-44s | %9.0f | %6.1fx | %5.0f%% | %3.0f%% / %3.0f%% | %s |\n",
         keys, shape, eps, seed > 0 ? eps / seed : 1.0,
@@ -528,7 +530,7 @@ int main(int argc, char **argv)
         snprintf(topic, sizeof topic, "%s.k%d", T.name, keys[k]);
         produce(topic, keys[k]);
         double eps[NSHAPES][MAXREP], cpu[NSHAPES][MAXREP][2];
-        long r10[NSHAPES][MAXREP], rend[NSHAPES][MAXREP];
+        long rfirst[NSHAPES][MAXREP], rsecond[NSHAPES][MAXREP];
         for (int rep = 0; rep < repeat; rep++) {
             for (int x = 0; x < 2; x++) {
                 eps[x][rep] = 0;
@@ -549,8 +551,8 @@ int main(int argc, char **argv)
                     continue;
                 fresh_schema();
                 double s =
-                    run_evlua(topic, modes[m], threads[m], &r10[m + 2][rep],
-                              &rend[m + 2][rep], &applied);
+                    run_evlua(topic, modes[m], threads[m], &rfirst[m + 2][rep],
+                              &rsecond[m + 2][rep], &applied);
                 eps[m + 2][rep] = (double)nevents / s;
                 cpu[m + 2][rep][0] = cpu_evlua;
                 cpu[m + 2][rep][1] = cpu_pg;
@@ -580,8 +582,8 @@ int main(int argc, char **argv)
         for (int m = 0; m < NMODES; m++)
             if (wanted(only[m]))
                 row(keys[k], names[m], eps[m + 2][mid[m + 2]], seed, ceiling,
-                    cpu[m + 2][mid[m + 2]], r10[m + 2][mid[m + 2]],
-                    rend[m + 2][mid[m + 2]]);
+                    cpu[m + 2][mid[m + 2]], rfirst[m + 2][mid[m + 2]],
+                    rsecond[m + 2][mid[m + 2]]);
     }
     printf("\ncommand: scripts/bench-proj %ld", nevents);
     for (int k = 0; k < nkeys; k++)
