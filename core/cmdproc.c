@@ -1,17 +1,24 @@
 /*
  * cmdproc.c - the command processor (cmdproc.h).
  *
- * Threads: everything runs on the caller's thread. librdkafka calls back
- * into this file only from calls made here: the rebalance callback from
- * rd_kafka_consumer_poll / rd_kafka_consumer_close, the delivery report
- * callback from rd_kafka_poll / the transaction calls.
+ * Threads: everything runs on the caller's thread but the end of each
+ * Kafka transaction: a committer thread sends its offsets and commits it
+ * while the caller's thread decides the next batch (see "the pipeline").
+ * librdkafka calls back into this file only from calls made here: the
+ * rebalance callback from rd_kafka_consumer_poll / rd_kafka_consumer_close
+ * (caller's thread), the delivery report callback from rd_kafka_poll / the
+ * transaction calls (the thread using that producer).
  *
  * The batch lives in cp->batch from the poll until it is committed or
- * abandoned; a revocation destroys it (eager rebalancing revokes every
- * partition, so nothing in it may be processed any more).
+ * abandoned: first the commands of the transaction in flight (fl_n), then
+ * those decided for the next one (ndec), then those not decided yet. A
+ * revocation waits for the transaction in flight and destroys the rest
+ * (eager rebalancing revokes every partition, so nothing in it may be
+ * processed any more).
  */
 #include "cmdproc.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,7 +48,7 @@ enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_CONFIG = 2 };
  * transaction), far below transaction.timeout.ms. */
 #define DECIDE_BUDGET_MS 1000
 
-/* Producers used in turn, one transaction each (see process_batch). */
+/* Producers used in turn, one transaction each (see "the pipeline"). */
 #define NPRODUCERS 2
 
 typedef struct agtype {
@@ -52,8 +59,10 @@ typedef struct agtype {
     rd_kafka_topic_t *rkt[3][NPRODUCERS];
     /* evlua_commands_total by outcome (OUTCOME_*), evlua_events_total */
     evl_metric *outcomes[4], *events_total;
-    /* counts of the open transaction, added to the metrics on commit */
+    /* counts of the batch being decided, and of the transaction in
+     * flight; added to the metrics on commit */
     long long pending[4], pending_events;
+    long long fl_pending[4], fl_pending_events;
 } agtype;
 
 enum { OUTCOME_ACCEPTED, OUTCOME_REJECTED, OUTCOME_FAILED, OUTCOME_DUPLICATE };
@@ -63,7 +72,8 @@ static const char *const outcome_names[4] = {"accepted", "rejected", "failed",
 enum { OUT_EVENTS = 0, OUT_STATE = 1, OUT_RESULTS = 2 };
 
 /* A record to produce in the write phase. Offsets point into cp->arena,
- * which may move while the batch is decided. */
+ * which may move while the batch is decided (and which becomes
+ * cp->fl_arena, untouched, while its transaction is in flight). */
 typedef struct outmsg {
     agtype *t;
     int kind; /* OUT_EVENTS, OUT_STATE, OUT_RESULTS */
@@ -73,6 +83,28 @@ typedef struct outmsg {
     size_t evtype;      /* NUL-terminated event type, or SIZE_MAX */
     const char *status; /* results: the status header */
 } outmsg;
+
+/* Outcome of a transaction step: go on, repeat the call, abort the
+ * transaction and read the batch again, stop. */
+typedef enum step { STEP_OK, STEP_RETRY, STEP_ABORT, STEP_FATAL } step;
+
+struct cmdproc;
+
+/* The committer thread: sends the offsets of the transaction in flight and
+ * commits it (see "the pipeline"). Fields under mu. */
+typedef struct committer {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, has_job, done, quit;
+    struct cmdproc *cp;
+    int producer;
+    rd_kafka_topic_partition_list_t *offsets;
+    rd_kafka_consumer_group_metadata_t *cgmd;
+    step result;
+    long long send_offsets_ms, commit_ms;
+    int fail; /* test hook EVLUA_TEST_FAIL_IN_FLIGHT: this one fails */
+} committer;
 
 typedef struct cmdproc {
     const evl_config *cfg;
@@ -99,10 +131,24 @@ typedef struct cmdproc {
     evl_luahost_decision dec;
     evl_command cmd;
 
-    int in_txn;
-    int fatal; /* a fatal error seen in a callback */
-    long txn_count, fail_before_commit, hang_before_commit;
-    char delivery_error[EVL_ERRLEN];
+    /* the transaction in flight: its records (swapped with arena and out
+     * when it starts), commands (the first fl_n of the batch), producer,
+     * and times for the debug log */
+    evl_buf fl_arena;
+    outmsg *fl_out;
+    size_t fl_nout, fl_capout;
+    size_t fl_n;
+    int inflight, fl_producer;
+    long long fl_t0, fl_t1, fl_tb, fl_t2, fl_t3, fl_wait, fl_collect;
+    committer cm;
+    size_t ndec;       /* commands decided for the next transaction */
+    long long dec_t0;  /* when deciding them began */
+    unsigned revokes;  /* revocations so far (they reset the batch) */
+
+    int in_txn; /* a transaction begun by this thread, not yet handed on */
+    int fatal;  /* a fatal error seen in a callback */
+    long txn_count, fail_before_commit, hang_before_commit, fail_in_flight;
+    char delivery_error[NPRODUCERS][EVL_ERRLEN];
     unsigned backoff_ms;
     long long collect_ms; /* how long the last batch took to collect */
 
@@ -346,6 +392,26 @@ static void batch_add(cmdproc *cp, rd_kafka_message_t *rkm)
     cp->batch[cp->nbatch++] = rkm;
 }
 
+/* A message from the consumer: a command joins the batch (1); an error is
+ * logged (a fatal one sets cp->fatal) and dropped (0). */
+static int batch_take(cmdproc *cp, rd_kafka_message_t *m)
+{
+    if (!m->err) {
+        batch_add(cp, m);
+        return 1;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+        cp->fatal = 1;
+        evl_log(EVL_LOG_ERROR, "consumer fatal error", "error",
+                rd_kafka_message_errstr(m), NULL);
+    } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        evl_log(EVL_LOG_WARN, "consumer error", "error",
+                rd_kafka_message_errstr(m), NULL);
+    }
+    rd_kafka_message_destroy(m);
+    return 0;
+}
+
 /* First (rewind = 1) or next (rewind = 0) offset per partition of the
  * first n messages of the batch. Returns owned; NULL when n is 0. */
 static rd_kafka_topic_partition_list_t *batch_offsets(cmdproc *cp, int rewind,
@@ -503,6 +569,8 @@ committed_offsets(cmdproc *cp, const rd_kafka_topic_partition_list_t *parts)
 }
 
 static void abort_open_txn(cmdproc *cp);
+static int settle(cmdproc *cp, int rewind);
+static void discard_decided(cmdproc *cp);
 
 static void log_partitions(const char *msg,
                            const rd_kafka_topic_partition_list_t *parts)
@@ -546,8 +614,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
     else
         evl_log(EVL_LOG_WARN, "rebalance error", "error",
                 rd_kafka_err2str(rerr), NULL);
+    /* the transaction in flight ends first (its commit or abort); what was
+     * decided after it is dropped unbegun */
+    cp->revokes++;
+    settle(cp, 0);
     abort_open_txn(cp);
     batch_clear(cp);
+    discard_decided(cp);
     evl_store_drop(cp->store, NULL, -1);
     rd_kafka_assign(rk, NULL);
 }
@@ -868,19 +941,20 @@ static void queue_snapshots(cmdproc *cp)
 
 /* ---- the transaction ----------------------------------------------------- */
 
+/* Runs on the thread using rk (no two threads use one producer at once),
+ * so each producer has its own error slot. */
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
                       void *opaque)
 {
     cmdproc *cp = opaque;
-    if (rkm->err && cp->delivery_error[0] == '\0')
-        snprintf(cp->delivery_error, sizeof cp->delivery_error,
+    int j = 0;
+    while (j < NPRODUCERS - 1 && cp->producers[j] != rk)
+        j++;
+    if (rkm->err && cp->delivery_error[j][0] == '\0')
+        snprintf(cp->delivery_error[j], sizeof cp->delivery_error[j],
                  "delivery to %s[%d] failed: %s", rd_kafka_topic_name(rkm->rkt),
                  (int)rkm->partition, rd_kafka_err2str(rkm->err));
 }
-
-/* Outcome of a transaction step: go on, repeat the call, abort the
- * transaction and read the batch again, stop. */
-typedef enum step { STEP_OK, STEP_RETRY, STEP_ABORT, STEP_FATAL } step;
 
 static step produce_one(cmdproc *cp, const outmsg *o)
 {
@@ -940,8 +1014,10 @@ static step produce_one(cmdproc *cp, const outmsg *o)
     }
 }
 
-/* Run a transaction call: retry while retriable; map the rest. */
-static step txn_call(cmdproc *cp, const char *call, rd_kafka_error_t *error)
+/* Run a transaction call of producer j: retry while retriable; map the
+ * rest. */
+static step txn_call(cmdproc *cp, int j, const char *call,
+                     rd_kafka_error_t *error)
 {
     char err[EVL_ERRLEN];
     evl_err e = evl_kafka_error(error, call, err, sizeof err);
@@ -949,8 +1025,8 @@ static step txn_call(cmdproc *cp, const char *call, rd_kafka_error_t *error)
     case EVL_OK: return STEP_OK;
     case EVL_EPERMANENT:
         evl_log(EVL_LOG_WARN, "transaction needs an abort", "error", err,
-                "delivery", cp->delivery_error[0] ? cp->delivery_error : NULL,
-                NULL);
+                "delivery",
+                cp->delivery_error[j][0] ? cp->delivery_error[j] : NULL, NULL);
         return STEP_ABORT;
     case EVL_ETRANSIENT:
         evl_log(EVL_LOG_WARN, "retrying a transaction call", "error", err,
@@ -963,24 +1039,41 @@ static step txn_call(cmdproc *cp, const char *call, rd_kafka_error_t *error)
     return STEP_FATAL;
 }
 
-/* Abort the open transaction (if any). Sets cp->fatal when that fails. */
-static void abort_open_txn(cmdproc *cp)
+/* Abort producer j's transaction. Sets cp->fatal when that fails. */
+static void abort_txn(cmdproc *cp, int j)
 {
-    if (!cp->in_txn)
-        return;
     for (;;) {
-        step s =
-            txn_call(cp, "rd_kafka_abort_transaction",
-                     rd_kafka_abort_transaction(cp->producers[cp->cur], -1));
+        step s = txn_call(cp, j, "rd_kafka_abort_transaction",
+                          rd_kafka_abort_transaction(cp->producers[j], -1));
         if (s == STEP_RETRY)
             continue;
         if (s != STEP_OK)
             cp->fatal = 1;
         break;
     }
+}
+
+/* Abort the transaction this thread has open (if any): the store rolls
+ * back. Sets cp->fatal when that fails. */
+static void abort_open_txn(cmdproc *cp)
+{
+    if (!cp->in_txn)
+        return;
+    abort_txn(cp, cp->cur);
     cp->in_txn = 0;
-    cp->cur = (cp->cur + 1) % NPRODUCERS; /* see process_batch */
+    cp->cur = (cp->cur + 1) % NPRODUCERS; /* see "the pipeline" */
     evl_store_rollback(cp->store);
+}
+
+/* Forget the batch being decided: its records and counts (the store's
+ * changes are the caller's to roll back). */
+static void counts_settle(cmdproc *cp, int committed, int inflight);
+static void discard_decided(cmdproc *cp)
+{
+    counts_settle(cp, 0, 0);
+    cp->arena.len = 0;
+    cp->nout = 0;
+    cp->ndec = 0;
 }
 
 /* Abort, roll the store back, seek the consumer back to the batch. */
@@ -1000,6 +1093,7 @@ static void abort_and_rewind(cmdproc *cp)
         rd_kafka_topic_partition_list_destroy(first);
     }
     batch_clear(cp);
+    discard_decided(cp);
     evl_log(EVL_LOG_WARN, "batch aborted; it will be read again", NULL);
     sleep_ms(cp->backoff_ms);
     cp->backoff_ms = cp->backoff_ms ? cp->backoff_ms * 2 : 100;
@@ -1016,38 +1110,53 @@ static void batch_shift(cmdproc *cp, size_t n)
     cp->nbatch -= n;
 }
 
-/* The counts of the transaction: to the metrics and the log's totals
- * (committed), or forgotten (aborted). */
-static void counts_settle(cmdproc *cp, int committed)
+/* The counts of the transaction in flight (inflight) or of the batch
+ * being decided: to the metrics and the log's totals (committed), or
+ * forgotten (aborted). */
+static void counts_settle(cmdproc *cp, int committed, int inflight)
 {
     for (size_t i = 0; i < cp->ntypes; i++) {
         agtype *t = &cp->types[i];
+        long long *pending = inflight ? t->fl_pending : t->pending;
+        long long *events = inflight ? &t->fl_pending_events
+                                     : &t->pending_events;
         if (committed) {
             for (int k = 0; k < 4; k++)
-                if (t->pending[k])
-                    evl_metric_add(t->outcomes[k], (double)t->pending[k]);
-            if (t->pending_events)
-                evl_metric_add(t->events_total, (double)t->pending_events);
-            cp->n_accepted += t->pending[OUTCOME_ACCEPTED];
-            cp->n_rejected += t->pending[OUTCOME_REJECTED];
-            cp->n_failed += t->pending[OUTCOME_FAILED];
-            cp->n_duplicate += t->pending[OUTCOME_DUPLICATE];
-            cp->n_events += t->pending_events;
+                if (pending[k])
+                    evl_metric_add(t->outcomes[k], (double)pending[k]);
+            if (*events)
+                evl_metric_add(t->events_total, (double)*events);
+            cp->n_accepted += pending[OUTCOME_ACCEPTED];
+            cp->n_rejected += pending[OUTCOME_REJECTED];
+            cp->n_failed += pending[OUTCOME_FAILED];
+            cp->n_duplicate += pending[OUTCOME_DUPLICATE];
+            cp->n_events += *events;
         }
-        memset(t->pending, 0, sizeof t->pending);
-        t->pending_events = 0;
+        memset(pending, 0, sizeof t->pending);
+        *events = 0;
     }
 }
 
-/* One transaction over the batch. First decide every command (Lua, no
- * Kafka: the transaction is not open yet, so however slow a script is, it
+/* ---- the pipeline --------------------------------------------------------
+ *
+ * A batch is decided first (Lua, no Kafka: however slow a script is, it
  * never stretches a transaction), queueing its records and the store
- * updates; then begin, produce the records, the snapshots of the touched
- * aggregates and the offsets, and commit. Deciding stops early after
- * DECIDE_BUDGET_MS; the rest of the batch goes into the next transaction.
- * Records are produced without a copy: the arena stays put until the
- * transaction is committed or aborted (when librdkafka is done with
- * them).
+ * updates; then its transaction begins, the records, the snapshots of the
+ * touched aggregates and the offsets are produced, and it commits.
+ * Deciding stops early after DECIDE_BUDGET_MS; the rest of the batch goes
+ * into the next transaction. Records are produced without a copy: their
+ * arena stays put until the transaction is committed or aborted (when
+ * librdkafka is done with them).
+ *
+ * Sending the offsets and committing are five round trips to the broker,
+ * most of a transaction's time, and need no work from this thread: the
+ * committer thread does them while this thread takes in and decides the
+ * next batch, on top of the states the transaction in flight leaves (the
+ * store keeps both levels undoable: evl_store_seal). The next transaction
+ * begins only once the one in flight has committed, so records keep their
+ * order in the log and each offset commit follows the one before. If the
+ * one in flight fails, the batch decided meanwhile is dropped with it: the
+ * store rolls both back and the consumer reads both again.
  *
  * Transactions take turns between NPRODUCERS producers. Once
  * commit_transaction returns, the transaction is committed, but the
@@ -1058,39 +1167,243 @@ static void counts_settle(cmdproc *cp, int committed)
  * producer has no such wait. Order and exactly-once are unaffected: a
  * transaction begins only after the previous one committed, records keep
  * their log order, and each producer's offset commits carry the consumer
- * group's generation.
- *
+ * group's generation. */
+
+static void *committer_main(void *arg)
+{
+    committer *c = arg;
+    cmdproc *cp = c->cp;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->has_job && !c->quit)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->quit)
+            break;
+        int j = c->producer;
+        pthread_mutex_unlock(&c->mu);
+
+        long long t0 = now_ms(), t1;
+        step s;
+        do {
+            s = txn_call(cp, j, "rd_kafka_send_offsets_to_transaction",
+                         rd_kafka_send_offsets_to_transaction(
+                             cp->producers[j], c->offsets, c->cgmd, -1));
+        } while (s == STEP_RETRY);
+        t1 = now_ms();
+        if (s == STEP_OK && c->fail) {
+            /* the records are in the log; the next batch gets time to be
+             * decided on top of this one, then this one fails */
+            rd_kafka_flush(cp->producers[j], 30000);
+            sleep_ms(1500);
+            evl_log(EVL_LOG_WARN,
+                    "test hook EVLUA_TEST_FAIL_IN_FLIGHT: failing the "
+                    "transaction in flight",
+                    NULL);
+            s = STEP_ABORT;
+        }
+        while (s == STEP_OK || s == STEP_RETRY) {
+            s = txn_call(cp, j, "rd_kafka_commit_transaction",
+                         rd_kafka_commit_transaction(cp->producers[j], -1));
+            if (s == STEP_OK)
+                break;
+        }
+
+        pthread_mutex_lock(&c->mu);
+        c->result = s;
+        c->send_offsets_ms = t1 - t0;
+        c->commit_ms = now_ms() - t1;
+        c->has_job = 0;
+        c->done = 1;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static int committer_start(cmdproc *cp)
+{
+    committer *c = &cp->cm;
+    pthread_condattr_t ca;
+    c->cp = cp;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&c->th, NULL, committer_main, c) != 0) {
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        return -1;
+    }
+    c->started = 1;
+    return 0;
+}
+
+static void committer_stop(cmdproc *cp)
+{
+    committer *c = &cp->cm;
+    if (!c->started)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->quit = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->th, NULL);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    c->started = 0;
+}
+
+/* Has the transaction in flight finished? Waits up to ms (-1: for ever). */
+static int committer_wait(cmdproc *cp, int ms)
+{
+    committer *c = &cp->cm;
+    int done;
+    pthread_mutex_lock(&c->mu);
+    if (ms < 0) {
+        while (!c->done)
+            pthread_cond_wait(&c->cv, &c->mu);
+    } else if (!c->done && ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += (long)ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+    }
+    done = c->done;
+    pthread_mutex_unlock(&c->mu);
+    return done;
+}
+
+/* Decide the batch's commands not decided yet, up to batch_size commands
+ * and DECIDE_BUDGET_MS for the next transaction. */
+static void decide_more(cmdproc *cp)
+{
+    size_t limit = cp->fl_n + (size_t)cp->cfg->cmd.batch_size;
+    while (cp->fl_n + cp->ndec < cp->nbatch && cp->fl_n + cp->ndec < limit) {
+        if (cp->ndec == 0) {
+            cp->dec_t0 = now_ms();
+            cp->lua_s = 0;
+            evl_store_begin(cp->store); /* open already while in flight */
+        } else if (now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS) {
+            break;
+        }
+        decide(cp, cp->batch[cp->fl_n + cp->ndec]);
+        cp->ndec++;
+    }
+}
+
+static void log_committed(cmdproc *cp)
+{
+    char n[32], m[32], d[32], w[32], b[32], p[32], o[32], c[32], k[32];
+    snprintf(k, sizeof k, "%lld", cp->fl_collect);
+    snprintf(n, sizeof n, "%zu", cp->fl_n);
+    snprintf(m, sizeof m, "%zu", cp->fl_nout);
+    snprintf(d, sizeof d, "%lld", cp->fl_t1 - cp->fl_t0);
+    snprintf(w, sizeof w, "%lld", cp->fl_wait);
+    snprintf(b, sizeof b, "%lld", cp->fl_t2 - cp->fl_tb);
+    snprintf(p, sizeof p, "%lld", cp->fl_t3 - cp->fl_t2);
+    snprintf(o, sizeof o, "%lld", cp->cm.send_offsets_ms);
+    snprintf(c, sizeof c, "%lld", cp->cm.commit_ms);
+    evl_log(EVL_LOG_DEBUG, "batch committed", "commands", n, "records", m,
+            "poll_ms", k, "decide_ms", d, "wait_ms", w, "begin_ms", b,
+            "produce_ms", p, "send_offsets_ms", o, "commit_ms", c, NULL);
+}
+
+/* Wait for the transaction in flight and settle it: committed, its changes
+ * stay and its commands leave the batch; failed, it is aborted and
+ * everything since the last commit is dropped (the store rolls back, the
+ * batch is cleared and, with rewind, the consumer seeks back to it).
  * Returns 0, or 1 on a fatal error. */
-static int process_batch(cmdproc *cp)
+static int settle(cmdproc *cp, int rewind)
+{
+    committer *c = &cp->cm;
+    step s;
+    if (!cp->inflight)
+        return 0;
+    committer_wait(cp, -1);
+    pthread_mutex_lock(&c->mu);
+    s = c->result;
+    c->done = 0;
+    pthread_mutex_unlock(&c->mu);
+    rd_kafka_consumer_group_metadata_destroy(c->cgmd);
+    rd_kafka_topic_partition_list_destroy(c->offsets);
+    c->cgmd = NULL;
+    c->offsets = NULL;
+    cp->inflight = 0;
+    cp->fl_arena.len = 0;
+
+    if (s == STEP_OK) {
+        long long now = now_ms();
+        evl_store_commit_sealed(cp->store);
+        counts_settle(cp, 1, 1);
+        evl_metric_add(cp->m_committed, 1);
+        evl_metric_observe(cp->m_batch_seconds,
+                           (double)(now - cp->fl_t0) / 1000.0);
+        evl_metric_observe(cp->m_txn_seconds,
+                           (double)(now - cp->fl_tb) / 1000.0);
+        evl_metric_observe(cp->m_batch_size, (double)cp->fl_n);
+        evl_metric_set(cp->m_lua_memory, (double)evl_luahost_memory(cp->host));
+        if (now - cp->last_lag_ms >= 1000) {
+            cp->last_lag_ms = now;
+            evl_kafka_report_lag(cp->consumer, cp->cfg->cmd.group_id);
+        }
+        if (evl_log_get_level() <= EVL_LOG_DEBUG)
+            log_committed(cp);
+        batch_shift(cp, cp->fl_n);
+        cp->fl_n = 0;
+        cp->fl_nout = 0;
+        cp->backoff_ms = 0;
+        return 0;
+    }
+
+    char nf[32], nd[32];
+    snprintf(nf, sizeof nf, "%zu", cp->fl_n);
+    snprintf(nd, sizeof nd, "%zu", cp->ndec);
+    evl_log(EVL_LOG_WARN,
+            "transaction in flight failed; it and the batch decided after "
+            "it are dropped",
+            "commands", nf, "decided_after", nd, NULL);
+    counts_settle(cp, 0, 1);
+    evl_metric_add(cp->m_aborted, 1);
+    cp->fl_n = 0;
+    cp->fl_nout = 0;
+    if (s == STEP_FATAL) {
+        cp->fatal = 1; /* a fenced producer cannot abort */
+    } else {
+        abort_txn(cp, cp->fl_producer);
+    }
+    if (rewind && !cp->fatal) {
+        abort_and_rewind(cp); /* rolls back, clears, forgets the decided */
+    } else {
+        evl_store_rollback(cp->store);
+        batch_clear(cp);
+        discard_decided(cp);
+    }
+    return cp->fatal ? 1 : 0;
+}
+
+/* Begin the decided batch's transaction, produce its records, and hand it
+ * to the committer. Returns 0, or 1 on a fatal error. */
+static int launch(cmdproc *cp, long long waited)
 {
     rd_kafka_topic_partition_list_t *offsets;
-    rd_kafka_consumer_group_metadata_t *cgmd;
-    long long t0 = now_ms(), t1, t2, t3, tb;
-    size_t done = 0;
+    long long t1 = now_ms(), tb, t2, t3;
     step s;
 
-    cp->arena.len = 0;
-    cp->nout = 0;
-    cp->delivery_error[0] = '\0';
-    evl_store_begin(cp->store);
-    cp->lua_s = 0;
-    while (done < cp->nbatch) {
-        decide(cp, cp->batch[done++]);
-        if (now_ms() - t0 > DECIDE_BUDGET_MS)
-            break;
-    }
     queue_snapshots(cp);
-    t1 = now_ms();
     evl_metric_add(cp->m_lua_seconds, cp->lua_s);
-
+    cp->delivery_error[cp->cur][0] = '\0';
+    tb = now_ms();
     do {
-        s = txn_call(cp, "rd_kafka_begin_transaction",
+        s = txn_call(cp, cp->cur, "rd_kafka_begin_transaction",
                      rd_kafka_begin_transaction(cp->producers[cp->cur]));
     } while (s == STEP_RETRY && !evl_lifecycle_stopping());
     if (s != STEP_OK)
         goto failed;
     cp->in_txn = 1;
-    tb = now_ms();
+    t2 = now_ms();
     for (size_t i = 0; i < cp->nout; i++)
         if ((s = produce_one(cp, &cp->out[i])) != STEP_OK)
             goto failed;
@@ -1115,70 +1428,116 @@ static int process_batch(cmdproc *cp)
         s = STEP_ABORT;
         goto failed;
     }
-
-    t2 = now_ms();
-    offsets = batch_offsets(cp, 0, done);
-    cgmd = rd_kafka_consumer_group_metadata(cp->consumer);
-    do {
-        s = txn_call(cp, "rd_kafka_send_offsets_to_transaction",
-                     rd_kafka_send_offsets_to_transaction(
-                         cp->producers[cp->cur], offsets, cgmd, -1));
-    } while (s == STEP_RETRY && !cp->fatal);
-    rd_kafka_consumer_group_metadata_destroy(cgmd);
-    rd_kafka_topic_partition_list_destroy(offsets);
-    if (s != STEP_OK)
-        goto failed;
     t3 = now_ms();
 
-    do {
-        s = txn_call(cp, "rd_kafka_commit_transaction",
-                     rd_kafka_commit_transaction(cp->producers[cp->cur], -1));
-    } while (s == STEP_RETRY && !cp->fatal);
-    if (s != STEP_OK)
-        goto failed;
-    cp->in_txn = 0;
-    evl_store_commit(cp->store);
-    counts_settle(cp, 1);
-    evl_metric_add(cp->m_committed, 1);
-    evl_metric_observe(cp->m_batch_seconds, (double)(now_ms() - t0) / 1000.0);
-    evl_metric_observe(cp->m_txn_seconds, (double)(now_ms() - t1) / 1000.0);
-    evl_metric_observe(cp->m_batch_size, (double)done);
-    evl_metric_set(cp->m_lua_memory, (double)evl_luahost_memory(cp->host));
-    if (now_ms() - cp->last_lag_ms >= 1000) {
-        cp->last_lag_ms = now_ms();
-        evl_kafka_report_lag(cp->consumer, cp->cfg->cmd.group_id);
+    /* hand it on: the store seals its changes, the buffers swap */
+    offsets = batch_offsets(cp, 0, cp->ndec);
+    evl_store_seal(cp->store);
+    for (size_t i = 0; i < cp->ntypes; i++) {
+        agtype *t = &cp->types[i];
+        memcpy(t->fl_pending, t->pending, sizeof t->pending);
+        t->fl_pending_events = t->pending_events;
+        memset(t->pending, 0, sizeof t->pending);
+        t->pending_events = 0;
     }
+    evl_buf ta = cp->fl_arena;
+    cp->fl_arena = cp->arena;
+    cp->arena = ta;
+    cp->arena.len = 0;
+    outmsg *to = cp->fl_out;
+    cp->fl_out = cp->out;
+    cp->out = to;
+    size_t tc = cp->fl_capout;
+    cp->fl_capout = cp->capout;
+    cp->capout = tc;
+    cp->fl_nout = cp->nout;
+    cp->nout = 0;
+    cp->fl_n = cp->ndec;
+    cp->ndec = 0;
+    cp->fl_producer = cp->cur;
     cp->cur = (cp->cur + 1) % NPRODUCERS;
-    if (evl_log_get_level() <= EVL_LOG_DEBUG) {
-        char n[32], m[32], d[32], b[32], w[32], o[32], c[32], p[32];
-        snprintf(p, sizeof p, "%lld", cp->collect_ms);
-        snprintf(n, sizeof n, "%zu", done);
-        snprintf(m, sizeof m, "%zu", cp->nout);
-        snprintf(d, sizeof d, "%lld", t1 - t0);
-        snprintf(b, sizeof b, "%lld", tb - t1);
-        snprintf(w, sizeof w, "%lld", t2 - tb);
-        snprintf(o, sizeof o, "%lld", t3 - t2);
-        snprintf(c, sizeof c, "%lld", now_ms() - t3);
-        evl_log(EVL_LOG_DEBUG, "batch committed", "commands", n, "records", m,
-                "poll_ms", p, "decide_ms", d, "begin_ms", b, "produce_ms", w,
-                "send_offsets_ms", o, "commit_ms", c, NULL);
-    }
-    batch_shift(cp, done);
-    cp->backoff_ms = 0;
+    cp->in_txn = 0;
+    cp->inflight = 1;
+    cp->fl_t0 = cp->dec_t0;
+    cp->fl_t1 = t1; /* deciding overlaps the wait for the previous commit */
+    cp->fl_wait = waited;
+    cp->fl_tb = tb;
+    cp->fl_t2 = t2;
+    cp->fl_t3 = t3;
+    cp->fl_collect = cp->collect_ms;
+
+    committer *c = &cp->cm;
+    pthread_mutex_lock(&c->mu);
+    c->producer = cp->fl_producer;
+    c->offsets = offsets;
+    c->cgmd = rd_kafka_consumer_group_metadata(cp->consumer);
+    c->fail = cp->fail_in_flight > 0 && cp->txn_count == cp->fail_in_flight;
+    c->done = 0;
+    c->has_job = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
     return 0;
 
 failed:
-    counts_settle(cp, 0);
+    counts_settle(cp, 0, 0);
     evl_metric_add(cp->m_aborted, 1);
     if (s == STEP_FATAL || cp->fatal) {
         cp->in_txn = 0; /* a fenced producer cannot abort */
         evl_store_rollback(cp->store);
         batch_clear(cp);
+        discard_decided(cp);
         return 1;
     }
     /* STEP_ABORT, or a retriable begin/produce problem */
     abort_and_rewind(cp);
     return cp->fatal ? 1 : 0;
+}
+
+/* One turn of the pipeline: decide what the batch holds, then, while a
+ * transaction is in flight, take in and decide more commands until it
+ * ends; settle it; start the next. Returns 0, or 1 on a fatal error. */
+static int pipeline_step(cmdproc *cp)
+{
+    unsigned peek = cp->seen_hup, revokes = cp->revokes;
+    /* a reload waits for a moment with nothing in flight or decided */
+    int reload = evl_luahost_reload_requested(&peek);
+    int batch = cp->cfg->cmd.batch_size;
+    long long w0 = 0;
+
+    if (!(reload && cp->inflight))
+        decide_more(cp);
+    if (cp->inflight) {
+        w0 = now_ms();
+        while (!committer_wait(cp, 0)) {
+            rd_kafka_message_t *m;
+            if (reload || evl_lifecycle_stopping() || cp->fatal ||
+                (int)(cp->nbatch - cp->fl_n) >= batch ||
+                (cp->ndec > 0 && now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS)) {
+                committer_wait(cp, 5);
+                continue;
+            }
+            m = rd_kafka_consumer_poll(cp->consumer, 1);
+            if (cp->revokes != revokes)
+                return cp->fatal; /* the revocation settled and cleared */
+            if (!m)
+                continue;
+            if (batch_take(cp, m))
+                decide_more(cp);
+        }
+        w0 = now_ms() - w0;
+        if (settle(cp, 1) != 0)
+            return 1;
+    }
+    if (cp->ndec == 0)
+        return 0;
+    if (evl_lifecycle_stopping() || cp->fatal) {
+        /* stopping: the decided batch never began; nothing to abort */
+        evl_store_rollback(cp->store);
+        batch_clear(cp);
+        discard_decided(cp);
+        return cp->fatal;
+    }
+    return launch(cp, w0);
 }
 
 /* ---- the loop ------------------------------------------------------------ */
@@ -1196,14 +1555,16 @@ static void collect(cmdproc *cp)
     long long deadline = 0;
     int batch = cp->cfg->cmd.batch_size, linger = cp->cfg->cmd.linger_ms;
     /* delivery reports between transactions (commit's flush serves those
-     * of its own records) */
+     * of its own records; the committer's producer is its own) */
     for (int j = 0; j < NPRODUCERS; j++)
-        rd_kafka_poll(cp->producers[j], 0);
-    while ((int)cp->nbatch < batch && !cp->fatal) {
+        if (!cp->inflight || j != cp->fl_producer)
+            rd_kafka_poll(cp->producers[j], 0);
+    while ((int)(cp->nbatch - cp->fl_n) < batch && !cp->fatal) {
         int timeout;
         rd_kafka_message_t *m;
-        if (cp->nbatch == 0) {
-            if (evl_lifecycle_stopping())
+        if (cp->nbatch == cp->fl_n) {
+            /* in flight: the pipeline takes in commands while it waits */
+            if (evl_lifecycle_stopping() || cp->inflight)
                 return;
             timeout = 100;
         } else {
@@ -1212,24 +1573,13 @@ static void collect(cmdproc *cp)
         }
         m = rd_kafka_consumer_poll(cp->consumer, timeout);
         if (!m) {
-            if (cp->nbatch == 0 || timeout == 0)
+            if (cp->nbatch == cp->fl_n || timeout == 0)
                 return; /* idle, or nothing more queued */
             continue;
         }
-        if (m->err) {
-            if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
-                cp->fatal = 1;
-                evl_log(EVL_LOG_ERROR, "consumer fatal error", "error",
-                        rd_kafka_message_errstr(m), NULL);
-            } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                evl_log(EVL_LOG_WARN, "consumer error", "error",
-                        rd_kafka_message_errstr(m), NULL);
-            }
-            rd_kafka_message_destroy(m);
+        if (!batch_take(cp, m))
             continue;
-        }
-        batch_add(cp, m);
-        if (cp->nbatch == 1)
+        if (cp->nbatch - cp->fl_n == 1)
             deadline = now_ms() + linger;
     }
 }
@@ -1488,6 +1838,7 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     long long last_counts;
     const char *hook = getenv("EVLUA_TEST_FAIL_BEFORE_COMMIT");
     const char *hang = getenv("EVLUA_TEST_HANG_BEFORE_COMMIT");
+    const char *fail_in_flight = getenv("EVLUA_TEST_FAIL_IN_FLIGHT");
 
     memset(&cp, 0, sizeof cp);
     cp.cfg = cfg;
@@ -1522,6 +1873,8 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
         cp.fail_before_commit = strtol(hook, NULL, 10);
     if (hang && *hang)
         cp.hang_before_commit = strtol(hang, NULL, 10);
+    if (fail_in_flight && *fail_in_flight)
+        cp.fail_in_flight = strtol(fail_in_flight, NULL, 10);
     if (evl_luahost_reload(proto, &cp.host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "command processor: cannot load the scripts",
                 "error", err, NULL);
@@ -1570,6 +1923,11 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     }
     if ((rc = init_transactions(&cp)) != EXIT_OK)
         goto out;
+    if (committer_start(&cp) != 0) {
+        evl_log(EVL_LOG_ERROR, "cannot start the committer thread", NULL);
+        rc = EXIT_RUNTIME;
+        goto out;
+    }
     if (subscribe(&cp, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "command processor", "error", err, NULL);
         rc = EXIT_RUNTIME;
@@ -1582,13 +1940,14 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
 
     last_counts = now_ms();
     while (!evl_lifecycle_stopping() && !cp.fatal) {
-        maybe_reload(&cp);
+        if (!cp.inflight)
+            maybe_reload(&cp);
         long long tc = now_ms();
         collect(&cp);
         cp.collect_ms = now_ms() - tc;
         if (cp.fatal)
             break;
-        if (cp.nbatch > 0 && process_batch(&cp) != 0) {
+        if ((cp.nbatch > 0 || cp.inflight) && pipeline_step(&cp) != 0) {
             cp.fatal = 1;
             break;
         }
@@ -1597,7 +1956,13 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
             log_counts(&cp);
         }
     }
+    /* stopping: the transaction in flight ends (commit or abort); what
+     * was decided after it never began */
+    if (settle(&cp, 0) != 0)
+        cp.fatal = 1;
+    evl_store_rollback(cp.store);
     batch_clear(&cp);
+    discard_decided(&cp);
     if (cp.fatal) {
         evl_log(EVL_LOG_ERROR,
                 "command processor stops after a fatal Kafka error (another "
@@ -1625,8 +1990,11 @@ out:
     evl_store_free(cp.store);
     evl_luahost_decision_free(&cp.dec);
     evl_envelope_command_free(&cp.cmd);
+    committer_stop(&cp);
     evl_buf_free(&cp.arena);
+    evl_buf_free(&cp.fl_arena);
     free(cp.out);
+    free(cp.fl_out);
     free(cp.event_ids);
     free(cp.batch);
     evl_luahost_free(cp.host);

@@ -67,6 +67,10 @@ struct evl_store {
     strlist left, entered; /* ids that left / entered rings in the txn */
     unsigned txn;
     int open;
+    /* evl_store_seal(): the first `sealed` undo entries (and the first
+     * left_mark / entered_mark strings) belong to the older transaction;
+     * 0 when none is sealed */
+    size_t sealed, left_mark, entered_mark;
 };
 
 static void strlist_push(strlist *l, char *s)
@@ -84,6 +88,18 @@ static void strlist_clear(strlist *l, int free_them)
         for (size_t i = 0; i < l->n; i++)
             free(l->v[i]);
     l->n = 0;
+}
+
+/* Drop the first n strings (freeing them when asked), keep the rest. */
+static void strlist_shift(strlist *l, size_t n, int free_them)
+{
+    if (n == 0)
+        return;
+    if (free_them)
+        for (size_t i = 0; i < n; i++)
+            free(l->v[i]);
+    memmove(l->v, l->v + n, sizeof *l->v * (l->n - n));
+    l->n -= n;
 }
 
 static uint64_t fnv1a(const char *s)
@@ -296,6 +312,41 @@ void evl_store_begin(evl_store *s)
     if (s->txn == 0) /* 0 marks "never touched" */
         s->txn = 1;
     s->nundo = 0;
+    s->sealed = s->left_mark = s->entered_mark = 0;
+}
+
+void evl_store_seal(evl_store *s)
+{
+    if (!s->open) {
+        evl_store_begin(s);
+        return;
+    }
+    /* one sealed level only: sealing again merges the open level into it */
+    s->sealed = s->nundo;
+    s->left_mark = s->left.n;
+    s->entered_mark = s->entered.n;
+    /* a new serial: an aggregate touched again gets its own undo entry */
+    s->txn++;
+    if (s->txn == 0)
+        s->txn = 1;
+}
+
+void evl_store_commit_sealed(evl_store *s)
+{
+    if (!s->open)
+        return;
+    if (s->sealed > 0) {
+        for (size_t i = 0; i < s->sealed; i++) {
+            free(s->undo[i].state);
+            free(s->undo[i].ids);
+        }
+        memmove(s->undo, s->undo + s->sealed,
+                sizeof *s->undo * (s->nundo - s->sealed));
+        s->nundo -= s->sealed;
+    }
+    strlist_shift(&s->left, s->left_mark, 1);
+    strlist_shift(&s->entered, s->entered_mark, 0);
+    s->sealed = s->left_mark = s->entered_mark = 0;
 }
 
 /* Record a as it is now, once per transaction. */
@@ -382,13 +433,13 @@ evl_store_agg *evl_store_put(evl_store *s, const char *type, int32_t partition,
 
 size_t evl_store_ntouched(const evl_store *s)
 {
-    return s->open ? s->nundo : 0;
+    return s->open ? s->nundo - s->sealed : 0;
 }
 
 const evl_store_agg *evl_store_touched(const evl_store *s, size_t i,
                                        const char **type, int32_t *partition)
 {
-    const evl_store_agg *a = s->undo[i].a;
+    const evl_store_agg *a = s->undo[s->sealed + i].a;
     if (type)
         *type = a->part->type;
     if (partition)
@@ -407,6 +458,7 @@ void evl_store_commit(evl_store *s)
     strlist_clear(&s->left, 1);
     strlist_clear(&s->entered, 0);
     s->nundo = 0;
+    s->sealed = s->left_mark = s->entered_mark = 0;
     s->open = 0;
 }
 
@@ -442,6 +494,7 @@ void evl_store_rollback(evl_store *s)
     strlist_clear(&s->entered, 1);
     strlist_clear(&s->left, 0);
     s->nundo = 0;
+    s->sealed = s->left_mark = s->entered_mark = 0;
     s->open = 0;
 }
 

@@ -84,16 +84,27 @@ evl_store_agg *evl_store_put(evl_store *s, const char *type, int32_t partition,
                              size_t state_len, long long version,
                              const char *command_id);
 
-/* The aggregates put since evl_store_begin(), in first-touch order:
+/* The aggregates put since evl_store_begin() (or the last seal), in
+ * first-touch order:
  * i from 0 to evl_store_ntouched() - 1. *type and *partition name the
  * aggregate's partition (pointers valid while it is held). */
 size_t evl_store_ntouched(const evl_store *s);
 const evl_store_agg *evl_store_touched(const evl_store *s, size_t i,
                                        const char **type, int32_t *partition);
 
-/* Keep the changes / undo them; either closes the transaction. */
+/* Keep the changes / undo them; either closes the transaction (both
+ * levels, when one is sealed). */
 void evl_store_commit(evl_store *s);
 void evl_store_rollback(evl_store *s);
+
+/* Two transactions at once: seal the open one (it becomes the older
+ * level, still undoable) and open a newer one on top, whose changes
+ * evl_store_ntouched() / evl_store_touched() then list. Opens one when
+ * none is. Sealing again merges the open level into the sealed one.
+ * evl_store_commit_sealed() keeps the older level's changes and leaves the
+ * newer open; evl_store_rollback() undoes both. */
+void evl_store_seal(evl_store *s);
+void evl_store_commit_sealed(evl_store *s);
 
 /* Append the snapshot JSON of a (of aggregate type `type`) to out. */
 void evl_store_snapshot(const evl_store_agg *a, const char *type, evl_buf *out);

@@ -7,7 +7,7 @@ evl_c_test(envelope LABELS unit)
 evl_c_test(store LABELS unit)
 evl_c_test(kafka_util LABELS unit)
 
-foreach(t cmd_e2e cmd_bad cmd_abort cmd_restart cmd_fence)
+foreach(t cmd_e2e cmd_bad cmd_abort cmd_pipeline cmd_restart cmd_fence)
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/c/test_${t}.c)
     evl_c_test(${t} LABELS kafka FIXTURES kafka)
     add_dependencies(test_${t} evlua)

@@ -2,7 +2,9 @@
  * test_store.c - the command side's in-memory states: lookups per
  * (type, partition); transactions that roll back to exactly the committed
  * states (state text, version, remembered command ids, aggregates created
- * in the transaction); the dedup ring keeps the newest N ids; snapshots
+ * in the transaction); two transactions at once (a sealed older one under
+ * an open newer one: commit the older alone, or roll both back); the
+ * dedup ring keeps the newest N ids; snapshots
  * round-trip through restore without re-encoding the state; tombstones
  * and bad records; dropping partitions.
  */
@@ -123,6 +125,112 @@ static void transactions(void)
     evl_store_free(s);
 }
 
+/* The command processor decides the next batch while the previous one
+ * commits: the older transaction is sealed under the newer. */
+static void sealed(void)
+{
+    evl_store *s = evl_store_new(2);
+    evl_store_agg *a;
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":1}", 7, 1, "a");
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":2}", 7, 2, "b");
+
+    /* older: c-1 -> 3 (id c pushes a out of the two-slot ring), c-2
+     * created; newer: c-1 -> 4 (e pushes b out), c-3 created */
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":3}", 7, 3, "c");
+    evl_store_put(s, "customer", 0, "c-2", "{\"w\":1}", 7, 1, "d");
+    evl_store_seal(s);
+    CHECK_INT(evl_store_ntouched(s), 0, "sealed: the newer level is empty");
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":4}", 7, 4, "e");
+    evl_store_put(s, "customer", 0, "c-3", "{\"x\":1}", 7, 1, "f");
+    evl_store_put(s, "customer", 0, "c-2", "{\"w\":2}", 7, 2, "g");
+    CHECK_INT(evl_store_ntouched(s), 3, "the newer level lists its own");
+    CHECK_STR(evl_store_id(evl_store_touched(s, 0, NULL, NULL)), "c-1",
+              "touched again in the newer level: listed there");
+    CHECK_STR(state_of(s, "c-1"), "{\"v\":4}", "the newest state shows");
+
+    /* roll both back: exactly the committed states */
+    evl_store_rollback(s);
+    a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK_STR(evl_store_state(a, NULL), "{\"v\":2}", "both rolled back");
+    CHECK_INT(evl_store_version(a), 2, "both rolled back: version");
+    CHECK(evl_store_seen(a, "a") && evl_store_seen(a, "b") &&
+              !evl_store_seen(a, "c") && !evl_store_seen(a, "e"),
+          "both rolled back: ring");
+    CHECK(!evl_store_get(s, "customer", 0, "c-2") &&
+              !evl_store_get(s, "customer", 0, "c-3"),
+          "both rolled back: created aggregates gone");
+
+    /* commit the older alone, then roll the newer back */
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":3}", 7, 3, "c");
+    evl_store_put(s, "customer", 0, "c-2", "{\"w\":1}", 7, 1, "d");
+    evl_store_seal(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":4}", 7, 4, "e");
+    evl_store_put(s, "customer", 0, "c-2", "{\"w\":2}", 7, 2, "g");
+    evl_store_put(s, "customer", 0, "c-3", "{\"x\":1}", 7, 1, "f");
+    evl_store_commit_sealed(s);
+    CHECK_INT(evl_store_ntouched(s), 3, "the newer level stays open");
+    evl_store_rollback(s);
+    a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK_STR(evl_store_state(a, NULL), "{\"v\":3}",
+              "the older level's state stays");
+    CHECK_INT(evl_store_version(a), 3, "the older level's version stays");
+    CHECK(evl_store_seen(a, "b") && evl_store_seen(a, "c") &&
+              !evl_store_seen(a, "a") && !evl_store_seen(a, "e"),
+          "the ring as the older level left it");
+    a = evl_store_get(s, "customer", 0, "c-2");
+    CHECK(a && evl_store_version(a) == 1 && evl_store_seen(a, "d") &&
+              !evl_store_seen(a, "g"),
+          "created in the older level, changed in the newer: as created");
+    CHECK(!evl_store_get(s, "customer", 0, "c-3"),
+          "created in the newer level: gone");
+
+    /* commit the older, then the newer, then seal twice (merge) */
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":4}", 7, 4, "e");
+    evl_store_seal(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":5}", 7, 5, "h");
+    evl_store_commit_sealed(s);
+    evl_store_commit(s);
+    a = evl_store_get(s, "customer", 0, "c-1");
+    CHECK(evl_store_version(a) == 5 && evl_store_seen(a, "e") &&
+              evl_store_seen(a, "h") && !evl_store_seen(a, "c"),
+          "both committed in turn");
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":6}", 7, 6, "i");
+    evl_store_seal(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":7}", 7, 7, "j");
+    evl_store_seal(s);
+    CHECK_INT(evl_store_ntouched(s), 0, "sealing again merges");
+    evl_store_commit_sealed(s);
+    evl_store_rollback(s);
+    CHECK_INT(evl_store_version(evl_store_get(s, "customer", 0, "c-1")), 7,
+              "the merged level committed as one");
+
+    /* a drop while both are open rolls both back first */
+    evl_store_begin(s);
+    evl_store_put(s, "customer", 0, "c-1", "{\"v\":8}", 7, 8, "k");
+    evl_store_seal(s);
+    evl_store_put(s, "customer", 0, "c-4", "{}", 2, 1, "l");
+    evl_store_drop(s, "customer", 0);
+    CHECK_INT(evl_store_count(s, NULL, -1), 0, "drop with two levels open");
+    evl_store_free(s);
+
+    /* empty levels, no ids remembered (nothing allocated yet) */
+    s = evl_store_new(0);
+    evl_store_begin(s);
+    evl_store_seal(s);
+    evl_store_commit_sealed(s);
+    evl_store_put(s, "customer", 1, "c-9", "{}", 2, 1, NULL);
+    evl_store_seal(s);
+    evl_store_commit_sealed(s);
+    evl_store_commit(s);
+    CHECK_INT(evl_store_version(evl_store_get(s, "customer", 1, "c-9")), 1,
+              "empty levels seal and commit");
+    evl_store_free(s);
+}
+
 static void snapshots(void)
 {
     evl_store *s = evl_store_new(2), *r = evl_store_new(2);
@@ -219,6 +327,7 @@ int main(void)
     lookups();
     dedup_ring();
     transactions();
+    sealed();
     snapshots();
     many();
     return check_done();
