@@ -141,9 +141,9 @@ typedef struct cmdproc {
     int inflight, fl_producer;
     long long fl_t0, fl_t1, fl_tb, fl_t2, fl_t3, fl_wait, fl_collect;
     committer cm;
-    size_t ndec;       /* commands decided for the next transaction */
-    long long dec_t0;  /* when deciding them began */
-    unsigned revokes;  /* revocations so far (they reset the batch) */
+    size_t ndec;      /* commands decided for the next transaction */
+    long long dec_t0; /* when deciding them began */
+    unsigned revokes; /* revocations so far (they reset the batch) */
 
     int in_txn; /* a transaction begun by this thread, not yet handed on */
     int fatal;  /* a fatal error seen in a callback */
@@ -1118,8 +1118,8 @@ static void counts_settle(cmdproc *cp, int committed, int inflight)
     for (size_t i = 0; i < cp->ntypes; i++) {
         agtype *t = &cp->types[i];
         long long *pending = inflight ? t->fl_pending : t->pending;
-        long long *events = inflight ? &t->fl_pending_events
-                                     : &t->pending_events;
+        long long *events =
+            inflight ? &t->fl_pending_events : &t->pending_events;
         if (committed) {
             for (int k = 0; k < 4; k++)
                 if (pending[k])

@@ -48,8 +48,7 @@ int main(void)
 
     pid = ct_start(&t, "a", "a.log", "EVLUA_TEST_FAIL_IN_FLIGHT=2");
     rd_kafka_t *p = ct_producer(&t);
-    for (int i = 0; i < 300 && !ct_log_has(&t, "a.log", "states restored");
-         i++)
+    for (int i = 0; i < 300 && !ct_log_has(&t, "a.log", "states restored"); i++)
         ct_sleep_ms(100);
 
     /* a register per aggregate, then email changes; 10 commands every
@@ -67,9 +66,8 @@ int main(void)
                      a, a, a);
         else
             snprintf(data, sizeof data, "{\"email\":\"e%d@example.org\"}", i);
-        ct_send(&t, p, "customer", id, i < AGGS ? "RegisterCustomer"
-                                                : "ChangeEmail",
-                agg, data, NULL);
+        ct_send(&t, p, "customer", id,
+                i < AGGS ? "RegisterCustomer" : "ChangeEmail", agg, data, NULL);
         if (i % 10 == 9) {
             ct_flush(p);
             ct_sleep_ms(25);
