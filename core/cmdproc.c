@@ -115,8 +115,9 @@ typedef struct cmdproc {
     size_t ntypes;
 
     rd_kafka_t *producers[NPRODUCERS], *consumer, *restorer;
-    int cur;            /* the producer of the next transaction */
-    size_t max_message; /* message.max.bytes of the producers */
+    rd_kafka_queue_t *cq; /* the consumer's queue: the committer wakes it */
+    int cur;              /* the producer of the next transaction */
+    size_t max_message;   /* message.max.bytes of the producers */
     evl_store *store;
     lua_State *L; /* scratch state for parsing commands */
 
@@ -1215,6 +1216,8 @@ static void *committer_main(void *arg)
         c->has_job = 0;
         c->done = 1;
         pthread_cond_broadcast(&c->cv);
+        /* the processing thread may be waiting in rd_kafka_consumer_poll */
+        rd_kafka_queue_yield(cp->cq);
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
@@ -1516,7 +1519,9 @@ static int pipeline_step(cmdproc *cp)
                 committer_wait(cp, 5);
                 continue;
             }
-            m = rd_kafka_consumer_poll(cp->consumer, 1);
+            /* returns at once when the committer is done (it yields the
+             * queue) */
+            m = rd_kafka_consumer_poll(cp->consumer, 100);
             if (cp->revokes != revokes)
                 return cp->fatal; /* the revocation settled and cleared */
             if (!m)
@@ -1761,6 +1766,7 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
         return EXIT_CONFIG;
     }
     rd_kafka_poll_set_consumer(cp->consumer);
+    cp->cq = rd_kafka_queue_get_consumer(cp->consumer);
 
     /* reader of the state topics: assigned by hand, never joins a group */
     snprintf(group, sizeof group, "%s.restore", cfg->cmd.group_id);
@@ -1973,6 +1979,9 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     log_counts(&cp);
 
 out:
+    committer_stop(&cp);
+    if (cp.cq)
+        rd_kafka_queue_destroy(cp.cq);
     if (cp.consumer) {
         rd_kafka_consumer_close(cp.consumer);
         rd_kafka_destroy(cp.consumer);
@@ -1990,7 +1999,6 @@ out:
     evl_store_free(cp.store);
     evl_luahost_decision_free(&cp.dec);
     evl_envelope_command_free(&cp.cmd);
-    committer_stop(&cp);
     evl_buf_free(&cp.arena);
     evl_buf_free(&cp.fl_arena);
     free(cp.out);

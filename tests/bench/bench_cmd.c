@@ -25,7 +25,8 @@
  * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms,
  * EVLUA_BENCH_BATCH_SIZE the latency run's commands.batch_size;
  * EVLUA_BENCH_KAFKA adds librdkafka properties;
- * EVLUA_BENCH_DEBUG=1 runs evlua at debug level (per-batch timings).
+ * EVLUA_BENCH_DEBUG=1 runs evlua at debug level (per-batch timings);
+ * EVLUA_BENCH_DUMP=FILE writes each command's send time and latency.
  *
  * Output: one line of "key=value" per run (scripts/bench-cmd makes the
  * table). Needs the broker (svc.h) and EVLUA_BIN, EVLUA_SOURCE_DIR.
@@ -299,6 +300,17 @@ static int latency(int rate, int seconds, int aggs)
     rd_kafka_destroy(p);
     int rc = ct_stop(pid, SIGTERM, 60);
 
+    /* EVLUA_BENCH_DUMP=FILE: one line per command, "ms since the first
+     * send, latency ms, wall clock ms of the send" (to see when the slow
+     * ones happened, next to evlua's debug log) */
+    const char *dump = getenv("EVLUA_BENCH_DUMP");
+    FILE *df = dump && *dump ? fopen(dump, "w") : NULL;
+    for (int k = 0; df && k < n; k++)
+        if (lat_us[k] >= 0)
+            fprintf(df, "%.1f %.1f %lld\n", (sent_us[k] - start) / 1000.0,
+                    lat_us[k] / 1000.0, sent_wall_ms[k]);
+    if (df)
+        fclose(df);
     long long *v = malloc(sizeof *v * (size_t)n);
     long long *a = malloc(sizeof *a * (size_t)n);
     long long *b = malloc(sizeof *b * (size_t)n);
