@@ -1216,8 +1216,11 @@ static void *committer_main(void *arg)
         c->has_job = 0;
         c->done = 1;
         pthread_cond_broadcast(&c->cv);
-        /* the processing thread may be waiting in rd_kafka_consumer_poll */
+        pthread_mutex_unlock(&c->mu);
+        /* the processing thread may be waiting in rd_kafka_consumer_poll
+         * (the flag stays until a poll sees it: no lost wake-up) */
         rd_kafka_queue_yield(cp->cq);
+        pthread_mutex_lock(&c->mu);
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
