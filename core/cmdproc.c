@@ -1282,18 +1282,22 @@ static int committer_wait(cmdproc *cp, int ms)
     return done;
 }
 
-/* Decide the batch's commands not decided yet, up to batch_size commands
- * and DECIDE_BUDGET_MS for the next transaction. */
+/* Is the next transaction's batch decided as far as it may go:
+ * batch_size commands, or DECIDE_BUDGET_MS spent deciding it? */
+static int decided_enough(const cmdproc *cp)
+{
+    return cp->ndec >= (size_t)cp->cfg->cmd.batch_size ||
+           (cp->ndec > 0 && now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS);
+}
+
+/* Decide the batch's commands not decided yet, until decided_enough. */
 static void decide_more(cmdproc *cp)
 {
-    size_t limit = cp->fl_n + (size_t)cp->cfg->cmd.batch_size;
-    while (cp->fl_n + cp->ndec < cp->nbatch && cp->fl_n + cp->ndec < limit) {
+    while (cp->fl_n + cp->ndec < cp->nbatch && !decided_enough(cp)) {
         if (cp->ndec == 0) {
             cp->dec_t0 = now_ms();
             cp->lua_s = 0;
             evl_store_begin(cp->store); /* open already while in flight */
-        } else if (now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS) {
-            break;
         }
         decide(cp, cp->batch[cp->fl_n + cp->ndec]);
         cp->ndec++;
@@ -1517,8 +1521,7 @@ static int pipeline_step(cmdproc *cp)
         while (!committer_wait(cp, 0)) {
             rd_kafka_message_t *m;
             if (reload || evl_lifecycle_stopping() || cp->fatal ||
-                (int)(cp->nbatch - cp->fl_n) >= batch ||
-                (cp->ndec > 0 && now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS)) {
+                (int)(cp->nbatch - cp->fl_n) >= batch || decided_enough(cp)) {
                 committer_wait(cp, 5);
                 continue;
             }
