@@ -19,12 +19,16 @@
  *       to_result (send -> produced: the load generator's linger, evlua's
  *       fetch, the wait for the transaction in flight, deciding) and
  *       to_visible (produced -> read: flushing, commit, the markers, the
- *       reader's fetch), p50 and p99 in ms.
+ *       reader's fetch), p50 and p99 in ms; and evlua's CPU time per
+ *       command (all its threads) and the share of the run its
+ *       processing thread spent runnable but waiting for a CPU (Linux
+ *       schedstat), which is what a crowded machine costs it.
  *
  * Latency runs with evlua's default batch_size and linger_ms.
  * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms,
  * EVLUA_BENCH_BATCH_SIZE the latency run's commands.batch_size;
- * EVLUA_BENCH_KAFKA adds librdkafka properties;
+ * EVLUA_BENCH_KAFKA adds librdkafka properties, EVLUA_BENCH_COMMANDS
+ * fields of the commands table (e.g. "dedup_ids = 10,");
  * EVLUA_BENCH_DEBUG=1 runs evlua at debug level (per-batch timings);
  * EVLUA_BENCH_DUMP=FILE writes each command's send time and latency.
  *
@@ -32,6 +36,7 @@
  * table). Needs the broker (svc.h) and EVLUA_BIN, EVLUA_SOURCE_DIR.
  */
 #define _GNU_SOURCE /* memmem */
+#include <dirent.h>
 #include <pthread.h>
 
 #include "cmdtest.h"
@@ -58,7 +63,7 @@ static ct t;
 
 /* batch: commands.batch_size, 0 for evlua's default (or
  * EVLUA_BENCH_BATCH_SIZE); commands.linger_ms is evlua's default unless
- * EVLUA_BENCH_LINGER_MS. */
+ * EVLUA_BENCH_LINGER_MS; EVLUA_BENCH_COMMANDS adds fields. */
 static void setup(int batch)
 {
     char extra[256], commands[256];
@@ -73,7 +78,13 @@ static void setup(int batch)
     if (batch > 0)
         n += (size_t)snprintf(extra, sizeof extra, "batch_size = %d, ", batch);
     if (linger && *linger)
-        snprintf(extra + n, sizeof extra - n, "linger_ms = %d,", atoi(linger));
+        n += (size_t)snprintf(extra + n, sizeof extra - n, "linger_ms = %d, ",
+                              atoi(linger));
+    /* EVLUA_BENCH_COMMANDS: more fields of the commands table, e.g.
+     * "dedup_ids = 10," */
+    if (getenv("EVLUA_BENCH_COMMANDS"))
+        snprintf(extra + n, sizeof extra - n, "%s",
+                 getenv("EVLUA_BENCH_COMMANDS"));
     /* EVLUA_BENCH_KAFKA: extra librdkafka properties as Lua fields,
      * e.g. "['retry.backoff.ms'] = 10," */
     ct_config(&t, "a", "a", extra, getenv("EVLUA_BENCH_KAFKA"));
@@ -237,6 +248,77 @@ static int cmp_ll(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The threads of process pid from /proc/PID/task/TID/schedstat (ns on a
+ * CPU, ns runnable but waiting for one); 0 threads when there is no
+ * schedstat. */
+#define MAX_THREADS 128
+typedef struct sched_use {
+    int n;
+    struct {
+        int tid, is_evlua; /* named "evlua": not one of librdkafka's */
+        long long run_ns, wait_ns;
+    } t[MAX_THREADS];
+} sched_use;
+
+static void sched_of(pid_t pid, sched_use *u)
+{
+    char path[64];
+    DIR *d;
+    struct dirent *e;
+    u->n = 0;
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    if (!(d = opendir(path)))
+        return;
+    while ((e = readdir(d)) && u->n < MAX_THREADS) {
+        char f[400], comm[64] = "";
+        long long run, wait;
+        FILE *fp;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(f, sizeof f, "%s/%s/comm", path, e->d_name);
+        if ((fp = fopen(f, "r"))) {
+            if (!fgets(comm, sizeof comm, fp))
+                comm[0] = '\0';
+            fclose(fp);
+        }
+        snprintf(f, sizeof f, "%s/%s/schedstat", path, e->d_name);
+        if (!(fp = fopen(f, "r")))
+            continue;
+        if (fscanf(fp, "%lld %lld", &run, &wait) == 2) {
+            u->t[u->n].tid = atoi(e->d_name);
+            u->t[u->n].is_evlua = strcmp(comm, "evlua\n") == 0;
+            u->t[u->n].run_ns = run;
+            u->t[u->n].wait_ns = wait;
+            u->n++;
+        }
+        fclose(fp);
+    }
+    closedir(d);
+}
+
+/* From a to b: CPU ns of all threads, and the run-queue wait of the
+ * processing thread (the "evlua" thread that ran most in between; the
+ * process's first thread only waits for signals, the committer less). */
+static void sched_delta(const sched_use *a, const sched_use *b,
+                        long long *run_ns, long long *proc_wait_ns)
+{
+    long long best = -1;
+    *run_ns = *proc_wait_ns = 0;
+    for (int i = 0; i < b->n; i++) {
+        long long r0 = 0, w0 = 0;
+        for (int j = 0; j < a->n; j++)
+            if (a->t[j].tid == b->t[i].tid) {
+                r0 = a->t[j].run_ns;
+                w0 = a->t[j].wait_ns;
+            }
+        *run_ns += b->t[i].run_ns - r0;
+        if (b->t[i].is_evlua && b->t[i].run_ns - r0 > best) {
+            best = b->t[i].run_ns - r0;
+            *proc_wait_ns = b->t[i].wait_ns - w0;
+        }
+    }
+}
+
 static int latency(int rate, int seconds, int aggs)
 {
     char id[32];
@@ -275,6 +357,9 @@ static int latency(int rate, int seconds, int aggs)
         ct_sleep_ms(50);
     if (warm < 200)
         ct_die("warm-up: %d of 200 results", warm);
+    static sched_use s0, s1;
+    long long run_ns, proc_wait_ns;
+    sched_of(pid, &s0);
     start = now_us();
     while (i < n) {
         long long due = start + (long long)i * 1000000 / rate;
@@ -293,6 +378,11 @@ static int latency(int rate, int seconds, int aggs)
     ct_flush(p);
     for (int k = 0; k < 600 && received < n; k++)
         ct_sleep_ms(50);
+    /* evlua's CPU per command and how long its processing thread waited
+     * for a CPU, over the measured run (sending until the last result) */
+    sched_of(pid, &s1);
+    sched_delta(&s0, &s1, &run_ns, &proc_wait_ns);
+    double window_ms = (now_us() - start) / 1000.0;
     stop_reader = 1;
     pthread_join(th, NULL);
     rd_kafka_consumer_close(c);
@@ -327,13 +417,15 @@ static int latency(int rate, int seconds, int aggs)
     printf("mode=latency rate=%d seconds=%d commands=%d results=%d "
            "p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f max_ms=%.1f "
            "to_result_p50_ms=%lld to_result_p99_ms=%lld "
-           "to_visible_p50_ms=%lld to_visible_p99_ms=%lld exit=%d\n",
+           "to_visible_p50_ms=%lld to_visible_p99_ms=%lld "
+           "evlua_cpu_us_per_cmd=%.1f evlua_runq_wait_pct=%.1f exit=%d\n",
            rate, seconds, n, m, m ? v[m / 2] / 1000.0 : -1.0,
            m ? v[(long)m * 99 / 100] / 1000.0 : -1.0,
            m ? v[(long)m * 999 / 1000] / 1000.0 : -1.0,
            m ? v[m - 1] / 1000.0 : -1.0, m ? a[m / 2] : -1LL,
            m ? a[(long)m * 99 / 100] : -1LL, m ? b[m / 2] : -1LL,
-           m ? b[(long)m * 99 / 100] : -1LL, rc);
+           m ? b[(long)m * 99 / 100] : -1LL, (double)run_ns / 1000.0 / n,
+           window_ms > 0 ? (double)proc_wait_ns / 1e4 / window_ms : 0.0, rc);
     free(a);
     free(b);
     free(sent_wall_ms);
