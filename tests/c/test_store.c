@@ -4,7 +4,7 @@
  * states (state text, version, remembered command ids, aggregates created
  * in the transaction); two transactions at once (a sealed older one under
  * an open newer one: commit the older alone, or roll both back); the
- * dedup ring keeps the newest N ids; snapshots
+ * dedup list keeps the newest N ids, escaped ids included; snapshots
  * round-trip through restore without re-encoding the state; tombstones
  * and bad records; dropping partitions.
  */
@@ -303,6 +303,51 @@ static void snapshots(void)
     evl_store_free(r);
 }
 
+/* Ids that JSON escapes, ids that look like pieces of the stored list,
+ * eviction and rollback of the escaped text. */
+static void escaped_ids(void)
+{
+    evl_store *s = evl_store_new(2);
+    evl_buf b = {0}, before = {0};
+    evl_store_agg *a;
+    evl_store_put(s, "t", 0, "k", "{}", 2, 1, "x\"1");
+    evl_store_put(s, "t", 0, "k", "{}", 2, 2, "b\\s");
+    a = evl_store_get(s, "t", 0, "k");
+    CHECK(evl_store_seen(a, "x\"1") && evl_store_seen(a, "b\\s"),
+          "ids with a quote and a backslash are remembered");
+    CHECK(!evl_store_seen(a, "x\\\"1") && !evl_store_seen(a, "x") &&
+              !evl_store_seen(a, "b\\") && !evl_store_seen(a, "x\"1\",\"b"),
+          "near misses and a span across two ids are not");
+    evl_store_put(s, "t", 0, "k", "{}", 2, 3, "\xc3\xa9-\xe2\x82\xac");
+    a = evl_store_get(s, "t", 0, "k");
+    CHECK(!evl_store_seen(a, "x\"1") && evl_store_seen(a, "b\\s") &&
+              evl_store_seen(a, "\xc3\xa9-\xe2\x82\xac"),
+          "the oldest escaped id leaves; UTF-8 ids are found");
+    evl_store_snapshot(a, "t", &b);
+    evl_buf_putc(&b, '\0');
+    CHECK_HAS(b.data, "\"command_ids\":[\"b\\\\s\",\"\xc3\xa9-\xe2\x82\xac\"]",
+              "the snapshot lists them escaped, oldest first");
+
+    /* a rolled-back id leaves the text as it was */
+    evl_store_snapshot(a, "t", &before);
+    evl_store_begin(s);
+    evl_store_put(s, "t", 0, "k", "{}", 2, 4, "new");
+    evl_store_seal(s);
+    evl_store_put(s, "t", 0, "k", "{}", 2, 5, "newer\"");
+    evl_store_rollback(s);
+    a = evl_store_get(s, "t", 0, "k");
+    b.len = 0;
+    evl_store_snapshot(a, "t", &b);
+    CHECK(b.len == before.len && memcmp(b.data, before.data, b.len) == 0,
+          "rolling back two levels restores the snapshot byte for byte");
+    CHECK(!evl_store_seen(a, "new") && !evl_store_seen(a, "newer\"") &&
+              evl_store_seen(a, "b\\s"),
+          "and the ids");
+    evl_buf_free(&b);
+    evl_buf_free(&before);
+    evl_store_free(s);
+}
+
 static void many(void)
 {
     evl_store *s = evl_store_new(2);
@@ -329,6 +374,7 @@ int main(void)
     transactions();
     sealed();
     snapshots();
+    escaped_ids();
     many();
     return check_done();
 }
