@@ -249,10 +249,23 @@ const char *evl_store_id(const evl_store_agg *a)
     return a->id;
 }
 
+/* Is one of a's remembered ids, without `strip` bytes at each end of its
+ * text, the len bytes at p? */
+static int has_text(const evl_store_agg *a, const char *p, size_t len,
+                    size_t strip)
+{
+    size_t off = 0;
+    for (int i = 0; i < a->nids; off += a->elen[i++] + 1)
+        if (a->elen[i] == len + 2 * strip &&
+            memcmp(a->idj + off + strip, p, len) == 0)
+            return 1;
+    return 0;
+}
+
 int evl_store_seen(const evl_store_agg *a, const char *command_id)
 {
-    size_t n, off = 0;
-    int plain = 1, found = 0;
+    size_t n;
+    int plain = 1, found;
     evl_buf esc = {0};
     if (!a || !command_id || a->nids == 0)
         return 0;
@@ -261,19 +274,12 @@ int evl_store_seen(const evl_store_agg *a, const char *command_id)
         unsigned char c = (unsigned char)command_id[i];
         plain = c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
     }
-    if (plain) { /* written as it is, between quotes */
-        for (int i = 0; i < a->nids; off += a->elen[i++] + 1)
-            if (a->elen[i] == n + 2 &&
-                memcmp(a->idj + off + 1, command_id, n) == 0)
-                return 1;
-        return 0;
-    }
+    if (plain) /* written as it is, between quotes */
+        return has_text(a, command_id, n, 1);
     /* command ids are valid UTF-8 (they come from JSON), so equal ids and
      * equal escaped texts are the same thing */
     evl_envelope_put_string(&esc, command_id, n);
-    for (int i = 0; i < a->nids && !found; off += a->elen[i++] + 1)
-        found = a->elen[i] == esc.len &&
-                memcmp(a->idj + off, esc.data, esc.len) == 0;
+    found = has_text(a, esc.data, esc.len, 0);
     free(esc.data);
     return found;
 }
