@@ -1,0 +1,2 @@
+/* pattern.c - placeholder (issue 15). */
+#include "pattern.h"
