@@ -412,6 +412,8 @@ static evl_err top_field(loader *ld, const char *prefix, const char *k,
         return each_field(ld, k, metrics_field, cfg);
     if (strcmp(k, "log") == 0)
         return each_field(ld, k, log_field, cfg);
+    if (strcmp(k, "instance") == 0)
+        return get_str(ld, k, &cfg->instance);
     if (strcmp(k, "shutdown_timeout_ms") == 0)
         return get_intv(ld, k, 0, 3600000, &cfg->shutdown_timeout_ms);
     return fail(ld, NULL, "unknown key '%s'", k);
@@ -491,6 +493,22 @@ static void env_overrides(evl_config *cfg)
     v = getenv("EVLUA_PG_CONNINFO");
     if (v && *v)
         set_str(&cfg->pg_conninfo, v);
+    v = getenv("EVLUA_INSTANCE");
+    if (v && *v)
+        set_str(&cfg->instance, v);
+}
+
+/* The instance name ends up in Kafka's group.instance.id: keep it to the
+ * alphabet of the other names (aggregate types, projections). */
+static int valid_name(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+              (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+            return 0;
+    return 1;
 }
 
 evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
@@ -535,6 +553,16 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
     env_overrides(&c);
     if (c.cmd.transactional_id[0] == '\0') {
         e = fail(&ld, "commands.transactional_id", "must not be empty");
+        goto out;
+    }
+    /* checked after the environment, which may set it; the value is not
+     * quoted: it may come from EVLUA_INSTANCE and be anything */
+    if (c.instance && (!valid_name(c.instance) ||
+                       strlen(c.instance) > EVL_CONFIG_INSTANCE_MAX)) {
+        e = fail(&ld, "instance",
+                 "is not a valid name (letters, digits, '.', '_' and '-'; "
+                 "1 to %d bytes)",
+                 EVL_CONFIG_INSTANCE_MAX);
         goto out;
     }
 out:
@@ -582,6 +610,7 @@ void evl_config_free(evl_config *cfg)
     }
     free(cfg->proj.each);
     free(cfg->metrics.listen);
+    free(cfg->instance);
     free(cfg->log_level);
     free(cfg->log_format);
     free(cfg->log_file);

@@ -16,7 +16,8 @@
  * base, string, table and math libraries and os.getenv, so it can compute
  * values; it cannot reach the host. After loading, the environment
  * overrides the connection settings: EVLUA_KAFKA_BOOTSTRAP sets
- * kafka["bootstrap.servers"], EVLUA_PG_CONNINFO sets postgres.
+ * kafka["bootstrap.servers"], EVLUA_PG_CONNINFO sets postgres and
+ * EVLUA_INSTANCE sets instance.
  *
  * Does not validate the scripts (luahost does) nor the Kafka properties
  * (librdkafka does, when a client is created).
@@ -29,6 +30,10 @@
 #include <stddef.h>
 
 #include "evl.h"
+
+/* Longest accepted `instance` name: derived group.instance.ids add a
+ * suffix and Kafka caps them at 249 bytes. */
+#define EVL_CONFIG_INSTANCE_MAX 128
 
 typedef struct evl_strlist {
     char **v;
@@ -99,6 +104,12 @@ typedef struct evl_config {
     struct {
         char *listen; /* "127.0.0.1:9464"; NULL: no HTTP endpoint */
     } metrics;
+
+    /* A stable name of this evlua instance (letters, digits, '.', '_',
+     * '-'; at most EVL_CONFIG_INSTANCE_MAX bytes), NULL when unset. With
+     * it, every consumer evlua creates joins its group with a static
+     * group.instance.id derived from it (Kafka static membership). */
+    char *instance;
 
     char *log_level;
     char *log_format; /* "logfmt" or "json" */

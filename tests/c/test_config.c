@@ -28,6 +28,7 @@ int main(void)
              (long)getpid());
     unsetenv("EVLUA_KAFKA_BOOTSTRAP");
     unsetenv("EVLUA_PG_CONNINFO");
+    unsetenv("EVLUA_INSTANCE");
 
     CHECK_INT(evl_config_load(NULL, &cfg, err, sizeof err), EVL_OK,
               "no file gives the defaults");
@@ -36,6 +37,7 @@ int main(void)
     CHECK_STR(cfg.proj.on_error, "park", "default failure policy");
     CHECK_INT(cfg.proj.threads, 2, "two projector threads by default");
     CHECK(cfg.pg_conninfo == NULL, "no database by default");
+    CHECK(cfg.instance == NULL, "no instance name by default");
     evl_config_free(&cfg);
 
     CHECK_INT(
@@ -152,6 +154,40 @@ int main(void)
     evl_config_free(&cfg);
     unsetenv("EVLUA_KAFKA_BOOTSTRAP");
     unsetenv("EVLUA_PG_CONNINFO");
+
+    /* instance: a stable name for static group membership */
+    CHECK_INT(load("return { instance = 'node-1.eu_west' }", &cfg, err), EVL_OK,
+              "an instance name loads");
+    CHECK_STR(cfg.instance, "node-1.eu_west", "instance is kept as given");
+    evl_config_free(&cfg);
+    setenv("EVLUA_INSTANCE", "from-env", 1);
+    CHECK_INT(load("return { instance = 'node-1' }", &cfg, err), EVL_OK,
+              "EVLUA_INSTANCE with an instance key loads");
+    CHECK_STR(cfg.instance, "from-env", "EVLUA_INSTANCE overrides the file");
+    evl_config_free(&cfg);
+    CHECK_INT(evl_config_load(NULL, &cfg, err, sizeof err), EVL_OK,
+              "EVLUA_INSTANCE without a file loads");
+    CHECK_STR(cfg.instance, "from-env", "EVLUA_INSTANCE sets the instance");
+    evl_config_free(&cfg);
+    setenv("EVLUA_INSTANCE", "bad name", 1);
+    CHECK_INT(evl_config_load(NULL, &cfg, err, sizeof err), EVL_EPERMANENT,
+              "an invalid EVLUA_INSTANCE is an error");
+    CHECK_HAS(err, "instance: is not a valid name", "naming the key");
+    unsetenv("EVLUA_INSTANCE");
+    CHECK_INT(load("return { instance = 'a/b' }", &cfg, err), EVL_EPERMANENT,
+              "an instance with a '/' is an error");
+    CHECK_HAS(err, "instance: is not a valid name (letters, digits",
+              "the message gives the alphabet");
+    CHECK_INT(load("return { instance = '' }", &cfg, err), EVL_EPERMANENT,
+              "an empty instance is an error");
+    CHECK_INT(load("return { instance = 7 }", &cfg, err), EVL_EPERMANENT,
+              "a number for instance is an error");
+    CHECK_HAS(err, "instance: is a number, expected a string", "says so");
+    CHECK_INT(load("return { instance = string.rep('a', 129) }", &cfg, err),
+              EVL_EPERMANENT, "an instance over 128 bytes is an error");
+    CHECK_INT(load("return { instance = string.rep('a', 128) }", &cfg, err),
+              EVL_OK, "an instance of 128 bytes loads");
+    evl_config_free(&cfg);
 
     evl_config_redact_conninfo("host=x password=s3cret dbname=y", buf,
                                sizeof buf);
