@@ -442,14 +442,19 @@ static rd_kafka_topic_partition_list_t *batch_offsets(cmdproc *cp, int rewind,
 /* ---- restoring states on assignment -------------------------------------- */
 
 /* Read the state partitions of parts (commands-topic partitions) from the
- * beginning to their end into the store. Returns 0, or -1 when stopped. */
+ * beginning to their end into the store. A record the store cannot read
+ * stops its partition's restore: that partition's aggregates are dropped
+ * and its commands partition is added to *bad (created on first use), so
+ * the caller leaves it unconsumed rather than run its aggregates from an
+ * older state. Returns 0, or -1 when stopped. */
 static int restore_states(cmdproc *cp,
-                          const rd_kafka_topic_partition_list_t *parts)
+                          const rd_kafka_topic_partition_list_t *parts,
+                          rd_kafka_topic_partition_list_t **bad)
 {
     rd_kafka_topic_partition_list_t *l =
         rd_kafka_topic_partition_list_new(parts->cnt);
     long long t0 = now_ms(), last_log = t0, last_pending = 0;
-    long records = 0, bad = 0;
+    long records = 0;
     int remaining, rc = 0;
     char err[EVL_ERRLEN];
 
@@ -513,13 +518,31 @@ static int restore_states(cmdproc *cp,
                     "error", rd_kafka_message_errstr(m), NULL);
         } else {
             agtype *t = type_by_state(cp, rd_kafka_topic_name(m->rkt));
-            if (t && evl_store_restore(cp->store, t->type, m->partition, m->key,
-                                       m->key_len, m->payload,
-                                       m->payload ? m->len : 0, err,
-                                       sizeof err) != EVL_OK) {
-                bad++;
-                evl_log(EVL_LOG_WARN, "ignoring a bad state record", "topic",
-                        t->state, "error", err, NULL);
+            rd_kafka_topic_partition_t *p =
+                t ? rd_kafka_topic_partition_list_find(l, t->state,
+                                                       m->partition)
+                  : NULL;
+            if (p && p->err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                evl_store_restore(cp->store, t->type, m->partition, m->key,
+                                  m->key_len, m->payload,
+                                  m->payload ? m->len : 0, err,
+                                  sizeof err) != EVL_OK) {
+                char at[320], off[32];
+                snprintf(at, sizeof at, "%s[%d]", t->state, (int)m->partition);
+                snprintf(off, sizeof off, "%lld", (long long)m->offset);
+                evl_log(EVL_LOG_ERROR,
+                        "unreadable state record: this partition's commands "
+                        "are not processed until it is fixed (produce a "
+                        "valid snapshot or a tombstone for the key, then "
+                        "restart)",
+                        "partition", at, "offset", off, "error", err, NULL);
+                p->err = RD_KAFKA_RESP_ERR__BAD_MSG; /* done, and bad */
+                remaining--;
+                evl_store_drop(cp->store, t->type, m->partition);
+                if (!*bad)
+                    *bad = rd_kafka_topic_partition_list_new(1);
+                rd_kafka_topic_partition_list_add(*bad, t->commands,
+                                                  m->partition);
             }
             records++;
         }
@@ -596,17 +619,38 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
         evl_metrics_ready("commands", 0, "restoring states");
         /* offsets first: once they are stable, no earlier owner's
          * transaction can still add to the state topic */
+        rd_kafka_topic_partition_list_t *bad = NULL;
         offsets = committed_offsets(cp, parts);
-        if (!offsets || restore_states(cp, parts) != 0) {
+        if (!offsets || restore_states(cp, parts, &bad) != 0) {
             if (offsets)
                 rd_kafka_topic_partition_list_destroy(offsets);
+            if (bad)
+                rd_kafka_topic_partition_list_destroy(bad);
             evl_store_drop(cp->store, NULL, -1);
             rd_kafka_assign(rk, NULL); /* stopping: consume nothing */
             return;
         }
-        rd_kafka_assign(rk, offsets);
+        if (bad) { /* held, but not consumed: see restore_states */
+            char why[600];
+            size_t len = (size_t)snprintf(why, sizeof why,
+                                          "unreadable state record; not "
+                                          "consuming");
+            for (int i = 0; i < bad->cnt; i++) {
+                rd_kafka_topic_partition_list_del(offsets, bad->elems[i].topic,
+                                                  bad->elems[i].partition);
+                if (len < sizeof why - 1)
+                    len += (size_t)snprintf(why + len, sizeof why - len,
+                                            " %s[%d]", bad->elems[i].topic,
+                                            (int)bad->elems[i].partition);
+            }
+            rd_kafka_assign(rk, offsets);
+            evl_metrics_ready("commands", 0, why);
+            rd_kafka_topic_partition_list_destroy(bad);
+        } else {
+            rd_kafka_assign(rk, offsets);
+            evl_metrics_ready("commands", 1, NULL);
+        }
         rd_kafka_topic_partition_list_destroy(offsets);
-        evl_metrics_ready("commands", 1, NULL);
         return;
     }
     evl_metrics_ready("commands", 0, "rebalancing: partitions revoked");

@@ -1096,6 +1096,8 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
         skip_ws(s, len, &i);
         i++; /* ':' */
         skip_ws(s, len, &i);
+        if (hit)
+            hit->voff = i;
         if (!hit) {
             i = skip_value(s, len, i, &nums);
         } else if (s[i] == '"') {
@@ -1125,11 +1127,52 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
             hit->type = EVL_JSON_OTHER;
             i = skip_value(s, len, i, &nums);
         }
+        if (hit)
+            hit->vlen = i - hit->voff;
         skip_ws(s, len, &i);
     }
 out:
     scan_free(&st);
     return rc;
+}
+
+evl_err evl_json_array_strings(const char *text, size_t len, evl_buf *scratch,
+                               void (*fn)(void *ud, const char *str, size_t n),
+                               void *ud, char *err, size_t errlen)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0;
+    long index = 0;
+    skip_ws(s, len, &i);
+    if (i >= len || s[i] != '[')
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "not an array");
+    i++;
+    for (;;) {
+        int esc;
+        skip_ws(s, len, &i);
+        if (i >= len)
+            return evl_seterr(err, errlen, EVL_EPERMANENT, "unfinished array");
+        if (s[i] == ']')
+            return EVL_OK;
+        if (s[i] == ',') {
+            i++;
+            continue;
+        }
+        index++;
+        if (s[i] != '"')
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "element %ld is not a string", index);
+        size_t end = string_end(s, len, i, &esc), from = i + 1;
+        scratch->len = 0;
+        if (scratch->cap < end - from + 1)
+            buf_grow(scratch, end - from + 1);
+        size_t n = esc ? unescape(s, from, end, scratch->data) : end - from;
+        if (!esc)
+            memcpy(scratch->data, s + from, n);
+        scratch->data[n] = '\0';
+        fn(ud, scratch->data, n);
+        i = end + 1;
+    }
 }
 
 /* ------------------------------------------------------------------ */

@@ -81,7 +81,9 @@ typedef struct evl_json_member {
                          scratch->data + off (valid UTF-8, no NUL inside) */
     int isint;        /* NUMBER: written as an integer (exact) */
     long long integer;
-    double num; /* NUMBER: the value (integers exactly) */
+    double num;        /* NUMBER: the value (integers exactly) */
+    size_t voff, vlen; /* any type but ABSENT: the member's value as it is
+                          written, text[voff..voff+vlen) (valid JSON) */
 } evl_json_member;
 
 /* Check len bytes of JSON text exactly as evl_json_decode does and, when
@@ -97,6 +99,17 @@ typedef struct evl_json_member {
 evl_err evl_json_members(const char *s, size_t len, evl_json_member *m,
                          size_t nm, evl_buf *scratch, int *is_object, char *err,
                          size_t errlen);
+
+/* Call fn(ud, str, n) for each element of the JSON array s[0..len), a
+ * value evl_json_members (or evl_json_decode) has already found valid,
+ * with the element unescaped and NUL-terminated in scratch (valid while
+ * fn runs). Returns EVL_OK, or EVL_EPERMANENT when s is not an array or
+ * an element is not a string (err names its 1-based index); elements
+ * before it have been passed to fn.
+ * @locality any thread. */
+evl_err evl_json_array_strings(const char *s, size_t len, evl_buf *scratch,
+                               void (*fn)(void *ud, const char *str, size_t n),
+                               void *ud, char *err, size_t errlen);
 
 void evl_buf_put(evl_buf *b, const void *p, size_t n);
 void evl_buf_puts(evl_buf *b, const char *s);

@@ -20,8 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
-
 #include "envelope.h"
 
 struct evl_store_agg {
@@ -497,98 +495,46 @@ void evl_store_snapshot(const evl_store_agg *a, const char *type, evl_buf *out)
     evl_buf_putc(out, '}');
 }
 
-static size_t skip_ws(const char *s, size_t i, size_t n)
+/* Restoring reads a record with evl_json_members, the reader that checks
+ * text exactly as the Lua host's decoder does: a record evlua would not
+ * accept from a script (a control byte, invalid UTF-8, a rounded integer)
+ * is refused here too, so a snapshot written from a restored state is
+ * always valid JSON that the next restore reads again. */
+
+typedef struct ids_walk {
+    evl_store *s;
+    evl_store_agg *a;
+    long n, skip; /* ids seen; how many oldest ones to pass over */
+} ids_walk;
+
+static void count_id(void *ud, const char *str, size_t n)
 {
-    while (i < n &&
-           (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
-    return i;
+    (void)str;
+    (void)n;
+    ((ids_walk *)ud)->n++;
 }
 
-/* End of the JSON string starting at s[i] == '"' (index after the closing
- * quote), or 0. */
-static size_t skip_string(const char *s, size_t i, size_t n)
+static void keep_id(void *ud, const char *str, size_t n)
 {
-    for (i++; i < n; i++) {
-        if (s[i] == '\\')
-            i++;
-        else if (s[i] == '"')
-            return i + 1;
-    }
-    return 0;
-}
-
-/* End of the JSON value at s[i] (the text is known to be valid JSON). */
-static size_t skip_value(const char *s, size_t i, size_t n)
-{
-    int depth = 0;
-    if (i >= n)
-        return 0;
-    if (s[i] == '"')
-        return skip_string(s, i, n);
-    if (s[i] != '{' && s[i] != '[') {
-        while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' &&
-               s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
-            i++;
-        return i;
-    }
-    for (; i < n; i++) {
-        if (s[i] == '"') {
-            if (!(i = skip_string(s, i, n)))
-                return 0;
-            i--;
-        } else if (s[i] == '{' || s[i] == '[') {
-            depth++;
-        } else if (s[i] == '}' || s[i] == ']') {
-            if (--depth == 0)
-                return i + 1;
-        }
-    }
-    return 0;
-}
-
-/* Find the text of top-level member `key` of the JSON object s (valid
- * JSON, keys without escapes as evlua writes them). */
-static int member_span(const char *s, size_t n, const char *key, size_t *b,
-                       size_t *e)
-{
-    size_t klen = strlen(key), i = skip_ws(s, 0, n);
-    if (i >= n || s[i] != '{')
-        return 0;
-    i = skip_ws(s, i + 1, n);
-    while (i < n && s[i] == '"') {
-        size_t kb = i + 1, ke = skip_string(s, i, n);
-        if (!ke)
-            return 0;
-        i = skip_ws(s, ke, n);
-        if (i >= n || s[i] != ':')
-            return 0;
-        i = skip_ws(s, i + 1, n);
-        size_t vb = i, ve = skip_value(s, i, n);
-        if (!ve)
-            return 0;
-        if (ke - 1 - kb == klen && memcmp(s + kb, key, klen) == 0) {
-            *b = vb;
-            *e = ve;
-            return 1;
-        }
-        i = skip_ws(s, ve, n);
-        if (i < n && s[i] == ',')
-            i = skip_ws(s, i + 1, n);
-    }
-    return 0;
+    ids_walk *w = ud;
+    (void)n;
+    if (w->n++ >= w->skip)
+        push_id(w->s, w->a, str);
 }
 
 evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,
                           const char *key, size_t keylen, const char *value,
                           size_t len, char *err, size_t errlen)
 {
+    enum { M_VERSION, M_IDS, M_STATE };
+    evl_json_member m[] = {
+        {.name = "version"}, {.name = "command_ids"}, {.name = "state"}};
     evl_err e = EVL_EPERMANENT;
-    cJSON *root = NULL, *v, *ids;
-    char *id = NULL;
-    size_t sb = 0, se = 0;
+    evl_buf scratch = {0};
+    char *id = NULL, why[EVL_ERRLEN];
+    ids_walk w = {s, NULL, 0, 0};
+    int is_object = 0;
     evl_store_agg *a;
-    int n;
 
     if (!key || keylen == 0 || memchr(key, '\0', keylen))
         return evl_seterr(err, errlen, EVL_EPERMANENT,
@@ -605,32 +551,38 @@ evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,
         e = EVL_OK;
         goto out;
     }
-    root = cJSON_ParseWithLength(value, len);
-    if (!root || !cJSON_IsObject(root)) {
+    if (evl_json_members(value, len, m, sizeof m / sizeof m[0], &scratch,
+                         &is_object, why, sizeof why) != EVL_OK) {
+        evl_seterr(err, errlen, EVL_EPERMANENT,
+                   "state record of %s is not valid JSON: %s", id, why);
+        goto out;
+    }
+    if (!is_object) {
         evl_seterr(err, errlen, EVL_EPERMANENT,
                    "state record of %s is not a JSON object", id);
         goto out;
     }
-    v = cJSON_GetObjectItemCaseSensitive(root, "version");
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) ||
-        v->valuedouble > 9007199254740991.0 ||
-        v->valuedouble != (double)(long long)v->valuedouble) {
+    if (m[M_VERSION].type != EVL_JSON_NUMBER || !m[M_VERSION].isint ||
+        m[M_VERSION].integer < 0) {
         evl_seterr(err, errlen, EVL_EPERMANENT,
                    "state record of %s has no integer version", id);
         goto out;
     }
-    ids = cJSON_GetObjectItemCaseSensitive(root, "command_ids");
-    if (ids && !cJSON_IsArray(ids)) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "state record of %s: command_ids is not an array", id);
-        goto out;
-    }
-    if (!member_span(value, len, "state", &sb, &se)) {
+    if (m[M_STATE].type == EVL_JSON_ABSENT) {
         evl_seterr(err, errlen, EVL_EPERMANENT,
                    "state record of %s has no state", id);
         goto out;
     }
-    int null_state = se - sb == 4 && memcmp(value + sb, "null", 4) == 0;
+    if (m[M_IDS].type != EVL_JSON_ABSENT &&
+        evl_json_array_strings(value + m[M_IDS].voff, m[M_IDS].vlen, &scratch,
+                               count_id, &w, why, sizeof why) != EVL_OK) {
+        evl_seterr(err, errlen, EVL_EPERMANENT,
+                   "state record of %s: command_ids: %s", id, why);
+        goto out;
+    }
+    const char *st = value + m[M_STATE].voff;
+    size_t stlen = m[M_STATE].vlen;
+    int null_state = stlen == 4 && memcmp(st, "null", 4) == 0;
     /* replace whatever was there: restore is the truth */
     {
         part *p = find_part(s, type, partition, 0);
@@ -639,18 +591,19 @@ evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,
             agg_free(a);
         }
     }
-    a = evl_store_put(s, type, partition, id, null_state ? NULL : value + sb,
-                      null_state ? 0 : se - sb, (long long)v->valuedouble,
-                      NULL);
+    a = evl_store_put(s, type, partition, id, null_state ? NULL : st,
+                      null_state ? 0 : stlen, m[M_VERSION].integer, NULL);
     /* keep the newest dedup ids, oldest first */
-    n = ids ? cJSON_GetArraySize(ids) : 0;
-    int i = 0;
-    for (cJSON *c = ids ? ids->child : NULL; c; c = c->next, i++)
-        if (i >= n - s->dedup && s->dedup > 0 && cJSON_IsString(c))
-            push_id(s, a, c->valuestring);
+    if (s->dedup > 0 && w.n > 0) {
+        w.a = a;
+        w.skip = w.n > s->dedup ? w.n - s->dedup : 0;
+        w.n = 0;
+        evl_json_array_strings(value + m[M_IDS].voff, m[M_IDS].vlen, &scratch,
+                               keep_id, &w, why, sizeof why);
+    }
     e = EVL_OK;
 out:
-    cJSON_Delete(root);
+    evl_buf_free(&scratch);
     free(id);
     return e;
 }

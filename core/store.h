@@ -110,9 +110,13 @@ void evl_store_commit_sealed(evl_store *s);
 void evl_store_snapshot(const evl_store_agg *a, const char *type, evl_buf *out);
 
 /* Load one record of the state topic into (type, partition): key is the
- * aggregate id; value NULL (a tombstone) forgets it. Returns EVL_OK, or
+ * aggregate id; value NULL (a tombstone) forgets it. The record is read by
+ * evl_json_members, which checks text exactly as the scripts' decoder does
+ * (no control bytes, valid UTF-8, exact integers), so every snapshot
+ * written from a restored state can be restored again. Returns EVL_OK, or
  * EVL_EPERMANENT when the value is not a snapshot (err says why; the store
- * is unchanged). Not inside a transaction. */
+ * is unchanged): the caller must not go on with that partition, or its
+ * aggregate would run from an older state. Not inside a transaction. */
 evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,
                           const char *key, size_t keylen, const char *value,
                           size_t len, char *err, size_t errlen);
