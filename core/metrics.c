@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <microhttpd.h>
 
@@ -45,7 +46,44 @@ typedef struct ready_entry {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static evl_metric *metrics, *metrics_tail;
 static ready_entry *readies;
+
+/*
+ * The HTTP endpoint runs libmicrohttpd in "external polling" mode on a
+ * thread of ours, so the connection table below is touched by that thread
+ * only (MHD calls every callback from MHD_run_wait). A probe must get
+ * through whatever clients do:
+ *
+ *   - each request has a whole-request deadline (REQUEST_DEADLINE_MS from
+ *     its connection's accept or the end of its previous request): MHD's
+ *     own timeout restarts on every byte, so a client sending one byte a
+ *     second (slowloris) would hold a connection forever. A connection past
+ *     its deadline is shut down; MHD then sees the end and closes it;
+ *   - one address holds at most PER_IP connections;
+ *   - the last RESERVE of MAX_CONNS slots go only to addresses holding
+ *     none, so clients on other addresses (the kubelet's probe, a
+ *     Prometheus scraper) always find a slot while one address floods.
+ *     Two clients on one address are indistinguishable: see
+ *     docs/operations.md.
+ */
+#define MAX_CONNS           128
+#define PER_IP              16
+#define RESERVE             16
+#define REQUEST_DEADLINE_MS 5000
+#define IDLE_TIMEOUT_S      5u
+
+typedef struct conn_entry {
+    struct MHD_Connection *conn;
+    struct sockaddr_storage addr;
+    long long since_ms; /* accept, or the end of the last request */
+    int shut;
+    struct conn_entry *next;
+} conn_entry;
+
 static struct MHD_Daemon *daemon_;
+static pthread_t server_thread;
+static volatile int server_stop;
+static conn_entry *conns;
+static int nconns;
 
 static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
                                          0.025,  0.05,  0.1,    0.25,  0.5,
@@ -361,6 +399,134 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
     return r;
 }
 
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int same_host(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->sa_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr,
+                      sizeof(struct in6_addr)) == 0;
+    return 0;
+}
+
+/* Called before MHD accepts a connection: the per-address cap and the
+ * reserve (see the top of the file). */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr,
+                                     socklen_t addrlen)
+{
+    int mine = 0;
+    (void)cls;
+    (void)addrlen;
+    for (conn_entry *c = conns; c; c = c->next)
+        mine += same_host((const struct sockaddr *)&c->addr, addr);
+    if (mine >= PER_IP || nconns >= MAX_CONNS ||
+        (mine > 0 && nconns >= MAX_CONNS - RESERVE))
+        return MHD_NO;
+    return MHD_YES;
+}
+
+static void notify_connection(void *cls, struct MHD_Connection *conn,
+                              void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+    (void)cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        conn_entry *c = evl_xmalloc(sizeof *c);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        memset(c, 0, sizeof *c);
+        c->conn = conn;
+        c->since_ms = mono_ms();
+        if (ci && ci->client_addr)
+            memcpy(&c->addr, ci->client_addr,
+                   ci->client_addr->sa_family == AF_INET6
+                       ? sizeof(struct sockaddr_in6)
+                       : sizeof(struct sockaddr_in));
+        c->next = conns;
+        conns = c;
+        nconns++;
+        *socket_context = c;
+        return;
+    }
+    for (conn_entry **pc = &conns; *pc; pc = &(*pc)->next)
+        if (*pc == *socket_context) {
+            conn_entry *c = *pc;
+            *pc = c->next;
+            free(c);
+            nconns--;
+            break;
+        }
+    *socket_context = NULL;
+}
+
+/* A request is answered: the next one on this connection gets a new
+ * deadline. */
+static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    (void)cls;
+    (void)con_cls;
+    (void)toe;
+    if (ci && ci->socket_context)
+        ((conn_entry *)ci->socket_context)->since_ms = mono_ms();
+}
+
+/* Shut down the connections past their deadline (MHD closes them when it
+ * next sees their sockets end). */
+static void reap(void)
+{
+    long long now = mono_ms();
+    for (conn_entry *c = conns; c; c = c->next) {
+        if (c->shut || now - c->since_ms < REQUEST_DEADLINE_MS)
+            continue;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci)
+            shutdown(ci->connect_fd, SHUT_RDWR);
+        c->shut = 1;
+    }
+}
+
+static void *serve(void *arg)
+{
+    (void)arg;
+    while (!server_stop) {
+        MHD_run_wait(daemon_, 100);
+        reap();
+    }
+    return NULL;
+}
+
+/* libmicrohttpd's own messages go through evlua's logger (log.file,
+ * log.format), not straight to stderr. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    size_t n;
+    (void)cls;
+    vsnprintf(line, sizeof line, fmt, ap);
+    n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    /* a client that hangs up or is cut off is the flood defence at work,
+     * not news: one such line per connection would swamp the log */
+    evl_log(strstr(line, "onnection") ? EVL_LOG_DEBUG : EVL_LOG_WARN,
+            "metrics endpoint", "error", line, NULL);
+}
+
 evl_err evl_metrics_serve(const char *listen, int *port, char *err,
                           size_t errlen)
 {
@@ -386,9 +552,13 @@ evl_err evl_metrics_serve(const char *listen, int *port, char *err,
                           "address",
                           listen);
     daemon_ = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)p, NULL,
-        NULL, answer, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+        MHD_USE_AUTO | MHD_USE_ERROR_LOG, (uint16_t)p, accept_policy, NULL,
+        answer, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNS,
+        MHD_OPTION_NOTIFY_CONNECTION, notify_connection, NULL,
+        MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
     if (!daemon_)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "cannot listen on %s (in use or not allowed)",
@@ -396,13 +566,23 @@ evl_err evl_metrics_serve(const char *listen, int *port, char *err,
     const union MHD_DaemonInfo *info =
         MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
     *port = info ? info->port : (int)p;
+    server_stop = 0;
+    if (pthread_create(&server_thread, NULL, serve, NULL) != 0) {
+        MHD_stop_daemon(daemon_);
+        daemon_ = NULL;
+        return evl_seterr(err, errlen, EVL_EFATAL,
+                          "cannot start the metrics thread");
+    }
     return EVL_OK;
 }
 
 void evl_metrics_stop(void)
 {
-    if (daemon_)
-        MHD_stop_daemon(daemon_);
+    if (!daemon_)
+        return;
+    server_stop = 1;
+    pthread_join(server_thread, NULL);
+    MHD_stop_daemon(daemon_); /* closes what is open: notify frees it */
     daemon_ = NULL;
 }
 
