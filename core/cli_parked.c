@@ -43,8 +43,9 @@ static const char parked_usage[] =
     "                      type with parked events under AGGREGATE_ID)\n"
     "\n"
     "Exit 0 on success (retry: nothing left parked), 1 when events remain\n"
-    "parked, nothing is parked under that name or the database fails, 2 on\n"
-    "a usage or config error.\n";
+    "parked, nothing is parked for that aggregate or the database fails, 2\n"
+    "on a usage or config error or a projection evlua does not know (no\n"
+    "script and no rows in its tables has that name).\n";
 
 static const char projection_usage[] =
     "usage: evlua projection reset NAME [-c CONFIG] [--scripts DIR]\n"
@@ -122,6 +123,49 @@ static int connect_db(const evl_config *cfg, evl_pg **pg)
     return EVL_EXIT_OK;
 }
 
+/* Is name a projection evlua knows: a loaded script (host, or the
+ * scripts of the config when host is NULL), or one with rows in evlua's
+ * tables (a projection since removed may still have parked events)? When
+ * not, say so naming the known ones and return EVL_EXIT_USAGE, as
+ * `projection reset` does. */
+static int known_projection(const evl_config *cfg, const args *a,
+                            const evl_luahost *host, evl_pg *pg,
+                            const char *sub, const char *name)
+{
+    static const char sql[] =
+        "SELECT 1 FROM evlua_checkpoints WHERE projection = $1 UNION ALL "
+        "SELECT 1 FROM evlua_offsets WHERE projection = $1 UNION ALL "
+        "SELECT 1 FROM evlua_parked WHERE projection = $1 LIMIT 1";
+    evl_luahost *own = NULL;
+    PGresult *res = NULL;
+    char err[EVL_ERRLEN];
+    int rc = EVL_EXIT_OK;
+    if (!host) { /* scripts that do not load only cost the hint */
+        evl_luahost_config hc;
+        evl_luahost_problems problems = {0};
+        evl_cli_host_config(cfg, a->scripts, &hc);
+        if (evl_luahost_new(&hc, &own, &problems, err, sizeof err) == EVL_OK)
+            host = own;
+        evl_luahost_problems_free(&problems);
+    }
+    if (host && evl_luahost_projection_get(host, name))
+        goto out;
+    if (evl_pg_query(pg, sql, 1, &name, &res, err, sizeof err) == EVL_OK &&
+        PQntuples(res) > 0)
+        goto out;
+    fprintf(stderr, "evlua parked %s: unknown projection '%s'", sub, name);
+    for (size_t i = 0; host && i < evl_luahost_nprojections(host); i++)
+        fprintf(stderr, "%s%s", i ? ", " : " (projections: ",
+                evl_luahost_projection_at(host, i)->name);
+    fprintf(stderr, "%s\n", host && evl_luahost_nprojections(host) ? ")" : "");
+    rc = EVL_EXIT_USAGE;
+out:
+    if (res)
+        PQclear(res);
+    evl_luahost_free(own);
+    return rc;
+}
+
 static int parked_list(const evl_config *cfg, const args *a)
 {
     evl_pg *pg = NULL;
@@ -130,6 +174,9 @@ static int parked_list(const evl_config *cfg, const args *a)
     int rc = connect_db(cfg, &pg);
     if (rc)
         return rc;
+    if (a->npos > 1 &&
+        (rc = known_projection(cfg, a, NULL, pg, "list", a->pos[1])) != 0)
+        goto out;
     if (evl_parked_list(pg, a->npos > 1 ? a->pos[1] : NULL, stdout, &n, err,
                         sizeof err) != EVL_OK) {
         fprintf(stderr, "evlua parked list: %s\n", err);
@@ -138,6 +185,7 @@ static int parked_list(const evl_config *cfg, const args *a)
         printf("no parked events%s%s\n", a->npos > 1 ? " in projection " : "",
                a->npos > 1 ? a->pos[1] : "");
     }
+out:
     evl_pg_close(pg);
     return rc;
 }
@@ -155,6 +203,15 @@ static int parked_retry(const evl_config *cfg, const args *a)
         return rc;
     if ((rc = connect_db(cfg, &pg)) != 0)
         goto out;
+    if (!evl_luahost_projection_get(host, a->pos[1])) {
+        /* retry needs the script, not only rows */
+        fprintf(stderr,
+                "evlua parked retry: no projection script has name "
+                "%s\n",
+                a->pos[1]);
+        rc = EVL_EXIT_USAGE;
+        goto out;
+    }
     if (evl_parked_retry(pg, host, a->pos[1], a->type, a->pos[2], &r, err,
                          sizeof err) != EVL_OK) {
         fprintf(stderr, "evlua parked retry: %s\n", err);
@@ -187,6 +244,8 @@ static int parked_drop(const evl_config *cfg, const args *a)
     int rc = connect_db(cfg, &pg);
     if (rc)
         return rc;
+    if ((rc = known_projection(cfg, a, NULL, pg, "drop", a->pos[1])) != 0)
+        goto out;
     if (evl_parked_drop(pg, a->pos[1], a->type, a->pos[2], &n, err,
                         sizeof err) != EVL_OK) {
         fprintf(stderr, "evlua parked drop: %s\n", err);
@@ -195,6 +254,7 @@ static int parked_drop(const evl_config *cfg, const args *a)
         printf("%s %s: %lld parked event%s dropped\n", a->pos[1], a->pos[2], n,
                n == 1 ? "" : "s");
     }
+out:
     evl_pg_close(pg);
     return rc;
 }

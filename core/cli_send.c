@@ -11,6 +11,7 @@
  * is set up before the command is sent, so none is missed.
  */
 #include <getopt.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,8 +325,12 @@ int evl_cli_send(int argc, char **argv)
             break;
         case O_ID: o.id = optarg; break;
         case O_EXPECTED:
+            errno = 0;
             o.expected = strtoll(optarg, &end, 10);
-            if (*end || o.expected < 0) {
+            /* out of range is refused, not clamped: a version past 2^53
+             * cannot be sent exactly in JSON (I-JSON) anyway */
+            if (end == optarg || *end || errno == ERANGE || o.expected < 0 ||
+                o.expected > 9007199254740991LL) {
                 fprintf(stderr, "evlua send: bad --expected-version '%s'\n",
                         optarg);
                 return EVL_EXIT_USAGE;

@@ -349,6 +349,85 @@ out:
 }
 
 /* Decode and check; with keep, leave the decoded table on L on EVL_OK. */
+/* The plain string at s[i] == '"' (no escapes, no control bytes, valid
+ * UTF-8, at most EVL_ENVELOPE_MAX_ID bytes): its end (the closing quote's
+ * index), or 0. */
+static size_t plain_string(const char *s, size_t len, size_t i)
+{
+    size_t j = i + 1;
+    while (j < len && s[j] != '"' && s[j] != '\\' &&
+           (unsigned char)s[j] >= 0x20)
+        j++;
+    if (j >= len || s[j] != '"' || j - i - 1 == 0 ||
+        j - i - 1 > EVL_ENVELOPE_MAX_ID ||
+        evl_utf8_check(s + i + 1, j - i - 1) >= 0)
+        return 0;
+    return j;
+}
+
+/* Malformed JSON: read the top-level "id" and "aggregate_id" members that
+ * come, well-formed, before the damage, so that the rejection can still
+ * name the command (a client matches results by command id). Stops at the
+ * first thing that is not a plain member; reads nothing from a text that
+ * is not an object. */
+static void salvage_ids(const char *s, size_t len, evl_command *cmd)
+{
+    size_t i = 0, id_off = 0, agg_off = 0;
+    int have_id = 0, have_agg = 0;
+#define WS()                                                                   \
+    while (i < len &&                                                          \
+           (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))      \
+    i++
+    WS();
+    if (i >= len || s[i] != '{')
+        return;
+    i++;
+    for (;;) {
+        size_t kend, vend;
+        WS();
+        if (i >= len || s[i] != '"' || !(kend = plain_string(s, len, i)))
+            break;
+        const char *key = s + i + 1;
+        size_t klen = kend - i - 1;
+        i = kend + 1;
+        WS();
+        if (i >= len || s[i] != ':')
+            break;
+        i++;
+        WS();
+        if (i < len && s[i] == '"' && (vend = plain_string(s, len, i))) {
+            int *have = NULL;
+            size_t *off = NULL;
+            if (klen == 2 && memcmp(key, "id", 2) == 0)
+                have = &have_id, off = &id_off;
+            else if (klen == 12 && memcmp(key, "aggregate_id", 12) == 0)
+                have = &have_agg, off = &agg_off;
+            if (have) {
+                *off = cmd->text.len;
+                evl_buf_put(&cmd->text, s + i + 1, vend - i - 1);
+                evl_buf_putc(&cmd->text, '\0');
+                *have = 1;
+            }
+            i = vend + 1;
+        } else { /* skip a simple value; anything nested ends the walk */
+            while (i < len && s[i] != ',' && s[i] != '}' && s[i] != '"' &&
+                   s[i] != '{' && s[i] != '[')
+                i++;
+            if (i >= len || s[i] == '"' || s[i] == '{' || s[i] == '[')
+                break;
+        }
+        WS();
+        if (i >= len || s[i] != ',')
+            break;
+        i++;
+    }
+#undef WS
+    if (have_id)
+        cmd->id = cmd->text.data + id_off;
+    if (have_agg)
+        cmd->aggregate_id = cmd->text.data + agg_off;
+}
+
 static evl_err parse_command(lua_State *L, const char *json, size_t len,
                              int keep, evl_command *cmd, char *err,
                              size_t errlen)
@@ -365,6 +444,7 @@ static evl_err parse_command(lua_State *L, const char *json, size_t len,
     }
     if (evl_json_decode(L, json, len, jerr, sizeof jerr) != EVL_OK) {
         command_fields_clear(cmd);
+        salvage_ids(json, len, cmd);
         return evl_seterr(err, errlen, EVL_EPERMANENT, "malformed JSON: %s",
                           jerr);
     }

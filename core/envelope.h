@@ -63,7 +63,9 @@ typedef struct evl_command {
  * format. Returns EVL_OK, or EVL_EPERMANENT with the reason in err
  * ("malformed JSON: invalid UTF-8 in string at byte 12", "the command has
  * no id (a non-empty string)", ...). Even on error, every field that could
- * be read is set (so a result can name the command's id). */
+ * be read is set (so a result can name the command's id); for malformed
+ * JSON those are the top-level "id" and "aggregate_id" members written
+ * plainly (no escapes) before the damage and before any nested value. */
 evl_err evl_envelope_parse_command(lua_State *L, const char *json, size_t len,
                                    evl_command *cmd, char *err, size_t errlen);
 

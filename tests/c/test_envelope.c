@@ -138,6 +138,22 @@ static void good_commands(void)
 static void bad_commands(void)
 {
     bad("{\"id\":", "malformed JSON: invalid JSON", "truncated JSON");
+    CHECK(cmd.id == NULL, "an id cut short is not read");
+    /* the id is readable before the damage: the rejection names it, so
+     * a client (send --wait) can match its result */
+    bad(" { \"id\" : \"cmd-7\", \"n\": 1.5, \"aggregate_id\":\"c-1\","
+        "\"data\":{\"broken\" ",
+        "malformed JSON", "malformed after the ids");
+    CHECK_STR(cmd.id, "cmd-7", "the id before the damage is read");
+    CHECK_STR(cmd.aggregate_id, "c-1", "so is the aggregate id");
+    bad("{\"data\":{\"id\":\"inner\"},\"id\":\"x\",", "malformed JSON",
+        "an id after a nested value");
+    CHECK(cmd.id == NULL, "the walk stops at a nested value (no guessing)");
+    bad("{\"id\":\"a\\\"b\",\"type\":", "malformed JSON",
+        "an escaped id in malformed JSON");
+    CHECK(cmd.id == NULL, "an id with escapes is not guessed at");
+    bad("[\"id\",\"x\"", "malformed JSON", "not an object");
+    CHECK(cmd.id == NULL, "nothing is read from a non-object");
     bad("[1,2]", "a command is a JSON object", "an array");
     bad("\"cmd\"", "a command is a JSON object", "a string");
     bad("{\"id\":\"a\xff\"}", "invalid UTF-8", "invalid UTF-8");

@@ -227,6 +227,19 @@ static void scenario(const char *mode, const char *tag)
     rc = cli(b, sizeof b, "parked", "list", proj, NULL);
     CHECK_HAS(b, "no parked events", "parked list says so");
 
+    /* a projection evlua does not know is a usage error everywhere (exit
+     * 2 naming it), not silence or a runtime failure */
+    rc = cli(b, sizeof b, "parked", "list", "nosuch", NULL);
+    CHECK_INT(rc, 2, "parked list of an unknown projection exits 2");
+    CHECK_HAS(b, "unknown projection 'nosuch'", "naming it");
+    rc = cli(b, sizeof b, "parked", "retry", "nosuch", "A");
+    CHECK_INT(rc, 2, "parked retry of an unknown projection exits 2");
+    CHECK_HAS(b, "no projection script has name nosuch", "naming it");
+    rc = cli(b, sizeof b, "parked", "drop", "nosuch", "A");
+    CHECK_INT(rc, 2, "parked drop of an unknown projection exits 2");
+    rc = cli(b, sizeof b, "projection", "reset", "nosuch", NULL);
+    CHECK_INT(rc, 2, "as does projection reset");
+
     /* A goes on normally */
     pt_begin(&T);
     count(topic, "A", 6, 6);
