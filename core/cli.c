@@ -37,6 +37,26 @@ int evl_cli_script_opts(int argc, char **argv, const char *name,
     return -1;
 }
 
+void evl_cli_oneshot(int *argc, char **argv)
+{
+    int verbose = 0, o = 1, i;
+    for (i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0)
+            verbose++;
+        else if (strcmp(argv[i], "-vv") == 0)
+            verbose += 2;
+        else
+            argv[o++] = argv[i];
+    }
+    for (; i < *argc; i++)
+        argv[o++] = argv[i];
+    argv[o] = NULL;
+    *argc = o;
+    evl_log_oneshot(verbose);
+}
+
 int evl_cli_load_config(const char *path, evl_config *cfg)
 {
     char err[EVL_ERRLEN];
@@ -45,8 +65,8 @@ int evl_cli_load_config(const char *path, evl_config *cfg)
         return EVL_EXIT_USAGE;
     }
     /* EVLUA_LOG_LEVEL wins over the file, as for every connection
-     * setting */
-    if (!getenv("EVLUA_LOG_LEVEL"))
+     * setting; a one-shot command's level comes from -v */
+    if (!getenv("EVLUA_LOG_LEVEL") && !evl_log_is_oneshot())
         evl_log_set_level((evl_log_level)evl_log_parse_level(cfg->log_level));
     evl_log_set_format(strcmp(cfg->log_format, "json") == 0 ? EVL_LOG_JSON
                                                             : EVL_LOG_LOGFMT);
@@ -97,6 +117,11 @@ int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host)
     char err[EVL_ERRLEN];
     evl_luahost_problems problems = {0};
     if (evl_luahost_new(hc, host, &problems, err, sizeof err) == EVL_OK) {
+        char na[32], np[32];
+        snprintf(na, sizeof na, "%zu", evl_luahost_naggregates(*host));
+        snprintf(np, sizeof np, "%zu", evl_luahost_nprojections(*host));
+        evl_log(EVL_LOG_INFO, "scripts loaded", "hash", evl_luahost_hash(*host),
+                "aggregates", na, "projections", np, (const char *)NULL);
         evl_luahost_problems_free(&problems);
         return EVL_EXIT_OK;
     }

@@ -18,6 +18,12 @@
 #define EVL_EXIT_FAILURE 1
 #define EVL_EXIT_USAGE   2
 
+/* For a one-shot subcommand (every one but run): remove -v, -vv and
+ * --verbose (each counts once) from argv[1..*argc) before any "--", and
+ * set the log up as evl_log_oneshot says (info lines only with -v).
+ * *argc shrinks accordingly. */
+void evl_cli_oneshot(int *argc, char **argv);
+
 /* Load the config at path (NULL: defaults) and apply its log level.
  * On error prints "evlua: MESSAGE" to stderr and returns EVL_EXIT_USAGE;
  * else EVL_EXIT_OK with *cfg filled (free with evl_config_free). */

@@ -35,7 +35,8 @@ static const char repl_usage[] =
     "usage: evlua repl [-c CONFIG] [--scripts DIR]\n"
     "\n"
     "Try commands against the real aggregate and projection scripts, in\n"
-    "memory (no Kafka, no PostgreSQL needed). Type :help inside.\n"
+    "memory (no Kafka, no PostgreSQL needed). A sandbox: it neither reads\n"
+    "nor changes a running system's aggregates. Type :help inside.\n"
     "\n"
     "  -c, --config FILE   config file (scripts, limits, postgres for :db)\n"
     "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
@@ -50,8 +51,13 @@ static const char repl_help[] =
     "  :state TYPE ID           the aggregate's state and version\n"
     "  :events TYPE ID          the aggregate's events so far\n"
     "  :sql                     the SQL of the last command's events\n"
-    "  :db                      run that SQL in PostgreSQL (config postgres)\n"
-    "                           inside a transaction that is rolled back\n"
+    "  :db [QUERY]              apply every event of this session to\n"
+    "                           PostgreSQL (config postgres) through the\n"
+    "                           projections, then run QUERY (e.g. SELECT *\n"
+    "                           FROM customers) and show its rows; all in\n"
+    "                           a transaction that is rolled back\n"
+    "  :brief                   short answers (verdict and event types) on\n"
+    "                           and off\n"
     "  :reload                  reload every script (all or nothing), show\n"
     "                           what changed\n"
     "  :reset                   forget every aggregate\n"
@@ -71,9 +77,15 @@ typedef struct repl {
     evl_luahost *host;
     agg_inst *aggs;
     evl_luahost_stmts stmts;
-    evl_buf sql;       /* the last command's statements, for :sql/:db */
+    evl_buf sql;       /* the last command's statements, for :sql */
     char **sql_events; /* envelope JSON of the last command's events */
     size_t nsql_events;
+    char last[300];  /* what the last command did, when it was not
+                        accepted with events (for :sql) */
+    evl_buf session; /* every event of the session in order, one
+                        envelope per line (for :db) */
+    size_t nsession;
+    int brief;    /* :brief */
     lua_State *L; /* scratch state: Lua-table input, JSON */
     int tty;
 } repl;
@@ -183,6 +195,7 @@ static void clear_last(void)
     R.sql_events = NULL;
     R.nsql_events = 0;
     R.sql.len = 0;
+    R.last[0] = '\0';
 }
 
 /* ---- input ----------------------------------------------------------------
@@ -242,9 +255,11 @@ static int data_to_json(const char *data, evl_buf *out, char *err,
 static void print_statements(const evl_luahost_stmts *s, const char *proj,
                              evl_buf *sql)
 {
+    FILE *out = R.brief ? NULL : stdout;
     for (size_t i = 0; i < s->n; i++) {
         const evl_luahost_stmt *st = &s->stmts[i];
-        printf("    %s: %.*s\n", proj, (int)st->sql_len, st->sql);
+        if (out)
+            fprintf(out, "    %s: %.*s\n", proj, (int)st->sql_len, st->sql);
         evl_buf_puts(sql, "-- ");
         evl_buf_puts(sql, proj);
         evl_buf_putc(sql, '\n');
@@ -252,7 +267,8 @@ static void print_statements(const evl_luahost_stmts *s, const char *proj,
         evl_buf_puts(sql, ";\n");
         if (st->nparams == 0)
             continue;
-        printf("      params:");
+        if (out)
+            fputs("      params:", out);
         evl_buf_puts(sql, "-- params:");
         for (size_t j = 0; j < st->nparams; j++) {
             const evl_luahost_param *p = &st->params[j];
@@ -264,10 +280,12 @@ static void print_statements(const evl_luahost_stmts *s, const char *proj,
                          p->type == EVL_PARAM_STRING ? "'" : "",
                          p->len > 100 ? 100 : (int)p->len, p->text,
                          p->type == EVL_PARAM_STRING ? "'" : "");
-            fputs(one, stdout);
+            if (out)
+                fputs(one, out);
             evl_buf_puts(sql, one);
         }
-        putchar('\n');
+        if (out)
+            putc('\n', out);
         evl_buf_putc(sql, '\n');
     }
 }
@@ -327,19 +345,22 @@ static void run_command(const char *type, const char *id, const char *ctype,
                              .command_len = cmd.len};
     evl_luahost_verdict v =
         evl_luahost_decide(R.host, &c, &dec, err, sizeof err);
-    if (v == EVL_LUAHOST_REJECTED) {
-        printf("rejected: %s\n", err);
-        goto out;
-    }
-    if (v == EVL_LUAHOST_FAILED) {
-        printf("failed: %s\n", err);
+    clear_last();
+    if (v != EVL_LUAHOST_ACCEPTED) {
+        const char *what = v == EVL_LUAHOST_REJECTED ? "rejected" : "failed";
+        printf("%s: %s\n", what, err);
+        snprintf(R.last, sizeof R.last, "the last command (%s %s %s) was %s",
+                 type, id, ctype, what);
         goto out;
     }
     a = find_inst(type, id, 1);
-    clear_last();
     printf("accepted: %zu event%s, version %lld -> %lld\n", dec.nevents,
            dec.nevents == 1 ? "" : "s", a->version,
            a->version + (long long)dec.nevents);
+    if (dec.nevents == 0)
+        snprintf(R.last, sizeof R.last,
+                 "the last command (%s %s %s) emitted no events", type, id,
+                 ctype);
     R.sql_events = evl_xmalloc(sizeof(char *) * (dec.nevents + 1));
     for (size_t i = 0; i < dec.nevents; i++) {
         const evl_luahost_event *e = &dec.events[i];
@@ -370,25 +391,35 @@ static void run_command(const char *type, const char *id, const char *ctype,
         evl_buf_puts(&env, ",\"user_id\":\"repl\",\"data\":");
         evl_buf_put(&env, e->data, e->data_len);
         evl_buf_putc(&env, '}');
-        printf("  event %s (sequence %s):\n", e->type, seq);
-        print_pretty(env.data, env.len, "    ");
+        if (R.brief) {
+            printf("  %s %s\n", seq, e->type);
+        } else {
+            printf("  event %s (sequence %s):\n", e->type, seq);
+            print_pretty(env.data, env.len, "    ");
+        }
         evl_buf_put(&a->events, env.data, env.len);
         evl_buf_putc(&a->events, '\n');
+        evl_buf_put(&R.session, env.data, env.len);
+        evl_buf_putc(&R.session, '\n');
+        R.nsession++;
         evl_buf_putc(&env, '\0');
         R.sql_events[R.nsql_events++] = evl_xstrdup(env.data);
     }
     free(a->state);
     a->state = evl_xstrdup(dec.state);
     a->version += (long long)dec.nevents;
-    printf("  state (version %lld):\n", a->version);
-    print_pretty(dec.state, dec.state_len, "    ");
+    if (!R.brief) {
+        printf("  state (version %lld):\n", a->version);
+        print_pretty(dec.state, dec.state_len, "    ");
+    }
     if (dec.nevents > 0) {
-        printf("  sql:\n");
+        if (!R.brief)
+            printf("  sql:\n");
         for (size_t i = 0; i < R.nsql_events; i++) {
             const char *t = dec.events[i].type;
             project_event(R.sql_events[i], strlen(R.sql_events[i]), t);
         }
-        if (R.sql.len == 0)
+        if (R.sql.len == 0 && !R.brief)
             printf("    (no projection handles these events)\n");
     }
 out:
@@ -402,7 +433,9 @@ static void cmd_state(const char *type, const char *id, int events)
 {
     agg_inst *a = type && id ? find_inst(type, id, 0) : NULL;
     if (!a) {
-        printf("no events for %s %s yet\n", type ? type : "?", id ? id : "?");
+        printf("no events for %s %s in this session (the REPL runs in "
+               "memory: it does not read a running system's aggregates)\n",
+               type ? type : "?", id ? id : "?");
         return;
     }
     if (!events) {
@@ -512,16 +545,85 @@ static void cmd_reload(void)
     R.host = fresh;
 }
 
-static void cmd_db(void)
+static void no_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message; /* "relation exists, skipping" is not the REPL's news */
+}
+
+/* The type of the event envelope ev (JSON), into type; "" when unreadable. */
+static void event_type(const char *ev, size_t len, char *type, size_t n)
 {
     char err[EVL_ERRLEN];
+    lua_State *L = R.L;
+    type[0] = '\0';
+    if (evl_json_decode(L, ev, len, err, sizeof err) != EVL_OK)
+        return;
+    if (lua_getfield(L, -1, "type") == LUA_TSTRING)
+        snprintf(type, n, "%s", lua_tostring(L, -1));
+    lua_pop(L, 2);
+}
+
+/* Run one projection statement under a savepoint; print its outcome
+ * unless quiet. Returns 1 when it worked. */
+static int db_statement(PGconn *conn, const char *proj,
+                        const evl_luahost_stmt *st, int quiet)
+{
+    const char *vals[256];
+    size_t np = st->nparams > 256 ? 256 : st->nparams;
+    int ok;
+    for (size_t j = 0; j < np; j++)
+        vals[j] = st->params[j].text;
+    char *sql = evl_xmalloc(st->sql_len + 1);
+    memcpy(sql, st->sql, st->sql_len);
+    sql[st->sql_len] = '\0';
+    PQclear(PQexec(conn, "SAVEPOINT repl"));
+    PGresult *res = PQexecParams(conn, sql, (int)np, NULL, vals, NULL, NULL, 0);
+    ExecStatusType rs = PQresultStatus(res);
+    ok = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
+    if (ok) {
+        PQclear(PQexec(conn, "RELEASE SAVEPOINT repl"));
+    } else {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        printf("  %s: ERROR %s: %s", proj, state ? state : "",
+               PQresultErrorMessage(res));
+        PQclear(PQexec(conn, "ROLLBACK TO SAVEPOINT repl"));
+    }
+    if (ok && !quiet)
+        printf("  %s: %s rows affected\n", proj,
+               *PQcmdTuples(res) ? PQcmdTuples(res) : "0");
+    PQclear(res);
+    free(sql);
+    return ok;
+}
+
+static void print_rows(PGresult *res)
+{
+    int nf = PQnfields(res), nt = PQntuples(res);
+    for (int f = 0; f < nf; f++)
+        printf("%s%s", f ? " | " : "  ", PQfname(res, f));
+    putchar('\n');
+    for (int t = 0; t < nt; t++) {
+        for (int f = 0; f < nf; f++)
+            printf("%s%s", f ? " | " : "  ",
+                   PQgetisnull(res, t, f) ? "NULL" : PQgetvalue(res, t, f));
+        putchar('\n');
+    }
+    printf("  (%d row%s)\n", nt, nt == 1 ? "" : "s");
+}
+
+/* :db [QUERY]: every event of the session through every projection that
+ * handles it, in order, then QUERY; rolled back. */
+static void cmd_db(const char *query)
+{
+    char err[EVL_ERRLEN], type[256];
     if (!R.cfg.pg_conninfo) {
         printf("no database configured (postgres in the config, or "
                "EVLUA_PG_CONNINFO)\n");
         return;
     }
-    if (R.nsql_events == 0) {
-        printf("no SQL yet: run a command first\n");
+    if (R.nsession == 0 && !*query) {
+        printf("no events yet: run a command first (or give a query)\n");
         return;
     }
     PGconn *conn = PQconnectdb(R.cfg.pg_conninfo);
@@ -530,62 +632,57 @@ static void cmd_db(void)
         PQfinish(conn);
         return;
     }
-    PQsetNoticeProcessor(conn, NULL, NULL);
+    PQsetNoticeProcessor(conn, no_notice, NULL);
     PQclear(PQexec(conn, "BEGIN"));
     for (size_t i = 0; i < evl_luahost_nprojections(R.host); i++) {
         const evl_luahost_projection *p = evl_luahost_projection_at(R.host, i);
-        int used = 0;
-        for (size_t e = 0; e < R.nsql_events && !used; e++) {
-            lua_State *L = R.L;
-            if (evl_json_decode(L, R.sql_events[e], strlen(R.sql_events[e]),
-                                err, sizeof err) != EVL_OK)
+        long stmts = 0, failed = 0;
+        int schema_done = 0;
+        const char *ev = R.session.data, *end = ev + R.session.len;
+        for (; ev < end;) {
+            const char *nl = memchr(ev, '\n', (size_t)(end - ev));
+            size_t len = (size_t)(nl - ev);
+            event_type(ev, len, type, sizeof type);
+            if (!evl_luahost_projection_handles(p, type)) {
+                ev = nl + 1;
                 continue;
-            lua_getfield(L, -1, "type");
-            used = evl_luahost_projection_handles(p, lua_tostring(L, -1));
-            lua_pop(L, 2);
-        }
-        if (!used)
-            continue;
-        for (size_t s = 0; s < p->nschema; s++) {
-            PGresult *res = PQexec(conn, p->schema[s]);
-            if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                printf("  %s schema: %s", p->name, PQresultErrorMessage(res));
-            PQclear(res);
-        }
-        for (size_t e = 0; e < R.nsql_events; e++) {
-            if (evl_luahost_project(R.host, p->name, R.sql_events[e],
-                                    strlen(R.sql_events[e]), &R.stmts, err,
-                                    sizeof err) != EVL_OK)
-                continue;
-            for (size_t k = 0; k < R.stmts.n; k++) {
-                const evl_luahost_stmt *st = &R.stmts.stmts[k];
-                const char *vals[256];
-                size_t np = st->nparams > 256 ? 256 : st->nparams;
-                for (size_t j = 0; j < np; j++)
-                    vals[j] = st->params[j].text;
-                char *sql = evl_xmalloc(st->sql_len + 1);
-                memcpy(sql, st->sql, st->sql_len);
-                sql[st->sql_len] = '\0';
-                PQclear(PQexec(conn, "SAVEPOINT repl"));
-                PGresult *res =
-                    PQexecParams(conn, sql, (int)np, NULL, vals, NULL, NULL, 0);
-                ExecStatusType rs = PQresultStatus(res);
-                if (rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK) {
-                    printf("  %s: %s rows affected\n", p->name,
-                           *PQcmdTuples(res) ? PQcmdTuples(res) : "0");
-                    PQclear(PQexec(conn, "RELEASE SAVEPOINT repl"));
-                } else {
-                    printf("  %s: ERROR %s: %s", p->name,
-                           PQresultErrorField(res, PG_DIAG_SQLSTATE)
-                               ? PQresultErrorField(res, PG_DIAG_SQLSTATE)
-                               : "",
-                           PQresultErrorMessage(res));
-                    PQclear(PQexec(conn, "ROLLBACK TO SAVEPOINT repl"));
-                }
-                PQclear(res);
-                free(sql);
             }
+            for (size_t k = 0; !schema_done && k < p->nschema; k++) {
+                PGresult *res = PQexec(conn, p->schema[k]);
+                if (PQresultStatus(res) != PGRES_COMMAND_OK)
+                    printf("  %s schema: %s", p->name,
+                           PQresultErrorMessage(res));
+                PQclear(res);
+            }
+            schema_done = 1;
+            if (evl_luahost_project(R.host, p->name, ev, len, &R.stmts, err,
+                                    sizeof err) != EVL_OK) {
+                printf("  %s: FAILED on %s: %s\n", p->name, type, err);
+                failed++;
+                ev = nl + 1;
+                continue;
+            }
+            for (size_t k = 0; k < R.stmts.n; k++) {
+                stmts++;
+                if (!db_statement(conn, p->name, &R.stmts.stmts[k], 1))
+                    failed++;
+            }
+            ev = nl + 1;
         }
+        if (schema_done)
+            printf("  %s: %ld statement%s, %ld failed\n", p->name, stmts,
+                   stmts == 1 ? "" : "s", failed);
+    }
+    if (*query) {
+        PGresult *res = PQexec(conn, query);
+        ExecStatusType rs = PQresultStatus(res);
+        if (rs == PGRES_TUPLES_OK)
+            print_rows(res);
+        else if (rs == PGRES_COMMAND_OK)
+            printf("  %s\n", PQcmdStatus(res));
+        else
+            printf("  ERROR: %s", PQresultErrorMessage(res));
+        PQclear(res);
     }
     PQclear(PQexec(conn, "ROLLBACK"));
     printf("  (rolled back)\n");
@@ -624,8 +721,8 @@ static char *complete_gen(const char *text, int state)
     size_t tl = strlen(text);
     if (word <= 1) {
         static const char *const cmds[] = {":state", ":events", ":sql",
-                                           ":db",    ":reload", ":reset",
-                                           ":help",  ":quit"};
+                                           ":db",    ":brief",  ":reload",
+                                           ":reset", ":help",   ":quit"};
         for (; i < evl_luahost_naggregates(R.host); i++) {
             const char *t = evl_luahost_aggregate_at(R.host, i)->type;
             if (strncmp(t, text, tl) == 0) {
@@ -697,15 +794,28 @@ static int handle_line(char *line)
             cmd_state(a1, a2, 0);
         else if (strcmp(cmd, ":events") == 0)
             cmd_state(a1, a2, 1);
-        else if (strcmp(cmd, ":sql") == 0)
-            fwrite(R.sql.data ? R.sql.data : "", 1, R.sql.len, stdout);
-        else if (strcmp(cmd, ":db") == 0)
-            cmd_db();
-        else if (strcmp(cmd, ":reload") == 0)
+        else if (strcmp(cmd, ":sql") == 0) {
+            if (R.last[0])
+                printf("no SQL: %s\n", R.last);
+            else if (R.sql.len == 0)
+                printf("no SQL yet: run a command first\n");
+            else
+                fwrite(R.sql.data, 1, R.sql.len, stdout);
+        } else if (strcmp(cmd, ":db") == 0) {
+            const char *q = p + 3;
+            while (isspace((unsigned char)*q))
+                q++;
+            cmd_db(q);
+        } else if (strcmp(cmd, ":brief") == 0) {
+            R.brief = !R.brief;
+            printf("brief answers %s\n", R.brief ? "on" : "off");
+        } else if (strcmp(cmd, ":reload") == 0)
             cmd_reload();
         else if (strcmp(cmd, ":reset") == 0) {
             free_insts();
             clear_last();
+            R.session.len = 0;
+            R.nsession = 0;
             printf("all aggregates forgotten\n");
         } else
             printf("unknown command %s (:help)\n", cmd);
@@ -755,8 +865,9 @@ int evl_cli_repl(int argc, char **argv)
     if (R.tty) {
         rl_readline_name = "evlua";
         rl_attempted_completion_function = complete;
-        printf("evlua repl: %zu aggregates, %zu projections (scripts %s). "
-               ":help for help.\n",
+        printf("evlua repl: %zu aggregates, %zu projections (scripts %s), "
+               "in memory: not connected to a running system. :help for "
+               "help.\n",
                evl_luahost_naggregates(R.host),
                evl_luahost_nprojections(R.host), evl_luahost_hash(R.host));
     }
@@ -771,6 +882,7 @@ int evl_cli_repl(int argc, char **argv)
     free_insts();
     clear_last();
     evl_buf_free(&R.sql);
+    evl_buf_free(&R.session);
     evl_luahost_stmts_free(&R.stmts);
     evl_luahost_free(R.host);
     lua_close(R.L);

@@ -81,6 +81,28 @@ void evl_log_set_level(evl_log_level lvl)
     level = (int)lvl;
 }
 
+static int oneshot;
+
+void evl_log_oneshot(int verbose)
+{
+    oneshot = 1;
+    if (evl_log_parse_level(getenv("EVLUA_LOG_LEVEL")) >= 0)
+        return; /* the environment wins, as for `run` */
+    level = verbose >= 2   ? EVL_LOG_DEBUG
+            : verbose == 1 ? EVL_LOG_INFO
+                           : EVL_LOG_WARN;
+}
+
+int evl_log_is_oneshot(void)
+{
+    return oneshot;
+}
+
+evl_log_level evl_log_lib(evl_log_level lvl)
+{
+    return oneshot && lvl > EVL_LOG_INFO ? EVL_LOG_INFO : lvl;
+}
+
 /* A line buffer that silently truncates: a log line is never worth a
  * crash or an allocation. */
 typedef struct line {

@@ -27,6 +27,20 @@ typedef enum evl_log_level {
 void evl_log_set_level(evl_log_level lvl);
 evl_log_level evl_log_get_level(void);
 
+/* One-shot commands (check, send, parked, projection, repl, test) answer
+ * on stdout and stderr themselves; their log is for when something went
+ * wrong. After evl_log_oneshot(verbose): lines below warn are dropped
+ * (verbose 1: below info; 2 or more: none), unless EVLUA_LOG_LEVEL names
+ * a level, and evl_log_lib() turns a library's own warnings into info.
+ * The config's log.level is for `evlua run` and no longer applies. */
+void evl_log_oneshot(int verbose);
+int evl_log_is_oneshot(void);
+
+/* The level to log a library's message (librdkafka's, libmicrohttpd's) at,
+ * given the level the library gave it: the same, but at most info in a
+ * one-shot command (a broker's hiccup is not part of its answer). */
+evl_log_level evl_log_lib(evl_log_level lvl);
+
 /* "debug", "info", "warn", "error" -> level; -1 for anything else. */
 int evl_log_parse_level(const char *name);
 

@@ -1640,17 +1640,17 @@ out:
     }
     snprintf(h->hash, sizeof h->hash, "%016llx", (unsigned long long)h->fnv);
     lua_gc(h->L, LUA_GCCOLLECT);
-    {
-        char na[32], np[32], mem[32];
-        snprintf(na, sizeof na, "%zu", h->naggs);
-        snprintf(np, sizeof np, "%zu", h->nprojs);
-        snprintf(mem, sizeof mem, "%zu", h->mem_used);
-        evl_log(EVL_LOG_INFO, "scripts loaded", "hash", h->hash, "aggregates",
-                na, "projections", np, "memory", mem, (const char *)NULL);
-    }
+    /* no log line here: a load is reported by whoever decided to load
+     * (evl_luahost_reload once per SIGHUP, the CLI at start), not once per
+     * pipeline or per busted spec */
     *out = h;
     return rc;
 }
+
+/* The SIGHUP count (see the end of the file), and the count the last
+ * reload summary was logged for. */
+static atomic_uint hup_count;
+static atomic_uint reload_logged;
 
 evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
                            evl_luahost_problems *problems, char *err,
@@ -1671,17 +1671,30 @@ evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
     cfg.time_limit_ms = old->time_limit_ms;
     cfg.max_string_op = old->max_string_op;
     rc = evl_luahost_new(&cfg, out, &probs, err, errlen);
+    /* Every pipeline reloads on its own, from the same files: the first to
+     * reload after a SIGHUP speaks for all (one summary line per reload,
+     * not one per pipeline). A caller that collects the problems reports
+     * them itself. */
+    unsigned gen = atomic_load(&hup_count);
+    int speak =
+        !problems && gen != 0 && atomic_exchange(&reload_logged, gen) != gen;
     if (rc != EVL_OK) {
         char n[32];
         snprintf(n, sizeof n, "%zu", probs.n);
-        evl_log(EVL_LOG_ERROR, "script reload failed; keeping the loaded set",
-                "hash", old->hash, "problems", n, (const char *)NULL);
+        if (speak)
+            evl_log(EVL_LOG_ERROR,
+                    "script reload refused; keeping the loaded set", "hash",
+                    old->hash, "problems", n, (const char *)NULL);
         for (size_t i = 0; i < probs.n; i++) {
-            evl_log(EVL_LOG_ERROR, "script problem", "problem", probs.lines[i],
-                    (const char *)NULL);
+            if (speak)
+                evl_log(EVL_LOG_ERROR, "script problem", "problem",
+                        probs.lines[i], (const char *)NULL);
             if (problems)
                 problem(problems, "%s", probs.lines[i]);
         }
+    } else if (speak) {
+        evl_log(EVL_LOG_INFO, "scripts reloaded", "hash", (*out)->hash, "old",
+                old->hash, (const char *)NULL);
     }
     evl_luahost_problems_free(&probs);
     return rc;

@@ -7,9 +7,13 @@
  *   answer=<data.answer of the event> hash=<set hash>
  *
  * once at start and after every reload attempt (successful or not).
- * Exits 0 on SIGTERM.
+ * With a second argument N, N - 1 more "pipelines" (threads, each with
+ * its own host) reload on the same SIGHUPs, silently, as evlua run's
+ * pipelines do. Exits 0 on SIGTERM.
  */
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -36,11 +40,36 @@ static void report(evl_luahost *host)
     evl_luahost_decision_free(&d);
 }
 
+/* Another pipeline: its own host, reloaded on every SIGHUP. */
+static void *pipeline(void *arg)
+{
+    char err[EVL_ERRLEN];
+    evl_luahost *host = NULL;
+    unsigned seen = 0;
+    if (evl_luahost_reload(arg, &host, NULL, err, sizeof err) != EVL_OK)
+        return NULL;
+    evl_luahost_reload_requested(&seen);
+    while (!evl_lifecycle_stopping()) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        evl_luahost *fresh = NULL;
+        if (evl_luahost_reload_requested(&seen) &&
+            evl_luahost_reload(host, &fresh, NULL, err, sizeof err) == EVL_OK) {
+            evl_luahost_free(host);
+            host = fresh;
+        }
+    }
+    evl_luahost_free(host);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     char agg[4096], proj[4096], err[EVL_ERRLEN];
-    if (argc != 2) {
-        fprintf(stderr, "usage: reload_driver SCRIPTS_DIR\n");
+    pthread_t threads[16];
+    int npipes = argc == 3 ? atoi(argv[2]) : 1;
+    if (argc < 2 || argc > 3 || npipes < 1 || npipes > 16) {
+        fprintf(stderr, "usage: reload_driver SCRIPTS_DIR [PIPELINES]\n");
         return 2;
     }
     snprintf(agg, sizeof agg, "%s/aggregates", argv[1]);
@@ -57,6 +86,8 @@ int main(int argc, char **argv)
     }
     evl_lifecycle_install();
     evl_luahost_install_sighup();
+    for (int i = 1; i < npipes; i++)
+        pthread_create(&threads[i], NULL, pipeline, host);
     unsigned seen = 0;
     report(host);
     while (!evl_lifecycle_stopping()) {
@@ -71,6 +102,8 @@ int main(int argc, char **argv)
         }
         report(host);
     }
+    for (int i = 1; i < npipes; i++)
+        pthread_join(threads[i], NULL);
     evl_luahost_free(host);
     return 0;
 }

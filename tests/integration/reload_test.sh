@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Hot reload on SIGHUP, in a process running the host like a pipeline
+# Hot reload on SIGHUP, in a process running the host like five pipelines
 # (tests/c/reload_driver.c): a changed script takes over; a broken one is
-# refused, logged with file:line, and the old set stays in service.
+# refused, logged with file:line, and the old set stays in service. Each
+# reload is one summary in the log, not one per pipeline.
 set -euo pipefail
 driver=$1
 work=$(mktemp -d)
@@ -12,6 +13,7 @@ probe() { # probe ANSWER -> an aggregate script answering ANSWER
 return {
   type = "probe",
   initial = function() return {} end,
+  neutral = { "Probed" },
   apply = {},
   handle = { Probe = function() return { { type = "Probed", data = { answer = "$1" } } } end },
 }
@@ -29,7 +31,7 @@ wait_line() {
 }
 
 probe one
-"$driver" "$work" > "$work/out" 2> "$work/err" &
+"$driver" "$work" 5 > "$work/out" 2> "$work/err" &
 pid=$!
 wait_line 1
 grep -q '^answer={"answer":"one"}' "$work/out" || fail "the first set answers one"
@@ -41,7 +43,9 @@ wait_line 2
 sed -n 2p "$work/out" | grep -q '^answer={"answer":"two"}' || fail "after SIGHUP the new set answers two"
 hash2=$(sed -n 2p "$work/out" | sed 's/.*hash=//')
 [ "$hash1" != "$hash2" ] || fail "the new set has a new hash"
-grep -q "msg=\"scripts loaded\" hash=$hash2" "$work/err" || fail "a log line names the new set's hash"
+sleep 0.3 # the other pipelines reload too
+grep -q "msg=\"scripts reloaded\" hash=$hash2" "$work/err" || fail "a log line names the new set's hash"
+[ "$(grep -c 'msg="scripts reloaded"' "$work/err")" = 1 ] || fail "one line per reload, not one per pipeline"
 
 # broken: a syntax error on line 3 of a second script
 printf 'return {\n  type = "other",\n  initial = function( return {} end,\n}\n' > "$work/aggregates/other.lua"
@@ -49,6 +53,9 @@ kill -HUP "$pid"
 wait_line 3
 sed -n 3p "$work/out" | grep -q "^answer={\"answer\":\"two\"} hash=$hash2\$" || fail "a broken set is refused and the old one stays"
 grep -q 'other.lua:3:' "$work/err" || fail "the refusal names file and line"
+sleep 0.3
+[ "$(grep -c 'script reload refused' "$work/err")" = 1 ] || fail "one refusal line for five pipelines"
+[ "$(grep -c 'other.lua:3:' "$work/err")" = 1 ] || fail "each problem logged once"
 
 # fixed again: the next SIGHUP loads it
 rm "$work/aggregates/other.lua"

@@ -19,7 +19,7 @@ fail() { echo "FAIL: $*"; echo "--- output"; cat "$work/out"; exit 1; }
     echo ':state customer c1'
     sleep 0.5
     # edit: a new command type in the customer aggregate
-    sed -i 's/^  handle = {$/  handle = {\n    Ping = function() return { { type = "Ponged", data = {} } } end,/' \
+    sed -i 's/^  handle = {$/  neutral = { "Ponged" },\n  handle = {\n    Ping = function() return { { type = "Ponged", data = {} } } end,/' \
         "$work/aggregates/customer.lua"
     echo ':reload'
     echo 'customer c1 Ping'
