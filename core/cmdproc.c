@@ -1698,7 +1698,8 @@ static void maybe_reload(cmdproc *cp)
                         evl_luahost_hash(nh));
     evl_luahost_free(cp->host);
     cp->host = nh;
-    evl_log(EVL_LOG_INFO, "command processor switched scripts", "hash",
+    /* the reload's summary line is luahost's, once for every pipeline */
+    evl_log(EVL_LOG_DEBUG, "command processor switched scripts", "hash",
             evl_luahost_hash(nh), NULL);
 }
 

@@ -96,13 +96,14 @@ int main(void)
         free(text);
         ct_write_file(&t, "aggregates/probe.lua",
                       "return { type = 'probe', initial = function() return "
-                      "{} end, apply = {}, handle = { Ok = function() return "
+                      "{} end, neutral = { 'Probed' }, apply = {}, handle = { "
+                      "Ok = function() return "
                       "{ { type = 'Probed', data = {} } } end } }\n");
         kill(pid, SIGHUP);
         for (int i = 0;
-             i < 200 && !ct_log_has(&t, "a3.log", "switched scripts"); i++)
+             i < 200 && !ct_log_has(&t, "a3.log", "scripts reloaded"); i++)
             ct_sleep_ms(50);
-        CHECK(ct_log_has(&t, "a3.log", "switched scripts"),
+        CHECK(ct_log_has(&t, "a3.log", "scripts reloaded"),
               "SIGHUP: the processor switched to the new scripts");
         ct_send(&t, p, "customer", "cmd-4", "UpdateCustomerProfile", "c-1",
                 "{\"name\":\"\"}", NULL);
