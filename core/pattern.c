@@ -40,6 +40,7 @@
 #define MAX_DEPTH    200  /* nested matcher calls ("pattern too complex") */
 #define BATCH        1024 /* steps between calls of the charge callback */
 #define BYTES_STEP   8    /* bytes scanned or copied per step */
+#define SCAN_STEP    64   /* bytes per step of memchr, memcmp */
 
 #define uchar(c) ((unsigned char)(c))
 
@@ -249,7 +250,7 @@ static const char *back_reference(matcher *m, const char *s, int d)
     if (m->cap[i].len == CAP_POSITION)
         return NULL;
     len = (size_t)m->cap[i].len;
-    spend(m, (long)(len / BYTES_STEP));
+    spend(m, (long)(len / SCAN_STEP));
     if ((size_t)(m->src_end - s) < len || memcmp(m->cap[i].at, s, len) != 0)
         return NULL;
     return s + len;
@@ -457,10 +458,10 @@ static const char *find_plain(matcher *m, const char *s, size_t ls,
     while (q <= last) {
         const char *hit = memchr(q, *p, (size_t)(last - q) + 1);
         if (!hit) {
-            spend(m, (last - q) / BYTES_STEP + 1);
+            spend(m, (last - q) / SCAN_STEP + 1);
             return NULL;
         }
-        spend(m, (hit - q) / BYTES_STEP + 1 + (long)(lp / BYTES_STEP));
+        spend(m, (hit - q) / SCAN_STEP + 1 + (long)(lp / SCAN_STEP));
         if (memcmp(hit + 1, p + 1, lp - 1) == 0)
             return hit;
         q = hit + 1;
