@@ -16,9 +16,20 @@
  *                                        nil, err
  *   host:reset(name)                  -> statements | nil, err
  *   host:aggregates(), host:projections(), host:hash(), host:memory()
- *   local db = native.pg(conninfo)   -- a libpq connection for specs
- *   db:exec(sql, {n=, ...})          -> rows ({col = text|nil}), count
+ *   local db = native.pg(conninfo)   -- a connection for specs, opened
+ *                                       as the projector opens its own
+ *   db:exec(sql, {n=, ...})          -> rows, count: each row {col = v}
+ *                                       with v an integer (int2/4/8, oid),
+ *                                       a number (float4/8; numeric when
+ *                                       exact, else text), a boolean,
+ *                                       decoded json/jsonb, evlua.null for
+ *                                       SQL NULL, else text
+ *   db:create_tables()               -- evlua_checkpoints & co, as every
+ *                                       projector creates them (committed)
  *   db:close()
+ *   native.sql.load_checkpoints, native.sql.advance_checkpoint
+ *                                    -- the projector's checkpoint
+ *                                       statements (pg.h), verbatim
  *
  * Values cross as JSON through json.h, exactly as in production: a state
  * or event that has no JSON form fails here as it would there. The module
@@ -38,6 +49,13 @@
 #include "json.h"
 #include "luaapi.h"
 #include "luahost.h"
+#include "pg.h"
+
+/* The projector's PostgreSQL edge is compiled into this module, so a
+ * spec's connection and evlua's tables come from the very code `evlua
+ * run` uses (the module's source list in CMakeLists.txt does not name
+ * pg.c; were it added there, this include goes). */
+#include "pg.c"
 
 #define HOST_MT "evlua.host"
 
@@ -400,39 +418,142 @@ static int l_close(lua_State *L)
 
 #define PG_MT "evlua.pg"
 
+/* res is the last result, kept until the next exec or close: building the
+ * rows can raise (a memory error), and nothing malloc'd may be held across
+ * that by the C stack alone. */
 typedef struct pgud {
-    PGconn *conn;
+    evl_pg *pg;
+    PGresult *res;
 } pgud;
 
-/* native.pg(conninfo) -> db; raises with libpq's message on failure */
+/* native.pg(conninfo) -> db; raises with libpq's message on failure. The
+ * connection is made as the projector makes it (evl_pg_open: its
+ * connect_timeout, keepalives, UTF8), named "evlua-spec". */
 static int l_pg(lua_State *L)
 {
     const char *conninfo = luaL_checkstring(L, 1);
+    char err[EVL_ERRLEN];
     pgud *p = lua_newuserdatauv(L, sizeof(pgud), 0);
-    p->conn = NULL;
+    p->pg = NULL;
+    p->res = NULL;
     luaL_setmetatable(L, PG_MT);
-    p->conn = PQconnectdb(conninfo);
-    if (PQstatus(p->conn) != CONNECTION_OK) {
-        lua_pushstring(L, PQerrorMessage(p->conn));
-        PQfinish(p->conn);
-        p->conn = NULL;
-        return lua_error(L);
-    }
-    PQsetNoticeProcessor(p->conn, NULL, NULL);
+    if (evl_pg_open(conninfo, "evlua-spec", &p->pg, err, sizeof err) != EVL_OK)
+        return luaL_error(L, "%s", err);
     return 1;
 }
 
-/* db:exec(sql, params) -> rows, affected. params is a table with n (or a
- * sequence) of strings, nil for SQL NULL. Raises on any error with the
- * server's message. */
-static int l_pg_exec(lua_State *L)
+static pgud *check_pg(lua_State *L)
 {
     pgud *p = luaL_checkudata(L, 1, PG_MT);
+    if (!p->pg)
+        luaL_error(L, "evlua_host: connection is closed");
+    return p;
+}
+
+/* Is s[0..len) an integer or decimal numeral (-12, 750.00, 0.5)? Sets
+ * *frac to the position of the '.' (len when none). */
+static int numeral(const char *s, size_t len, size_t *frac)
+{
+    size_t i = s[0] == '-' ? 1 : 0, digits = 0;
+    *frac = len;
+    for (; i < len; i++) {
+        if (s[i] == '.' && *frac == len)
+            *frac = i;
+        else if (s[i] >= '0' && s[i] <= '9')
+            digits++;
+        else
+            return 0;
+    }
+    return digits > 0;
+}
+
+/* Push a numeric column's value as a Lua number when that is exact: an
+ * integer (750.00 is 750) that fits lua_Integer, or a decimal of at most
+ * 15 significant digits (a double keeps 15 decimal digits through the
+ * round trip); otherwise (NaN, very long or precise values) the text. */
+static void push_numeric(lua_State *L, const char *s, size_t len)
+{
+    size_t frac, sig = 0, i;
+    if (len == 0 || len > 64 || !numeral(s, len, &frac)) {
+        lua_pushlstring(L, s, len);
+        return;
+    }
+    int whole = 1;
+    for (i = frac + 1; i < len; i++)
+        if (s[i] != '0')
+            whole = 0;
+    if (whole) {
+        char buf[72];
+        memcpy(buf, s, frac);
+        buf[frac] = '\0';
+        if (lua_stringtonumber(L, buf) != 0) {
+            if (lua_isinteger(L, -1))
+                return;
+            lua_pop(L, 1); /* beyond lua_Integer: a float would round */
+        }
+        lua_pushlstring(L, s, len);
+        return;
+    }
+    int started = 0;
+    size_t trailing = 0;
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            continue;
+        if (s[i] != '0')
+            started = 1;
+        if (started) {
+            sig++;
+            trailing = s[i] == '0' ? trailing + 1 : 0;
+        }
+    }
+    if (sig - trailing > 15) {
+        lua_pushlstring(L, s, len);
+        return;
+    }
+    lua_pushnumber(L, strtod(s, NULL));
+}
+
+/* Push one column value by its type: integers (int2/4/8, oid) as
+ * integers, float4/8 as numbers, numeric as a number where exact,
+ * booleans, json/jsonb decoded (as the scripts' JSON reader does; text
+ * when it cannot be), everything else as text. */
+static void push_value(lua_State *L, const PGresult *res, int r, int c)
+{
+    const char *s = PQgetvalue(res, r, c);
+    size_t len = (size_t)PQgetlength(res, r, c);
+    char err[EVL_ERRLEN];
+    switch (PQftype(res, c)) {
+    case 16: /* bool */ lua_pushboolean(L, s[0] == 't'); return;
+    case 20: /* int8 */
+    case 21: /* int2 */
+    case 23: /* int4 */
+    case 26: /* oid */
+        if (lua_stringtonumber(L, s) == 0)
+            lua_pushlstring(L, s, len);
+        return;
+    case 700: /* float4 */
+    case 701: /* float8 */ lua_pushnumber(L, strtod(s, NULL)); return;
+    case 1700: /* numeric */ push_numeric(L, s, len); return;
+    case 114:  /* json */
+    case 3802: /* jsonb */
+        if (evl_json_decode(L, s, len, err, sizeof err) != EVL_OK)
+            lua_pushlstring(L, s, len);
+        return;
+    default: lua_pushlstring(L, s, len); return;
+    }
+}
+
+/* db:exec(sql, params) -> rows, affected. params is a table with n (or a
+ * sequence) of strings, nil for SQL NULL; without params, sql may hold
+ * several statements (the result is the last one's). Each row is a table keyed
+ * by column name; SQL NULL is evlua.null (the column is there). Raises on any
+ * error with the server's message. */
+static int l_pg_exec(lua_State *L)
+{
+    pgud *p = check_pg(L);
     const char *sql = luaL_checkstring(L, 2);
     const char *vals[256];
     int n = 0;
-    if (!p->conn)
-        return luaL_error(L, "evlua_host: connection is closed");
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         lua_getfield(L, 3, "n");
@@ -446,42 +567,71 @@ static int l_pg_exec(lua_State *L)
             vals[i] = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
         }
     }
-    PGresult *res = PQexecParams(p->conn, sql, n, NULL, vals, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        lua_pushfstring(L, "%s", PQresultErrorMessage(res));
-        PQclear(res);
-        return lua_error(L);
+    PQclear(p->res);
+    p->res = NULL;
+    char err[EVL_ERRLEN];
+    if (lua_isnoneornil(L, 3)) {
+        /* a script (several statements: a projection's schema) */
+        p->res = PQexec(evl_pg_conn(p->pg), sql);
+        if (evl_pg_check(p->pg, p->res, "PQexec", err, sizeof err) != EVL_OK)
+            return luaL_error(L, "%s", err);
+    } else if (evl_pg_query(p->pg, sql, n, vals, &p->res, err, sizeof err) !=
+               EVL_OK) {
+        return luaL_error(L, "%s", err);
     }
+    const PGresult *res = p->res;
     int rows = PQntuples(res), cols = PQnfields(res);
-    /* build the result; on a memory error the PGresult would leak, which
-     * a test process can afford */
     lua_createtable(L, rows, 0);
     for (int r = 0; r < rows; r++) {
         lua_createtable(L, 0, cols);
         for (int c = 0; c < cols; c++) {
             if (PQgetisnull(res, r, c))
-                continue;
-            lua_pushlstring(L, PQgetvalue(res, r, c),
-                            (size_t)PQgetlength(res, r, c));
+                evl_json_push_null(L);
+            else
+                push_value(L, res, r, c);
             lua_setfield(L, -2, PQfname(res, c));
         }
         lua_rawseti(L, -2, r + 1);
     }
-    const char *tuples = PQcmdTuples(res);
+    const char *tuples = PQcmdTuples(p->res);
     lua_pushinteger(L, tuples && *tuples ? atoll(tuples) : 0);
-    PQclear(res);
+    PQclear(p->res);
+    p->res = NULL;
     return 2;
+}
+
+/* db:create_tables(): evlua's own tables and functions (evlua_checkpoints
+ * and the rest), as every projector creates them at start: idempotent,
+ * committed, serialized by evlua's advisory lock. */
+static int l_pg_create_tables(lua_State *L)
+{
+    pgud *p = check_pg(L);
+    char err[EVL_ERRLEN];
+    if (evl_pg_create_tables(p->pg, err, sizeof err) != EVL_OK)
+        return luaL_error(L, "%s", err);
+    return 0;
 }
 
 /* db:close(); also the __gc */
 static int l_pg_close(lua_State *L)
 {
     pgud *p = luaL_checkudata(L, 1, PG_MT);
-    if (p->conn)
-        PQfinish(p->conn);
-    p->conn = NULL;
+    PQclear(p->res);
+    p->res = NULL;
+    evl_pg_close(p->pg);
+    p->pg = NULL;
     return 0;
+}
+
+/* The projector's bookkeeping statements (pg.h), for a spec's db to move
+ * checkpoints exactly as the projector does. */
+static void push_sql(lua_State *L)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, EVL_PG_LOAD_CHECKPOINTS_SQL);
+    lua_setfield(L, -2, "load_checkpoints");
+    lua_pushstring(L, EVL_PG_ADVANCE_ONE_SQL);
+    lua_setfield(L, -2, "advance_checkpoint");
 }
 
 int luaopen_evlua_host(lua_State *L);
@@ -508,8 +658,10 @@ int luaopen_evlua_host(lua_State *L)
         lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
-    static const luaL_Reg pg_methods[] = {
-        {"exec", l_pg_exec}, {"close", l_pg_close}, {NULL, NULL}};
+    static const luaL_Reg pg_methods[] = {{"exec", l_pg_exec},
+                                          {"create_tables", l_pg_create_tables},
+                                          {"close", l_pg_close},
+                                          {NULL, NULL}};
     if (luaL_newmetatable(L, PG_MT)) {
         luaL_newlib(L, pg_methods);
         lua_setfield(L, -2, "__index");
@@ -517,12 +669,14 @@ int luaopen_evlua_host(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 4);
     lua_pushcfunction(L, l_load);
     lua_setfield(L, -2, "load");
     lua_pushcfunction(L, l_pg);
     lua_setfield(L, -2, "pg");
     evl_luaapi_push(L, "spec");
     lua_setfield(L, -2, "api");
+    push_sql(L);
+    lua_setfield(L, -2, "sql");
     return 1;
 }

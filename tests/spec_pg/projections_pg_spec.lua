@@ -51,12 +51,16 @@ describe("against PostgreSQL", function()
       "SELECT id, address FROM customers ORDER BY id")
   end)
 
-  it("detects a projection whose SQL is not replay-safe", function()
+  it("keeps shipping_addresses' change counter exact through replays", function()
+    -- `changes = changes + 1` is not idempotent: the checkpoints keep a
+    -- redelivery from counting twice, and its reset clears it for a rebuild
+    -- (a projection replays cannot leave alone is in toolkit_pg_spec.lua)
     db = app.projection("shipping_addresses").against_postgres(conninfo())
-    assert.has_error(function()
-      db.assert_replay_harmless(
-        { ev("CustomerAddressChanged", "c4", { newAddress = "9 Elm" }, 1) },
-        "SELECT customer_id, changes FROM shipping_addresses")
-    end)
+    db.assert_replay_harmless(
+      { ev("CustomerAddressChanged", "c4", { newAddress = "9 Elm" }, 1),
+        ev("CustomerAddressChanged", "c4", { newAddress = "10 Elm" }, 2) },
+      "SELECT customer_id, address, changes FROM shipping_addresses")
+    assert.are.same({ { customer_id = "c4", address = "10 Elm", changes = 2 } },
+      db.query("SELECT customer_id, address, changes FROM shipping_addresses"))
   end)
 end)

@@ -13,9 +13,31 @@
 --     .expect_events{ { type = "CustomerNameChanged", data = { newName = "Bo" } } }
 --     .expect_state{ name = "Bo" }
 --
+--   app.aggregate("customer").when_failing{ type = "Buggy" }.expect_failure("attempt to")
+--
 --   local stmts = app.projection("customer_profile").project{ event, ... }
 --   local db = app.projection("customer_profile").against_postgres(conninfo)
---   db.apply{ event, ... }; db.query("SELECT ...") ; db.rollback()
+--   db.apply{ event, ... }; db.query("SELECT ...")
+--   db.assert_replay_harmless({ event, ... }, "SELECT ...")
+--
+-- Rules a spec can count on:
+--   * `when` raises at once when the command *fails* (a Lua error or a
+--     limit in the handler: a bug), whether or not an expect_* follows; a
+--     spec that means to test a failure says `when_failing{...}`, which
+--     raises unless the command fails. Rejections are answers: `when`
+--     returns them for expect_rejection.
+--   * Every expectation that does not hold says what happened instead: the
+--     events with their data, the rejection reason or the error.
+--   * `given{}` refuses an event type that the aggregate's `apply` does not
+--     know (a typo would silently leave the state alone), unless the
+--     aggregate declares it state-neutral: `neutral = { "Type", ... }`.
+--   * A db from against_postgres is one transaction, rolled back and closed
+--     when the spec (the `it`) that opened it ends, whatever happened (also
+--     when it was opened in before_each). Its connection waits at most
+--     lock_timeout (5 s) for a lock and statement_timeout (60 s) for a
+--     statement.
+--   * db.apply goes through evlua_checkpoints as the projector does: an
+--     event at or below its aggregate's checkpoint is skipped.
 --
 -- Every function works with `.` or `:`.
 
@@ -25,22 +47,65 @@ local json = evlua.json
 
 local M = { null = evlua.null, json = json, evlua = evlua }
 
--- Make every function of t callable as t.f(x) and t:f(x).
-local function methods(t)
+-- Text for a value in messages: JSON with sorted keys (stable, readable).
+local function canon(v, depth)
+  depth = depth or 0
+  if v == evlua.null then return "null" end
+  local t = type(v)
+  if t == "string" then
+    local ok, s = pcall(json.encode, v)
+    return ok and s or string.format("%q", v)
+  elseif t == "number" then
+    if math.type(v) == "integer" then return string.format("%d", v) end
+    if v ~= v or v == math.huge or v == -math.huge then return tostring(v) end
+    for digits = 14, 17 do
+      local s = string.format("%." .. digits .. "g", v)
+      if tonumber(s) == v then
+        return s:find("[%.eEn]") and s or s .. ".0"
+      end
+    end
+  elseif t == "table" and depth < 20 then
+    local n, count = #v, 0
+    for _ in pairs(v) do count = count + 1 end
+    local out = {}
+    if n > 0 and n == count then
+      for i = 1, n do out[i] = canon(v[i], depth + 1) end
+      return "[" .. table.concat(out, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for i, k in ipairs(keys) do
+      out[i] = canon(tostring(k)) .. ":" .. canon(v[k], depth + 1)
+    end
+    return "{" .. table.concat(out, ",") .. "}"
+  end
+  return tostring(v)
+end
+M.show = canon
+
+-- Make every function of t callable as t.f(x) and t:f(x) (a tail call, so
+-- error levels still point at the spec), and make a misspelt name an error
+-- that lists the names there are. fields: data keys that may be nil.
+local function methods(t, what, fields)
+  local names = {}
   for k, f in pairs(t) do
     if type(f) == "function" then
+      names[#names + 1] = k
       t[k] = function(first, ...)
         if first == t then return f(...) end
         return f(first, ...)
       end
     end
   end
-  return t
-end
-
-local function show(v)
-  local ok, s = pcall(json.encode, v)
-  return ok and s or tostring(v)
+  table.sort(names)
+  local known = {}
+  for _, k in ipairs(fields or {}) do known[k] = true end
+  return setmetatable(t, { __index = function(_, k)
+    if known[k] then return nil end
+    error(string.format("%s has no '%s'; it has: %s", what, tostring(k),
+      table.concat(names, ", ")), 2)
+  end })
 end
 
 -- Does actual contain expected? Tables match partially (every key of
@@ -49,12 +114,12 @@ local function contains(actual, expected, path)
   if type(expected) ~= "table" or expected == evlua.null then
     if actual ~= expected then
       return false, string.format("%s: expected %s, got %s", path,
-        show(expected), show(actual))
+        canon(expected), canon(actual))
     end
     return true
   end
-  if type(actual) ~= "table" then
-    return false, string.format("%s: expected a table, got %s", path, show(actual))
+  if type(actual) ~= "table" or actual == evlua.null then
+    return false, string.format("%s: expected a table, got %s", path, canon(actual))
   end
   for k, v in pairs(expected) do
     local ok, why = contains(actual[k], v, path .. "." .. tostring(k))
@@ -63,6 +128,21 @@ local function contains(actual, expected, path)
   return true
 end
 M.contains = contains
+
+-- What a decision came to, for messages: "accepted with 2 events: ...",
+-- "rejected: reason", "failed: error".
+local function outcome(r, events)
+  if r.verdict ~= "accepted" then
+    return string.format("%s: %s", r.verdict, tostring(r.error))
+  end
+  local lines = { string.format("accepted with %d event%s%s", #events,
+    #events == 1 and "" or "s", #events > 0 and ":" or "") }
+  for i, e in ipairs(events) do
+    lines[#lines + 1] = string.format("    %d. %s %s", i, e.type, canon(e.data))
+  end
+  lines[#lines + 1] = "  state after them: " .. canon(r.state)
+  return table.concat(lines, "\n")
+end
 
 local function dirs(opts)
   local root = opts.root
@@ -74,16 +154,111 @@ local function dirs(opts)
   }
 end
 
+-- The aggregate's `neutral` list: from the host when it reports one, else
+-- read from the script's returned table (run again, outside the sandbox,
+-- with the same `evlua` table and `require` from lib).
+local function neutral_types(a, lib)
+  if a.neutral then return a.neutral end
+  local env = setmetatable({ evlua = evlua }, { __index = _G })
+  env.require = function(name)
+    local path = lib and (lib .. "/" .. name:gsub("%.", "/") .. ".lua")
+    local chunk = path and loadfile(path, "t", env)
+    if not chunk then error("module '" .. name .. "' not found") end
+    return chunk()
+  end
+  local chunk = loadfile(a.script, "t", env)
+  local ok, script = pcall(chunk or error)
+  if ok and type(script) == "table" and type(script.neutral) == "table" then
+    return script.neutral
+  end
+  return {}
+end
+
+-- ---- databases: every open one is rolled back when its spec ends --------
+
+local open_dbs = {}
+local hooked = nil
+
+local function close_all()
+  for db in pairs(open_dbs) do pcall(db.rollback) end
+  return nil, true -- let busted's other subscribers run
+end
+
+-- Under busted, roll back at the end of every spec (its 'test end', before
+-- after_each runs), when a before_each or lazy_setup fails (the spec does
+-- not run, so it never ends) and when the file ends. Outside busted, a db
+-- lasts until rollback() or its garbage collection.
+local function hook_busted()
+  local busted = package.loaded.busted
+  if hooked or type(busted) ~= "table" then return end
+  local ok, subs = pcall(function()
+    local s = {}
+    local function on(channel)
+      s[#s + 1] = { busted.subscribe(channel, close_all, { priority = 1 }), channel }
+    end
+    on({ "test", "end" })
+    for _, status in ipairs{ "error", "failure" } do
+      on({ status, "before_each" })
+      on({ status, "lazy_setup" })
+    end
+    s[#s + 1] = { busted.subscribe({ "file", "end" }, function()
+      close_all()
+      for _, sub in ipairs(hooked or {}) do pcall(busted.unsubscribe, sub[1].id, sub[2]) end
+      hooked = nil
+      return nil, true
+    end), { "file", "end" } }
+    return s
+  end)
+  if ok then hooked = subs end
+end
+
+-- A PostgreSQL text[] literal.
+local function pg_array(list)
+  local out = {}
+  for i, s in ipairs(list) do
+    out[i] = '"' .. s:gsub('[\\"]', "\\%0") .. '"'
+  end
+  return "{" .. table.concat(out, ",") .. "}"
+end
+
+-- Parameters as the projector binds them: text, NULL as nil.
+local function bind(params)
+  local out = { n = params.n or #params }
+  for i = 1, out.n do
+    local v = params[i]
+    if v == nil or v == evlua.null then out[i] = nil
+    elseif math.type(v) == "integer" then out[i] = string.format("%d", v)
+    elseif math.type(v) == "float" then out[i] = string.format("%.17g", v)
+    elseif type(v) == "boolean" then out[i] = v and "true" or "false"
+    elseif type(v) == "table" then out[i] = json.encode(v)
+    else out[i] = tostring(v) end
+  end
+  return out
+end
+
+local DB_FUNCTIONS = "apply (or project), query, assert_replay_harmless, rollback"
+
 --- Load a script set. Raises with every problem ("file:line: msg") when
 -- the set does not load.
 function M.load(opts)
   opts = opts or {}
-  local host, problems = native.load(dirs(opts))
+  local d = dirs(opts)
+  local host, problems = native.load(d)
   if not host then
     error("scripts do not load:\n  " .. table.concat(problems, "\n  "), 2)
   end
   local app = { host = host }
   local seq = 0
+
+  -- Which aggregate applies an event type (for envelopes of projection
+  -- specs that do not say): the one whose apply or neutral list has it.
+  local aggregates, owner = {}, {}
+  for _, a in ipairs(host:aggregates()) do
+    a.neutral = neutral_types(a, d.lib)
+    aggregates[a.type] = a
+    for _, t in ipairs(a.events) do owner[t] = owner[t] or a.type end
+    for _, t in ipairs(a.neutral) do owner[t] = owner[t] or a.type end
+  end
 
   -- A full envelope around a partial event, as the command side writes it.
   local function envelope(e, defaults, sequence)
@@ -92,7 +267,7 @@ function M.load(opts)
       id = e.id or evlua.uuid(),
       type = assert(e.type, "an event needs a type"),
       version = e.version or 1,
-      aggregate_type = e.aggregate_type or defaults.aggregate_type,
+      aggregate_type = e.aggregate_type or defaults.aggregate_type or owner[e.type],
       aggregate_id = e.aggregate_id or defaults.aggregate_id or "test-1",
       sequence = e.sequence or sequence or seq,
       occurred_at = e.occurred_at or "2026-01-01T00:00:00.000Z",
@@ -103,18 +278,35 @@ function M.load(opts)
     }
   end
 
-  --- app.aggregate(type) -> { given(events), when(command) }
+  --- app.aggregate(type) -> { given(events), when(command), when_failing(command) }
   function app.aggregate(type_)
-    local found = false
-    for _, a in ipairs(host:aggregates()) do
-      if a.type == type_ then found = true end
+    local a = aggregates[type_]
+    if not a then
+      local types = {}
+      for t in pairs(aggregates) do types[#types + 1] = t end
+      table.sort(types)
+      error(string.format("no aggregate of type '%s' (there are: %s)", tostring(type_),
+        table.concat(types, ", ")), 2)
     end
-    if not found then error("no aggregate of type '" .. type_ .. "'", 2) end
+    local applies = {}
+    for _, t in ipairs(a.events) do applies[t] = true end
+    for _, t in ipairs(a.neutral) do applies[t] = true end
 
     local function scenario(history, aggregate_id)
       aggregate_id = aggregate_id or "test-1"
+      for i, e in ipairs(history) do
+        if e.type and not applies[e.type] then
+          error(string.format("given: event %d has type '%s', which has no apply entry in " ..
+            "%s (%s) (apply has: %s); fix the type, or add it to the aggregate's " ..
+            "neutral = { ... } list if it moves no state", i, tostring(e.type), type_,
+            a.script, table.concat(a.events, ", ")), 2)
+        end
+      end
       local s = {}
-      function s.when(cmd)
+
+      -- Decide cmd on the given events: the raw decision and the result
+      -- object with the expectations.
+      local function decide(cmd)
         local state = nil
         if #history > 0 then
           local envs = {}
@@ -124,7 +316,7 @@ function M.load(opts)
           end
           local err
           state, err = host:apply(type_, nil, envs)
-          if not state then error("given events do not apply: " .. err, 2) end
+          if not state then return nil, "given events do not apply: " .. err end
         end
         local command = {
           id = cmd.id or evlua.uuid(), type = assert(cmd.type, "a command needs a type"),
@@ -139,33 +331,34 @@ function M.load(opts)
           e.sequence = #history + i
           e.aggregate_id = aggregate_id
         end
+        local function what() return outcome(r, result.events) end
 
         function result.expect_events(expected)
           if r.verdict ~= "accepted" then
-            error(string.format("expected events, but the command was %s: %s",
-              r.verdict, tostring(r.error)), 2)
+            error("expected events, but the command was " .. what(), 2)
           end
           if #expected ~= #result.events then
-            local got = {}
-            for i, e in ipairs(result.events) do got[i] = e.type end
-            error(string.format("expected %d events, got %d: %s", #expected,
-              #result.events, table.concat(got, ", ")), 2)
+            error(string.format("expected %d events, got %d; the command was %s",
+              #expected, #result.events, what()), 2)
           end
           for i, want in ipairs(expected) do
             local ok, why = contains(result.events[i], want, "events[" .. i .. "]")
-            if not ok then error(why, 2) end
+            if not ok then error(why .. "; the command was " .. what(), 2) end
           end
           return result
         end
 
         function result.expect_no_events()
-          return result.expect_events({})
+          if r.verdict ~= "accepted" or #result.events > 0 then
+            error(string.format("expected 0 events, got %d; the command was %s",
+              #result.events, what()), 2)
+          end
+          return result
         end
 
         function result.expect_rejection(pattern)
           if r.verdict ~= "rejected" then
-            error(string.format("expected a rejection, but the command was %s%s",
-              r.verdict, r.error and (": " .. r.error) or ""), 2)
+            error("expected a rejection, but the command was " .. what(), 2)
           end
           if pattern and not r.error:find(pattern) then
             error(string.format("rejection %q does not match %q", r.error, pattern), 2)
@@ -175,8 +368,7 @@ function M.load(opts)
 
         function result.expect_failure(pattern)
           if r.verdict ~= "failed" then
-            error(string.format("expected a failure, but the command was %s%s",
-              r.verdict, r.error and (": " .. r.error) or ""), 2)
+            error("expected a failure, but the command was " .. what(), 2)
           end
           if pattern and not r.error:find(pattern) then
             error(string.format("failure %q does not match %q", r.error, pattern), 2)
@@ -186,33 +378,62 @@ function M.load(opts)
 
         function result.expect_state(expected)
           if r.verdict ~= "accepted" then
-            error(string.format("expected a state, but the command was %s: %s",
-              r.verdict, tostring(r.error)), 2)
+            error("expected a state, but the command was " .. what(), 2)
           end
           local ok, why = contains(r.state, expected, "state")
-          if not ok then error(why, 2) end
+          if not ok then error(why .. "; the whole state: " .. canon(r.state), 2) end
           return result
         end
 
-        return methods(result)
+        return r, methods(result, "the result of when", { "error", "state" })
       end
-      return methods(s)
+
+      function s.when(cmd)
+        local r, result = decide(cmd)
+        if not r then error(result, 2) end
+        if r.verdict == "failed" then
+          error("the command failed (a Lua error or a limit in the handler: a bug; " ..
+            "a spec that expects it says when_failing{...}.expect_failure(pattern)): " ..
+            r.error, 2)
+        end
+        return result
+      end
+
+      function s.when_failing(cmd)
+        local r, result = decide(cmd)
+        if not r then error(result, 2) end
+        if r.verdict ~= "failed" then
+          error("expected the command to fail, but it was " ..
+            outcome(r, result.events), 2)
+        end
+        return result
+      end
+
+      return methods(s, "given{...}")
     end
 
     local agg = {}
     function agg.given(events, aggregate_id) return scenario(events or {}, aggregate_id) end
     function agg.when(cmd) return scenario({}).when(cmd) end
-    return methods(agg)
+    function agg.when_failing(cmd) return scenario({}).when_failing(cmd) end
+    return methods(agg, "aggregate '" .. type_ .. "'")
   end
 
   --- app.projection(name) -> { project(events), against_postgres(conninfo) }
   function app.projection(name)
     local info
+    local names = {}
     for _, p in ipairs(host:projections()) do
       if p.name == name then info = p end
+      names[#names + 1] = p.name
     end
-    if not info then error("no projection named '" .. name .. "'", 2) end
+    if not info then
+      error(string.format("no projection named '%s' (there are: %s)", tostring(name),
+        table.concat(names, ", ")), 2)
+    end
     local p = { info = info }
+    local handles = {}
+    for _, t in ipairs(info.events) do handles[t] = true end
 
     -- Statements for events (partial events get a full envelope).
     function p.project(events)
@@ -225,64 +446,240 @@ function M.load(opts)
       return out
     end
 
-    local function bind(params)
-      local out = { n = #params }
-      for i, v in ipairs(params) do
-        if v == evlua.null then out[i] = nil
-        elseif math.type(v) == "integer" then out[i] = string.format("%d", v)
-        elseif math.type(v) == "float" then out[i] = string.format("%.17g", v)
-        elseif type(v) == "boolean" then out[i] = v and "true" or "false"
-        elseif type(v) == "table" then out[i] = json.encode(v)
-        else out[i] = v end
-      end
-      return out
-    end
-
     --- Run the projection against a real database, inside one transaction
-    -- that rollback() (or the end of the spec) throws away.
-    function p.against_postgres(conninfo)
-      conninfo = conninfo or os.getenv("EVLUA_PG_CONNINFO")
-      if not conninfo then
+    -- that the end of the spec (or rollback()) throws away. opts:
+    -- lock_timeout_ms (5000), statement_timeout_ms (60000).
+    function p.against_postgres(conninfo, opts)
+      if type(conninfo) == "table" then conninfo, opts = nil, conninfo end
+      opts = opts or {}
+      conninfo = conninfo or opts.conninfo or os.getenv("EVLUA_PG_CONNINFO")
+      if not conninfo or conninfo == "" then
         error("against_postgres needs a conninfo (or EVLUA_PG_CONNINFO)", 2)
       end
       local conn = native.pg(conninfo)
-      conn:exec("BEGIN")
-      for _, ddl in ipairs(info.schema) do conn:exec(ddl) end
       local db = {}
+      local ok, err = pcall(function()
+        -- evlua's own tables, committed, as every projector makes them
+        conn:create_tables()
+        conn:exec(string.format("SET lock_timeout = %d", opts.lock_timeout_ms or 5000))
+        conn:exec(string.format("SET statement_timeout = %d",
+          opts.statement_timeout_ms or 60000))
+        conn:exec("BEGIN")
+        for _, ddl in ipairs(info.schema) do conn:exec(ddl) end
+      end)
+      if not ok then
+        conn:close()
+        error(string.format("against_postgres('%s'): %s", name, err), 2)
+      end
+      hook_busted()
+      open_dbs[db] = true
+
+      local last = {}    -- aggregate key -> highest sequence numbered here
+      local history = {} -- every envelope applied, in order (for a rebuild)
+
+      local function live()
+        if not conn then
+          error("this db is closed: it was rolled back when its spec ended (or by " ..
+            "rollback()); open a new one with against_postgres in the spec or " ..
+            "before_each", 3)
+        end
+      end
+
+      local function key_of(env)
+        return tostring(env.aggregate_type) .. "\0" .. tostring(env.aggregate_id)
+      end
+
+      -- The checkpoints of the aggregates of envs, read with the
+      -- projector's statement: key -> { seq (-1: none), parked }.
+      local function checkpoints(envs)
+        local types, ids, seen = {}, {}, {}
+        for _, env in ipairs(envs) do
+          local k = key_of(env)
+          if not seen[k] then
+            seen[k] = { seq = -1, parked = false }
+            types[#types + 1] = tostring(env.aggregate_type)
+            ids[#ids + 1] = tostring(env.aggregate_id)
+          end
+        end
+        if #types > 0 then
+          local rows = conn:exec(native.sql.load_checkpoints,
+            bind{ name, pg_array(types), pg_array(ids), n = 3 })
+          for _, row in ipairs(rows) do
+            seen[row.aggregate_type .. "\0" .. row.aggregate_id] =
+              { seq = row.sequence, parked = row.parked }
+          end
+        end
+        return seen
+      end
+
+      -- Envelopes for events; an event without a sequence gets the one
+      -- after its aggregate's last (its checkpoint, or what this db
+      -- numbered).
+      local function envelopes(events)
+        local envs = {}
+        for i, e in ipairs(events) do
+          envs[i] = envelope(e, {}, e.sequence or 0)
+          envs[i].aggregate_type = envs[i].aggregate_type or "test"
+        end
+        local cps = checkpoints(envs)
+        for i, env in ipairs(envs) do
+          local k = key_of(env)
+          local top = math.max(last[k] or 0, cps[k].seq)
+          if events[i].sequence == nil then env.sequence = top + 1 end
+          last[k] = math.max(top, env.sequence)
+        end
+        return envs
+      end
+
+      -- What the projector does with a batch, in one savepoint: skip events
+      -- at or below their aggregate's checkpoint, run the statements of the
+      -- others, move each touched checkpoint (from what was read to the new
+      -- value, so a concurrent move fails as it would there). Returns
+      -- rows affected, events skipped.
+      local function run(envs)
+        local cps = checkpoints(envs)
+        local running, order, touched = {}, {}, {}
+        local rows, skipped = 0, 0
+        for i, env in ipairs(envs) do
+          local k = key_of(env)
+          local cp = cps[k]
+          if cp.parked then
+            error(string.format("event %d: aggregate %s/%s is parked for projection %s " ..
+              "in this database", i, env.aggregate_type, env.aggregate_id, name), 0)
+          end
+          running[k] = running[k] or math.max(cp.seq, 0)
+          if not handles[env.type] then
+            -- not subscribed: skipped by header, checkpoint untouched
+          elseif env.sequence <= running[k] then
+            skipped = skipped + 1
+          else
+            local stmts, err = host:project(name, env)
+            if not stmts then
+              error(string.format("event %d (%s %s/%s #%d): %s", i, env.type,
+                env.aggregate_type, env.aggregate_id, env.sequence, err), 0)
+            end
+            for _, st in ipairs(stmts) do
+              local sok, res, count = pcall(conn.exec, conn, st.sql, bind(st.params))
+              if not sok then
+                error(string.format("event %d (%s %s/%s #%d): %s", i, env.type,
+                  env.aggregate_type, env.aggregate_id, env.sequence, res), 0)
+              end
+              rows = rows + count
+            end
+            running[k] = env.sequence
+            if not touched[k] then
+              touched[k] = { env = env, prev = cp }
+              order[#order + 1] = k
+            end
+            history[#history + 1] = env
+          end
+        end
+        for _, k in ipairs(order) do
+          local t = touched[k]
+          conn:exec(native.sql.advance_checkpoint, bind{ name, t.env.aggregate_type,
+            t.env.aggregate_id, t.prev.seq, t.prev.parked, running[k], false, n = 7 })
+        end
+        return rows, skipped
+      end
+
+      local function in_savepoint(f, ...)
+        conn:exec("SAVEPOINT evlua_apply")
+        local res = table.pack(pcall(f, ...))
+        if res[1] then
+          conn:exec("RELEASE SAVEPOINT evlua_apply")
+          return table.unpack(res, 2, res.n)
+        end
+        pcall(conn.exec, conn, "ROLLBACK TO SAVEPOINT evlua_apply")
+        error(res[2], 0)
+      end
+
+      --- db.apply(events) -> rows affected, events skipped. Through the
+      -- checkpoints: an event at or below its aggregate's checkpoint is
+      -- skipped, as a redelivered one is in production. A failing event
+      -- raises and leaves the db as it was before this call.
       function db.apply(events)
-        local n = 0
-        for _, s in ipairs(p.project(events)) do
-          local _, count = conn:exec(s.sql, bind(s.params))
-          n = n + count
-        end
-        return n
+        live()
+        local ok, rows, skipped = pcall(function()
+          local envs = envelopes(events)
+          return in_savepoint(run, envs)
+        end)
+        if not ok then error("db.apply: " .. tostring(rows), 2) end
+        return rows, skipped
       end
+      db.project = db.apply
+
+      --- db.query(sql, ...) -> rows, count. Values come back typed (see
+      -- luamod.c): integers, numbers, booleans, decoded JSON, evlua.null.
       function db.query(sql, ...)
-        local params = table.pack(...)
-        return (conn:exec(sql, bind(params)))
+        live()
+        local ok, rows, count = pcall(conn.exec, conn, sql, bind(table.pack(...)))
+        if not ok then error("db.query: " .. tostring(rows), 2) end
+        return rows, count
       end
-      --- Apply events twice; the result of `sql` must not change.
-      function db.assert_replay_harmless(events, sql)
-        db.apply(events)
-        local once = json.encode(db.query(sql))
-        db.apply(events)
-        local twice = json.encode(db.query(sql))
-        if once ~= twice then
-          error("replaying the events changed the tables:\n  once:  " .. once ..
-            "\n  twice: " .. twice, 2)
-        end
+
+      --- The two replays evlua performs must leave the result of `sql`
+      -- unchanged: a redelivery of the events (after a crash: the
+      -- checkpoints skip them) and a rebuild (`evlua projection reset`:
+      -- the projection's reset, its checkpoints deleted, every event this
+      -- db applied again from the start). opts.rebuild = false checks the
+      -- redelivery only.
+      function db.assert_replay_harmless(events, sql, ropts)
+        live()
+        ropts = ropts or {}
+        local ok, err = pcall(function()
+          local envs = envelopes(events)
+          in_savepoint(run, envs)
+          local once = canon((conn:exec(sql, bind{ n = 0 })))
+          in_savepoint(run, envs)
+          local again = canon((conn:exec(sql, bind{ n = 0 })))
+          if again ~= once then
+            error("a redelivery of the events changed the tables, although the " ..
+              "checkpoints skipped them:\n  once:  " .. once .. "\n  again: " .. again, 0)
+          end
+          if ropts.rebuild == false then return end
+          local stmts, rerr = host:reset(name)
+          if not stmts then error("reset: " .. rerr, 0) end
+          local replay = history
+          history = {}
+          in_savepoint(function()
+            for _, st in ipairs(stmts) do conn:exec(st.sql, bind(st.params)) end
+            -- what `evlua projection reset` deletes with the tables' rows
+            conn:exec("DELETE FROM evlua_checkpoints WHERE projection = $1",
+              bind{ name, n = 1 })
+            run(replay)
+          end)
+          local rebuilt = canon((conn:exec(sql, bind{ n = 0 })))
+          if rebuilt ~= once then
+            error("a rebuild (`evlua projection reset " .. name .. "`: its reset, then " ..
+              "every event again from the start) changed the tables:\n" ..
+              "  once:          " .. once .. "\n  after rebuild: " .. rebuilt ..
+              "\n(reset must undo everything the projection writes; and `sql` should " ..
+              "not select what a rebuild renumbers, such as serial ids)", 0)
+          end
+        end)
+        if not ok then error("assert_replay_harmless: " .. tostring(err), 2) end
         return db
       end
+
+      --- Throw the transaction away and close the connection (idempotent;
+      -- the end of the spec does it anyway).
       function db.rollback()
-        if conn then conn:exec("ROLLBACK"); conn:close(); conn = nil end
+        open_dbs[db] = nil
+        if conn then
+          local c = conn
+          conn = nil
+          pcall(c.exec, c, "ROLLBACK")
+          c:close()
+        end
       end
-      return methods(db)
+
+      return methods(db, "db (functions: " .. DB_FUNCTIONS .. ")")
     end
 
-    return methods(p)
+    return methods(p, "projection '" .. name .. "'", { "info" })
   end
 
-  return methods(app)
+  return methods(app, "app", { "host" })
 end
 
 return M
