@@ -64,9 +64,11 @@
 #include "json.h"
 #include "log.h"
 #include "luaapi.h"
+#include "pattern.h"
 
-#define HOOK_STEP       1000                /* instructions per tick */
-#define MAX_PATTERN     4096                /* bytes of a pattern */
+#define HOOK_STEP       1000 /* instructions per tick */
+#define OUT_BYTES       8    /* bytes a library function makes per step */
+#define MAX_PATTERN     4096 /* bytes of a pattern */
 #define MAX_SCRIPT_SIZE (16u * 1024 * 1024) /* bytes of a script file */
 
 typedef struct agg {
@@ -217,6 +219,25 @@ void evl_luahost_problems_free(evl_luahost_problems *p)
 
 /* ---- limits: allocator and count hook --------------------------------- */
 
+/*
+ * The instruction budget is counted in instructions: h->ticks_left holds
+ * what is left of the call's budget (ticks_per_call * hook_step), so the
+ * hook takes hook_step per tick and C code can be charged exact step
+ * counts, however small.
+ *
+ * Growing memory costs steps too (ALLOC_BYTES bytes each): whatever
+ * copies or fills large strings and tables (string.rep, concatenation in
+ * a loop, string.pack's padding up to the memory limit inside a pcall)
+ * pays in proportion. The allocator cannot raise, so when it spends the
+ * budget, or sees the deadline pass on a large allocation, it arms the
+ * hook for the very next instruction.
+ */
+#define ALLOC_BYTES 256   /* bytes of allocation per step */
+#define BIG_ALLOC   65536 /* growth that reads the clock */
+
+static void hook(lua_State *L, lua_Debug *ar);
+static long long now_ms(void);
+
 /* Lua assumes shrinking never fails; only growth past the limit is
  * refused. */
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -236,10 +257,17 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (!p)
         return nsize <= osize ? ptr : NULL;
     h->mem_used = h->mem_used - osize + nsize;
+    if (nsize > osize && h->L) {
+        size_t grow = nsize - osize;
+        long before = h->ticks_left;
+        h->ticks_left -= (long)(grow / ALLOC_BYTES);
+        if ((before > 0 && h->ticks_left <= 0) ||
+            (grow >= BIG_ALLOC && h->time_limit_ms >= 0 &&
+             now_ms() > h->deadline_ms))
+            lua_sethook(h->L, hook, LUA_MASKCOUNT, 1);
+    }
     return p;
 }
-
-static void hook(lua_State *L, lua_Debug *ar);
 
 enum { OVER_INSTRUCTIONS = 1, OVER_TIME = 2 };
 
@@ -288,31 +316,48 @@ static void hook(lua_State *L, lua_Debug *ar)
     (void)ar;
     if (h->over_budget)
         over_budget(L, h, 0, h->over_budget);
-    if (--h->ticks_left <= 0)
-        over_budget(L, h, 0, OVER_INSTRUCTIONS);
     if (h->time_limit_ms >= 0 && now_ms() > h->deadline_ms)
         over_budget(L, h, 0, OVER_TIME);
+    h->ticks_left -= h->hook_step;
+    if (h->ticks_left <= 0)
+        over_budget(L, h, 0, OVER_INSTRUCTIONS);
 }
 
-/* Charge n steps of a C loop to the budget: library functions that loop
- * as often as an argument says, without running Lua code or allocating,
- * are out of the hook's reach. Called from such a function (level 1 is
- * its Lua caller). */
+/* Charge n steps of C work to the budget: library functions whose work
+ * an argument or their data decides, out of the hook's reach. Called from
+ * such a function (level 1 is its Lua caller); raises when the budget is
+ * spent, and reads the clock whenever the charge crosses a tick, about as
+ * often as the hook would have. */
 static void charge(lua_State *L, lua_Unsigned n)
 {
     evl_luahost *h = host_of(L);
-    lua_Unsigned ticks = n / (lua_Unsigned)h->hook_step;
-    if (h->ticks_left <= 0 || ticks >= (lua_Unsigned)h->ticks_left)
+    long before = h->ticks_left;
+    if (h->over_budget)
+        over_budget(L, h, 1, h->over_budget);
+    if (before <= 0 || n >= (lua_Unsigned)before)
         over_budget(L, h, 1, OVER_INSTRUCTIONS);
-    h->ticks_left -= (long)ticks;
+    h->ticks_left -= (long)n;
+    if (h->time_limit_ms >= 0 &&
+        before / h->hook_step != h->ticks_left / h->hook_step &&
+        now_ms() > h->deadline_ms)
+        over_budget(L, h, 1, OVER_TIME);
+}
+
+/* The matcher's callback (pattern.h): its steps are instructions. */
+static void charge_steps(lua_State *L, size_t steps)
+{
+    charge(L, (lua_Unsigned)steps);
 }
 
 static void budget_start(evl_luahost *h)
 {
-    h->ticks_left = h->ticks_per_call;
+    h->ticks_left = h->ticks_per_call > LONG_MAX / h->hook_step
+                        ? LONG_MAX
+                        : h->ticks_per_call * h->hook_step;
     if (h->time_limit_ms >= 0)
         h->deadline_ms = now_ms() + h->time_limit_ms;
-    if (h->over_budget) {
+    /* after a spent limit, or the allocator's early call */
+    if (h->over_budget || lua_gethookcount(h->L) != h->hook_step) {
         h->over_budget = 0;
         lua_sethook(h->L, hook, LUA_MASKCOUNT, h->hook_step);
     }
@@ -463,8 +508,10 @@ static int sb_collectgarbage(lua_State *L)
     return call_orig(L);
 }
 
-/* The count hook does not run inside C functions, and Lua patterns can
- * take polynomial time in the subject's length: cap both sizes. */
+/* Lua's own matcher can take polynomial time in the subject's length
+ * inside one C call, where the count hook never runs: the sandbox's
+ * pattern functions are pattern.c's, which charge every matching step to
+ * the budget. Both sizes stay capped as well. */
 static void check_pattern(lua_State *L, const char *fn)
 {
     evl_luahost *h = host_of(L);
@@ -482,25 +529,25 @@ static void check_pattern(lua_State *L, const char *fn)
 static int sb_find(lua_State *L)
 {
     check_pattern(L, "find");
-    return call_orig(L);
+    return evl_pattern_find(L, charge_steps);
 }
 
 static int sb_match(lua_State *L)
 {
     check_pattern(L, "match");
-    return call_orig(L);
+    return evl_pattern_match(L, charge_steps);
 }
 
 static int sb_gmatch(lua_State *L)
 {
     check_pattern(L, "gmatch");
-    return call_orig(L);
+    return evl_pattern_gmatch(L, charge_steps);
 }
 
 static int sb_gsub(lua_State *L)
 {
     check_pattern(L, "gsub");
-    return call_orig(L);
+    return evl_pattern_gsub(L, charge_steps);
 }
 
 /* string.rep(s, n [, sep]): result capped (a tiny call, a huge memcpy). */
@@ -566,6 +613,96 @@ static int sb_shift(lua_State *L)
     return call_orig(L);
 }
 
+/* Call the wrapped library function in this frame (its argument errors
+ * name the same function) and charge what it produced: one step per
+ * argument and per result, and one per `per` bytes of string results and,
+ * with fmt, of the format (argument 1). Its work is linear in those, so
+ * charging after the fact bounds a loop of such calls; one call is
+ * already bounded by the memory limit (and its allocations are charged
+ * as they happen). */
+static int counted(lua_State *L, int fmt, size_t per)
+{
+    lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+    int nargs = lua_gettop(L), n, top;
+    lua_Unsigned steps = (lua_Unsigned)nargs;
+    if (fmt && lua_type(L, 1) == LUA_TSTRING)
+        steps += lua_rawlen(L, 1) / per;
+    n = f(L);
+    top = lua_gettop(L);
+    steps += (lua_Unsigned)n;
+    for (int i = top - n + 1; i <= top; i++)
+        if (lua_type(L, i) == LUA_TSTRING)
+            steps += lua_rawlen(L, i) / per;
+    charge(L, steps);
+    return n;
+}
+
+/* string.byte, char, lower, upper, reverse; table.pack, unpack; utf8.char,
+ * codepoint: arguments and results. */
+static int sb_counted(lua_State *L)
+{
+    return counted(L, 0, OUT_BYTES);
+}
+
+/* string.format, pack, unpack, packsize: the format too, and two bytes a
+ * step (%q spends tens of nanoseconds on some bytes). */
+static int sb_counted_fmt(lua_State *L)
+{
+    return counted(L, 1, 2);
+}
+
+/* A position argument made absolute as Lua's utf8 functions do (0 if it
+ * lies before the string). */
+static lua_Unsigned abs_pos(lua_State *L, int arg, lua_Integer dflt, size_t len)
+{
+    lua_Integer pos = luaL_optinteger(L, arg, dflt);
+    if (pos >= 0)
+        return (lua_Unsigned)pos;
+    if ((lua_Unsigned)0 - (lua_Unsigned)pos > len)
+        return 0;
+    return (lua_Unsigned)((lua_Integer)len + pos + 1);
+}
+
+/* utf8.len(s [, i [, j]]): the bytes from i to j are decoded. */
+static int sb_utf8_len(lua_State *L)
+{
+    size_t len;
+    lua_Unsigned i, j;
+    luaL_checklstring(L, 1, &len);
+    i = abs_pos(L, 2, 1, len);
+    j = abs_pos(L, 3, -1, len);
+    if (j >= i)
+        charge(L, (j - i + 1) / OUT_BYTES);
+    return call_orig(L);
+}
+
+/* utf8.offset(s, n [, i]): up to |n| characters are walked. */
+static int sb_utf8_offset(lua_State *L)
+{
+    size_t len;
+    lua_Integer n;
+    lua_Unsigned walk;
+    luaL_checklstring(L, 1, &len);
+    n = luaL_checkinteger(L, 2);
+    walk = n < 0 ? (lua_Unsigned)0 - (lua_Unsigned)n : (lua_Unsigned)n;
+    charge(L, (walk < len ? walk : len) / OUT_BYTES);
+    return call_orig(L);
+}
+
+/* table.concat(t [, sep [, i [, j]]]): one step per element before it
+ * starts (a lying __len may claim any length), and the result's bytes
+ * after. */
+static int sb_concat(lua_State *L)
+{
+    lua_Integer i, j;
+    luaL_checkany(L, 1);
+    i = luaL_optinteger(L, 3, 1);
+    j = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+    if (j >= i)
+        charge(L, (lua_Unsigned)j - (lua_Unsigned)i + 1u);
+    return counted(L, 0, OUT_BYTES);
+}
+
 static int sb_require(lua_State *L);
 
 /*
@@ -616,30 +753,30 @@ static const struct allow {
     {"_G", "xpcall", NULL, 0},
     {"_G", "_VERSION", NULL, 0},
 
-    {"string", "byte", NULL, 0},
-    {"string", "char", NULL, 0},
-    {"string", "find", sb_find, 0}, /* subject capped */
-    {"string", "format", NULL, 0},
-    {"string", "gmatch", sb_gmatch, 0}, /* subject capped */
-    {"string", "gsub", sb_gsub, 0},     /* subject capped */
+    {"string", "byte", sb_counted, 0},       /* results charged */
+    {"string", "char", sb_counted, 0},       /* arguments charged */
+    {"string", "find", sb_find, 0},          /* steps charged; subject capped */
+    {"string", "format", sb_counted_fmt, 0}, /* output charged */
+    {"string", "gmatch", sb_gmatch, 0},      /* steps charged; capped */
+    {"string", "gsub", sb_gsub, 0},          /* steps charged; capped */
     {"string", "len", NULL, 0},
-    {"string", "lower", NULL, 0},
-    {"string", "match", sb_match, 0}, /* subject capped */
-    {"string", "pack", NULL, 0},
-    {"string", "packsize", NULL, 0},
-    {"string", "rep", sb_rep, 0}, /* result capped */
-    {"string", "reverse", NULL, 0},
+    {"string", "lower", sb_counted, 0},        /* output charged */
+    {"string", "match", sb_match, 0},          /* steps charged; capped */
+    {"string", "pack", sb_counted_fmt, 0},     /* output charged */
+    {"string", "packsize", sb_counted_fmt, 0}, /* format charged */
+    {"string", "rep", sb_rep, 0},              /* result capped */
+    {"string", "reverse", sb_counted, 0},      /* output charged */
     {"string", "sub", NULL, 0},
-    {"string", "unpack", NULL, 0},
-    {"string", "upper", NULL, 0},
+    {"string", "unpack", sb_counted_fmt, 0}, /* results charged */
+    {"string", "upper", sb_counted, 0},      /* output charged */
 
-    {"table", "concat", NULL, 0},
-    {"table", "insert", sb_shift, 0}, /* #t charged to the budget */
-    {"table", "move", sb_move, 0},    /* e - f + 1 charged */
-    {"table", "pack", NULL, 0},
-    {"table", "remove", sb_shift, 0}, /* #t charged */
-    {"table", "sort", sb_sort, 0},    /* n log n charged */
-    {"table", "unpack", NULL, 0},
+    {"table", "concat", sb_concat, 0},  /* elements, output charged */
+    {"table", "insert", sb_shift, 0},   /* #t charged to the budget */
+    {"table", "move", sb_move, 0},      /* e - f + 1 charged */
+    {"table", "pack", sb_counted, 0},   /* arguments charged */
+    {"table", "remove", sb_shift, 0},   /* #t charged */
+    {"table", "sort", sb_sort, 0},      /* n log n charged */
+    {"table", "unpack", sb_counted, 0}, /* results charged */
 
     {"math", "abs", NULL, 0},
     {"math", "acos", NULL, 0},
@@ -669,12 +806,12 @@ static const struct allow {
     {"math", "type", NULL, 0},
     {"math", "ult", NULL, 0},
 
-    {"utf8", "char", NULL, 0},
+    {"utf8", "char", sb_counted, 0}, /* arguments charged */
     {"utf8", "charpattern", NULL, 0},
-    {"utf8", "codepoint", NULL, 0},
+    {"utf8", "codepoint", sb_counted, 0}, /* results charged */
     {"utf8", "codes", NULL, 0},
-    {"utf8", "len", NULL, 0},
-    {"utf8", "offset", NULL, 0},
+    {"utf8", "len", sb_utf8_len, 0},       /* bytes charged */
+    {"utf8", "offset", sb_utf8_offset, 0}, /* walk charged */
 
     {"os", "clock", NULL, 0},
     {"os", "date", NULL, 0},

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -949,6 +951,221 @@ static void test_time_limit(void)
     evl_luahost_free(h);
 }
 
+/* ---- sandbox costs (issue 15, item 1) --------------------------------- */
+
+/*
+ * Each handler makes library calls whose C work is far out of proportion
+ * to the instructions the count hook sees: a backtracking pattern, or a
+ * loop of a few instructions around a call that does a lot. Each command
+ * must fail on a limit, soon, and the host must take the next command.
+ * Each runs in a child process under alarm(), so the unfixed behaviour
+ * (minutes of matching) shows as a failure, not a hung test.
+ */
+static const char costly_agg[] =
+    "local function done() return { { type = 'Done', data = {} } } end\n"
+    "local function ints(n) local t = {} for i = 1, n do t[i] = 65 end\n"
+    "  return t end\n"
+    "local A = string.rep('a', 20000)\n"
+    "return { type = 'costly',\n"
+    "  initial = function() return {} end,\n"
+    "  apply = { Done = function() end },\n"
+    "  handle = {\n"
+    "    Ping = function() return done() end,\n"
+    "    Find = function()\n"
+    "      string.find(string.rep('a', 20000), '.-.-.-b') return done() end,\n"
+    "    Match = function() A:match('.-.-.-b') return done() end,\n"
+    "    Gmatch = function() for x in A:gmatch('.-.-.-b') do end\n"
+    "      return done() end,\n"
+    "    Gsub = function() A:gsub('.-.-.-b', '') return done() end,\n"
+    "    PcallFind = function()\n"
+    "      for i = 1, 1e9 do pcall(string.find, A, '.-.-.-b') end end,\n"
+    "    Concat = function()\n"
+    "      local t = {} for i = 1, 20000 do t[i] = 'abcdefghijklmnop' end\n"
+    "      for i = 1, 1e9 do table.concat(t, ',') end end,\n"
+    "    Rep = function() for i = 1, 1e9 do string.rep('x', 1000000) end end,\n"
+    "    FormatQ = function() local s = string.rep('\\0', 1000000)\n"
+    "      for i = 1, 1e9 do string.format('%q', s) end end,\n"
+    "    Lower = function() local s = string.rep('A', 1000000)\n"
+    "      for i = 1, 1e9 do s:lower() end end,\n"
+    "    Utf8Len = function() local s = string.rep('a', 1000000)\n"
+    "      for i = 1, 1e9 do utf8.len(s) end end,\n"
+    "    Utf8Offset = function() local s = string.rep('a', 1000000)\n"
+    "      for i = 1, 1e9 do utf8.offset(s, 999999) end end,\n"
+    "    Utf8Codepoint = function() local s = string.rep('a', 200000)\n"
+    "      for i = 1, 1e9 do utf8.codepoint(s, 1, -1) end end,\n"
+    "    Utf8Char = function() local t = ints(100000)\n"
+    "      for i = 1, 1e9 do utf8.char(table.unpack(t)) end end,\n"
+    "    Byte = function() local s = string.rep('a', 200000)\n"
+    "      for i = 1, 1e9 do s:byte(1, -1) end end,\n"
+    "    Char = function() local t = ints(100000)\n"
+    "      for i = 1, 1e9 do string.char(table.unpack(t)) end end,\n"
+    "    Unpack = function() local t = ints(100000)\n"
+    "      for i = 1, 1e9 do table.unpack(t) end end,\n"
+    "    Pack = function()\n"
+    "      for i = 1, 1e9 do pcall(string.pack, 'c60000000', '') end end,\n"
+    "    StrUnpack = function() local f = string.rep('i1', 100000)\n"
+    "      local s = string.rep('a', 100000)\n"
+    "      for i = 1, 1e9 do string.unpack(f, s) end end,\n"
+    "    SortAdversary = function() local t = {}\n"
+    "      for i = 1, 100000 do t[i] = i end\n"
+    "      for i = 1, 1e9 do pcall(table.sort, t, function(a, b)\n"
+    "        return math.random(2) == 1 end) end end,\n"
+    "    SortSlow = function() local t = { 3, 1, 2 }\n"
+    "      table.sort(t, function(a, b) while true do end end) end,\n"
+    "    SortError = function() local t = { 3, 1, 2 }\n"
+    "      table.sort(t, function(a, b) error('no order here') end) end,\n"
+    "  } }\n";
+
+typedef struct cost_result {
+    int finished, verdict, next_ok;
+    double secs;
+    char err[1024];
+} cost_result;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Run handler in a child that alarm() stops after cap seconds; then a
+ * plain command on the same host. */
+static void run_costly(evl_luahost *h, const char *handler, unsigned cap,
+                       cost_result *r)
+{
+    int fd[2], st = 0;
+    pid_t pid;
+    memset(r, 0, sizeof *r);
+    if (pipe(fd) != 0)
+        exit(2);
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        exit(2);
+    if (pid == 0) {
+        cost_result c = {0};
+        evl_luahost_decision d = {0};
+        char err[4096];
+        double t0;
+        close(fd[0]);
+        alarm(cap);
+        t0 = mono_s();
+        c.verdict = decide(h, "costly", NULL, 0, command(handler, NULL), &d,
+                           err, sizeof err);
+        c.secs = mono_s() - t0;
+        snprintf(c.err, sizeof c.err, "%.1000s", err);
+        evl_luahost_decision_free(&d);
+        c.next_ok = decide(h, "costly", NULL, 0, command("Ping", NULL), &d, err,
+                           sizeof err) == EVL_LUAHOST_ACCEPTED;
+        evl_luahost_decision_free(&d);
+        c.finished = 1;
+        _exit(write(fd[1], &c, sizeof c) == (ssize_t)sizeof c ? 0 : 3);
+    }
+    close(fd[1]);
+    if (read(fd[0], r, sizeof *r) != (ssize_t)sizeof *r)
+        r->finished = 0;
+    close(fd[0]);
+    waitpid(pid, &st, 0);
+}
+
+/* The command fails with want in its error, within secs, and the next
+ * command on the host is accepted. */
+static void expect_costly(evl_luahost *h, const char *handler, const char *want,
+                          const char *want2, double secs)
+{
+    cost_result r;
+    run_costly(h, handler, 20, &r);
+    check_count_++;
+    if (!r.finished) {
+        CHECK_FAIL_("handle.%s: still running after 20 s (expected a limit "
+                    "error within %.1f s)",
+                    handler, secs);
+        return;
+    }
+    if (r.verdict != EVL_LUAHOST_FAILED ||
+        (!strstr(r.err, want) && !(want2 && strstr(r.err, want2))))
+        CHECK_FAIL_("handle.%s: expected FAILED with \"%s\"%s%s, got verdict "
+                    "%d and \"%.300s\"",
+                    handler, want, want2 ? " or " : "", want2 ? want2 : "",
+                    r.verdict, r.err);
+    check_count_++;
+    if (r.secs > secs)
+        CHECK_FAIL_("handle.%s: took %.2f s, expected at most %.1f s", handler,
+                    r.secs, secs);
+    CHECK(r.next_ok, "the next command on the same host is accepted");
+}
+
+static evl_luahost *load_costly(const char *root, long instr, long ms)
+{
+    char err[4096];
+    set s;
+    evl_luahost *h = NULL;
+    set_init(&s, root, 64u * 1024 * 1024, instr);
+    s.cfg.lib_dir = NULL;
+    s.cfg.time_limit_ms = ms;
+    if (evl_luahost_new(&s.cfg, &h, NULL, err, sizeof err) != EVL_OK) {
+        CHECK_FAIL_("the costly set loads: %s", err);
+        return NULL;
+    }
+    return h;
+}
+
+static void test_sandbox_costs(void)
+{
+    char root[] = "/tmp/evlua-costs-XXXXXX", adir[256], pdir[256], path[300];
+    evl_luahost *h;
+
+    if (!mkdtemp(root)) {
+        CHECK(0, "mkdtemp works");
+        return;
+    }
+    snprintf(adir, sizeof adir, "%s/aggregates", root);
+    snprintf(pdir, sizeof pdir, "%s/projections", root);
+    mkdir(adir, 0700);
+    mkdir(pdir, 0700);
+    write_file(adir, "costly.lua", costly_agg);
+
+    /* The issue's case: limits.time_ms = 1000 and the default budget. The
+     * find stops on the budget (or, under valgrind, on the clock) well
+     * within the time limit's reach, and the host goes on. */
+    h = load_costly(root, 0, 1000);
+    if (h) {
+        expect_costly(h, "Find",
+                      "handle.Find: instruction budget of 10000000 "
+                      "exceeded (at ",
+                      "handle.Find: time limit of 1000 ms", 2.5);
+        expect_costly(h, "Find", "costly.lua:11)", "costly.lua:11)", 2.5);
+        expect_costly(h, "Match", "exceeded", NULL, 2.5);
+        expect_costly(h, "Gmatch", "exceeded", NULL, 2.5);
+        expect_costly(h, "Gsub", "exceeded", NULL, 2.5);
+        expect_costly(h, "PcallFind", "exceeded", NULL, 2.5);
+    }
+    evl_luahost_free(h);
+
+    /* Without a time limit, the instruction budget alone bounds every
+     * library call a script can make. */
+    h = load_costly(root, 1000000, -1);
+    if (h) {
+        static const char *const loops[] = {
+            "Find",     "Concat",    "Rep",           "FormatQ",
+            "Lower",    "Utf8Len",   "Utf8Offset",    "Utf8Codepoint",
+            "Utf8Char", "Byte",      "Char",          "Unpack",
+            "Pack",     "StrUnpack", "SortAdversary", "SortSlow",
+        };
+        for (size_t i = 0; i < sizeof loops / sizeof loops[0]; i++)
+            expect_costly(h, loops[i], "instruction budget of 1000000 exceeded",
+                          NULL, 5.0);
+        expect_costly(h, "SortError", "no order here", NULL, 5.0);
+    }
+    evl_luahost_free(h);
+
+    unlink((snprintf(path, sizeof path, "%s/costly.lua", adir), path));
+    rmdir(adir);
+    rmdir(pdir);
+    rmdir(root);
+}
+
 /* ---- reload ----------------------------------------------------------- */
 
 static const char agg_v1[] =
@@ -1189,6 +1406,7 @@ int main(int argc, char **argv)
     test_broken_set();
     test_hostile();
     test_time_limit();
+    test_sandbox_costs();
     test_reload();
     evl_log_set_level(EVL_LOG_INFO);
     test_api();
