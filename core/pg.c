@@ -8,6 +8,17 @@
  * PGRES_PIPELINE_SYNC per Sync. The connection stays in blocking mode:
  * libpq then reads (and buffers) results while it waits to write, so a
  * long pipeline cannot deadlock with a server blocked on its own output.
+ *
+ * libpq refuses some statements itself, before sending a byte (more than
+ * 65,535 parameters, out of memory): the send call returns 0 and the
+ * message has no SQLSTATE. On a connection that is still up that is the
+ * statement's own, permanent error; only a connection that is gone is
+ * transient (local_class decides, for every such path). In a pipeline a
+ * refused statement is replaced by a stand-in that fails on the server
+ * (REFUSED_SQL), so its segment aborts exactly as for a statement the
+ * server rejected: nothing before it commits, nothing after it runs, and
+ * its failure is reported with libpq's message under the statement's
+ * tag.
  */
 #include "pg.h"
 
@@ -36,13 +47,22 @@ typedef struct entry {
 
 /* ---- pipeline queue ------------------------------------------------------ */
 
-enum { ITEM_PREPARE, ITEM_QUERY, ITEM_SYNC, ITEM_PREPARE_SYNC };
+enum { ITEM_PREPARE, ITEM_QUERY, ITEM_SYNC, ITEM_PREPARE_SYNC, ITEM_REFUSED };
 
 typedef struct item {
     int kind;
-    int entry; /* ITEM_PREPARE, ITEM_QUERY with a named statement; else -1 */
-    long tag;  /* ITEM_QUERY: the caller's tag; ITEM_SYNC: the segment */
+    int entry; /* ITEM_PREPARE, ITEM_QUERY with a named statement, else -1;
+                  ITEM_REFUSED: its message in refused[] */
+    long tag;  /* ITEM_QUERY, ITEM_REFUSED: the caller's tag; ITEM_SYNC: the
+                  segment */
 } item;
+
+/* What a statement libpq refused is replaced with in a pipeline: it fails
+ * on the server (aborting the segment) and says why in the server's log. */
+#define REFUSED_SQL                                                            \
+    "DO $evlua$BEGIN RAISE EXCEPTION 'evlua: a statement was refused by "      \
+    "libpq before it was sent; this stand-in fails its transaction'; "         \
+    "END$evlua$"
 
 struct evl_pg {
     PGconn *conn;
@@ -59,6 +79,8 @@ struct evl_pg {
     int in_pipe;
     int broken; /* a send failed: the connection is gone */
     char broken_msg[256];
+    char **refused; /* messages of this pipeline's refused statements */
+    size_t nrefused, caprefused;
 };
 
 static uint64_t fnv1a(const char *s)
@@ -139,6 +161,13 @@ static void cache_compact(evl_pg *pg)
     }
 }
 
+static void refused_clear(evl_pg *pg)
+{
+    for (size_t i = 0; i < pg->nrefused; i++)
+        free(pg->refused[i]);
+    pg->nrefused = 0;
+}
+
 static void cache_clear(evl_pg *pg)
 {
     for (int e = 0; e < pg->nentries; e++) {
@@ -204,6 +233,35 @@ static const char *sqlstate_of(const PGresult *res)
     return st ? st : "";
 }
 
+/* The class of a call that libpq failed locally (a send function
+ * returning 0, PQexec* returning NULL): transient only when the
+ * connection is really gone; else libpq refused this one statement (too
+ * many parameters, out of memory, ...) and would refuse it again on any
+ * connection, so it is the statement's permanent error. */
+static evl_err local_class(const evl_pg *pg)
+{
+    return pg->conn && PQstatus(pg->conn) == CONNECTION_OK ? EVL_EPERMANENT
+                                                           : EVL_ETRANSIENT;
+}
+
+/* libpq's message for the call that just failed locally, on one line. In
+ * pipeline mode libpq appends to the connection's message instead of
+ * replacing it, so only its last line is this call's. */
+static void local_text(const PGconn *conn, char *buf, size_t n)
+{
+    const char *m = conn ? PQerrorMessage(conn) : "";
+    size_t len = strlen(m);
+    while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
+        len--;
+    size_t start = len;
+    while (start > 0 && m[start - 1] != '\n')
+        start--;
+    if (len > start)
+        snprintf(buf, n, "%.*s", (int)(len - start), m + start);
+    else
+        snprintf(buf, n, "no connection to PostgreSQL");
+}
+
 int evl_pg_ok(const evl_pg *pg)
 {
     return pg && pg->conn && !pg->broken && PQstatus(pg->conn) == CONNECTION_OK;
@@ -218,8 +276,10 @@ evl_err evl_pg_check(evl_pg *pg, const PGresult *res, const char *what,
     char msg[EVL_ERRLEN];
     const char *state = sqlstate_of(res);
     error_text(pg->conn, res, msg, sizeof msg);
+    /* no result: refused by libpq, or the connection is gone */
     evl_err cls =
-        evl_pg_classify(state, PQstatus(pg->conn) == CONNECTION_OK && res);
+        res ? evl_pg_classify(state, PQstatus(pg->conn) == CONNECTION_OK)
+            : local_class(pg);
     if (*state)
         return evl_seterr(err, errlen, cls, "%s: %s [%s]", what, msg, state);
     return evl_seterr(err, errlen, cls, "%s: %s", what, msg);
@@ -304,6 +364,8 @@ void evl_pg_close(evl_pg *pg)
     if (pg->conn)
         PQfinish(pg->conn);
     cache_clear(pg);
+    refused_clear(pg);
+    free(pg->refused);
     free(pg->entries);
     free(pg->items);
     free(pg->conninfo);
@@ -318,6 +380,7 @@ evl_err evl_pg_reconnect(evl_pg *pg, char *err, size_t errlen)
     pg->conn = NULL;
     pg->in_pipe = 0;
     pg->nitems = 0;
+    refused_clear(pg);
     cache_clear(pg);
     return connect_(pg, err, errlen);
 }
@@ -535,6 +598,7 @@ evl_err evl_pg_pipe_begin(evl_pg *pg, char *err, size_t errlen)
     if (e != EVL_OK)
         return e;
     pg->nitems = 0;
+    refused_clear(pg);
     if (pg->broken)
         return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s", pg->broken_msg);
     if (!PQenterPipelineMode(pg->conn)) {
@@ -560,7 +624,21 @@ void evl_pg_pipe_prepare(evl_pg *pg, const char *sql)
     char name[32];
     entry_name(&pg->entries[e], name, sizeof name);
     if (!PQsendPrepare(pg->conn, name, sql, 0, NULL)) {
-        mark_broken(pg, "PQsendPrepare");
+        if (local_class(pg) == EVL_ETRANSIENT) {
+            mark_broken(pg, "PQsendPrepare");
+            return;
+        }
+        /* refused by libpq: every use of it fails with this reason */
+        char msg[512], full[600];
+        local_text(pg->conn, msg, sizeof msg);
+        snprintf(full, sizeof full,
+                 "libpq refused the statement (PQsendPrepare): %s", msg);
+        entry *en = &pg->entries[e];
+        en->state = ENTRY_BAD;
+        en->bad_cls = EVL_EPERMANENT;
+        en->bad_state[0] = '\0';
+        free(en->bad_msg);
+        en->bad_msg = evl_xstrdup(full);
         return;
     }
     push_item(pg, ITEM_PREPARE, e, -1);
@@ -571,22 +649,57 @@ void evl_pg_pipe_prepare(evl_pg *pg, const char *sql)
     push_item(pg, ITEM_PREPARE_SYNC, -1, -1);
 }
 
+/* Statement tag was refused by libpq (msg says why): send the stand-in
+ * that fails its segment on the server, and remember why. */
+static void refuse(evl_pg *pg, long tag, const char *msg)
+{
+    if (!PQsendQueryParams(pg->conn, REFUSED_SQL, 0, NULL, NULL, NULL, NULL,
+                           0)) {
+        mark_broken(pg, "PQsendQueryParams (stand-in)");
+        return;
+    }
+    if (pg->nrefused == pg->caprefused) {
+        pg->caprefused = pg->caprefused ? pg->caprefused * 2 : 4;
+        pg->refused =
+            evl_xrealloc(pg->refused, sizeof(char *) * pg->caprefused);
+    }
+    pg->refused[pg->nrefused] = evl_xstrdup(msg);
+    push_item(pg, ITEM_REFUSED, (int)pg->nrefused++, tag);
+}
+
 void evl_pg_pipe_send(evl_pg *pg, const char *sql, int n,
                       const char *const *values, long tag)
 {
     if (pg->broken)
         return;
     int e = cache_find(pg, sql, fnv1a(sql));
+    if (e >= 0 && pg->entries[e].state == ENTRY_BAD) {
+        /* libpq refused to prepare it (a server's refusal is only known
+         * when results are read) */
+        refuse(pg, tag, pg->entries[e].bad_msg);
+        return;
+    }
     int ok;
+    const char *call;
     if (e >= 0) {
         char name[32];
         entry_name(&pg->entries[e], name, sizeof name);
+        call = "PQsendQueryPrepared";
         ok = PQsendQueryPrepared(pg->conn, name, n, values, NULL, NULL, 0);
     } else {
+        call = "PQsendQueryParams";
         ok = PQsendQueryParams(pg->conn, sql, n, NULL, values, NULL, NULL, 0);
     }
     if (!ok) {
-        mark_broken(pg, "PQsendQuery");
+        if (local_class(pg) == EVL_ETRANSIENT) {
+            mark_broken(pg, call);
+            return;
+        }
+        char msg[512], full[600];
+        local_text(pg->conn, msg, sizeof msg);
+        snprintf(full, sizeof full, "libpq refused the statement (%s): %s",
+                 call, msg);
+        refuse(pg, tag, full);
         return;
     }
     push_item(pg, ITEM_QUERY, e, tag);
@@ -714,6 +827,12 @@ evl_err evl_pg_pipe_end(evl_pg *pg, evl_pg_on_failure on_failure, void *ud,
                 en->bad_msg = evl_xstrdup(msg);
                 if (cls == EVL_ETRANSIENT)
                     seg_fail(&seg, -1, cls, state, msg);
+            } else if (it->kind == ITEM_REFUSED) {
+                /* the stand-in failed as it should: report why libpq
+                 * refused the statement it stands for */
+                seg_fail(&seg, it->tag,
+                         conn_ok ? EVL_EPERMANENT : EVL_ETRANSIENT, "",
+                         pg->refused[it->entry]);
             } else if (it->entry >= 0 &&
                        pg->entries[it->entry].state == ENTRY_BAD) {
                 /* used a statement that could not be prepared: its own
@@ -735,6 +854,9 @@ evl_err evl_pg_pipe_end(evl_pg *pg, evl_pg_on_failure on_failure, void *ud,
         } else if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
             if (it->kind == ITEM_PREPARE)
                 pg->entries[it->entry].state = ENTRY_READY;
+            else if (it->kind == ITEM_REFUSED) /* cannot happen */
+                seg_fail(&seg, it->tag, EVL_EPERMANENT, "",
+                         pg->refused[it->entry]);
         } else {
             char msg[160];
             snprintf(msg, sizeof msg, "unexpected result status %s",
@@ -755,6 +877,7 @@ evl_err evl_pg_pipe_end(evl_pg *pg, evl_pg_on_failure on_failure, void *ud,
 
     pg->in_pipe = 0;
     pg->nitems = 0;
+    refused_clear(pg);
     if (!pg->broken && !PQexitPipelineMode(pg->conn))
         mark_broken(pg, "PQexitPipelineMode");
     cache_compact(pg);

@@ -13,7 +13,15 @@
  *   EVL_EPERMANENT  everything else: classes 22 (data), 23 (constraints),
  *                   42 (syntax, undefined objects), 57014 (a statement
  *                   timeout repeats itself, so the aggregate is parked
- *                   rather than retried forever), ...
+ *                   rather than retried forever), ... and a statement
+ *                   libpq refuses itself, before sending it, on a
+ *                   connection that is still up (more than 65,535
+ *                   parameters, out of memory): libpq would refuse it
+ *                   on any connection.
+ *
+ * A connection is gone (transient) when PQstatus says so, or when a
+ * result says so (class 08, ...); nothing else counts as a lost
+ * connection.
  *
  * Pipelines (libpq pipeline mode): the caller sends statements and Sync
  * points, then collects. A segment is what lies between two Sync points;
@@ -88,7 +96,9 @@ evl_err evl_pg_check(evl_pg *pg, const PGresult *res, const char *what,
 evl_err evl_pg_exec(evl_pg *pg, const char *sql, char *err, size_t errlen);
 
 /* PQexecParams with text parameters (values[i] NULL for SQL NULL). On
- * EVL_OK and out non-NULL, *out is the result (owned; PQclear it). */
+ * EVL_OK and out non-NULL, *out is the result (owned; PQclear it). A
+ * statement libpq refuses is EVL_EPERMANENT; note that it was not sent,
+ * so an explicit transaction around it is not aborted: roll back. */
 evl_err evl_pg_query(evl_pg *pg, const char *sql, int nparams,
                      const char *const *values, PGresult **out, char *err,
                      size_t errlen);
@@ -184,7 +194,12 @@ void evl_pg_pipe_prepare(evl_pg *pg, const char *sql);
 
 /* Queue sql with n text parameters (values[i] NULL for SQL NULL). tag is
  * the caller's name for the statement, handed back on error. Failures
- * to send (a lost connection) surface in evl_pg_pipe_end. */
+ * to send surface in evl_pg_pipe_end: a lost connection as
+ * EVL_ETRANSIENT; a statement libpq refuses (more than 65,535
+ * parameters, ...) as its segment's permanent failure, tagged tag, with
+ * libpq's message and no SQLSTATE: the segment is aborted on the server
+ * as for any failing statement (a stand-in that fails is sent in its
+ * place), so nothing of it commits. */
 void evl_pg_pipe_send(evl_pg *pg, const char *sql, int n,
                       const char *const *values, long tag);
 

@@ -5,7 +5,10 @@
  * statement that cannot be prepared fails where it is used, with the
  * server's reason, and takes no other segment down; prepared statements
  * are reused; a deferred constraint fails at the Sync; array literals
- * carry any text; the advance function refuses a checkpoint that moved.
+ * carry any text; the advance function refuses a checkpoint that moved;
+ * a statement libpq refuses before sending it (more than 65,535
+ * parameters) is that statement's permanent error, fails its segment
+ * alone and leaves the connection usable.
  */
 #include <stdio.h>
 #include <string.h>
@@ -198,6 +201,125 @@ static void pipelines(evl_pg *pg, const char *table)
     CHECK_INT(evl_pg_ok(pg), 1, "and the connection survives it");
 }
 
+/* A statement text of n parameters ($1..$n) and its values. */
+static char *many_params(int n, const char ***vals)
+{
+    evl_buf b = {0};
+    evl_buf_puts(&b, "SELECT cardinality(ARRAY[");
+    for (int i = 1; i <= n; i++) {
+        char p[16];
+        snprintf(p, sizeof p, "%s$%d", i > 1 ? "," : "", i);
+        evl_buf_puts(&b, p);
+    }
+    evl_buf_puts(&b, "]::text[])");
+    evl_buf_putc(&b, '\0');
+    *vals = malloc(sizeof(char *) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        (*vals)[i] = "x";
+    return b.data;
+}
+
+/* libpq refuses a statement of more than 65,535 parameters before it
+ * sends anything, without a SQLSTATE, on a connection that is fine: that
+ * statement's permanent error, not a lost connection (which would be
+ * retried forever). */
+static void refused(evl_pg *pg, const char *table)
+{
+    char err[EVL_ERRLEN], ins[256], sql[256];
+    const char **vals = NULL;
+    char *big = many_params(70000, &vals);
+    seen s;
+    snprintf(ins, sizeof ins, "INSERT INTO %s (id, v) VALUES ($1, $2)", table);
+
+    CHECK_INT(evl_pg_query(pg, big, 70000, vals, NULL, err, sizeof err),
+              EVL_EPERMANENT,
+              "a query with 70,000 parameters is a permanent error");
+    CHECK_HAS(err, "65535", "with libpq's reason");
+    CHECK_INT(evl_pg_ok(pg), 1, "the connection is still usable after it");
+
+    /* the projector's shapes: one explicit transaction (BEGIN,
+     * statements, COMMIT, Sync; after a failure the caller rolls back),
+     * and implicit transactions, one per segment; with the statement
+     * prepared and unnamed */
+    for (int prepared = 0; prepared < 2; prepared++) {
+        /* v is unique (a deferred constraint of pipelines()) */
+        const char *a[2] = {prepared ? "11" : "21", prepared ? "11" : "21"},
+                   *b[2] = {prepared ? "12" : "22", prepared ? "12" : "22"},
+                   *c[2] = {prepared ? "13" : "23", prepared ? "13" : "23"},
+                   *d[2] = {prepared ? "14" : "24", prepared ? "14" : "24"};
+        memset(&s, 0, sizeof s);
+        CHECK_INT(evl_pg_pipe_begin(pg, err, sizeof err), EVL_OK,
+                  "pipe begins");
+        evl_pg_pipe_prepare(pg, ins);
+        if (prepared)
+            evl_pg_pipe_prepare(pg, big);
+        evl_pg_pipe_prepare(pg, "BEGIN");
+        evl_pg_pipe_prepare(pg, "COMMIT");
+        evl_pg_pipe_send(pg, "BEGIN", 0, NULL, 0);
+        evl_pg_pipe_send(pg, ins, 2, a, 1);
+        evl_pg_pipe_send(pg, big, 70000, vals, 2);
+        evl_pg_pipe_send(pg, ins, 2, b, 3);
+        evl_pg_pipe_send(pg, "COMMIT", 0, NULL, 4);
+        evl_pg_pipe_sync(pg, 40);
+        CHECK_INT(evl_pg_pipe_end(pg, record, &s, err, sizeof err),
+                  EVL_EPERMANENT,
+                  "a transaction with a refused statement fails "
+                  "permanently, not as a lost connection");
+        CHECK_INT(s.n, 1, "one failure");
+        CHECK_INT(s.seg[0], 40, "its segment is named");
+        CHECK_INT(s.tag[0], 2, "blaming the refused statement by its tag");
+        CHECK_INT(s.cls[0], EVL_EPERMANENT, "as a permanent error");
+        CHECK_HAS(s.msg[0], "65535", "with libpq's reason");
+        CHECK_HAS(s.msg[0], "refused", "saying libpq refused it");
+        CHECK_INT(evl_pg_ok(pg), 1, "the connection is still usable");
+        CHECK_INT(PQtransactionStatus(evl_pg_conn(pg)), PQTRANS_INERROR,
+                  "the transaction was aborted: its COMMIT did not run");
+        CHECK_INT(evl_pg_exec(pg, "ROLLBACK", err, sizeof err), EVL_OK,
+                  "it rolls back");
+
+        memset(&s, 0, sizeof s);
+        evl_pg_pipe_begin(pg, err, sizeof err);
+        evl_pg_pipe_prepare(pg, ins);
+        if (prepared)
+            evl_pg_pipe_prepare(pg, big);
+        evl_pg_pipe_send(pg, ins, 2, c, 5);
+        evl_pg_pipe_send(pg, big, 70000, vals, 6);
+        evl_pg_pipe_send(pg, ins, 2, c, 7);
+        evl_pg_pipe_sync(pg, 41);
+        evl_pg_pipe_send(pg, big, 70000, vals, 8);
+        evl_pg_pipe_sync(pg, 42);
+        evl_pg_pipe_send(pg, ins, 2, d, 9);
+        evl_pg_pipe_sync(pg, 43);
+        CHECK_INT(evl_pg_pipe_end(pg, record, &s, err, sizeof err),
+                  EVL_EPERMANENT, "implicit transactions: permanent too");
+        CHECK_INT(s.n, 2, "both segments with a refused statement fail");
+        CHECK_INT(s.seg[0], 41, "the first is named");
+        CHECK_INT(s.tag[0], 6, "blaming its refused statement");
+        CHECK_INT(s.seg[1], 42, "the second is named");
+        CHECK_INT(s.tag[1], 8, "blaming its refused statement");
+        const char *at = strstr(s.msg[1], "65535");
+        CHECK(at && !strstr(at + 5, "65535"),
+              "each message gives libpq's reason once");
+        CHECK_INT(evl_pg_ok(pg), 1, "the connection is still usable");
+        CHECK_INT(PQtransactionStatus(evl_pg_conn(pg)), PQTRANS_IDLE,
+                  "and no transaction is left open");
+
+        snprintf(sql, sizeof sql,
+                 "SELECT string_agg(id::text, ',' ORDER BY id) FROM %s "
+                 "WHERE id > 10",
+                 table);
+        PGresult *res = NULL;
+        evl_pg_query(pg, sql, 0, NULL, &res, err, sizeof err);
+        CHECK_STR(res ? PQgetvalue(res, 0, 0) : NULL, prepared ? "14,24" : "24",
+                  "the failed transactions rolled back whole (the "
+                  "statements before and after a refused one are gone), "
+                  "the good one committed");
+        PQclear(res);
+    }
+    free(big);
+    free(vals);
+}
+
 static void advance(evl_pg *pg)
 {
     char err[EVL_ERRLEN];
@@ -266,6 +388,7 @@ int main(void)
 
     arrays(pg);
     pipelines(pg, table);
+    refused(pg, table);
     advance(pg);
 
     snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", table);
