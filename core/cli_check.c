@@ -8,14 +8,23 @@ static const char check_usage[] =
     "usage: evlua check [-c CONFIG] [--scripts DIR]\n"
     "\n"
     "Load and validate every aggregate and projection script with the exact\n"
-    "sandbox, limits and contract checks of `evlua run`.\n"
+    "sandbox, limits and contract checks of `evlua run`, then look for the\n"
+    "traps that load cannot refuse:\n"
+    "  error    an event type handle can emit (a `type = \"Name\"` field of\n"
+    "           an event table in the source, or listed in emits = {...})\n"
+    "           with no apply entry and not listed in neutral = {...}: such\n"
+    "           a command fails at run time\n"
+    "  warning  an apply entry no handler emits (a typo?); a neutral entry\n"
+    "           that also has an apply entry; a projection on an event type\n"
+    "           no aggregate of the set emits (when the set has aggregates)\n"
     "\n"
     "  -c, --config FILE   config file (default: built-in defaults)\n"
     "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
     "                      instead of the configured directories\n"
     "\n"
-    "Exit 0 when every script is fine; 1 with one `file:line: message` line\n"
-    "per problem on stderr; 2 on a usage or config error.\n";
+    "Exit 0 when every script is fine (warnings, `file:line: warning: ...`\n"
+    "on stderr, do not change it); 1 with one `file:line: message` line per\n"
+    "problem on stderr; 2 on a usage or config error.\n";
 
 int evl_cli_check(int argc, char **argv)
 {
@@ -34,6 +43,21 @@ int evl_cli_check(int argc, char **argv)
     if (evl_cli_load_host(&hc, &host) != EVL_EXIT_OK) {
         evl_config_free(&cfg);
         return EVL_EXIT_FAILURE;
+    }
+    {
+        evl_luahost_problems errors = {0}, warnings = {0};
+        size_t nerr = evl_luahost_lint(host, &errors, &warnings);
+        for (size_t i = 0; i < errors.n; i++)
+            fprintf(stderr, "%s\n", errors.lines[i]);
+        for (size_t i = 0; i < warnings.n; i++)
+            fprintf(stderr, "%s\n", warnings.lines[i]);
+        evl_luahost_problems_free(&errors);
+        evl_luahost_problems_free(&warnings);
+        if (nerr > 0) {
+            evl_luahost_free(host);
+            evl_config_free(&cfg);
+            return EVL_EXIT_FAILURE;
+        }
     }
     printf("ok: %zu aggregates, %zu projections, hash %s\n",
            evl_luahost_naggregates(host), evl_luahost_nprojections(host),

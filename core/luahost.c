@@ -71,11 +71,23 @@
 #define MAX_PATTERN     4096 /* bytes of a pattern */
 #define MAX_SCRIPT_SIZE (16u * 1024 * 1024) /* bytes of a script file */
 
+/* An event type an aggregate's handle can emit, as far as its source (or
+ * its emits list) shows; line 0: not known. */
+typedef struct emit {
+    char *type;
+    int line;
+} emit;
+
 typedef struct agg {
     evl_luahost_aggregate pub;
     char *type, *script;
-    char **commands, **events;
-    int ref; /* registry: {initial=, apply={}, handle={}, upcast={}?} */
+    char **commands, **events, **neutral;
+    int *event_lines; /* where each apply function starts; 0: unknown */
+    emit *emits;      /* sorted by type, unique */
+    size_t nemits;
+    int neutral_line, emits_line;
+    int ref; /* registry: {initial=, apply={}, handle={}, upcast={}?,
+                neutral={Type=true}?} */
 } agg;
 
 typedef struct proj {
@@ -84,7 +96,8 @@ typedef struct proj {
     char **schema;
     size_t nschema;
     char **events;
-    int ref; /* registry: {on={}, reset=?} */
+    int *event_lines; /* where each on function starts; 0: unknown */
+    int ref;          /* registry: {on={}, reset=?} */
 } proj;
 
 struct evl_luahost {
@@ -1108,7 +1121,7 @@ struct op {
     int status; /* op-specific result */
 
     /* load */
-    struct file *files;
+    struct file *files, *file;
     size_t nfiles;
     evl_luahost_problems *problems;
     /* parse_command */
@@ -1334,13 +1347,380 @@ static const char *name_field(op *o, lua_State *L, int t, const char *field)
     return s;
 }
 
+/* t.<field>: an optional list of event type names (neutral, emits).
+ * Pushes them as a set {Name = true} and returns 1 with the sorted,
+ * unique names in *out (owned by the caller); 0, pushing nothing, when
+ * absent; -1 after adding problems. */
+static int name_list(op *o, lua_State *L, int t, const char *field, char ***out,
+                     size_t *nout)
+{
+    int top = lua_gettop(L), tt = rawfield(L, t, field), ok = 1;
+    size_t len = 0, n = 0;
+    char **v;
+
+    if (tt == LUA_TNIL) {
+        lua_settop(L, top);
+        return 0;
+    }
+    if (tt != LUA_TTABLE || !is_sequence(L, top + 1, &len)) {
+        problem(
+            o->problems, "%s: %s is %s, expected a list of event type names",
+            o->script, field,
+            tt == LUA_TTABLE ? "a table that is not a list"
+                             : lua_pushfstring(L, "a %s", lua_typename(L, tt)));
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_createtable(L, 0, (int)len);
+    for (size_t i = 1; i <= len; i++) {
+        if (lua_rawgeti(L, top + 1, (lua_Integer)i) != LUA_TSTRING ||
+            lua_rawlen(L, -1) == 0) {
+            problem(o->problems,
+                    "%s: %s[%zu] is %s, expected an event type name", o->script,
+                    field, i,
+                    lua_type(L, -1) == LUA_TSTRING
+                        ? "an empty string"
+                        : lua_pushfstring(L, "a %s", luaL_typename(L, -1)));
+            ok = 0;
+            lua_settop(L, top + 2);
+            continue;
+        }
+        lua_pushboolean(L, 1);
+        lua_rawset(L, top + 2);
+    }
+    if (!ok) {
+        lua_settop(L, top);
+        return -1;
+    }
+    /* C copies last: nothing below can raise while v is held */
+    v = evl_xmalloc(sizeof *v * (len ? len : 1));
+    for (size_t i = 1; i <= len; i++) {
+        lua_rawgeti(L, top + 1, (lua_Integer)i);
+        v[n++] = evl_xstrdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    qsort(v, n, sizeof *v, cmpstr);
+    len = n;
+    n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (n > 0 && strcmp(v[n - 1], v[i]) == 0)
+            free(v[i]);
+        else
+            v[n++] = v[i];
+    }
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    *out = v;
+    *nout = n;
+    return 1;
+}
+
+/* ---- reading the source: what handle can emit --------------------------- */
+
+/* Just enough of Lua's lexer to find event constructors in a script's
+ * text: names, strings (short and long), single punctuation, with
+ * comments skipped and lines counted. Anything it does not know becomes
+ * punctuation, so no input can stop it or make it read past the end. */
+enum { TK_EOF, TK_NAME, TK_STRING, TK_PUNCT };
+
+typedef struct lex {
+    const char *p, *end;
+    int line;
+    int kind, tline; /* the token and its line */
+    char c;          /* TK_PUNCT: the character; 'x' for ==, ~=, <=, >= */
+    const char *s;   /* TK_NAME, TK_STRING: text (a string's content) */
+    size_t len;
+} lex;
+
+/* At '[': the level of the long bracket opening here ("[==[" is 2), or
+ * -1 when none does. */
+static int long_open(const lex *x)
+{
+    const char *q = x->p + 1;
+    int level = 0;
+    while (q < x->end && *q == '=') {
+        q++;
+        level++;
+    }
+    return q < x->end && *q == '[' ? level : -1;
+}
+
+/* Skip the long bracket of level opening at x->p; its content in s/len. */
+static void long_skip(lex *x, int level)
+{
+    const char *q = x->p + level + 2;
+    x->s = q;
+    for (; q < x->end; q++) {
+        if (*q == '\n') {
+            x->line++;
+        } else if (*q == ']') {
+            const char *r = q + 1;
+            int n = 0;
+            while (r < x->end && *r == '=') {
+                r++;
+                n++;
+            }
+            if (n == level && r < x->end && *r == ']') {
+                x->len = (size_t)(q - x->s);
+                x->p = r + 1;
+                return;
+            }
+        }
+    }
+    x->len = (size_t)(q - x->s);
+    x->p = x->end;
+}
+
+static int name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_';
+}
+
+static void next_token(lex *x)
+{
+    int level;
+    char c;
+    for (;;) {
+        if (x->p >= x->end) {
+            x->kind = TK_EOF;
+            return;
+        }
+        c = *x->p;
+        if (c == '\n') {
+            x->line++;
+            x->p++;
+        } else if (c == ' ' || c == '\t' || c == '\r' || c == '\f' ||
+                   c == '\v') {
+            x->p++;
+        } else if (c == '-' && x->p + 1 < x->end && x->p[1] == '-') {
+            x->p += 2;
+            if (x->p < x->end && *x->p == '[' && (level = long_open(x)) >= 0)
+                long_skip(x, level);
+            else
+                while (x->p < x->end && *x->p != '\n')
+                    x->p++;
+        } else {
+            break;
+        }
+    }
+    x->tline = x->line;
+    if (name_char(c)) { /* a name, or a number (taken for one: harmless) */
+        x->kind = TK_NAME;
+        x->s = x->p;
+        while (x->p < x->end && name_char(*x->p))
+            x->p++;
+        x->len = (size_t)(x->p - x->s);
+        if (c >= '0' && c <= '9') {
+            x->kind = TK_PUNCT;
+            x->c = '0';
+        }
+    } else if (c == '"' || c == '\'') {
+        const char *q = x->p + 1;
+        x->kind = TK_STRING;
+        x->s = q;
+        while (q < x->end && *q != c && *q != '\n') {
+            if (*q == '\\' && q + 1 < x->end) {
+                if (q[1] == '\n')
+                    x->line++;
+                q++;
+            }
+            q++;
+        }
+        x->len = (size_t)(q - x->s);
+        x->p = q < x->end && *q == c ? q + 1 : q;
+    } else if (c == '[' && (level = long_open(x)) >= 0) {
+        x->kind = TK_STRING;
+        long_skip(x, level);
+    } else {
+        x->kind = TK_PUNCT;
+        x->c = c;
+        x->p++;
+        if ((c == '=' || c == '~' || c == '<' || c == '>') && x->p < x->end &&
+            *x->p == '=') {
+            x->c = 'x';
+            x->p++;
+        }
+    }
+}
+
+static void add_emit(agg *a, const char *type, size_t len, int line)
+{
+    char *t;
+    if (len == 0 || len > 200 || memchr(type, '\\', len))
+        return; /* no event type we could name */
+    t = evl_xmalloc(len + 1);
+    memcpy(t, type, len);
+    t[len] = '\0';
+    a->emits = evl_xrealloc(a->emits, sizeof *a->emits * (a->nemits + 1));
+    a->emits[a->nemits].type = t;
+    a->emits[a->nemits++].line = line;
+}
+
+#define SCAN_DEPTH 64 /* nested table constructors followed */
+
+/* Add to a->emits every table constructor of the source with a field
+ * `type = "Name"` (a string) and a field `data` (an event as decide
+ * wants it: a data field named type, or the aggregate's own type, is no
+ * event), with its line; note the lines of the neutral and emits fields
+ * of the script's table. Fields written as t.type = ... are not seen:
+ * emits = {...} declares those. */
+static void scan_source(agg *a, const char *text, size_t len)
+{
+    struct {
+        const char *type;
+        size_t len;
+        int line, data;
+    } st[SCAN_DEPTH];
+    lex x = {.p = text, .end = text + len, .line = 1};
+    int depth = 0, field = 0, want = 0, kline = 0;
+    const char *key = NULL;
+    size_t klen = 0;
+
+    for (next_token(&x); x.kind != TK_EOF; next_token(&x)) {
+        /* a field name follows '{', ',' or ';' */
+        int at_field = field;
+        field = x.kind == TK_PUNCT && (x.c == '{' || x.c == ',' || x.c == ';');
+        if (want == 2) { /* the value of field key */
+            if (depth > 0 && depth <= SCAN_DEPTH) {
+                if (klen == 4 && memcmp(key, "type", 4) == 0 &&
+                    x.kind == TK_STRING) {
+                    st[depth - 1].type = x.s;
+                    st[depth - 1].len = x.len;
+                    st[depth - 1].line = x.tline;
+                } else if (klen == 4 && memcmp(key, "data", 4) == 0) {
+                    st[depth - 1].data = 1;
+                }
+            }
+            want = 0;
+        } else if (want == 1) { /* after a field name: is it key = ? */
+            want = 0;
+            if (x.kind == TK_PUNCT && x.c == '=') {
+                want = 2;
+                if (depth == 1 && klen == 7 && memcmp(key, "neutral", 7) == 0 &&
+                    !a->neutral_line)
+                    a->neutral_line = kline;
+                if (depth == 1 && klen == 5 && memcmp(key, "emits", 5) == 0 &&
+                    !a->emits_line)
+                    a->emits_line = kline;
+                continue;
+            }
+        }
+        if (at_field && x.kind == TK_NAME && depth > 0) {
+            key = x.s;
+            klen = x.len;
+            kline = x.tline;
+            want = 1;
+        } else if (x.kind == TK_PUNCT && x.c == '{') {
+            if (depth < SCAN_DEPTH)
+                memset(&st[depth], 0, sizeof st[depth]);
+            depth++;
+        } else if (x.kind == TK_PUNCT && x.c == '}' && depth > 0) {
+            depth--;
+            if (depth < SCAN_DEPTH && st[depth].type && st[depth].data)
+                add_emit(a, st[depth].type, st[depth].len, st[depth].line);
+        }
+    }
+}
+
+static int cmp_emit(const void *a, const void *b)
+{
+    const emit *x = a, *y = b;
+    int c = strcmp(x->type, y->type);
+    return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* The line where the function on top of the stack starts (0: unknown);
+ * pops it. */
+static int fn_line(lua_State *L)
+{
+    lua_Debug ar;
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_getinfo(L, ">S", &ar);
+    return ar.linedefined > 0 ? ar.linedefined : 0;
+}
+
+/* The lines of the functions of priv[field] for the sorted keys. */
+static int *fn_lines(lua_State *L, int priv, const char *field,
+                     char *const *keys, size_t n)
+{
+    int *lines = evl_xmalloc(sizeof *lines * (n ? n : 1));
+    rawfield(L, priv, field);
+    for (size_t i = 0; i < n; i++) {
+        lines[i] = 0;
+        lua_pushstring(L, keys[i]);
+        lua_rawget(L, -2);
+        lines[i] = fn_line(L);
+    }
+    lua_pop(L, 1);
+    return lines;
+}
+
+/* What evl_luahost_lint needs from an aggregate's source: the line of
+ * each apply function, the event types handle builds and the emits list
+ * (whose names a takes over), the neutral line. Runs once a is in
+ * h->aggs, so memory held by a is freed with the host even if a Lua call
+ * here runs out of memory. */
+static void source_facts(op *o, lua_State *L, agg *a, int priv, char **declared,
+                         size_t ndeclared)
+{
+    size_t n = 0;
+    a->emits = evl_xmalloc(sizeof *a->emits * (ndeclared ? ndeclared : 1));
+    for (size_t i = 0; i < ndeclared; i++) {
+        a->emits[i].type = declared[i];
+        a->emits[i].line = -1; /* the emits field's, once known */
+    }
+    a->nemits = ndeclared;
+    free(declared);
+    if (o->file)
+        scan_source(a, o->file->text, o->file->len);
+    for (size_t i = 0; i < a->nemits; i++)
+        if (a->emits[i].line < 0)
+            a->emits[i].line = a->emits_line;
+    a->event_lines = fn_lines(L, priv, "apply", a->events, a->pub.nevents);
+
+    /* what an upcaster builds is not something handle emits */
+    if (rawfield(L, priv, "upcast") == LUA_TTABLE) {
+        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+            lua_Debug ar;
+            size_t k = 0;
+            lua_pushvalue(L, -1);
+            lua_getinfo(L, ">S", &ar);
+            for (size_t i = 0; i < a->nemits; i++) {
+                if (a->emits[i].line >= ar.linedefined &&
+                    a->emits[i].line <= ar.lastlinedefined &&
+                    a->emits[i].line > 0)
+                    free(a->emits[i].type);
+                else
+                    a->emits[k++] = a->emits[i];
+            }
+            a->nemits = k;
+        }
+    }
+    lua_pop(L, 1);
+
+    /* sorted by type, each once (at its first line) */
+    if (a->nemits > 0)
+        qsort(a->emits, a->nemits, sizeof *a->emits, cmp_emit);
+    for (size_t i = 0; i < a->nemits; i++) {
+        if (n > 0 && strcmp(a->emits[n - 1].type, a->emits[i].type) == 0)
+            free(a->emits[i].type);
+        else
+            a->emits[n++] = a->emits[i];
+    }
+    a->nemits = n;
+}
+
 static void load_aggregate(op *o, lua_State *L, int t)
 {
     evl_luahost *h = o->h;
     const char *type = name_field(o, L, t, "type");
     int priv, tt, bad = type == NULL;
-    char **commands = NULL, **events = NULL;
-    size_t ncommands = 0, nevents = 0;
+    char **commands = NULL, **events = NULL, **neutral = NULL, **emits = NULL;
+    size_t ncommands = 0, nevents = 0, nneutral = 0, nemits = 0;
     agg *a;
 
     lua_createtable(L, 0, 4);
@@ -1368,6 +1748,14 @@ static void load_aggregate(op *o, lua_State *L, int t)
     case 1: lua_setfield(L, priv, "upcast"); break;
     case -1: bad = 1; break;
     }
+    switch (name_list(o, L, t, "neutral", &neutral, &nneutral)) {
+    case 1: lua_setfield(L, priv, "neutral"); break;
+    case -1: bad = 1; break;
+    }
+    switch (name_list(o, L, t, "emits", &emits, &nemits)) {
+    case 1: lua_pop(L, 1); break;
+    case -1: bad = 1; break;
+    }
     for (size_t i = 0; type && i < h->naggs; i++)
         if (strcmp(h->aggs[i].type, type) == 0) {
             problem(o->problems,
@@ -1379,6 +1767,8 @@ static void load_aggregate(op *o, lua_State *L, int t)
     if (bad) {
         free_strv(commands, ncommands);
         free_strv(events, nevents);
+        free_strv(neutral, nneutral);
+        free_strv(emits, nemits);
         return;
     }
     h->aggs = evl_xrealloc(h->aggs, sizeof *h->aggs * (h->naggs + 1));
@@ -1390,8 +1780,11 @@ static void load_aggregate(op *o, lua_State *L, int t)
     a->events = events;
     a->pub.ncommands = ncommands;
     a->pub.nevents = nevents;
+    a->neutral = neutral;
+    a->pub.nneutral = nneutral;
     lua_pushvalue(L, priv);
     a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    source_facts(o, L, a, priv, emits, nemits);
 }
 
 /* schema: one DDL string or a list of them; pushes nothing. */
@@ -1489,6 +1882,7 @@ static void load_projection(op *o, lua_State *L, int t)
     p->pub.nevents = nevents;
     lua_pushvalue(L, priv);
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    p->event_lines = fn_lines(L, priv, "on", p->events, nevents);
 }
 
 /* A Lua error of script name as one problem line, "name:line: msg".
@@ -1519,6 +1913,7 @@ static void load_one(op *o, lua_State *L, struct file *f)
     int env, rc;
 
     o->script = f->name;
+    o->file = f;
     push_env(L, f->name);
     env = lua_gettop(L);
     lua_pushfstring(L, "@%s", f->name);
@@ -1665,6 +2060,11 @@ void evl_luahost_free(evl_luahost *h)
         free(h->aggs[i].script);
         free_strv(h->aggs[i].commands, h->aggs[i].pub.ncommands);
         free_strv(h->aggs[i].events, h->aggs[i].pub.nevents);
+        free_strv(h->aggs[i].neutral, h->aggs[i].pub.nneutral);
+        free(h->aggs[i].event_lines);
+        for (size_t j = 0; j < h->aggs[i].nemits; j++)
+            free(h->aggs[i].emits[j].type);
+        free(h->aggs[i].emits);
     }
     free(h->aggs);
     for (size_t i = 0; i < h->nprojs; i++) {
@@ -1672,6 +2072,7 @@ void evl_luahost_free(evl_luahost *h)
         free(h->projs[i].script);
         free_strv(h->projs[i].schema, h->projs[i].nschema);
         free_strv(h->projs[i].events, h->projs[i].pub.nevents);
+        free(h->projs[i].event_lines);
     }
     free(h->projs);
     free_strv(h->adirs, h->nadirs);
@@ -1766,6 +2167,7 @@ out:
         a->pub.script = a->script;
         a->pub.commands = (const char *const *)a->commands;
         a->pub.events = (const char *const *)a->events;
+        a->pub.neutral = (const char *const *)a->neutral;
     }
     for (size_t i = 0; i < h->nprojs; i++) {
         proj *p = &h->projs[i];
@@ -1909,6 +2311,152 @@ int evl_luahost_projection_handles(const evl_luahost_projection *p,
                    cmpstr) != NULL;
 }
 
+/* ---- lint: the traps load does not refuse ------------------------------ */
+
+static int has_str(char *const *v, size_t n, const char *s)
+{
+    return n > 0 && bsearch(&s, v, n, sizeof *v, cmpstr) != NULL;
+}
+
+static int has_emit(const agg *a, const char *type)
+{
+    for (size_t i = 0; i < a->nemits; i++)
+        if (strcmp(a->emits[i].type, type) == 0)
+            return 1;
+    return 0;
+}
+
+/* Levenshtein distance of two short names (large when either is long). */
+static size_t edits(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[65];
+    if (la > 64 || lb > 64)
+        return 99;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* "; did you mean 'X'?" for the nearest name of v (2 edits at most), or
+ * "" */
+static const char *nearest(char *buf, size_t len, const char *s,
+                           const char *const *v, size_t n)
+{
+    const char *best = NULL;
+    size_t bd = 3;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = edits(s, v[i]);
+        if (d > 0 && d < bd) {
+            bd = d;
+            best = v[i];
+        }
+    }
+    if (!best)
+        return "";
+    snprintf(buf, len, "; did you mean '%s'?", best);
+    return buf;
+}
+
+/* "script:line" or "script" (line unknown) */
+static const char *at(char *buf, size_t len, const char *script, int line)
+{
+    if (line > 0)
+        snprintf(buf, len, "%s:%d", script, line);
+    else
+        snprintf(buf, len, "%s", script);
+    return buf;
+}
+
+size_t evl_luahost_lint(const evl_luahost *h, evl_luahost_problems *errors,
+                        evl_luahost_problems *warnings)
+{
+    size_t nerr = 0, nall = 0;
+    const char **all = NULL; /* every type some aggregate emits */
+    char where[1100], hint[300];
+
+    for (size_t i = 0; i < h->naggs; i++) {
+        const agg *a = &h->aggs[i];
+        for (size_t j = 0; j < a->nemits; j++) {
+            const emit *e = &a->emits[j];
+            all = evl_xrealloc(all, sizeof *all * (nall + 1));
+            all[nall++] = e->type;
+            if (has_str(a->events, a->pub.nevents, e->type) ||
+                has_str(a->neutral, a->pub.nneutral, e->type))
+                continue;
+            nerr++;
+            if (errors)
+                problem(errors,
+                        "%s: event type '%s' can be emitted by handle but "
+                        "has no apply entry (add one, or list it in neutral "
+                        "= {...} if it changes no state)%s",
+                        at(where, sizeof where, a->script, e->line), e->type,
+                        nearest(hint, sizeof hint, e->type,
+                                (const char *const *)a->events,
+                                a->pub.nevents));
+        }
+        for (size_t j = 0; j < a->pub.nneutral; j++) {
+            all = evl_xrealloc(all, sizeof *all * (nall + 1));
+            all[nall++] = a->neutral[j];
+        }
+        if (!warnings)
+            continue;
+        for (size_t j = 0; j < a->pub.nevents; j++) {
+            const char *type = a->events[j];
+            if (has_emit(a, type) || has_str(a->neutral, a->pub.nneutral, type))
+                continue;
+            problem(warnings,
+                    "%s: warning: apply.%s: no handler emits this event "
+                    "type (a typo? list a type that handle builds at run "
+                    "time, or no longer emits but is in the log, in emits "
+                    "= {...})",
+                    at(where, sizeof where, a->script, a->event_lines[j]),
+                    type);
+        }
+        for (size_t j = 0; j < a->pub.nneutral; j++)
+            if (has_str(a->events, a->pub.nevents, a->neutral[j]))
+                problem(warnings,
+                        "%s: warning: neutral lists '%s', which has an "
+                        "apply entry (the apply entry runs; drop one of "
+                        "them)",
+                        at(where, sizeof where, a->script, a->neutral_line),
+                        a->neutral[j]);
+    }
+    /* projections: only against a set that has aggregates */
+    for (size_t i = 0; warnings && h->naggs > 0 && i < h->nprojs; i++) {
+        const proj *p = &h->projs[i];
+        for (size_t j = 0; j < p->pub.nevents; j++) {
+            const char *type = p->events[j], *near;
+            size_t k;
+            for (k = 0; k < nall && strcmp(all[k], type) != 0; k++)
+                ;
+            if (k < nall)
+                continue;
+            near = nearest(hint, sizeof hint, type, all, nall);
+            problem(warnings,
+                    "%s: warning: on.%s: no aggregate of this script set "
+                    "emits this event type%s (%sfine if an aggregate "
+                    "outside this set does)",
+                    at(where, sizeof where, p->script, p->event_lines[j]), type,
+                    near, *near ? "" : "a typo? ");
+        }
+    }
+    free(all);
+    return nerr;
+}
+
 /* ---- decide ----------------------------------------------------------- */
 
 /* Offsets into a growing buffer are kept in pointer fields while it
@@ -1990,14 +2538,95 @@ static int apply_event(op *o, lua_State *L, int priv, int st, int ev)
     return 1;
 }
 
+/* Can an event of type be emitted: has it an apply entry or a neutral
+ * declaration in the aggregate's private table at priv? */
+static int applies(lua_State *L, int priv, const char *type)
+{
+    int top = lua_gettop(L), ok;
+    rawfield(L, priv, "apply");
+    ok = rawfield(L, -1, type) != LUA_TNIL;
+    if (!ok && rawfield(L, priv, "neutral") == LUA_TTABLE)
+        ok = rawfield(L, -1, type) != LUA_TNIL;
+    lua_settop(L, top);
+    return ok;
+}
+
+/* Put the key at k in front of the path of a changed state field (only
+ * on the way out of a difference: building paths costs more than the
+ * comparison). */
+static void path_prepend(lua_State *L, int k, char *path, size_t len)
+{
+    char key[128];
+    size_t kl, pl = strlen(path);
+    const char *dot = pl && path[0] != '[' ? "." : "";
+    if (lua_type(L, k) == LUA_TSTRING)
+        snprintf(key, sizeof key, "%s%s", lua_tostring(L, k), dot);
+    else if (lua_isinteger(L, k))
+        snprintf(key, sizeof key, "[%lld]%s", (long long)lua_tointeger(L, k),
+                 dot);
+    else
+        snprintf(key, sizeof key, "(a %s key)%s", luaL_typename(L, k), dot);
+    kl = strlen(key);
+    if (kl + 1 >= len)
+        return;
+    if (kl + pl + 1 > len)
+        pl = len - kl - 1;
+    memmove(path + kl, path, pl);
+    memcpy(path, key, kl);
+    path[kl + pl] = '\0';
+}
+
+/* Is the table at x (the state handle was given, after the call) the
+ * same data as the table at y (a fresh decode of the same JSON)? The
+ * walk follows y, a tree, so it ends even when handle made x cyclic; raw
+ * accesses only (no script code runs). On a difference: 0, and the path
+ * of the first changed field in path (which starts empty). */
+static int same_state(lua_State *L, int x, int y, char *path, size_t len)
+{
+    size_t nx = 0, ny = 0;
+    luaL_checkstack(L, 6, "comparing states");
+    for (lua_pushnil(L); lua_next(L, y); lua_pop(L, 1)) {
+        int same;
+        ny++;
+        lua_pushvalue(L, -2);
+        lua_rawget(L, x); /* key, y's value, x's value */
+        if (lua_istable(L, -1) && lua_istable(L, -2))
+            same = same_state(L, lua_absindex(L, -1), lua_absindex(L, -2), path,
+                              len);
+        else
+            same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 1);
+        if (!same) {
+            path_prepend(L, -2, path, len);
+            lua_pop(L, 2);
+            return 0;
+        }
+    }
+    for (lua_pushnil(L); lua_next(L, x); lua_pop(L, 1))
+        nx++;
+    if (nx == ny)
+        return 1;
+    /* x has a key y lacks: name it */
+    for (lua_pushnil(L); lua_next(L, x); lua_pop(L, 1)) {
+        lua_pushvalue(L, -2);
+        if (lua_rawget(L, y) == LUA_TNIL) {
+            path_prepend(L, -3, path, len);
+            lua_pop(L, 3);
+            return 0;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
 static void op_decide(lua_State *L, op *o)
 {
     const evl_luahost_command *c = o->cmd;
     evl_luahost_decision *d = o->dec;
-    char what[160], jerr[EVL_ERRLEN];
-    const char *ctype;
-    int priv, cmd, fn, res, st;
-    size_t n;
+    char what[160], jerr[EVL_ERRLEN], path[256];
+    const char *ctype, *state = c->state;
+    int priv, cmd, fn, res, st, hst;
+    size_t n, state_len = c->state_len, init = 0;
 
     o->status = EVL_LUAHOST_FAILED;
     lua_rawgeti(L, LUA_REGISTRYINDEX, o->agg->ref);
@@ -2032,8 +2661,29 @@ static void op_decide(lua_State *L, op *o)
     }
     fn = lua_gettop(L);
 
-    if (!push_state(o, L, priv, c->state, c->state_len))
+    /* Handle's state and the one the events are applied to are two
+     * decodes of one JSON text: initial() runs once, and goes through
+     * JSON as a stored state does, so an initial() that differs between
+     * calls (a uuid) is not taken for a change by handle. Its text sits
+     * at the start of d->text (found by offset: the buffer grows). */
+    if (!state) {
+        if (!push_state(o, L, priv, NULL, 0))
+            return;
+        if (evl_json_encode(L, -1, &d->text, jerr, sizeof jerr) != EVL_OK) {
+            failf(o, "%s: initial returned a state with no JSON form: %s",
+                  o->script, jerr);
+            return;
+        }
+        lua_pop(L, 1);
+        init = 1;
+        state_len = d->text.len;
+    }
+    if (!push_state(o, L, priv, init ? d->text.data : state, state_len))
         return;
+    hst = lua_gettop(L);
+    lua_pushvalue(L, fn);
+    lua_pushvalue(L, hst);
+    lua_pushvalue(L, cmd);
 
     /* ctx */
     lua_createtable(L, 0, 4);
@@ -2052,11 +2702,7 @@ static void op_decide(lua_State *L, op *o)
     lua_rawgetp(L, LUA_REGISTRYINDEX, &key_reject);
     lua_setfield(L, -2, "reject");
 
-    lua_pushvalue(L, fn);
-    lua_insert(L, -3);
-    lua_pushvalue(L, cmd);
-    lua_insert(L, -2); /* fn, state, cmd, ctx */
-    st = call(o->h, L, 3);
+    st = call(o->h, L, 3); /* fn, state, cmd, ctx */
     if (st != CALL_OK) {
         fail_call(o, L, st, what);
         return;
@@ -2150,11 +2796,31 @@ static void op_decide(lua_State *L, op *o)
         lua_settop(L, res);
     }
 
-    /* The new state: apply the events to a fresh copy of the old one (so
-     * that changes handle made to its state argument do not count). */
-    if (!push_state(o, L, priv, c->state, c->state_len))
+    /* Every event well formed: does each change the state as meant? */
+    for (size_t i = 0; i < n; i++) {
+        const char *type = d->text.data + (uintptr_t)d->events[i].type;
+        if (!applies(L, priv, type)) {
+            failf(o,
+                  "%s: %s: event type '%s' has no apply entry (add one, or "
+                  "list it in neutral = {...} if it changes no state)",
+                  o->script, what, type);
+            return;
+        }
+    }
+
+    /* The new state: the events applied to a fresh decode of the old one,
+     * which handle's must still equal. */
+    if (!push_state(o, L, priv, init ? d->text.data : state, state_len))
         return;
     st = lua_gettop(L);
+    path[0] = '\0';
+    if (!same_state(L, hst, st, path, sizeof path)) {
+        failf(o,
+              "%s: %s must not change the state (emit an event instead): "
+              "field '%s'",
+              o->script, what, path);
+        return;
+    }
     for (size_t i = 1; i <= n; i++) {
         int ev;
         lua_createtable(L, 0, 6);

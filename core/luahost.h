@@ -12,7 +12,9 @@
  *                handle = { CommandType = function(state, cmd, ctx)
  *                                         -> { {type=, data=}, ... }
  *                                          | ctx.reject(msg) },
- *                upcast = { EventType = function(e) -> nil | e } }  -- optional
+ *                upcast = { EventType = function(e) -> nil | e },  -- optional
+ *                neutral = { "EventType", ... },  -- optional, see below
+ *                emits = { "EventType", ... } }   -- optional, see below
  *   projection { name = "customer_profile",       -- [A-Za-z0-9._-]+
  *                on = { EventType = function(e) -> stmt | {stmt...} | nil },
  *                schema = "DDL" | { "DDL", ... }, -- optional
@@ -25,6 +27,40 @@
  * State lives in C as JSON text: the caller keeps it (the store is not this
  * module's business) and passes it in; decide returns the events and the
  * state after applying them, in one call.
+ *
+ * Two traps that would silently give a wrong state are bugs that fail the
+ * command (issue 15):
+ *
+ *   - An event type that handle emits must have an apply entry, or be
+ *     declared state-neutral in `neutral` (a list of event types that
+ *     leave the state as it is). Otherwise a typo in an apply key
+ *     (MoneyWithdrawnn) would make the event change nothing, forever.
+ *     Events already recorded keep the old rule: replaying a type with
+ *     no apply entry leaves the state as it is, so old data never blocks.
+ *   - handle must not change the state it is given (events are the only
+ *     way to change it). After handle returns, its state table is
+ *     compared with a fresh decode of the same JSON (the one the events
+ *     are applied to); any difference fails the command, naming the
+ *     first changed field ("balance", "limits.daily", "log[1]").
+ *     Detection rather than a read-only proxy: a proxy costs a
+ *     metamethod call per read, and next(), rawget(), rawlen() and the
+ *     JSON encoder see an empty table, so an event whose data holds
+ *     s.items would silently be emitted with {}; the comparison is one
+ *     raw walk of the state per accepted command. Limits: handle sees its
+ *     own change until it returns (the command then fails anyway); a
+ *     change that restores the old value, or turns an integer into an
+ *     equal float, is no change; metatables are not compared. initial()
+ *     runs once per decide and goes through JSON like a stored state, so
+ *     an initial() that differs between calls (a uuid, a clock) is not
+ *     taken for a change.
+ *
+ * What load cannot refuse, evl_luahost_lint() reports for `evlua check`:
+ * it reads each aggregate's source for the event types handle builds
+ * (table constructors with a `type = "Name"` string field and a `data`
+ * field, outside comments, strings and upcast functions), adds the
+ * optional `emits` list (types built at run time, or no longer emitted
+ * but still in the log) and compares them with apply, neutral and the
+ * projections' `on` keys.
  *
  * Sandbox (see the allow-list in luahost.c and core/lua/API.md): each
  * script gets its own global table with fresh copies of the base library
@@ -156,6 +192,8 @@ typedef struct evl_luahost_aggregate {
     size_t ncommands;
     const char *const *events; /* keys of apply, sorted */
     size_t nevents;
+    const char *const *neutral; /* the neutral list, sorted, unique */
+    size_t nneutral;
 } evl_luahost_aggregate;
 
 typedef struct evl_luahost_projection {
@@ -185,6 +223,20 @@ evl_luahost_projection_get(const evl_luahost *host, const char *name);
 /* Does projection p have a handler for event_type? (binary search) */
 int evl_luahost_projection_handles(const evl_luahost_projection *p,
                                    const char *event_type);
+
+/* The traps of a loaded set that load does not refuse, for `evlua check`.
+ * Appends to errors (when non-NULL) one "script:line: message" line per
+ * event type that handle can emit (found as the top of this file says)
+ * with neither an apply entry nor a neutral declaration: such a command
+ * fails at run time. Appends to warnings (when non-NULL) one
+ * "script:line: warning: message" line per apply entry no handler emits
+ * (a typo, or a type to list in emits), per neutral entry that also has
+ * an apply entry, and, when the set has aggregates, per projection `on`
+ * entry for a type no aggregate of the set emits (it may come from an
+ * aggregate outside the set). Where the line is not known a line reads
+ * "script: ...". Returns the number of errors. */
+size_t evl_luahost_lint(const evl_luahost *host, evl_luahost_problems *errors,
+                        evl_luahost_problems *warnings);
 
 /* ---- calls ------------------------------------------------------------- */
 
@@ -239,13 +291,17 @@ void evl_luahost_decision_free(evl_luahost_decision *d); /* accepts NULL */
  * ctx) with ctx = {aggregate_id, version, metadata = cmd.metadata or {},
  * reject}. Each event must be a table with a non-empty string `type`, a
  * table `data` and optionally a positive integer `version`; data must
- * have a JSON form. On ACCEPTED the events are applied in order (to a
- * fresh decode of the state: changes handle made to its state are not
- * kept), each seeing e = {type, version, data, aggregate_type,
- * aggregate_id, sequence = version + i}, and the resulting state must
- * be a table with a JSON form; out holds events and state. On REJECTED
- * and FAILED out is emptied (nevents 0, state NULL) and err holds the
- * reason. */
+ * have a JSON form, and its type an apply entry or a neutral declaration
+ * (else FAILED: "<script>: handle.<Cmd>: event type '<T>' has no apply
+ * entry (...)"). A handle that changed its state argument FAILS too
+ * ("<script>: handle.<Cmd> must not change the state (emit an event
+ * instead): field '<path>'"). On ACCEPTED the events are applied in
+ * order (to a fresh decode of the state), each seeing e = {type,
+ * version, data, aggregate_type, aggregate_id, sequence = version + i},
+ * and the resulting state must be a table with a JSON form; out holds
+ * events and state. With no state, initial() runs once and its JSON form
+ * is what both handle and apply start from. On REJECTED and FAILED out
+ * is emptied (nevents 0, state NULL) and err holds the reason. */
 evl_luahost_verdict evl_luahost_decide(evl_luahost *host,
                                        const evl_luahost_command *cmd,
                                        evl_luahost_decision *out, char *err,
@@ -267,9 +323,10 @@ evl_luahost_verdict evl_luahost_parse_command(evl_luahost *host,
 
 /* Rebuild state: apply the n stored events (full envelope JSON, as on
  * the events topic) in order to state (NULL: initial()). Each event goes
- * through upcast[e.type] first when the script has one. On EVL_OK the new
- * state JSON replaces the content of out (out->len reset first); else
- * EVL_EPERMANENT with the reason in err and out->len 0. */
+ * through upcast[e.type] first when the script has one; a type with no
+ * apply entry leaves the state as it is (recorded events never block a
+ * rebuild). On EVL_OK the new state JSON replaces the content of out (out->len
+ * reset first); else EVL_EPERMANENT with the reason in err and out->len 0. */
 evl_err evl_luahost_apply(evl_luahost *host, const char *aggregate_type,
                           const char *state, size_t state_len,
                           const char *const *events, const size_t *lens,

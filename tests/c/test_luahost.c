@@ -346,10 +346,10 @@ static void test_decide(void)
 
     v = decide(h, "customer", state, 2, command("Touch", NULL), &d, err,
                sizeof err);
-    CHECK_INT(v, EVL_LUAHOST_ACCEPTED, "an empty event list is accepted");
+    CHECK_INT(v, EVL_LUAHOST_FAILED,
+              "a handle that changes its state argument fails");
+    CHECK_HAS(err, "handle.Touch must not change the state", "and says so");
     CHECK_INT(d.nevents, 0, "with no events");
-    CHECK_HAS(d.state, "\"name\":\"Ada\"",
-              "what handle did to its state argument is not kept");
 
     v = decide(h, "customer", NULL, 5, command("EchoContext", NULL), &d, err,
                sizeof err);
@@ -1388,6 +1388,321 @@ static void test_parse_command(void)
     evl_envelope_command_free(&cmd);
 }
 
+/* ---- script traps (issue 15, items 11, 12, 15) ------------------------ */
+
+static const char *traps_event(const char *type, const char *data)
+{
+    static char buf[1024];
+    snprintf(buf, sizeof buf,
+             "{\"id\":\"e-1\",\"type\":\"%s\",\"version\":1,"
+             "\"aggregate_type\":\"account\",\"aggregate_id\":\"id-7\","
+             "\"sequence\":3,\"data\":%s}",
+             type, data);
+    return buf;
+}
+
+/* Item 11 at run time: an emitted event type with neither an apply entry
+ * nor a neutral declaration fails the command; replaying such recorded
+ * events leaves the state as it is. */
+static void test_traps_unapplied(void)
+{
+    char err[4096];
+    evl_luahost_decision d = {0};
+    evl_luahost_verdict v;
+    evl_luahost *h = load("traps_typo", 0, 0, NULL, err, sizeof err);
+    CHECK(h != NULL, "a script with an apply typo still loads");
+    if (!h) {
+        fprintf(stderr, "    %s\n", err);
+        return;
+    }
+    v = decide(h, "account", "{\"balance\":10}", 2,
+               command("Withdraw", "{\"amount\":4}"), &d, err, sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_FAILED,
+              "emitting an event type apply lacks fails the command");
+    CHECK_HAS(err,
+              "traps_typo/aggregates/account.lua: handle.Withdraw: event "
+              "type 'MoneyWithdrawn' has no apply entry (add one, or list "
+              "it in neutral = {...} if it changes no state)",
+              "naming the script, the handler and the event type");
+    CHECK_INT(d.nevents, 0, "and emitting nothing");
+    v = decide(h, "account", "{\"balance\":10}", 2,
+               command("Deposit", "{\"amount\":4}"), &d, err, sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_ACCEPTED, "an applied event type is accepted");
+    if (v == EVL_LUAHOST_ACCEPTED)
+        CHECK_STR(d.state, "{\"balance\":14}", "and applied");
+    {
+        const char *evs[1];
+        size_t lens[1];
+        evl_buf out = {0};
+        evs[0] = traps_event("MoneyWithdrawn", "{\"amount\":4}");
+        lens[0] = strlen(evs[0]);
+        CHECK_INT(evl_luahost_apply(h, "account", "{\"balance\":10}", 14, evs,
+                                    lens, 1, &out, err, sizeof err),
+                  EVL_OK, "a recorded event of such a type still replays");
+        CHECK_STR(out.data, "{\"balance\":10}", "leaving the state as it is");
+        evl_buf_free(&out);
+    }
+    evl_luahost_free(h);
+
+    h = load("traps_clean", 0, 0, NULL, err, sizeof err);
+    CHECK(h != NULL, "the correct account loads");
+    if (!h) {
+        fprintf(stderr, "    %s\n", err);
+        return;
+    }
+    v = decide(h, "account", "{\"balance\":10}", 2,
+               command("RequestStatement", NULL), &d, err, sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_ACCEPTED,
+              "an event type declared neutral needs no apply entry");
+    if (v == EVL_LUAHOST_ACCEPTED) {
+        CHECK_INT(d.nevents, 1, "it is emitted");
+        CHECK_STR(d.state, "{\"balance\":10}", "and changes no state");
+    } else {
+        fprintf(stderr, "    (%s)\n", err);
+    }
+    v = decide(h, "account", "{\"balance\":10}", 2, command("Close", NULL), &d,
+               err, sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_ACCEPTED, "an event type built at run time");
+    if (v == EVL_LUAHOST_ACCEPTED)
+        CHECK_HAS(d.state, "\"closed\":true", "is applied");
+    evl_luahost_decision_free(&d);
+    evl_luahost_free(h);
+}
+
+static void expect_state_change(evl_luahost *h, const char *state,
+                                const char *handler, const char *field)
+{
+    evl_luahost_decision d = {0};
+    char err[4096], want[256];
+    evl_luahost_verdict v = decide(h, "account", state, 3,
+                                   command(handler, NULL), &d, err, sizeof err);
+    snprintf(want, sizeof want,
+             "handle.%s must not change the state (emit an event instead): "
+             "field '%s'",
+             handler, field);
+    check_count_++;
+    if (v != EVL_LUAHOST_FAILED || !strstr(err, want))
+        CHECK_FAIL_("handle.%s changes its state: expected FAILED with "
+                    "\"%s\", got verdict %d and \"%s\" (state %s)",
+                    handler, want, (int)v, err, d.state ? d.state : "-");
+    CHECK_INT(d.nevents, 0, "a command that changed its state emits nothing");
+    evl_luahost_decision_free(&d);
+}
+
+/* Item 12: handle changing the state it is given is a bug that fails the
+ * command; reading, iterating and copying it is fine. */
+static void test_traps_state_change(void)
+{
+    static const char state[] =
+        "{\"balance\":10,\"limits\":{\"daily\":500},\"log\":[]}";
+    char err[4096];
+    evl_luahost_decision d = {0};
+    evl_luahost_verdict v;
+    evl_luahost *h = load("traps_clean", 0, 0, NULL, err, sizeof err);
+    if (!h) {
+        CHECK(0, "the correct account loads");
+        return;
+    }
+    expect_state_change(h, state, "Cheat", "balance");
+    expect_state_change(h, NULL, "Cheat", "balance");
+    expect_state_change(h, state, "CheatDeep", "limits.daily");
+    expect_state_change(h, state, "CheatAdd", "log[1]");
+    expect_state_change(h, state, "CheatRemove", "limits");
+    expect_state_change(h, state, "CheatCycle", "self");
+
+    v = decide(h, "account", state, 3, command("Inspect", NULL), &d, err,
+               sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_ACCEPTED,
+              "a handler that reads and copies its state is accepted");
+    if (v == EVL_LUAHOST_ACCEPTED) {
+        CHECK_HAS(d.events[0].data, "\"keys\":\"balance,limits,log\"",
+                  "pairs() sees the state");
+        CHECK_HAS(d.events[0].data, "\"limits\":{\"daily\":500}",
+                  "a part of the state can go into an event");
+        CHECK_HAS(d.events[0].data, "\"next\":11", "a copy may change");
+    } else {
+        fprintf(stderr, "    (%s)\n", err);
+    }
+    v = decide(h, "account", NULL, 0, command("Inspect", NULL), &d, err,
+               sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_ACCEPTED, "the same from initial()");
+
+    /* initial() gives another id each call: handle and apply must still
+     * start from the same state */
+    v = decide(h, "stamp", NULL, 0, command("Stamp", NULL), &d, err,
+               sizeof err);
+    CHECK_INT(v, EVL_LUAHOST_ACCEPTED, "a changing initial() is no change");
+    if (v == EVL_LUAHOST_ACCEPTED)
+        CHECK_HAS(d.state, "\"seen\":true",
+                  "handle and apply start from one initial state");
+    else
+        fprintf(stderr, "    (%s)\n", err);
+    evl_luahost_decision_free(&d);
+    evl_luahost_free(h);
+}
+
+/* Items 11 and 15 in evlua check: what load cannot refuse, lint reports
+ * with file:line. */
+static int lint_has(const evl_luahost_problems *p, const char *want)
+{
+    check_count_++;
+    if (has_problem(p, want))
+        return 1;
+    CHECK_FAIL_("expected a lint line containing \"%s\"; got:", want);
+    for (size_t i = 0; i < p->n; i++)
+        fprintf(stderr, "    %s\n", p->lines[i]);
+    return 0;
+}
+
+static void lint_set(const char *name, size_t *nerr, evl_luahost_problems *e,
+                     evl_luahost_problems *w)
+{
+    char err[4096];
+    evl_luahost *h = load(name, 0, 0, NULL, err, sizeof err);
+    *nerr = 99;
+    if (!h) {
+        CHECK_FAIL_("%s loads: %s", name, err);
+        return;
+    }
+    *nerr = evl_luahost_lint(h, e, w);
+    evl_luahost_free(h);
+}
+
+static void test_traps_lint(void)
+{
+    evl_luahost_problems e = {0}, w = {0};
+    size_t nerr;
+
+    lint_set("traps_typo", &nerr, &e, &w);
+    CHECK_INT(nerr, 1, "an emitted type apply lacks is one error");
+    CHECK_INT(e.n, 1, "reported once");
+    lint_has(&e, "traps_typo/aggregates/account.lua:18: event type "
+                 "'MoneyWithdrawn' can be emitted by handle but has no apply "
+                 "entry (add one, or list it in neutral = {...} if it "
+                 "changes no state); did you mean 'MoneyWithdrawnn'?");
+    CHECK_INT(w.n, 1, "the unused apply key is one warning");
+    lint_has(&w, "traps_typo/aggregates/account.lua:9: warning: "
+                 "apply.MoneyWithdrawnn: no handler emits this event type");
+    evl_luahost_problems_free(&e);
+    evl_luahost_problems_free(&w);
+
+    lint_set("traps_warn", &nerr, &e, &w);
+    CHECK_INT(nerr, 0, "warnings are no errors");
+    CHECK_INT(w.n, 3, "three warnings");
+    lint_has(&w, "traps_warn/aggregates/account.lua:10: warning: "
+                 "apply.AccountFrozen: no handler emits this event type");
+    lint_has(&w, "traps_warn/aggregates/account.lua:7: warning: neutral "
+                 "lists 'MoneyDeposited', which has an apply entry");
+    lint_has(&w, "traps_warn/projections/balances.lua:8: warning: "
+                 "on.MoneyDeposted: no aggregate of this script set emits "
+                 "this event type; did you mean 'MoneyDeposited'? (fine if "
+                 "an aggregate outside this set does)");
+    evl_luahost_problems_free(&e);
+    evl_luahost_problems_free(&w);
+
+    /* comments, long strings, a data field named type, an event built by
+     * a helper (declared in emits), an upcaster's result: none of it
+     * misleads the scan */
+    lint_set("traps_clean", &nerr, &e, &w);
+    CHECK_INT(nerr, 0, "a correct set has no errors");
+    CHECK_INT(w.n, 0, "and no warnings");
+    for (size_t i = 0; i < e.n + w.n; i++)
+        fprintf(stderr, "    %s\n", i < e.n ? e.lines[i] : w.lines[i - e.n]);
+    evl_luahost_problems_free(&e);
+    evl_luahost_problems_free(&w);
+
+    lint_set("good", &nerr, &e, &w);
+    CHECK_INT(nerr, 0, "the good set has no errors");
+    evl_luahost_problems_free(&e);
+    evl_luahost_problems_free(&w);
+
+    {
+        /* projections alone: their events come from elsewhere */
+        char root[] = "/tmp/evlua-traps-XXXXXX", dir[1200], err[4096];
+        set s;
+        evl_luahost *h = NULL;
+        if (!mkdtemp(root)) {
+            CHECK(0, "mkdtemp");
+            return;
+        }
+        snprintf(dir, sizeof dir, "%s/aggregates", root);
+        mkdir(dir, 0700);
+        snprintf(dir, sizeof dir, "%s/projections", root);
+        mkdir(dir, 0700);
+        write_file(dir, "p.lua",
+                   "return { name = 'p', on = { Anything = function(e) end } "
+                   "}\n");
+        set_init(&s, root, 0, 0);
+        CHECK_INT(evl_luahost_new(&s.cfg, &h, NULL, err, sizeof err), EVL_OK,
+                  "a projection-only set loads");
+        if (h) {
+            CHECK_INT(evl_luahost_lint(h, &e, &w), 0, "lint: no errors");
+            CHECK_INT(w.n, 0, "and no warning without aggregates to compare");
+        }
+        evl_luahost_free(h);
+        evl_luahost_problems_free(&e);
+        evl_luahost_problems_free(&w);
+        unlink(strcat(strcpy(err, dir), "/p.lua"));
+        rmdir(dir);
+        snprintf(dir, sizeof dir, "%s/aggregates", root);
+        rmdir(dir);
+        rmdir(root);
+    }
+}
+
+/* neutral and emits must be lists of names */
+static void test_traps_declarations(void)
+{
+    char root[] = "/tmp/evlua-decl-XXXXXX", adir[1200], pdir[1200], err[4096];
+    evl_luahost_problems probs = {0};
+    evl_luahost *h = NULL;
+    set s;
+    if (!mkdtemp(root)) {
+        CHECK(0, "mkdtemp");
+        return;
+    }
+    snprintf(adir, sizeof adir, "%s/aggregates", root);
+    snprintf(pdir, sizeof pdir, "%s/projections", root);
+    mkdir(adir, 0700);
+    mkdir(pdir, 0700);
+    write_file(adir, "a.lua",
+               "return { type = 'a', initial = function() return {} end,\n"
+               "  apply = {}, handle = {}, neutral = 'X', emits = { 1 } }\n");
+    write_file(adir, "b.lua",
+               "return { type = 'b', initial = function() return {} end,\n"
+               "  apply = {}, handle = {}, neutral = { X = true },\n"
+               "  emits = { '' } }\n");
+    set_init(&s, root, 0, 0);
+    CHECK(evl_luahost_new(&s.cfg, &h, &probs, err, sizeof err) != EVL_OK,
+          "bad neutral or emits declarations do not load");
+    CHECK_PROBLEM(&probs, "a.lua: neutral is a string, expected a list of "
+                          "event type names");
+    CHECK_PROBLEM(&probs, "a.lua: emits[1] is a number, expected an event "
+                          "type name");
+    CHECK_PROBLEM(&probs, "b.lua: neutral is a table that is not a list");
+    CHECK_PROBLEM(&probs, "b.lua: emits[1] is an empty string");
+    evl_luahost_free(h);
+    evl_luahost_problems_free(&probs);
+    write_file(adir, "b.lua",
+               "return { type = 'b', initial = function() return {} end,\n"
+               "  apply = {}, handle = {}, neutral = { 'Y', 'X', 'Y' } }\n");
+    unlink(strcat(strcpy(err, adir), "/a.lua"));
+    h = NULL;
+    CHECK_INT(evl_luahost_new(&s.cfg, &h, NULL, err, sizeof err), EVL_OK,
+              "a good neutral list loads");
+    if (h) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_get(h, "b");
+        CHECK(a && a->nneutral == 2 && strcmp(a->neutral[0], "X") == 0 &&
+                  strcmp(a->neutral[1], "Y") == 0,
+              "neutral is listed sorted, each name once");
+    }
+    evl_luahost_free(h);
+    unlink(strcat(strcpy(err, adir), "/b.lua"));
+    rmdir(adir);
+    rmdir(pdir);
+    rmdir(root);
+}
+
 int main(int argc, char **argv)
 {
     const char *src = getenv("EVLUA_SOURCE_DIR");
@@ -1408,6 +1723,10 @@ int main(int argc, char **argv)
     test_time_limit();
     test_sandbox_costs();
     test_reload();
+    test_traps_unapplied();
+    test_traps_state_change();
+    test_traps_lint();
+    test_traps_declarations();
     evl_log_set_level(EVL_LOG_INFO);
     test_api();
     return check_done();
