@@ -30,6 +30,9 @@ static const char usage[] =
     "  parked list|retry|drop              manage parked aggregates\n"
     "  projection reset NAME               rebuild a projection from the "
     "start\n"
+    "  test [DIR] [BUSTED-ARGS...]         run a project's busted specs with "
+    "evlua's\n"
+    "                                      Lua modules (no install needed)\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this help and exit\n"
@@ -50,7 +53,7 @@ typedef struct command {
 
 static const command commands[] = {
     {"run", evl_cli_run},       {"check", evl_cli_check},
-    {"repl", evl_cli_repl},
+    {"repl", evl_cli_repl},     {"test", evl_cli_test},
 #ifdef EVLUA_HAVE_CMDPROC
     {"send", evl_cli_send},
 #endif
