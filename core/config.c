@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <libpq-fe.h>
 #include <lua.h>
 #include <lualib.h>
 
@@ -473,8 +474,10 @@ static void open_config_libs(lua_State *L)
     }
 }
 
-static void env_overrides(evl_config *cfg)
+/* Returns the name of the variable that set postgres, or NULL. */
+static const char *env_overrides(evl_config *cfg)
 {
+    const char *pg_from = NULL;
     const char *v = getenv("EVLUA_KAFKA_BOOTSTRAP");
     if (v && *v) {
         int i;
@@ -491,11 +494,14 @@ static void env_overrides(evl_config *cfg)
         set_str(&cfg->kafka[i].value, v);
     }
     v = getenv("EVLUA_PG_CONNINFO");
-    if (v && *v)
+    if (v && *v) {
         set_str(&cfg->pg_conninfo, v);
+        pg_from = "EVLUA_PG_CONNINFO";
+    }
     v = getenv("EVLUA_INSTANCE");
     if (v && *v)
         set_str(&cfg->instance, v);
+    return pg_from;
 }
 
 /* The instance name ends up in Kafka's group.instance.id: keep it to the
@@ -550,7 +556,18 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
         if ((e = each_field(&ld, NULL, top_field, &c)))
             goto out;
     }
-    env_overrides(&c);
+    const char *pg_from = env_overrides(&c);
+    /* a conninfo libpq refuses stops evlua here, with a message that
+     * quotes none of it (it may hold a password), rather than at the
+     * first connection */
+    if (c.pg_conninfo) {
+        char msg[EVL_ERRLEN];
+        if (evl_config_check_conninfo(c.pg_conninfo, msg, sizeof msg)) {
+            e = pg_from ? fail(&ld, NULL, "%s: %s", pg_from, msg)
+                        : fail(&ld, "postgres", "%s", msg);
+            goto out;
+        }
+    }
     if (c.cmd.transactional_id[0] == '\0') {
         e = fail(&ld, "commands.transactional_id", "must not be empty");
         goto out;
@@ -674,84 +691,182 @@ evl_projection_cfg evl_config_projection(const evl_config *cfg,
     return r;
 }
 
-void evl_config_redact_conninfo(const char *conninfo, char *buf, size_t n)
+/* Appends to a NUL-terminated buffer of size n, truncating. */
+typedef struct out {
+    char *buf;
+    size_t n, o;
+} out;
+
+static void out_mem(out *w, const char *s, size_t l)
 {
-    const char *p = conninfo ? conninfo : "";
-    size_t o = 0;
+    for (size_t i = 0; i < l && w->o + 1 < w->n; i++)
+        w->buf[w->o++] = s[i];
+    w->buf[w->o] = '\0';
+}
+
+static void out_str(out *w, const char *s)
+{
+    out_mem(w, s, strlen(s));
+}
+
+/* libpq's message for a conninfo it refuses, without the input. libpq
+ * quotes the offending text ("missing "=" after "ret" in connection info
+ * string"), which may be a piece of a password and may itself hold
+ * quotes, so no scan of the message can tell where the quote ends. The
+ * message is matched instead against libpq's own (fe-connect.c) by the
+ * fixed text before the quoted part, and what is shown is this table's
+ * text: nothing of the input but a position. A message not in the table
+ * (a later libpq, a translation) is withheld. */
+static const struct {
+    const char *libpq; /* the fixed start of libpq's message */
+    const char *shown;
+} parse_errors[] = {
+    {"missing \"=\" after \"",
+     "missing \"=\" after \"...\" in connection info string"},
+    {"invalid connection option \"", "invalid connection option \"...\""},
+    {"unterminated quoted string in connection info string",
+     "unterminated quoted string in connection info string"},
+    {"invalid percent-encoded token: \"",
+     "invalid percent-encoded token: \"...\""},
+    {"forbidden value %00 in percent-encoded value: \"",
+     "forbidden value %00 in percent-encoded value: \"...\""},
+    {"invalid URI propagated to internal parser routine: \"",
+     "invalid URI propagated to internal parser routine"},
+    {"end of string reached when looking for matching \"]\" in IPv6 host "
+     "address in URI: \"",
+     "end of string reached when looking for matching \"]\" in IPv6 host "
+     "address in URI"},
+    {"IPv6 host address may not be empty in URI: \"",
+     "IPv6 host address may not be empty in URI"},
+    {"unexpected character \"",
+     "unexpected character \"...\" at position %d in URI (expected \":\" "
+     "or \"/\")"},
+    {"extra key/value separator \"=\" in URI query parameter: \"",
+     "extra key/value separator \"=\" in URI query parameter: \"...\""},
+    {"missing key/value separator \"=\" in URI query parameter: \"",
+     "missing key/value separator \"=\" in URI query parameter: \"...\""},
+    {"invalid URI query parameter: \"", "invalid URI query parameter: \"...\""},
+    {"connection info string size exceeds the maximum allowed",
+     "connection info string size exceeds the maximum allowed"},
+    {"out of memory", "out of memory"},
+};
+
+static void parse_error_text(const char *msg, char *buf, size_t n)
+{
     if (n == 0)
         return;
-#define OUT(c)                                                                 \
-    do {                                                                       \
-        if (o + 1 < n)                                                         \
-            buf[o++] = (c);                                                    \
-    } while (0)
-    const char *scheme = strstr(p, "://");
-    if (scheme) {
-        /* postgresql://user:secret@host/db?password=x */
-        const char *user = scheme + 3;
-        const char *at = strchr(user, '@');
-        const char *slash = strchr(user, '/');
-        const char *colon = strchr(user, ':');
-        for (const char *q = p; *q; q++) {
-            if (at && (!slash || at < slash) && colon && colon < at &&
-                q == colon + 1) {
-                OUT('*');
-                OUT('*');
-                OUT('*');
-                q = at - 1;
-                continue;
-            }
-            if (strncmp(q, "password=", 9) == 0 &&
-                (q[-1] == '?' || q[-1] == '&')) {
-                for (int i = 0; i < 9; i++)
-                    OUT(q[i]);
-                OUT('*');
-                OUT('*');
-                OUT('*');
-                q += 9;
-                while (*q && *q != '&')
-                    q++;
-                q--;
-                continue;
-            }
-            OUT(*q);
+    snprintf(buf, n, "%s", msg ? "libpq's message withheld" : "out of memory");
+    for (size_t i = 0; msg && i < sizeof parse_errors / sizeof *parse_errors;
+         i++) {
+        const char *fixed = parse_errors[i].libpq;
+        if (strncmp(msg, fixed, strlen(fixed)) != 0)
+            continue;
+        if (strstr(parse_errors[i].shown, "%d")) {
+            /* unexpected character "%c" at position %d ...: the one
+             * character is skipped, the position kept */
+            const char *p = msg + strlen(fixed);
+            int pos = -1;
+            if (*p && strncmp(p + 1, "\" at position ", 14) == 0)
+                pos = atoi(p + 15);
+            snprintf(buf, n, parse_errors[i].shown, pos);
+        } else {
+            snprintf(buf, n, "%s", parse_errors[i].shown);
         }
-        buf[o] = '\0';
         return;
     }
-    /* key = value pairs; a value may be single-quoted with \ escapes */
-    while (*p) {
-        if (strncmp(p, "password", 8) == 0 &&
-            (p == conninfo || p[-1] == ' ' || p[-1] == '\t')) {
-            const char *q = p + 8;
-            while (*q == ' ')
-                q++;
-            if (*q == '=') {
-                for (const char *k = "password="; *k; k++)
-                    OUT(*k);
-                q++;
-                while (*q == ' ')
-                    q++;
-                if (*q == '\'') {
-                    for (q++; *q && *q != '\''; q++)
-                        if (*q == '\\' && q[1])
-                            q++;
-                    if (*q)
-                        q++;
-                } else {
-                    while (*q && *q != ' ')
-                        q++;
-                }
-                OUT('*');
-                OUT('*');
-                OUT('*');
-                p = q;
-                continue;
-            }
-        }
-        OUT(*p);
-        p++;
+}
+
+/* PQconninfoParse, with a refusal described by parse_error_text. */
+static PQconninfoOption *parse_conninfo(const char *conninfo, char *err,
+                                        size_t errlen)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", &perr);
+    if (!opts)
+        parse_error_text(perr, err, errlen);
+    PQfreemem(perr);
+    return opts;
+}
+
+evl_err evl_config_check_conninfo(const char *conninfo, char *err,
+                                  size_t errlen)
+{
+    char msg[EVL_ERRLEN];
+    PQconninfoOption *opts = parse_conninfo(conninfo, msg, sizeof msg);
+    if (!opts)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "unparseable conninfo: %s", msg);
+    PQconninfoFree(opts);
+    return EVL_OK;
+}
+
+/* Settings whose value is never shown: libpq marks its secrets with
+ * dispchar "*" (password, sslpassword); the names catch any it adds
+ * without the mark. */
+static int secret_option(const PQconninfoOption *o)
+{
+    return (o->dispchar && strchr(o->dispchar, '*')) ||
+           strstr(o->keyword, "password") || strstr(o->keyword, "secret");
+}
+
+/* key=value as libpq reads it back: bare when the value has no space,
+ * quote or backslash and is not empty, else quoted with \ escapes. */
+static void out_setting(out *w, const char *key, const char *val)
+{
+    int bare = *val != '\0';
+    for (const char *p = val; *p && bare; p++)
+        if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '\v' ||
+            *p == '\f' || *p == '\'' || *p == '\\')
+            bare = 0;
+    if (w->o > 0)
+        out_str(w, " ");
+    out_str(w, key);
+    out_str(w, "=");
+    if (bare) {
+        out_str(w, val);
+        return;
     }
-#undef OUT
-    buf[o] = '\0';
+    out_str(w, "'");
+    for (const char *p = val; *p; p++) {
+        if (*p == '\'' || *p == '\\')
+            out_str(w, "\\");
+        out_mem(w, p, 1);
+    }
+    out_str(w, "'");
+}
+
+/* libpq parses the conninfo, in whichever form (key=value with quotes and
+ * escapes and any whitespace, URI with user:password@, percent-encoding
+ * and query parameters); the text is rebuilt from what it parsed, so no
+ * form of writing a password can slip through a second parser. Where to
+ * connect comes first, then the rest in libpq's order. */
+void evl_config_redact_conninfo(const char *conninfo, char *buf, size_t n)
+{
+    static const char *const first[] = {"host",   "hostaddr", "port",
+                                        "dbname", "user",     NULL};
+    char msg[EVL_ERRLEN];
+    out w = {buf, n, 0};
+    if (n == 0)
+        return;
+    buf[0] = '\0';
+    PQconninfoOption *opts = parse_conninfo(conninfo, msg, sizeof msg);
+    if (!opts) {
+        out_str(&w, "(unparseable conninfo: ");
+        out_str(&w, msg);
+        out_str(&w, ")");
+        return;
+    }
+    for (int i = 0; first[i]; i++)
+        for (PQconninfoOption *o = opts; o->keyword; o++)
+            if (o->val && strcmp(o->keyword, first[i]) == 0)
+                out_setting(&w, o->keyword, o->val);
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        int is_first = 0;
+        for (int i = 0; first[i]; i++)
+            if (strcmp(o->keyword, first[i]) == 0)
+                is_first = 1;
+        if (o->val && !is_first)
+            out_setting(&w, o->keyword, secret_option(o) ? "***" : o->val);
+    }
+    PQconninfoFree(opts);
 }

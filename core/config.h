@@ -17,7 +17,8 @@
  * values; it cannot reach the host. After loading, the environment
  * overrides the connection settings: EVLUA_KAFKA_BOOTSTRAP sets
  * kafka["bootstrap.servers"], EVLUA_PG_CONNINFO sets postgres and
- * EVLUA_INSTANCE sets instance.
+ * EVLUA_INSTANCE sets instance. A postgres conninfo that libpq cannot
+ * parse is an error (that does not quote it).
  *
  * Does not validate the scripts (luahost does) nor the Kafka properties
  * (librdkafka does, when a client is created).
@@ -139,7 +140,20 @@ void evl_config_topic(const char *pattern, const char *type, char *buf,
 evl_projection_cfg evl_config_projection(const evl_config *cfg,
                                          const char *name);
 
-/* The conninfo with any password replaced by "***", for logs. */
+/* The conninfo for logs, without its secrets: libpq parses it (key=value
+ * or URI, any quoting or percent-encoding) and buf gets the settings it
+ * found as key=value pairs, where to connect first, with password and
+ * sslpassword shown as "***" ("host=h port=5432 dbname=app user=evlua
+ * password=***"). A conninfo libpq refuses gives "(unparseable conninfo:
+ * MESSAGE)", libpq's message with every quoted span replaced by "...",
+ * so no part of the input shows. NULL reads as "". Truncates to n. */
 void evl_config_redact_conninfo(const char *conninfo, char *buf, size_t n);
+
+/* EVL_OK when libpq parses conninfo; else EVL_EPERMANENT and
+ * "unparseable conninfo: MESSAGE" in err, quoting nothing of the input
+ * (as above). Use it for any error about a conninfo instead of libpq's
+ * own message. */
+evl_err evl_config_check_conninfo(const char *conninfo, char *err,
+                                  size_t errlen);
 
 #endif
