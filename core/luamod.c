@@ -16,6 +16,8 @@
  *                                        nil, err
  *   host:reset(name)                  -> statements | nil, err
  *   host:aggregates(), host:projections(), host:hash(), host:memory()
+ *                                    (an aggregate: type, script, commands,
+ *                                     events = apply's keys, neutral)
  *   local db = native.pg(conninfo)   -- a connection for specs, opened
  *                                       as the projector opens its own
  *   db:exec(sql, {n=, ...})          -> rows, count: each row {col = v}
@@ -344,7 +346,8 @@ static void push_strv(lua_State *L, const char *const *v, size_t n)
     }
 }
 
-/* host:aggregates() -> { {type=, script=, commands={}, events={}}, ... } */
+/* host:aggregates() -> { {type=, script=, commands={}, events={},
+ *                        neutral={}}, ... } (events: apply's keys) */
 static int l_aggregates(lua_State *L)
 {
     ud *u = check_host(L);
@@ -352,7 +355,7 @@ static int l_aggregates(lua_State *L)
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
         const evl_luahost_aggregate *a = evl_luahost_aggregate_at(u->host, i);
-        lua_createtable(L, 0, 4);
+        lua_createtable(L, 0, 5);
         lua_pushstring(L, a->type);
         lua_setfield(L, -2, "type");
         lua_pushstring(L, a->script);
@@ -361,6 +364,8 @@ static int l_aggregates(lua_State *L)
         lua_setfield(L, -2, "commands");
         push_strv(L, a->events, a->nevents);
         lua_setfield(L, -2, "events");
+        push_strv(L, a->neutral, a->nneutral);
+        lua_setfield(L, -2, "neutral");
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;

@@ -154,26 +154,6 @@ local function dirs(opts)
   }
 end
 
--- The aggregate's `neutral` list: from the host when it reports one, else
--- read from the script's returned table (run again, outside the sandbox,
--- with the same `evlua` table and `require` from lib).
-local function neutral_types(a, lib)
-  if a.neutral then return a.neutral end
-  local env = setmetatable({ evlua = evlua }, { __index = _G })
-  env.require = function(name)
-    local path = lib and (lib .. "/" .. name:gsub("%.", "/") .. ".lua")
-    local chunk = path and loadfile(path, "t", env)
-    if not chunk then error("module '" .. name .. "' not found") end
-    return chunk()
-  end
-  local chunk = loadfile(a.script, "t", env)
-  local ok, script = pcall(chunk or error)
-  if ok and type(script) == "table" and type(script.neutral) == "table" then
-    return script.neutral
-  end
-  return {}
-end
-
 -- ---- databases: every open one is rolled back when its spec ends --------
 
 local open_dbs = {}
@@ -254,7 +234,7 @@ function M.load(opts)
   -- specs that do not say): the one whose apply or neutral list has it.
   local aggregates, owner = {}, {}
   for _, a in ipairs(host:aggregates()) do
-    a.neutral = neutral_types(a, d.lib)
+    a.neutral = a.neutral or {} -- types that move no state (the script's list)
     aggregates[a.type] = a
     for _, t in ipairs(a.events) do owner[t] = owner[t] or a.type end
     for _, t in ipairs(a.neutral) do owner[t] = owner[t] or a.type end
