@@ -49,6 +49,7 @@
 #include <lua.h>
 
 #include "json.h"
+#include "log.h"
 #include "luaapi.h"
 #include "luahost.h"
 #include "pg.h"
@@ -654,6 +655,9 @@ int luaopen_evlua_host(lua_State *L)
                                        {"close", l_close},
                                        {NULL, NULL}};
     luaL_checkversion(L);
+    /* specs are a one-shot run: their output is busted's, and the log only
+     * speaks when something is wrong (EVLUA_LOG_LEVEL=info shows the rest) */
+    evl_log_oneshot(0);
     if (luaL_newmetatable(L, HOST_MT)) {
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
