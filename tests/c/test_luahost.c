@@ -1001,6 +1001,8 @@ static const char costly_agg[] =
     "      for i = 1, 1e9 do string.char(table.unpack(t)) end end,\n"
     "    Unpack = function() local t = ints(100000)\n"
     "      for i = 1, 1e9 do table.unpack(t) end end,\n"
+    "    Date = function() local f = string.rep('%c', 100000)\n"
+    "      for i = 1, 1e9 do os.date(f) end end,\n"
     "    Pack = function()\n"
     "      for i = 1, 1e9 do pcall(string.pack, 'c60000000', '') end end,\n"
     "    StrUnpack = function() local f = string.rep('i1', 100000)\n"
@@ -1014,6 +1016,28 @@ static const char costly_agg[] =
     "      table.sort(t, function(a, b) while true do end end) end,\n"
     "    SortError = function() local t = { 3, 1, 2 }\n"
     "      table.sort(t, function(a, b) error('no order here') end) end,\n"
+    /* the sandbox's own string.rep against a reference */
+    "    RepSame = function()\n"
+    "      local function ref(s, n, sep) local t = {}\n"
+    "        for i = 1, n do t[i] = s end return table.concat(t, sep) end\n"
+    "      for _, s in ipairs{ '', 'a', 'ab', 'abc', 'hello world' } do\n"
+    "        for _, sep in ipairs{ '', ',', ', ', 'xyz' } do\n"
+    "          for n = -2, 40 do\n"
+    "            local want = n > 0 and ref(s, n, sep) or ''\n"
+    "            if string.rep(s, n, sep) ~= want or\n"
+    "               (sep == '' and s:rep(n) ~= want) then\n"
+    "              error(('rep(%q, %d, %q)'):format(s, n, sep)) end\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "      local rep = string.rep\n"
+    "      local ok, e = pcall(function() local r = rep('x', 'y') return r "
+    "end)\n"
+    "      local ok2, e2 = pcall(function() local r = rep('x', 1, {}) return "
+    "r end)\n"
+    "      return { { type = 'Done', data = { e = e, e2 = e2,\n"
+    "        big = #string.rep('ab', 300000, '-') } } }\n"
+    "    end,\n"
     "  } }\n";
 
 typedef struct cost_result {
@@ -1148,15 +1172,40 @@ static void test_sandbox_costs(void)
     h = load_costly(root, 1000000, -1);
     if (h) {
         static const char *const loops[] = {
-            "Find",     "Concat",    "Rep",           "FormatQ",
-            "Lower",    "Utf8Len",   "Utf8Offset",    "Utf8Codepoint",
-            "Utf8Char", "Byte",      "Char",          "Unpack",
-            "Pack",     "StrUnpack", "SortAdversary", "SortSlow",
+            "Find",     "Concat",  "Rep",        "FormatQ",
+            "Lower",    "Utf8Len", "Utf8Offset", "Utf8Codepoint",
+            "Utf8Char", "Byte",    "Char",       "Unpack",
+            "Pack",     "Date",    "StrUnpack",  "SortAdversary",
+            "SortSlow",
         };
         for (size_t i = 0; i < sizeof loops / sizeof loops[0]; i++)
             expect_costly(h, loops[i], "instruction budget of 1000000 exceeded",
                           NULL, 5.0);
         expect_costly(h, "SortError", "no order here", NULL, 5.0);
+        {
+            evl_luahost_decision d = {0};
+            char err[4096];
+            evl_luahost_verdict v =
+                decide(h, "costly", NULL, 0, command("RepSame", NULL), &d, err,
+                       sizeof err);
+            CHECK_INT(v, EVL_LUAHOST_ACCEPTED,
+                      "string.rep gives what repeated concatenation gives");
+            if (v == EVL_LUAHOST_ACCEPTED && d.nevents == 1) {
+                CHECK_HAS(d.events[0].data, "\"big\":899999",
+                          "for large results too");
+                CHECK_HAS(d.events[0].data,
+                          "bad argument #2 to 'rep' (number expected, got "
+                          "string)",
+                          "with Lua's argument errors");
+                CHECK_HAS(d.events[0].data,
+                          "bad argument #3 to 'rep' (string expected, got "
+                          "table)",
+                          "for each argument");
+            } else {
+                fprintf(stderr, "    (%s)\n", err);
+            }
+            evl_luahost_decision_free(&d);
+        }
     }
     evl_luahost_free(h);
 
