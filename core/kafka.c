@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -215,6 +216,40 @@ out:
     rd_kafka_NewTopic_destroy_array(nts, made);
     free(nts);
     return e;
+}
+
+evl_err evl_kafka_ensure_topic(rd_kafka_t *rk, const evl_kafka_topic_spec *spec,
+                               int create, int timeout_ms, int *count,
+                               int *created, char *err, size_t errlen)
+{
+    int n = 0;
+    evl_err e;
+    *created = 0;
+    if ((e = evl_kafka_partitions(rk, spec->name, timeout_ms, &n, err, errlen)))
+        return e;
+    if (n > 0 || !create) {
+        *count = n;
+        return EVL_OK;
+    }
+    if ((e = evl_kafka_create_topics(rk, spec, 1, timeout_ms, err, errlen)))
+        return e;
+    /* the metadata may lag behind the controller for a moment */
+    for (int i = 0; i < 100; i++) {
+        if ((e = evl_kafka_partitions(rk, spec->name, timeout_ms, &n, err,
+                                      errlen)))
+            return e;
+        if (n > 0) {
+            *count = n;
+            *created = 1;
+            return EVL_OK;
+        }
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return evl_seterr(err, errlen, EVL_ETRANSIENT,
+                      "topic %s was created but does not show in the "
+                      "cluster's metadata",
+                      spec->name);
 }
 
 int32_t evl_kafka_murmur2_partition(const void *key, size_t len,

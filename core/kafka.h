@@ -84,6 +84,18 @@ evl_err evl_kafka_create_topics(rd_kafka_t *rk,
                                 const evl_kafka_topic_spec *specs, size_t n,
                                 int timeout_ms, char *err, size_t errlen);
 
+/* Make sure topic spec->name exists: when the cluster's metadata lacks it
+ * and create is set, create it (evl_kafka_create_topics: another client
+ * creating it at the same time is fine) and wait until the metadata shows
+ * it. *count is its partition count, 0 when it does not exist (and create
+ * was not set); *created is 1 when this call created it (or raced with
+ * another creator). Returns EVL_OK, EVL_ETRANSIENT when the cluster did
+ * not answer within timeout_ms (or the new topic did not show in time),
+ * else EVL_EPERMANENT naming the topic and the broker's reason. */
+evl_err evl_kafka_ensure_topic(rd_kafka_t *rk, const evl_kafka_topic_spec *spec,
+                               int create, int timeout_ms, int *count,
+                               int *created, char *err, size_t errlen);
+
 /* The partition the murmur2 partitioners (librdkafka's murmur2 and
  * murmur2_random for non-NULL keys, the Java client's default) choose for
  * key among partitions partitions. */

@@ -340,6 +340,12 @@ typedef struct projector {
     int iso, halt, batch_size, linger_ms;
     char group_id[256];
     evl_strlist topics;
+    /* topics the cluster said do not exist (yet): not subscribed; looked
+     * for every MISSING_CHECK_S until they appear (see ensure_topics) */
+    evl_strlist missing;
+    char missing_why[512]; /* readiness reason while some are missing */
+    double missing_checked;
+    int nsubscribed; /* topics in the current subscription */
 
     evl_luahost *host;
     const evl_luahost_projection *proj;
@@ -659,8 +665,8 @@ static int kafka_set(rd_kafka_conf_t *conf, const char *k, const char *v,
     return 0;
 }
 
-/* Create the consumer and subscribe. Returns 0, or 2 (configuration)
- * with the reason in err. */
+/* Create the consumer (subscribe() subscribes it). Returns 0, or 2
+ * (configuration) with the reason in err. */
 static int kafka_open(projector *pj, char *err, size_t errlen)
 {
     const evl_config *cfg = pj->cfg;
@@ -728,19 +734,6 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
     }
     conf = NULL; /* owned by rk now */
     rd_kafka_poll_set_consumer(pj->rk);
-
-    rd_kafka_topic_partition_list_t *sub =
-        rd_kafka_topic_partition_list_new(pj->topics.n);
-    for (int i = 0; i < pj->topics.n; i++)
-        rd_kafka_topic_partition_list_add(sub, pj->topics.v[i],
-                                          RD_KAFKA_PARTITION_UA);
-    rd_kafka_resp_err_t e = rd_kafka_subscribe(pj->rk, sub);
-    rd_kafka_topic_partition_list_destroy(sub);
-    if (e) {
-        (void)evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_subscribe: %s",
-                         rd_kafka_err2str(e));
-        return 2;
-    }
     return 0;
 bad:
     if (conf)
@@ -748,12 +741,187 @@ bad:
     return 2;
 }
 
+/* ---- topics that do not exist yet ---------------------------------------
+ *
+ * A consumer subscribed to a topic that does not exist sees it only at its
+ * next full metadata refresh (topic.metadata.refresh.interval.ms, 5
+ * minutes by default): a new aggregate type's events would wait that long
+ * while /readyz said ready. So before subscribing, each topic is looked
+ * up; a missing one is created with the command side's settings when
+ * commands.create_topics is on (an events topic gets its commands topic's
+ * partition count when that exists, else commands.partitions, as the
+ * command side would give it), else left out of the subscription and
+ * looked for every MISSING_CHECK_S; once it exists the consumer subscribes
+ * again, with it. Until then /readyz names it. */
+
+#define MISSING_CHECK_S 2.0
+
+/* The threads of a process create a topic once (the others find it). */
+static pthread_mutex_t topics_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The partition count to create topic with. */
+static int topic_partitions(projector *pj, const char *topic)
+{
+    const evl_config *cfg = pj->cfg;
+    for (size_t i = 0; i < evl_luahost_naggregates(pj->host); i++) {
+        const char *type = evl_luahost_aggregate_at(pj->host, i)->type;
+        char events[512], commands[512], err[EVL_ERRLEN];
+        evl_config_topic(cfg->cmd.events_topic ? cfg->cmd.events_topic
+                                               : "{type}.events",
+                         type, events, sizeof events);
+        if (strcmp(events, topic) != 0)
+            continue;
+        evl_config_topic(cfg->cmd.commands_topic ? cfg->cmd.commands_topic
+                                                 : "{type}.commands",
+                         type, commands, sizeof commands);
+        int n = 0;
+        if (evl_kafka_partitions(pj->rk, commands, 10000, &n, err,
+                                 sizeof err) == EVL_OK &&
+            n > 0)
+            return n; /* co-partitioned with its commands */
+        break;
+    }
+    return cfg->cmd.partitions > 0 ? cfg->cmd.partitions : 6;
+}
+
+/* Subscribe to the topics that are not missing (none: no subscription). */
+static int subscribe(projector *pj, char *err, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *sub =
+        rd_kafka_topic_partition_list_new(pj->topics.n);
+    for (int i = 0; i < pj->topics.n; i++) {
+        int missing = 0;
+        for (int k = 0; k < pj->missing.n; k++)
+            if (strcmp(pj->missing.v[k], pj->topics.v[i]) == 0)
+                missing = 1;
+        if (!missing)
+            rd_kafka_topic_partition_list_add(sub, pj->topics.v[i],
+                                              RD_KAFKA_PARTITION_UA);
+    }
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+    pj->nsubscribed = sub->cnt;
+    if (sub->cnt > 0)
+        e = rd_kafka_subscribe(pj->rk, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (e) {
+        (void)evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_subscribe: %s",
+                         rd_kafka_err2str(e));
+        return 2;
+    }
+    return 0;
+}
+
+/* Look up every topic; create the missing ones when configured to;
+ * remember those still missing. A cluster that does not answer leaves a
+ * topic subscribed as before (librdkafka finds it when it can). */
+static void ensure_topics(projector *pj)
+{
+    const evl_config *cfg = pj->cfg;
+    char err[EVL_ERRLEN];
+    pthread_mutex_lock(&topics_mu);
+    for (int i = 0; i < pj->topics.n; i++) {
+        const char *topic = pj->topics.v[i];
+        evl_kafka_topic_spec spec = {topic, 0, 0};
+        int n = 0, created = 0;
+        if (cfg->cmd.create_topics)
+            spec.partitions = topic_partitions(pj, topic);
+        evl_err e =
+            evl_kafka_ensure_topic(pj->rk, &spec, cfg->cmd.create_topics, 10000,
+                                   &n, &created, err, sizeof err);
+        if (e == EVL_ETRANSIENT && n == 0 && !cfg->cmd.create_topics) {
+            evl_log(EVL_LOG_WARN,
+                    "cannot look the topic up; subscribing to it anyway",
+                    "projection", pj->name, "topic", topic, "error", err,
+                    THREAD_FIELD(pj), NULL);
+            continue;
+        }
+        if (e == EVL_OK && n > 0) {
+            if (created) {
+                char parts[16];
+                snprintf(parts, sizeof parts, "%d", n);
+                evl_log(EVL_LOG_INFO,
+                        "topic created (it did not exist; "
+                        "commands.create_topics)",
+                        "projection", pj->name, "topic", topic, "partitions",
+                        parts, THREAD_FIELD(pj), NULL);
+            }
+            continue;
+        }
+        strlist_add(&pj->missing, topic);
+        if (e == EVL_OK) /* missing, not to be created */
+            snprintf(pj->missing_why, sizeof pj->missing_why,
+                     "topic %.240s does not exist (commands.create_topics "
+                     "is false): waiting for it",
+                     topic);
+        else
+            snprintf(pj->missing_why, sizeof pj->missing_why,
+                     "topic %.200s does not exist and cannot be created "
+                     "(%.200s): waiting for it",
+                     topic, err);
+        evl_log(EVL_LOG_WARN,
+                "a topic of the projection does not exist; it is read as "
+                "soon as it does",
+                "projection", pj->name, "topic", topic, "reason",
+                pj->missing_why, THREAD_FIELD(pj), NULL);
+    }
+    pthread_mutex_unlock(&topics_mu);
+    pj->missing_checked = now_s();
+}
+
+static void report_ready(projector *pj);
+
+/* Between batches: have missing topics appeared? Then subscribe again,
+ * with them. Returns 0, or 1 on a failure to subscribe (logged). */
+static int check_missing(projector *pj)
+{
+    if (pj->missing.n == 0 || now_s() - pj->missing_checked < MISSING_CHECK_S)
+        return 0;
+    pj->missing_checked = now_s();
+    char err[EVL_ERRLEN];
+    int appeared = 0;
+    for (int k = 0; k < pj->missing.n;) {
+        int n = 0;
+        if (evl_kafka_partitions(pj->rk, pj->missing.v[k], 5000, &n, err,
+                                 sizeof err) != EVL_OK ||
+            n == 0) {
+            k++;
+            continue;
+        }
+        evl_log(EVL_LOG_INFO, "a missing topic exists now; subscribing to it",
+                "projection", pj->name, "topic", pj->missing.v[k],
+                THREAD_FIELD(pj), NULL);
+        free(pj->missing.v[k]);
+        pj->missing.v[k] = pj->missing.v[--pj->missing.n];
+        appeared = 1;
+    }
+    if (!appeared)
+        return 0;
+    if (pj->missing.n > 0)
+        snprintf(pj->missing_why, sizeof pj->missing_why,
+                 "topic %.240s does not exist: waiting for it",
+                 pj->missing.v[0]);
+    if (subscribe(pj, err, sizeof err) != 0) {
+        evl_log(EVL_LOG_ERROR, "cannot subscribe", "projection", pj->name,
+                "error", err, NULL);
+        return 1;
+    }
+    evl_metrics_ready(pj->component, 0,
+                      pj->missing.n ? pj->missing_why
+                                    : "waiting for a partition assignment");
+    return 0;
+}
+
 /* ---- metrics and readiness ------------------------------------------------
  */
 
-/* Ready unless a partition is halted (on_error = halt). */
+/* Ready unless a topic is missing or a partition is halted (on_error =
+ * halt). */
 static void report_ready(projector *pj)
 {
+    if (pj->missing.n > 0) {
+        evl_metrics_ready(pj->component, 0, pj->missing_why);
+        return;
+    }
     for (int p = 0; p < pj->nparts; p++) {
         const part *pt = &pj->parts[p];
         if (!pt->halted)
@@ -1024,6 +1192,12 @@ static int setup(projector *pj, const evl_luahost *proto)
                 pj->name, "error", err, NULL);
         return 2;
     }
+    ensure_topics(pj);
+    if (subscribe(pj, err, sizeof err) != 0) {
+        evl_log(EVL_LOG_ERROR, "cannot subscribe", "projection", pj->name,
+                "error", err, NULL);
+        return 2;
+    }
     evl_luahost_reload_requested(&pj->hup_seen);
 
     char topics[512] = "", bs[24], conn[512];
@@ -1038,7 +1212,9 @@ static int setup(projector *pj, const evl_luahost *proto)
             pj->group_id, "topics", topics, "isolation", iso_names[pj->iso],
             "on_error", pj->halt ? "halt" : "park", "batch_size", bs,
             "postgres", conn, THREAD_FIELD(pj), NULL);
-    evl_metrics_ready(pj->component, 0, "waiting for a partition assignment");
+    evl_metrics_ready(pj->component, 0,
+                      pj->missing.n ? pj->missing_why
+                                    : "waiting for a partition assignment");
     evl_metrics_scripts(pj->component, NULL, NULL, evl_luahost_hash(pj->host));
     pj->parked_dirty = 1;
     count_parked(pj);
@@ -2397,6 +2573,8 @@ static void maybe_reload(projector *pj)
 
 static int caught_up(const projector *pj)
 {
+    if (pj->nsubscribed == 0)
+        return 1; /* every topic is missing: nothing to read */
     if (!pj->assigned)
         return 0;
     for (int p = 0; p < pj->nparts; p++) {
@@ -2461,6 +2639,7 @@ static void teardown(projector *pj)
     evl_luahost_free(pj->host);
     evl_luahost_stmts_free(&pj->lstmts);
     evl_projector_topics_free(&pj->topics);
+    evl_projector_topics_free(&pj->missing);
     ckmap_clear(&pj->cache);
     for (int k = 0; k < 7; k++)
         evl_buf_free(&pj->a[k]);
@@ -2510,6 +2689,10 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
     int code = 0; /* 1: failure; -1: stop request, batch uncommitted */
     while (!evl_lifecycle_stopping() && !code) {
         maybe_reload(pj);
+        if (check_missing(pj) != 0) {
+            code = 1;
+            break;
+        }
         batch *b = pj->inflight == &pj->bufs[0] ? &pj->bufs[1] : &pj->bufs[0];
         int n = pj->abort_rc ? 0 : collect(pj, b);
         if (pj->abort_rc) {

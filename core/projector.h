@@ -55,6 +55,13 @@
  * the event is committed, the partition is paused and an error logged;
  * SIGHUP with fixed scripts resumes it).
  *
+ * Topics: before subscribing, a projector looks its topics up; a missing
+ * one is created with the command side's settings when
+ * commands.create_topics is on (else it is subscribed to once it exists,
+ * looked for every 2 s), and readiness names it until then: a consumer
+ * subscribed to a missing topic would see it only at its next metadata
+ * refresh, minutes later.
+ *
  * Between batches: SIGHUP reloads the scripts (the projection's schema is
  * run again; on any failure the loaded set stays); the stop flag
  * (lifecycle.h) finishes the batch in flight, commits, closes and

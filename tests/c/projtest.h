@@ -172,6 +172,27 @@ static inline void pt_topic(pt *t, const char *topic, int partitions)
     rd_kafka_destroy(rk);
 }
 
+/* Partition count of topic in the cluster's metadata (0: no such topic). */
+static inline int pt_partitions(pt *t, const char *topic)
+{
+    char errstr[512];
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, pt_kconf(t), errstr, sizeof errstr);
+    if (!rk)
+        pt_die("rd_kafka_new(metadata): %s", errstr);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
+    if (e)
+        pt_die("rd_kafka_metadata: %s", rd_kafka_err2str(e));
+    int n = 0;
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strcmp(md->topics[i].topic, topic) == 0 && !md->topics[i].err)
+            n = md->topics[i].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_destroy(rk);
+    return n;
+}
+
 static inline void pt_kcheck(rd_kafka_error_t *error, const char *call)
 {
     if (error) {
@@ -452,6 +473,23 @@ static inline long long pt_wait_for(pt *t, long long want, int timeout_s,
         pt_sleep_ms(200);
     } while (time(NULL) < end);
     return v;
+}
+
+/* GET http://127.0.0.1:port/readyz: "BODY CODE" into b. */
+static inline const char *pt_readyz(int port, char *b, size_t n)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd,
+             "curl -s -m 5 -w ' %%{http_code}' http://127.0.0.1:%d/readyz",
+             port);
+    b[0] = '\0';
+    FILE *f = popen(cmd, "r");
+    if (f) {
+        size_t k = fread(b, 1, n - 1, f);
+        b[k] = '\0';
+        pclose(f);
+    }
+    return b;
 }
 
 /* How often needle occurs in DIR/log. */
