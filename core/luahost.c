@@ -676,12 +676,12 @@ static int sb_counted(lua_State *L)
     return counted(L, 0, OUT_BYTES);
 }
 
-/* string.format, unpack, packsize, os.date: the format too, and two
- * bytes a step (%q spends tens of nanoseconds on some bytes, os.date one
+/* string.format, unpack, packsize, os.date: the format too, and a byte
+ * a step (%q spends tens of nanoseconds on some bytes, os.date one
  * strftime per conversion). */
 static int sb_counted_fmt(lua_State *L)
 {
-    return counted(L, 1, 2);
+    return counted(L, 1, 1);
 }
 
 /* string.pack(fmt, ...): a size in the format ("c60000000") is filled
@@ -702,7 +702,7 @@ static int sb_pack(lua_State *L)
         }
     }
     charge(L, named / OUT_BYTES);
-    return counted(L, 1, 2);
+    return counted(L, 1, 1);
 }
 
 /* A position argument made absolute as Lua's utf8 functions do (0 if it
