@@ -33,7 +33,8 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
      * producer (and back) are expected, not worth a warning. */
     if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "will be ignored"))
         lvl = EVL_LOG_DEBUG;
-    evl_log(lvl, buf, "client", rd_kafka_name(rk), "facility", fac, NULL);
+    evl_log(evl_log_lib(lvl), buf, "client", rd_kafka_name(rk), "facility", fac,
+            NULL);
 }
 
 static void error_cb(rd_kafka_t *rk, int code, const char *reason, void *opaque)
@@ -47,9 +48,12 @@ static void error_cb(rd_kafka_t *rk, int code, const char *reason, void *opaque)
                 fatal, NULL);
         return;
     }
-    evl_log(EVL_LOG_WARN, "kafka client error", "client", rd_kafka_name(rk),
-            "error", rd_kafka_err2name((rd_kafka_resp_err_t)code), "reason",
-            reason, NULL);
+    /* non-fatal: librdkafka retries by itself (a one-shot command reports
+     * what it could not do in its own words) */
+    evl_log(evl_log_lib(EVL_LOG_WARN), "kafka client error", "client",
+            rd_kafka_name(rk), "error",
+            rd_kafka_err2name((rd_kafka_resp_err_t)code), "reason", reason,
+            NULL);
 }
 
 static evl_err set_pairs(rd_kafka_conf_t *conf, const char *const *kv,

@@ -37,6 +37,9 @@ static const char usage[] =
     "Options:\n"
     "  -h, --help     show this help and exit\n"
     "  --version      print the versions of evlua and its libraries\n"
+    "  -v, -vv        (after any command but run and test) also log info,\n"
+    "                 or debug, lines on stderr; one-shot commands log\n"
+    "                 only warnings and errors by default\n"
     "\n"
     "Environment:\n"
     "  EVLUA_LOG_LEVEL        debug, info (default), warn or error\n"
@@ -80,9 +83,15 @@ int main(int argc, char **argv)
                rd_kafka_version_str(), LUA_RELEASE, pqv / 10000, pqv % 100);
         return EVL_EXIT_OK;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(cmd, commands[i].name) == 0)
-            return commands[i].fn(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(cmd, commands[i].name) != 0)
+            continue;
+        int n = argc - 1;
+        /* run logs as configured; test hands -v to busted */
+        if (strcmp(cmd, "run") != 0 && strcmp(cmd, "test") != 0)
+            evl_cli_oneshot(&n, argv + 1);
+        return commands[i].fn(n, argv + 1);
+    }
     fprintf(stderr, "evlua: unknown command '%s' (see evlua --help)\n", cmd);
     return EVL_EXIT_USAGE;
 }
