@@ -46,13 +46,15 @@
  *     metamethod call per read, and next(), rawget(), rawlen() and the
  *     JSON encoder see an empty table, so an event whose data holds
  *     s.items would silently be emitted with {}; the comparison is one
- *     raw walk of the state per accepted command. Limits: handle sees its
- *     own change until it returns (the command then fails anyway); a
- *     change that restores the old value, or turns an integer into an
- *     equal float, is no change; metatables are not compared. initial()
- *     runs once per decide and goes through JSON like a stored state, so
- *     an initial() that differs between calls (a uuid, a clock) is not
- *     taken for a change.
+ *     raw walk of the state per accepted command (CPU per decide, median
+ *     of 9 runs: within noise for a 4-field state, +20% for a 50-item
+ *     cart). Limits: handle sees its own change until it returns (the
+ *     command then fails anyway); a change that restores the old value,
+ *     or turns an integer into an equal float, is no change; metatables
+ *     are not compared; a handle that rejects is not checked (nothing is
+ *     kept either way). initial() runs once per decide and goes through
+ *     JSON like a stored state, so an initial() that differs between
+ *     calls (a uuid, a clock) is not taken for a change.
  *
  * What load cannot refuse, evl_luahost_lint() reports for `evlua check`:
  * it reads each aggregate's source for the event types handle builds
