@@ -8,11 +8,13 @@
  * dotted key, so a typo never silently falls back to a default.
  */
 #include "config.h"
+#include "pattern.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <libpq-fe.h>
@@ -140,7 +142,8 @@ static evl_err get_strlist(loader *ld, const char *key, evl_strlist *dst)
     if (!lua_istable(L, -1))
         return fail(ld, key, "is a %s, expected a string or a list of strings",
                     luaL_typename(L, -1));
-    lua_Integer n = luaL_len(L, -1);
+    /* raw: a __len metamethod would run Lua outside the protected walk */
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
         if (lua_type(L, -1) != LUA_TSTRING) {
@@ -452,12 +455,181 @@ static void defaults(evl_config *cfg)
     cfg->shutdown_timeout_ms = 30000;
 }
 
-/* The config file's Lua: base (without file loading), string, table,
- * math and os.getenv. */
+/* ---- the config file's limits ---------------------------------------- */
+
+/*
+ * The config file is Lua and could loop, allocate or backtrack forever,
+ * hanging `evlua check`, `evlua run` and any ExecStartPre. It runs under
+ * fixed limits (docs/config.md), the same kinds as a script's: a count
+ * hook spends an instruction budget and reads the clock, the allocator
+ * caps memory and charges growth to the budget (ALLOC_BYTES per
+ * instruction), and string.find/match/gmatch/gsub are pattern.h's, which
+ * charge every matching step, so a backtracking pattern is bounded too.
+ * Once a limit is spent the hook fires on every instruction and raises
+ * again, so a pcall in the config cannot swallow it.
+ */
+#define CONFIG_INSTRUCTIONS 100000000L
+#define CONFIG_TIME_MS      10000
+#define CONFIG_MEMORY_MB    64
+#define HOOK_STEP           1000
+#define ALLOC_BYTES         256
+#define BIG_ALLOC           65536 /* growth that reads the clock */
+
+enum { SPENT_INSTRUCTIONS = 1, SPENT_TIME, SPENT_MEMORY };
+
+typedef struct budget {
+    lua_State *L;
+    size_t mem_used, mem_limit;
+    long left; /* instructions */
+    long long deadline_ms;
+    int spent;       /* SPENT_*: the first limit the file ran into */
+    char where[160]; /* "file:line" where it did, or "" */
+} budget;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void config_hook(lua_State *L, lua_Debug *ar);
+
+static budget *budget_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Shrinking never fails (Lua relies on it); growth past the cap is
+ * refused, which Lua raises as a memory error. */
+static void *config_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    budget *b = ud;
+    void *p;
+    if (!ptr)
+        osize = 0;
+    if (nsize == 0) {
+        free(ptr);
+        b->mem_used -= osize;
+        return NULL;
+    }
+    if (nsize > osize && nsize - osize > b->mem_limit - b->mem_used) {
+        if (!b->spent)
+            b->spent = SPENT_MEMORY; /* kept only if the load fails */
+        return NULL;
+    }
+    p = realloc(ptr, nsize);
+    if (!p)
+        return nsize <= osize ? ptr : NULL;
+    b->mem_used = b->mem_used - osize + nsize;
+    if (nsize > osize && b->L) {
+        /* the allocator cannot raise: it arms the hook for the next
+         * instruction, which does */
+        size_t grow = nsize - osize;
+        b->left -= (long)(grow / ALLOC_BYTES);
+        if (b->left <= 0 || (grow >= BIG_ALLOC && now_ms() > b->deadline_ms))
+            lua_sethook(b->L, config_hook, LUA_MASKCOUNT, 1);
+    }
+    return p;
+}
+
+static const char *spent_text(int spent, char *buf, size_t n)
+{
+    if (spent == SPENT_TIME)
+        snprintf(buf, n, "the config file's time limit (%d s) was exceeded",
+                 CONFIG_TIME_MS / 1000);
+    else if (spent == SPENT_MEMORY)
+        snprintf(buf, n, "the config file's memory limit (%d MiB) was exceeded",
+                 CONFIG_MEMORY_MB);
+    else
+        snprintf(buf, n,
+                 "the config file's instruction limit (%ld instructions) was "
+                 "exceeded",
+                 CONFIG_INSTRUCTIONS);
+    return buf;
+}
+
+/* A limit is spent: note which and where (the first time), make the hook
+ * fire on every instruction from now on, and raise. level is the stack
+ * level of the Lua function to blame. */
+static int spend(lua_State *L, budget *b, int level, int why)
+{
+    lua_Debug ar;
+    char text[96];
+    if (b->spent != SPENT_INSTRUCTIONS && b->spent != SPENT_TIME) {
+        b->spent = why;
+        b->where[0] = '\0';
+        if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) &&
+            ar.currentline > 0)
+            snprintf(b->where, sizeof b->where, "%s:%d", ar.short_src,
+                     ar.currentline);
+        lua_sethook(L, config_hook, LUA_MASKCOUNT, 1);
+    }
+    return luaL_error(L, "%s", spent_text(b->spent, text, sizeof text));
+}
+
+static void config_hook(lua_State *L, lua_Debug *ar)
+{
+    budget *b = budget_of(L);
+    (void)ar;
+    if (b->spent == SPENT_INSTRUCTIONS || b->spent == SPENT_TIME)
+        spend(L, b, 0, b->spent);
+    if (now_ms() > b->deadline_ms)
+        spend(L, b, 0, SPENT_TIME);
+    b->left -= lua_gethookcount(L);
+    if (b->left <= 0)
+        spend(L, b, 0, SPENT_INSTRUCTIONS);
+}
+
+/* pattern.h's callback: a matching step is an instruction. Level 1 is the
+ * Lua function that called string.find and the like. */
+static void config_charge(lua_State *L, size_t steps)
+{
+    budget *b = budget_of(L);
+    long before = b->left;
+    if (b->spent == SPENT_INSTRUCTIONS || b->spent == SPENT_TIME)
+        spend(L, b, 1, b->spent);
+    if (before <= 0 || steps >= (size_t)before)
+        spend(L, b, 1, SPENT_INSTRUCTIONS);
+    b->left -= (long)steps;
+    if (before / HOOK_STEP != b->left / HOOK_STEP && now_ms() > b->deadline_ms)
+        spend(L, b, 1, SPENT_TIME);
+}
+
+/* string.find(s, pattern [, init [, plain]]) and the others: the stock
+ * functions' results, charged per step */
+static int str_find(lua_State *L)
+{
+    return evl_pattern_find(L, config_charge);
+}
+static int str_match(lua_State *L)
+{
+    return evl_pattern_match(L, config_charge);
+}
+static int str_gmatch(lua_State *L)
+{
+    return evl_pattern_gmatch(L, config_charge);
+}
+static int str_gsub(lua_State *L)
+{
+    return evl_pattern_gsub(L, config_charge);
+}
+
+/* The config file's Lua: base (without file loading), string (with the
+ * charging pattern functions), table, math and os.getenv. */
 static void open_config_libs(lua_State *L)
 {
+    static const luaL_Reg patterns[] = {{"find", str_find},
+                                        {"match", str_match},
+                                        {"gmatch", str_gmatch},
+                                        {"gsub", str_gsub},
+                                        {NULL, NULL}};
     luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
     luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    /* the string table is also the strings' __index: s:find() too */
+    luaL_setfuncs(L, patterns, 0);
     luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
     luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
     luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0); /* not as a global */
@@ -466,12 +638,98 @@ static void open_config_libs(lua_State *L)
     lua_setfield(L, -2, "getenv");
     lua_remove(L, -2);
     lua_setglobal(L, "os");
+    lua_pop(L, 4); /* the libraries requiref left */
     static const char *const drop[] = {"dofile", "loadfile", "require",
                                        "collectgarbage", NULL};
     for (int i = 0; drop[i]; i++) {
         lua_pushnil(L);
         lua_setglobal(L, drop[i]);
     }
+}
+
+/* The config's error value as text, without calling its metamethods. */
+static const char *error_text(lua_State *L)
+{
+    int t = lua_type(L, -1);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER)
+        return lua_tostring(L, -1);
+    return lua_pushfstring(L, "(an error object of type %s)",
+                           luaL_typename(L, -1));
+}
+
+/* Walks the returned table (at 2) into the evl_config (1), protected: a
+ * memory error or a spent limit while reading it raises. */
+typedef struct walk {
+    loader *ld;
+    evl_config *cfg;
+    evl_err e;
+} walk;
+
+static int walk_config(lua_State *L)
+{
+    walk *w = lua_touserdata(L, 1);
+    w->e = each_field(w->ld, NULL, top_field, w->cfg);
+    return 0;
+}
+
+/* Runs the file at path under the limits and reads what it returns into
+ * c. Returns EVL_OK or EVL_EPERMANENT with the message in ld->err. */
+static evl_err run_config(loader *ld, const char *path, evl_config *c)
+{
+    budget b;
+    evl_err e = EVL_OK;
+    char text[96];
+    int status;
+    memset(&b, 0, sizeof b);
+    b.mem_limit = (size_t)CONFIG_MEMORY_MB << 20;
+    b.left = CONFIG_INSTRUCTIONS;
+    b.deadline_ms = now_ms() + CONFIG_TIME_MS;
+    lua_State *L = lua_newstate(config_alloc, &b);
+    if (!L)
+        return fail(ld, NULL, "cannot create a Lua state");
+    b.L = L;
+    ld->L = L;
+    lua_sethook(L, config_hook, LUA_MASKCOUNT, HOOK_STEP);
+    open_config_libs(L);
+    b.spent = 0;
+    status = luaL_loadfilex(L, path, "t");
+    if (status == LUA_OK)
+        status = lua_pcall(L, 0, 1, 0);
+    if (status == LUA_OK && !lua_istable(L, -1)) {
+        e = fail(ld, NULL, "returned a %s, expected a table",
+                 luaL_typename(L, -1));
+        goto out;
+    }
+    if (status == LUA_OK) {
+        walk w = {ld, c, EVL_OK};
+        lua_pushcfunction(L, walk_config);
+        lua_pushlightuserdata(L, &w);
+        lua_pushvalue(L, -3);
+        status = lua_pcall(L, 2, 0, 0);
+        if (status == LUA_OK) {
+            e = w.e;
+            goto out;
+        }
+    }
+    /* a spent limit is named, with the file (and the line) */
+    if (b.spent == SPENT_INSTRUCTIONS || b.spent == SPENT_TIME ||
+        (b.spent == SPENT_MEMORY && status == LUA_ERRMEM)) {
+        if (b.where[0])
+            e = evl_seterr(ld->err, ld->errlen, EVL_EPERMANENT, "%s: %s",
+                           b.where, spent_text(b.spent, text, sizeof text));
+        else
+            e = fail(ld, NULL, "%s", spent_text(b.spent, text, sizeof text));
+    } else {
+        /* the message already names the file (and line) */
+        e = evl_seterr(ld->err, ld->errlen, EVL_EPERMANENT, "%s",
+                       error_text(L));
+    }
+out:
+    /* __gc metamethods run at close: under the hook still, and their
+     * errors are dropped (no warning function is set) */
+    lua_close(L);
+    ld->L = NULL;
+    return e;
 }
 
 /* Returns the name of the variable that set postgres, or NULL. */
@@ -522,40 +780,14 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
 {
     evl_config c;
     evl_err e = EVL_OK;
-    lua_State *L = NULL;
     loader ld = {NULL, path ? path : "(defaults)", err, errlen};
 
     memset(&c, 0, sizeof c);
     memset(cfg, 0, sizeof *cfg);
     defaults(&c);
     c.path = evl_xstrdup(ld.file);
-    if (path) {
-        L = luaL_newstate();
-        if (!L) {
-            e = fail(&ld, NULL, "cannot create a Lua state");
-            goto out;
-        }
-        ld.L = L;
-        open_config_libs(L);
-        if (luaL_loadfilex(L, path, "t") != LUA_OK) {
-            /* the message already names the file (and line) */
-            e = evl_seterr(err, errlen, EVL_EPERMANENT, "%s",
-                           lua_tostring(L, -1));
-            goto out;
-        }
-        if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-            e = evl_seterr(err, errlen, EVL_EPERMANENT, "%s",
-                           lua_tostring(L, -1));
-            goto out;
-        }
-        if (!lua_istable(L, -1)) {
-            e = fail(&ld, NULL, "returned a %s, expected a table",
-                     luaL_typename(L, -1));
-            goto out;
-        }
-        if ((e = each_field(&ld, NULL, top_field, &c)))
-            goto out;
-    }
+    if (path && (e = run_config(&ld, path, &c)))
+        goto out;
     const char *pg_from = env_overrides(&c);
     /* a conninfo libpq refuses stops evlua here, with a message that
      * quotes none of it (it may hold a password), rather than at the
@@ -583,8 +815,6 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
         goto out;
     }
 out:
-    if (L)
-        lua_close(L);
     if (e) {
         evl_config_free(&c);
         return e;

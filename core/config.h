@@ -14,7 +14,10 @@
  * the wrong type is an error naming the key ("evlua.lua: unknown key
  * 'commands.batchsize'"). The file runs in a plain Lua state with the
  * base, string, table and math libraries and os.getenv, so it can compute
- * values; it cannot reach the host. After loading, the environment
+ * values; it cannot reach the host. It runs under fixed limits (100M
+ * instructions, 10 s, 64 MiB; string patterns charge each matching step
+ * to the instructions): past one, loading fails naming the file (and
+ * line) and the limit. After loading, the environment
  * overrides the connection settings: EVLUA_KAFKA_BOOTSTRAP sets
  * kafka["bootstrap.servers"], EVLUA_PG_CONNINFO sets postgres and
  * EVLUA_INSTANCE sets instance. A postgres conninfo that libpq cannot
