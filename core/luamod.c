@@ -54,12 +54,6 @@
 #include "luahost.h"
 #include "pg.h"
 
-/* The projector's PostgreSQL edge is compiled into this module, so a
- * spec's connection and evlua's tables come from the very code `evlua
- * run` uses (the module's source list in CMakeLists.txt does not name
- * pg.c; were it added there, this include goes). */
-#include "pg.c"
-
 #define HOST_MT "evlua.host"
 
 typedef struct ud {
