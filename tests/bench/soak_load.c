@@ -702,8 +702,11 @@ static void on_result(const rd_kafka_message_t *m, cJSON *r, void *arg)
         PROBLEM("a result for command %s, which this run did not send", id);
         return;
     }
-    if (v->seen[idx]++ == 1)
+    if (v->seen[idx]++ > 0) {
+        /* one problem per cause: its events were counted with the first */
         PROBLEM("two results for command %s", id);
+        return;
+    }
     v->c.results++;
     if (strcmp(st, "accepted") == 0)
         v->c.accepted++;
