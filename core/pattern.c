@@ -440,9 +440,20 @@ static lua_Integer start_at(lua_Integer pos, size_t len)
 /* A pattern without magic characters is searched for as plain text. */
 static int is_plain(const char *p, size_t lp)
 {
-    for (size_t i = 0; i < lp; i++)
-        if (p[i] && strchr("^$*+?.([%-", p[i]))
-            return 0;
+    for (size_t i = 0; i < lp; i++) {
+        switch (p[i]) {
+        case '^':
+        case '$':
+        case '*':
+        case '+':
+        case '?':
+        case '.':
+        case '(':
+        case '[':
+        case '%':
+        case '-': return 0;
+        }
+    }
     return 1;
 }
 
