@@ -743,6 +743,34 @@ static int sb_utf8_offset(lua_State *L)
     return call_orig(L);
 }
 
+/* The iterator of utf8.codes skips a run of continuation bytes in one
+ * call: charge the bytes each call moves over. Upvalue: the library's
+ * iterator. */
+static int codes_step(lua_State *L)
+{
+    lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+    lua_Integer from = lua_tointeger(L, 2), to;
+    size_t len = lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) : 0;
+    int n = f(L);
+    to = n > 0 ? lua_tointeger(L, -n) : (lua_Integer)len;
+    if (to > from)
+        charge(L, (lua_Unsigned)(to - from) / OUT_BYTES);
+    return n;
+}
+
+/* utf8.codes(s [, lax]): the library's, with its iterator wrapped. */
+static int sb_codes(lua_State *L)
+{
+    lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+    int n = f(L), at = lua_gettop(L) - n + 1;
+    if (n >= 1 && lua_tocfunction(L, at)) {
+        lua_pushvalue(L, at);
+        lua_pushcclosure(L, codes_step, 1);
+        lua_replace(L, at);
+    }
+    return n;
+}
+
 /* table.concat(t [, sep [, i [, j]]]): one step per element before it
  * starts (a lying __len may claim any length), and the result's bytes
  * after. */
@@ -862,8 +890,8 @@ static const struct allow {
 
     {"utf8", "char", sb_counted, 0}, /* arguments charged */
     {"utf8", "charpattern", NULL, 0},
-    {"utf8", "codepoint", sb_counted, 0}, /* results charged */
-    {"utf8", "codes", NULL, 0},
+    {"utf8", "codepoint", sb_counted, 0},  /* results charged */
+    {"utf8", "codes", sb_codes, 0},        /* bytes skipped charged */
     {"utf8", "len", sb_utf8_len, 0},       /* bytes charged */
     {"utf8", "offset", sb_utf8_offset, 0}, /* walk charged */
 

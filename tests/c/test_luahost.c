@@ -993,6 +993,15 @@ static const char costly_agg[] =
     "      for i = 1, 1e9 do utf8.offset(s, 999999) end end,\n"
     "    Utf8Codepoint = function() local s = string.rep('a', 200000)\n"
     "      for i = 1, 1e9 do utf8.codepoint(s, 1, -1) end end,\n"
+    "    Utf8Codes = function() local s = string.rep('\\x80', 1000000)\n"
+    "      for i = 1, 1e9 do for p, c in utf8.codes(s) do end end end,\n"
+    "    Utf8CodesOk = function() local n, sum = 0, 0\n"
+    "      for p, c in utf8.codes('h\\u{E9}llo \\u{1F600}') do\n"
+    "        n = n + 1 sum = sum + p + c end\n"
+    "      local ok, e = pcall(function() for p, c in utf8.codes('a\\xffb') "
+    "do end end)\n"
+    "      return { { type = 'Done', data = { n = n, sum = sum, e = e } } }\n"
+    "    end,\n"
     "    Utf8Char = function() local t = ints(100000)\n"
     "      for i = 1, 1e9 do utf8.char(table.unpack(t)) end end,\n"
     "    Byte = function() local s = string.rep('a', 200000)\n"
@@ -1177,16 +1186,34 @@ static void test_sandbox_costs(void)
     h = load_costly(root, 1000000, -1);
     if (h) {
         static const char *const loops[] = {
-            "Find",     "Concat",  "Rep",        "FormatQ",
-            "Lower",    "Utf8Len", "Utf8Offset", "Utf8Codepoint",
-            "Utf8Char", "Byte",    "Char",       "Unpack",
-            "Pack",     "Date",    "StrUnpack",  "SortAdversary",
-            "SortSlow",
+            "Find",          "Concat",   "Rep",        "FormatQ",
+            "Lower",         "Utf8Len",  "Utf8Offset", "Utf8Codepoint",
+            "Utf8Codes",     "Utf8Char", "Byte",       "Char",
+            "Unpack",        "Pack",     "Date",       "StrUnpack",
+            "SortAdversary", "SortSlow",
         };
         for (size_t i = 0; i < sizeof loops / sizeof loops[0]; i++)
             expect_costly(h, loops[i], "instruction budget of 1000000 exceeded",
                           NULL, 5.0);
         expect_costly(h, "SortError", "no order here", NULL, 5.0);
+        {
+            evl_luahost_decision d = {0};
+            char err[4096];
+            evl_luahost_verdict v =
+                decide(h, "costly", NULL, 0, command("Utf8CodesOk", NULL), &d,
+                       err, sizeof err);
+            CHECK_INT(v, EVL_LUAHOST_ACCEPTED, "utf8.codes still iterates");
+            if (v == EVL_LUAHOST_ACCEPTED && d.nevents == 1) {
+                CHECK_HAS(d.events[0].data, "\"n\":7", "every character");
+                CHECK_HAS(d.events[0].data, "\"sum\":129241",
+                          "with its position and code");
+                CHECK_HAS(d.events[0].data, "invalid UTF-8 code",
+                          "and its error on a bad byte");
+            } else {
+                fprintf(stderr, "    (%s)\n", err);
+            }
+            evl_luahost_decision_free(&d);
+        }
         {
             evl_luahost_decision d = {0};
             char err[4096];
