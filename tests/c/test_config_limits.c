@@ -72,17 +72,27 @@ static int load_bounded(const char *text, char *err, size_t errlen,
     return WEXITSTATUS(status);
 }
 
-static void stops(const char *text, const char *limit, const char *what)
+/* The load stops with a permanent error naming the file and one of the
+ * limits in the '|'-separated list (a slow machine or valgrind may reach
+ * the time limit before the instruction limit). */
+static void stops(const char *text, const char *limits, const char *what)
 {
-    char err[EVL_ERRLEN];
+    char err[EVL_ERRLEN], one[64];
     double secs;
-    int r = load_bounded(text, err, sizeof err, &secs);
+    int r = load_bounded(text, err, sizeof err, &secs), named = 0;
+    for (const char *p = limits; *p;) {
+        size_t n = strcspn(p, "|");
+        snprintf(one, sizeof one, "%.*s", (int)n, p);
+        if (strstr(err, one))
+            named = 1;
+        p += n + (p[n] == '|');
+    }
     check_count_++;
     if (r != EVL_EPERMANENT)
         CHECK_FAIL_("%s: expected a permanent error, got %d: %s", what, r, err);
-    else if (!strstr(err, path) || !strstr(err, limit))
+    else if (!strstr(err, path) || !named)
         CHECK_FAIL_("%s: expected a message naming %s and \"%s\", got \"%s\"",
-                    what, path, limit, err);
+                    what, path, limits, err);
     else
         fprintf(stderr, "ok %s (%.1f s): %s\n", what, secs, err);
 }
@@ -123,18 +133,20 @@ int main(void)
     unsetenv("EVLUA_PG_CONNINFO");
     unsetenv("EVLUA_INSTANCE");
 
-    stops("while true do end", "instruction limit",
+    stops("while true do end", "instruction limit|time limit",
           "a config that loops forever");
     stops("while true do pcall(function() while true do end end) end",
-          "instruction limit", "a loop that catches the limit's error");
+          "instruction limit|time limit",
+          "a loop that catches the limit's error");
     stops("local t = {}\nfor i = 1, 1e10 do t[i] = ('x'):rep(100) .. i end",
-          "memory limit", "a config that allocates without end");
+          "memory limit|time limit", "a config that allocates without end");
     stops("local s = string.rep('x', 1 << 30)", "memory limit",
           "one huge string");
     stops("local s = string.rep('a', 20000)\n"
           "return { lib = tostring(s:find('.-.-.-b')) }",
-          "limit", "a backtracking string pattern");
-    stops("for i = 1, 1e7 do local s = string.rep('x', 30e6) end", "time limit",
+          "instruction limit|time limit", "a backtracking string pattern");
+    stops("for i = 1, 1e7 do local s = string.rep('x', 30e6) end",
+          "time limit|instruction limit",
           "allocation-heavy work past the time limit");
 
     /* validation reads lengths raw: a __len that loops is not called */
@@ -162,7 +174,7 @@ int main(void)
         write_config("while true do end");
         CHECK_INT(evlua_check(bin, out, sizeof out), 2,
                   "evlua check on a looping config exits 2");
-        CHECK_HAS(out, "instruction limit", "saying which limit");
+        CHECK_HAS(out, "limit (", "saying which limit");
     }
     unlink(path);
     return check_done();
