@@ -743,6 +743,16 @@ static int sb_utf8_offset(lua_State *L)
     return call_orig(L);
 }
 
+/* tonumber(s [, base]): a string is scanned whole (strtod, or digit by
+ * digit with a base). */
+static int sb_tonumber(lua_State *L)
+{
+    lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+    if (lua_type(L, 1) == LUA_TSTRING)
+        charge(L, lua_rawlen(L, 1) / OUT_BYTES);
+    return f(L);
+}
+
 /* The iterator of utf8.codes skips a run of continuation bytes in one
  * call: charge the bytes each call moves over. Upvalue: the library's
  * iterator. */
@@ -829,7 +839,7 @@ static const struct allow {
     {"_G", "require", sb_require, 0}, /* lib_dir text modules only */
     {"_G", "select", NULL, 0},
     {"_G", "setmetatable", sb_setmetatable, 0}, /* no __gc */
-    {"_G", "tonumber", NULL, 0},
+    {"_G", "tonumber", sb_tonumber, 0},         /* string length charged */
     {"_G", "tostring", NULL, 0},
     {"_G", "type", NULL, 0},
     {"_G", "xpcall", NULL, 0},

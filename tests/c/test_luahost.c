@@ -1012,6 +1012,8 @@ static const char costly_agg[] =
     "      for i = 1, 1e9 do table.unpack(t) end end,\n"
     "    Date = function() local f = string.rep('%c', 100000)\n"
     "      for i = 1, 1e9 do os.date(f) end end,\n"
+    "    ToNumber = function() local s = string.rep('1', 1000000)\n"
+    "      for i = 1, 1e9 do tonumber(s) tonumber(s, 16) end end,\n"
     "    Pack = function()\n"
     "      for i = 1, 1e9 do pcall(string.pack, 'c60000000', '') end end,\n"
     "    StrUnpack = function() local f = string.rep('i1', 100000)\n"
@@ -1186,11 +1188,10 @@ static void test_sandbox_costs(void)
     h = load_costly(root, 1000000, -1);
     if (h) {
         static const char *const loops[] = {
-            "Find",          "Concat",   "Rep",        "FormatQ",
-            "Lower",         "Utf8Len",  "Utf8Offset", "Utf8Codepoint",
-            "Utf8Codes",     "Utf8Char", "Byte",       "Char",
-            "Unpack",        "Pack",     "Date",       "StrUnpack",
-            "SortAdversary", "SortSlow",
+            "Find",    "Concat",     "Rep",           "FormatQ",   "Lower",
+            "Utf8Len", "Utf8Offset", "Utf8Codepoint", "Utf8Codes", "Utf8Char",
+            "Byte",    "Char",       "Unpack",        "ToNumber",  "Pack",
+            "Date",    "StrUnpack",  "SortAdversary", "SortSlow",
         };
         for (size_t i = 0; i < sizeof loops / sizeof loops[0]; i++)
             expect_costly(h, loops[i], "instruction budget of 1000000 exceeded",
