@@ -3154,6 +3154,78 @@ static const char *bad_text(const char *s, size_t n)
     return NULL;
 }
 
+static int sql_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* A byte of an identifier ($1 after one is not a placeholder). */
+static int sql_word(char c)
+{
+    return sql_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (unsigned char)c >= 0x80;
+}
+
+/* The highest $N placeholder of the SQL text, outside string literals,
+ * quoted identifiers, comments and dollar-quoted bodies; 0 when none. */
+static long highest_placeholder(const char *sql, size_t len)
+{
+    long best = 0;
+    size_t i = 0;
+    while (i < len) {
+        char c = sql[i];
+        if (c == '\'' || c == '"') { /* '' and "" escape themselves */
+            for (i++; i < len; i++) {
+                if (sql[i] != c)
+                    continue;
+                if (i + 1 < len && sql[i + 1] == c) {
+                    i++;
+                    continue;
+                }
+                break;
+            }
+            i++;
+        } else if (c == '-' && i + 1 < len && sql[i + 1] == '-') {
+            while (i < len && sql[i] != '\n')
+                i++;
+        } else if (c == '/' && i + 1 < len && sql[i + 1] == '*') {
+            const char *end = NULL;
+            for (size_t j = i + 2; j + 1 < len; j++)
+                if (sql[j] == '*' && sql[j + 1] == '/') {
+                    end = sql + j + 2;
+                    break;
+                }
+            i = end ? (size_t)(end - sql) : len;
+        } else if (c == '$' && i + 1 < len && sql_digit(sql[i + 1]) &&
+                   (i == 0 || !(sql_word(sql[i - 1]) || sql[i - 1] == '_'))) {
+            long n = 0;
+            for (i++; i < len && sql_digit(sql[i]); i++)
+                n = n < 100000 ? n * 10 + (sql[i] - '0') : n;
+            if (n > best)
+                best = n;
+        } else if (c == '$') { /* $tag$ ... $tag$ */
+            size_t t = i + 1;
+            while (t < len && (sql_word(sql[t]) || sql[t] == '_'))
+                t++;
+            if (t < len && sql[t] == '$') {
+                size_t taglen = t + 1 - i;
+                const char *end = NULL;
+                for (size_t j = t + 1; j + taglen <= len; j++)
+                    if (memcmp(sql + j, sql + i, taglen) == 0) {
+                        end = sql + j + taglen;
+                        break;
+                    }
+                i = end ? (size_t)(end - sql) : len;
+            } else {
+                i++;
+            }
+        } else {
+            i++;
+        }
+    }
+    return best;
+}
+
 /* Validate the statement table at idx and append it. label names it in
  * messages ("statement" or "statement 2"). */
 static int add_stmt(op *o, lua_State *L, int idx, const char *what,
@@ -3209,6 +3281,17 @@ static int add_stmt(op *o, lua_State *L, int idx, const char *what,
     stmt->params = (const evl_luahost_param *)(uintptr_t)s->nparams;
     stmt->nparams = (size_t)(max > 1 ? max - 1 : 0);
     lua_pop(L, 1);
+    /* a nil at the end is no key at all: the table looks shorter than the
+     * SQL's placeholders, and PostgreSQL would refuse the statement with a
+     * puzzling "bind message supplies 1 parameters" at run time */
+    long want = highest_placeholder(sql, len);
+    if (want > (long)stmt->nparams) {
+        failf(o,
+              "%s: %s returned %s whose $%ld is nil (use evlua.null for SQL "
+              "NULL)",
+              o->script, what, label, (long)stmt->nparams + 1);
+        return 0;
+    }
 
     for (lua_Integer k = 2; k <= max; k++) {
         evl_luahost_param *p = new_param(s);

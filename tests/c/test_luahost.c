@@ -870,6 +870,11 @@ static void test_hostile(void)
              "on.NilParam returned a statement whose $1 is nil "
              "(use evlua.null",
              "a nil param fails"},
+            {"TrailingNil",
+             "on.TrailingNil returned a statement whose $2 is nil (use "
+             "evlua.null",
+             "a nil last param fails like any nil param (the table is "
+             "shorter than the SQL's placeholders)"},
             {"FuncParam", "whose $1 is a function, expected a string",
              "a function param fails"},
             {"NaNParam", "whose $1 is NaN", "a NaN param fails"},
@@ -909,6 +914,12 @@ static void test_hostile(void)
         CHECK_HAS(err, "stack traceback:",
                   "a projection error has a "
                   "traceback");
+        CHECK_INT(evl_luahost_project(h, "hostile",
+                                      "{\"type\":\"Quoted\",\"data\":{}}", 27,
+                                      &s, err, sizeof err),
+                  EVL_OK,
+                  "a $N in literals, quoted names, comments and dollar "
+                  "quotes is no placeholder");
         CHECK_INT(evl_luahost_project(h, "hostile",
                                       "{\"type\":\"Empty\",\"data\":{}}", 26,
                                       &s, err, sizeof err),
