@@ -61,6 +61,17 @@
 
 /* Registry key of the array marker metatable (its address is the key). */
 static const char array_mt_key = 'a';
+/* Registry key of the encoder's meter (a light userdata), if any. */
+static const char meter_key = 'm';
+
+void evl_json_set_meter(lua_State *L, const evl_json_meter *meter)
+{
+    if (meter)
+        lua_pushlightuserdata(L, (void *)meter);
+    else
+        lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &meter_key);
+}
 
 /* I-JSON's exactly representable integers: +-(2^53 - 1). */
 #define MAX_EXACT_INT 9007199254740991LL
@@ -1196,6 +1207,8 @@ typedef struct enc {
     int depth; /* tables open */
     const void *open[EVL_JSON_MAX_DEPTH]; /* tables on the path: cycles */
     step path[EVL_JSON_MAX_DEPTH];        /* path[d]: the child of open[d] */
+    const evl_json_meter *meter;          /* or NULL */
+    size_t nodes, metered_len; /* since the last charge; out->len then */
 } enc;
 
 typedef struct skey {
@@ -1547,6 +1560,14 @@ static evl_err encode_value(enc *e, int idx)
 
     if (e->out->len > e->limit)
         return fail(e, "JSON text longer than %zu bytes", MAX_ENCODED);
+    if (e->meter && ++e->nodes >= EVL_JSON_METER_NODES) {
+        size_t bytes = e->out->len - e->metered_len;
+        char why[160];
+        e->metered_len = e->out->len;
+        if (e->meter->charge(L, e->nodes + bytes / 16, why, sizeof why))
+            return fail(e, "%s", why);
+        e->nodes = 0;
+    }
     switch (lua_type(L, idx)) {
     case LUA_TNIL: put(e->out, "null", 4); return EVL_OK;
     case LUA_TBOOLEAN:
@@ -1589,6 +1610,11 @@ evl_err evl_json_encode(lua_State *L, int idx, evl_buf *out, char *err,
     e.err = err;
     e.errlen = errlen;
     e.depth = 0;
+    e.nodes = 0;
+    e.metered_len = len0;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &meter_key);
+    e.meter = lua_touserdata(L, -1);
+    lua_pop(L, 1);
     /* nil until the first array() or decode: then no table is marked */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &array_mt_key);
     e.mt = lua_gettop(L);

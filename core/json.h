@@ -126,6 +126,20 @@ void evl_buf_free(evl_buf *b); /* frees data and zeroes b; accepts NULL */
 evl_err evl_json_encode(lua_State *L, int idx, evl_buf *out, char *err,
                         size_t errlen);
 
+/* A meter for the encoder's work on one lua_State. A small Lua value can
+ * stand for a huge text (t = {t, t} nested 40 deep is 2^40 elements), and
+ * the Lua host's instruction count does not run inside C: with a meter set
+ * on L, evl_json_encode calls meter->charge(L, work) every
+ * EVL_JSON_METER_NODES values it writes (work: values plus output bytes
+ * / 16); a non-zero return stops the encoding with the message the meter
+ * wrote into err. The meter must not raise. Set it once per state (NULL:
+ * none, the default); meter must outlive L. */
+typedef struct evl_json_meter {
+    int (*charge)(lua_State *L, size_t work, char *err, size_t errlen);
+} evl_json_meter;
+#define EVL_JSON_METER_NODES 1024
+void evl_json_set_meter(lua_State *L, const evl_json_meter *meter);
+
 /* Push the evlua.null sentinel; is the value at idx the sentinel? */
 void evl_json_push_null(lua_State *L);
 int evl_json_is_null(lua_State *L, int idx);

@@ -362,6 +362,32 @@ static void charge_steps(lua_State *L, size_t steps)
     charge(L, (lua_Unsigned)steps);
 }
 
+/* The JSON encoder's meter (json.h): its work pays like C library work,
+ * but the encoder cannot take a Lua error, so a spent limit arms the
+ * hook (the next instruction raises) and stops the encoding with the
+ * limit's message. Runs on the host's own state only. */
+static int json_charge(lua_State *L, size_t work, char *err, size_t errlen)
+{
+    evl_luahost *h = host_of(L);
+    int why = h->over_budget;
+    h->ticks_left -= work > (size_t)LONG_MAX / 2 ? LONG_MAX / 2 : (long)work;
+    if (!why && h->ticks_left <= 0)
+        why = OVER_INSTRUCTIONS;
+    if (!why && h->time_limit_ms >= 0 && now_ms() > h->deadline_ms)
+        why = OVER_TIME;
+    if (!why)
+        return 0;
+    if (!h->over_budget) {
+        h->over_budget = why;
+        snprintf(h->budget_where, sizeof h->budget_where, "encoding JSON");
+        lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+    }
+    over_text(h, err, errlen);
+    return 1;
+}
+
+static const evl_json_meter json_meter = {json_charge};
+
 static void budget_start(evl_luahost *h)
 {
     h->ticks_left = h->ticks_per_call > LONG_MAX / h->hook_step
@@ -2207,6 +2233,7 @@ evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
     *(evl_luahost **)lua_getextraspace(h->L) = h;
     lua_atpanic(h->L, panic);
     lua_sethook(h->L, hook, LUA_MASKCOUNT, h->hook_step);
+    evl_json_set_meter(h->L, &json_meter);
     o.fn = op_setup;
     if (run(h, &o) != 0) {
         problem(&probs, "%s", msg);

@@ -74,7 +74,10 @@
  * Limits: memory per lua_State (custom allocator), an instruction budget
  * and a time limit per handler call (count hook; a pcall in the script
  * cannot swallow them), caps on the subject size of string patterns and
- * on string.rep results (the hook does not reach inside C functions).
+ * on string.rep results, and charges for the steps of pattern matching,
+ * of library functions whose work their arguments decide, of JSON
+ * encoding, and for memory growth (the hook does not reach inside C
+ * functions).
  * Going over fails the call, not the process, and the next call starts
  * afresh.
  *
@@ -124,9 +127,10 @@ typedef struct evl_luahost_config {
     /* Bytes of Lua heap per host; 0: EVL_LUAHOST_MEMORY_LIMIT. */
     size_t memory_limit;
     /* VM instructions per handler call (counted in steps of at most
-     * 1000); 0: EVL_LUAHOST_INSTRUCTION_LIMIT. Library functions that
-     * loop as often as an argument says (table.move, insert, remove,
-     * sort) are charged for their steps. */
+     * 1000); 0: EVL_LUAHOST_INSTRUCTION_LIMIT. Pattern matching steps,
+     * library functions that do work in proportion to their arguments or
+     * results, and JSON encoding are charged too (see luahost.c's
+     * allow-list). */
     long instruction_limit;
     /* Wall-clock milliseconds per handler call, checked with the
      * instruction count (so a short loop over a costly C function, such

@@ -1060,6 +1060,13 @@ static const char costly_agg[] =
     "      return { { type = 'Done', data = { e = e, e2 = e2,\n"
     "        big = #string.rep('ab', 300000, '-') } } }\n"
     "    end,\n"
+    /* a small value that stands for a huge text: 2^40 leaves */
+    "    JsonEncode = function() local t = {} for i = 1, 40 do t = { t, t } "
+    "end\n"
+    "      evlua.json.encode(t) return done() end,\n"
+    "    JsonData = function() local t = {} for i = 1, 40 do t = { t, t } "
+    "end\n"
+    "      return { { type = 'Done', data = { t = t } } } end,\n"
     "  } }\n";
 
 typedef struct cost_result {
@@ -1191,6 +1198,10 @@ static void test_sandbox_costs(void)
         expect_costly(h, "Gmatch", "exceeded", NULL, 2.5);
         expect_costly(h, "Gsub", "exceeded", NULL, 2.5);
         expect_costly(h, "PcallFind", "exceeded", NULL, 2.5);
+        /* the JSON encoder is C too: evlua.json.encode, and the event data
+         * the host encodes after handle returns */
+        expect_costly(h, "JsonEncode", "exceeded", NULL, 2.5);
+        expect_costly(h, "JsonData", "exceeded", NULL, 2.5);
     }
     evl_luahost_free(h);
 
