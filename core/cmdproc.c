@@ -160,6 +160,7 @@ typedef struct cmdproc {
         *m_txn_seconds, *m_lua_seconds, *m_lua_memory;
     double lua_s;          /* handler time of the batch being decided */
     long long last_lag_ms; /* consumer lag reported at most once a second */
+    evl_kafka_wait wait;   /* the consumer's wait for partitions (kafka.h) */
 } cmdproc;
 
 static long long now_ms(void)
@@ -372,6 +373,7 @@ static evl_err subscribe(cmdproc *cp, char *err, size_t errlen)
     if (rerr)
         return evl_seterr(err, errlen, EVL_EFATAL, "rd_kafka_subscribe: %s",
                           rd_kafka_err2str(rerr));
+    evl_kafka_wait_begin(&cp->wait);
     return EVL_OK;
 }
 
@@ -615,6 +617,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
     cmdproc *cp = opaque;
     if (rerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         rd_kafka_topic_partition_list_t *offsets;
+        evl_kafka_wait_end(&cp->wait);
         log_partitions("partitions assigned", parts);
         evl_metrics_ready("commands", 0, "restoring states");
         /* offsets first: once they are stable, no earlier owner's
@@ -654,6 +657,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
         return;
     }
     evl_metrics_ready("commands", 0, "rebalancing: partitions revoked");
+    evl_kafka_wait_begin(&cp->wait);
     if (rerr == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
         log_partitions("partitions revoked", parts);
     else
@@ -668,6 +672,18 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
     discard_decided(cp);
     evl_store_drop(cp->store, NULL, -1);
     rd_kafka_assign(rk, NULL);
+}
+
+/* librdkafka's statistics callback, used as a clock only: it runs from
+ * rd_kafka_consumer_poll every statistics.interval.ms, also while the
+ * consumer waits for an assignment, and says why it waits (kafka.h). */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    cmdproc *cp = opaque;
+    (void)json;
+    (void)len;
+    evl_kafka_wait_check(&cp->wait, rk, cp->cfg->cmd.group_id);
+    return 0; /* librdkafka frees json */
 }
 
 /* ---- deciding one command -------------------------------------------- */
@@ -1784,13 +1800,23 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
      * of commands per second, thousands of fetch round trips that cost
      * the broker the CPU it needs for the transactions. Waiting up to
      * 5 ms for 64 KiB makes a fetch carry a hundred commands under load
-     * and adds at most 5 ms when the stream is thin. */
+     * and adds at most 5 ms when the stream is thin.
+     *
+     * statistics.interval.ms: the clock of stats_cb (the statistics
+     * themselves are dropped).
+     *
+     * group.instance.id: static membership when `instance` is set
+     * (kafka.h): a restarted instance gets its partitions back at once. */
+    char member[300];
+    evl_kafka_instance_id(cfg, "cmd", member, sizeof member);
     const char *cdefaults[] = {"auto.offset.reset",
                                "earliest",
                                "fetch.min.bytes",
                                "65536",
                                "fetch.wait.max.ms",
                                "5",
+                               "statistics.interval.ms",
+                               "1000",
                                NULL};
     const char *crequired[] = {"group.id",
                                cfg->cmd.group_id,
@@ -1806,10 +1832,13 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
                                allowed_assignor(cfg),
                                "client.id",
                                "evlua-commands",
+                               *member ? "group.instance.id" : NULL,
+                               member,
                                NULL};
     if (evl_kafka_conf_new(cfg, cdefaults, crequired, &conf, err, errlen))
         return EXIT_CONFIG;
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_stats_cb(conf, stats_cb);
     rd_kafka_conf_set_opaque(conf, cp);
     if (!(cp->consumer =
               rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {

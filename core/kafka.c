@@ -20,6 +20,39 @@ evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
     return EVL_OK;
 }
 
+/* The value of property key of rk's configuration into buf ("" when
+ * unset or unknown). */
+static const char *conf_value(rd_kafka_t *rk, const char *key, char *buf,
+                              size_t n)
+{
+    size_t len = n;
+    buf[0] = '\0';
+    if (rd_kafka_conf_get(rd_kafka_conf(rk), key, buf, &len) !=
+        RD_KAFKA_CONF_OK)
+        buf[0] = '\0';
+    return buf;
+}
+
+int evl_kafka_log_fenced(const rd_kafka_t *rk, const char *fac, const char *buf)
+{
+    /* the line librdkafka logs when it raises the fatal error; its text
+     * is librdkafka's own for the error code (rd_kafka_fatal_error would
+     * take a lock the logging thread may hold) */
+    if (strcmp(fac, "FATAL") != 0 ||
+        !strstr(buf, rd_kafka_err2str(RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID)))
+        return 0;
+    char id[256];
+    evl_log(EVL_LOG_ERROR,
+            "another consumer joined the group with this consumer's "
+            "group.instance.id, so this one is fenced and stops: two evlua "
+            "processes run with the same `instance` (each needs its own; a "
+            "restarted process takes its old one's place)",
+            "client", rd_kafka_name(rk), "group.instance.id",
+            conf_value((rd_kafka_t *)rk, "group.instance.id", id, sizeof id),
+            "error", "FENCED_INSTANCE_ID", NULL);
+    return 1;
+}
+
 /* librdkafka's syslog levels -> ours. Its notices (reconnects, group
  * changes) are worth seeing at info. */
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -35,17 +68,22 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
         lvl = EVL_LOG_DEBUG;
     evl_log(evl_log_lib(lvl), buf, "client", rd_kafka_name(rk), "facility", fac,
             NULL);
+    evl_kafka_log_fenced(rk, fac, buf);
+}
+
+void evl_kafka_log_fatal(rd_kafka_t *rk, const char *msg, const char *field,
+                         const char *value)
+{
+    char fatal[512];
+    rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, fatal, sizeof fatal);
+    evl_log(EVL_LOG_ERROR, msg, "client", rd_kafka_name(rk), "error",
+            rd_kafka_err2name(orig), "reason", fatal, field, value, NULL);
 }
 
 static void error_cb(rd_kafka_t *rk, int code, const char *reason, void *opaque)
 {
-    char fatal[512];
     if (code == RD_KAFKA_RESP_ERR__FATAL) {
-        rd_kafka_resp_err_t orig =
-            rd_kafka_fatal_error(rk, fatal, sizeof fatal);
-        evl_log(EVL_LOG_ERROR, "kafka client fatal error", "client",
-                rd_kafka_name(rk), "error", rd_kafka_err2name(orig), "reason",
-                fatal, NULL);
+        evl_kafka_log_fatal(rk, "kafka client fatal error", NULL, NULL);
         return;
     }
     /* non-fatal: librdkafka retries by itself (a one-shot command reports
@@ -254,6 +292,62 @@ evl_err evl_kafka_ensure_topic(rd_kafka_t *rk, const evl_kafka_topic_spec *spec,
                       "topic %s was created but does not show in the "
                       "cluster's metadata",
                       spec->name);
+}
+
+void evl_kafka_instance_id(const evl_config *cfg, const char *suffix, char *buf,
+                           size_t n)
+{
+    if (!cfg || !cfg->instance || !*cfg->instance)
+        snprintf(buf, n, "%s", "");
+    else
+        snprintf(buf, n, "%s.%s", cfg->instance, suffix);
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void evl_kafka_wait_begin(evl_kafka_wait *w)
+{
+    w->since = mono_s();
+    w->logged = 0;
+}
+
+void evl_kafka_wait_end(evl_kafka_wait *w)
+{
+    w->since = 0;
+    w->logged = 0;
+}
+
+int evl_kafka_wait_check(evl_kafka_wait *w, rd_kafka_t *rk, const char *group)
+{
+    if (w->since == 0 || w->logged ||
+        mono_s() - w->since < EVL_KAFKA_WAIT_LOG_MS / 1000.0)
+        return 0;
+    w->logged = 1;
+    char timeout[32], id[256], msg[512];
+    conf_value(rk, "session.timeout.ms", timeout, sizeof timeout);
+    conf_value(rk, "group.instance.id", id, sizeof id);
+    if (!*id)
+        snprintf(msg, sizeof msg,
+                 "waiting for partitions of group %s: a member that left "
+                 "without leaving (kill -9?) holds them until its session "
+                 "times out (session.timeout.ms=%s); set `instance` for "
+                 "static membership",
+                 group, *timeout ? timeout : "?");
+    else
+        snprintf(msg, sizeof msg,
+                 "waiting for partitions of group %s: a member that stopped "
+                 "(a static member does not leave on close, a dynamic one "
+                 "killed with -9 cannot) holds them until its session times "
+                 "out (session.timeout.ms=%s), unless it comes back",
+                 group, *timeout ? timeout : "?");
+    evl_log(EVL_LOG_INFO, msg, "client", rd_kafka_name(rk), "group", group,
+            *id ? "group.instance.id" : NULL, id, NULL);
+    return 1;
 }
 
 int32_t evl_kafka_murmur2_partition(const void *key, size_t len,

@@ -96,6 +96,62 @@ evl_err evl_kafka_ensure_topic(rd_kafka_t *rk, const evl_kafka_topic_spec *spec,
                                int create, int timeout_ms, int *count,
                                int *created, char *err, size_t errlen);
 
+/* ---- consumer groups -------------------------------------------------
+ *
+ * Static membership (Kafka's group.instance.id, KIP-345): with the config
+ * key `instance` set, every consumer `evlua run` puts in a group gets a
+ * group.instance.id derived from it, unique per consumer in the process
+ * and stable across restarts. A restarted instance then takes its old
+ * members' places, and their partitions, at once instead of after their
+ * session timeout. The other side of it: a static member does not leave
+ * its group on close (librdkafka 2.0.2 sends no LeaveGroup for one), so
+ * after a clean stop its partitions wait for session.timeout.ms unless it
+ * comes back; and two processes with one `instance` fence each other
+ * (FENCED_INSTANCE_ID, fatal for the older consumer).
+ */
+
+/* "<cfg->instance>.<suffix>" into buf: the group.instance.id of the
+ * consumer suffix names ("cmd", "proj.NAME.1"); "" when cfg->instance is
+ * unset (dynamic membership). */
+void evl_kafka_instance_id(const evl_config *cfg, const char *suffix, char *buf,
+                           size_t n);
+
+/* Log rk's fatal error at error level: msg with the client, the error's
+ * name and librdkafka's reason (and field=value when field is not NULL).
+ * The error callback of evl_kafka_conf_new uses it. @locality any
+ * thread, not from a log callback. */
+void evl_kafka_log_fatal(rd_kafka_t *rk, const char *msg, const char *field,
+                         const char *value);
+
+/* For a librdkafka log callback: when the line (facility fac, text buf)
+ * is librdkafka raising FENCED_INSTANCE_ID, log at error level that two
+ * processes run with the same `instance` (naming the group.instance.id),
+ * and return 1; else 0. librdkafka logs it the moment a static member is
+ * fenced, before any consumer poll could report it. The log callback of
+ * evl_kafka_conf_new calls it. @locality any thread. */
+int evl_kafka_log_fenced(const rd_kafka_t *rk, const char *fac,
+                         const char *buf);
+
+/* Why a consumer waits for partitions: a group member that died without
+ * leaving (kill -9) holds them until its session times out, and nothing
+ * tells the operator. A consumer begins waiting when it subscribes and
+ * when its partitions are revoked, and stops when they are assigned;
+ * evl_kafka_wait_check, called often while it polls, logs once per wait
+ * at info, after EVL_KAFKA_WAIT_LOG_MS, why (naming the group and
+ * session.timeout.ms, and `instance` when it is not set). Zero-initialize;
+ * nothing to free. @locality the consumer's thread. */
+#define EVL_KAFKA_WAIT_LOG_MS 6000
+
+typedef struct evl_kafka_wait {
+    double since; /* when the wait began (monotonic s); 0: not waiting */
+    int logged;
+} evl_kafka_wait;
+
+void evl_kafka_wait_begin(evl_kafka_wait *w);
+void evl_kafka_wait_end(evl_kafka_wait *w);
+/* Returns 1 when it logged. */
+int evl_kafka_wait_check(evl_kafka_wait *w, rd_kafka_t *rk, const char *group);
+
 /* The partition the murmur2 partitioners (librdkafka's murmur2 and
  * murmur2_random for non-NULL keys, the Java client's default) choose for
  * key among partitions partitions. */

@@ -345,7 +345,8 @@ typedef struct projector {
     evl_strlist missing;
     char missing_why[512]; /* readiness reason while some are missing */
     double missing_checked;
-    int nsubscribed; /* topics in the current subscription */
+    int nsubscribed;     /* topics in the current subscription */
+    evl_kafka_wait wait; /* the consumer's wait for partitions (kafka.h) */
 
     evl_luahost *host;
     const evl_luahost_projection *proj;
@@ -485,6 +486,7 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac,
                                      : EVL_LOG_DEBUG;
     evl_log(lvl, "librdkafka", "client", rd_kafka_name(rk), "facility", fac,
             "detail", buf, NULL);
+    evl_kafka_log_fenced(rk, fac, buf);
 }
 
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason,
@@ -492,10 +494,9 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason,
 {
     projector *pj = opaque;
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char buf[512];
-        rd_kafka_fatal_error(rk, buf, sizeof buf);
-        evl_log(EVL_LOG_ERROR, "fatal Kafka error: stopping the projector",
-                "projection", pj->name, "error", buf, NULL);
+        if (!pj->fatal) /* else consumer_error said it */
+            evl_kafka_log_fatal(rk, "fatal Kafka error: stopping the projector",
+                                "projection", pj->name);
         pj->fatal = 1;
         return;
     }
@@ -606,6 +607,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         describe_parts(ps, 0, desc, sizeof desc);
         rd_kafka_assign(rk, NULL);
         pj->assigned = 0;
+        evl_kafka_wait_begin(&pj->wait);
         evl_metrics_ready(pj->component, 0, "rebalancing: partitions revoked");
         evl_log(EVL_LOG_INFO, "partitions revoked", "projection", pj->name,
                 "partitions", desc, THREAD_FIELD(pj), NULL);
@@ -614,6 +616,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int ok = offsets_from_db(pj, ps);
     rd_kafka_assign(rk, ps);
     pj->assigned = 1;
+    evl_kafka_wait_end(&pj->wait);
     pj->parts = evl_xmalloc(sizeof(part) * (size_t)(ps->cnt ? ps->cnt : 1));
     pj->nparts = ps->cnt;
     for (int i = 0; i < ps->cnt; i++) {
@@ -691,6 +694,8 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
             continue;
         }
         char member[300];
+        if (strcmp(k, "group.instance.id") == 0 && cfg->instance)
+            continue; /* derived from `instance`, below */
         if (strcmp(k, "group.instance.id") == 0 && pj->ninstances > 1) {
             /* static members must differ: one per thread */
             snprintf(member, sizeof member, "%s-%d", v, pj->instance + 1);
@@ -699,6 +704,13 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
         if (kafka_set(conf, k, v, err, errlen))
             goto bad;
     }
+    /* static membership (kafka.h): one id per thread of each projection,
+     * stable across restarts while projection.threads stays the same */
+    char suffix[300], member[300];
+    snprintf(suffix, sizeof suffix, "proj.%s.%d", pj->name, pj->instance + 1);
+    evl_kafka_instance_id(cfg, suffix, member, sizeof member);
+    if (*member && kafka_set(conf, "group.instance.id", member, err, errlen))
+        goto bad;
     if (!evl_config_kafka(cfg, "auto.offset.reset") &&
         kafka_set(conf, "auto.offset.reset", "earliest", err, errlen))
         goto bad;
@@ -800,8 +812,10 @@ static int subscribe(projector *pj, char *err, size_t errlen)
     }
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
     pj->nsubscribed = sub->cnt;
-    if (sub->cnt > 0)
+    if (sub->cnt > 0) {
         e = rd_kafka_subscribe(pj->rk, sub);
+        evl_kafka_wait_begin(&pj->wait);
+    }
     rd_kafka_topic_partition_list_destroy(sub);
     if (e) {
         (void)evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_subscribe: %s",
@@ -1241,6 +1255,10 @@ static void consumer_error(projector *pj, const rd_kafka_message_t *rkm)
         return;
     }
     if (rkm->err == RD_KAFKA_RESP_ERR__FATAL) {
+        if (!pj->fatal) /* else on_kafka_error said it */
+            evl_kafka_log_fatal(pj->rk,
+                                "fatal Kafka error: stopping the projector",
+                                "projection", pj->name);
         pj->fatal = 1;
         return;
     }
@@ -2693,6 +2711,7 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
             code = 1;
             break;
         }
+        evl_kafka_wait_check(&pj->wait, pj->rk, pj->group_id);
         batch *b = pj->inflight == &pj->bufs[0] ? &pj->bufs[1] : &pj->bufs[0];
         int n = pj->abort_rc ? 0 : collect(pj, b);
         if (pj->abort_rc) {

@@ -8,8 +8,11 @@
  * connection; projection.threads > 1 runs that many such projectors,
  * members of the same group, which Kafka gives disjoint partitions (all
  * events of an aggregate are in one partition, so each aggregate still
- * has one writer, in order). Per batch (up to projection.batch_size events,
- * waiting at most projection.linger_ms for it to fill):
+ * has one writer, in order). With the config's `instance` each consumer
+ * is a static member of its group (kafka.h: group.instance.id
+ * "<instance>.proj.NAME.<thread>"). Per batch (up to
+ * projection.batch_size events, waiting at most projection.linger_ms for
+ * it to fill):
  *
  *   1. events whose evlua-type header the projection has no handler for
  *      are dropped unparsed (their offsets still advance);

@@ -251,6 +251,20 @@ static inline int ct_log_has(const ct *t, const char *log, const char *text)
     return found;
 }
 
+/* Wait up to timeout_ms for text to show in DIR/LOG; 1 when it did. */
+static inline int ct_wait_log(const ct *t, const char *log, const char *text,
+                              long long timeout_ms)
+{
+    long long deadline = ct_now_ms() + timeout_ms;
+    for (;;) {
+        if (ct_log_has(t, log, text))
+            return 1;
+        if (ct_now_ms() > deadline)
+            return 0;
+        ct_sleep_ms(50);
+    }
+}
+
 static inline void ct_dump_log(const ct *t, const char *log)
 {
     char cmd[1200];
