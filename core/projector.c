@@ -825,58 +825,65 @@ static int subscribe(projector *pj, char *err, size_t errlen)
     return 0;
 }
 
-/* Look up every topic; create the missing ones when configured to;
- * remember those still missing. A cluster that does not answer leaves a
- * topic subscribed as before (librdkafka finds it when it can). */
-static void ensure_topics(projector *pj)
+/* Look topic up and, when it is missing and commands.create_topics is
+ * on, create it. Returns 1 when it exists; else 0 with the readiness
+ * reason in why. */
+static int look_up(projector *pj, const char *topic, char *why, size_t n)
 {
     const evl_config *cfg = pj->cfg;
     char err[EVL_ERRLEN];
+    evl_kafka_topic_spec spec = {topic, 0, 0};
+    int count = 0, created = 0;
+    evl_err e = evl_kafka_ensure_topic(pj->rk, &spec, 0, 10000, &count,
+                                       &created, err, sizeof err);
+    if (e == EVL_OK && count == 0 && cfg->cmd.create_topics) {
+        spec.partitions = topic_partitions(pj, topic);
+        e = evl_kafka_ensure_topic(pj->rk, &spec, 1, 10000, &count, &created,
+                                   err, sizeof err);
+    }
+    if (e == EVL_OK && count > 0) {
+        if (created) {
+            char parts[16];
+            snprintf(parts, sizeof parts, "%d", count);
+            evl_log(EVL_LOG_INFO,
+                    "topic created (it did not exist; commands.create_topics)",
+                    "projection", pj->name, "topic", topic, "partitions", parts,
+                    THREAD_FIELD(pj), NULL);
+        }
+        return 1;
+    }
+    if (e == EVL_OK) /* missing, not to be created */
+        snprintf(why, n,
+                 "topic %.240s does not exist (commands.create_topics is "
+                 "false): waiting for it",
+                 topic);
+    else if (e == EVL_ETRANSIENT)
+        snprintf(why, n, "topic %.200s: cannot look it up (%.200s): waiting",
+                 topic, err);
+    else
+        snprintf(why, n,
+                 "topic %.200s does not exist and cannot be created "
+                 "(%.200s): waiting for it",
+                 topic, err);
+    return 0;
+}
+
+/* Before subscribing: look every topic up (creating missing ones when
+ * configured to); remember those still missing. */
+static void ensure_topics(projector *pj)
+{
     pthread_mutex_lock(&topics_mu);
     for (int i = 0; i < pj->topics.n; i++) {
-        const char *topic = pj->topics.v[i];
-        evl_kafka_topic_spec spec = {topic, 0, 0};
-        int n = 0, created = 0;
-        if (cfg->cmd.create_topics)
-            spec.partitions = topic_partitions(pj, topic);
-        evl_err e =
-            evl_kafka_ensure_topic(pj->rk, &spec, cfg->cmd.create_topics, 10000,
-                                   &n, &created, err, sizeof err);
-        if (e == EVL_ETRANSIENT && n == 0 && !cfg->cmd.create_topics) {
-            evl_log(EVL_LOG_WARN,
-                    "cannot look the topic up; subscribing to it anyway",
-                    "projection", pj->name, "topic", topic, "error", err,
-                    THREAD_FIELD(pj), NULL);
+        char why[sizeof pj->missing_why];
+        if (look_up(pj, pj->topics.v[i], why, sizeof why))
             continue;
-        }
-        if (e == EVL_OK && n > 0) {
-            if (created) {
-                char parts[16];
-                snprintf(parts, sizeof parts, "%d", n);
-                evl_log(EVL_LOG_INFO,
-                        "topic created (it did not exist; "
-                        "commands.create_topics)",
-                        "projection", pj->name, "topic", topic, "partitions",
-                        parts, THREAD_FIELD(pj), NULL);
-            }
-            continue;
-        }
-        strlist_add(&pj->missing, topic);
-        if (e == EVL_OK) /* missing, not to be created */
-            snprintf(pj->missing_why, sizeof pj->missing_why,
-                     "topic %.240s does not exist (commands.create_topics "
-                     "is false): waiting for it",
-                     topic);
-        else
-            snprintf(pj->missing_why, sizeof pj->missing_why,
-                     "topic %.200s does not exist and cannot be created "
-                     "(%.200s): waiting for it",
-                     topic, err);
+        strlist_add(&pj->missing, pj->topics.v[i]);
+        snprintf(pj->missing_why, sizeof pj->missing_why, "%s", why);
         evl_log(EVL_LOG_WARN,
                 "a topic of the projection does not exist; it is read as "
                 "soon as it does",
-                "projection", pj->name, "topic", topic, "reason",
-                pj->missing_why, THREAD_FIELD(pj), NULL);
+                "projection", pj->name, "topic", pj->topics.v[i], "reason", why,
+                THREAD_FIELD(pj), NULL);
     }
     pthread_mutex_unlock(&topics_mu);
     pj->missing_checked = now_s();
@@ -884,20 +891,20 @@ static void ensure_topics(projector *pj)
 
 static void report_ready(projector *pj);
 
-/* Between batches: have missing topics appeared? Then subscribe again,
- * with them. Returns 0, or 1 on a failure to subscribe (logged). */
+/* Between batches, every MISSING_CHECK_S while topics are missing: look
+ * them up again (creating them when configured to: the cluster may not
+ * have answered before); subscribe again when some exist now. Returns 0,
+ * or 1 on a failure to subscribe (logged). */
 static int check_missing(projector *pj)
 {
     if (pj->missing.n == 0 || now_s() - pj->missing_checked < MISSING_CHECK_S)
         return 0;
-    pj->missing_checked = now_s();
-    char err[EVL_ERRLEN];
+    char err[EVL_ERRLEN], why[sizeof pj->missing_why];
     int appeared = 0;
+    pthread_mutex_lock(&topics_mu);
     for (int k = 0; k < pj->missing.n;) {
-        int n = 0;
-        if (evl_kafka_partitions(pj->rk, pj->missing.v[k], 5000, &n, err,
-                                 sizeof err) != EVL_OK ||
-            n == 0) {
+        if (!look_up(pj, pj->missing.v[k], why, sizeof why)) {
+            snprintf(pj->missing_why, sizeof pj->missing_why, "%s", why);
             k++;
             continue;
         }
@@ -908,12 +915,12 @@ static int check_missing(projector *pj)
         pj->missing.v[k] = pj->missing.v[--pj->missing.n];
         appeared = 1;
     }
-    if (!appeared)
+    pthread_mutex_unlock(&topics_mu);
+    pj->missing_checked = now_s();
+    if (!appeared) {
+        report_ready(pj);
         return 0;
-    if (pj->missing.n > 0)
-        snprintf(pj->missing_why, sizeof pj->missing_why,
-                 "topic %.240s does not exist: waiting for it",
-                 pj->missing.v[0]);
+    }
     if (subscribe(pj, err, sizeof err) != 0) {
         evl_log(EVL_LOG_ERROR, "cannot subscribe", "projection", pj->name,
                 "error", err, NULL);
