@@ -484,8 +484,9 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac,
                         : level == 4 ? EVL_LOG_WARN
                         : level <= 6 ? EVL_LOG_INFO
                                      : EVL_LOG_DEBUG;
-    evl_log(lvl, "librdkafka", "client", rd_kafka_name(rk), "facility", fac,
-            "detail", buf, NULL);
+    /* at most info in a one-shot command (`evlua projection reset`) */
+    evl_log(evl_log_lib(lvl), "librdkafka", "client", rd_kafka_name(rk),
+            "facility", fac, "detail", buf, NULL);
     evl_kafka_log_fenced(rk, fac, buf);
 }
 
