@@ -28,7 +28,8 @@ return {
   -- libpq conninfo; EVLUA_PG_CONNINFO overrides it
   postgres = "host=pg.internal port=5432 dbname=app user=evlua "
           .. "sslmode=verify-full sslrootcert=/etc/evlua/tls/pg-ca.pem "
-          .. "password=" .. need("PG_PASSWORD"),
+          -- quoted, with ' and \ escaped: a password may hold spaces
+          .. "password='" .. (need("PG_PASSWORD"):gsub("[\\']", "\\%0")) .. "'",
 
   limits = { memory_mb = 128, instructions = 20000000, time_ms = 2000 },
 
