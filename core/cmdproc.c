@@ -2051,8 +2051,9 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     discard_decided(&cp);
     if (cp.fatal) {
         evl_log(EVL_LOG_ERROR,
-                "command processor stops after a fatal Kafka error (another "
-                "instance with the same transactional.id fences this one?)",
+                "command processor stops after a fatal Kafka error (see the "
+                "error above: another instance with the same "
+                "commands.transactional_id or the same instance?)",
                 NULL);
         rc = EXIT_RUNTIME;
     }

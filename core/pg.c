@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "log.h"
 
 /* ---- prepared-statement cache -------------------------------------------- */
@@ -331,16 +332,12 @@ static evl_err connect_(evl_pg *pg, char *err, size_t errlen)
 evl_err evl_pg_open(const char *conninfo, const char *appname, evl_pg **out,
                     char *err, size_t errlen)
 {
-    char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", &perr);
-    if (!opts) {
-        evl_err e = evl_seterr(err, errlen, EVL_EPERMANENT,
-                               "invalid PostgreSQL conninfo: %s",
-                               perr ? perr : "out of memory");
-        PQfreemem(perr);
-        return e;
-    }
-    PQconninfoFree(opts);
+    char msg[EVL_ERRLEN];
+    /* libpq's own message would quote the string, password included */
+    if (evl_config_check_conninfo(conninfo ? conninfo : "", msg, sizeof msg) !=
+        EVL_OK)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "invalid PostgreSQL conninfo: %s", msg);
 
     evl_pg *pg = evl_xmalloc(sizeof *pg);
     memset(pg, 0, sizeof *pg);
