@@ -762,19 +762,6 @@ static const char *env_overrides(evl_config *cfg)
     return pg_from;
 }
 
-/* The instance name ends up in Kafka's group.instance.id: keep it to the
- * alphabet of the other names (aggregate types, projections). */
-static int valid_name(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-              (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
-            return 0;
-    return 1;
-}
-
 evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
                         size_t errlen)
 {
@@ -806,7 +793,7 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
     }
     /* checked after the environment, which may set it; the value is not
      * quoted: it may come from EVLUA_INSTANCE and be anything */
-    if (c.instance && (!valid_name(c.instance) ||
+    if (c.instance && (!evl_valid_name(c.instance) ||
                        strlen(c.instance) > EVL_CONFIG_INSTANCE_MAX)) {
         e = fail(&ld, "instance",
                  "is not a valid name (letters, digits, '.', '_' and '-'; "

@@ -57,3 +57,14 @@ char *evl_xstrdup(const char *s)
     memcpy(p, s, n);
     return p;
 }
+
+int evl_valid_name(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+              (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+            return 0;
+    return 1;
+}

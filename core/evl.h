@@ -42,4 +42,10 @@ void *evl_xmalloc(size_t n);
 void *evl_xrealloc(void *p, size_t n);
 char *evl_xstrdup(const char *s);
 
+/* Is s a name evlua accepts for what ends up in topic, consumer group,
+ * table and group.instance.id names (aggregate types, projections, the
+ * instance): non-empty, letters, digits, '.', '_', '-' only (Kafka's
+ * topic alphabet)? */
+int evl_valid_name(const char *s);
+
 #endif

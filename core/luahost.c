@@ -191,19 +191,6 @@ static char **copy_strv(const char *const *v, size_t n)
     return c;
 }
 
-/* Aggregate types and projection names end up in topic, consumer group
- * and table names: keep them to Kafka's topic alphabet. */
-static int valid_name(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-              (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
-            return 0;
-    return 1;
-}
-
 static void problem(evl_luahost_problems *p, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
@@ -1428,7 +1415,7 @@ static int fn_table(op *o, lua_State *L, int t, const char *field, int required,
     return 1;
 }
 
-/* A name field (type, name) that must match valid_name. */
+/* A name field (type, name) that must be an evl_valid_name. */
 static const char *name_field(op *o, lua_State *L, int t, const char *field)
 {
     int tt = rawfield(L, t, field);
@@ -1442,7 +1429,7 @@ static const char *name_field(op *o, lua_State *L, int t, const char *field)
         return NULL;
     }
     s = lua_tostring(L, -1);
-    if (!valid_name(s)) {
+    if (!evl_valid_name(s)) {
         problem(o->problems,
                 "%s: %s \"%s\" is not a valid name (letters, "
                 "digits, '.', '_' and '-'; not empty)",

@@ -2,8 +2,12 @@
 -- (0 ok, 1 runtime failure, 2 usage or configuration error).
 local bin = os.getenv("EVLUA_BIN") or "build/evlua"
 
-local function run(args)
-  local p = io.popen(bin .. " " .. args .. " 2>&1; echo \"rc=$?\"")
+local src = os.getenv("EVLUA_SOURCE_DIR") or "."
+
+-- run(args [, env]): evlua's output (stdout and stderr) and exit code;
+-- env is a prefix such as "env -u EVLUA_LOG_LEVEL"
+local function run(args, env)
+  local p = io.popen((env or "") .. " " .. bin .. " " .. args .. " 2>&1; echo \"rc=$?\"")
   local out = p:read("a")
   p:close()
   local rc = tonumber(out:match("rc=(%d+)\n$"))
@@ -58,5 +62,48 @@ describe("evlua", function()
       local _, rc = run("check --frobnicate")
       assert.are.equal(2, rc)
     end)
+  end)
+end)
+
+-- evlua send: option values out of range are refused (exit 2), never
+-- clamped into a command that means something else.
+describe("evlua send --expected-version", function()
+  for _, v in ipairs({ "99999999999999999999", "9007199254740992", "-1", "12x", "" }) do
+    it("refuses " .. (v == "" and "an empty value" or v) .. " with exit 2", function()
+      local out, rc = run("send customer c-1 Noop '{}' --expected-version '" .. v .. "'")
+      assert.are.equal(2, rc, out)
+      assert.matches("bad --expected-version", out, 1, true)
+    end)
+  end
+end)
+
+-- One-shot commands answer; their log shows only when something is wrong
+-- (warnings and errors), unless -v asks for more.
+describe("one-shot commands", function()
+  it("check prints its answer without info log lines", function()
+    local out, rc = run("check --scripts " .. src, "env -u EVLUA_LOG_LEVEL")
+    assert.are.equal(0, rc, out)
+    assert.matches("^ok: ", out)
+    assert.is_nil(out:find("level=info", 1, true), out)
+  end)
+
+  it("check -v adds them", function()
+    local out, rc = run("check -v --scripts " .. src, "env -u EVLUA_LOG_LEVEL")
+    assert.are.equal(0, rc, out)
+    assert.matches('level=info msg="scripts loaded"', out, 1, true)
+  end)
+
+  it("EVLUA_LOG_LEVEL still wins", function()
+    local out, rc = run("check --scripts " .. src, "EVLUA_LOG_LEVEL=info")
+    assert.are.equal(0, rc, out)
+    assert.matches('level=info msg="scripts loaded"', out, 1, true)
+  end)
+
+  it("send to an unreachable broker says so without librdkafka's chatter", function()
+    local out, rc = run("send customer c-1 Noop '{}' --wait --timeout 3",
+      "env -u EVLUA_LOG_LEVEL EVLUA_KAFKA_BOOTSTRAP=127.0.0.1:1")
+    assert.are_not.equal(0, rc, out)
+    assert.is_nil(out:find("level=", 1, true), out)
+    assert.matches("evlua send: ", out, 1, true)
   end)
 end)
