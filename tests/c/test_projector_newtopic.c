@@ -137,8 +137,8 @@ static void run(const char *type, int create, int port)
         if (!ready)
             pt_sleep_ms(200);
     }
-    snprintf(msg, sizeof msg, "[%s] /readyz says ready once assigned: %s", mode,
-             b);
+    snprintf(msg, sizeof msg, "[%s] /readyz says ready once assigned: %.200s",
+             mode, b);
     CHECK(ready, msg);
     CHECK_INT(
         pt_log_count(&T, log,
