@@ -189,9 +189,10 @@ int main(void)
         {"ver-1", "rejected", "expected version 7"},
         {"type-1", "rejected", "no handler for command Fly"},
         {"agg-1", "rejected", "unknown aggregate type spaceship"},
-        {NULL, "rejected", "malformed JSON: invalid JSON"},
-        {NULL, "rejected", "invalid UTF-8"},
-        {NULL, "rejected", "9007199254740993"},
+        /* malformed: the id before the damage still names the result */
+        {"json-1", "rejected", "malformed JSON: invalid JSON"},
+        {"utf-1", "rejected", "invalid UTF-8"},
+        {"int-1", "rejected", "9007199254740993"},
         {NULL, "rejected", "has no id"},
         {"noagg-1", "rejected", "has no aggregate_id"},
         {"key-1", "rejected", "Kafka key differs"},
