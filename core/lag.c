@@ -56,6 +56,7 @@ struct evl_lag {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop, started;
+    int kick; /* an assignment changed: measure now, not at the period */
 };
 
 /* ---- who holds what in this process ----------------------------------- */
@@ -69,6 +70,7 @@ typedef struct holding {
 static pthread_mutex_t held_mu = PTHREAD_MUTEX_INITIALIZER;
 static holding *helds;
 static size_t nhelds;
+static evl_lag *running; /* the started one, woken by assignments */
 
 void evl_lag_held(const char *group, const void *consumer, int n)
 {
@@ -84,6 +86,12 @@ void evl_lag_held(const char *group, const void *consumer, int n)
         helds[i].group = evl_xstrdup(group);
     }
     helds[i].n = n;
+    if (running) { /* the gauges and readiness follow a rebalance at once */
+        pthread_mutex_lock(&running->mu);
+        running->kick = 1;
+        pthread_cond_signal(&running->cv);
+        pthread_mutex_unlock(&running->mu);
+    }
     pthread_mutex_unlock(&held_mu);
 }
 
@@ -415,6 +423,7 @@ static void *lag_main(void *arg)
     evl_lag *lag = arg;
     pthread_mutex_lock(&lag->mu);
     while (!lag->stop) {
+        lag->kick = 0;
         pthread_mutex_unlock(&lag->mu);
         tick(lag);
         struct timespec until;
@@ -427,7 +436,7 @@ static void *lag_main(void *arg)
             until.tv_nsec -= 1000000000L;
         }
         pthread_mutex_lock(&lag->mu);
-        while (!lag->stop &&
+        while (!lag->stop && !lag->kick &&
                pthread_cond_timedwait(&lag->cv, &lag->mu, &until) == 0)
             ;
     }
@@ -479,6 +488,9 @@ evl_err evl_lag_start(evl_lag *lag, char *err, size_t errlen)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "pthread_create(lag) failed");
     lag->started = 1;
+    pthread_mutex_lock(&held_mu);
+    running = lag;
+    pthread_mutex_unlock(&held_mu);
     return EVL_OK;
 }
 
@@ -486,6 +498,10 @@ void evl_lag_free(evl_lag *lag)
 {
     if (!lag)
         return;
+    pthread_mutex_lock(&held_mu);
+    if (running == lag)
+        running = NULL;
+    pthread_mutex_unlock(&held_mu);
     if (lag->started) {
         pthread_mutex_lock(&lag->mu);
         lag->stop = 1;

@@ -3,7 +3,8 @@
  * partition of the topics it reads, whatever the assignment.
  *
  * A thread of its own (started by `evlua run`) wakes every
- * metrics.lag_interval_ms (5 s by default) and, for each watched group:
+ * metrics.lag_interval_ms (5 s by default), and at once when a pipeline's
+ * assignment changes (evl_lag_held), and, for each watched group:
  *
  *   - reads where the group is: a projection's offsets in evlua_offsets
  *     (the truth for a projection: the Kafka group offsets trail them),
