@@ -9,8 +9,9 @@
  * host from the loaded one (evl_luahost_reload), so no lua_State is ever
  * shared between threads, and watches SIGHUP and the stop flag at its
  * batch boundaries. The exit code is the worst of the pipelines'.
- * Beside them runs the lag thread (lag.h), which watches the group of
- * each pipeline started, whatever the partitions this process holds.
+ * Beside them, when metrics.listen is set, runs the lag thread (lag.h),
+ * which watches the group of each pipeline started, whatever the
+ * partitions this process holds.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -241,7 +242,8 @@ int evl_cli_run(int argc, char **argv)
     evl_log(EVL_LOG_INFO, "evlua starting", "version", EVLUA_VERSION, "config",
             cfg.path, "scripts", evl_luahost_hash(proto), NULL);
 #ifdef EVLUA_HAVE_PROJECTOR
-    evl_lag *lag = start_lag(&cfg, proto, ps, n);
+    /* nobody would see what it measures without the endpoint */
+    evl_lag *lag = cfg.metrics.listen ? start_lag(&cfg, proto, ps, n) : NULL;
 #endif
     size_t started = 0;
     for (; started < n; started++)
