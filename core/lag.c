@@ -34,6 +34,7 @@ typedef struct watched {
     char **topics;
     size_t ntopics;
     long long last_pos; /* sum of positions last period; -1: unknown */
+    double moved_at;    /* when that sum last changed (monotonic s) */
     double age;         /* last age reported */
     int failing;        /* the last period failed (logged once) */
 } watched;
@@ -330,8 +331,13 @@ static void report(watched *w, lpart *ps, size_t n, double interval_s)
     char component[300], why[600];
     snprintf(component, sizeof component, "lag %s", w->group);
     int held = held_count(w->group);
-    int stuck = total > 0 && w->age > 2 * interval_s && pos == w->last_pos;
+    if (pos != w->last_pos)
+        w->moved_at = mono_s();
     w->last_pos = pos;
+    /* two periods, not one: a slow batch must not make a standby
+     * unready */
+    int stuck = total > 0 && w->age > 2 * interval_s &&
+                mono_s() - w->moved_at > 2 * interval_s;
     if (held == 0 && stuck) {
         snprintf(why, sizeof why,
                  "group %s: no partitions in this process and nobody "

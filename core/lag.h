@@ -31,7 +31,7 @@
  * Readiness: a group is "not ready" (component "lag GROUP") when this
  * process holds none of its partitions (evl_lag_held), data waits, the
  * oldest waiting record is older than two periods, and the group's
- * offsets did not move since the previous period: nobody consumes it.
+ * offsets did not move for two periods: nobody consumes it.
  * A standby instance whose partitions another instance consumes stays
  * ready.
  *
