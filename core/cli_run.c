@@ -9,6 +9,9 @@
  * host from the loaded one (evl_luahost_reload), so no lua_State is ever
  * shared between threads, and watches SIGHUP and the stop flag at its
  * batch boundaries. The exit code is the worst of the pipelines'.
+ * Beside them, when metrics.listen is set, runs the lag thread (lag.h),
+ * which watches the group of each pipeline started, whatever the
+ * partitions this process holds.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -25,6 +28,7 @@
 #include "cmdproc.h"
 #endif
 #ifdef EVLUA_HAVE_PROJECTOR
+#include "lag.h"
 #include "projector.h"
 #endif
 
@@ -117,6 +121,51 @@ static void wait_pipelines(pipeline *ps, size_t n, int timeout_ms)
     }
 }
 
+#ifdef EVLUA_HAVE_PROJECTOR
+/* The lag thread for the n pipelines of ps: the commands group over the
+ * commands topic of every aggregate type, each projection's group over
+ * its topics. A failure to start it is logged; the pipelines run
+ * without it. */
+static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
+                          const pipeline *ps, size_t n)
+{
+    char err[EVL_ERRLEN], group[256];
+    evl_lag *lag = evl_lag_new(cfg);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(ps[i].kind, "commands") == 0) {
+            size_t nt = evl_luahost_naggregates(proto);
+            char **topics = evl_xmalloc(sizeof(char *) * (nt ? nt : 1));
+            for (size_t t = 0; t < nt; t++) {
+                char buf[512];
+                evl_config_topic(cfg->cmd.commands_topic,
+                                 evl_luahost_aggregate_at(proto, t)->type, buf,
+                                 sizeof buf);
+                topics[t] = evl_xstrdup(buf);
+            }
+            evl_lag_watch(lag, cfg->cmd.group_id, NULL,
+                          (const char *const *)topics, nt);
+            for (size_t t = 0; t < nt; t++)
+                free(topics[t]);
+            free(topics);
+        } else {
+            evl_strlist topics = {0};
+            evl_projector_group(cfg, ps[i].name, group, sizeof group);
+            evl_projector_topics(cfg, proto, ps[i].name, &topics);
+            evl_lag_watch(lag, group, ps[i].name, (const char *const *)topics.v,
+                          (size_t)topics.n);
+            evl_projector_topics_free(&topics);
+        }
+    }
+    if (evl_lag_start(lag, err, sizeof err) != EVL_OK) {
+        evl_log(EVL_LOG_WARN, "lag thread not started: no lag metrics",
+                "reason", err, NULL);
+        evl_lag_free(lag);
+        return NULL;
+    }
+    return lag;
+}
+#endif
+
 int evl_cli_run(int argc, char **argv)
 {
     const char *config, *scripts;
@@ -192,6 +241,10 @@ int evl_cli_run(int argc, char **argv)
     }
     evl_log(EVL_LOG_INFO, "evlua starting", "version", EVLUA_VERSION, "config",
             cfg.path, "scripts", evl_luahost_hash(proto), NULL);
+#ifdef EVLUA_HAVE_PROJECTOR
+    /* nobody would see what it measures without the endpoint */
+    evl_lag *lag = cfg.metrics.listen ? start_lag(&cfg, proto, ps, n) : NULL;
+#endif
     size_t started = 0;
     for (; started < n; started++)
         if (pthread_create(&ps[started].thread, NULL, pipeline_main,
@@ -207,6 +260,9 @@ int evl_cli_run(int argc, char **argv)
         if (ps[i].rc > rc)
             rc = ps[i].rc;
     }
+#ifdef EVLUA_HAVE_PROJECTOR
+    evl_lag_free(lag);
+#endif
     free(ps);
     evl_log(EVL_LOG_INFO, "evlua stopped", NULL);
 out:

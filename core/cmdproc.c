@@ -31,6 +31,7 @@
 
 #include "envelope.h"
 #include "kafka.h"
+#include "lag.h"
 #include "lifecycle.h"
 #include "log.h"
 #include "luaapi.h"
@@ -158,9 +159,8 @@ typedef struct cmdproc {
     /* evlua_command_transactions_total{outcome}, batch duration, ... */
     evl_metric *m_committed, *m_aborted, *m_batch_seconds, *m_batch_size,
         *m_txn_seconds, *m_lua_seconds, *m_lua_memory;
-    double lua_s;          /* handler time of the batch being decided */
-    long long last_lag_ms; /* consumer lag reported at most once a second */
-    evl_kafka_wait wait;   /* the consumer's wait for partitions (kafka.h) */
+    double lua_s;        /* handler time of the batch being decided */
+    evl_kafka_wait wait; /* the consumer's wait for partitions (kafka.h) */
 } cmdproc;
 
 static long long now_ms(void)
@@ -615,6 +615,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     cmdproc *cp = opaque;
+    evl_lag_held(cp->cfg->cmd.group_id, rk,
+                 rerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? parts->cnt : 0);
     if (rerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         rd_kafka_topic_partition_list_t *offsets;
         evl_kafka_wait_end(&cp->wait);
@@ -1415,10 +1417,6 @@ static int settle(cmdproc *cp, int rewind)
                            (double)(now - cp->fl_tb) / 1000.0);
         evl_metric_observe(cp->m_batch_size, (double)cp->fl_n);
         evl_metric_set(cp->m_lua_memory, (double)evl_luahost_memory(cp->host));
-        if (now - cp->last_lag_ms >= 1000) {
-            cp->last_lag_ms = now;
-            evl_kafka_report_lag(cp->consumer, cp->cfg->cmd.group_id);
-        }
         if (evl_log_get_level() <= EVL_LOG_DEBUG)
             log_committed(cp);
         batch_shift(cp, cp->fl_n);

@@ -374,6 +374,8 @@ static evl_err metrics_field(loader *ld, const char *prefix, const char *k,
     KEY(key, prefix, k);
     if (strcmp(k, "listen") == 0)
         return get_str(ld, key, &cfg->metrics.listen);
+    if (strcmp(k, "lag_interval_ms") == 0)
+        return get_intv(ld, key, 100, 3600000, &cfg->metrics.lag_interval_ms);
     return fail(ld, NULL, "unknown key '%s'", key);
 }
 
@@ -453,6 +455,7 @@ static void defaults(evl_config *cfg)
     cfg->log_level = evl_xstrdup("info");
     cfg->log_format = evl_xstrdup("logfmt");
     cfg->shutdown_timeout_ms = 30000;
+    cfg->metrics.lag_interval_ms = 5000;
 }
 
 /* ---- the config file's limits ---------------------------------------- */

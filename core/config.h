@@ -106,7 +106,8 @@ typedef struct evl_config {
     } proj;
 
     struct {
-        char *listen; /* "127.0.0.1:9464"; NULL: no HTTP endpoint */
+        char *listen;        /* "127.0.0.1:9464"; NULL: no HTTP endpoint */
+        int lag_interval_ms; /* how often lag.h measures every group */
     } metrics;
 
     /* A stable name of this evlua instance (letters, digits, '.', '_',

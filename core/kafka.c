@@ -7,7 +7,6 @@
 #include <time.h>
 
 #include "log.h"
-#include "metrics.h"
 
 evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
                            const char *value, char *err, size_t errlen)
@@ -378,33 +377,4 @@ const char *evl_kafka_header(const rd_kafka_message_t *rkm, const char *name,
         memcpy(buf, val, size);
     buf[size] = '\0';
     return buf;
-}
-
-void evl_kafka_report_lag(rd_kafka_t *rk, const char *group)
-{
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    if (rd_kafka_assignment(rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts)
-        return;
-    if (parts->cnt > 0 && rd_kafka_position(rk, parts) == 0) {
-        for (int i = 0; i < parts->cnt; i++) {
-            const rd_kafka_topic_partition_t *tp = &parts->elems[i];
-            int64_t lo = -1, hi = -1;
-            if (tp->offset < 0 ||
-                rd_kafka_get_watermark_offsets(rk, tp->topic, tp->partition,
-                                               &lo, &hi) != 0 ||
-                hi < 0)
-                continue;
-            char part[16], labels[512];
-            snprintf(part, sizeof part, "%d", (int)tp->partition);
-            evl_metrics_labels(labels, sizeof labels, "group", group, "topic",
-                               tp->topic, "partition", part, NULL);
-            evl_metric_set(evl_metrics_gauge("evlua_consumer_lag",
-                                             "Messages between a consumer's "
-                                             "position and the partition's "
-                                             "end",
-                                             labels),
-                           (double)(hi > tp->offset ? hi - tp->offset : 0));
-        }
-    }
-    rd_kafka_topic_partition_list_destroy(parts);
 }

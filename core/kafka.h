@@ -163,10 +163,4 @@ int32_t evl_kafka_murmur2_partition(const void *key, size_t len,
 const char *evl_kafka_header(const rd_kafka_message_t *rkm, const char *name,
                              char *buf, size_t n);
 
-/* Set the gauge evlua_consumer_lag{group,topic,partition} for every
- * partition assigned to consumer rk: the partition's high watermark (as
- * last seen in a fetch; no request is made) minus the consumer's position.
- * Partitions without a position or watermark yet are left out. */
-void evl_kafka_report_lag(rd_kafka_t *rk, const char *group);
-
 #endif

@@ -41,6 +41,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "kafka.h"
+#include "lag.h"
 #include "lifecycle.h"
 #include "log.h"
 #include "metrics.h"
@@ -375,9 +376,9 @@ typedef struct projector {
     evl_projector_stats published; /* what the metrics have seen */
     evl_metric *m_events[5], *m_batches, *m_lua_memory, *m_batch_size,
         *m_batch_seconds, *m_lua_seconds, *m_parked;
-    double lua_s;                        /* handler time not yet published */
-    double parked_counted, lag_reported; /* when they were last refreshed */
-    int parked_dirty;                    /* a batch parked an aggregate */
+    double lua_s;             /* handler time not yet published */
+    double parked_counted;    /* when it was last refreshed */
+    int parked_dirty;         /* a batch parked an aggregate */
     char component[160];      /* readiness name: "projection NAME" ("#i" added
                                  when the projection runs several threads) */
     int instance, ninstances; /* this thread, of the projection's threads */
@@ -608,6 +609,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         describe_parts(ps, 0, desc, sizeof desc);
         rd_kafka_assign(rk, NULL);
         pj->assigned = 0;
+        evl_lag_held(pj->group_id, rk, 0);
         evl_kafka_wait_begin(&pj->wait);
         evl_metrics_ready(pj->component, 0, "rebalancing: partitions revoked");
         evl_log(EVL_LOG_INFO, "partitions revoked", "projection", pj->name,
@@ -617,6 +619,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int ok = offsets_from_db(pj, ps);
     rd_kafka_assign(rk, ps);
     pj->assigned = 1;
+    evl_lag_held(pj->group_id, rk, ps->cnt);
     evl_kafka_wait_end(&pj->wait);
     pj->parts = evl_xmalloc(sizeof(part) * (size_t)(ps->cnt ? ps->cnt : 1));
     pj->nparts = ps->cnt;
@@ -2316,10 +2319,6 @@ static void finish_batch(projector *pj, batch *b)
             !b->groups[gi].prev_parked)
             pj->parked_dirty = 1;
     count_parked(pj);
-    if (pj->last_commit - pj->lag_reported >= 1) {
-        pj->lag_reported = pj->last_commit;
-        evl_kafka_report_lag(pj->rk, pj->group_id);
-    }
 
     for (size_t e = 0; e < b->nevs; e++) {
         const pev *ev = &b->evs[e];

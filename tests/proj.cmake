@@ -26,3 +26,6 @@ set_tests_properties(bench.proj PROPERTIES LABELS "pg;kafka;bench"
   FIXTURES_REQUIRED "pg;kafka" TIMEOUT 300)
 evl_c_test(projector_halt LABELS pg kafka FIXTURES pg kafka)
 evl_c_test(projector_reset LABELS pg kafka FIXTURES pg kafka)
+# issue 21: lag over every partition, whatever the assignment; readiness
+evl_c_test(lag LABELS pg kafka FIXTURES pg kafka)
+evl_c_test(lag_standby LABELS pg kafka FIXTURES pg kafka)
