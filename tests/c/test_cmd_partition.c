@@ -44,6 +44,7 @@ static ct t;
 static char ns[64], dev_host[32], dev_ns[32], addr_host[32], addr_ns[32];
 static char rundir[256];
 static int net_made, broker_started;
+static pid_t evlua_pid;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char **ids;
@@ -70,6 +71,10 @@ static int sh(const char *fmt, ...)
 
 static void teardown(void)
 {
+    if (evlua_pid > 0 && kill(evlua_pid, 0) == 0) {
+        kill(evlua_pid, SIGKILL);
+        ct_wait(evlua_pid, 10);
+    }
     if (broker_started)
         sh("EVLUA_RUN_DIR='%s' '%s/scripts/kafka' stop >/dev/null 2>&1", rundir,
            getenv("EVLUA_SOURCE_DIR"));
@@ -79,6 +84,14 @@ static void teardown(void)
         sh("ip link del %s >/dev/null 2>&1", dev_host);
         sh("ip netns del %s >/dev/null 2>&1", ns);
     }
+}
+
+/* Interrupted (ctest's timeout, ^C): tear the network and broker down
+ * all the same. */
+static void on_signal(int sig)
+{
+    (void)sig;
+    exit(1);
 }
 
 /* The namespace, the veth pair and its addresses. */
@@ -235,6 +248,8 @@ int main(void)
     if (getenv("EVLUA_PARTITION_CUTS"))
         cuts = atoi(getenv("EVLUA_PARTITION_CUTS")) == 1 ? 1 : 2;
     atexit(teardown);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     make_net();
     start_broker();
 
@@ -263,7 +278,7 @@ int main(void)
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
 
-    pid = start_in_ns("a.log");
+    pid = evlua_pid = start_in_ns("a.log");
     CHECK(ct_wait_log(&t, "a.log", "states restored", 90000),
           "evlua (in the namespace) reached the broker and took partitions");
     pthread_create(&producer, NULL, produce, NULL);
