@@ -2,7 +2,7 @@
 #   unit:  envelope, store, kafka helpers (no services)
 #   kafka: against the real broker started by the `kafka` fixture; each
 #          test names its topics, group and transactional ids uniquely
-#   slow:  the kill -9 chaos run and the scale-out run
+#   slow:  the kill -9 chaos run, the scale-out run, the network partition
 evl_c_test(envelope LABELS unit)
 evl_c_test(store LABELS unit)
 evl_c_test(kafka_util LABELS unit)
