@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <librdkafka/rdkafka.h>
@@ -86,8 +87,16 @@ typedef struct outmsg {
 } outmsg;
 
 /* Outcome of a transaction step: go on, repeat the call, abort the
- * transaction and read the batch again, stop. */
-typedef enum step { STEP_OK, STEP_RETRY, STEP_ABORT, STEP_FATAL } step;
+ * transaction and read the batch again, stop; or STEP_LOST: the producer
+ * is fenced, but by the broker timing out its own transaction (see
+ * "recovering from a timed-out transaction"), not by a newer instance. */
+typedef enum step {
+    STEP_OK,
+    STEP_RETRY,
+    STEP_ABORT,
+    STEP_FATAL,
+    STEP_LOST
+} step;
 
 struct cmdproc;
 
@@ -149,7 +158,16 @@ typedef struct cmdproc {
 
     int in_txn; /* a transaction begun by this thread, not yet handed on */
     int fatal;  /* a fatal error seen in a callback */
+    /* recovering from a timed-out transaction: when each producer's last
+     * transaction began (monotonic ms; written before it is handed to the
+     * committer), the age at which one was found fenced by its own
+     * timeout (written by the thread using that producer, read after
+     * settle), and lost: a producer needs rebuilding */
+    long long begun_ms[NPRODUCERS], lost_age_ms[NPRODUCERS];
+    int lost;
+    long txn_timeout_ms; /* the producers' transaction.timeout.ms */
     long txn_count, fail_before_commit, hang_before_commit, fail_in_flight;
+    const char *hold_file; /* test hook EVLUA_TEST_HOLD_FILE */
     char delivery_error[NPRODUCERS][EVL_ERRLEN];
     unsigned backoff_ms;
     long long collect_ms; /* how long the last batch took to collect */
@@ -611,6 +629,51 @@ static void log_partitions(const char *msg,
     evl_log(EVL_LOG_INFO, msg, "partitions", list, NULL);
 }
 
+/* Take parts (commands partitions) for consumer rk: their committed
+ * offsets, then their states into the store (empty for them), then assign
+ * them from those offsets. From the rebalance callback, and from recover()
+ * for the partitions the consumer still holds. */
+static void take_partitions(cmdproc *cp, rd_kafka_t *rk,
+                            const rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *offsets;
+    evl_metrics_ready("commands", 0, "restoring states");
+    /* offsets first: once they are stable, no earlier owner's
+     * transaction can still add to the state topic */
+    rd_kafka_topic_partition_list_t *bad = NULL;
+    offsets = committed_offsets(cp, parts);
+    if (!offsets || restore_states(cp, parts, &bad) != 0) {
+        if (offsets)
+            rd_kafka_topic_partition_list_destroy(offsets);
+        if (bad)
+            rd_kafka_topic_partition_list_destroy(bad);
+        evl_store_drop(cp->store, NULL, -1);
+        rd_kafka_assign(rk, NULL); /* stopping: consume nothing */
+        return;
+    }
+    if (bad) { /* held, but not consumed: see restore_states */
+        char why[600];
+        size_t len = (size_t)snprintf(why, sizeof why,
+                                      "unreadable state record; not "
+                                      "consuming");
+        for (int i = 0; i < bad->cnt; i++) {
+            rd_kafka_topic_partition_list_del(offsets, bad->elems[i].topic,
+                                              bad->elems[i].partition);
+            if (len < sizeof why - 1)
+                len += (size_t)snprintf(why + len, sizeof why - len, " %s[%d]",
+                                        bad->elems[i].topic,
+                                        (int)bad->elems[i].partition);
+        }
+        rd_kafka_assign(rk, offsets);
+        evl_metrics_ready("commands", 0, why);
+        rd_kafka_topic_partition_list_destroy(bad);
+    } else {
+        rd_kafka_assign(rk, offsets);
+        evl_metrics_ready("commands", 1, NULL);
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -618,44 +681,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
     evl_lag_held(cp->cfg->cmd.group_id, rk,
                  rerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? parts->cnt : 0);
     if (rerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        rd_kafka_topic_partition_list_t *offsets;
         evl_kafka_wait_end(&cp->wait);
         log_partitions("partitions assigned", parts);
-        evl_metrics_ready("commands", 0, "restoring states");
-        /* offsets first: once they are stable, no earlier owner's
-         * transaction can still add to the state topic */
-        rd_kafka_topic_partition_list_t *bad = NULL;
-        offsets = committed_offsets(cp, parts);
-        if (!offsets || restore_states(cp, parts, &bad) != 0) {
-            if (offsets)
-                rd_kafka_topic_partition_list_destroy(offsets);
-            if (bad)
-                rd_kafka_topic_partition_list_destroy(bad);
-            evl_store_drop(cp->store, NULL, -1);
-            rd_kafka_assign(rk, NULL); /* stopping: consume nothing */
-            return;
-        }
-        if (bad) { /* held, but not consumed: see restore_states */
-            char why[600];
-            size_t len = (size_t)snprintf(why, sizeof why,
-                                          "unreadable state record; not "
-                                          "consuming");
-            for (int i = 0; i < bad->cnt; i++) {
-                rd_kafka_topic_partition_list_del(offsets, bad->elems[i].topic,
-                                                  bad->elems[i].partition);
-                if (len < sizeof why - 1)
-                    len += (size_t)snprintf(why + len, sizeof why - len,
-                                            " %s[%d]", bad->elems[i].topic,
-                                            (int)bad->elems[i].partition);
-            }
-            rd_kafka_assign(rk, offsets);
-            evl_metrics_ready("commands", 0, why);
-            rd_kafka_topic_partition_list_destroy(bad);
-        } else {
-            rd_kafka_assign(rk, offsets);
-            evl_metrics_ready("commands", 1, NULL);
-        }
-        rd_kafka_topic_partition_list_destroy(offsets);
+        take_partitions(cp, rk, parts);
         return;
     }
     evl_metrics_ready("commands", 0, "rebalancing: partitions revoked");
@@ -1002,6 +1030,61 @@ static void queue_snapshots(cmdproc *cp)
     }
 }
 
+/* ---- recovering from a timed-out transaction ----------------------------
+ *
+ * A producer cut off from the broker (a network partition, or the process
+ * stalled) for longer than transaction.timeout.ms finds, when it comes
+ * back, that the transaction coordinator has aborted its open transaction
+ * and bumped its epoch. Its next call is answered PRODUCER_FENCED or
+ * INVALID_PRODUCER_EPOCH, which librdkafka turns into the fatal _FENCED,
+ * "fenced by a newer instance": the same error, and the same text, as
+ * when another process with our transactional.id called
+ * init_transactions. Neither the error code nor its string tells the two
+ * apart (librdkafka 2.0.2 normalizes both; no API shows the epoch).
+ *
+ * What does: the coordinator aborts a transaction for its timeout only
+ * once it has been open longer than transaction.timeout.ms, counted from
+ * its first AddPartitionsToTxn, which comes after our begin_transaction.
+ * So a transaction fenced while younger than the timeout was fenced by a
+ * newer instance: exit 1, as before. One fenced when older was (or may
+ * have been) timed out; evlua's own transactions last milliseconds (a
+ * batch is decided before it begins), so an old one means we were cut
+ * off or stalled. Then, like Kafka Streams on a lost task: drop the
+ * producer, build it again with the same transactional.id
+ * (init_transactions bumps the epoch once more), drop the store, restore
+ * the states of the partitions the consumer holds (or gets back after a
+ * rebalance) from the committed offsets, and go on.
+ *
+ * The one case this reads wrongly: a second process started with our
+ * transactional.id while this one was cut off. This one's rebuilt
+ * producer then fences it, and it exits 1 (its transaction is young):
+ * one survives and exactly-once holds, but not necessarily the newer. */
+
+/* The age (ms) of producer j's transaction when j was fenced by the broker
+ * timing it out; 0 when j is not fenced, or when its transaction is too
+ * young for a timeout (so another instance fenced it: logged). */
+static long long own_timeout(cmdproc *cp, int j)
+{
+    char reason[512], age_s[32], timeout_s[32];
+    long long age;
+    if (rd_kafka_fatal_error(cp->producers[j], reason, sizeof reason) !=
+            RD_KAFKA_RESP_ERR__FENCED ||
+        cp->begun_ms[j] == 0)
+        return 0;
+    age = now_ms() - cp->begun_ms[j];
+    if (age > cp->txn_timeout_ms)
+        return age;
+    snprintf(age_s, sizeof age_s, "%lld", age);
+    snprintf(timeout_s, sizeof timeout_s, "%ld", cp->txn_timeout_ms);
+    evl_log(EVL_LOG_ERROR,
+            "producer fenced while its transaction was younger than "
+            "transaction.timeout.ms, so not by its timeout: another process "
+            "uses this transactional.id",
+            "client", rd_kafka_name(cp->producers[j]), "transaction_age_ms",
+            age_s, "transaction_timeout_ms", timeout_s, NULL);
+    return 0;
+}
+
 /* ---- the transaction ----------------------------------------------------- */
 
 /* Runs on the thread using rk (no two threads use one producer at once),
@@ -1065,6 +1148,11 @@ static step produce_one(cmdproc *cp, const outmsg *o)
         }
         if (rerr == RD_KAFKA_RESP_ERR__FATAL) {
             char reason[512];
+            long long age = own_timeout(cp, cp->cur);
+            if (age > 0) {
+                cp->lost_age_ms[cp->cur] = age;
+                return STEP_LOST;
+            }
             rd_kafka_fatal_error(rk, reason, sizeof reason);
             evl_log(EVL_LOG_ERROR, "producer fatal error", "error", reason,
                     NULL);
@@ -1098,11 +1186,23 @@ static step txn_call(cmdproc *cp, int j, const char *call,
         return STEP_RETRY;
     case EVL_EFATAL: break;
     }
+    long long age = own_timeout(cp, j);
+    if (age > 0) {
+        char a[32];
+        snprintf(a, sizeof a, "%lld", age);
+        cp->lost_age_ms[j] = age;
+        evl_log(EVL_LOG_WARN,
+                "producer fenced after the broker timed out its transaction "
+                "(not by another instance): it will be rebuilt",
+                "error", err, "transaction_age_ms", a, NULL);
+        return STEP_LOST;
+    }
     evl_log(EVL_LOG_ERROR, "transaction failed fatally", "error", err, NULL);
     return STEP_FATAL;
 }
 
-/* Abort producer j's transaction. Sets cp->fatal when that fails. */
+/* Abort producer j's transaction. Sets cp->fatal when that fails (cp->lost
+ * when j is fenced by its own transaction's timeout). */
 static void abort_txn(cmdproc *cp, int j)
 {
     for (;;) {
@@ -1110,7 +1210,9 @@ static void abort_txn(cmdproc *cp, int j)
                           rd_kafka_abort_transaction(cp->producers[j], -1));
         if (s == STEP_RETRY)
             continue;
-        if (s != STEP_OK)
+        if (s == STEP_LOST)
+            cp->lost = 1;
+        else if (s != STEP_OK)
             cp->fatal = 1;
         break;
     }
@@ -1439,10 +1541,12 @@ static int settle(cmdproc *cp, int rewind)
     cp->fl_nout = 0;
     if (s == STEP_FATAL) {
         cp->fatal = 1; /* a fenced producer cannot abort */
+    } else if (s == STEP_LOST) {
+        cp->lost = 1; /* nor a timed-out one: recover() rebuilds it */
     } else {
         abort_txn(cp, cp->fl_producer);
     }
-    if (rewind && !cp->fatal) {
+    if (rewind && !cp->fatal && !cp->lost) {
         abort_and_rewind(cp); /* rolls back, clears, forgets the decided */
     } else {
         evl_store_rollback(cp->store);
@@ -1464,6 +1568,7 @@ static int launch(cmdproc *cp, long long waited)
     evl_metric_add(cp->m_lua_seconds, cp->lua_s);
     cp->delivery_error[cp->cur][0] = '\0';
     tb = now_ms();
+    cp->begun_ms[cp->cur] = tb;
     do {
         s = txn_call(cp, cp->cur, "rd_kafka_begin_transaction",
                      rd_kafka_begin_transaction(cp->producers[cp->cur]));
@@ -1485,6 +1590,16 @@ static int launch(cmdproc *cp, long long waited)
                 NULL);
         for (;;)
             sleep_ms(1000); /* until killed */
+    }
+    if (cp->hold_file && unlink(cp->hold_file) == 0) {
+        /* the broker knows the transaction (its records are in the log):
+         * a test cuts the network now, with the transaction open */
+        rd_kafka_flush(cp->producers[cp->cur], 30000);
+        evl_log(EVL_LOG_WARN,
+                "test hook EVLUA_TEST_HOLD_FILE: holding the transaction "
+                "open for 2 s",
+                NULL);
+        sleep_ms(2000);
     }
     if (cp->fail_before_commit > 0 && cp->txn_count == cp->fail_before_commit) {
         rd_kafka_flush(cp->producers[cp->cur],
@@ -1549,12 +1664,14 @@ static int launch(cmdproc *cp, long long waited)
 failed:
     counts_settle(cp, 0, 0);
     evl_metric_add(cp->m_aborted, 1);
-    if (s == STEP_FATAL || cp->fatal) {
+    if (s == STEP_LOST)
+        cp->lost = 1;
+    if (s == STEP_FATAL || s == STEP_LOST || cp->fatal) {
         cp->in_txn = 0; /* a fenced producer cannot abort */
         evl_store_rollback(cp->store);
         batch_clear(cp);
         discard_decided(cp);
-        return 1;
+        return s == STEP_LOST && !cp->fatal ? 0 : 1;
     }
     /* STEP_ABORT, or a retriable begin/produce problem */
     abort_and_rewind(cp);
@@ -1578,7 +1695,7 @@ static int pipeline_step(cmdproc *cp)
         w0 = now_ms();
         while (!committer_wait(cp, 0)) {
             rd_kafka_message_t *m;
-            if (reload || evl_lifecycle_stopping() || cp->fatal ||
+            if (reload || evl_lifecycle_stopping() || cp->fatal || cp->lost ||
                 (int)(cp->nbatch - cp->fl_n) >= batch || decided_enough(cp)) {
                 committer_wait(cp, 5);
                 continue;
@@ -1599,8 +1716,8 @@ static int pipeline_step(cmdproc *cp)
     }
     if (cp->ndec == 0)
         return 0;
-    if (evl_lifecycle_stopping() || cp->fatal) {
-        /* stopping: the decided batch never began; nothing to abort */
+    if (evl_lifecycle_stopping() || cp->fatal || cp->lost) {
+        /* stopping (or recovering): the decided batch never began */
         evl_store_rollback(cp->store);
         batch_clear(cp);
         discard_decided(cp);
@@ -1628,7 +1745,7 @@ static void collect(cmdproc *cp)
     for (int j = 0; j < NPRODUCERS; j++)
         if (!cp->inflight || j != cp->fl_producer)
             rd_kafka_poll(cp->producers[j], 0);
-    while ((int)(cp->nbatch - cp->fl_n) < batch && !cp->fatal) {
+    while ((int)(cp->nbatch - cp->fl_n) < batch && !cp->fatal && !cp->lost) {
         int timeout;
         rd_kafka_message_t *m;
         if (cp->nbatch == cp->fl_n) {
@@ -1727,11 +1844,14 @@ static const char *allowed_assignor(const evl_config *cfg)
     return "range";
 }
 
-static int start_clients(cmdproc *cp, char *err, size_t errlen)
+/* Create producer j (the transactional ids of "the pipeline"); not yet
+ * initialized. At start, and again when recover() rebuilds it. Returns
+ * EXIT_OK, or EXIT_CONFIG with err set. */
+static int producer_new(cmdproc *cp, int j, char *err, size_t errlen)
 {
     const evl_config *cfg = cp->cfg;
     rd_kafka_conf_t *conf;
-    char errstr[512], group[512], size[64];
+    char errstr[512], size[64], txid[600], client[64];
     size_t sizelen = sizeof size;
 
     /* the producers: NPRODUCERS transactional ids derived from
@@ -1752,43 +1872,57 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
                                "linger.ms",
                                "0",
                                NULL};
-    for (int j = 0; j < NPRODUCERS; j++) {
-        char txid[600], client[64];
-        if (j == 0)
-            snprintf(txid, sizeof txid, "%s", cfg->cmd.transactional_id);
-        else if (j == 1)
-            snprintf(txid, sizeof txid, "%s.alt", cfg->cmd.transactional_id);
-        else
-            snprintf(txid, sizeof txid, "%s.alt%d", cfg->cmd.transactional_id,
-                     j);
-        snprintf(client, sizeof client, "evlua-commands-%d", j);
-        const char *prequired[] = {"transactional.id",
-                                   txid,
-                                   "enable.idempotence",
-                                   "true",
-                                   "acks",
-                                   "all",
-                                   "partitioner",
-                                   "murmur2_random",
-                                   "client.id",
-                                   client,
-                                   NULL};
-        if (evl_kafka_conf_new(cfg, pdefaults, prequired, &conf, err, errlen))
-            return EXIT_CONFIG;
-        rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-        rd_kafka_conf_set_opaque(conf, cp);
-        sizelen = sizeof size;
-        if (rd_kafka_conf_get(conf, "message.max.bytes", size, &sizelen) ==
-            RD_KAFKA_CONF_OK)
-            cp->max_message = (size_t)strtoull(size, NULL, 10);
-        if (cp->max_message < 4096)
-            cp->max_message = 1000000;
-        if (!(cp->producers[j] = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
-                                              sizeof errstr))) {
-            evl_seterr(err, errlen, EVL_EPERMANENT, "producer: %s", errstr);
-            return EXIT_CONFIG;
-        }
+    if (j == 0)
+        snprintf(txid, sizeof txid, "%s", cfg->cmd.transactional_id);
+    else if (j == 1)
+        snprintf(txid, sizeof txid, "%s.alt", cfg->cmd.transactional_id);
+    else
+        snprintf(txid, sizeof txid, "%s.alt%d", cfg->cmd.transactional_id, j);
+    snprintf(client, sizeof client, "evlua-commands-%d", j);
+    const char *prequired[] = {"transactional.id",
+                               txid,
+                               "enable.idempotence",
+                               "true",
+                               "acks",
+                               "all",
+                               "partitioner",
+                               "murmur2_random",
+                               "client.id",
+                               client,
+                               NULL};
+    if (evl_kafka_conf_new(cfg, pdefaults, prequired, &conf, err, errlen))
+        return EXIT_CONFIG;
+    rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+    rd_kafka_conf_set_opaque(conf, cp);
+    sizelen = sizeof size;
+    if (rd_kafka_conf_get(conf, "message.max.bytes", size, &sizelen) ==
+        RD_KAFKA_CONF_OK)
+        cp->max_message = (size_t)strtoull(size, NULL, 10);
+    if (cp->max_message < 4096)
+        cp->max_message = 1000000;
+    sizelen = sizeof size;
+    if (rd_kafka_conf_get(conf, "transaction.timeout.ms", size, &sizelen) ==
+        RD_KAFKA_CONF_OK)
+        cp->txn_timeout_ms = strtol(size, NULL, 10);
+    if (cp->txn_timeout_ms <= 0)
+        cp->txn_timeout_ms = 60000; /* librdkafka's own default */
+    if (!(cp->producers[j] =
+              rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr))) {
+        evl_seterr(err, errlen, EVL_EPERMANENT, "producer: %s", errstr);
+        return EXIT_CONFIG;
     }
+    return EXIT_OK;
+}
+
+static int start_clients(cmdproc *cp, char *err, size_t errlen)
+{
+    const evl_config *cfg = cp->cfg;
+    rd_kafka_conf_t *conf;
+    char errstr[512], group[512];
+
+    for (int j = 0; j < NPRODUCERS; j++)
+        if (producer_new(cp, j, err, errlen) != EXIT_OK)
+            return EXIT_CONFIG;
 
     /* consumer of the commands topics
      *
@@ -1877,18 +2011,17 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
     return EXIT_OK;
 }
 
-static int init_transactions(cmdproc *cp)
+/* init_transactions for producer j, retried until deadline (monotonic
+ * ms). Returns EXIT_OK or EXIT_RUNTIME (logged). */
+static int init_one(cmdproc *cp, int j, long long deadline)
 {
-    long long deadline = now_ms() + STARTUP_TIMEOUT_MS;
-    for (int j = 0; j < NPRODUCERS;) {
+    for (;;) {
         char err[EVL_ERRLEN];
         evl_err e =
             evl_kafka_error(rd_kafka_init_transactions(cp->producers[j], 30000),
                             "rd_kafka_init_transactions", err, sizeof err);
-        if (e == EVL_OK) {
-            j++;
-            continue;
-        }
+        if (e == EVL_OK)
+            return EXIT_OK;
         if (e == EVL_EFATAL || now_ms() > deadline ||
             evl_lifecycle_stopping()) {
             evl_log(EVL_LOG_ERROR, "cannot start the transactional producer",
@@ -1898,7 +2031,94 @@ static int init_transactions(cmdproc *cp)
         evl_log(EVL_LOG_WARN, "retrying init_transactions", "error", err, NULL);
         sleep_ms(500);
     }
+}
+
+static int init_transactions(cmdproc *cp)
+{
+    long long deadline = now_ms() + STARTUP_TIMEOUT_MS;
+    for (int j = 0; j < NPRODUCERS; j++)
+        if (init_one(cp, j, deadline) != EXIT_OK)
+            return EXIT_RUNTIME;
     return EXIT_OK;
+}
+
+/* Recover from a timed-out transaction (see "recovering from a timed-out
+ * transaction"): rebuild every producer fenced by its own timeout, drop
+ * the store, and restore and rewind the partitions the consumer still
+ * holds (ones it lost come back through the rebalance callback, which
+ * restores them). Called with nothing in flight and no transaction open.
+ * Returns 0, or 1 when it cannot go on (a producer fenced by another
+ * instance, or one that cannot be rebuilt). */
+static int recover(cmdproc *cp)
+{
+    char err[EVL_ERRLEN], msg[256], age_ms[32], timeout_ms[32];
+    long long age = 0;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+
+    evl_metrics_ready("commands", 0, "recovering from a timed-out transaction");
+    for (int j = 0; j < NPRODUCERS; j++) {
+        if (rd_kafka_fatal_error(cp->producers[j], NULL, 0) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR)
+            continue;
+        if (cp->lost_age_ms[j] == 0 && own_timeout(cp, j) == 0)
+            return 1; /* fenced, but not by its own timeout */
+        if (cp->lost_age_ms[j] > age)
+            age = cp->lost_age_ms[j];
+        for (size_t i = 0; i < cp->ntypes; i++)
+            for (int k = 0; k < 3; k++)
+                if (cp->types[i].rkt[k][j]) {
+                    rd_kafka_topic_destroy(cp->types[i].rkt[k][j]);
+                    cp->types[i].rkt[k][j] = NULL;
+                }
+        rd_kafka_destroy(cp->producers[j]);
+        cp->producers[j] = NULL;
+        if (producer_new(cp, j, err, sizeof err) != EXIT_OK) {
+            evl_log(EVL_LOG_ERROR, "cannot rebuild the producer", "error", err,
+                    NULL);
+            return 1;
+        }
+        for (size_t i = 0; i < cp->ntypes; i++) {
+            agtype *t = &cp->types[i];
+            t->rkt[OUT_EVENTS][j] =
+                rd_kafka_topic_new(cp->producers[j], t->events, NULL);
+            t->rkt[OUT_STATE][j] =
+                rd_kafka_topic_new(cp->producers[j], t->state, NULL);
+            t->rkt[OUT_RESULTS][j] =
+                rd_kafka_topic_new(cp->producers[j], t->results, NULL);
+        }
+        /* the broker may still be unreachable: keep trying as long as
+         * start-up would */
+        if (init_one(cp, j, now_ms() + STARTUP_TIMEOUT_MS) != EXIT_OK)
+            return 1;
+        cp->lost_age_ms[j] = 0;
+        cp->begun_ms[j] = 0;
+        cp->delivery_error[j][0] = '\0';
+    }
+    cp->lost = 0;
+    cp->backoff_ms = 0;
+    /* what the store holds may be ahead of or behind what is committed:
+     * read it again from the state topics, and the commands from the
+     * committed offsets */
+    evl_store_drop(cp->store, NULL, -1);
+    if (rd_kafka_assignment(cp->consumer, &parts) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR &&
+        parts && parts->cnt > 0 && !rd_kafka_assignment_lost(cp->consumer))
+        take_partitions(cp, cp->consumer, parts);
+    else
+        evl_metrics_ready("commands", 0, "waiting for a partition assignment");
+    if (parts)
+        rd_kafka_topic_partition_list_destroy(parts);
+    snprintf(msg, sizeof msg,
+             "our transaction timed out while the broker was unreachable "
+             "(%lld s > transaction.timeout.ms); rebuilt the producer and "
+             "restored states",
+             age / 1000);
+    snprintf(age_ms, sizeof age_ms, "%lld", age);
+    snprintf(timeout_ms, sizeof timeout_ms, "%ld", cp->txn_timeout_ms);
+    evl_log(EVL_LOG_WARN, msg, "transactional_id",
+            cp->cfg->cmd.transactional_id, "transaction_age_ms", age_ms,
+            "transaction_timeout_ms", timeout_ms, NULL);
+    return 0;
 }
 
 static void log_counts(cmdproc *cp)
@@ -1959,6 +2179,9 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
         cp.hang_before_commit = strtol(hang, NULL, 10);
     if (fail_in_flight && *fail_in_flight)
         cp.fail_in_flight = strtol(fail_in_flight, NULL, 10);
+    cp.hold_file = getenv("EVLUA_TEST_HOLD_FILE");
+    if (cp.hold_file && !*cp.hold_file)
+        cp.hold_file = NULL;
     if (evl_luahost_reload(proto, &cp.host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "command processor: cannot load the scripts",
                 "error", err, NULL);
@@ -2031,7 +2254,15 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
         cp.collect_ms = now_ms() - tc;
         if (cp.fatal)
             break;
-        if ((cp.nbatch > 0 || cp.inflight) && pipeline_step(&cp) != 0) {
+        if (!cp.lost && (cp.nbatch > 0 || cp.inflight) &&
+            pipeline_step(&cp) != 0) {
+            cp.fatal = 1;
+            break;
+        }
+        /* a producer fenced by its own transaction's timeout (set by
+         * settle, launch or the rebalance callback): nothing is in flight
+         * any more */
+        if (cp.lost && !cp.fatal && recover(&cp) != 0) {
             cp.fatal = 1;
             break;
         }

@@ -32,6 +32,13 @@
  * its committed states, the consumer seeks back to the batch's first
  * offsets and the batch is read and decided again. A fatal error (fenced
  * by a newer instance with the same transactional.id) ends the loop with 1.
+ * A producer fenced because the broker timed out its own transaction (it
+ * was cut off from the broker, or stalled, for longer than
+ * transaction.timeout.ms: told apart by the transaction's age, see
+ * cmdproc.c) is not fatal: it is rebuilt with the same transactional.id,
+ * the store is dropped and the partitions held are restored and read
+ * again from their committed offsets, and the loop goes on (logged:
+ * "our transaction timed out while the broker was unreachable").
  *
  * Partitions: on assignment the committed offsets are fetched (stable:
  * pending transactions settle first), then the states of the assigned
@@ -54,7 +61,11 @@
  * transaction fail after its records reached the broker and before its
  * commit, as if the commit had needed an abort;
  * EVLUA_TEST_HANG_BEFORE_COMMIT=N makes the process hang there instead,
- * with the transaction open (a crash in mid-transaction, once killed).
+ * with the transaction open (a crash in mid-transaction, once killed);
+ * EVLUA_TEST_HOLD_FILE=PATH: when PATH exists as a transaction is about to
+ * commit, it is removed, the transaction's records are flushed (so the
+ * broker knows the transaction) and it is held open for 2 s (the
+ * partition test cuts the network then).
  *
  * Uses kafka, envelope, store, luahost, luaapi, lifecycle, metrics, log.
  *
@@ -70,10 +81,10 @@
  * or another pipeline's failure). Builds its own host from proto
  * (evl_luahost_reload) and swaps in a reloaded set on SIGHUP between
  * transactions. Returns the exit code: 0 after a clean stop, 1 on a
- * runtime failure (fenced, Kafka unreachable at start), 2 on a
- * configuration problem (missing topics with create_topics = false,
- * mismatched partition counts, an invalid Kafka property, no broker
- * configured). */
+ * runtime failure (fenced by a newer instance, Kafka unreachable at
+ * start), 2 on a configuration problem (missing topics with create_topics
+ * = false, mismatched partition counts, an invalid Kafka property, no
+ * broker configured). */
 int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto);
 
 #endif
