@@ -703,8 +703,9 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 
 /* The records of a batch are built in an evl_buf that is reused (len = 0)
  * from one transaction to the next. One that grew past ARENA_KEEP (a
- * batch of large events or snapshots) is freed instead, so a burst does
- * not pin its high-water mark for the rest of the process. */
+ * batch of large events or snapshots) is freed instead, once its
+ * transaction committed, so a burst does not pin its high-water mark for
+ * the rest of the process. */
 #define ARENA_KEEP (4u << 20)
 
 static void arena_release(evl_buf *b)
@@ -1428,10 +1429,13 @@ static int settle(cmdproc *cp, int rewind)
     c->cgmd = NULL;
     c->offsets = NULL;
     cp->inflight = 0;
-    arena_release(&cp->fl_arena);
+    cp->fl_arena.len = 0;
 
     if (s == STEP_OK) {
         long long now = now_ms();
+        /* every record is delivered (librdkafka read them from the buffer,
+         * without a copy); after a failure they may not be until the abort */
+        arena_release(&cp->fl_arena);
         evl_store_commit_sealed(cp->store);
         counts_settle(cp, 1, 1);
         evl_metric_add(cp->m_committed, 1);
