@@ -6,8 +6,9 @@
  *               malloc_trim (the projector as it was before), librdkafka
  *               prefetch queued.max.messages.kbytes = 16384;
  *   trim        the same with the memory given back (the default);
- *   trim q4096  and queued.max.messages.kbytes = 4096;
- *   trim q1024  and queued.max.messages.kbytes = 1024.
+ *   trim q8192  and queued.max.messages.kbytes = 8192;
+ *   trim q4096  and 4096;
+ *   trim q1024  and 1024.
  *
  * A topic of EVENTS events (default 300,000, ~300 bytes each) over KEYS
  * aggregates (default 50,000), 4 partitions, is produced once. Each run is
@@ -112,6 +113,7 @@ typedef struct variant {
 
 static const variant variants[] = {{"keep (before)", 1, 16384},
                                    {"trim", 0, 16384},
+                                   {"trim q8192", 0, 8192},
                                    {"trim q4096", 0, 4096},
                                    {"trim q1024", 0, 1024}};
 #define NVAR    (int)(sizeof variants / sizeof variants[0])
