@@ -368,6 +368,7 @@ typedef struct projector {
      * last trim; keep_memory: EVLUA_NO_TRIM set (benchmarks' baseline) */
     size_t bytes_since_trim;
     int keep_memory;
+    double idle_since; /* the first empty poll of an idle stretch; 0: busy */
     char group_id[256];
     evl_strlist topics;
     /* topics the cluster said do not exist (yet): not subscribed; looked
@@ -1315,11 +1316,15 @@ static void consumer_error(projector *pj, const rd_kafka_message_t *rkm)
  * batch_size ordinary events needs well under this). */
 #define ARENA_KEEP (1u << 20)
 /* Give memory back to the system (malloc_trim) after this many message
- * bytes, and once whenever the projector goes idle after work. */
-#define TRIM_BYTES (64u << 20)
+ * bytes, and once whenever the projector has been idle after work for
+ * IDLE_TRIM_S (not at each empty poll: a catch-up has short gaps, and
+ * pages given back there are faulted in again at once). */
+#define TRIM_BYTES  (64u << 20)
+#define IDLE_TRIM_S 1.0
 
 /* After a batch: its arenas back to ARENA_KEEP; when idle (nothing
- * collected, nothing in flight) or after TRIM_BYTES of messages, a full
+ * collected, nothing in flight, for IDLE_TRIM_S) or after TRIM_BYTES of
+ * messages, a full
  * Lua collection and malloc_trim(0), which hands the free pages of
  * glibc's heaps back (a catch-up otherwise leaves RSS at its peak:
  * docs/projection-side.md has the figures). b: a batch not in flight, or
@@ -1332,8 +1337,13 @@ static void release_memory(projector *pj, batch *b, int idle)
         arena_shrink(&b->ar, ARENA_KEEP);
         arena_shrink(&b->attempt_ar, ARENA_KEEP);
     }
+    if (!idle)
+        pj->idle_since = 0;
+    else if (pj->idle_since == 0)
+        pj->idle_since = now_s();
     if (pj->bytes_since_trim == 0 ||
-        (!idle && pj->bytes_since_trim < TRIM_BYTES))
+        (!idle && pj->bytes_since_trim < TRIM_BYTES) ||
+        (idle && now_s() - pj->idle_since < IDLE_TRIM_S))
         return;
     pj->bytes_since_trim = 0;
     if (idle && !pj->inflight) {

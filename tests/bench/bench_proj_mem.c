@@ -22,7 +22,8 @@
  * joining the group included (throughput: the prefetch limit must not
  * cost it).
  *
- * usage: bench_proj_mem [EVENTS [KEYS [RUNS]]]   (services as for the
+ * usage: bench_proj_mem [EVENTS [KEYS [RUNS [VARIANTS]]]]: VARIANTS, the
+ * first that many of the list above (default all) (services as for the
  * tests: $EVLUA_RUN_DIR/{kafka/bootstrap,pg/conninfo})
  */
 #include <pthread.h>
@@ -251,15 +252,18 @@ static void mmm(double *v, int n, double scale, const char *fmt, char *out,
 
 int main(int argc, char **argv)
 {
-    int runs = 3;
+    int runs = 3, nvar = NVAR;
     if (argc > 1)
         nevents = atol(argv[1]);
     if (argc > 2)
         nkeys = atoi(argv[2]);
     if (argc > 3)
         runs = atoi(argv[3]);
+    if (argc > 4 && atoi(argv[4]) > 0 && atoi(argv[4]) < NVAR)
+        nvar = atoi(argv[4]);
     if (nevents < 1 || nkeys < 1 || runs < 1 || runs > MAXRUNS) {
-        fprintf(stderr, "usage: bench_proj_mem [EVENTS [KEYS [RUNS <= 9]]]\n");
+        fprintf(stderr, "usage: bench_proj_mem [EVENTS [KEYS [RUNS <= 9 "
+                        "[VARIANTS]]]]\n");
         return 2;
     }
     if (!getenv("EVLUA_LOG_LEVEL"))
@@ -278,12 +282,12 @@ int main(int argc, char **argv)
     static result res[NVAR][MAXRUNS];
     int run_no = 0;
     for (int i = 0; i < runs; i++)
-        for (int v = 0; v < NVAR; v++)
+        for (int v = 0; v < nvar; v++)
             run(&variants[v], ++run_no, &res[v][i]);
     printf("| variant | RSS start MiB | peak MiB | idle after catch-up MiB "
            "| idle / peak | events/s |\n|---|---|---|---|---|---|\n");
     double eps_keep = 0;
-    for (int v = 0; v < NVAR; v++) {
+    for (int v = 0; v < nvar; v++) {
         double s[MAXRUNS], p[MAXRUNS], d[MAXRUNS], q[MAXRUNS], e[MAXRUNS];
         for (int i = 0; i < runs; i++) {
             s[i] = (double)res[v][i].start;
@@ -306,8 +310,8 @@ int main(int argc, char **argv)
             printf(" (%.2fx)", e[runs / 2] / eps_keep);
         printf(" |\n");
     }
-    printf("\ncommand: build/tests/bench_proj_mem %ld %d %d\n", nevents, nkeys,
-           runs);
+    printf("\ncommand: build/tests/bench_proj_mem %ld %d %d %d\n", nevents,
+           nkeys, runs, nvar);
     pt_exec(&T, "DROP SCHEMA IF EXISTS %s CASCADE", T.name);
     return 0;
 }
