@@ -177,9 +177,20 @@ typedef struct cmdproc {
     /* evlua_command_transactions_total{outcome}, batch duration, ... */
     evl_metric *m_committed, *m_aborted, *m_batch_seconds, *m_batch_size,
         *m_txn_seconds, *m_lua_seconds, *m_lua_memory;
+    evl_metric *m_store_bytes, *m_store_aggs; /* see store_gauges */
     double lua_s;        /* handler time of the batch being decided */
     evl_kafka_wait wait; /* the consumer's wait for partitions (kafka.h) */
 } cmdproc;
+
+/* evlua_store_bytes and evlua_store_aggregates: what the store holds,
+ * after each commit, restore and drop (an O(partitions) sum). */
+static void store_gauges(cmdproc *cp)
+{
+    evl_metric_set(cp->m_store_bytes,
+                   (double)evl_store_bytes(cp->store, NULL, -1));
+    evl_metric_set(cp->m_store_aggs,
+                   (double)evl_store_count(cp->store, NULL, -1));
+}
 
 static long long now_ms(void)
 {
@@ -672,6 +683,7 @@ static void take_partitions(cmdproc *cp, rd_kafka_t *rk,
         evl_metrics_ready("commands", 1, NULL);
     }
     rd_kafka_topic_partition_list_destroy(offsets);
+    store_gauges(cp);
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
@@ -701,6 +713,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t rerr,
     batch_clear(cp);
     discard_decided(cp);
     evl_store_drop(cp->store, NULL, -1);
+    store_gauges(cp);
     rd_kafka_assign(rk, NULL);
 }
 
@@ -717,6 +730,20 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 }
 
 /* ---- deciding one command -------------------------------------------- */
+
+/* The records of a batch are built in an evl_buf that is reused (len = 0)
+ * from one transaction to the next. One that grew past ARENA_KEEP (a
+ * batch of large events or snapshots) is freed instead, once its
+ * transaction committed, so a burst does not pin its high-water mark for
+ * the rest of the process. */
+#define ARENA_KEEP (4u << 20)
+
+static void arena_release(evl_buf *b)
+{
+    if (b->cap > ARENA_KEEP)
+        evl_buf_free(b);
+    b->len = 0;
+}
 
 static size_t arena_put(cmdproc *cp, const void *p, size_t n)
 {
@@ -1510,6 +1537,9 @@ static int settle(cmdproc *cp, int rewind)
 
     if (s == STEP_OK) {
         long long now = now_ms();
+        /* every record is delivered (librdkafka read them from the buffer,
+         * without a copy); after a failure they may not be until the abort */
+        arena_release(&cp->fl_arena);
         evl_store_commit_sealed(cp->store);
         counts_settle(cp, 1, 1);
         evl_metric_add(cp->m_committed, 1);
@@ -1519,6 +1549,7 @@ static int settle(cmdproc *cp, int rewind)
                            (double)(now - cp->fl_tb) / 1000.0);
         evl_metric_observe(cp->m_batch_size, (double)cp->fl_n);
         evl_metric_set(cp->m_lua_memory, (double)evl_luahost_memory(cp->host));
+        store_gauges(cp);
         if (evl_log_get_level() <= EVL_LOG_DEBUG)
             log_committed(cp);
         batch_shift(cp, cp->fl_n);
@@ -2173,6 +2204,14 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     cp.m_lua_memory = evl_metrics_gauge("evlua_lua_memory_bytes",
                                         "Heap of a pipeline's Lua state",
                                         "pipeline=\"commands\"");
+    cp.m_store_bytes = evl_metrics_gauge(
+        "evlua_store_bytes",
+        "Heap bytes of the command side's aggregate states and remembered "
+        "command ids",
+        NULL);
+    cp.m_store_aggs =
+        evl_metrics_gauge("evlua_store_aggregates",
+                          "Aggregates held in the command side's store", NULL);
     if (hook && *hook)
         cp.fail_before_commit = strtol(hook, NULL, 10);
     if (hang && *hang)

@@ -349,6 +349,8 @@ static evl_err projections_field(loader *ld, const char *prefix, const char *k,
         return get_bool(ld, key, &cfg->proj.enabled);
     if (strcmp(k, "batch_size") == 0)
         return get_intv(ld, key, 1, 100000, &cfg->proj.batch_size);
+    if (strcmp(k, "batch_bytes") == 0)
+        return get_intv(ld, key, 65536, 1 << 30, &cfg->proj.batch_bytes);
     if (strcmp(k, "linger_ms") == 0)
         return get_intv(ld, key, 0, 60000, &cfg->proj.linger_ms);
     if (strcmp(k, "threads") == 0)
@@ -447,6 +449,7 @@ static void defaults(evl_config *cfg)
     cfg->cmd.results_topic = evl_xstrdup("{type}.results");
     cfg->proj.enabled = 1;
     cfg->proj.batch_size = 500;
+    cfg->proj.batch_bytes = 4 << 20;
     cfg->proj.linger_ms = 5;
     cfg->proj.threads = 2;
     cfg->proj.isolation = evl_xstrdup("aggregate");

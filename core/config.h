@@ -95,6 +95,7 @@ typedef struct evl_config {
     struct {
         int enabled;
         int batch_size;
+        int batch_bytes; /* a batch closes past this many message bytes */
         int linger_ms;
         int threads; /* projector instances per projection */
         char *isolation;

@@ -2344,6 +2344,11 @@ size_t evl_luahost_memory(const evl_luahost *h)
     return h->mem_used;
 }
 
+void evl_luahost_gc(evl_luahost *h)
+{
+    lua_gc(h->L, LUA_GCCOLLECT);
+}
+
 size_t evl_luahost_naggregates(const evl_luahost *h)
 {
     return h->naggs;

@@ -189,6 +189,11 @@ const char *evl_luahost_hash(const evl_luahost *host);
 /* Bytes of Lua heap in use now. */
 size_t evl_luahost_memory(const evl_luahost *host);
 
+/* A full garbage collection (lua_gc LUA_GCCOLLECT): what a large batch
+ * left behind goes back to the C heap now rather than over the next
+ * incremental steps. Between calls into the host only. */
+void evl_luahost_gc(evl_luahost *host);
+
 /* ---- lookups: pointers stay valid until the host is freed ---------------- */
 
 typedef struct evl_luahost_aggregate {

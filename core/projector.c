@@ -30,6 +30,7 @@
 #include "projector.h"
 
 #include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -134,6 +135,29 @@ static void arena_free(arena *a)
         b = next;
     }
     a->head = a->cur = NULL;
+}
+
+/* Free the blocks past the first `keep` bytes of capacity: a batch of
+ * large events grows the arena, and kept blocks would pin that high-water
+ * mark for the life of the projector. Only between batches (reset). */
+static void arena_shrink(arena *a, size_t keep)
+{
+    size_t have = 0;
+    block **pb = &a->head;
+    while (*pb && have + (*pb)->cap <= keep) {
+        have += (*pb)->cap;
+        pb = &(*pb)->next;
+    }
+    block *b = *pb;
+    *pb = NULL;
+    while (b) {
+        block *next = b->next;
+        free(b);
+        b = next;
+    }
+    a->cur = a->head;
+    if (a->cur)
+        a->cur->used = 0;
 }
 
 static char *arena_strndup(arena *a, const char *s, size_t n)
@@ -332,6 +356,7 @@ typedef struct batch {
     size_t nstmts, capstmts;
     arena attempt_ar;
     double t_collected; /* for evlua_projection_batch_seconds */
+    size_t bytes;       /* message bytes (values and keys) collected */
 } batch;
 
 typedef struct projector {
@@ -339,6 +364,12 @@ typedef struct projector {
     const char *name;
     evl_projector_opts opts;
     int iso, halt, batch_size, linger_ms;
+    size_t batch_bytes; /* projection.batch_bytes */
+    /* memory given back (see release_memory): message bytes since the
+     * last trim; keep_memory: EVLUA_NO_TRIM set (benchmarks' baseline) */
+    size_t bytes_since_trim;
+    int keep_memory;
+    double idle_since; /* the first empty poll of an idle stretch; 0: busy */
     char group_id[256];
     evl_strlist topics;
     /* topics the cluster said do not exist (yet): not subscribed; looked
@@ -1169,6 +1200,12 @@ static int setup(projector *pj, const evl_luahost *proto)
                      : pc.batch_size > 0     ? pc.batch_size
                                              : 500;
     pj->linger_ms = cfg->proj.linger_ms;
+    pj->batch_bytes =
+        cfg->proj.batch_bytes > 0 ? (size_t)cfg->proj.batch_bytes : 4u << 20;
+    {
+        const char *keep = getenv("EVLUA_NO_TRIM");
+        pj->keep_memory = keep && *keep && strcmp(keep, "0") != 0;
+    }
     evl_projector_group(cfg, pj->name, pj->group_id, sizeof pj->group_id);
     if (evl_projector_topics(cfg, pj->host, pj->name, &pj->topics) == 0) {
         evl_log(EVL_LOG_ERROR,
@@ -1278,13 +1315,60 @@ static void consumer_error(projector *pj, const rd_kafka_message_t *rkm)
             rd_kafka_message_errstr(rkm), NULL);
 }
 
-/* Poll up to batch_size messages, waiting at most linger_ms after the
- * first. Returns how many, 0 when idle, -1 on a fatal error. */
+/* What a batch's arenas keep between batches; more is freed (a batch of
+ * batch_size ordinary events needs well under this). */
+#define ARENA_KEEP (1u << 20)
+/* Give memory back to the system (malloc_trim) after this many message
+ * bytes, and once whenever the projector has been idle after work for
+ * IDLE_TRIM_S (not at each empty poll: a catch-up has short gaps, and
+ * pages given back there are faulted in again at once). */
+#define TRIM_BYTES  (64u << 20)
+#define IDLE_TRIM_S 1.0
+
+/* After a batch: its arenas back to ARENA_KEEP; when idle (nothing
+ * collected, nothing in flight, for IDLE_TRIM_S) or after TRIM_BYTES of
+ * messages, a full
+ * Lua collection and malloc_trim(0), which hands the free pages of
+ * glibc's heaps back (a catch-up otherwise leaves RSS at its peak:
+ * docs/projection-side.md has the figures). b: a batch not in flight, or
+ * NULL. Nothing when EVLUA_NO_TRIM is set. */
+static void release_memory(projector *pj, batch *b, int idle)
+{
+    if (pj->keep_memory)
+        return;
+    if (b) {
+        arena_shrink(&b->ar, ARENA_KEEP);
+        arena_shrink(&b->attempt_ar, ARENA_KEEP);
+    }
+    if (!idle)
+        pj->idle_since = 0;
+    else if (pj->idle_since == 0)
+        pj->idle_since = now_s();
+    if (pj->bytes_since_trim == 0 ||
+        (!idle && pj->bytes_since_trim < TRIM_BYTES) ||
+        (idle && now_s() - pj->idle_since < IDLE_TRIM_S))
+        return;
+    pj->bytes_since_trim = 0;
+    if (idle && !pj->inflight) {
+        arena_shrink(&pj->bufs[0].ar, 0);
+        arena_shrink(&pj->bufs[0].attempt_ar, 0);
+        arena_shrink(&pj->bufs[1].ar, 0);
+        arena_shrink(&pj->bufs[1].attempt_ar, 0);
+    }
+    evl_luahost_gc(pj->host);
+    malloc_trim(0);
+}
+
+/* Poll up to batch_size messages and batch_bytes bytes (at least one
+ * message, however large), waiting at most linger_ms after the first.
+ * Returns how many, 0 when idle, -1 on a fatal error. */
 static int collect(projector *pj, batch *b)
 {
     double deadline = 0;
+    release_memory(pj, b, 0);
     b->nmsgs = 0;
-    while ((int)b->nmsgs < pj->batch_size) {
+    b->bytes = 0;
+    while ((int)b->nmsgs < pj->batch_size && b->bytes < pj->batch_bytes) {
         /* with a batch in flight, an empty queue means: go read it */
         int timeout = pj->inflight ? 0 : 100;
         if (b->nmsgs > 0) {
@@ -1295,8 +1379,10 @@ static int collect(projector *pj, batch *b)
         }
         pj->rebalanced = 0;
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(pj->rk, timeout);
-        if (pj->rebalanced)
+        if (pj->rebalanced) {
             drop_msgs(pj, b); /* fetched again from the DB offsets */
+            b->bytes = 0;
+        }
         if (pj->fatal) {
             if (rkm)
                 rd_kafka_message_destroy(rkm);
@@ -1321,6 +1407,8 @@ static int collect(projector *pj, batch *b)
             b->msgs = evl_xrealloc(b->msgs, sizeof *b->msgs * b->capmsgs);
         }
         b->msgs[b->nmsgs++] = rkm;
+        b->bytes += rkm->len + rkm->key_len;
+        pj->bytes_since_trim += rkm->len + rkm->key_len;
         if (pj->first_msg == 0)
             pj->first_msg = now_s();
         if (b->nmsgs == 1)
@@ -2733,6 +2821,8 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
             code = stop_code(process(pj, b));
         else if (pj->inflight) /* idle: read what is in flight */
             code = stop_code(settle(pj));
+        else
+            release_memory(pj, NULL, 1); /* idle, nothing in flight */
         report(pj, 0);
         if (pj->opts.until_caught_up && !pj->inflight && caught_up(pj))
             break;

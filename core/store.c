@@ -44,6 +44,7 @@ typedef struct part {
     int32_t partition;
     evl_store_agg **buckets;
     size_t nbuckets, count;
+    size_t bytes; /* agg_bytes() of its aggregates (evl_store_bytes) */
 } part;
 
 typedef struct undo {
@@ -85,6 +86,16 @@ evl_store *evl_store_new(int dedup_ids)
     memset(s, 0, sizeof *s);
     s->dedup = dedup_ids > 0 ? dedup_ids : 0;
     return s;
+}
+
+/* What a holds on the heap, as requested from malloc (its own overhead,
+ * ~16 bytes per block, 5 blocks with ids, is not counted). Kept in
+ * part.bytes: each change to a is bracketed by a subtraction before and
+ * an addition after. */
+static size_t agg_bytes(const evl_store_agg *a)
+{
+    return sizeof *a + strlen(a->id) + 1 + (a->state ? a->state_len + 1 : 0) +
+           a->idj_cap + (a->elen ? sizeof *a->elen * (size_t)a->cap : 0);
 }
 
 static void agg_free(evl_store_agg *a)
@@ -149,6 +160,18 @@ size_t evl_store_count(const evl_store *s, const char *type, int32_t partition)
     return n;
 }
 
+size_t evl_store_bytes(const evl_store *s, const char *type, int32_t partition)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->nparts; i++) {
+        const part *p = s->parts[i];
+        if (part_matches(p, type, partition))
+            n += p->bytes + sizeof *p + strlen(p->type) + 1 +
+                 sizeof *p->buckets * p->nbuckets;
+    }
+    return n;
+}
+
 static part *find_part(const evl_store *s, const char *type, int32_t partition,
                        int create)
 {
@@ -166,6 +189,7 @@ static part *find_part(const evl_store *s, const char *type, int32_t partition,
     p->buckets = evl_xmalloc(sizeof *p->buckets * p->nbuckets);
     memset(p->buckets, 0, sizeof *p->buckets * p->nbuckets);
     p->count = 0;
+    p->bytes = 0;
     ((evl_store *)s)->parts =
         evl_xrealloc(s->parts, sizeof *s->parts * (s->nparts + 1));
     ((evl_store *)s)->parts[((evl_store *)s)->nparts++] = p;
@@ -210,6 +234,7 @@ static evl_store_agg *add_agg(part *p, const char *id, uint64_t h)
     a->next = p->buckets[h & (p->nbuckets - 1)];
     p->buckets[h & (p->nbuckets - 1)] = a;
     p->count++;
+    p->bytes += agg_bytes(a);
     return a;
 }
 
@@ -221,6 +246,7 @@ static void unlink_agg(evl_store_agg *a)
         pp = &(*pp)->next;
     *pp = a->next;
     p->count--;
+    p->bytes -= agg_bytes(a);
 }
 
 evl_store_agg *evl_store_get(evl_store *s, const char *type, int32_t partition,
@@ -393,6 +419,7 @@ evl_store_agg *evl_store_put(evl_store *s, const char *type, int32_t partition,
 
     if (created)
         a = add_agg(p, id, h);
+    p->bytes -= agg_bytes(a);
     /* The state text before the first touch of this transaction belongs
      * to the undo log; one written earlier in it is ours to free. */
     if (s->open && a->txn == s->txn)
@@ -410,6 +437,7 @@ evl_store_agg *evl_store_put(evl_store *s, const char *type, int32_t partition,
     a->version = version;
     if (command_id && s->dedup > 0)
         push_id(s, a, command_id);
+    p->bytes += agg_bytes(a);
     return a;
 }
 
@@ -456,6 +484,7 @@ void evl_store_rollback(evl_store *s)
             agg_free(a);
             continue;
         }
+        a->part->bytes -= agg_bytes(a);
         free(a->state);
         a->state = u->state;
         a->state_len = u->state_len;
@@ -468,6 +497,7 @@ void evl_store_rollback(evl_store *s)
         a->elen = u->elen;
         a->nids = u->nids;
         a->txn = 0;
+        a->part->bytes += agg_bytes(a);
     }
     s->nundo = 0;
     s->sealed = 0;
@@ -518,8 +548,11 @@ static void keep_id(void *ud, const char *str, size_t n)
 {
     ids_walk *w = ud;
     (void)n;
-    if (w->n++ >= w->skip)
+    if (w->n++ >= w->skip) {
+        w->a->part->bytes -= agg_bytes(w->a);
         push_id(w->s, w->a, str);
+        w->a->part->bytes += agg_bytes(w->a);
+    }
 }
 
 evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,

@@ -24,7 +24,10 @@
  * "state" is the Lua host's JSON, copied verbatim both ways (it is not
  * re-encoded, so integers stay integers and floats floats).
  *
- * Memory: about (state + N * (command id + 16) + 100) bytes per aggregate.
+ * Memory: about (state + 130 + N * (command id + 9)) bytes per aggregate
+ * once it holds N = dedup_ids ids, as evl_store_bytes() counts it (a
+ * 40-byte state with 100 UUIDs: 4.7 KB); malloc's overhead adds ~50-90
+ * (tests/bench/bench_store.c prints both; docs/command-side.md).
  *
  * Does not: talk to Kafka, run Lua, decide anything.
  *
@@ -59,6 +62,12 @@ void evl_store_drop(evl_store *s, const char *type, int32_t partition);
 /* Number of aggregates held for (type, partition), with the same wildcards
  * as evl_store_drop. */
 size_t evl_store_count(const evl_store *s, const char *type, int32_t partition);
+
+/* Heap bytes held by the aggregates of (type, partition), same wildcards:
+ * their ids, states, remembered command ids and tables, as requested from
+ * malloc (its per-block overhead is not counted). The undo copies of an
+ * open transaction are not counted either. 0 after evl_store_drop(). */
+size_t evl_store_bytes(const evl_store *s, const char *type, int32_t partition);
 
 /* The aggregate, or NULL when the store has none (no events yet: version
  * 0, initial state). Valid until the next put, rollback or drop. */

@@ -6,6 +6,7 @@ evl_c_test(projector_e2e LABELS pg kafka FIXTURES pg kafka)
 evl_c_test(projector_poison LABELS pg kafka FIXTURES pg kafka)
 evl_c_test(projector_replay LABELS pg kafka FIXTURES pg kafka)
 evl_c_test(projector_unicode LABELS pg kafka FIXTURES pg kafka)
+evl_c_test(projector_batchbytes LABELS pg kafka FIXTURES pg kafka)
 # runs its own PostgreSQL cluster (so restarting it disturbs nobody)
 evl_c_test(projector_pgrestart LABELS pg kafka FIXTURES pg kafka)
 target_link_libraries(test_projector_pgrestart PRIVATE Threads::Threads)
@@ -29,3 +30,13 @@ evl_c_test(projector_reset LABELS pg kafka FIXTURES pg kafka)
 # issue 21: lag over every partition, whatever the assignment; readiness
 evl_c_test(lag LABELS pg kafka FIXTURES pg kafka)
 evl_c_test(lag_standby LABELS pg kafka FIXTURES pg kafka)
+
+# RSS over a projection's catch-up, with and without giving memory back
+# (figures: docs/projection-side.md); a short run keeps it working
+add_executable(bench_proj_mem bench/bench_proj_mem.c)
+target_link_libraries(bench_proj_mem PRIVATE evlua_core Threads::Threads)
+target_include_directories(bench_proj_mem PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/c)
+add_test(NAME bench.proj_mem COMMAND bench_proj_mem 2000 100 1)
+set_tests_properties(bench.proj_mem PROPERTIES LABELS "pg;kafka;bench"
+  ENVIRONMENT "${EVLUA_TEST_ENV}"
+  FIXTURES_REQUIRED "pg;kafka" TIMEOUT 300)

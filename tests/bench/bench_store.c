@@ -17,7 +17,13 @@
  * figures cover the id list only, so the ratio understates the store's
  * gain (the rest of the store's work is in its figure, not the
  * baseline's).
+ *
+ * First, memory: a fresh store of AGGREGATES aggregates with the same
+ * state, for 0, 10 and DEDUP_IDS remembered UUID command ids each; prints
+ * the bytes per aggregate as evl_store_bytes() counts them and as malloc
+ * holds them (mallinfo2: with its per-block overhead).
  */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +84,29 @@ static void ring_json(const ring *r, int cap, evl_buf *out)
     }
 }
 
+/* The bytes per aggregate of a store of naggs aggregates, each with
+ * state and nids remembered ids (UUIDs), the store keeping dedup. */
+static void memory(int naggs, int dedup, int nids, const char *state)
+{
+    char agg[32], cid[37];
+    size_t m0 = mallinfo2().uordblks;
+    evl_store *s = evl_store_new(dedup);
+    for (int k = 0; k < (nids > 0 ? nids : 1); k++)
+        for (int a = 0; a < naggs; a++) {
+            snprintf(agg, sizeof agg, "customer-%d", a);
+            new_id(cid);
+            evl_store_put(s, "customer", a % 6, agg, state, strlen(state),
+                          k + 1, nids > 0 ? cid : NULL);
+        }
+    size_t m1 = mallinfo2().uordblks;
+    printf("memory: dedup_ids=%d ids=%d state=%zu id=36 bytes: store counts "
+           "%.0f B/aggregate, malloc holds %.0f B/aggregate\n",
+           dedup, nids, strlen(state),
+           (double)evl_store_bytes(s, NULL, -1) / naggs,
+           (double)(m1 - m0) / naggs);
+    evl_store_free(s);
+}
+
 int main(int argc, char **argv)
 {
     int naggs = argc > 1 ? atoi(argv[1]) : 10000;
@@ -97,6 +126,10 @@ int main(int argc, char **argv)
                         "[COMMANDS >= 300]]]\n");
         return 2;
     }
+    memory(naggs, dedup, 0, state);
+    memory(naggs, dedup, 10, state);
+    memory(naggs, dedup, dedup, state);
+
     evl_store *s = evl_store_new(dedup);
     ring *rings = calloc((size_t)naggs, sizeof *rings);
     for (int a = 0; a < naggs; a++)

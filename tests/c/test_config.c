@@ -36,6 +36,7 @@ int main(void)
     CHECK_STR(cfg.proj.isolation, "aggregate", "default isolation");
     CHECK_STR(cfg.proj.on_error, "park", "default failure policy");
     CHECK_INT(cfg.proj.threads, 2, "two projector threads by default");
+    CHECK_INT(cfg.proj.batch_bytes, 4 << 20, "4 MiB per projector batch");
     CHECK(cfg.pg_conninfo == NULL, "no database by default");
     CHECK(cfg.instance == NULL, "no instance name by default");
     evl_config_free(&cfg);
@@ -107,6 +108,16 @@ int main(void)
               EVL_EPERMANENT, "an out-of-range number is an error");
     CHECK_HAS(err, "commands.batch_size: is 0, expected 1 to",
               "the message gives the range");
+
+    CHECK_INT(
+        load("return { projection = { batch_bytes = 1048576 } }", &cfg, err),
+        EVL_OK, "projection.batch_bytes is read");
+    CHECK_INT(cfg.proj.batch_bytes, 1048576, "as bytes");
+    evl_config_free(&cfg);
+    CHECK_INT(load("return { projection = { batch_bytes = 1000 } }", &cfg, err),
+              EVL_EPERMANENT, "a batch_bytes below 64 KiB is an error");
+    CHECK_HAS(err, "projection.batch_bytes: is 1000, expected 65536 to",
+              "the message names the key and the range");
 
     CHECK_INT(load("return { projection = { threads = 0 } }", &cfg, err),
               EVL_EPERMANENT, "zero projector threads is an error");

@@ -6,7 +6,9 @@
  * an open newer one: commit the older alone, or roll both back); the
  * dedup list keeps the newest N ids, escaped ids included; snapshots
  * round-trip through restore without re-encoding the state; tombstones
- * and bad records; dropping partitions.
+ * and bad records; dropping partitions; the byte count grows with
+ * aggregates and remembered ids, returns on rollback, and is 0 after a
+ * drop.
  */
 #include <stdio.h>
 #include <string.h>
@@ -404,6 +406,68 @@ static void many(void)
     evl_store_free(s);
 }
 
+static void bytes(void)
+{
+    evl_store *s = evl_store_new(10);
+    char id[32], cmd[128];
+    CHECK_INT(evl_store_bytes(s, NULL, -1), 0, "an empty store holds 0 bytes");
+    evl_store_put(s, "t", 0, "a-0", "{}", 2, 1, NULL);
+    size_t one = evl_store_bytes(s, NULL, -1);
+    CHECK(one > 0, "one aggregate holds some bytes");
+    for (int i = 1; i < 100; i++) {
+        snprintf(id, sizeof id, "a-%d", i);
+        evl_store_put(s, "t", 0, id, "{}", 2, 1, NULL);
+    }
+    size_t hundred = evl_store_bytes(s, NULL, -1);
+    CHECK(hundred > one + 99 * 50, "bytes grow with the aggregates");
+    size_t before_ids = hundred;
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "a-%d", i);
+        for (int k = 0; k < 10; k++) {
+            snprintf(cmd, sizeof cmd, "%s-cmd-%036d", id, k);
+            evl_store_put(s, "t", 0, id, "{}", 2, 2 + k, cmd);
+        }
+    }
+    size_t with_ids = evl_store_bytes(s, NULL, -1);
+    /* 100 aggregates x 10 ids of ~42 bytes each: at least 42,000 */
+    CHECK(with_ids >= before_ids + 100 * 10 * 42, "bytes grow with the ids");
+    /* the ring is full: more ids replace old ones, the bytes stay put */
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "a-%d", i);
+        snprintf(cmd, sizeof cmd, "%s-cmd-%036d", id, 99);
+        evl_store_put(s, "t", 0, id, "{}", 2, 20, cmd);
+    }
+    CHECK_INT(evl_store_bytes(s, NULL, -1), with_ids,
+              "a full id ring holds its bytes");
+    /* a transaction that grows a state, adds an aggregate, rolls back */
+    evl_store_begin(s);
+    evl_store_put(s, "t", 0, "a-1", "{\"big\":\"xxxxxxxxxxxxxxxxxxxxxx\"}", 30,
+                  30, "c-new");
+    evl_store_put(s, "t", 1, "b-1", "{}", 2, 1, "c-new2");
+    CHECK(evl_store_bytes(s, NULL, -1) > with_ids, "a put inside counts");
+    evl_store_rollback(s);
+    /* (the restored id list is a tight copy: its capacity may shrink) */
+    size_t back = evl_store_bytes(s, "t", 0);
+    CHECK(back <= with_ids && back + 200 > with_ids,
+          "a rollback gives the bytes back");
+    /* a restored snapshot counts as the same aggregate put */
+    evl_buf snap = {0};
+    evl_store_snapshot(evl_store_get(s, "t", 0, "a-5"), "t", &snap);
+    size_t p0 = evl_store_bytes(s, "t", 0);
+    char err[256];
+    CHECK_INT(evl_store_restore(s, "t", 0, "a-5", 3, snap.data, snap.len, err,
+                                sizeof err),
+              EVL_OK, "restore");
+    CHECK(evl_store_bytes(s, "t", 0) <= p0, "a restore replaces, not adds");
+    CHECK_INT(evl_store_restore(s, "t", 0, "a-5", 3, NULL, 0, err, sizeof err),
+              EVL_OK, "tombstone");
+    CHECK(evl_store_bytes(s, "t", 0) < p0 - 400, "a tombstone frees");
+    evl_buf_free(&snap);
+    evl_store_drop(s, NULL, -1);
+    CHECK_INT(evl_store_bytes(s, NULL, -1), 0, "0 bytes after a drop");
+    evl_store_free(s);
+}
+
 int main(void)
 {
     lookups();
@@ -413,5 +477,6 @@ int main(void)
     snapshots();
     escaped_ids();
     many();
+    bytes();
     return check_done();
 }

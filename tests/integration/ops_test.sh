@@ -69,6 +69,10 @@ assert n > 10, n
 PY
 accepted1=$(metric "evlua_commands_total\{[^}]*outcome=\"accepted\"[^}]*\}")
 [ "${accepted1%.*}" -ge 1 ] || fail "evlua_commands_total counts the accepted command"
+aggs1=$(metric "evlua_store_aggregates" || true) # none: 0, and the message below
+[ "${aggs1%.*}" -ge 1 ] || fail "evlua_store_aggregates counts the aggregate of the accepted command (got $aggs1)"
+sbytes1=$(metric "evlua_store_bytes" || true)
+[ "${sbytes1%.*}" -ge 100 ] || fail "evlua_store_bytes counts its state and command id (got $sbytes1)"
 wait_until 30 sh -c "[ \"\$(curl -s http://127.0.0.1:$port/metrics | grep -E '^evlua_projection_events_total\{[^}]*outcome=\"applied\"' | awk '{s+=\$2} END {print s+0}')\" -ge 1 ]" \
     || fail "evlua_projection_events_total counts the applied event"
 
@@ -77,7 +81,8 @@ for family in evlua_build_info evlua_scripts_info evlua_commands_total evlua_eve
     evlua_command_transactions_total evlua_command_batch_size_bucket evlua_command_batch_seconds_bucket \
     evlua_command_transaction_seconds_bucket evlua_projection_events_total evlua_projection_batches_total \
     evlua_projection_batch_size_bucket evlua_projection_batch_seconds_bucket evlua_parked_aggregates \
-    evlua_consumer_lag evlua_lua_handler_seconds_total evlua_lua_memory_bytes; do
+    evlua_consumer_lag evlua_lua_handler_seconds_total evlua_lua_memory_bytes \
+    evlua_store_bytes evlua_store_aggregates; do
     grep -q "^$family[{ ]" "$work/m1" || fail "/metrics has $family"
 done
 # SIGHUP: every pipeline counts the reload
