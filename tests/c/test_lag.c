@@ -26,13 +26,6 @@
 
 static pt T;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* GET http://127.0.0.1:port/metrics into b. */
 static const char *scrape(int port, char *b, size_t n)
 {
@@ -207,8 +200,8 @@ int main(void)
     pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
 
     /* held elsewhere: the lag counts what waits */
-    double pl = -1, cl = -1, age1 = -1, t0 = now();
-    while (now() - t0 < 20) {
+    double pl = -1, cl = -1, age1 = -1, t0 = pt_now();
+    while (pt_now() - t0 < 20) {
         scrape(port, b, sizeof b);
         pl = metric(b, "evlua_consumer_lag", pgroup);
         cl = metric(b, "evlua_consumer_lag", cgroup);
@@ -221,7 +214,7 @@ int main(void)
              "no partitions: the projection's lag is the %d waiting events "
              "(got %g), the commands group's the %d waiting commands (got "
              "%g), the oldest is older than 0 s (got %g), within %.1f s",
-             NEVENTS, pl, NCMDS, cl, age1, now() - t0);
+             NEVENTS, pl, NCMDS, cl, age1, pt_now() - t0);
     CHECK(pl == NEVENTS && cl == NCMDS && age1 > 0, msg);
     fprintf(stderr, "%s\n", msg);
     pt_sleep_ms(2500);
@@ -252,9 +245,9 @@ int main(void)
     long long got =
         pt_wait_for(&T, NEVENTS + NCMDS, 60, "SELECT count(*) FROM opened");
     CHECK_INT(got, NEVENTS + NCMDS, "every event and command is projected");
-    t0 = now();
+    t0 = pt_now();
     double pa = -1, ca = -1;
-    while (now() - t0 < 15) {
+    while (pt_now() - t0 < 15) {
         scrape(port, b, sizeof b);
         pl = metric(b, "evlua_consumer_lag", pgroup);
         cl = metric(b, "evlua_consumer_lag", cgroup);
@@ -267,7 +260,7 @@ int main(void)
     snprintf(msg, sizeof msg,
              "caught up: lags and ages go to 0 (projection %g / %g s, "
              "commands %g / %g s) within %.1f s",
-             pl, pa, cl, ca, now() - t0);
+             pl, pa, cl, ca, pt_now() - t0);
     CHECK(pl == 0 && cl == 0 && pa == 0 && ca == 0, msg);
     fprintf(stderr, "%s\n", msg);
     int ready = 0;

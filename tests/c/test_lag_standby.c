@@ -17,13 +17,6 @@
 
 static pt T;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static double age_of(int port, const char *group)
 {
     char cmd[256], head[300], line[1024];
@@ -119,10 +112,10 @@ int main(void)
     CHECK(settled, "both instances have their assignment");
     pt_sleep_ms(1500);
 
-    double t0 = now(), oldest = 0;
+    double t0 = pt_now(), oldest = 0;
     int flagged = 0, samples = 0;
     long long done = 0;
-    while (now() - t0 < 6 && !flagged) {
+    while (pt_now() - t0 < 6 && !flagged) {
         pt_readyz(port, ba, sizeof ba);
         pt_readyz(port + 1, bb, sizeof bb);
         flagged =

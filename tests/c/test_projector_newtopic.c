@@ -58,13 +58,6 @@ static void projection(void)
              "}\n");
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void produce(const char *topic, const char *type)
 {
     pt_begin(&T);
@@ -120,12 +113,12 @@ static void run(const char *type, int create, int port)
                   "the projector did not create the topic");
         pt_topic(&T, topic, 2);
     }
-    double t0 = now();
+    double t0 = pt_now();
     produce(topic, type);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM opened WHERE type = '%s'",
              type);
     long long got = pt_wait_for(&T, 3, 30, sql);
-    double took = now() - t0;
+    double took = pt_now() - t0;
     snprintf(msg, sizeof msg,
              "[%s] the events are projected within seconds (took %.1f s)", mode,
              took);
