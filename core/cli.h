@@ -2,8 +2,8 @@
  * cli.h - what the evlua subcommands share, and their entry points.
  *
  * Each subcommand is `int evl_cli_NAME(int argc, char **argv)` where
- * argv[0] is the subcommand's name; it returns the process exit code:
- * 0 ok, 1 runtime failure, 2 usage or configuration error. main.c only
+ * argv[0] is the subcommand's name; it returns the process exit code
+ * (EVL_EXIT_* of evl.h). main.c only
  * dispatches. Each lives in its own file (cli_run.c, cli_send.c, ...).
  *
  * @locality the main thread.
@@ -13,10 +13,6 @@
 
 #include "config.h"
 #include "luahost.h"
-
-#define EVL_EXIT_OK      0
-#define EVL_EXIT_FAILURE 1
-#define EVL_EXIT_USAGE   2
 
 /* For a one-shot subcommand (every one but run): remove -v, -vv and
  * --verbose (each counts once) from argv[1..*argc) before any "--", and

@@ -24,13 +24,9 @@
 #include "lifecycle.h"
 #include "log.h"
 #include "metrics.h"
-#ifdef EVLUA_HAVE_CMDPROC
 #include "cmdproc.h"
-#endif
-#ifdef EVLUA_HAVE_PROJECTOR
 #include "lag.h"
 #include "projector.h"
-#endif
 
 static const char run_usage[] =
     "usage: evlua run [-c CONFIG] [--scripts DIR]\n"
@@ -62,14 +58,10 @@ typedef struct pipeline {
 static void *pipeline_main(void *arg)
 {
     pipeline *p = arg;
-#ifdef EVLUA_HAVE_CMDPROC
     if (strcmp(p->kind, "commands") == 0)
         p->rc = evl_cmdproc_run(p->cfg, p->proto);
-#endif
-#ifdef EVLUA_HAVE_PROJECTOR
     if (strcmp(p->kind, "projection") == 0)
         p->rc = evl_projector_run(p->cfg, p->proto, p->name);
-#endif
     if (p->rc != 0)
         evl_lifecycle_request_stop(); /* one pipeline down: drain all */
     __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
@@ -121,7 +113,6 @@ static void wait_pipelines(pipeline *ps, size_t n, int timeout_ms)
     }
 }
 
-#ifdef EVLUA_HAVE_PROJECTOR
 /* The lag thread for the n pipelines of ps: the commands group over the
  * commands topic of every aggregate type, each projection's group over
  * its topics. A failure to start it is logged; the pipelines run
@@ -164,7 +155,6 @@ static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
     }
     return lag;
 }
-#endif
 
 int evl_cli_run(int argc, char **argv)
 {
@@ -241,10 +231,8 @@ int evl_cli_run(int argc, char **argv)
     }
     evl_log(EVL_LOG_INFO, "evlua starting", "version", EVLUA_VERSION, "config",
             cfg.path, "scripts", evl_luahost_hash(proto), NULL);
-#ifdef EVLUA_HAVE_PROJECTOR
     /* nobody would see what it measures without the endpoint */
     evl_lag *lag = cfg.metrics.listen ? start_lag(&cfg, proto, ps, n) : NULL;
-#endif
     size_t started = 0;
     for (; started < n; started++)
         if (pthread_create(&ps[started].thread, NULL, pipeline_main,
@@ -260,9 +248,7 @@ int evl_cli_run(int argc, char **argv)
         if (ps[i].rc > rc)
             rc = ps[i].rc;
     }
-#ifdef EVLUA_HAVE_PROJECTOR
     evl_lag_free(lag);
-#endif
     free(ps);
     evl_log(EVL_LOG_INFO, "evlua stopped", NULL);
 out:

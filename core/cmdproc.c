@@ -1865,16 +1865,6 @@ static void maybe_reload(cmdproc *cp)
             evl_luahost_hash(nh), NULL);
 }
 
-static const char *allowed_assignor(const evl_config *cfg)
-{
-    const char *v = evl_config_kafka(cfg, "partition.assignment.strategy");
-    if (v && (strcmp(v, "range") == 0 || strcmp(v, "roundrobin") == 0 ||
-              strcmp(v, "range,roundrobin") == 0 ||
-              strcmp(v, "roundrobin,range") == 0))
-        return v;
-    return "range";
-}
-
 /* Create producer j (the transactional ids of "the pipeline"); not yet
  * initialized. At start, and again when recover() rebuilds it. Returns
  * EXIT_OK, or EXIT_CONFIG with err set. */
@@ -1981,23 +1971,24 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
                                "statistics.interval.ms",
                                "1000",
                                NULL};
-    const char *crequired[] = {"group.id",
-                               cfg->cmd.group_id,
-                               "isolation.level",
-                               "read_committed",
-                               "enable.auto.commit",
-                               "false",
-                               "enable.auto.offset.store",
-                               "false",
-                               "enable.partition.eof",
-                               "false",
-                               "partition.assignment.strategy",
-                               allowed_assignor(cfg),
-                               "client.id",
-                               "evlua-commands",
-                               *member ? "group.instance.id" : NULL,
-                               member,
-                               NULL};
+    const char *crequired[] = {
+        "group.id",
+        cfg->cmd.group_id,
+        "isolation.level",
+        "read_committed",
+        "enable.auto.commit",
+        "false",
+        "enable.auto.offset.store",
+        "false",
+        "enable.partition.eof",
+        "false",
+        "partition.assignment.strategy",
+        evl_kafka_assignor(cfg, "range", "evlua-commands"),
+        "client.id",
+        "evlua-commands",
+        *member ? "group.instance.id" : NULL,
+        member,
+        NULL};
     if (evl_kafka_conf_new(cfg, cdefaults, crequired, &conf, err, errlen))
         return EXIT_CONFIG;
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);

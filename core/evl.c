@@ -68,3 +68,12 @@ int evl_valid_name(const char *s)
             return 0;
     return 1;
 }
+
+uint64_t evl_hash(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}

@@ -12,6 +12,7 @@
 #define EVL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum evl_err {
     EVL_OK = 0,
@@ -19,6 +20,12 @@ typedef enum evl_err {
     EVL_EPERMANENT = 2, /* this input will never succeed: reject or park */
     EVL_EFATAL = 3      /* the process cannot go on: log and exit */
 } evl_err;
+
+/* The process exit codes, the only ones evlua returns: every subcommand
+ * and both pipelines' run functions return one of these. */
+#define EVL_EXIT_OK      0 /* done, or stopped by a signal */
+#define EVL_EXIT_FAILURE 1 /* a runtime failure (logged) */
+#define EVL_EXIT_USAGE   2 /* a usage or configuration error (printed) */
 
 /* Size of the error buffers callers keep on their stack. */
 #define EVL_ERRLEN 512
@@ -47,5 +54,11 @@ char *evl_xstrdup(const char *s);
  * instance): non-empty, letters, digits, '.', '_', '-' only (Kafka's
  * topic alphabet)? */
 int evl_valid_name(const char *s);
+
+/* The one hash of evlua's own tables (the store, the statement cache, the
+ * projector's checkpoint map): 64-bit FNV-1a of the n bytes at p. Not for
+ * anything that must match another program (Kafka's partitioner is
+ * kafka.h's murmur2). */
+uint64_t evl_hash(const void *p, size_t n);
 
 #endif

@@ -378,3 +378,31 @@ const char *evl_kafka_header(const rd_kafka_message_t *rkm, const char *name,
     buf[size] = '\0';
     return buf;
 }
+
+static int eager_assignors(const char *v)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", v);
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t;
+         t = strtok_r(NULL, ", ", &save), n++)
+        if (strcmp(t, "range") != 0 && strcmp(t, "roundrobin") != 0)
+            return 0;
+    return n > 0;
+}
+
+const char *evl_kafka_assignor(const evl_config *cfg, const char *dflt,
+                               const char *client)
+{
+    const char *v = evl_config_kafka(cfg, "partition.assignment.strategy");
+    if (!v)
+        return dflt;
+    if (strlen(v) < 256 && eager_assignors(v))
+        return v;
+    evl_log(EVL_LOG_WARN,
+            "kafka partition.assignment.strategy: cooperative assignors "
+            "lose assignments with manual commits in librdkafka 2.0; using "
+            "the default",
+            "client", client, "configured", v, "using", dflt, NULL);
+    return dflt;
+}

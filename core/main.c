@@ -55,14 +55,13 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"run", evl_cli_run},       {"check", evl_cli_check},
-    {"repl", evl_cli_repl},     {"test", evl_cli_test},
-#ifdef EVLUA_HAVE_CMDPROC
+    {"run", evl_cli_run},
+    {"check", evl_cli_check},
+    {"repl", evl_cli_repl},
+    {"test", evl_cli_test},
     {"send", evl_cli_send},
-#endif
-#ifdef EVLUA_HAVE_PROJECTOR
-    {"parked", evl_cli_parked}, {"projection", evl_cli_projection},
-#endif
+    {"parked", evl_cli_parked},
+    {"projection", evl_cli_projection},
 };
 
 int main(int argc, char **argv)

@@ -719,15 +719,8 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
         goto bad;
     for (int i = 0; i < cfg->nkafka; i++) {
         const char *k = cfg->kafka[i].key, *v = cfg->kafka[i].value;
-        if (strcmp(k, "partition.assignment.strategy") == 0 &&
-            strstr(v, "cooperative")) {
-            evl_log(EVL_LOG_WARN,
-                    "kafka partition.assignment.strategy: cooperative "
-                    "assignors lose assignments with manual commits in "
-                    "librdkafka 2.0; projectors use range,roundrobin",
-                    "projection", pj->name, NULL);
-            continue;
-        }
+        if (strcmp(k, "partition.assignment.strategy") == 0)
+            continue; /* kafka.h's policy, below */
         char member[300];
         if (strcmp(k, "group.instance.id") == 0 && cfg->instance)
             continue; /* derived from `instance`, below */
@@ -754,9 +747,9 @@ static int kafka_open(projector *pj, char *err, size_t errlen)
     if (!evl_config_kafka(cfg, "queued.max.messages.kbytes") &&
         kafka_set(conf, "queued.max.messages.kbytes", "16384", err, errlen))
         goto bad;
-    if (!evl_config_kafka(cfg, "partition.assignment.strategy") &&
-        kafka_set(conf, "partition.assignment.strategy", "range,roundrobin",
-                  err, errlen))
+    if (kafka_set(conf, "partition.assignment.strategy",
+                  evl_kafka_assignor(cfg, "range,roundrobin", client), err,
+                  errlen))
         goto bad;
     /* what exactly-once needs, whatever the config says */
     if (kafka_set(conf, "group.id", pj->group_id, err, errlen) ||
