@@ -77,3 +77,8 @@ uint64_t evl_hash(const void *p, size_t n)
         h = (h ^ b[i]) * 1099511628211ull;
     return h;
 }
+
+uint64_t evl_hash_str(const char *s)
+{
+    return evl_hash(s, strlen(s));
+}

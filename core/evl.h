@@ -61,4 +61,7 @@ int evl_valid_name(const char *s);
  * kafka.h's murmur2). */
 uint64_t evl_hash(const void *p, size_t n);
 
+/* evl_hash() of the NUL-terminated string s (its bytes, not the NUL). */
+uint64_t evl_hash_str(const char *s);
+
 #endif

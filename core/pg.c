@@ -84,16 +84,6 @@ struct evl_pg {
     size_t nrefused, caprefused;
 };
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static void index_rebuild(evl_pg *pg)
 {
     for (int i = 0; i < INDEX_SIZE; i++)
@@ -612,7 +602,7 @@ void evl_pg_pipe_prepare(evl_pg *pg, const char *sql)
 {
     if (pg->broken)
         return;
-    uint64_t h = fnv1a(sql);
+    uint64_t h = evl_hash_str(sql);
     if (cache_find(pg, sql, h) >= 0)
         return;
     int e = cache_add(pg, sql, h);
@@ -669,7 +659,7 @@ void evl_pg_pipe_send(evl_pg *pg, const char *sql, int n,
 {
     if (pg->broken)
         return;
-    int e = cache_find(pg, sql, fnv1a(sql));
+    int e = cache_find(pg, sql, evl_hash_str(sql));
     if (e >= 0 && pg->entries[e].state == ENTRY_BAD) {
         /* libpq refused to prepare it (a server's refusal is only known
          * when results are read) */

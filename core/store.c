@@ -72,14 +72,6 @@ struct evl_store {
     size_t sealed;
 };
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 14695981039346656037ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 evl_store *evl_store_new(int dedup_ids)
 {
     evl_store *s = evl_xmalloc(sizeof *s);
@@ -253,7 +245,7 @@ evl_store_agg *evl_store_get(evl_store *s, const char *type, int32_t partition,
                              const char *id)
 {
     part *p = find_part(s, type, partition, 0);
-    return p ? find_agg(p, id, fnv1a(id)) : NULL;
+    return p ? find_agg(p, id, evl_hash_str(id)) : NULL;
 }
 
 long long evl_store_version(const evl_store_agg *a)
@@ -412,7 +404,7 @@ evl_store_agg *evl_store_put(evl_store *s, const char *type, int32_t partition,
                              const char *command_id)
 {
     part *p = find_part(s, type, partition, 1);
-    uint64_t h = fnv1a(id);
+    uint64_t h = evl_hash_str(id);
     evl_store_agg *a = find_agg(p, id, h);
     int created = !a;
     char *copy = NULL;
@@ -577,7 +569,7 @@ evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,
     id[keylen] = '\0';
     if (!value) { /* tombstone */
         part *p = find_part(s, type, partition, 0);
-        if (p && (a = find_agg(p, id, fnv1a(id)))) {
+        if (p && (a = find_agg(p, id, evl_hash_str(id)))) {
             unlink_agg(a);
             agg_free(a);
         }
@@ -619,7 +611,7 @@ evl_err evl_store_restore(evl_store *s, const char *type, int32_t partition,
     /* replace whatever was there: restore is the truth */
     {
         part *p = find_part(s, type, partition, 0);
-        if (p && (a = find_agg(p, id, fnv1a(id)))) {
+        if (p && (a = find_agg(p, id, evl_hash_str(id)))) {
             unlink_agg(a);
             agg_free(a);
         }
