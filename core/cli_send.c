@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <lauxlib.h>
@@ -100,18 +99,11 @@ static void put_member(evl_buf *b, const char *key, const char *value)
     evl_envelope_put_string(b, value, strlen(value));
 }
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Read results until ours; print it. Returns the exit code. */
 static int wait_result(rd_kafka_t *consumer, const char *id, long timeout_s)
 {
-    long long deadline = now_ms() + timeout_s * 1000;
-    while (now_ms() < deadline) {
+    long long deadline = evl_now_ms() + timeout_s * 1000;
+    while (evl_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 200);
         cJSON *res, *cid, *status;
         int rc = -1;

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <lauxlib.h>
 #include <libpq-fe.h>
@@ -492,13 +491,6 @@ typedef struct budget {
     char where[160]; /* "file:line" where it did, or "" */
 } budget;
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void config_hook(lua_State *L, lua_Debug *ar);
 
 static budget *budget_of(lua_State *L)
@@ -535,7 +527,8 @@ static void *config_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
          * instruction, which does */
         size_t grow = nsize - osize;
         b->left -= (long)(grow / ALLOC_BYTES);
-        if (b->left <= 0 || (grow >= BIG_ALLOC && now_ms() > b->deadline_ms))
+        if (b->left <= 0 ||
+            (grow >= BIG_ALLOC && evl_now_ms() > b->deadline_ms))
             lua_sethook(b->L, config_hook, LUA_MASKCOUNT, 1);
     }
     return p;
@@ -582,7 +575,7 @@ static void config_hook(lua_State *L, lua_Debug *ar)
     (void)ar;
     if (b->spent == SPENT_INSTRUCTIONS || b->spent == SPENT_TIME)
         spend(L, b, 0, b->spent);
-    if (now_ms() > b->deadline_ms)
+    if (evl_now_ms() > b->deadline_ms)
         spend(L, b, 0, SPENT_TIME);
     b->left -= lua_gethookcount(L);
     if (b->left <= 0)
@@ -600,7 +593,8 @@ static void config_charge(lua_State *L, size_t steps)
     if (before <= 0 || steps >= (size_t)before)
         spend(L, b, 1, SPENT_INSTRUCTIONS);
     b->left -= (long)steps;
-    if (before / HOOK_STEP != b->left / HOOK_STEP && now_ms() > b->deadline_ms)
+    if (before / HOOK_STEP != b->left / HOOK_STEP &&
+        evl_now_ms() > b->deadline_ms)
         spend(L, b, 1, SPENT_TIME);
 }
 
@@ -689,7 +683,7 @@ static evl_err run_config(loader *ld, const char *path, evl_config *c)
     memset(&b, 0, sizeof b);
     b.mem_limit = (size_t)CONFIG_MEMORY_MB << 20;
     b.left = CONFIG_INSTRUCTIONS;
-    b.deadline_ms = now_ms() + CONFIG_TIME_MS;
+    b.deadline_ms = evl_now_ms() + CONFIG_TIME_MS;
     lua_State *L = lua_newstate(config_alloc, &b);
     if (!L)
         return fail(ld, NULL, "cannot create a Lua state");

@@ -1,10 +1,12 @@
-/* evl.c - error classes and aborting allocation helpers (see evl.h). */
+/* evl.c - error classes, aborting allocation, names, hash and clock
+ * helpers (see evl.h). */
 #include "evl.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const char *evl_err_name(evl_err e)
 {
@@ -81,4 +83,11 @@ uint64_t evl_hash(const void *p, size_t n)
 uint64_t evl_hash_str(const char *s)
 {
     return evl_hash(s, strlen(s));
+}
+
+long long evl_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -61,6 +61,10 @@ int evl_valid_name(const char *s);
  * kafka.h's murmur2). */
 uint64_t evl_hash(const void *p, size_t n);
 
+/* Milliseconds on CLOCK_MONOTONIC: for deadlines and durations, never
+ * for wall-clock time. Any thread. */
+long long evl_now_ms(void);
+
 /* evl_hash() of the NUL-terminated string s (its bytes, not the NUL). */
 uint64_t evl_hash_str(const char *s);
 

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <microhttpd.h>
 
@@ -399,13 +398,6 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
     return r;
 }
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int same_host(const struct sockaddr *a, const struct sockaddr *b)
 {
     if (a->sa_family != b->sa_family)
@@ -447,7 +439,7 @@ static void notify_connection(void *cls, struct MHD_Connection *conn,
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         memset(c, 0, sizeof *c);
         c->conn = conn;
-        c->since_ms = mono_ms();
+        c->since_ms = evl_now_ms();
         if (ci && ci->client_addr)
             memcpy(&c->addr, ci->client_addr,
                    ci->client_addr->sa_family == AF_INET6
@@ -481,14 +473,14 @@ static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)con_cls;
     (void)toe;
     if (ci && ci->socket_context)
-        ((conn_entry *)ci->socket_context)->since_ms = mono_ms();
+        ((conn_entry *)ci->socket_context)->since_ms = evl_now_ms();
 }
 
 /* Shut down the connections past their deadline (MHD closes them when it
  * next sees their sockets end). */
 static void reap(void)
 {
-    long long now = mono_ms();
+    long long now = evl_now_ms();
     for (conn_entry *c = conns; c; c = c->next) {
         if (c->shut || now - c->since_ms < REQUEST_DEADLINE_MS)
             continue;
