@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "json.h"
+
 /* ---- JSON writing ------------------------------------------------------ */
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */

@@ -22,7 +22,8 @@
  * Does not: route, talk to Kafka, generate ids or timestamps (the caller
  * passes them: luaapi's evl_luaapi_uuid7 and evl_luaapi_now).
  *
- * Uses json.h and the Lua C API (a scratch lua_State the caller owns).
+ * Uses json.h, buf.h and the Lua C API (a scratch lua_State the caller
+ * owns).
  *
  * @locality any thread; each lua_State and evl_command on one thread.
  */
@@ -34,7 +35,7 @@
 #include <lua.h>
 
 #include "evl.h"
-#include "json.h"
+#include "buf.h"
 
 /* Largest command evlua decodes; a larger one is rejected unread. */
 #define EVL_ENVELOPE_MAX_COMMAND (16u * 1024 * 1024)

@@ -91,22 +91,12 @@ void evl_json_set_meter(lua_State *L, const evl_json_meter *meter)
 #define KEEP_BUF ((size_t)64 << 10)
 
 /* ------------------------------------------------------------------ */
-/* evl_buf                                                              */
+/* Output (buf.h), with inline forms for the encoder's hot paths          */
 
-static void buf_grow(evl_buf *b, size_t n)
-{
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < n)
-        cap *= 2;
-    b->data = evl_xrealloc(b->data, cap);
-    b->cap = cap;
-}
-
-/* The encoder's hot paths use these inline forms. */
 static inline void put(evl_buf *b, const void *p, size_t n)
 {
     if (b->cap - b->len < n)
-        buf_grow(b, n);
+        evl_buf_reserve(b, n);
     if (n) /* p may be NULL when n is 0 */
         memcpy(b->data + b->len, p, n);
     b->len += n;
@@ -115,32 +105,8 @@ static inline void put(evl_buf *b, const void *p, size_t n)
 static inline void putc1(evl_buf *b, char c)
 {
     if (b->len == b->cap)
-        buf_grow(b, 1);
+        evl_buf_reserve(b, 1);
     b->data[b->len++] = c;
-}
-
-void evl_buf_put(evl_buf *b, const void *p, size_t n)
-{
-    put(b, p, n);
-}
-
-void evl_buf_puts(evl_buf *b, const char *s)
-{
-    put(b, s, strlen(s));
-}
-
-void evl_buf_putc(evl_buf *b, char c)
-{
-    putc1(b, c);
-}
-
-void evl_buf_free(evl_buf *b)
-{
-    if (!b)
-        return;
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1094,7 +1060,7 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
         if (esc) { /* rare: compare the key unescaped */
             size_t at = scratch->len;
             if (scratch->cap - at < klen)
-                buf_grow(scratch, klen);
+                evl_buf_reserve(scratch, klen);
             klen = unescape(s, from, end, scratch->data + at);
             key = scratch->data + at; /* not kept: len stays at */
         }
@@ -1116,7 +1082,7 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
             from = i + 1;
             size_t at = scratch->len;
             if (scratch->cap - at < end - from + 1)
-                buf_grow(scratch, end - from + 1);
+                evl_buf_reserve(scratch, end - from + 1);
             size_t n2 =
                 esc ? unescape(s, from, end, scratch->data + at) : end - from;
             if (!esc)
@@ -1176,7 +1142,7 @@ evl_err evl_json_array_strings(const char *text, size_t len, evl_buf *scratch,
         size_t end = string_end(s, len, i, &esc), from = i + 1;
         scratch->len = 0;
         if (scratch->cap < end - from + 1)
-            buf_grow(scratch, end - from + 1);
+            evl_buf_reserve(scratch, end - from + 1);
         size_t n = esc ? unescape(s, from, end, scratch->data) : end - from;
         if (!esc)
             memcpy(scratch->data, s + from, n);

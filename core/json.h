@@ -36,8 +36,8 @@
  *   EVL_JSON_MAX_DEPTH) is an error naming the offending path, e.g.
  *   "data.items[3]: cannot encode a function as JSON".
  *
- * Uses the Lua C API. No global state but the registry entry
- * that holds the array metatable.
+ * Uses the Lua C API and buf.h (evl_buf, where the encoder writes). No global
+ * state but the registry entry that holds the array metatable.
  *
  * @locality any thread, each on its own lua_State.
  */
@@ -48,6 +48,7 @@
 
 #include <lua.h>
 
+#include "buf.h"
 #include "evl.h"
 
 #define EVL_JSON_MAX_DEPTH 128
@@ -63,14 +64,6 @@
  * @locality the thread that owns L. */
 evl_err evl_json_decode(lua_State *L, const char *s, size_t len, char *err,
                         size_t errlen);
-
-/* A growable byte buffer owned by the caller; the encoder appends to it.
- * Initialise with {0}; free data with free() (or keep it for reuse). */
-typedef struct evl_buf {
-    char *data;
-    size_t len;
-    size_t cap;
-} evl_buf;
 
 /* One top-level member looked for by evl_json_members. */
 enum { EVL_JSON_ABSENT, EVL_JSON_STRING, EVL_JSON_NUMBER, EVL_JSON_OTHER };
@@ -110,11 +103,6 @@ evl_err evl_json_members(const char *s, size_t len, evl_json_member *m,
 evl_err evl_json_array_strings(const char *s, size_t len, evl_buf *scratch,
                                void (*fn)(void *ud, const char *str, size_t n),
                                void *ud, char *err, size_t errlen);
-
-void evl_buf_put(evl_buf *b, const void *p, size_t n);
-void evl_buf_puts(evl_buf *b, const char *s);
-void evl_buf_putc(evl_buf *b, char c);
-void evl_buf_free(evl_buf *b); /* frees data and zeroes b; accepts NULL */
 
 /* Append the JSON text of the value at index idx of L to out (which is
  * not NUL-terminated by the encoder; out->len grows). On error out->len is

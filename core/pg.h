@@ -39,7 +39,7 @@
  * Does not: know about Kafka, projections or Lua; retry (the caller does,
  * with its own backoff); log (the caller logs where it handles errors).
  *
- * Uses libpq and log/evl helpers.
+ * Uses libpq, buf.h and log/evl helpers.
  *
  * @locality a connection belongs to one thread at a time.
  */
@@ -51,7 +51,7 @@
 #include <libpq-fe.h>
 
 #include "evl.h"
-#include "json.h"
+#include "buf.h"
 
 typedef struct evl_pg evl_pg;
 

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "envelope.h"
+#include "json.h"
 
 struct evl_store_agg {
     struct evl_store_agg *next; /* hash chain */

@@ -40,7 +40,7 @@
 #include <stdint.h>
 
 #include "evl.h"
-#include "json.h"
+#include "buf.h"
 
 typedef struct evl_store evl_store;
 typedef struct evl_store_agg evl_store_agg;
