@@ -11,6 +11,7 @@
 #include "pattern.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,105 +229,142 @@ static evl_err kafka_field(loader *ld, const char *prefix, const char *k,
     return EVL_OK;
 }
 
-static evl_err limits_field(loader *ld, const char *prefix, const char *k,
-                            void *ud)
-{
-    evl_config *cfg = ud;
-    char key[300];
-    long v;
-    evl_err e;
-    KEY(key, prefix, k);
-    if (strcmp(k, "memory_mb") == 0) {
-        if ((e = get_int(ld, key, 1, 1 << 20, &v)))
-            return e;
-        cfg->limits.memory = (size_t)v << 20;
-    } else if (strcmp(k, "instructions") == 0) {
-        if ((e = get_int(ld, key, 1000, 1L << 40, &v)))
-            return e;
-        cfg->limits.instructions = v;
-    } else if (strcmp(k, "time_ms") == 0) {
-        if ((e = get_int(ld, key, -1, 3600000, &v)))
-            return e;
-        cfg->limits.time_ms = v;
-    } else if (strcmp(k, "pattern_subject") == 0) {
-        if ((e = get_int(ld, key, 64, 1L << 30, &v)))
-            return e;
-        cfg->limits.pattern_subject = (size_t)v;
-    } else {
-        return fail(ld, NULL, "unknown key '%s'", key);
+/* ---- the keys ---------------------------------------------------------- */
+
+/*
+ * Every key evlua reads is a row of one of the tables below: its name
+ * (the last part of the dotted key), its kind, the range of an integer,
+ * and where its value goes, as an offset into the record the table
+ * fills (evl_config; evl_projection_cfg for projection.each.NAME). The
+ * loader walks the file's table and looks each key up here; an unknown
+ * one is an error. evl_config_each_key() lists the same rows, so a test
+ * can hold docs/config.md to them.
+ */
+typedef enum kind {
+    K_STR,     /* char *: a string */
+    K_STRLIST, /* evl_strlist: a string or a list of strings */
+    K_ENUM,    /* char *: one of the strings in choices */
+    K_BOOL,    /* int: a boolean */
+    K_INT,     /* int: an integer in min..max */
+    K_LONG,    /* long: an integer in min..max */
+    K_SIZE,    /* size_t: an integer in min..max */
+    K_MB,      /* size_t: an integer in min..max, in MiB, stored in bytes */
+    K_KAFKA,   /* evl_config.kafka: librdkafka properties, passed through */
+    K_TABLE,   /* a table of the keys in sub, into the same record */
+    K_EACH     /* projection.each: NAME = a table of the keys in sub, each
+                  into an evl_projection_cfg of its own */
+} kind;
+
+typedef struct key_spec {
+    const char *name;
+    kind kind;
+    long min, max;
+    size_t off;
+    const void *sub; /* K_ENUM: the choices (NULL-ended); K_TABLE, K_EACH:
+                        the keys (ended by a NULL name) */
+} key_spec;
+
+#define CFG(field)  offsetof(evl_config, field)
+#define PROJ(field) offsetof(evl_projection_cfg, field)
+#define END                                                                    \
+    {                                                                          \
+        NULL, K_STR, 0, 0, 0, NULL                                             \
     }
-    return EVL_OK;
-}
 
-static evl_err topics_field(loader *ld, const char *prefix, const char *k,
-                            void *ud)
-{
-    evl_config *cfg = ud;
-    char key[300];
-    KEY(key, prefix, k);
-    if (strcmp(k, "commands") == 0)
-        return get_str(ld, key, &cfg->cmd.commands_topic);
-    if (strcmp(k, "events") == 0)
-        return get_str(ld, key, &cfg->cmd.events_topic);
-    if (strcmp(k, "state") == 0)
-        return get_str(ld, key, &cfg->cmd.state_topic);
-    if (strcmp(k, "results") == 0)
-        return get_str(ld, key, &cfg->cmd.results_topic);
-    return fail(ld, NULL, "unknown key '%s'", key);
-}
+static const key_spec limits_keys[] = {
+    {"memory_mb", K_MB, 1, 1 << 20, CFG(limits.memory), NULL},
+    {"instructions", K_LONG, 1000, 1L << 40, CFG(limits.instructions), NULL},
+    {"time_ms", K_LONG, -1, 3600000, CFG(limits.time_ms), NULL},
+    {"pattern_subject", K_SIZE, 64, 1L << 30, CFG(limits.pattern_subject),
+     NULL},
+    END};
 
-static evl_err commands_field(loader *ld, const char *prefix, const char *k,
-                              void *ud)
-{
-    evl_config *cfg = ud;
-    char key[300];
-    KEY(key, prefix, k);
-    if (strcmp(k, "enabled") == 0)
-        return get_bool(ld, key, &cfg->cmd.enabled);
-    if (strcmp(k, "group_id") == 0)
-        return get_str(ld, key, &cfg->cmd.group_id);
-    if (strcmp(k, "transactional_id") == 0)
-        return get_str(ld, key, &cfg->cmd.transactional_id);
-    if (strcmp(k, "batch_size") == 0)
-        return get_intv(ld, key, 1, 100000, &cfg->cmd.batch_size);
-    if (strcmp(k, "linger_ms") == 0)
-        return get_intv(ld, key, 0, 60000, &cfg->cmd.linger_ms);
-    if (strcmp(k, "dedup_ids") == 0)
-        return get_intv(ld, key, 0, 100000, &cfg->cmd.dedup_ids);
-    if (strcmp(k, "create_topics") == 0)
-        return get_bool(ld, key, &cfg->cmd.create_topics);
-    if (strcmp(k, "partitions") == 0)
-        return get_intv(ld, key, 1, 10000, &cfg->cmd.partitions);
-    if (strcmp(k, "topics") == 0)
-        return each_field(ld, key, topics_field, cfg);
-    return fail(ld, NULL, "unknown key '%s'", key);
-}
+static const key_spec topics_keys[] = {
+    {"commands", K_STR, 0, 0, CFG(cmd.commands_topic), NULL},
+    {"events", K_STR, 0, 0, CFG(cmd.events_topic), NULL},
+    {"state", K_STR, 0, 0, CFG(cmd.state_topic), NULL},
+    {"results", K_STR, 0, 0, CFG(cmd.results_topic), NULL},
+    END};
 
-static evl_err each_proj_field(loader *ld, const char *prefix, const char *k,
-                               void *ud)
-{
-    evl_projection_cfg *p = ud;
-    char key[300];
-    KEY(key, prefix, k);
-    if (strcmp(k, "isolation") == 0)
-        return get_enum(ld, key, isolations, &p->isolation);
-    if (strcmp(k, "on_error") == 0)
-        return get_enum(ld, key, policies, &p->on_error);
-    if (strcmp(k, "group_id") == 0)
-        return get_str(ld, key, &p->group_id);
-    if (strcmp(k, "topics") == 0)
-        return get_strlist(ld, key, &p->topics);
-    if (strcmp(k, "batch_size") == 0)
-        return get_intv(ld, key, 1, 100000, &p->batch_size);
-    if (strcmp(k, "threads") == 0)
-        return get_intv(ld, key, 1, 64, &p->threads);
-    return fail(ld, NULL, "unknown key '%s'", key);
-}
+static const key_spec commands_keys[] = {
+    {"enabled", K_BOOL, 0, 0, CFG(cmd.enabled), NULL},
+    {"group_id", K_STR, 0, 0, CFG(cmd.group_id), NULL},
+    {"transactional_id", K_STR, 0, 0, CFG(cmd.transactional_id), NULL},
+    {"batch_size", K_INT, 1, 100000, CFG(cmd.batch_size), NULL},
+    {"linger_ms", K_INT, 0, 60000, CFG(cmd.linger_ms), NULL},
+    {"dedup_ids", K_INT, 0, 100000, CFG(cmd.dedup_ids), NULL},
+    {"create_topics", K_BOOL, 0, 0, CFG(cmd.create_topics), NULL},
+    {"partitions", K_INT, 1, 10000, CFG(cmd.partitions), NULL},
+    {"topics", K_TABLE, 0, 0, 0, topics_keys},
+    END};
 
+static const key_spec each_proj_keys[] = {
+    {"isolation", K_ENUM, 0, 0, PROJ(isolation), isolations},
+    {"on_error", K_ENUM, 0, 0, PROJ(on_error), policies},
+    {"group_id", K_STR, 0, 0, PROJ(group_id), NULL},
+    {"topics", K_STRLIST, 0, 0, PROJ(topics), NULL},
+    {"batch_size", K_INT, 1, 100000, PROJ(batch_size), NULL},
+    {"threads", K_INT, 1, 64, PROJ(threads), NULL},
+    END};
+
+static const key_spec projection_keys[] = {
+    {"enabled", K_BOOL, 0, 0, CFG(proj.enabled), NULL},
+    {"batch_size", K_INT, 1, 100000, CFG(proj.batch_size), NULL},
+    {"batch_bytes", K_INT, 65536, 1 << 30, CFG(proj.batch_bytes), NULL},
+    {"linger_ms", K_INT, 0, 60000, CFG(proj.linger_ms), NULL},
+    {"threads", K_INT, 1, 64, CFG(proj.threads), NULL},
+    {"isolation", K_ENUM, 0, 0, CFG(proj.isolation), isolations},
+    {"on_error", K_ENUM, 0, 0, CFG(proj.on_error), policies},
+    {"group_prefix", K_STR, 0, 0, CFG(proj.group_prefix), NULL},
+    {"topics", K_STRLIST, 0, 0, CFG(proj.topics), NULL},
+    {"each", K_EACH, 0, 0, 0, each_proj_keys},
+    END};
+
+static const key_spec metrics_keys[] = {
+    {"listen", K_STR, 0, 0, CFG(metrics.listen), NULL},
+    {"lag_interval_ms", K_INT, 100, 3600000, CFG(metrics.lag_interval_ms),
+     NULL},
+    END};
+
+static const key_spec log_keys[] = {
+    {"level", K_ENUM, 0, 0, CFG(log_level), levels},
+    {"format", K_ENUM, 0, 0, CFG(log_format), formats},
+    {"file", K_STR, 0, 0, CFG(log_file), NULL},
+    END};
+
+static const key_spec top_keys[] = {
+    {"aggregates", K_STRLIST, 0, 0, CFG(aggregate_dirs), NULL},
+    {"projections", K_STRLIST, 0, 0, CFG(projection_dirs), NULL},
+    {"lib", K_STR, 0, 0, CFG(lib_dir), NULL},
+    {"kafka", K_KAFKA, 0, 0, 0, NULL},
+    {"postgres", K_STR, 0, 0, CFG(pg_conninfo), NULL},
+    {"limits", K_TABLE, 0, 0, 0, limits_keys},
+    {"commands", K_TABLE, 0, 0, 0, commands_keys},
+    {"projection", K_TABLE, 0, 0, 0, projection_keys},
+    {"metrics", K_TABLE, 0, 0, 0, metrics_keys},
+    {"log", K_TABLE, 0, 0, 0, log_keys},
+    {"instance", K_STR, 0, 0, CFG(instance), NULL},
+    {"shutdown_timeout_ms", K_INT, 0, 3600000, CFG(shutdown_timeout_ms), NULL},
+    END};
+
+/* What each_field passes to table_field: the keys of the table being
+ * walked, the record they fill, and the config (for K_KAFKA, K_EACH). */
+typedef struct table_walk {
+    const key_spec *keys;
+    char *rec;
+    evl_config *cfg;
+} table_walk;
+
+static evl_err table_field(loader *ld, const char *prefix, const char *k,
+                           void *ud);
+
+/* projection.each: k is a projection's name; its table fills a new
+ * evl_projection_cfg. */
 static evl_err each_proj(loader *ld, const char *prefix, const char *k,
                          void *ud)
 {
-    evl_config *cfg = ud;
+    const table_walk *parent = ud;
+    evl_config *cfg = parent->cfg;
     char key[300];
     KEY(key, prefix, k);
     cfg->proj.each =
@@ -335,95 +373,101 @@ static evl_err each_proj(loader *ld, const char *prefix, const char *k,
     evl_projection_cfg *p = &cfg->proj.each[cfg->proj.neach++];
     memset(p, 0, sizeof *p);
     p->name = evl_xstrdup(k);
-    return each_field(ld, key, each_proj_field, p);
+    table_walk w = {parent->keys, (char *)p, cfg};
+    return each_field(ld, key, table_field, &w);
 }
 
-static evl_err projections_field(loader *ld, const char *prefix, const char *k,
-                                 void *ud)
+/* Read the value on top of the stack as key (the dotted name) of kind
+ * ks->kind into its place in rec. */
+static evl_err read_key(loader *ld, const char *key, const key_spec *ks,
+                        char *rec, evl_config *cfg)
 {
-    evl_config *cfg = ud;
+    void *dst = rec + ks->off;
+    long v;
+    evl_err e;
+    switch (ks->kind) {
+    case K_STR: return get_str(ld, key, dst);
+    case K_STRLIST: return get_strlist(ld, key, dst);
+    case K_ENUM: return get_enum(ld, key, ks->sub, dst);
+    case K_BOOL: return get_bool(ld, key, dst);
+    case K_INT: return get_intv(ld, key, ks->min, ks->max, dst);
+    case K_LONG: return get_int(ld, key, ks->min, ks->max, dst);
+    case K_SIZE:
+    case K_MB:
+        if ((e = get_int(ld, key, ks->min, ks->max, &v)))
+            return e;
+        *(size_t *)dst = ks->kind == K_MB ? (size_t)v << 20 : (size_t)v;
+        return EVL_OK;
+    case K_KAFKA: return each_field(ld, key, kafka_field, cfg);
+    case K_TABLE: {
+        table_walk w = {ks->sub, rec, cfg};
+        return each_field(ld, key, table_field, &w);
+    }
+    case K_EACH: {
+        table_walk w = {ks->sub, rec, cfg};
+        return each_field(ld, key, each_proj, &w);
+    }
+    }
+    return fail(ld, key, "has an unknown kind"); /* not reached */
+}
+
+static evl_err table_field(loader *ld, const char *prefix, const char *k,
+                           void *ud)
+{
+    const table_walk *w = ud;
     char key[300];
     KEY(key, prefix, k);
-    if (strcmp(k, "enabled") == 0)
-        return get_bool(ld, key, &cfg->proj.enabled);
-    if (strcmp(k, "batch_size") == 0)
-        return get_intv(ld, key, 1, 100000, &cfg->proj.batch_size);
-    if (strcmp(k, "batch_bytes") == 0)
-        return get_intv(ld, key, 65536, 1 << 30, &cfg->proj.batch_bytes);
-    if (strcmp(k, "linger_ms") == 0)
-        return get_intv(ld, key, 0, 60000, &cfg->proj.linger_ms);
-    if (strcmp(k, "threads") == 0)
-        return get_intv(ld, key, 1, 64, &cfg->proj.threads);
-    if (strcmp(k, "isolation") == 0)
-        return get_enum(ld, key, isolations, &cfg->proj.isolation);
-    if (strcmp(k, "on_error") == 0)
-        return get_enum(ld, key, policies, &cfg->proj.on_error);
-    if (strcmp(k, "group_prefix") == 0)
-        return get_str(ld, key, &cfg->proj.group_prefix);
-    if (strcmp(k, "topics") == 0)
-        return get_strlist(ld, key, &cfg->proj.topics);
-    if (strcmp(k, "each") == 0)
-        return each_field(ld, key, each_proj, cfg);
+    for (const key_spec *ks = w->keys; ks->name; ks++)
+        if (strcmp(ks->name, k) == 0)
+            return read_key(ld, key, ks, w->rec, w->cfg);
     return fail(ld, NULL, "unknown key '%s'", key);
 }
 
-static evl_err metrics_field(loader *ld, const char *prefix, const char *k,
-                             void *ud)
+/* The type of a key of kind k, as evl_config_each_key names it. */
+static const char *kind_name(kind k)
 {
-    evl_config *cfg = ud;
-    char key[300];
-    KEY(key, prefix, k);
-    if (strcmp(k, "listen") == 0)
-        return get_str(ld, key, &cfg->metrics.listen);
-    if (strcmp(k, "lag_interval_ms") == 0)
-        return get_intv(ld, key, 100, 3600000, &cfg->metrics.lag_interval_ms);
-    return fail(ld, NULL, "unknown key '%s'", key);
+    switch (k) {
+    case K_STR: return "string";
+    case K_STRLIST: return "string or list";
+    case K_ENUM: return "enum";
+    case K_BOOL: return "boolean";
+    case K_INT:
+    case K_LONG:
+    case K_SIZE:
+    case K_MB: return "integer";
+    case K_KAFKA: return "table";
+    case K_TABLE:
+    case K_EACH: break;
+    }
+    return "table";
 }
 
-static evl_err log_field(loader *ld, const char *prefix, const char *k,
-                         void *ud)
+static int each_key(const key_spec *keys, const char *prefix,
+                    evl_config_key_fn fn, void *ud)
 {
-    evl_config *cfg = ud;
-    char key[300];
-    KEY(key, prefix, k);
-    if (strcmp(k, "level") == 0)
-        return get_enum(ld, key, levels, &cfg->log_level);
-    if (strcmp(k, "format") == 0)
-        return get_enum(ld, key, formats, &cfg->log_format);
-    if (strcmp(k, "file") == 0)
-        return get_str(ld, key, &cfg->log_file);
-    return fail(ld, NULL, "unknown key '%s'", key);
+    for (const key_spec *ks = keys; ks->name; ks++) {
+        char name[200];
+        int r;
+        KEY(name, prefix, ks->name);
+        if (ks->kind == K_TABLE)
+            r = each_key(ks->sub, name, fn, ud);
+        else if (ks->kind == K_EACH) {
+            snprintf(name + strlen(name), sizeof name - strlen(name), ".NAME");
+            r = each_key(ks->sub, name, fn, ud);
+        } else {
+            evl_config_key k = {name, kind_name(ks->kind), ks->min, ks->max,
+                                ks->kind == K_ENUM ? ks->sub : NULL};
+            r = fn(&k, ud);
+        }
+        if (r)
+            return r;
+    }
+    return 0;
 }
 
-static evl_err top_field(loader *ld, const char *prefix, const char *k,
-                         void *ud)
+int evl_config_each_key(evl_config_key_fn fn, void *ud)
 {
-    evl_config *cfg = ud;
-    if (strcmp(k, "aggregates") == 0)
-        return get_strlist(ld, k, &cfg->aggregate_dirs);
-    if (strcmp(k, "projections") == 0)
-        return get_strlist(ld, k, &cfg->projection_dirs);
-    if (strcmp(k, "lib") == 0)
-        return get_str(ld, k, &cfg->lib_dir);
-    if (strcmp(k, "kafka") == 0)
-        return each_field(ld, k, kafka_field, cfg);
-    if (strcmp(k, "postgres") == 0)
-        return get_str(ld, k, &cfg->pg_conninfo);
-    if (strcmp(k, "limits") == 0)
-        return each_field(ld, k, limits_field, cfg);
-    if (strcmp(k, "commands") == 0)
-        return each_field(ld, k, commands_field, cfg);
-    if (strcmp(k, "projection") == 0)
-        return each_field(ld, k, projections_field, cfg);
-    if (strcmp(k, "metrics") == 0)
-        return each_field(ld, k, metrics_field, cfg);
-    if (strcmp(k, "log") == 0)
-        return each_field(ld, k, log_field, cfg);
-    if (strcmp(k, "instance") == 0)
-        return get_str(ld, k, &cfg->instance);
-    if (strcmp(k, "shutdown_timeout_ms") == 0)
-        return get_intv(ld, k, 0, 3600000, &cfg->shutdown_timeout_ms);
-    return fail(ld, NULL, "unknown key '%s'", k);
+    return each_key(top_keys, NULL, fn, ud);
 }
 
 static void defaults(evl_config *cfg)
@@ -668,7 +712,8 @@ typedef struct walk {
 static int walk_config(lua_State *L)
 {
     walk *w = lua_touserdata(L, 1);
-    w->e = each_field(w->ld, NULL, top_field, w->cfg);
+    table_walk tw = {top_keys, (char *)w->cfg, w->cfg};
+    w->e = each_field(w->ld, NULL, table_field, &tw);
     return 0;
 }
 

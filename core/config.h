@@ -10,7 +10,8 @@
  *     ...
  *   }
  *
- * Every key is documented in docs/config.md; an unknown key or a value of
+ * Every key is documented in docs/config.md (a unit test holds the two to
+ * evl_config_each_key()); an unknown key or a value of
  * the wrong type is an error naming the key ("evlua.lua: unknown key
  * 'commands.batchsize'"). The file runs in a plain Lua state with the
  * base, string, table and math libraries and os.getenv, so it can compute
@@ -129,6 +130,26 @@ typedef struct evl_config {
  * EVL_EPERMANENT with "FILE: message" in err and leaves *cfg zeroed. */
 evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
                         size_t errlen);
+
+/* One key evlua reads from the config file, as evl_config_each_key()
+ * lists it. name is dotted ("commands.batch_size"); the keys of
+ * projection.each.NAME are named with NAME as written
+ * ("projection.each.NAME.threads"). type: "string", "string or list",
+ * "enum" (choices: the NULL-ended accepted strings), "boolean", "integer"
+ * (min..max: the accepted range) or "table" (kafka, passed through). */
+typedef struct evl_config_key {
+    const char *name;
+    const char *type;
+    long min, max;
+    const char *const *choices;
+} evl_config_key;
+typedef int (*evl_config_key_fn)(const evl_config_key *key, void *ud);
+
+/* Call fn for every key the loader accepts (tables themselves, such as
+ * limits, are not listed; their keys are), in the loader's table order.
+ * key and its strings are valid while fn runs. A non-zero return from fn
+ * stops the walk and is returned; else 0. */
+int evl_config_each_key(evl_config_key_fn fn, void *ud);
 
 /* Frees what cfg owns and zeroes it. Accepts NULL. */
 void evl_config_free(evl_config *cfg);
