@@ -27,6 +27,7 @@
 #include <lualib.h>
 
 #include "cli.h"
+#include "envelope.h"
 #include "json.h"
 #include "log.h"
 #include "luaapi.h"
@@ -92,25 +93,7 @@ typedef struct repl {
 
 static repl R;
 
-/* ---- small JSON helpers --------------------------------------------- */
-
-static void put_jstr(evl_buf *b, const char *s)
-{
-    evl_buf_putc(b, '"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
-        if (*p == '"' || *p == '\\') {
-            evl_buf_putc(b, '\\');
-            evl_buf_putc(b, (char)*p);
-        } else if (*p < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", *p);
-            evl_buf_puts(b, esc);
-        } else {
-            evl_buf_putc(b, (char)*p);
-        }
-    }
-    evl_buf_putc(b, '"');
-}
+/* ---- printing -------------------------------------------------------- */
 
 /* Print compact JSON text indented by 2 per level, prefixed by pad. */
 static void print_pretty(const char *s, size_t len, const char *pad)
@@ -307,10 +290,69 @@ static void project_event(const char *env, size_t len, const char *type)
     }
 }
 
+/* The envelope of event i of dec (for aggregate a, before its version
+ * moves), printed, kept in a's events, the session and R.sql_events. */
+static void record_event(agg_inst *a, const char *type, const char *id,
+                         const char *cmd_id, const evl_luahost_decision *dec,
+                         size_t i, evl_buf *env)
+{
+    const evl_luahost_event *e = &dec->events[i];
+    char eid[37], now[25];
+    long long seq = a->version + (long long)i + 1;
+    evl_luaapi_uuid7(eid);
+    evl_luaapi_now(now);
+    evl_envelope_event_in ev = {.id = eid,
+                                .type = e->type,
+                                .schema_version = e->version,
+                                .aggregate_type = type,
+                                .aggregate_id = id,
+                                .sequence = seq,
+                                .occurred_at = now,
+                                .causation_id = cmd_id,
+                                .correlation_id = cmd_id,
+                                .user_id = "repl",
+                                .data = e->data,
+                                .data_len = e->data_len};
+    env->len = 0;
+    evl_envelope_event(env, &ev);
+    if (R.brief) {
+        printf("  %lld %s\n", seq, e->type);
+    } else {
+        printf("  event %s (sequence %lld):\n", e->type, seq);
+        print_pretty(env->data, env->len, "    ");
+    }
+    evl_buf_put(&a->events, env->data, env->len);
+    evl_buf_putc(&a->events, '\n');
+    evl_buf_put(&R.session, env->data, env->len);
+    evl_buf_putc(&R.session, '\n');
+    R.nsession++;
+    evl_buf_putc(env, '\0');
+    R.sql_events[R.nsql_events++] = evl_xstrdup(env->data);
+}
+
+/* After an accepted decision: a's new state, and the SQL every
+ * projection would run for its events. */
+static void show_outcome(const agg_inst *a, const evl_luahost_decision *dec)
+{
+    if (!R.brief) {
+        printf("  state (version %lld):\n", a->version);
+        print_pretty(dec->state, dec->state_len, "    ");
+    }
+    if (dec->nevents == 0)
+        return;
+    if (!R.brief)
+        printf("  sql:\n");
+    for (size_t i = 0; i < R.nsql_events; i++)
+        project_event(R.sql_events[i], strlen(R.sql_events[i]),
+                      dec->events[i].type);
+    if (R.sql.len == 0 && !R.brief)
+        printf("    (no projection handles these events)\n");
+}
+
 static void run_command(const char *type, const char *id, const char *ctype,
                         const char *data)
 {
-    char err[EVL_ERRLEN], cmd_id[37], now[25];
+    char err[EVL_ERRLEN], cmd_id[37];
     evl_buf dj = {0}, cmd = {0}, env = {0};
     evl_luahost_decision dec = {0};
 
@@ -324,17 +366,14 @@ static void run_command(const char *type, const char *id, const char *ctype,
     }
     agg_inst *a = find_inst(type, id, 0);
     evl_luaapi_uuid7(cmd_id);
-    evl_buf_puts(&cmd, "{\"id\":");
-    put_jstr(&cmd, cmd_id);
-    evl_buf_puts(&cmd, ",\"type\":");
-    put_jstr(&cmd, ctype);
-    evl_buf_puts(&cmd, ",\"aggregate_type\":");
-    put_jstr(&cmd, type);
-    evl_buf_puts(&cmd, ",\"aggregate_id\":");
-    put_jstr(&cmd, id);
-    evl_buf_puts(&cmd, ",\"data\":");
-    evl_buf_put(&cmd, dj.data, dj.len);
-    evl_buf_puts(&cmd, ",\"metadata\":{\"user_id\":\"repl\"}}");
+    evl_envelope_command_in ci = {.id = cmd_id,
+                                  .type = ctype,
+                                  .aggregate_type = type,
+                                  .aggregate_id = id,
+                                  .data = dj.data,
+                                  .data_len = dj.len,
+                                  .user_id = "repl"};
+    evl_envelope_command(&cmd, &ci);
 
     evl_luahost_command c = {.aggregate_type = type,
                              .aggregate_id = id,
@@ -362,66 +401,12 @@ static void run_command(const char *type, const char *id, const char *ctype,
                  "the last command (%s %s %s) emitted no events", type, id,
                  ctype);
     R.sql_events = evl_xmalloc(sizeof(char *) * (dec.nevents + 1));
-    for (size_t i = 0; i < dec.nevents; i++) {
-        const evl_luahost_event *e = &dec.events[i];
-        char eid[37], seq[32], ver[32];
-        evl_luaapi_uuid7(eid);
-        evl_luaapi_now(now);
-        snprintf(seq, sizeof seq, "%lld", a->version + (long long)i + 1);
-        snprintf(ver, sizeof ver, "%lld", e->version);
-        env.len = 0;
-        evl_buf_puts(&env, "{\"id\":");
-        put_jstr(&env, eid);
-        evl_buf_puts(&env, ",\"type\":");
-        put_jstr(&env, e->type);
-        evl_buf_puts(&env, ",\"version\":");
-        evl_buf_puts(&env, ver);
-        evl_buf_puts(&env, ",\"aggregate_type\":");
-        put_jstr(&env, type);
-        evl_buf_puts(&env, ",\"aggregate_id\":");
-        put_jstr(&env, id);
-        evl_buf_puts(&env, ",\"sequence\":");
-        evl_buf_puts(&env, seq);
-        evl_buf_puts(&env, ",\"occurred_at\":");
-        put_jstr(&env, now);
-        evl_buf_puts(&env, ",\"causation_id\":");
-        put_jstr(&env, cmd_id);
-        evl_buf_puts(&env, ",\"correlation_id\":");
-        put_jstr(&env, cmd_id);
-        evl_buf_puts(&env, ",\"user_id\":\"repl\",\"data\":");
-        evl_buf_put(&env, e->data, e->data_len);
-        evl_buf_putc(&env, '}');
-        if (R.brief) {
-            printf("  %s %s\n", seq, e->type);
-        } else {
-            printf("  event %s (sequence %s):\n", e->type, seq);
-            print_pretty(env.data, env.len, "    ");
-        }
-        evl_buf_put(&a->events, env.data, env.len);
-        evl_buf_putc(&a->events, '\n');
-        evl_buf_put(&R.session, env.data, env.len);
-        evl_buf_putc(&R.session, '\n');
-        R.nsession++;
-        evl_buf_putc(&env, '\0');
-        R.sql_events[R.nsql_events++] = evl_xstrdup(env.data);
-    }
+    for (size_t i = 0; i < dec.nevents; i++)
+        record_event(a, type, id, cmd_id, &dec, i, &env);
     free(a->state);
     a->state = evl_xstrdup(dec.state);
     a->version += (long long)dec.nevents;
-    if (!R.brief) {
-        printf("  state (version %lld):\n", a->version);
-        print_pretty(dec.state, dec.state_len, "    ");
-    }
-    if (dec.nevents > 0) {
-        if (!R.brief)
-            printf("  sql:\n");
-        for (size_t i = 0; i < R.nsql_events; i++) {
-            const char *t = dec.events[i].type;
-            project_event(R.sql_events[i], strlen(R.sql_events[i]), t);
-        }
-        if (R.sql.len == 0 && !R.brief)
-            printf("    (no projection handles these events)\n");
-    }
+    show_outcome(a, &dec);
 out:
     evl_luahost_decision_free(&dec);
     evl_buf_free(&dj);

@@ -16,12 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
-#include <lauxlib.h>
 #include <librdkafka/rdkafka.h>
 
 #include "cli.h"
 #include "envelope.h"
+#include "json.h"
 #include "kafka.h"
 #include "luaapi.h"
 
@@ -70,69 +69,65 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 /* Is data a JSON object by evlua's rules? Writes the reason into err. */
 static int data_ok(const char *data, char *err, size_t errlen)
 {
-    lua_State *L = luaL_newstate();
-    int ok = 0;
-    if (!L) {
-        snprintf(err, errlen, "cannot create a Lua state");
+    evl_buf scratch = {0};
+    int is_object = 0;
+    evl_err e = evl_json_members(data, strlen(data), NULL, 0, &scratch,
+                                 &is_object, err, errlen);
+    evl_buf_free(&scratch);
+    if (e != EVL_OK)
         return 0;
-    }
-    if (evl_json_decode(L, data, strlen(data), err, errlen) == EVL_OK) {
-        int is_array = 0;
-        if (lua_istable(L, -1) && lua_getmetatable(L, -1)) {
-            evl_json_push_array_mt(L);
-            is_array = lua_rawequal(L, -1, -2);
-            lua_pop(L, 2);
-        }
-        ok = lua_istable(L, -1) && !is_array;
-        if (!ok)
-            snprintf(err, errlen, "the data must be a JSON object");
-    }
-    lua_close(L);
-    return ok;
+    if (!is_object)
+        snprintf(err, errlen, "the data must be a JSON object");
+    return is_object;
 }
 
-static void put_member(evl_buf *b, const char *key, const char *value)
+/* Is the result envelope r (len bytes) the one of command id? Then print
+ * it and set *rc to the exit code its status gives. */
+static int is_our_result(const char *r, size_t len, const char *id,
+                         evl_buf *scratch, int *rc)
 {
-    evl_buf_putc(b, ',');
-    evl_envelope_put_string(b, key, strlen(key));
-    evl_buf_putc(b, ':');
-    evl_envelope_put_string(b, value, strlen(value));
+    enum { M_COMMAND_ID, M_STATUS };
+    evl_json_member m[] = {{.name = "command_id"}, {.name = "status"}};
+    char err[EVL_ERRLEN];
+    int is_object;
+    if (evl_json_members(r, len, m, 2, scratch, &is_object, err, sizeof err) !=
+            EVL_OK ||
+        m[M_COMMAND_ID].type != EVL_JSON_STRING ||
+        strcmp(scratch->data + m[M_COMMAND_ID].off, id) != 0)
+        return 0;
+    const char *status = m[M_STATUS].type == EVL_JSON_STRING
+                             ? scratch->data + m[M_STATUS].off
+                             : "";
+    printf("%.*s\n", (int)len, r);
+    fflush(stdout);
+    *rc = strcmp(status, "accepted") == 0 || strcmp(status, "duplicate") == 0
+              ? EVL_EXIT_OK
+              : EVL_EXIT_FAILURE;
+    return 1;
 }
 
 /* Read results until ours; print it. Returns the exit code. */
 static int wait_result(rd_kafka_t *consumer, const char *id, long timeout_s)
 {
     long long deadline = evl_now_ms() + timeout_s * 1000;
-    while (evl_now_ms() < deadline) {
+    evl_buf scratch = {0};
+    int rc = -1;
+    while (rc < 0 && evl_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 200);
-        cJSON *res, *cid, *status;
-        int rc = -1;
         if (!m)
             continue;
         if (m->err || !m->payload) {
             if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 fprintf(stderr, "evlua send: reading results: %s\n",
                         rd_kafka_message_errstr(m));
-            rd_kafka_message_destroy(m);
-            continue;
+        } else {
+            is_our_result(m->payload, m->len, id, &scratch, &rc);
         }
-        res = cJSON_ParseWithLength(m->payload, m->len);
-        cid = cJSON_GetObjectItemCaseSensitive(res, "command_id");
-        status = cJSON_GetObjectItemCaseSensitive(res, "status");
-        if (cJSON_IsString(cid) && strcmp(cid->valuestring, id) == 0) {
-            printf("%.*s\n", (int)m->len, (const char *)m->payload);
-            fflush(stdout);
-            rc = cJSON_IsString(status) &&
-                         (strcmp(status->valuestring, "accepted") == 0 ||
-                          strcmp(status->valuestring, "duplicate") == 0)
-                     ? EVL_EXIT_OK
-                     : EVL_EXIT_FAILURE;
-        }
-        cJSON_Delete(res);
         rd_kafka_message_destroy(m);
-        if (rc >= 0)
-            return rc;
     }
+    evl_buf_free(&scratch);
+    if (rc >= 0)
+        return rc;
     fprintf(stderr,
             "evlua send: no result for command %s within %ld s (is "
             "`evlua run` running?)\n",
@@ -140,17 +135,115 @@ static int wait_result(rd_kafka_t *consumer, const char *id, long timeout_s)
     return EVL_EXIT_FAILURE;
 }
 
+/* The producer, with the commands topic's partition count in *n (which
+ * must exist: a produce must never auto-create it with the wrong count).
+ * Returns EVL_EXIT_OK or the exit code, with the reason printed. */
+static int open_producer(const evl_config *cfg, const char *commands,
+                         const char *type, rd_kafka_t **producer, int *n)
+{
+    char err[EVL_ERRLEN], errstr[512];
+    rd_kafka_conf_t *conf = NULL;
+    const char *prequired[] = {
+        "partitioner", "murmur2_random", "enable.idempotence", "true", "acks",
+        "all",         "client.id",      "evlua-send",         NULL};
+    if (evl_kafka_conf_new(cfg, NULL, prequired, &conf, err, sizeof err)) {
+        fprintf(stderr, "evlua send: %s\n", err);
+        return EVL_EXIT_USAGE;
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+    if (!(*producer =
+              rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr))) {
+        fprintf(stderr, "evlua send: %s\n", errstr);
+        return EVL_EXIT_USAGE;
+    }
+    if (evl_kafka_partitions(*producer, commands, 10000, n, err, sizeof err)) {
+        fprintf(stderr, "evlua send: %s\n", err);
+        return EVL_EXIT_FAILURE;
+    }
+    if (*n == 0) {
+        fprintf(stderr,
+                "evlua send: topic %s does not exist (does `evlua run` "
+                "have an aggregate of type %s?)\n",
+                commands, type);
+        return EVL_EXIT_FAILURE;
+    }
+    return EVL_EXIT_OK;
+}
+
+/* A consumer of partition p of the results topic, from its current end
+ * (set up before the command is sent, so its result cannot be missed).
+ * Returns EVL_EXIT_OK or the exit code, with the reason printed. */
+static int open_results(const evl_config *cfg, const char *results, int32_t p,
+                        rd_kafka_t **consumer)
+{
+    char err[EVL_ERRLEN], errstr[512];
+    rd_kafka_conf_t *conf = NULL;
+    int64_t lo, hi;
+    rd_kafka_resp_err_t rerr;
+    const char *crequired[] = {
+        "group.id",       "evlua-send",         "isolation.level",
+        "read_committed", "enable.auto.commit", "false",
+        "client.id",      "evlua-send",         NULL};
+    if (evl_kafka_conf_new(cfg, NULL, crequired, &conf, err, sizeof err)) {
+        fprintf(stderr, "evlua send: %s\n", err);
+        return EVL_EXIT_USAGE;
+    }
+    if (!(*consumer =
+              rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {
+        fprintf(stderr, "evlua send: %s\n", errstr);
+        return EVL_EXIT_FAILURE;
+    }
+    rd_kafka_poll_set_consumer(*consumer);
+    rerr = rd_kafka_query_watermark_offsets(*consumer, results, p, &lo, &hi,
+                                            10000);
+    if (rerr) {
+        fprintf(stderr, "evlua send: cannot read the end of %s[%d]: %s\n",
+                results, (int)p, rd_kafka_err2str(rerr));
+        return EVL_EXIT_FAILURE;
+    }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, results, p)->offset = hi;
+    rd_kafka_assign(*consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    return EVL_EXIT_OK;
+}
+
+/* Produce the command cmd keyed by aggregate_id and wait for its
+ * delivery. Returns EVL_EXIT_OK or EVL_EXIT_FAILURE, with the reason
+ * printed. */
+static int produce(rd_kafka_t *producer, const char *commands,
+                   const char *aggregate_id, const evl_buf *cmd)
+{
+    delivery d = {0};
+    rd_kafka_resp_err_t perr = rd_kafka_producev(
+        producer, RD_KAFKA_V_TOPIC(commands),
+        RD_KAFKA_V_KEY(aggregate_id, strlen(aggregate_id)),
+        RD_KAFKA_V_VALUE(cmd->data, cmd->len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADER("content-type", "application/json", -1),
+        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
+    if (perr) {
+        fprintf(stderr, "evlua send: rd_kafka_producev: %s\n",
+                rd_kafka_err2str(perr));
+        return EVL_EXIT_FAILURE;
+    }
+    rd_kafka_flush(producer, 30000);
+    if (!d.done || d.err) {
+        fprintf(stderr, "evlua send: the command was not delivered: %s\n",
+                d.done ? rd_kafka_err2str(d.err) : "timed out");
+        return EVL_EXIT_FAILURE;
+    }
+    return EVL_EXIT_OK;
+}
+
 static int send_command(const evl_config *cfg, const send_opts *o,
                         const char *type, const char *aggregate_id,
                         const char *command_type, const char *data)
 {
-    char commands[256], results[256], err[EVL_ERRLEN], errstr[512],
-        id[EVL_ENVELOPE_MAX_ID + 1];
-    rd_kafka_conf_t *conf = NULL;
+    char commands[256], results[256], id[EVL_ENVELOPE_MAX_ID + 1];
     rd_kafka_t *producer = NULL, *consumer = NULL;
     evl_buf cmd = {0};
-    delivery d = {0};
-    int n = 0, rc = EVL_EXIT_FAILURE;
+    int n = 0, rc;
 
     evl_config_topic(cfg->cmd.commands_topic, type, commands, sizeof commands);
     evl_config_topic(cfg->cmd.results_topic, type, results, sizeof results);
@@ -160,113 +253,28 @@ static int send_command(const evl_config *cfg, const send_opts *o,
         fprintf(stderr, "evlua send: cannot generate a command id\n");
         return EVL_EXIT_FAILURE;
     }
+    evl_envelope_command_in c = {.id = id,
+                                 .type = command_type,
+                                 .aggregate_type = type,
+                                 .aggregate_id = aggregate_id,
+                                 .has_expected_version = o->has_expected,
+                                 .expected_version = o->expected,
+                                 .data = data,
+                                 .data_len = strlen(data),
+                                 .user_id = o->user,
+                                 .correlation_id = o->correlation};
+    evl_envelope_command(&cmd, &c);
 
-    /* the command, in the wire format */
-    evl_buf_puts(&cmd, "{\"id\":");
-    evl_envelope_put_string(&cmd, id, strlen(id));
-    put_member(&cmd, "type", command_type);
-    put_member(&cmd, "aggregate_type", type);
-    put_member(&cmd, "aggregate_id", aggregate_id);
-    if (o->has_expected) {
-        char num[48];
-        snprintf(num, sizeof num, ",\"expected_version\":%lld", o->expected);
-        evl_buf_puts(&cmd, num);
-    }
-    evl_buf_puts(&cmd, ",\"data\":");
-    evl_buf_puts(&cmd, data);
-    evl_buf_puts(&cmd, ",\"metadata\":{");
-    if (o->user) {
-        evl_buf_puts(&cmd, "\"user_id\":");
-        evl_envelope_put_string(&cmd, o->user, strlen(o->user));
-    }
-    if (o->correlation) {
-        if (o->user)
-            evl_buf_putc(&cmd, ',');
-        evl_buf_puts(&cmd, "\"correlation_id\":");
-        evl_envelope_put_string(&cmd, o->correlation, strlen(o->correlation));
-    }
-    evl_buf_puts(&cmd, "}}");
-
-    const char *prequired[] = {
-        "partitioner", "murmur2_random", "enable.idempotence", "true", "acks",
-        "all",         "client.id",      "evlua-send",         NULL};
-    if (evl_kafka_conf_new(cfg, NULL, prequired, &conf, err, sizeof err)) {
-        fprintf(stderr, "evlua send: %s\n", err);
-        rc = EVL_EXIT_USAGE;
+    if ((rc = open_producer(cfg, commands, type, &producer, &n)))
         goto out;
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
-    if (!(producer =
-              rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr))) {
-        fprintf(stderr, "evlua send: %s\n", errstr);
-        rc = EVL_EXIT_USAGE;
+    if (o->wait &&
+        (rc = open_results(
+             cfg, results,
+             evl_kafka_murmur2_partition(aggregate_id, strlen(aggregate_id), n),
+             &consumer)))
         goto out;
-    }
-    /* never let a produce auto-create the topic with the wrong count */
-    if (evl_kafka_partitions(producer, commands, 10000, &n, err, sizeof err)) {
-        fprintf(stderr, "evlua send: %s\n", err);
+    if ((rc = produce(producer, commands, aggregate_id, &cmd)))
         goto out;
-    }
-    if (n == 0) {
-        fprintf(stderr,
-                "evlua send: topic %s does not exist (does `evlua run` "
-                "have an aggregate of type %s?)\n",
-                commands, type);
-        goto out;
-    }
-
-    if (o->wait) {
-        int64_t lo, hi;
-        int32_t p =
-            evl_kafka_murmur2_partition(aggregate_id, strlen(aggregate_id), n);
-        rd_kafka_resp_err_t rerr;
-        const char *crequired[] = {
-            "group.id",       "evlua-send",         "isolation.level",
-            "read_committed", "enable.auto.commit", "false",
-            "client.id",      "evlua-send",         NULL};
-        if (evl_kafka_conf_new(cfg, NULL, crequired, &conf, err, sizeof err)) {
-            fprintf(stderr, "evlua send: %s\n", err);
-            rc = EVL_EXIT_USAGE;
-            goto out;
-        }
-        if (!(consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr,
-                                      sizeof errstr))) {
-            fprintf(stderr, "evlua send: %s\n", errstr);
-            goto out;
-        }
-        rd_kafka_poll_set_consumer(consumer);
-        rerr = rd_kafka_query_watermark_offsets(consumer, results, p, &lo, &hi,
-                                                10000);
-        if (rerr) {
-            fprintf(stderr, "evlua send: cannot read the end of %s[%d]: %s\n",
-                    results, (int)p, rd_kafka_err2str(rerr));
-            goto out;
-        }
-        rd_kafka_topic_partition_list_t *l =
-            rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(l, results, p)->offset = hi;
-        rd_kafka_assign(consumer, l);
-        rd_kafka_topic_partition_list_destroy(l);
-    }
-
-    rd_kafka_resp_err_t perr = rd_kafka_producev(
-        producer, RD_KAFKA_V_TOPIC(commands),
-        RD_KAFKA_V_KEY(aggregate_id, strlen(aggregate_id)),
-        RD_KAFKA_V_VALUE(cmd.data, cmd.len),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_HEADER("content-type", "application/json", -1),
-        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
-    if (perr) {
-        fprintf(stderr, "evlua send: rd_kafka_producev: %s\n",
-                rd_kafka_err2str(perr));
-        goto out;
-    }
-    rd_kafka_flush(producer, 30000);
-    if (!d.done || d.err) {
-        fprintf(stderr, "evlua send: the command was not delivered: %s\n",
-                d.done ? rd_kafka_err2str(d.err) : "timed out");
-        goto out;
-    }
     if (!o->wait) {
         printf("%s\n", id);
         rc = EVL_EXIT_OK;

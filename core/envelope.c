@@ -98,6 +98,36 @@ static void put_int(evl_buf *out, long long v)
     evl_buf_put(out, num, (size_t)n);
 }
 
+void evl_envelope_command(evl_buf *out, const evl_envelope_command_in *c)
+{
+    evl_buf_puts(out, "{\"id\":");
+    put_str(out, c->id);
+    evl_buf_puts(out, ",\"type\":");
+    put_str(out, c->type);
+    evl_buf_puts(out, ",\"aggregate_type\":");
+    put_str(out, c->aggregate_type);
+    evl_buf_puts(out, ",\"aggregate_id\":");
+    put_str(out, c->aggregate_id);
+    if (c->has_expected_version) {
+        evl_buf_puts(out, ",\"expected_version\":");
+        put_int(out, c->expected_version);
+    }
+    evl_buf_puts(out, ",\"data\":");
+    evl_buf_put(out, c->data, c->data_len);
+    evl_buf_puts(out, ",\"metadata\":{");
+    if (c->user_id) {
+        evl_buf_puts(out, "\"user_id\":");
+        put_str(out, c->user_id);
+    }
+    if (c->correlation_id) {
+        if (c->user_id)
+            evl_buf_putc(out, ',');
+        evl_buf_puts(out, "\"correlation_id\":");
+        put_str(out, c->correlation_id);
+    }
+    evl_buf_puts(out, "}}");
+}
+
 void evl_envelope_event(evl_buf *out, const evl_envelope_event_in *e)
 {
     evl_buf_puts(out, "{\"id\":");

@@ -81,6 +81,27 @@ evl_err evl_envelope_parse_command_keep(lua_State *L, const char *json,
 /* Frees what cmd owns and zeroes it; accepts NULL. */
 void evl_envelope_command_free(evl_command *cmd);
 
+/* What a command is made of, for the tools that write one (evlua send,
+ * the REPL). All strings NUL-terminated; data is JSON text (an object).
+ * user_id and correlation_id may be NULL (left out of metadata). */
+typedef struct evl_envelope_command_in {
+    const char *id;
+    const char *type;
+    const char *aggregate_type;
+    const char *aggregate_id;
+    int has_expected_version;
+    long long expected_version;
+    const char *data;
+    size_t data_len;
+    const char *user_id;
+    const char *correlation_id;
+} evl_envelope_command_in;
+
+/* Append the command in the wire format to out (not NUL-terminated):
+ * {"id","type","aggregate_type","aggregate_id"[,"expected_version"],
+ * "data","metadata":{["user_id"][,"correlation_id"]}}. */
+void evl_envelope_command(evl_buf *out, const evl_envelope_command_in *c);
+
 /* What an event envelope is made of. All strings NUL-terminated;
  * user_id may be NULL (written as null). data is JSON text. */
 typedef struct evl_envelope_event_in {
