@@ -30,6 +30,7 @@
 #include "envelope.h"
 #include "json.h"
 #include "log.h"
+#include "pg.h"
 #include "luaapi.h"
 
 static const char repl_usage[] =
@@ -550,29 +551,31 @@ static void event_type(const char *ev, size_t len, char *type, size_t n)
 }
 
 /* Run one projection statement under a savepoint; print its outcome
- * unless quiet. Returns 1 when it worked. */
-static int db_statement(PGconn *conn, const char *proj,
+ * unless quiet. Returns 1 when it worked. Errors of the savepoint
+ * statements themselves show in the statement's own result. */
+static int db_statement(evl_pg *pg, const char *proj,
                         const evl_luahost_stmt *st, int quiet)
 {
     const char *vals[256];
     size_t np = st->nparams > 256 ? 256 : st->nparams;
+    char err[EVL_ERRLEN];
+    PGresult *res;
     int ok;
     for (size_t j = 0; j < np; j++)
         vals[j] = st->params[j].text;
     char *sql = evl_xmalloc(st->sql_len + 1);
     memcpy(sql, st->sql, st->sql_len);
     sql[st->sql_len] = '\0';
-    PQclear(PQexec(conn, "SAVEPOINT repl"));
-    PGresult *res = PQexecParams(conn, sql, (int)np, NULL, vals, NULL, NULL, 0);
-    ExecStatusType rs = PQresultStatus(res);
-    ok = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
+    evl_pg_exec(pg, "SAVEPOINT repl", err, sizeof err);
+    ok = evl_pg_query_result(pg, sql, (int)np, vals, &res, err, sizeof err) ==
+         EVL_OK;
     if (ok) {
-        PQclear(PQexec(conn, "RELEASE SAVEPOINT repl"));
+        evl_pg_exec(pg, "RELEASE SAVEPOINT repl", err, sizeof err);
     } else {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         printf("  %s: ERROR %s: %s", proj, state ? state : "",
                PQresultErrorMessage(res));
-        PQclear(PQexec(conn, "ROLLBACK TO SAVEPOINT repl"));
+        evl_pg_exec(pg, "ROLLBACK TO SAVEPOINT repl", err, sizeof err);
     }
     if (ok && !quiet)
         printf("  %s: %s rows affected\n", proj,
@@ -597,11 +600,79 @@ static void print_rows(PGresult *res)
     printf("  (%d row%s)\n", nt, nt == 1 ? "" : "s");
 }
 
+/* Create projection p's schema (before its first event). */
+static void db_schema(evl_pg *pg, const evl_luahost_projection *p)
+{
+    char err[EVL_ERRLEN];
+    for (size_t k = 0; k < p->nschema; k++) {
+        PGresult *res;
+        evl_pg_exec_result(pg, p->schema[k], &res, err, sizeof err);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            printf("  %s schema: %s", p->name, PQresultErrorMessage(res));
+        PQclear(res);
+    }
+}
+
+/* Every event of the session that projection p handles, through p, in
+ * order; then a line of counts (when it handled any). */
+static void db_project(evl_pg *pg, const evl_luahost_projection *p)
+{
+    char err[EVL_ERRLEN], type[256];
+    long stmts = 0, failed = 0;
+    int schema_done = 0;
+    const char *ev = R.session.data, *end = ev + R.session.len;
+    for (; ev < end;) {
+        const char *nl = memchr(ev, '\n', (size_t)(end - ev));
+        size_t len = (size_t)(nl - ev);
+        event_type(ev, len, type, sizeof type);
+        if (!evl_luahost_projection_handles(p, type)) {
+            ev = nl + 1;
+            continue;
+        }
+        if (!schema_done)
+            db_schema(pg, p);
+        schema_done = 1;
+        if (evl_luahost_project(R.host, p->name, ev, len, &R.stmts, err,
+                                sizeof err) != EVL_OK) {
+            printf("  %s: FAILED on %s: %s\n", p->name, type, err);
+            failed++;
+            ev = nl + 1;
+            continue;
+        }
+        for (size_t k = 0; k < R.stmts.n; k++) {
+            stmts++;
+            if (!db_statement(pg, p->name, &R.stmts.stmts[k], 1))
+                failed++;
+        }
+        ev = nl + 1;
+    }
+    if (schema_done)
+        printf("  %s: %ld statement%s, %ld failed\n", p->name, stmts,
+               stmts == 1 ? "" : "s", failed);
+}
+
+/* QUERY of :db: its rows, its command status or its error. */
+static void db_query(evl_pg *pg, const char *query)
+{
+    char err[EVL_ERRLEN];
+    PGresult *res;
+    evl_pg_exec_result(pg, query, &res, err, sizeof err);
+    ExecStatusType rs = PQresultStatus(res);
+    if (rs == PGRES_TUPLES_OK)
+        print_rows(res);
+    else if (rs == PGRES_COMMAND_OK)
+        printf("  %s\n", PQcmdStatus(res));
+    else
+        printf("  ERROR: %s", PQresultErrorMessage(res));
+    PQclear(res);
+}
+
 /* :db [QUERY]: every event of the session through every projection that
  * handles it, in order, then QUERY; rolled back. */
 static void cmd_db(const char *query)
 {
-    char err[EVL_ERRLEN], type[256];
+    char err[EVL_ERRLEN];
+    evl_pg *pg = NULL;
     if (!R.cfg.pg_conninfo) {
         printf("no database configured (postgres in the config, or "
                "EVLUA_PG_CONNINFO)\n");
@@ -611,67 +682,20 @@ static void cmd_db(const char *query)
         printf("no events yet: run a command first (or give a query)\n");
         return;
     }
-    PGconn *conn = PQconnectdb(R.cfg.pg_conninfo);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        printf("cannot connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
+    if (evl_pg_open(R.cfg.pg_conninfo, "evlua-repl", &pg, err, sizeof err) !=
+        EVL_OK) {
+        printf("%s\n", err);
         return;
     }
-    PQsetNoticeProcessor(conn, no_notice, NULL);
-    PQclear(PQexec(conn, "BEGIN"));
-    for (size_t i = 0; i < evl_luahost_nprojections(R.host); i++) {
-        const evl_luahost_projection *p = evl_luahost_projection_at(R.host, i);
-        long stmts = 0, failed = 0;
-        int schema_done = 0;
-        const char *ev = R.session.data, *end = ev + R.session.len;
-        for (; ev < end;) {
-            const char *nl = memchr(ev, '\n', (size_t)(end - ev));
-            size_t len = (size_t)(nl - ev);
-            event_type(ev, len, type, sizeof type);
-            if (!evl_luahost_projection_handles(p, type)) {
-                ev = nl + 1;
-                continue;
-            }
-            for (size_t k = 0; !schema_done && k < p->nschema; k++) {
-                PGresult *res = PQexec(conn, p->schema[k]);
-                if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                    printf("  %s schema: %s", p->name,
-                           PQresultErrorMessage(res));
-                PQclear(res);
-            }
-            schema_done = 1;
-            if (evl_luahost_project(R.host, p->name, ev, len, &R.stmts, err,
-                                    sizeof err) != EVL_OK) {
-                printf("  %s: FAILED on %s: %s\n", p->name, type, err);
-                failed++;
-                ev = nl + 1;
-                continue;
-            }
-            for (size_t k = 0; k < R.stmts.n; k++) {
-                stmts++;
-                if (!db_statement(conn, p->name, &R.stmts.stmts[k], 1))
-                    failed++;
-            }
-            ev = nl + 1;
-        }
-        if (schema_done)
-            printf("  %s: %ld statement%s, %ld failed\n", p->name, stmts,
-                   stmts == 1 ? "" : "s", failed);
-    }
-    if (*query) {
-        PGresult *res = PQexec(conn, query);
-        ExecStatusType rs = PQresultStatus(res);
-        if (rs == PGRES_TUPLES_OK)
-            print_rows(res);
-        else if (rs == PGRES_COMMAND_OK)
-            printf("  %s\n", PQcmdStatus(res));
-        else
-            printf("  ERROR: %s", PQresultErrorMessage(res));
-        PQclear(res);
-    }
-    PQclear(PQexec(conn, "ROLLBACK"));
+    PQsetNoticeProcessor(evl_pg_conn(pg), no_notice, NULL);
+    evl_pg_exec(pg, "BEGIN", err, sizeof err);
+    for (size_t i = 0; i < evl_luahost_nprojections(R.host); i++)
+        db_project(pg, evl_luahost_projection_at(R.host, i));
+    if (*query)
+        db_query(pg, query);
+    evl_pg_exec(pg, "ROLLBACK", err, sizeof err);
     printf("  (rolled back)\n");
-    PQfinish(conn);
+    evl_pg_close(pg);
 }
 
 /* ---- line editing ---------------------------------------------------------

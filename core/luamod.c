@@ -572,8 +572,7 @@ static int l_pg_exec(lua_State *L)
     char err[EVL_ERRLEN];
     if (lua_isnoneornil(L, 3)) {
         /* a script (several statements: a projection's schema) */
-        p->res = PQexec(evl_pg_conn(p->pg), sql);
-        if (evl_pg_check(p->pg, p->res, "PQexec", err, sizeof err) != EVL_OK)
+        if (evl_pg_exec_result(p->pg, sql, &p->res, err, sizeof err) != EVL_OK)
             return luaL_error(L, "%s", err);
     } else if (evl_pg_query(p->pg, sql, n, vals, &p->res, err, sizeof err) !=
                EVL_OK) {

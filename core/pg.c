@@ -387,37 +387,57 @@ static evl_err need_conn(evl_pg *pg, char *err, size_t errlen)
     return EVL_OK;
 }
 
-evl_err evl_pg_exec(evl_pg *pg, const char *sql, char *err, size_t errlen)
+/* "call(\"sql...\")", on one line: how messages name a statement. */
+static void name_call(const char *call, const char *sql, char *what, size_t n)
 {
-    evl_err e = need_conn(pg, err, errlen);
-    if (e != EVL_OK)
-        return e;
-    PGresult *res = PQexec(pg->conn, sql);
-    char what[96];
-    snprintf(what, sizeof what, "PQexec(\"%.60s\")", sql);
+    snprintf(what, n, "%s(\"%.60s\")", call, sql);
     for (char *p = what; *p; p++)
         if (*p == '\n' || *p == '\t')
             *p = ' ';
-    e = evl_pg_check(pg, res, what, err, errlen);
+}
+
+evl_err evl_pg_exec_result(evl_pg *pg, const char *sql, PGresult **out,
+                           char *err, size_t errlen)
+{
+    char what[96];
+    *out = NULL;
+    evl_err e = need_conn(pg, err, errlen);
+    if (e != EVL_OK)
+        return e;
+    *out = PQexec(pg->conn, sql);
+    name_call("PQexec", sql, what, sizeof what);
+    return evl_pg_check(pg, *out, what, err, errlen);
+}
+
+evl_err evl_pg_exec(evl_pg *pg, const char *sql, char *err, size_t errlen)
+{
+    PGresult *res;
+    evl_err e = evl_pg_exec_result(pg, sql, &res, err, errlen);
     PQclear(res);
     return e;
+}
+
+evl_err evl_pg_query_result(evl_pg *pg, const char *sql, int nparams,
+                            const char *const *values, PGresult **out,
+                            char *err, size_t errlen)
+{
+    char what[96];
+    *out = NULL;
+    evl_err e = need_conn(pg, err, errlen);
+    if (e != EVL_OK)
+        return e;
+    *out = PQexecParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    name_call("PQexecParams", sql, what, sizeof what);
+    return evl_pg_check(pg, *out, what, err, errlen);
 }
 
 evl_err evl_pg_query(evl_pg *pg, const char *sql, int nparams,
                      const char *const *values, PGresult **out, char *err,
                      size_t errlen)
 {
-    evl_err e = need_conn(pg, err, errlen);
-    if (e != EVL_OK)
-        return e;
-    PGresult *res =
-        PQexecParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0);
-    char what[96];
-    snprintf(what, sizeof what, "PQexecParams(\"%.60s\")", sql);
-    for (char *p = what; *p; p++)
-        if (*p == '\n' || *p == '\t')
-            *p = ' ';
-    e = evl_pg_check(pg, res, what, err, errlen);
+    PGresult *res;
+    evl_err e =
+        evl_pg_query_result(pg, sql, nparams, values, &res, err, errlen);
     if (e == EVL_OK && out)
         *out = res;
     else

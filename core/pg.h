@@ -103,6 +103,18 @@ evl_err evl_pg_query(evl_pg *pg, const char *sql, int nparams,
                      const char *const *values, PGresult **out, char *err,
                      size_t errlen);
 
+/* evl_pg_exec and evl_pg_query keeping the result whatever its status,
+ * for callers that show the server's own answer (rows, command status,
+ * error fields): the REPL's :db, the spec helpers' db:exec. *out is the
+ * result (of the last statement, for evl_pg_exec_result), owned: PQclear
+ * it on every path; NULL when the connection was already gone or libpq
+ * could not make one. Returns and classes as evl_pg_exec/evl_pg_query. */
+evl_err evl_pg_exec_result(evl_pg *pg, const char *sql, PGresult **out,
+                           char *err, size_t errlen);
+evl_err evl_pg_query_result(evl_pg *pg, const char *sql, int nparams,
+                            const char *const *values, PGresult **out,
+                            char *err, size_t errlen);
+
 /* Create evlua's tables and function when missing (idempotent, safe to
  * run from several threads and processes at once: serialized by an
  * advisory lock):
