@@ -36,6 +36,15 @@
  *   EVL_JSON_MAX_DEPTH) is an error naming the offending path, e.g.
  *   "data.items[3]: cannot encode a function as JSON".
  *
+ * This is evlua's one JSON reader: code that reads JSON text uses
+ * evl_json_decode (into Lua) or evl_json_members (a few top-level fields,
+ * no Lua), so everything reads JSON by the same rules. Exceptions (the
+ * remaining cJSON uses), each with its reason:
+ *   - proj_read.c (projector): reads past faults json.c refused, to find
+ *     the aggregate to park under.
+ *   - tests/c (test helpers): take apart what evlua wrote, with a reader
+ *     of their own rather than the one under test.
+ *
  * Uses the Lua C API and buf.h (evl_buf, where the encoder writes). No global
  * state but the registry entry that holds the array metatable.
  *
