@@ -753,12 +753,150 @@ static void seg_fail(segstate *s, long tag, evl_err cls, const char *state,
     snprintf(s->msg, sizeof s->msg, "%s", msg);
 }
 
+/* What evl_pg_pipe_end gathers while it reads the results. */
+typedef struct pipe_read {
+    evl_pg_on_failure on_failure;
+    void *ud;
+    evl_err worst;              /* of the failed segments */
+    char first_transient[1024]; /* the first transient failure's message */
+    segstate seg;               /* the segment being read */
+} pipe_read;
+
+/* The segment r->seg, ended by the Sync point named seg, failed: count
+ * it and report it. */
+static void report_segment(pipe_read *r, long seg)
+{
+    const segstate *s = &r->seg;
+    if (s->cls > r->worst)
+        r->worst = s->cls;
+    if (s->cls == EVL_ETRANSIENT && !*r->first_transient)
+        snprintf(r->first_transient, sizeof r->first_transient, "%s", s->msg);
+    if (r->on_failure) {
+        evl_pg_failure f = {seg, s->tag, s->cls, s->state, s->msg};
+        r->on_failure(r->ud, &f);
+    }
+}
+
+/* The result res of Sync point it (cleared here): ends the segment.
+ * Returns 0, or -1 when the pipeline broke. */
+static int read_sync(evl_pg *pg, const item *it, PGresult *res, pipe_read *r)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_FATAL_ERROR) {
+        /* the implicit transaction failed to commit (a deferred
+         * constraint): the error comes before the Sync's result */
+        char msg[1024];
+        const char *state = sqlstate_of(res);
+        int conn_ok = PQstatus(pg->conn) == CONNECTION_OK;
+        error_text(pg->conn, res, msg, sizeof msg);
+        seg_fail(&r->seg, EVL_PG_TAG_SYNC, evl_pg_classify(state, conn_ok),
+                 state, msg);
+        PQclear(res);
+        if (!conn_ok) {
+            mark_broken(pg, "commit at sync");
+            return -1;
+        }
+        res = PQgetResult(pg->conn); /* the NULL ending the error */
+        if (!res)
+            res = PQgetResult(pg->conn);
+        if (!res) {
+            mark_broken(pg, "PQgetResult");
+            return -1;
+        }
+        st = PQresultStatus(res);
+    }
+    PQclear(res);
+    if (st != PGRES_PIPELINE_SYNC) {
+        mark_broken(pg, "pipeline sync");
+        return -1;
+    }
+    if (it->kind == ITEM_SYNC && r->seg.failed)
+        report_segment(r, it->tag);
+    memset(&r->seg, 0, sizeof r->seg);
+    return 0;
+}
+
+/* The error result res of statement (or Prepare) it: the failure of its
+ * segment, with the reason that tells most. */
+static void read_error(evl_pg *pg, const item *it, const PGresult *res,
+                       int conn_ok, segstate *seg)
+{
+    char msg[1024];
+    const char *state = sqlstate_of(res);
+    evl_err cls = evl_pg_classify(state, conn_ok);
+    error_text(pg->conn, res, msg, sizeof msg);
+    if (it->kind == ITEM_PREPARE) {
+        entry *en = &pg->entries[it->entry];
+        en->state = ENTRY_BAD;
+        en->bad_cls = cls;
+        snprintf(en->bad_state, sizeof en->bad_state, "%s", state);
+        free(en->bad_msg);
+        en->bad_msg = evl_xstrdup(msg);
+        if (cls == EVL_ETRANSIENT)
+            seg_fail(seg, -1, cls, state, msg);
+    } else if (it->kind == ITEM_REFUSED) {
+        /* the stand-in failed as it should: report why libpq
+         * refused the statement it stands for */
+        seg_fail(seg, it->tag, conn_ok ? EVL_EPERMANENT : EVL_ETRANSIENT, "",
+                 pg->refused[it->entry]);
+    } else if (it->entry >= 0 && pg->entries[it->entry].state == ENTRY_BAD) {
+        /* used a statement that could not be prepared: its own
+         * error says only "does not exist"; report why */
+        entry *en = &pg->entries[it->entry];
+        seg_fail(seg, it->tag, en->bad_cls, en->bad_state, en->bad_msg);
+    } else {
+        seg_fail(seg, it->tag, cls, state, msg);
+    }
+}
+
+/* The result res of statement (or Prepare) it (cleared here), then the
+ * NULL that ends each query's results. Returns 0, or -1 when the
+ * connection went with it. */
+static int read_result(evl_pg *pg, const item *it, PGresult *res, segstate *seg)
+{
+    ExecStatusType st = PQresultStatus(res);
+    int conn_ok = PQstatus(pg->conn) == CONNECTION_OK;
+    if (st == PGRES_FATAL_ERROR) {
+        read_error(pg, it, res, conn_ok, seg);
+        if (!conn_ok) {
+            PQclear(res);
+            mark_broken(pg, "statement");
+            return -1;
+        }
+    } else if (st == PGRES_PIPELINE_ABORTED) {
+        /* an earlier error of this segment; a Prepare aborted here was
+         * never run: forget it (it stays PENDING and is compacted) */
+    } else if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        if (it->kind == ITEM_PREPARE)
+            pg->entries[it->entry].state = ENTRY_READY;
+        else if (it->kind == ITEM_REFUSED) /* cannot happen */
+            seg_fail(seg, it->tag, EVL_EPERMANENT, "", pg->refused[it->entry]);
+    } else {
+        char msg[160];
+        snprintf(msg, sizeof msg, "unexpected result status %s",
+                 PQresStatus(st));
+        seg_fail(seg, it->tag, EVL_EPERMANENT, "", msg);
+    }
+    PQclear(res);
+    /* each query's results end with a NULL */
+    while ((res = PQgetResult(pg->conn)) != NULL) {
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            mark_broken(pg, "pipeline (results out of step)");
+            break;
+        }
+        PQclear(res);
+    }
+    return 0;
+}
+
 evl_err evl_pg_pipe_end(evl_pg *pg, evl_pg_on_failure on_failure, void *ud,
                         char *err, size_t errlen)
 {
-    evl_err worst = EVL_OK;
-    char first_transient[1024] = "";
-    segstate seg = {0};
+    pipe_read r;
+    memset(&r, 0, sizeof r);
+    r.on_failure = on_failure;
+    r.ud = ud;
 
     if (!pg->in_pipe)
         return evl_seterr(err, errlen, EVL_ETRANSIENT, "not in a pipeline");
@@ -766,120 +904,16 @@ evl_err evl_pg_pipe_end(evl_pg *pg, evl_pg_on_failure on_failure, void *ud,
         mark_broken(pg, "PQflush");
 
     for (size_t k = 0; k < pg->nitems && !pg->broken; k++) {
-        item *it = &pg->items[k];
+        const item *it = &pg->items[k];
         PGresult *res = PQgetResult(pg->conn);
         if (!res) {
             mark_broken(pg, "PQgetResult");
             break;
         }
-        ExecStatusType st = PQresultStatus(res);
-        if ((it->kind == ITEM_SYNC || it->kind == ITEM_PREPARE_SYNC) &&
-            st == PGRES_FATAL_ERROR) {
-            /* the implicit transaction failed to commit (a deferred
-             * constraint): the error comes before the Sync's result */
-            char msg[1024];
-            const char *state = sqlstate_of(res);
-            int conn_ok = PQstatus(pg->conn) == CONNECTION_OK;
-            error_text(pg->conn, res, msg, sizeof msg);
-            seg_fail(&seg, EVL_PG_TAG_SYNC, evl_pg_classify(state, conn_ok),
-                     state, msg);
-            PQclear(res);
-            if (!conn_ok) {
-                mark_broken(pg, "commit at sync");
-                break;
-            }
-            res = PQgetResult(pg->conn); /* the NULL ending the error */
-            if (!res)
-                res = PQgetResult(pg->conn);
-            if (!res) {
-                mark_broken(pg, "PQgetResult");
-                break;
-            }
-            st = PQresultStatus(res);
-        }
-        if (it->kind == ITEM_SYNC || it->kind == ITEM_PREPARE_SYNC) {
-            PQclear(res);
-            if (st != PGRES_PIPELINE_SYNC) {
-                mark_broken(pg, "pipeline sync");
-                break;
-            }
-            if (it->kind == ITEM_SYNC && seg.failed) {
-                if (seg.cls > worst)
-                    worst = seg.cls;
-                if (seg.cls == EVL_ETRANSIENT && !*first_transient)
-                    snprintf(first_transient, sizeof first_transient, "%s",
-                             seg.msg);
-                if (on_failure) {
-                    evl_pg_failure f = {it->tag, seg.tag, seg.cls, seg.state,
-                                        seg.msg};
-                    on_failure(ud, &f);
-                }
-            }
-            memset(&seg, 0, sizeof seg);
-            continue;
-        }
-
-        int conn_ok = PQstatus(pg->conn) == CONNECTION_OK;
-        if (st == PGRES_FATAL_ERROR) {
-            char msg[1024];
-            const char *state = sqlstate_of(res);
-            evl_err cls = evl_pg_classify(state, conn_ok);
-            error_text(pg->conn, res, msg, sizeof msg);
-            if (it->kind == ITEM_PREPARE) {
-                entry *en = &pg->entries[it->entry];
-                en->state = ENTRY_BAD;
-                en->bad_cls = cls;
-                snprintf(en->bad_state, sizeof en->bad_state, "%s", state);
-                free(en->bad_msg);
-                en->bad_msg = evl_xstrdup(msg);
-                if (cls == EVL_ETRANSIENT)
-                    seg_fail(&seg, -1, cls, state, msg);
-            } else if (it->kind == ITEM_REFUSED) {
-                /* the stand-in failed as it should: report why libpq
-                 * refused the statement it stands for */
-                seg_fail(&seg, it->tag,
-                         conn_ok ? EVL_EPERMANENT : EVL_ETRANSIENT, "",
-                         pg->refused[it->entry]);
-            } else if (it->entry >= 0 &&
-                       pg->entries[it->entry].state == ENTRY_BAD) {
-                /* used a statement that could not be prepared: its own
-                 * error says only "does not exist"; report why */
-                entry *en = &pg->entries[it->entry];
-                seg_fail(&seg, it->tag, en->bad_cls, en->bad_state,
-                         en->bad_msg);
-            } else {
-                seg_fail(&seg, it->tag, cls, state, msg);
-            }
-            if (!conn_ok) {
-                PQclear(res);
-                mark_broken(pg, "statement");
-                break;
-            }
-        } else if (st == PGRES_PIPELINE_ABORTED) {
-            /* an earlier error of this segment; a Prepare aborted here was
-             * never run: forget it (it stays PENDING and is compacted) */
-        } else if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-            if (it->kind == ITEM_PREPARE)
-                pg->entries[it->entry].state = ENTRY_READY;
-            else if (it->kind == ITEM_REFUSED) /* cannot happen */
-                seg_fail(&seg, it->tag, EVL_EPERMANENT, "",
-                         pg->refused[it->entry]);
-        } else {
-            char msg[160];
-            snprintf(msg, sizeof msg, "unexpected result status %s",
-                     PQresStatus(st));
-            seg_fail(&seg, it->tag, EVL_EPERMANENT, "", msg);
-        }
-        PQclear(res);
-        /* each query's results end with a NULL */
-        while ((res = PQgetResult(pg->conn)) != NULL) {
-            if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
-                PQclear(res);
-                mark_broken(pg, "pipeline (results out of step)");
-                break;
-            }
-            PQclear(res);
-        }
+        int sync = it->kind == ITEM_SYNC || it->kind == ITEM_PREPARE_SYNC;
+        if ((sync ? read_sync(pg, it, res, &r)
+                  : read_result(pg, it, res, &r.seg)) != 0)
+            break;
     }
 
     pg->in_pipe = 0;
@@ -892,9 +926,9 @@ evl_err evl_pg_pipe_end(evl_pg *pg, evl_pg_on_failure on_failure, void *ud,
         /* outcome of unanswered segments unknown: the caller reconnects */
         return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s", pg->broken_msg);
     }
-    if (worst == EVL_ETRANSIENT)
-        return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s", first_transient);
-    return worst;
+    if (r.worst == EVL_ETRANSIENT)
+        return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s", r.first_transient);
+    return r.worst;
 }
 
 /* ---- helpers ------------------------------------------------------------- */
