@@ -1368,6 +1368,156 @@ static int skey_cmp(const void *a, const void *b)
 
 static evl_err encode_value(enc *e, int idx);
 
+/* The keys of a table being encoded: how many integer keys, their range,
+ * and how many string keys. */
+typedef struct shape {
+    lua_Integer nint, imin, imax;
+    size_t nstr;
+} shape;
+
+/* Read the keys of the table at t into sh, pushing a copy of each string
+ * key (so pointers to it stay valid while the table is written). A key
+ * JSON cannot have is an error. */
+static evl_err scan_keys(enc *e, int t, shape *sh)
+{
+    lua_State *L = e->L;
+    int keytype;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1); /* the value; the key stays for lua_next */
+        keytype = lua_type(L, -1);
+        if (keytype == LUA_TSTRING) {
+            if (!lua_checkstack(L, 4))
+                return fail(e, "cannot encode: table too large for the Lua "
+                               "stack");
+            lua_pushvalue(L, -1); /* the copy below is kept */
+            sh->nstr++;
+        } else if (lua_isinteger(L, -1)) {
+            lua_Integer k = lua_tointeger(L, -1);
+            if (sh->nint == 0 || k < sh->imin)
+                sh->imin = k;
+            if (sh->nint == 0 || k > sh->imax)
+                sh->imax = k;
+            sh->nint++;
+        } else if (keytype == LUA_TNUMBER) {
+            return fail(e,
+                        "table has a float key (%.17g): JSON object keys "
+                        "must be strings",
+                        (double)lua_tonumber(L, -1));
+        } else if (keytype == LUA_TBOOLEAN) {
+            return fail(e,
+                        "table has a boolean key (%s): JSON object keys "
+                        "must be strings",
+                        lua_toboolean(L, -1) ? "true" : "false");
+        } else {
+            return fail(e,
+                        "table has a %s key: JSON object keys must be "
+                        "strings",
+                        lua_typename(L, keytype));
+        }
+    }
+    return EVL_OK;
+}
+
+/* Is a table of these keys (marked: with the array marker) an array
+ * 1..n or an object? Anything else is an error. */
+static evl_err check_shape(enc *e, const shape *sh, int marked)
+{
+    if (sh->nint > 0 && sh->nstr > 0)
+        return fail(e, "table mixes integer and string keys: JSON needs an "
+                       "array or an object");
+    if (marked && sh->nstr > 0)
+        return fail(e, "table marked as an array has string keys");
+    if (sh->nint > 0 && sh->imin < 1)
+        return fail(e, "table has the integer key %lld: arrays start at 1",
+                    (long long)sh->imin);
+    if (sh->nint > 0 && sh->imax != sh->nint)
+        return fail(e,
+                    "sparse array (key %lld but %lld elements): JSON "
+                    "arrays have no holes",
+                    (long long)sh->imax, (long long)sh->nint);
+    return EVL_OK;
+}
+
+/* The elements 1..n of the table at t; sp is its step of the path. */
+static evl_err encode_array(enc *e, int t, lua_Integer n, step *sp)
+{
+    lua_State *L = e->L;
+    evl_err rc;
+    putc1(e->out, '[');
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1)
+            putc1(e->out, ',');
+        sp->key = NULL;
+        sp->index = i;
+        lua_rawgeti(L, t, i);
+        rc = encode_value(e, lua_gettop(L));
+        lua_pop(L, 1);
+        if (rc != EVL_OK)
+            return rc;
+    }
+    putc1(e->out, ']');
+    return EVL_OK;
+}
+
+/* Tables with at most this many keys sort them on the C stack, by
+ * insertion. */
+#define SMALL_KEYS 16
+
+/* Sort keys[0..n) by their bytes. */
+static void sort_keys(skey *keys, size_t n)
+{
+    if (n > SMALL_KEYS) {
+        qsort(keys, n, sizeof *keys, skey_cmp);
+        return;
+    }
+    /* insertion sort: few keys, no call per comparison */
+    for (size_t i = 1; i < n; i++) {
+        skey k = keys[i];
+        size_t j = i;
+        for (; j > 0 && skey_cmp(&keys[j - 1], &k) > 0; j--)
+            keys[j] = keys[j - 1];
+        keys[j] = k;
+    }
+}
+
+/* The members of the table at t, whose nstr string keys are on the stack
+ * from base + 1, in key order; sp is its step of the path. */
+static evl_err encode_object(enc *e, int t, int base, size_t nstr, step *sp)
+{
+    lua_State *L = e->L;
+    skey small[SMALL_KEYS], *keys = small;
+    evl_err rc = EVL_OK;
+    if (nstr > sizeof small / sizeof small[0])
+        keys = evl_xmalloc(nstr * sizeof *keys);
+    for (size_t i = 0; i < nstr; i++) {
+        keys[i].slot = base + 1 + (int)i;
+        keys[i].p = lua_tolstring(L, keys[i].slot, &keys[i].len);
+    }
+    sort_keys(keys, nstr);
+    putc1(e->out, '{');
+    for (size_t i = 0; i < nstr; i++) {
+        if (i > 0)
+            putc1(e->out, ',');
+        sp->key = keys[i].p;
+        sp->keylen = keys[i].len;
+        if ((rc = put_string(e, keys[i].p, keys[i].len, "key")) != EVL_OK)
+            goto out;
+        putc1(e->out, ':');
+        lua_pushvalue(L, keys[i].slot);
+        lua_rawget(L, t);
+        rc = encode_value(e, lua_gettop(L));
+        lua_pop(L, 1);
+        if (rc != EVL_OK)
+            goto out;
+    }
+    putc1(e->out, '}');
+out:
+    if (keys != small)
+        free(keys);
+    return rc;
+}
+
 /* The table at absolute index t. Its string keys are copied to the top of
  * the stack while it is written, so the pointers kept for sorting and for
  * error paths stay valid (no string pointer outlives its stack slot). */
@@ -1375,11 +1525,9 @@ static evl_err encode_table(enc *e, int t)
 {
     lua_State *L = e->L;
     const void *self = lua_topointer(L, t);
-    int base = lua_gettop(L), marked = 0, keytype;
-    lua_Integer nint = 0, imin = 0, imax = 0;
-    size_t nstr = 0;
-    skey small[16], *keys = small;
-    evl_err rc = EVL_OK;
+    int base = lua_gettop(L), marked = 0;
+    shape sh = {0, 0, 0, 0};
+    evl_err rc;
 
     if (e->depth == EVL_JSON_MAX_DEPTH)
         return fail(e, "nesting deeper than %d", EVL_JSON_MAX_DEPTH);
@@ -1392,128 +1540,17 @@ static evl_err encode_table(enc *e, int t)
         marked = lua_rawequal(L, -1, e->mt);
         lua_pop(L, 1);
     }
-
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1); /* the value; the key stays for lua_next */
-        keytype = lua_type(L, -1);
-        if (keytype == LUA_TSTRING) {
-            if (!lua_checkstack(L, 4)) {
-                rc = fail(e, "cannot encode: table too large for the Lua "
-                             "stack");
-                goto out;
-            }
-            lua_pushvalue(L, -1); /* the copy below is kept */
-            nstr++;
-        } else if (lua_isinteger(L, -1)) {
-            lua_Integer k = lua_tointeger(L, -1);
-            if (nint == 0 || k < imin)
-                imin = k;
-            if (nint == 0 || k > imax)
-                imax = k;
-            nint++;
-        } else if (keytype == LUA_TNUMBER) {
-            rc = fail(e,
-                      "table has a float key (%.17g): JSON object keys "
-                      "must be strings",
-                      (double)lua_tonumber(L, -1));
-            goto out;
-        } else if (keytype == LUA_TBOOLEAN) {
-            rc = fail(e,
-                      "table has a boolean key (%s): JSON object keys "
-                      "must be strings",
-                      lua_toboolean(L, -1) ? "true" : "false");
-            goto out;
-        } else {
-            rc = fail(e,
-                      "table has a %s key: JSON object keys must be "
-                      "strings",
-                      lua_typename(L, keytype));
-            goto out;
-        }
-    }
-
-    if (nint > 0 && nstr > 0) {
-        rc = fail(e, "table mixes integer and string keys: JSON needs an "
-                     "array or an object");
+    if ((rc = scan_keys(e, t, &sh)) != EVL_OK ||
+        (rc = check_shape(e, &sh, marked)) != EVL_OK)
         goto out;
-    }
-    if (marked && nstr > 0) {
-        rc = fail(e, "table marked as an array has string keys");
-        goto out;
-    }
-    if (nint > 0 && imin < 1) {
-        rc = fail(e, "table has the integer key %lld: arrays start at 1",
-                  (long long)imin);
-        goto out;
-    }
-    if (nint > 0 && imax != nint) {
-        rc = fail(e,
-                  "sparse array (key %lld but %lld elements): JSON "
-                  "arrays have no holes",
-                  (long long)imax, (long long)nint);
-        goto out;
-    }
-
     e->open[e->depth++] = self;
     step *sp = &e->path[e->depth - 1];
-    if (nint > 0 || marked) {
-        putc1(e->out, '[');
-        for (lua_Integer i = 1; i <= nint; i++) {
-            if (i > 1)
-                putc1(e->out, ',');
-            sp->key = NULL;
-            sp->index = i;
-            lua_rawgeti(L, t, i);
-            rc = encode_value(e, lua_gettop(L));
-            lua_pop(L, 1);
-            if (rc != EVL_OK)
-                goto close;
-        }
-        putc1(e->out, ']');
-    } else {
-        if (nstr > sizeof small / sizeof small[0])
-            keys = evl_xmalloc(nstr * sizeof *keys);
-        for (size_t i = 0; i < nstr; i++) {
-            keys[i].slot = base + 1 + (int)i;
-            keys[i].p = lua_tolstring(L, keys[i].slot, &keys[i].len);
-        }
-        if (nstr <= sizeof small / sizeof small[0]) {
-            /* insertion sort: few keys, no call per comparison */
-            for (size_t i = 1; i < nstr; i++) {
-                skey k = keys[i];
-                size_t j = i;
-                for (; j > 0 && skey_cmp(&keys[j - 1], &k) > 0; j--)
-                    keys[j] = keys[j - 1];
-                keys[j] = k;
-            }
-        } else {
-            qsort(keys, nstr, sizeof *keys, skey_cmp);
-        }
-        putc1(e->out, '{');
-        for (size_t i = 0; i < nstr; i++) {
-            if (i > 0)
-                putc1(e->out, ',');
-            sp->key = keys[i].p;
-            sp->keylen = keys[i].len;
-            if ((rc = put_string(e, keys[i].p, keys[i].len, "key")) != EVL_OK)
-                goto close;
-            putc1(e->out, ':');
-            lua_pushvalue(L, keys[i].slot);
-            lua_rawget(L, t);
-            rc = encode_value(e, lua_gettop(L));
-            lua_pop(L, 1);
-            if (rc != EVL_OK)
-                goto close;
-        }
-        putc1(e->out, '}');
-    }
-
-close:
+    if (sh.nint > 0 || marked)
+        rc = encode_array(e, t, sh.nint, sp);
+    else
+        rc = encode_object(e, t, base, sh.nstr, sp);
     e->depth--;
 out:
-    if (keys != small)
-        free(keys);
     lua_settop(L, base);
     return rc;
 }
