@@ -258,73 +258,57 @@ static void command_fields_clear(evl_command *cmd)
     cmd->user_id = cmd->correlation_id = NULL;
 }
 
-/* Read and check the fields of the decoded command at t (the stack is
- * left as it was). */
-static evl_err command_fields(lua_State *L, int t, evl_command *cmd, char *err,
-                              size_t errlen)
+/* The strings that name the command (id, aggregate_id, type,
+ * aggregate_type) of the command at t, into cmd->text at f. All are read
+ * before any is judged, so an error still names the id. */
+static evl_err name_fields(lua_State *L, int t, evl_command *cmd, fields *f,
+                           char *err, size_t errlen)
 {
-    fields f = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
-    const char *why;
-    evl_err e = EVL_EPERMANENT;
-    int top = lua_gettop(L), m;
-
-    cmd->text.len = 0;
-    cmd->has_expected_version = 0;
-    cmd->expected_version = 0;
-
-    if (!lua_istable(L, t) || is_array(L, t)) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "malformed command: a command is a JSON object");
-        goto out;
-    }
-    /* Read every field first, so an error still names the id. */
     const char *why_id =
-        get_string(L, t, "id", EVL_ENVELOPE_MAX_ID, 0, cmd, &f.id);
+        get_string(L, t, "id", EVL_ENVELOPE_MAX_ID, 0, cmd, &f->id);
     const char *why_agg =
         get_string(L, t, "aggregate_id", EVL_ENVELOPE_MAX_AGGREGATE_ID, 0, cmd,
-                   &f.aggregate_id);
+                   &f->aggregate_id);
     const char *why_type =
-        get_string(L, t, "type", EVL_ENVELOPE_MAX_ID, 0, cmd, &f.type);
-    const char *why_atype = get_string(
-        L, t, "aggregate_type", EVL_ENVELOPE_MAX_ID, 1, cmd, &f.aggregate_type);
-    if (why_id) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "the command has no id (a non-empty string of at most %d "
-                   "bytes): %s",
-                   EVL_ENVELOPE_MAX_ID, why_id);
-        goto out;
-    }
-    if (why_agg) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "the command has no aggregate_id (a non-empty string of at "
-                   "most %d bytes): %s",
-                   EVL_ENVELOPE_MAX_AGGREGATE_ID, why_agg);
-        goto out;
-    }
-    if (why_type) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "the command has no type (a non-empty string of at most %d "
-                   "bytes): %s",
-                   EVL_ENVELOPE_MAX_ID, why_type);
-        goto out;
-    }
-    if (why_atype && strcmp(why_atype, "absent") != 0) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "the command's aggregate_type is %s (expected a non-empty "
-                   "string of at most %d bytes)",
-                   why_atype, EVL_ENVELOPE_MAX_ID);
-        goto out;
-    }
+        get_string(L, t, "type", EVL_ENVELOPE_MAX_ID, 0, cmd, &f->type);
+    const char *why_atype =
+        get_string(L, t, "aggregate_type", EVL_ENVELOPE_MAX_ID, 1, cmd,
+                   &f->aggregate_type);
+    if (why_id)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command has no id (a non-empty string of at "
+                          "most %d bytes): %s",
+                          EVL_ENVELOPE_MAX_ID, why_id);
+    if (why_agg)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command has no aggregate_id (a non-empty string "
+                          "of at most %d bytes): %s",
+                          EVL_ENVELOPE_MAX_AGGREGATE_ID, why_agg);
+    if (why_type)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command has no type (a non-empty string of at "
+                          "most %d bytes): %s",
+                          EVL_ENVELOPE_MAX_ID, why_type);
+    if (why_atype && strcmp(why_atype, "absent") != 0)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command's aggregate_type is %s (expected a "
+                          "non-empty string of at most %d bytes)",
+                          why_atype, EVL_ENVELOPE_MAX_ID);
+    return EVL_OK;
+}
 
+/* expected_version (optional) and data of the command at t. Leaves what
+ * it pushes on the stack (the caller restores it). */
+static evl_err body_fields(lua_State *L, int t, evl_command *cmd, char *err,
+                           size_t errlen)
+{
     lua_pushliteral(L, "expected_version");
     lua_rawget(L, t);
     if (!lua_isnil(L, -1) && !evl_json_is_null(L, -1)) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0) {
-            evl_seterr(err, errlen, EVL_EPERMANENT,
-                       "the command's expected_version must be an integer >= "
-                       "0");
-            goto out;
-        }
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "the command's expected_version must be an "
+                              "integer >= 0");
         cmd->has_expected_version = 1;
         cmd->expected_version = (long long)lua_tointeger(L, -1);
     }
@@ -332,44 +316,64 @@ static evl_err command_fields(lua_State *L, int t, evl_command *cmd, char *err,
 
     lua_pushliteral(L, "data");
     lua_rawget(L, t);
-    if (!lua_istable(L, -1) || is_array(L, -1)) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "the command has no data (a JSON object; {} when there is "
-                   "nothing to say)");
-        goto out;
-    }
+    if (!lua_istable(L, -1) || is_array(L, -1))
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command has no data (a JSON object; {} when "
+                          "there is nothing to say)");
     lua_pop(L, 1);
+    return EVL_OK;
+}
 
+/* metadata (optional) of the command at t: user_id and correlation_id.
+ * Leaves what it pushes on the stack (the caller restores it). */
+static evl_err metadata_fields(lua_State *L, int t, evl_command *cmd, fields *f,
+                               char *err, size_t errlen)
+{
+    const char *why;
     lua_pushliteral(L, "metadata");
     lua_rawget(L, t);
-    m = lua_gettop(L);
-    if (!lua_isnil(L, m) && !evl_json_is_null(L, m)) {
-        if (!lua_istable(L, m) || is_array(L, m)) {
-            evl_seterr(err, errlen, EVL_EPERMANENT,
-                       "the command's metadata must be a JSON object");
-            goto out;
-        }
-        why = get_string(L, m, "user_id", EVL_ENVELOPE_MAX_AGGREGATE_ID, 1, cmd,
-                         &f.user_id);
-        if (why && strcmp(why, "absent") != 0) {
-            evl_seterr(err, errlen, EVL_EPERMANENT,
-                       "the command's metadata.user_id is %s (expected a "
-                       "non-empty string)",
-                       why);
-            goto out;
-        }
-        why = get_string(L, m, "correlation_id", EVL_ENVELOPE_MAX_ID, 1, cmd,
-                         &f.correlation_id);
-        if (why && strcmp(why, "absent") != 0) {
-            evl_seterr(err, errlen, EVL_EPERMANENT,
-                       "the command's metadata.correlation_id is %s (expected "
-                       "a non-empty string of at most %d bytes)",
-                       why, EVL_ENVELOPE_MAX_ID);
-            goto out;
-        }
-    }
-    e = EVL_OK;
-out:
+    int m = lua_gettop(L);
+    if (lua_isnil(L, m) || evl_json_is_null(L, m))
+        return EVL_OK;
+    if (!lua_istable(L, m) || is_array(L, m))
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command's metadata must be a JSON object");
+    why = get_string(L, m, "user_id", EVL_ENVELOPE_MAX_AGGREGATE_ID, 1, cmd,
+                     &f->user_id);
+    if (why && strcmp(why, "absent") != 0)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command's metadata.user_id is %s (expected a "
+                          "non-empty string)",
+                          why);
+    why = get_string(L, m, "correlation_id", EVL_ENVELOPE_MAX_ID, 1, cmd,
+                     &f->correlation_id);
+    if (why && strcmp(why, "absent") != 0)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the command's metadata.correlation_id is %s "
+                          "(expected a non-empty string of at most %d bytes)",
+                          why, EVL_ENVELOPE_MAX_ID);
+    return EVL_OK;
+}
+
+/* Read and check the fields of the decoded command at t (the stack is
+ * left as it was). */
+static evl_err command_fields(lua_State *L, int t, evl_command *cmd, char *err,
+                              size_t errlen)
+{
+    fields f = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    evl_err e;
+    int top = lua_gettop(L);
+
+    cmd->text.len = 0;
+    cmd->has_expected_version = 0;
+    cmd->expected_version = 0;
+
+    if (!lua_istable(L, t) || is_array(L, t))
+        e = evl_seterr(err, errlen, EVL_EPERMANENT,
+                       "malformed command: a command is a JSON object");
+    else if ((e = name_fields(L, t, cmd, &f, err, errlen)) == EVL_OK &&
+             (e = body_fields(L, t, cmd, err, errlen)) == EVL_OK)
+        e = metadata_fields(L, t, cmd, &f, err, errlen);
     lua_settop(L, top);
     cmd->id = at(cmd, f.id);
     cmd->type = at(cmd, f.type);
