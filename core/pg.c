@@ -396,23 +396,33 @@ static void name_call(const char *call, const char *sql, char *what, size_t n)
             *p = ' ';
 }
 
-evl_err evl_pg_exec_result(evl_pg *pg, const char *sql, PGresult **out,
-                           char *err, size_t errlen)
+/* PQexec (params 0: may hold several statements) or PQexecParams with
+ * n text parameters; the result in *out whatever its status. */
+static evl_err run(evl_pg *pg, const char *sql, int params, int n,
+                   const char *const *values, PGresult **out, char *err,
+                   size_t errlen)
 {
     char what[96];
     *out = NULL;
     evl_err e = need_conn(pg, err, errlen);
     if (e != EVL_OK)
         return e;
-    *out = PQexec(pg->conn, sql);
-    name_call("PQexec", sql, what, sizeof what);
+    *out = params ? PQexecParams(pg->conn, sql, n, NULL, values, NULL, NULL, 0)
+                  : PQexec(pg->conn, sql);
+    name_call(params ? "PQexecParams" : "PQexec", sql, what, sizeof what);
     return evl_pg_check(pg, *out, what, err, errlen);
+}
+
+evl_err evl_pg_exec_result(evl_pg *pg, const char *sql, PGresult **out,
+                           char *err, size_t errlen)
+{
+    return run(pg, sql, 0, 0, NULL, out, err, errlen);
 }
 
 evl_err evl_pg_exec(evl_pg *pg, const char *sql, char *err, size_t errlen)
 {
     PGresult *res;
-    evl_err e = evl_pg_exec_result(pg, sql, &res, err, errlen);
+    evl_err e = run(pg, sql, 0, 0, NULL, &res, err, errlen);
     PQclear(res);
     return e;
 }
@@ -421,14 +431,7 @@ evl_err evl_pg_query_result(evl_pg *pg, const char *sql, int nparams,
                             const char *const *values, PGresult **out,
                             char *err, size_t errlen)
 {
-    char what[96];
-    *out = NULL;
-    evl_err e = need_conn(pg, err, errlen);
-    if (e != EVL_OK)
-        return e;
-    *out = PQexecParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0);
-    name_call("PQexecParams", sql, what, sizeof what);
-    return evl_pg_check(pg, *out, what, err, errlen);
+    return run(pg, sql, 1, nparams, values, out, err, errlen);
 }
 
 evl_err evl_pg_query(evl_pg *pg, const char *sql, int nparams,
