@@ -1,6 +1,7 @@
 /*
- * evl.h - what every evlua module shares: the error classes and small
- * helpers for caller-owned error buffers.
+ * evl.h - what every evlua module shares: the error classes, small
+ * helpers for caller-owned error buffers, aborting allocation, the name
+ * check, the one table hash and the monotonic clock.
  *
  * A fallible function returns EVL_OK or the class of its failure, so the
  * caller can act without parsing text: retry a transient error, park the

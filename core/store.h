@@ -31,6 +31,10 @@
  *
  * Does not: talk to Kafka, run Lua, decide anything.
  *
+ * Uses buf.h (snapshots are written into an evl_buf), json.h (restoring
+ * reads them with evl_json_members), envelope.h's string writer and
+ * evl.h's hash.
+ *
  * @locality one thread (the command processor's).
  */
 #ifndef EVL_STORE_H
