@@ -1,7 +1,8 @@
 /*
  * test_envelope.c - the wire format: commands are parsed and validated
  * with json.h's rules and every complaint names the field; event and
- * result envelopes come out byte for byte as DESIGN.md writes them;
+ * result envelopes come out byte for byte as DESIGN.md writes them, and
+ * commands as evlua send writes them;
  * strings are escaped so a result is valid JSON even for bad bytes.
  */
 #include <stdio.h>
@@ -210,11 +211,60 @@ static void bad_commands(void)
     free(huge);
 }
 
+/* What evlua send and the REPL write is a command evlua reads back. */
+static void commands_written(void)
+{
+    evl_buf b = {0};
+    evl_envelope_command_in c = {.id = "cmd-1",
+                                 .type = "ChangeName",
+                                 .aggregate_type = "customer",
+                                 .aggregate_id = "c-1",
+                                 .has_expected_version = 1,
+                                 .expected_version = 3,
+                                 .data = "{\"name\":\"Ann\"}",
+                                 .data_len = 14,
+                                 .user_id = "u-9",
+                                 .correlation_id = "corr-1"};
+    evl_envelope_command(&b, &c);
+    evl_buf_putc(&b, '\0');
+    CHECK_STR(b.data,
+              "{\"id\":\"cmd-1\",\"type\":\"ChangeName\","
+              "\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-1\","
+              "\"expected_version\":3,\"data\":{\"name\":\"Ann\"},"
+              "\"metadata\":{\"user_id\":\"u-9\",\"correlation_id\":"
+              "\"corr-1\"}}",
+              "a command with every field");
+    CHECK_INT(parse(b.data), EVL_OK, "a written command parses");
+    CHECK_INT(cmd.expected_version, 3, "expected_version read back");
+    CHECK_STR(cmd.correlation_id, "corr-1", "correlation_id read back");
+
+    evl_envelope_command_in plain = {.id = "cmd-2",
+                                     .type = "Register",
+                                     .aggregate_type = "customer",
+                                     .aggregate_id = "c-2",
+                                     .data = "{}",
+                                     .data_len = 2,
+                                     .correlation_id = "corr-2"};
+    b.len = 0;
+    evl_envelope_command(&b, &plain);
+    evl_buf_putc(&b, '\0');
+    CHECK_STR(b.data,
+              "{\"id\":\"cmd-2\",\"type\":\"Register\","
+              "\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-2\","
+              "\"data\":{},\"metadata\":{\"correlation_id\":\"corr-2\"}}",
+              "optional fields left out");
+    CHECK_INT(parse(b.data), EVL_OK, "a minimal written command parses");
+    CHECK(!cmd.has_expected_version && cmd.user_id == NULL,
+          "absent fields read back absent");
+    evl_buf_free(&b);
+}
+
 int main(void)
 {
     L = luaL_newstate();
     strings_are_escaped();
     envelopes();
+    commands_written();
     good_commands();
     bad_commands();
     evl_envelope_command_free(&cmd);
