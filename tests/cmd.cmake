@@ -34,6 +34,6 @@ endif()
 # benchmark: tests/bench/bench_cmd.c, figures from scripts/bench-cmd
 if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_cmd.c)
   add_executable(bench_cmd bench/bench_cmd.c)
-  target_link_libraries(bench_cmd PRIVATE evlua_core)
+  target_link_libraries(bench_cmd PRIVATE evlua_harness)
   target_include_directories(bench_cmd PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/c)
 endif()

@@ -19,7 +19,7 @@ target_link_libraries(test_projector_scale PRIVATE Threads::Threads)
 
 # the benchmark (figures: scripts/bench-proj); a short run keeps it working
 add_executable(bench_proj bench/bench_proj.c)
-target_link_libraries(bench_proj PRIVATE evlua_core)
+target_link_libraries(bench_proj PRIVATE evlua_harness)
 target_include_directories(bench_proj PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/c)
 add_test(NAME bench.proj COMMAND bench_proj 3000 100 2000)
 set_tests_properties(bench.proj PROPERTIES LABELS "pg;kafka;bench"
@@ -34,7 +34,7 @@ evl_c_test(lag_standby LABELS pg kafka FIXTURES pg kafka)
 # RSS over a projection's catch-up, with and without giving memory back
 # (figures: docs/projection-side.md); a short run keeps it working
 add_executable(bench_proj_mem bench/bench_proj_mem.c)
-target_link_libraries(bench_proj_mem PRIVATE evlua_core Threads::Threads)
+target_link_libraries(bench_proj_mem PRIVATE evlua_harness Threads::Threads)
 target_include_directories(bench_proj_mem PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/c)
 add_test(NAME bench.proj_mem COMMAND bench_proj_mem 2000 100 1)
 set_tests_properties(bench.proj_mem PROPERTIES LABELS "pg;kafka;bench"

@@ -189,7 +189,7 @@ static double run_ceiling(int keys)
 {
     PGconn *c = PQconnectdb(T.dbinfo);
     if (PQstatus(c) != CONNECTION_OK)
-        pt_die("ceiling: %s", PQerrorMessage(c));
+        th_die("ceiling: %s", PQerrorMessage(c));
     PQclear(PQexec(c, TABLE));
     PQclear(PQprepare(c, "up", UPSERT, 0, NULL));
     double t0 = now();
@@ -210,7 +210,7 @@ static double run_ceiling(int keys)
         for (long k = 0; k < end - i + 2; k++) {
             PGresult *r = PQgetResult(c);
             if (PQresultStatus(r) != PGRES_COMMAND_OK)
-                pt_die("ceiling: %s", PQresultErrorMessage(r));
+                th_die("ceiling: %s", PQresultErrorMessage(r));
             PQclear(r);
             PQclear(PQgetResult(c)); /* NULL */
         }
@@ -249,18 +249,18 @@ static double run_seed(const char *topic)
     char errstr[512], group[160];
     PGconn *c = PQconnectdb(T.dbinfo);
     if (PQstatus(c) != CONNECTION_OK)
-        pt_die("seed: %s", PQerrorMessage(c));
+        th_die("seed: %s", PQerrorMessage(c));
     PQclear(PQexec(c, TABLE));
     rd_kafka_conf_t *conf = pt_kconf(&T);
     snprintf(group, sizeof group, "%s.seed.%d", T.name, ++run_no);
-    pt_kset(conf, "group.id", group);
-    pt_kset(conf, "isolation.level", "read_committed");
-    pt_kset(conf, "enable.auto.commit", "false");
-    pt_kset(conf, "auto.offset.reset", "earliest");
+    th_kset(conf, "group.id", group);
+    th_kset(conf, "isolation.level", "read_committed");
+    th_kset(conf, "enable.auto.commit", "false");
+    th_kset(conf, "auto.offset.reset", "earliest");
     rd_kafka_t *rk =
         rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!rk)
-        pt_die("seed: %s", errstr);
+        th_die("seed: %s", errstr);
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
@@ -314,7 +314,7 @@ static double run_seed(const char *topic)
                 PGresult *r =
                     PQexecParams(c, UPSERT, 3, NULL, vals, NULL, NULL, 0);
                 if (PQresultStatus(r) != PGRES_COMMAND_OK)
-                    pt_die("seed: %s", PQresultErrorMessage(r));
+                    th_die("seed: %s", PQresultErrorMessage(r));
                 PQclear(r);
                 cJSON_Delete(e);
             }
@@ -406,7 +406,7 @@ static double run_evlua_here(const char *topic, const char *mode, int threads,
     o.ud = &r;
     double c0 = self_cpu_s(), p0 = postgres_cpu_s();
     if (evl_projector_run_opts(&cfg, host, "bench", &o) != 0)
-        pt_die("evlua %s: the projector failed", mode);
+        th_die("evlua %s: the projector failed", mode);
     if (st.seconds > 0) {
         usleep(100000); /* the postmaster reaps the closed backends */
         cpu_evlua = (self_cpu_s() - c0) / st.seconds;
@@ -433,11 +433,11 @@ static double run_evlua(const char *topic, const char *mode, int threads,
     evlua_result r = {0, 0, 0, 0, 0, 0};
     ++run_no; /* a fresh consumer group for every run */
     if (pipe(fd) != 0)
-        pt_die("pipe: %s", strerror(errno));
+        th_die("pipe: %s", strerror(errno));
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0)
-        pt_die("fork: %s", strerror(errno));
+        th_die("fork: %s", strerror(errno));
     if (pid == 0) {
         close(fd[0]);
         r.seconds = run_evlua_here(topic, mode, threads, &r.rss_first,
@@ -450,9 +450,9 @@ static double run_evlua(const char *topic, const char *mode, int threads,
     }
     close(fd[1]);
     if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
-        pt_die("evlua %s: the child died", mode);
+        th_die("evlua %s: the child died", mode);
     close(fd[0]);
-    pt_wait(pid);
+    th_wait(pid, -1);
     *rss_first = r.rss_first;
     *rss_second = r.rss_second;
     *applied = r.applied;
@@ -499,7 +499,7 @@ int main(int argc, char **argv)
     pt_init(&T, "bench_proj");
     char path[800];
     snprintf(path, sizeof path, "%s/projections/bench.lua", T.dir);
-    pt_write(path, script);
+    th_write_file(path, script);
     pt_producer(&T);
     char fsync_[64];
     pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");

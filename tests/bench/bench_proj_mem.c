@@ -101,7 +101,7 @@ static void produce(void)
         rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
             T.producer, topic, p, &lo, &hi, 10000);
         if (e)
-            pt_die("query_watermark_offsets: %s", rd_kafka_err2str(e));
+            th_die("query_watermark_offsets: %s", rd_kafka_err2str(e));
         topic_end += hi;
     }
 }
@@ -158,13 +158,13 @@ static void run_child(const variant *v, int run_no, result *r)
     pt_load(&T, &c.cfg, &c.host);
     PGconn *db = PQconnectdb(T.dbinfo);
     if (PQstatus(db) != CONNECTION_OK)
-        pt_die("connect: %s", PQerrorMessage(db));
+        th_die("connect: %s", PQerrorMessage(db));
     r->start = r->peak = rss_kb();
     double t0 = now(), t_done = 0, last_q = 0;
     pthread_t th;
     pthread_create(&th, NULL, projector_main, &c);
     for (;;) {
-        pt_sleep_ms(100);
+        th_sleep_ms(100);
         long kb = rss_kb();
         if (kb > r->peak)
             r->peak = kb;
@@ -191,7 +191,7 @@ static void run_child(const variant *v, int run_no, result *r)
         if (done >= topic_end - 4)
             t_done = t;
         if (t - t0 > 900)
-            pt_die("%s: not caught up after 900 s (%lld of %lld)", v->name,
+            th_die("%s: not caught up after 900 s (%lld of %lld)", v->name,
                    done, topic_end);
     }
     /* from the projector's start (joining the group included) to the last
@@ -201,7 +201,7 @@ static void run_child(const variant *v, int run_no, result *r)
     pthread_join(th, NULL);
     PQfinish(db);
     if (c.rc != 0)
-        pt_die("%s: the projector failed", v->name);
+        th_die("%s: the projector failed", v->name);
 }
 
 static void run(const variant *v, int run_no, result *out)
@@ -211,11 +211,11 @@ static void run(const variant *v, int run_no, result *out)
     pt_exec(&T, "DROP SCHEMA IF EXISTS %s CASCADE", T.name);
     pt_exec(&T, "CREATE SCHEMA %s", T.name);
     if (pipe(fd) != 0)
-        pt_die("pipe: %s", strerror(errno));
+        th_die("pipe: %s", strerror(errno));
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0)
-        pt_die("fork: %s", strerror(errno));
+        th_die("fork: %s", strerror(errno));
     if (pid == 0) {
         close(fd[0]);
         run_child(v, run_no, &r);
@@ -225,9 +225,9 @@ static void run(const variant *v, int run_no, result *out)
     }
     close(fd[1]);
     if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
-        pt_die("%s: the child died", v->name);
+        th_die("%s: the child died", v->name);
     close(fd[0]);
-    pt_wait(pid);
+    th_wait(pid, -1);
     *out = r;
 }
 
@@ -271,7 +271,7 @@ int main(int argc, char **argv)
     pt_init(&T, "bench_proj_mem");
     char path[800];
     snprintf(path, sizeof path, "%s/projections/memb.lua", T.dir);
-    pt_write(path, script);
+    th_write_file(path, script);
     pt_producer(&T);
     snprintf(topic, sizeof topic, "%s.events", T.name);
     produce();

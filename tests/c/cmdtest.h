@@ -6,7 +6,9 @@
  *
  * Every test names its topics, group and transactional ids with a prefix
  * unique to the process (the broker is shared by the whole ctest run).
- * Without a broker the tests FAIL (svc.h).
+ * Without a broker the tests FAIL (svc.h). Processes, files, logs and
+ * topics are the shared harness's (harness.h); this file adds the command
+ * side's world on top.
  */
 #ifndef EVL_CMDTEST_H
 #define EVL_CMDTEST_H
@@ -29,6 +31,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "check.h"
+#include "harness.h"
 #include "kafka.h"
 #include "svc.h"
 
@@ -44,53 +47,20 @@ typedef struct ct {
  * nothing died (and EVLUA_TEST_KEEP is unset); after a failure it stays
  * for its logs. */
 static char ct_dir_[512];
-static int ct_died_;
 
 static inline void ct_cleanup_(void)
 {
     const char *keep = getenv("EVLUA_TEST_KEEP");
-    if (!ct_dir_[0] || ct_died_ || check_failures_ > 0 || (keep && *keep))
+    if (!ct_dir_[0] || th_died || check_failures_ > 0 || (keep && *keep))
         return;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", ct_dir_);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", ct_dir_);
-}
-
-static inline void ct_die(const char *fmt, ...)
-{
-    va_list ap;
-    ct_died_ = 1;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-static inline long long ct_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static inline void ct_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    th_remove_dir(ct_dir_);
 }
 
 static inline void ct_write_file(const ct *t, const char *rel, const char *text)
 {
     char path[1024];
-    FILE *f;
     snprintf(path, sizeof path, "%s/%s", t->dir, rel);
-    if (!(f = fopen(path, "w")))
-        ct_die("cannot write %s: %s", path, strerror(errno));
-    fputs(text, f);
-    fclose(f);
+    th_write_file(path, text);
 }
 
 /* Copy aggregates/NAME of the source tree into the test's aggregates. */
@@ -102,7 +72,7 @@ static inline void ct_copy_aggregate(const ct *t, const char *name)
     snprintf(from, sizeof from, "%s/aggregates/%s", t->src, name);
     snprintf(to, sizeof to, "%s/aggregates/%s", t->dir, name);
     if (!(in = fopen(from, "r")) || !(out = fopen(to, "w")))
-        ct_die("cannot copy %s to %s", from, to);
+        th_die("cannot copy %s to %s", from, to);
     while ((n = fread(buf, 1, sizeof buf, in)) > 0)
         fwrite(buf, 1, n, out);
     fclose(in);
@@ -117,13 +87,13 @@ static inline void ct_init(ct *t, const char *name)
     t->bin = getenv("EVLUA_BIN");
     t->src = getenv("EVLUA_SOURCE_DIR");
     if (!t->bin || !t->src)
-        ct_die("EVLUA_BIN and EVLUA_SOURCE_DIR must be set (run through "
+        th_die("EVLUA_BIN and EVLUA_SOURCE_DIR must be set (run through "
                "ctest)");
     snprintf(t->prefix, sizeof t->prefix, "ct-%s-%ld-%ld", name, (long)getpid(),
              (long)time(NULL));
     snprintf(t->dir, sizeof t->dir, "/tmp/evlua-%s-XXXXXX", name);
     if (!mkdtemp(t->dir))
-        ct_die("mkdtemp: %s", strerror(errno));
+        th_die("mkdtemp: %s", strerror(errno));
     if (!ct_dir_[0]) {
         snprintf(ct_dir_, sizeof ct_dir_, "%s", t->dir);
         atexit(ct_cleanup_);
@@ -178,118 +148,39 @@ static inline pid_t ct_start(const ct *t, const char *config, const char *log,
                              const char *env)
 {
     char cfg[1024], logpath[1024];
-    pid_t pid;
     snprintf(cfg, sizeof cfg, "%s/%s.lua", t->dir, config);
     snprintf(logpath, sizeof logpath, "%s/%s", t->dir, log);
-    pid = fork();
-    if (pid < 0)
-        ct_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-            close(fd);
-        }
-        if (env)
-            putenv((char *)env);
-        execl(t->bin, t->bin, "run", "-c", cfg, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Wait up to timeout_s for pid; its exit code, 128+signal, or -1 when it
- * is still running. */
-static inline int ct_wait(pid_t pid, int timeout_s)
-{
-    long long deadline = ct_now_ms() + timeout_s * 1000LL;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status)
-                                     : 128 + WTERMSIG(status);
-        if (ct_now_ms() > deadline)
-            return -1;
-        ct_sleep_ms(50);
-    }
-}
-
-/* Send sig and wait; kills with SIGKILL after timeout_s. */
-static inline int ct_stop(pid_t pid, int sig, int timeout_s)
-{
-    int rc;
-    kill(pid, sig);
-    rc = ct_wait(pid, timeout_s);
-    if (rc < 0) {
-        kill(pid, SIGKILL);
-        ct_wait(pid, 10);
-    }
-    return rc;
+    const char *argv[] = {t->bin, "run", "-c", cfg, NULL};
+    return th_spawn(logpath, env, argv);
 }
 
 /* Does DIR/LOG contain text? */
 static inline int ct_log_has(const ct *t, const char *log, const char *text)
 {
-    char path[1024], *buf;
-    long n;
-    int found = 0;
-    FILE *f;
+    char path[1024];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
-    if (!(f = fopen(path, "r")))
-        return 0;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = malloc((size_t)n + 1);
-    n = (long)fread(buf, 1, (size_t)n, f);
-    buf[n] = '\0';
-    fclose(f);
-    found = strstr(buf, text) != NULL;
-    free(buf);
-    return found;
+    return th_file_has(path, text);
 }
 
 /* Wait up to timeout_ms for text to show in DIR/LOG; 1 when it did. */
 static inline int ct_wait_log(const ct *t, const char *log, const char *text,
                               long long timeout_ms)
 {
-    long long deadline = ct_now_ms() + timeout_ms;
-    for (;;) {
-        if (ct_log_has(t, log, text))
-            return 1;
-        if (ct_now_ms() > deadline)
-            return 0;
-        ct_sleep_ms(50);
-    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    return th_wait_log(path, text, 1, timeout_ms) >= 1;
 }
 
 static inline void ct_dump_log(const ct *t, const char *log)
 {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "tail -n 40 %s/%s >&2", t->dir, log);
-    fprintf(stderr, "--- last lines of %s\n", log);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no log)\n");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    th_dump_log(path, log);
 }
 
 static inline rd_kafka_conf_t *ct_conf(const ct *t)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", t->bootstrap, errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK)
-        ct_die("bootstrap.servers: %s", errstr);
-    return conf;
-}
-
-static inline void ct_set(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK)
-        ct_die("%s: %s", k, errstr);
+    return th_kconf(t->bootstrap);
 }
 
 /* A plain producer with the murmur2 partitioner (as evlua requires of
@@ -299,12 +190,12 @@ static inline rd_kafka_t *ct_producer(const ct *t)
     char errstr[512];
     rd_kafka_conf_t *conf = ct_conf(t);
     rd_kafka_t *rk;
-    ct_set(conf, "partitioner", "murmur2_random");
-    ct_set(conf, "enable.idempotence", "true");
-    ct_set(conf, "message.max.bytes", "10000000");
-    ct_set(conf, "linger.ms", "1");
+    th_kset(conf, "partitioner", "murmur2_random");
+    th_kset(conf, "enable.idempotence", "true");
+    th_kset(conf, "message.max.bytes", "10000000");
+    th_kset(conf, "linger.ms", "1");
     if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr)))
-        ct_die("rd_kafka_new(producer): %s", errstr);
+        th_die("rd_kafka_new(producer): %s", errstr);
     return rk;
 }
 
@@ -328,14 +219,14 @@ static inline void ct_send_raw(rd_kafka_t *rk, const char *topic,
         rd_kafka_poll(rk, 10);
     }
     if (e)
-        ct_die("rd_kafka_producev(%s): %s", topic, rd_kafka_err2str(e));
+        th_die("rd_kafka_producev(%s): %s", topic, rd_kafka_err2str(e));
     rd_kafka_poll(rk, 0);
 }
 
 static inline void ct_flush(rd_kafka_t *rk)
 {
     if (rd_kafka_flush(rk, 30000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        ct_die("flush: messages not delivered in 30 s");
+        th_die("flush: messages not delivered in 30 s");
 }
 
 /* Send the command {id,type,aggregate_type,aggregate_id,data[,extra]}
@@ -361,42 +252,14 @@ static inline void ct_send(const ct *t, rd_kafka_t *rk, const char *type,
 
 static inline int ct_partitions(const ct *t, const char *topic)
 {
-    char errstr[512], err[EVL_ERRLEN];
-    int n = 0;
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), errstr, sizeof errstr);
-    if (!rk)
-        ct_die("rd_kafka_new: %s", errstr);
-    if (evl_kafka_partitions(rk, topic, 10000, &n, err, sizeof err))
-        ct_die("metadata: %s", err);
-    rd_kafka_destroy(rk);
-    return n;
+    return th_partitions(t->bootstrap, topic);
 }
 
 /* Create topic with partitions and (NULL-terminated pairs) config. */
 static inline void ct_create_topic(const ct *t, const char *topic,
                                    int partitions, const char *const *config)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), errstr, sizeof errstr);
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_event_t *ev;
-    for (; config && config[0]; config += 2)
-        rd_kafka_NewTopic_set_config(nt, config[0], config[1]);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    if (!(ev = rd_kafka_queue_poll(q, 30000)))
-        ct_die("CreateTopics %s: no answer", topic);
-    if (rd_kafka_event_error(ev))
-        ct_die("CreateTopics %s: %s", topic, rd_kafka_event_error_string(ev));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_destroy(rk);
-    for (int i = 0; i < 100 && ct_partitions(t, topic) == 0; i++)
-        ct_sleep_ms(100);
+    th_create_topic(t->bootstrap, topic, partitions, config);
 }
 
 /* One record read back: the value parsed when it is JSON. */
@@ -426,15 +289,6 @@ static inline void ct_recs_free(ct_recs *r)
     memset(r, 0, sizeof *r);
 }
 
-static inline char *ct_strndup(const void *p, size_t n)
-{
-    char *s = malloc(n + 1);
-    if (n)
-        memcpy(s, p, n);
-    s[n] = '\0';
-    return s;
-}
-
 /* Read every partition of topic from the start to its end (for
  * read_committed: the last stable offset) into out (emptied first), in
  * partition order, offset order within a partition. */
@@ -446,20 +300,20 @@ static inline void ct_read_all(const ct *t, const char *topic,
     rd_kafka_conf_t *conf = ct_conf(t);
     rd_kafka_t *rk;
     rd_kafka_topic_partition_list_t *parts;
-    long long deadline = ct_now_ms() + 60000;
+    long long deadline = th_now_ms() + 60000;
     ct_recs tmp = {0};
 
     ct_recs_free(out);
     if (n == 0)
         return;
     snprintf(group, sizeof group, "%s.reader", t->prefix);
-    ct_set(conf, "group.id", group);
-    ct_set(conf, "isolation.level", isolation);
-    ct_set(conf, "enable.auto.commit", "false");
-    ct_set(conf, "enable.partition.eof", "true");
-    ct_set(conf, "fetch.wait.max.ms", "10");
+    th_kset(conf, "group.id", group);
+    th_kset(conf, "isolation.level", isolation);
+    th_kset(conf, "enable.auto.commit", "false");
+    th_kset(conf, "enable.partition.eof", "true");
+    th_kset(conf, "fetch.wait.max.ms", "10");
     if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
-        ct_die("rd_kafka_new(consumer): %s", errstr);
+        th_die("rd_kafka_new(consumer): %s", errstr);
     rd_kafka_poll_set_consumer(rk);
     parts = rd_kafka_topic_partition_list_new(n);
     for (int p = 0; p < n; p++)
@@ -469,8 +323,8 @@ static inline void ct_read_all(const ct *t, const char *topic,
     remaining = n;
     while (remaining > 0) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
-        if (ct_now_ms() > deadline)
-            ct_die("reading %s: no end of partition within 60 s", topic);
+        if (th_now_ms() > deadline)
+            th_die("reading %s: no end of partition within 60 s", topic);
         if (!m)
             continue;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -494,8 +348,8 @@ static inline void ct_read_all(const ct *t, const char *topic,
             memset(r, 0, sizeof *r);
             r->partition = m->partition;
             r->offset = m->offset;
-            r->key = m->key ? ct_strndup(m->key, m->key_len) : NULL;
-            r->value = m->payload ? ct_strndup(m->payload, m->len) : NULL;
+            r->key = m->key ? th_strndup(m->key, m->key_len) : NULL;
+            r->value = m->payload ? th_strndup(m->payload, m->len) : NULL;
             r->len = m->len;
             r->json = r->value ? cJSON_ParseWithLength(r->value, r->len) : NULL;
             if (rd_kafka_message_headers(m, &h) == 0) {
@@ -530,12 +384,12 @@ static inline void ct_read_all(const ct *t, const char *topic,
 static inline size_t ct_wait_count(const ct *t, const char *topic, size_t n,
                                    int timeout_s, ct_recs *out)
 {
-    long long deadline = ct_now_ms() + timeout_s * 1000LL;
+    long long deadline = th_now_ms() + timeout_s * 1000LL;
     for (;;) {
         ct_read_all(t, topic, "read_committed", out);
-        if (out->n >= n || ct_now_ms() > deadline)
+        if (out->n >= n || th_now_ms() > deadline)
             return out->n;
-        ct_sleep_ms(300);
+        th_sleep_ms(300);
     }
 }
 

@@ -6,7 +6,8 @@
  * projector (in this process until caught up, or as `evlua run`).
  *
  * Every helper fails the test (exit 1) when a service misbehaves: a test
- * never skips.
+ * never skips. Processes, files, logs and topics are the shared harness's
+ * (harness.h); this file adds the projection side's world on top.
  */
 #ifndef EVL_PROJTEST_H
 #define EVL_PROJTEST_H
@@ -28,6 +29,7 @@
 
 #include "check.h"
 #include "config.h"
+#include "harness.h"
 #include "luahost.h"
 #include "projector.h"
 #include "svc.h"
@@ -44,17 +46,6 @@ typedef struct pt {
     int in_txn;
 } pt;
 
-static inline void pt_die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
 /* ---- PostgreSQL -------------------------------------------------------------
  */
 
@@ -63,7 +54,7 @@ static inline PGresult *pt_sql(pt *t, const char *sql)
     PGresult *res = PQexec(t->db, sql);
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        pt_die("SQL \"%s\": %s", sql, PQresultErrorMessage(res));
+        th_die("SQL \"%s\": %s", sql, PQresultErrorMessage(res));
     return res;
 }
 
@@ -119,7 +110,7 @@ static inline void pt_connect(pt *t)
         PQfinish(t->db);
     t->db = PQconnectdb(t->dbinfo);
     if (PQstatus(t->db) != CONNECTION_OK)
-        pt_die("PQconnectdb: %s", PQerrorMessage(t->db));
+        th_die("PQconnectdb: %s", PQerrorMessage(t->db));
     PQclear(PQexec(t->db, "SET client_min_messages = warning"));
 }
 
@@ -128,78 +119,22 @@ static inline void pt_connect(pt *t)
 
 static inline rd_kafka_conf_t *pt_kconf(pt *t)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", t->bootstrap, errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK)
-        pt_die("bootstrap.servers: %s", errstr);
-    return conf;
+    return th_kconf(t->bootstrap);
 }
 
-static inline void pt_kset(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK)
-        pt_die("%s: %s", k, errstr);
-}
-
+/* Create topic with partitions (it must not exist yet). */
 static inline void pt_topic(pt *t, const char *topic, int partitions)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, pt_kconf(t), errstr, sizeof errstr);
-    if (!rk)
-        pt_die("rd_kafka_new(admin): %s", errstr);
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    if (!ev)
-        pt_die("CreateTopics(%s): no answer within 30 s", topic);
-    if (rd_kafka_event_error(ev))
-        pt_die("CreateTopics(%s): %s", topic, rd_kafka_event_error_string(ev));
-    size_t n;
-    const rd_kafka_topic_result_t **res = rd_kafka_CreateTopics_result_topics(
-        rd_kafka_event_CreateTopics_result(ev), &n);
-    if (n == 1 && rd_kafka_topic_result_error(res[0]))
-        pt_die("CreateTopics(%s): %s", topic,
-               rd_kafka_topic_result_error_string(res[0]));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_destroy(rk);
+    rd_kafka_resp_err_t e =
+        th_create_topic(t->bootstrap, topic, partitions, NULL);
+    if (e)
+        th_die("CreateTopics(%s): %s", topic, rd_kafka_err2str(e));
 }
 
 /* Partition count of topic in the cluster's metadata (0: no such topic). */
 static inline int pt_partitions(pt *t, const char *topic)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, pt_kconf(t), errstr, sizeof errstr);
-    if (!rk)
-        pt_die("rd_kafka_new(metadata): %s", errstr);
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
-    if (e)
-        pt_die("rd_kafka_metadata: %s", rd_kafka_err2str(e));
-    int n = 0;
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (strcmp(md->topics[i].topic, topic) == 0 && !md->topics[i].err)
-            n = md->topics[i].partition_cnt;
-    rd_kafka_metadata_destroy(md);
-    rd_kafka_destroy(rk);
-    return n;
-}
-
-static inline void pt_kcheck(rd_kafka_error_t *error, const char *call)
-{
-    if (error) {
-        fprintf(stderr, "FAIL: %s: %s\n", call, rd_kafka_error_string(error));
-        rd_kafka_error_destroy(error);
-        exit(1);
-    }
+    return th_partitions(t->bootstrap, topic);
 }
 
 /* A transactional producer with the partitioner evlua documents. */
@@ -208,25 +143,25 @@ static inline void pt_producer(pt *t)
     char errstr[512], txid[160];
     rd_kafka_conf_t *conf = pt_kconf(t);
     snprintf(txid, sizeof txid, "%s-producer", t->name);
-    pt_kset(conf, "transactional.id", txid);
-    pt_kset(conf, "partitioner", "murmur2_random");
-    pt_kset(conf, "linger.ms", "5");
+    th_kset(conf, "transactional.id", txid);
+    th_kset(conf, "partitioner", "murmur2_random");
+    th_kset(conf, "linger.ms", "5");
     t->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!t->producer)
-        pt_die("rd_kafka_new(producer): %s", errstr);
-    pt_kcheck(rd_kafka_init_transactions(t->producer, 30000),
+        th_die("rd_kafka_new(producer): %s", errstr);
+    th_kcheck(rd_kafka_init_transactions(t->producer, 30000),
               "init_transactions");
 }
 
 static inline void pt_begin(pt *t)
 {
-    pt_kcheck(rd_kafka_begin_transaction(t->producer), "begin_transaction");
+    th_kcheck(rd_kafka_begin_transaction(t->producer), "begin_transaction");
     t->in_txn = 1;
 }
 
 static inline void pt_commit(pt *t)
 {
-    pt_kcheck(rd_kafka_commit_transaction(t->producer, -1),
+    th_kcheck(rd_kafka_commit_transaction(t->producer, -1),
               "commit_transaction");
     t->in_txn = 0;
 }
@@ -254,7 +189,7 @@ static inline void pt_raw(pt *t, const char *topic, const char *key,
             rd_kafka_poll(t->producer, 50);
             continue;
         }
-        pt_die("rd_kafka_producev: %s", rd_kafka_err2str(e));
+        th_die("rd_kafka_producev: %s", rd_kafka_err2str(e));
     }
 }
 
@@ -290,13 +225,6 @@ static inline void pt_ev(pt *t, const char *topic, const char *aid,
 /* ---- setup
  * ----------------------------------------------------------------------- */
 
-static inline void pt_write(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
-        pt_die("cannot write %s: %s", path, strerror(errno));
-}
-
 /* pt_init on the PostgreSQL at conninfo (NULL: the shared service). */
 static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
 {
@@ -323,7 +251,7 @@ static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
     /* the schema first, on a plain connection */
     PGconn *c = PQconnectdb(t->conninfo);
     if (PQstatus(c) != CONNECTION_OK)
-        pt_die("PQconnectdb: %s", PQerrorMessage(c));
+        th_die("PQconnectdb: %s", PQerrorMessage(c));
     char sql[300];
     snprintf(sql, sizeof sql,
              "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s "
@@ -331,7 +259,7 @@ static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
              t->name, t->name);
     PGresult *res = PQexec(c, sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        pt_die("%s: %s", sql, PQresultErrorMessage(res));
+        th_die("%s: %s", sql, PQresultErrorMessage(res));
     PQclear(res);
     PQfinish(c);
     pt_connect(t);
@@ -361,7 +289,7 @@ static inline void pt_config(pt *t, const char *projections_dir,
              "}\n",
              t->dir, projections_dir, t->bootstrap, t->dbinfo,
              extra ? extra : "");
-    pt_write(path, text);
+    th_write_file(path, text);
 }
 
 static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
@@ -369,7 +297,7 @@ static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
     char path[700], err[EVL_ERRLEN];
     snprintf(path, sizeof path, "%s/evlua.lua", t->dir);
     if (evl_config_load(path, cfg, err, sizeof err) != EVL_OK)
-        pt_die("config: %s", err);
+        th_die("config: %s", err);
     evl_luahost_config hc;
     memset(&hc, 0, sizeof hc);
     hc.aggregate_dirs = (const char *const *)cfg->aggregate_dirs.v;
@@ -378,7 +306,7 @@ static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
     hc.nprojection_dirs = (size_t)cfg->projection_dirs.n;
     evl_luahost_problems probs = {0};
     if (evl_luahost_new(&hc, host, &probs, err, sizeof err) != EVL_OK)
-        pt_die("scripts: %s", err);
+        th_die("scripts: %s", err);
     evl_luahost_problems_free(&probs);
 }
 
@@ -410,7 +338,7 @@ static inline pid_t pt_spawn(pt *t, const char *log, ...)
 {
     const char *bin = getenv("EVLUA_BIN");
     if (!bin || !*bin)
-        pt_die("EVLUA_BIN is not set (run through ctest)");
+        th_die("EVLUA_BIN is not set (run through ctest)");
     const char *argv[32];
     int argc = 0;
     argv[argc++] = bin;
@@ -423,42 +351,7 @@ static inline pid_t pt_spawn(pt *t, const char *log, ...)
     argv[argc] = NULL;
     char path[700];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        pt_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        FILE *f = freopen(path, "a", stdout);
-        if (!f || dup2(fileno(stdout), 2) < 0)
-            _exit(127);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Wait for pid; returns its exit code, or 128+signal. */
-static inline int pt_wait(pid_t pid)
-{
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* Monotonic seconds, for measuring how long something took. */
-static inline double pt_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static inline void pt_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    return th_spawn(path, NULL, argv);
 }
 
 /* Poll `SELECT ...` until it returns want (or timeout_s passes); returns
@@ -478,7 +371,7 @@ static inline long long pt_wait_for(pt *t, long long want, int timeout_s,
             pt_connect(t);
         if (v == want)
             return v;
-        pt_sleep_ms(200);
+        th_sleep_ms(200);
     } while (time(NULL) < end);
     return v;
 }
@@ -503,16 +396,9 @@ static inline const char *pt_readyz(int port, char *b, size_t n)
 /* How often needle occurs in DIR/log. */
 static inline int pt_log_count(pt *t, const char *log, const char *needle)
 {
-    char path[800], line[8192];
+    char path[800];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
-    FILE *f = fopen(path, "r");
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, needle))
-            n++;
-    if (f)
-        fclose(f);
-    return n;
+    return th_log_count(path, needle);
 }
 
 /* Wait until needle occurs at least count times in DIR/log; returns the
@@ -520,13 +406,9 @@ static inline int pt_log_count(pt *t, const char *log, const char *needle)
 static inline int pt_wait_log(pt *t, const char *log, const char *needle,
                               int count, int timeout_s)
 {
-    int n = 0;
-    for (int i = 0; i < timeout_s * 10; i++) {
-        if ((n = pt_log_count(t, log, needle)) >= count)
-            break;
-        pt_sleep_ms(100);
-    }
-    return n;
+    char path[800];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    return th_wait_log(path, needle, count, timeout_s * 1000LL);
 }
 
 /* Release the clients; a passing test also removes its scratch dir (a
@@ -537,12 +419,8 @@ static inline void pt_done(pt *t)
         rd_kafka_destroy(t->producer);
     if (t->db)
         PQfinish(t->db);
-    if (check_failures_ == 0 && strstr(t->dir, t->name)) {
-        char cmd[700];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "warning: cannot remove %s\n", t->dir);
-    }
+    if (check_failures_ == 0 && strstr(t->dir, t->name))
+        th_remove_dir(t->dir);
 }
 
 #endif

@@ -24,7 +24,7 @@ int main(void)
     pid = ct_start(&t, "a", "a.log", "EVLUA_TEST_FAIL_BEFORE_COMMIT=1");
     rd_kafka_t *p = ct_producer(&t);
     for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
 
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\","
@@ -70,7 +70,7 @@ int main(void)
     ct_read_all(&t, events, "read_committed", &evs);
     CHECK_INT(evs.n, 3, "three committed events in all");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     rd_kafka_destroy(p);

@@ -75,7 +75,7 @@ int main(void)
     pid = ct_start(&t, "a", "a.log", NULL);
     rd_kafka_t *p = ct_producer(&t);
     for (int i = 0; i < 300 && ct_partitions(&t, cust_res) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
 
     /* customer: one good command first */
     ct_send(&t, p, "customer", "reg-1", "RegisterCustomer", "c-1",
@@ -268,8 +268,8 @@ int main(void)
         char errstr[512], group[256];
         rd_kafka_conf_t *conf = ct_conf(&t);
         snprintf(group, sizeof group, "%s.group", t.prefix);
-        ct_set(conf, "group.id", group);
-        ct_set(conf, "isolation.level", "read_committed");
+        th_kset(conf, "group.id", group);
+        th_kset(conf, "isolation.level", "read_committed");
         rd_kafka_t *c =
             rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
         rd_kafka_topic_partition_list_t *l =
@@ -292,7 +292,7 @@ int main(void)
         rd_kafka_destroy(c);
     }
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     rd_kafka_destroy(p);

@@ -33,7 +33,7 @@ int main(void)
 
     pid = ct_start(&t, "a", "a1.log", NULL);
     for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     for (int i = 0; i < 12; i++) {
         char cmd[32];
         snprintf(ids[i], sizeof ids[i], "c-%d", i);
@@ -55,8 +55,8 @@ int main(void)
         }
     }
     if (!victim || !other)
-        ct_die("twelve ids landed on one partition");
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
+        th_die("twelve ids landed on one partition");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
 
     /* the unreadable snapshot, newest for the victim */
     static const char bad[] = "{\"state\":\x01\n2,\"version\":4}";
@@ -77,7 +77,7 @@ int main(void)
               "the other partition goes on");
     CHECK_INT(r ? ct_int(r, "version") : -1, 2, "at its right version");
     /* give the victim's command time it would need to be answered */
-    ct_sleep_ms(5000);
+    th_sleep_ms(5000);
     ct_recs_free(&res);
     ct_read_all(&t, results, "read_committed", &res);
     CHECK(ct_result(&res, "upd-victim") == NULL,
@@ -90,7 +90,7 @@ int main(void)
           "and what is wrong with the record");
     if (check_failures_)
         ct_dump_log(&t, "a2.log");
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "it still stops cleanly");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "it still stops cleanly");
 
     ct_recs_free(&res);
     rd_kafka_destroy(p);

@@ -51,7 +51,7 @@ static void *produce(void *arg)
             ids[k] = strdup(id);
         }
         ct_flush(p);
-        ct_sleep_ms(1800); /* the stream outlasts the five kills */
+        th_sleep_ms(1800); /* the stream outlasts the five kills */
     }
     rd_kafka_destroy(p);
     return NULL;
@@ -80,16 +80,16 @@ int main(void)
 
     pid = ct_start(&t, "a", "run0.log", NULL);
     for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     pthread_create(&producer, NULL, produce, NULL);
     snprintf(log, sizeof log, "run0.log");
     for (int k = 1; k <= kills; k++) {
         /* kill while it works: once it consumes, after a random delay */
         for (int i = 0; i < 600 && !ct_log_has(&t, log, "states restored"); i++)
-            ct_sleep_ms(50);
-        ct_sleep_ms(200 + rand() % 2500);
+            th_sleep_ms(50);
+        th_sleep_ms(200 + rand() % 2500);
         kill(pid, SIGKILL);
-        CHECK_INT(ct_wait(pid, 10), 128 + SIGKILL, "killed with -9");
+        CHECK_INT(th_wait(pid, 10), 128 + SIGKILL, "killed with -9");
         fprintf(stderr, "kill %d done\n", k);
         snprintf(log, sizeof log, "run%d.log", k);
         pid = ct_start(&t, "a", log, NULL);
@@ -124,7 +124,7 @@ int main(void)
     }
     CHECK_INT(mismatches, 0, "snapshots agree with the events");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "the last run exits 0");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "the last run exits 0");
     if (check_failures_)
         ct_dump_log(&t, log);
     for (int i = 0; i < ncommands; i++)

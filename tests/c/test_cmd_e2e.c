@@ -64,7 +64,7 @@ int main(void)
     rd_kafka_t *p = ct_producer(&t);
     /* the topics are created by evlua run: wait for them */
     for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     CHECK_INT(ct_partitions(&t, events), 6,
               "evlua run created the events topic with 6 partitions");
 
@@ -159,7 +159,7 @@ int main(void)
         CHECK_HAS(out, "email is not a valid address", "the reason is shown");
     }
 
-    int rc = ct_stop(pid, SIGTERM, 30);
+    int rc = th_stop(pid, SIGTERM, 30);
     CHECK_INT(rc, 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");

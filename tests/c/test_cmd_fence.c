@@ -42,7 +42,7 @@ int main(void)
     b = ct_start(&t, "a", "b.log", NULL);
     for (int i = 0; i < 100 && !ct_log_has(&t, "b.log", "processor started");
          i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     CHECK(ct_log_has(&t, "b.log", "processor started"),
           "the second instance started (and fenced the first)");
     for (int round = 0; round < 2; round++)
@@ -54,14 +54,14 @@ int main(void)
             ct_send(&t, p, "customer", id, "UpdateCustomerProfile", agg, data,
                     NULL);
             ids[n++] = strdup(id);
-            ct_sleep_ms(20);
+            th_sleep_ms(20);
         }
     ct_flush(p);
 
-    rc = ct_wait(a, 90);
+    rc = th_wait(a, 90);
     CHECK_INT(rc, 1, "the fenced instance exits 1");
     if (rc < 0)
-        ct_stop(a, SIGKILL, 5);
+        th_stop(a, SIGKILL, 5);
     CHECK(ct_log_has(&t, "a.log", "fatal"), "... after logging a fatal error");
 
     CHECK_INT(ct_wait_count(&t, results, n, 120, &res), n,
@@ -71,7 +71,7 @@ int main(void)
     CHECK_INT(ct_check_exactly_once(&evs, &res, ids, n), 0,
               "exactly once: results, events, sequences");
 
-    CHECK_INT(ct_stop(b, SIGTERM, 30), 0, "the newer instance exits 0");
+    CHECK_INT(th_stop(b, SIGTERM, 30), 0, "the newer instance exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "a.log");
         ct_dump_log(&t, "b.log");

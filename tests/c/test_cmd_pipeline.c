@@ -49,7 +49,7 @@ int main(void)
     pid = ct_start(&t, "a", "a.log", "EVLUA_TEST_FAIL_IN_FLIGHT=2");
     rd_kafka_t *p = ct_producer(&t);
     for (int i = 0; i < 300 && !ct_log_has(&t, "a.log", "states restored"); i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
 
     /* a register per aggregate, then email changes; 10 commands every
      * 25 ms (about 1.5 s), so commands arrive while transactions are in
@@ -70,7 +70,7 @@ int main(void)
                 i < AGGS ? "RegisterCustomer" : "ChangeEmail", agg, data, NULL);
         if (i % 10 == 9) {
             ct_flush(p);
-            ct_sleep_ms(25);
+            th_sleep_ms(25);
         }
     }
     ct_flush(p);
@@ -116,7 +116,7 @@ int main(void)
     }
     CHECK(last_ok, "every aggregate ends at the version of its commands");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     rd_kafka_destroy(p);

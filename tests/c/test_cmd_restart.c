@@ -38,14 +38,14 @@ int main(void)
 
     pid = ct_start(&t, "a", "a1.log", NULL);
     for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\","
             "\"address\":\"1 Main St\"}",
             NULL);
     ct_flush(p);
     expect_version(&t, results, 1, "cmd-1", 2);
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
 
     pid = ct_start(&t, "a", "a2.log", NULL);
     ct_send(&t, p, "customer", "cmd-2", "UpdateCustomerProfile", "c-1",
@@ -69,7 +69,7 @@ int main(void)
         ct_recs_free(&res);
     }
     kill(pid, SIGKILL);
-    CHECK_INT(ct_wait(pid, 10), 128 + SIGKILL, "killed with -9");
+    CHECK_INT(th_wait(pid, 10), 128 + SIGKILL, "killed with -9");
 
     pid = ct_start(&t, "a", "a3.log", NULL);
     ct_send(&t, p, "customer", "cmd-3", "ChangeEmail", "c-1",
@@ -102,7 +102,7 @@ int main(void)
         kill(pid, SIGHUP);
         for (int i = 0;
              i < 200 && !ct_log_has(&t, "a3.log", "scripts reloaded"); i++)
-            ct_sleep_ms(50);
+            th_sleep_ms(50);
         CHECK(ct_log_has(&t, "a3.log", "scripts reloaded"),
               "SIGHUP: the processor switched to the new scripts");
         ct_send(&t, p, "customer", "cmd-4", "UpdateCustomerProfile", "c-1",
@@ -116,7 +116,7 @@ int main(void)
         char probe_results[256];
         ct_topic(&t, "probe", "results", probe_results, sizeof probe_results);
         for (int i = 0; i < 100 && ct_partitions(&t, probe_results) == 0; i++)
-            ct_sleep_ms(100);
+            th_sleep_ms(100);
         ct_send(&t, p, "probe", "probe-1", "Ok", "p-1", "{}", NULL);
         ct_flush(p);
         CHECK_INT(ct_wait_count(&t, probe_results, 1, 60, &res), 1,
@@ -133,7 +133,7 @@ int main(void)
         CHECK_INT(ct_int(&evs.v[i], "sequence"), (long long)i + 1,
                   "contiguous sequences across restarts");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "a2.log");
         ct_dump_log(&t, "a3.log");

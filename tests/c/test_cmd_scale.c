@@ -41,7 +41,7 @@ static void *produce(void *arg)
             ids[k] = strdup(id);
         }
         ct_flush(p);
-        ct_sleep_ms(1500);
+        th_sleep_ms(1500);
     }
     rd_kafka_destroy(p);
     return NULL;
@@ -50,7 +50,7 @@ static void *produce(void *arg)
 static void wait_consuming(const char *log)
 {
     for (int i = 0; i < 600 && !ct_log_has(&t, log, "states restored"); i++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
 }
 
 int main(void)
@@ -71,25 +71,25 @@ int main(void)
 
     a = ct_start(&t, "a", "a.log", NULL);
     for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     b = ct_start(&t, "b", "b.log", NULL);
     pthread_create(&producer, NULL, produce, NULL);
     wait_consuming("b.log");
-    ct_sleep_ms(4000);
+    th_sleep_ms(4000);
 
     c = ct_start(&t, "c", "c.log", NULL);
     fprintf(stderr, "third instance joined\n");
     wait_consuming("c.log");
-    ct_sleep_ms(5000);
+    th_sleep_ms(5000);
 
-    CHECK_INT(ct_stop(a, SIGTERM, 30), 0,
+    CHECK_INT(th_stop(a, SIGTERM, 30), 0,
               "an instance leaving by SIGTERM "
               "exits 0");
     fprintf(stderr, "first instance left (SIGTERM)\n");
-    ct_sleep_ms(6000);
+    th_sleep_ms(6000);
 
     kill(b, SIGKILL);
-    CHECK_INT(ct_wait(b, 10), 128 + SIGKILL, "an instance killed with -9");
+    CHECK_INT(th_wait(b, 10), 128 + SIGKILL, "an instance killed with -9");
     fprintf(stderr, "second instance killed\n");
     pthread_join(producer, NULL);
 
@@ -106,7 +106,7 @@ int main(void)
     CHECK(ct_log_has(&t, "c.log", "partitions assigned"),
           "the third instance took partitions");
 
-    CHECK_INT(ct_stop(c, SIGTERM, 30), 0, "the last instance exits 0");
+    CHECK_INT(th_stop(c, SIGTERM, 30), 0, "the last instance exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "a.log");
         ct_dump_log(&t, "b.log");

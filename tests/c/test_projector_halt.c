@@ -38,7 +38,7 @@ static void script(int fixed)
              "  },\n"
              "}\n",
              fixed ? "math.max(e.data.n, 0)" : "e.data.n");
-    pt_write(path, text);
+    th_write_file(path, text);
 }
 
 static void count(const char *topic, const char *id, long long seq, int n)
@@ -113,7 +113,7 @@ int main(void)
     pt_begin(&T);
     count(topic, "B", 3, 3);
     pt_commit(&T);
-    pt_sleep_ms(1500);
+    th_sleep_ms(1500);
     CHECK_STR(items(b, sizeof b), "A=1 B=1",
               "a later event waits behind the halt");
 
@@ -134,7 +134,7 @@ int main(void)
     CHECK_INT(pt_long(&T, "SELECT next_offset FROM evlua_offsets"), 7,
               "the offset moved past everything");
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM: exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");
 
     pt_exec(&T, "DROP SCHEMA %s CASCADE", T.name);
     pt_done(&T);

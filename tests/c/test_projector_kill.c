@@ -72,7 +72,7 @@ static void *producer(void *arg)
             pt_ev(&T, topic, id, s, "Added", data);
             if (++k % PER_TX == 0) {
                 pt_commit(&T);
-                pt_sleep_ms(150);
+                th_sleep_ms(150);
             }
         }
     produced_all = 1;
@@ -101,7 +101,7 @@ int main(void)
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 4);
     snprintf(path, sizeof path, "%s/projections/kill.lua", T.dir);
-    pt_write(path, script);
+    th_write_file(path, script);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
     srand((unsigned)getpid());
@@ -112,7 +112,7 @@ int main(void)
         config(modes[i % 3], 1 + i % 2);
         pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
         long ms = 300 + rand() % 1300;
-        pt_sleep_ms(ms);
+        th_sleep_ms(ms);
         /* the first kill may come before the schema exists */
         long long n = pt_long(&T, "SELECT count(*) FROM pg_tables WHERE "
                                   "tablename = 'applied' AND schemaname = "
@@ -124,7 +124,7 @@ int main(void)
                 "far\n",
                 i + 1, ms, modes[i % 3], 1 + i % 2, n);
         kill(pid, SIGKILL);
-        CHECK_INT(pt_wait(pid), 128 + SIGKILL, "the projector was killed");
+        CHECK_INT(th_wait(pid, -1), 128 + SIGKILL, "the projector was killed");
     }
     pthread_join(th, NULL);
     CHECK(produced_all, "the producer wrote every event");
@@ -144,7 +144,7 @@ int main(void)
     pt_wait_for(&T, AGGS, 30,
                 "SELECT count(*) FROM evlua_checkpoints WHERE sequence = 40");
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM stops the projector with exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM stops the projector with exit 0");
 
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM (SELECT DISTINCT id, seq "
                           "FROM applied) d"),

@@ -47,7 +47,7 @@ static void write_script(const char *tag, int fixed)
                    : "if e.data.explode then error('boom: ' .. "
                      "e.aggregate_id) end",
              tag, tag, fixed ? "math.max(e.data.n, 0)" : "e.data.n");
-    pt_write(path, text);
+    th_write_file(path, text);
 }
 
 static void count(const char *topic, const char *id, long long seq, int n)
@@ -67,7 +67,7 @@ static int cli(char *out, size_t n, const char *a1, const char *a2,
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pid_t pid = a4 ? pt_spawn(&T, log, a1, a2, "-c", cfg, a3, a4, NULL)
                    : pt_spawn(&T, log, a1, a2, "-c", cfg, a3, NULL);
-    int rc = pt_wait(pid);
+    int rc = th_wait(pid, -1);
     snprintf(path, sizeof path, "%s/%s", T.dir, log);
     FILE *f = fopen(path, "r");
     size_t len = f ? fread(out, 1, n - 1, f) : 0;

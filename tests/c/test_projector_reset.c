@@ -29,7 +29,7 @@ static int cli(char *out, size_t n, const char *a3, const char *a4)
                                 "shipping_addresses", a3, NULL)
                      : pt_spawn(&T, log, "projection", "reset", "-c", cfg,
                                 "shipping_addresses", NULL);
-    int rc = pt_wait(pid);
+    int rc = th_wait(pid, -1);
     snprintf(path, sizeof path, "%s/%s", T.dir, log);
     FILE *f = fopen(path, "r");
     size_t len = f ? fread(out, 1, n - 1, f) : 0;
@@ -91,7 +91,7 @@ int main(void)
     state(after, sizeof after);
     CHECK_STR(after, before, "and changes nothing");
     kill(run, SIGTERM);
-    CHECK_INT(pt_wait(run), 0, "the running projectors stop with exit 0");
+    CHECK_INT(th_wait(run, -1), 0, "the running projectors stop with exit 0");
 
     rc = cli(out, sizeof out, NULL, NULL);
     CHECK_INT(rc, 0, "reset exits 0");

@@ -65,7 +65,7 @@ static void *producer(void *arg)
             pt_ev(&T, topic, id, s, "Added", data);
             if (++k % PER_TX == 0) {
                 pt_commit(&T);
-                pt_sleep_ms(150);
+                th_sleep_ms(150);
             }
         }
     produced_all = 1;
@@ -93,7 +93,7 @@ int main(void)
     pt_topic(&T, topic, 6);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(path, sizeof path, "%s/scale.lua", pdir);
-    pt_write(path, script);
+    th_write_file(path, script);
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
              "batch_size = 200 },\n"
@@ -110,21 +110,21 @@ int main(void)
     pthread_t th;
     pthread_create(&th, NULL, producer, NULL);
 
-    pt_sleep_ms(3000);
+    th_sleep_ms(3000);
     fprintf(stderr, "kill -9 A at %lld applied\n", applied());
     kill(a, SIGKILL);
-    CHECK_INT(pt_wait(a), 128 + SIGKILL, "A was killed");
-    pt_sleep_ms(2000);
+    CHECK_INT(th_wait(a, -1), 128 + SIGKILL, "A was killed");
+    th_sleep_ms(2000);
     a = start("a.log");
     fprintf(stderr, "A restarted at %lld applied\n", applied());
 
-    pt_sleep_ms(2000);
+    th_sleep_ms(2000);
     fprintf(stderr, "SIGSTOP B at %lld applied\n", applied());
     kill(b, SIGSTOP);
-    pt_sleep_ms(9000); /* > session.timeout.ms: B's partitions move to A */
+    th_sleep_ms(9000); /* > session.timeout.ms: B's partitions move to A */
     fprintf(stderr, "SIGCONT B at %lld applied\n", applied());
     kill(b, SIGCONT);
-    pt_sleep_ms(2000);
+    th_sleep_ms(2000);
     pid_t c = start("c.log");
     fprintf(stderr, "C joined at %lld applied\n", applied());
     CHECK(applied() < AGGS * SEQS, "C joins while events keep coming");
@@ -139,9 +139,9 @@ int main(void)
     kill(a, SIGTERM);
     kill(b, SIGTERM);
     kill(c, SIGTERM);
-    CHECK_INT(pt_wait(a), 0, "SIGTERM stops A with exit 0");
-    CHECK_INT(pt_wait(b), 0, "SIGTERM stops B with exit 0");
-    CHECK_INT(pt_wait(c), 0, "SIGTERM stops C with exit 0");
+    CHECK_INT(th_wait(a, -1), 0, "SIGTERM stops A with exit 0");
+    CHECK_INT(th_wait(b, -1), 0, "SIGTERM stops B with exit 0");
+    CHECK_INT(th_wait(c, -1), 0, "SIGTERM stops C with exit 0");
 
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM (SELECT DISTINCT id, seq "
                           "FROM applied) d"),

@@ -1,0 +1,269 @@
+/*
+ * harness.c - the one harness of evlua's C tests: processes, files, logs
+ * and the broker, for whichever side a test exercises (harness.h).
+ *
+ * The idea: one implementation of what every test does, as SQLite's
+ * tester.tcl is one harness for every subsystem; the side headers
+ * (cmdtest.h, projtest.h) only add their private world on top.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "evl.h"
+#include "kafka.h"
+
+int th_died;
+
+void th_die(const char *fmt, ...)
+{
+    va_list ap;
+    th_died = 1;
+    va_start(ap, fmt);
+    fputs("FAIL: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+long long th_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+double th_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void th_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+void th_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        th_die("cannot write %s: %s", path, strerror(errno));
+}
+
+char *th_strndup(const void *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (n)
+        memcpy(s, p, n);
+    s[n] = '\0';
+    return s;
+}
+
+void th_remove_dir(const char *dir)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "warning: cannot remove %s\n", dir);
+}
+
+/* ---- processes --------------------------------------------------------- */
+
+pid_t th_spawn(const char *log, const char *env, const char *const argv[])
+{
+    pid_t pid;
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        th_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(127);
+        close(fd);
+        if (env)
+            putenv((char *)env);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+int th_wait(pid_t pid, int timeout_s)
+{
+    long long deadline = th_now_ms() + timeout_s * 1000LL;
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, timeout_s < 0 ? 0 : WNOHANG);
+        if (r == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status)
+                                     : 128 + WTERMSIG(status);
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (timeout_s < 0)
+            continue;
+        if (th_now_ms() > deadline)
+            return -1;
+        th_sleep_ms(50);
+    }
+}
+
+int th_stop(pid_t pid, int sig, int timeout_s)
+{
+    int rc;
+    kill(pid, sig);
+    rc = th_wait(pid, timeout_s);
+    if (rc < 0) {
+        kill(pid, SIGKILL);
+        th_wait(pid, 10);
+    }
+    return rc;
+}
+
+/* ---- logs -------------------------------------------------------------- */
+
+int th_file_has(const char *path, const char *text)
+{
+    char *buf;
+    long n;
+    int found;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc((size_t)n + 1);
+    n = (long)fread(buf, 1, (size_t)n, f);
+    buf[n] = '\0';
+    fclose(f);
+    found = strstr(buf, text) != NULL;
+    free(buf);
+    return found;
+}
+
+int th_log_count(const char *path, const char *needle)
+{
+    char line[8192];
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+int th_wait_log(const char *path, const char *needle, int count,
+                long long timeout_ms)
+{
+    long long deadline = th_now_ms() + timeout_ms;
+    for (;;) {
+        int n = th_log_count(path, needle);
+        if (n >= count || th_now_ms() > deadline)
+            return n;
+        th_sleep_ms(50);
+    }
+}
+
+void th_dump_log(const char *path, const char *name)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "tail -n 40 %s >&2", path);
+    fprintf(stderr, "--- last lines of %s\n", name);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no log)\n");
+}
+
+/* ---- Kafka ------------------------------------------------------------- */
+
+rd_kafka_conf_t *th_kconf(const char *bootstrap)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    th_kset(conf, "bootstrap.servers", bootstrap);
+    return conf;
+}
+
+void th_kset(rd_kafka_conf_t *conf, const char *k, const char *v)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK)
+        th_die("%s: %s", k, errstr);
+}
+
+void th_kcheck(rd_kafka_error_t *error, const char *call)
+{
+    if (error)
+        th_die("%s: %s", call, rd_kafka_error_string(error));
+}
+
+/* A client for metadata and admin requests. */
+static rd_kafka_t *admin_client(const char *bootstrap)
+{
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, th_kconf(bootstrap),
+                                  errstr, sizeof errstr);
+    if (!rk)
+        th_die("rd_kafka_new(admin): %s", errstr);
+    return rk;
+}
+
+int th_partitions(const char *bootstrap, const char *topic)
+{
+    char err[EVL_ERRLEN];
+    int n = 0;
+    rd_kafka_t *rk = admin_client(bootstrap);
+    if (evl_kafka_partitions(rk, topic, 10000, &n, err, sizeof err))
+        th_die("metadata: %s", err);
+    rd_kafka_destroy(rk);
+    return n;
+}
+
+rd_kafka_resp_err_t th_create_topic(const char *bootstrap, const char *topic,
+                                    int partitions, const char *const *config)
+{
+    char errstr[512];
+    rd_kafka_t *rk = admin_client(bootstrap);
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_event_t *ev;
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+    const rd_kafka_topic_result_t **res;
+    size_t n;
+    if (!nt)
+        th_die("NewTopic %s: %s", topic, errstr);
+    for (; config && config[0]; config += 2)
+        rd_kafka_NewTopic_set_config(nt, config[0], config[1]);
+    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
+    if (!(ev = rd_kafka_queue_poll(q, 30000)))
+        th_die("CreateTopics(%s): no answer within 30 s", topic);
+    if (rd_kafka_event_error(ev))
+        th_die("CreateTopics(%s): %s", topic, rd_kafka_event_error_string(ev));
+    res = rd_kafka_CreateTopics_result_topics(
+        rd_kafka_event_CreateTopics_result(ev), &n);
+    if (n == 1)
+        e = rd_kafka_topic_result_error(res[0]);
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_destroy(rk);
+    for (int i = 0; i < 100 && th_partitions(bootstrap, topic) == 0; i++)
+        th_sleep_ms(100);
+    return e;
+}

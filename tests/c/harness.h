@@ -1,0 +1,92 @@
+/*
+ * harness.h - the one harness of evlua's C tests (tests/c/harness.c,
+ * linked into every test as the evlua_harness library): what a test does
+ * to processes, files, logs and the broker whichever side it tests.
+ *
+ * cmdtest.h (ct_*, the command side) and projtest.h (pt_*, the projection
+ * side) build on it and keep only what is their own: their private world
+ * (directory, names, config) and their producers and readers.
+ *
+ * Every th_ helper fails the test (exit 1 through th_die) when the system
+ * misbehaves: a test never skips.
+ */
+#ifndef EVL_HARNESS_H
+#define EVL_HARNESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <librdkafka/rdkafka.h>
+
+/* ---- dying, time, files ------------------------------------------------ */
+
+/* Set by th_die: a test that died keeps its scratch directory. */
+extern int th_died;
+
+/* Print "FAIL: <message>" and exit(1). */
+void th_die(const char *fmt, ...) __attribute__((noreturn));
+
+long long th_now_ms(void); /* monotonic milliseconds */
+double th_now(void);       /* monotonic seconds, for measuring */
+void th_sleep_ms(long ms);
+
+/* Write text to path (the whole file), or die. */
+void th_write_file(const char *path, const char *text);
+
+/* A NUL-terminated copy of n bytes at p (malloc'd). */
+char *th_strndup(const void *p, size_t n);
+
+/* rm -rf dir (a warning when it fails). */
+void th_remove_dir(const char *dir);
+
+/* ---- processes --------------------------------------------------------- */
+
+/* Start argv[0] with argv (NULL-terminated), stdout and stderr appended
+ * to log; env: an extra "K=V" for the child (or NULL). Returns the pid. */
+pid_t th_spawn(const char *log, const char *env, const char *const argv[]);
+
+/* Wait up to timeout_s (< 0: for ever) for pid; its exit code, 128+signal,
+ * or -1 when it is still running. */
+int th_wait(pid_t pid, int timeout_s);
+
+/* Send sig and wait up to timeout_s; SIGKILL after that. Returns what
+ * th_wait returned (-1: it had to be killed). */
+int th_stop(pid_t pid, int sig, int timeout_s);
+
+/* ---- logs -------------------------------------------------------------- */
+
+/* Does the file at path contain text (anywhere)? */
+int th_file_has(const char *path, const char *text);
+
+/* How many lines of the file at path contain needle (0: no file). */
+int th_log_count(const char *path, const char *needle);
+
+/* Wait up to timeout_ms until needle is on at least count lines of path;
+ * returns the count seen last. */
+int th_wait_log(const char *path, const char *needle, int count,
+                long long timeout_ms);
+
+/* The last 40 lines of path on stderr, under the heading name. */
+void th_dump_log(const char *path, const char *name);
+
+/* ---- Kafka ------------------------------------------------------------- */
+
+/* A client config with bootstrap.servers set. */
+rd_kafka_conf_t *th_kconf(const char *bootstrap);
+
+/* Set k = v in conf, or die. */
+void th_kset(rd_kafka_conf_t *conf, const char *k, const char *v);
+
+/* Die with "call: message" when error is set. */
+void th_kcheck(rd_kafka_error_t *error, const char *call);
+
+/* Partition count of topic (0: no such topic), from the metadata. */
+int th_partitions(const char *bootstrap, const char *topic);
+
+/* Create topic with partitions and (NULL-terminated pairs) config, and
+ * wait until the metadata shows it. Dies when the broker does not answer;
+ * returns the topic's own error (e.g. it exists already), 0 when made. */
+rd_kafka_resp_err_t th_create_topic(const char *bootstrap, const char *topic,
+                                    int partitions, const char *const *config);
+
+#endif
