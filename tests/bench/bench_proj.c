@@ -75,26 +75,6 @@ static const char script[] =
     "CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY KEY, v bigint "   \
     "NOT NULL, name text NOT NULL)"
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 /* CPU seconds (user + system) spent so far by every process named
  * "postgres" on this machine, ended backends included: the server's
  * share of a run is the difference over it. */
@@ -192,7 +172,7 @@ static double run_ceiling(int keys)
         th_die("ceiling: %s", PQerrorMessage(c));
     PQclear(PQexec(c, TABLE));
     PQclear(PQprepare(c, "up", UPSERT, 0, NULL));
-    double t0 = now();
+    double t0 = th_now();
     for (long i = 0; i < nevents; i += BATCH) {
         long end = i + BATCH < nevents ? i + BATCH : nevents;
         PQenterPipelineMode(c);
@@ -218,7 +198,7 @@ static double run_ceiling(int keys)
         PQclear(r);
         PQexitPipelineMode(c);
     }
-    double s = now() - t0;
+    double s = th_now() - t0;
     PQfinish(c);
     return s;
 }
@@ -277,7 +257,7 @@ static double run_seed(const char *topic)
         while (n < BATCH) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, n ? 5 : 1000);
             if (!m) {
-                if (n && now() > deadline)
+                if (n && th_now() > deadline)
                     break;
                 continue;
             }
@@ -286,9 +266,9 @@ static double run_seed(const char *topic)
                 continue;
             }
             if (!t0)
-                t0 = now();
+                t0 = th_now();
             if (!n)
-                deadline = now() + 0.005;
+                deadline = th_now() + 0.005;
             msgs[n++] = m;
         }
         /* Map<aggregateId, List<record>>, in first-seen order */
@@ -325,7 +305,7 @@ static double run_seed(const char *topic)
             rd_kafka_message_destroy(msgs[i]);
         seen += n;
     }
-    double s = now() - t0;
+    double s = th_now() - t0;
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     PQfinish(c);
@@ -347,12 +327,12 @@ typedef struct rss_probe {
 static void probe(void *ud, const evl_projector_progress *p)
 {
     rss_probe *r = ud;
-    double t = now();
+    double t = th_now();
     if (r->t_first == 0 && p->done > 0)
         r->t_first = t;
     if (r->n < MAXSAMPLES) {
         r->t[r->n] = t;
-        r->kb[r->n++] = rss_kb();
+        r->kb[r->n++] = th_rss_kb();
     }
 }
 
@@ -363,7 +343,7 @@ static void rss_halves(const rss_probe *r, double seconds, long *first,
 {
     double mid = r->t_first + seconds / 2;
     *first = 0;
-    *second = rss_kb();
+    *second = th_rss_kb();
     for (int i = 0; i < r->n; i++) {
         long *to = r->t[i] <= mid ? first : second;
         if (r->kb[i] > *to)

@@ -57,26 +57,6 @@ static const char script[] =
     "  },\n"
     "}\n";
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 static void produce(void)
 {
     char note[201];
@@ -159,16 +139,16 @@ static void run_child(const variant *v, int run_no, result *r)
     PGconn *db = PQconnectdb(T.dbinfo);
     if (PQstatus(db) != CONNECTION_OK)
         th_die("connect: %s", PQerrorMessage(db));
-    r->start = r->peak = rss_kb();
-    double t0 = now(), t_done = 0, last_q = 0;
+    r->start = r->peak = th_rss_kb();
+    double t0 = th_now(), t_done = 0, last_q = 0;
     pthread_t th;
     pthread_create(&th, NULL, projector_main, &c);
     for (;;) {
         th_sleep_ms(100);
-        long kb = rss_kb();
+        long kb = th_rss_kb();
         if (kb > r->peak)
             r->peak = kb;
-        double t = now();
+        double t = th_now();
         if (t_done > 0) {
             if (t - t_done >= 3.0) {
                 r->idle = kb;

@@ -56,11 +56,34 @@ void th_sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
+long th_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
 void th_write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
     if (!f || fputs(text, f) < 0 || fclose(f) != 0)
         th_die("cannot write %s: %s", path, strerror(errno));
+}
+
+char *th_read_file(const char *path, char *b, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    size_t len = f ? fread(b, 1, n - 1, f) : 0;
+    b[len] = '\0';
+    if (f)
+        fclose(f);
+    return b;
 }
 
 char *th_strndup(const void *p, size_t n)
@@ -187,6 +210,35 @@ void th_dump_log(const char *path, const char *name)
     fprintf(stderr, "--- last lines of %s\n", name);
     if (system(cmd) != 0)
         fprintf(stderr, "(no log)\n");
+}
+
+/* ---- HTTP -------------------------------------------------------------- */
+
+/* Run curl with args on 127.0.0.1:port; its output into b. */
+static const char *curl(const char *args, int port, const char *path, char *b,
+                        size_t n)
+{
+    char cmd[512];
+    FILE *f;
+    snprintf(cmd, sizeof cmd, "curl -s -m 5 %shttp://127.0.0.1:%d%s", args,
+             port, path);
+    b[0] = '\0';
+    if ((f = popen(cmd, "r"))) {
+        size_t k = fread(b, 1, n - 1, f);
+        b[k] = '\0';
+        pclose(f);
+    }
+    return b;
+}
+
+const char *th_http_get(int port, const char *path, char *b, size_t n)
+{
+    return curl("", port, path, b, n);
+}
+
+const char *th_readyz(int port, char *b, size_t n)
+{
+    return curl("-w ' %{http_code}' ", port, "/readyz", b, n);
 }
 
 /* ---- Kafka ------------------------------------------------------------- */

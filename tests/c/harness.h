@@ -30,8 +30,15 @@ long long th_now_ms(void); /* monotonic milliseconds */
 double th_now(void);       /* monotonic seconds, for measuring */
 void th_sleep_ms(long ms);
 
+/* This process's resident set size in kB (VmRSS; -1: unknown). */
+long th_rss_kb(void);
+
 /* Write text to path (the whole file), or die. */
 void th_write_file(const char *path, const char *text);
+
+/* Read up to n-1 bytes of the file at path into b, NUL-terminated ("" when
+ * there is no file). Returns b. */
+char *th_read_file(const char *path, char *b, size_t n);
 
 /* A NUL-terminated copy of n bytes at p (malloc'd). */
 char *th_strndup(const void *p, size_t n);
@@ -68,6 +75,14 @@ int th_wait_log(const char *path, const char *needle, int count,
 
 /* The last 40 lines of path on stderr, under the heading name. */
 void th_dump_log(const char *path, const char *name);
+
+/* ---- HTTP (curl, 5 s at most) ----------------------------------------- */
+
+/* GET http://127.0.0.1:port<path>: the body into b ("" when nothing). */
+const char *th_http_get(int port, const char *path, char *b, size_t n);
+
+/* GET http://127.0.0.1:port/readyz: "BODY CODE" into b. */
+const char *th_readyz(int port, char *b, size_t n);
 
 /* ---- Kafka ------------------------------------------------------------- */
 

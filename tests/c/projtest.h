@@ -13,6 +13,7 @@
 #define EVL_PROJTEST_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -354,6 +355,18 @@ static inline pid_t pt_spawn(pt *t, const char *log, ...)
     return th_spawn(path, NULL, argv);
 }
 
+/* Wait for pid (started by pt_spawn with log); its output into out.
+ * Returns its exit code. */
+static inline int pt_output(pt *t, pid_t pid, const char *log, char *out,
+                            size_t n)
+{
+    char path[800];
+    int rc = th_wait(pid, -1);
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    th_read_file(path, out, n);
+    return rc;
+}
+
 /* Poll `SELECT ...` until it returns want (or timeout_s passes); returns
  * the last value. */
 static inline long long pt_wait_for(pt *t, long long want, int timeout_s,
@@ -376,23 +389,6 @@ static inline long long pt_wait_for(pt *t, long long want, int timeout_s,
     return v;
 }
 
-/* GET http://127.0.0.1:port/readyz: "BODY CODE" into b. */
-static inline const char *pt_readyz(int port, char *b, size_t n)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd,
-             "curl -s -m 5 -w ' %%{http_code}' http://127.0.0.1:%d/readyz",
-             port);
-    b[0] = '\0';
-    FILE *f = popen(cmd, "r");
-    if (f) {
-        size_t k = fread(b, 1, n - 1, f);
-        b[k] = '\0';
-        pclose(f);
-    }
-    return b;
-}
-
 /* How often needle occurs in DIR/log. */
 static inline int pt_log_count(pt *t, const char *log, const char *needle)
 {
@@ -409,6 +405,84 @@ static inline int pt_wait_log(pt *t, const char *log, const char *needle,
     char path[800];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
     return th_wait_log(path, needle, count, timeout_s * 1000LL);
+}
+
+/* ---- the long runs: a grid of events and the state it makes ----------------
+ *
+ * The tests that kill and freeze projectors while events keep coming
+ * (test_projector_kill, test_projector_scale) write aggs x seqs "Added"
+ * events from a thread: sequences in order per aggregate, aggregates
+ * interleaved, per_tx events a transaction and 150 ms after each.
+ * Aggregate a is "<prefix><a as %03d>"; its event s carries
+ * {"v": value(a, s)}. */
+typedef struct pt_grid {
+    pt *t;
+    const char *topic;
+    const char *prefix;
+    int aggs, seqs, per_tx;
+    int (*value)(int a, int s);
+    volatile int done; /* every event committed */
+    pthread_t thread;
+} pt_grid;
+
+static inline void *pt_grid_produce_(void *arg)
+{
+    pt_grid *g = arg;
+    int k = 0;
+    for (int s = 1; s <= g->seqs; s++)
+        for (int a = 0; a < g->aggs; a++) {
+            if (k % g->per_tx == 0)
+                pt_begin(g->t);
+            char id[16], data[32];
+            snprintf(id, sizeof id, "%s%03d", g->prefix, a);
+            snprintf(data, sizeof data, "{\"v\":%d}", g->value(a, s));
+            pt_ev(g->t, g->topic, id, s, "Added", data);
+            if (++k % g->per_tx == 0) {
+                pt_commit(g->t);
+                th_sleep_ms(150);
+            }
+        }
+    g->done = 1;
+    return NULL;
+}
+
+/* Start producing the grid in a thread (pt_producer first). */
+static inline void pt_grid_start(pt_grid *g)
+{
+    if (pthread_create(&g->thread, NULL, pt_grid_produce_, g) != 0)
+        th_die("pthread_create: %s", strerror(errno));
+}
+
+/* Wait for the producing thread; 1 when it wrote every event. */
+static inline int pt_grid_join(pt_grid *g)
+{
+    pthread_join(g->thread, NULL);
+    return g->done;
+}
+
+/* How many rows of the table totals (id, n, sum, last) equal the state
+ * the grid's events make: n = seqs, sum and last of the values. A wrong
+ * row is printed while fewer than show rows were right. */
+static inline long long pt_grid_good(pt_grid *g, int show)
+{
+    long long good = 0;
+    PGresult *res = pt_sql(g->t, "SELECT id, n, sum, last FROM totals");
+    for (int r = 0; r < PQntuples(res); r++) {
+        int a = atoi(PQgetvalue(res, r, 0) + strlen(g->prefix));
+        long long sum = 0;
+        for (int s = 1; s <= g->seqs; s++)
+            sum += g->value(a, s);
+        if (atoi(PQgetvalue(res, r, 1)) == g->seqs &&
+            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
+            atoi(PQgetvalue(res, r, 3)) == g->value(a, g->seqs))
+            good++;
+        else if (good < show)
+            fprintf(stderr, "  %s: n=%s sum=%s (want %lld) last=%s\n",
+                    PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
+                    PQgetvalue(res, r, 2), sum, PQgetvalue(res, r, 3));
+    }
+    PQclear(res);
+    return good;
 }
 
 /* Release the clients; a passing test also removes its scratch dir (a

@@ -26,21 +26,6 @@
 
 static pt T;
 
-/* GET http://127.0.0.1:port/metrics into b. */
-static const char *scrape(int port, char *b, size_t n)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "curl -s -m 5 http://127.0.0.1:%d/metrics", port);
-    b[0] = '\0';
-    FILE *f = popen(cmd, "r");
-    if (f) {
-        size_t k = fread(b, 1, n - 1, f);
-        b[k] = '\0';
-        pclose(f);
-    }
-    return b;
-}
-
 /* Sum of metric{group="group",...} in the scrape b; -1 when absent. */
 static double metric(const char *b, const char *name, const char *group)
 {
@@ -203,7 +188,7 @@ int main(void)
     /* held elsewhere: the lag counts what waits */
     double pl = -1, cl = -1, age1 = -1, t0 = th_now();
     while (th_now() - t0 < 20) {
-        scrape(port, b, sizeof b);
+        th_http_get(port, "/metrics", b, sizeof b);
         pl = metric(b, "evlua_consumer_lag", pgroup);
         cl = metric(b, "evlua_consumer_lag", cgroup);
         age1 = metric(b, "evlua_consumer_lag_seconds", pgroup);
@@ -219,8 +204,8 @@ int main(void)
     CHECK(pl == NEVENTS && cl == NCMDS && age1 > 0, msg);
     fprintf(stderr, "%s\n", msg);
     th_sleep_ms(2500);
-    double age2 =
-        metric(scrape(port, b, sizeof b), "evlua_consumer_lag_seconds", pgroup);
+    double age2 = metric(th_http_get(port, "/metrics", b, sizeof b),
+                         "evlua_consumer_lag_seconds", pgroup);
     snprintf(msg, sizeof msg, "the age grows while they wait (%g s, then %g s)",
              age1, age2);
     CHECK(age2 >= age1 + 1.5, msg);
@@ -229,7 +214,7 @@ int main(void)
     snprintf(msg, sizeof msg, "the commands' age is above 0 (got %g)", cage);
     CHECK(cage > 0, msg);
     for (int i = 0; i < 50; i++) {
-        pt_readyz(port, b, 16384);
+        th_readyz(port, b, 16384);
         if (strstr(b, " 503") && strstr(b, pgroup) && strstr(b, cgroup))
             break;
         th_sleep_ms(200);
@@ -249,7 +234,7 @@ int main(void)
     t0 = th_now();
     double pa = -1, ca = -1;
     while (th_now() - t0 < 15) {
-        scrape(port, b, sizeof b);
+        th_http_get(port, "/metrics", b, sizeof b);
         pl = metric(b, "evlua_consumer_lag", pgroup);
         cl = metric(b, "evlua_consumer_lag", cgroup);
         pa = metric(b, "evlua_consumer_lag_seconds", pgroup);
@@ -266,7 +251,7 @@ int main(void)
     fprintf(stderr, "%s\n", msg);
     int ready = 0;
     for (int i = 0; i < 50 && !ready; i++) {
-        ready = strstr(pt_readyz(port, b, 16384), " 200") != NULL;
+        ready = strstr(th_readyz(port, b, 16384), " 200") != NULL;
         if (!ready)
             th_sleep_ms(200);
     }

@@ -103,10 +103,10 @@ int main(void)
     int settled = 0;
     for (int i = 0; i < 100 && !settled; i++) {
         th_sleep_ms(200);
-        settled = strstr(pt_readyz(port, ba, sizeof ba), "\"projection "
+        settled = strstr(th_readyz(port, ba, sizeof ba), "\"projection "
                                                          "slow\":{\"ready\":"
                                                          "true") &&
-                  strstr(pt_readyz(port + 1, bb, sizeof bb),
+                  strstr(th_readyz(port + 1, bb, sizeof bb),
                          "\"projection slow\":{\"ready\":true");
     }
     CHECK(settled, "both instances have their assignment");
@@ -116,8 +116,8 @@ int main(void)
     int flagged = 0, samples = 0;
     long long done = 0;
     while (th_now() - t0 < 6 && !flagged) {
-        pt_readyz(port, ba, sizeof ba);
-        pt_readyz(port + 1, bb, sizeof bb);
+        th_readyz(port, ba, sizeof ba);
+        th_readyz(port + 1, bb, sizeof bb);
         flagged =
             strstr(ba, "nobody consumes") || strstr(bb, "nobody consumes");
         double x = age_of(port + 1, group), y = age_of(port, group);

@@ -55,22 +55,6 @@ static const char *items(char *b, size_t n)
                    "ORDER BY id), '') FROM h_items");
 }
 
-/* GET /readyz: "CODE BODY" into b */
-static const char *readyz(int port, char *b, size_t n)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd,
-             "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/readyz", port);
-    b[0] = '\0';
-    FILE *f = popen(cmd, "r");
-    if (f) {
-        size_t k = fread(b, 1, n - 1, f);
-        b[k] = '\0';
-        pclose(f);
-    }
-    return b;
-}
-
 int main(void)
 {
     char topic[160], extra[600], pdir[700], cfg[700], b[1024];
@@ -106,7 +90,7 @@ int main(void)
               "what came before the bad event is committed, nothing after");
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM evlua_parked"), 0,
               "nothing is parked");
-    CHECK_HAS(readyz(port, b, sizeof b), " 503",
+    CHECK_HAS(th_readyz(port, b, sizeof b), " 503",
               "/readyz: halted is not ready");
     CHECK_HAS(b, "halted at offset 2", "/readyz says which offset halted");
     CHECK_HAS(b, "projection halting#", "and which thread of the projection");
@@ -129,7 +113,7 @@ int main(void)
           "the log says it resumed");
     CHECK_INT(pt_log_count(&T, "evlua.log", "projection reloaded"), 2,
               "both threads reloaded the scripts");
-    CHECK_HAS(readyz(port, b, sizeof b), " 200", "/readyz: ready again");
+    CHECK_HAS(th_readyz(port, b, sizeof b), " 200", "/readyz: ready again");
     /* offsets 0-4, a commit marker at 5, B's third event at 6 */
     CHECK_INT(pt_long(&T, "SELECT next_offset FROM evlua_offsets"), 7,
               "the offset moved past everything");

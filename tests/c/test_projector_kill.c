@@ -18,8 +18,6 @@
  * -2 appended: a change of thread count waits for the old members'
  * sessions, 6 s).
  */
-#include <pthread.h>
-
 #include "projtest.h"
 
 #define AGGS   500
@@ -28,7 +26,6 @@
 
 static pt T;
 static char topic[128];
-static volatile int produced_all;
 
 static const char script[] =
     "return {\n"
@@ -55,28 +52,6 @@ static const char script[] =
 static int value(int a, int s)
 {
     return (a * 7 + s * 13) % 101;
-}
-
-static void *producer(void *arg)
-{
-    (void)arg;
-    int k = 0;
-    /* sequences in order per aggregate, aggregates interleaved */
-    for (int s = 1; s <= SEQS; s++)
-        for (int a = 0; a < AGGS; a++) {
-            if (k % PER_TX == 0)
-                pt_begin(&T);
-            char id[16], data[32];
-            snprintf(id, sizeof id, "k%03d", a);
-            snprintf(data, sizeof data, "{\"v\":%d}", value(a, s));
-            pt_ev(&T, topic, id, s, "Added", data);
-            if (++k % PER_TX == 0) {
-                pt_commit(&T);
-                th_sleep_ms(150);
-            }
-        }
-    produced_all = 1;
-    return NULL;
 }
 
 static void config(const char *isolation, int threads)
@@ -106,8 +81,14 @@ int main(void)
     pt_producer(&T);
     srand((unsigned)getpid());
 
-    pthread_t th;
-    pthread_create(&th, NULL, producer, NULL);
+    pt_grid grid = {.t = &T,
+                    .topic = topic,
+                    .prefix = "k",
+                    .aggs = AGGS,
+                    .seqs = SEQS,
+                    .per_tx = PER_TX,
+                    .value = value};
+    pt_grid_start(&grid);
     for (int i = 0; i < 10; i++) {
         config(modes[i % 3], 1 + i % 2);
         pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
@@ -126,8 +107,7 @@ int main(void)
         kill(pid, SIGKILL);
         CHECK_INT(th_wait(pid, -1), 128 + SIGKILL, "the projector was killed");
     }
-    pthread_join(th, NULL);
-    CHECK(produced_all, "the producer wrote every event");
+    CHECK(pt_grid_join(&grid), "the producer wrote every event");
 
     config("aggregate", 2);
     int started = pt_log_count(&T, "evlua.log", "partitions assigned");
@@ -150,23 +130,7 @@ int main(void)
                           "FROM applied) d"),
               AGGS * SEQS, "no event was applied twice");
     /* the expected state, computed here */
-    long long good = 0;
-    PGresult *res = pt_sql(&T, "SELECT id, n, sum, last FROM totals");
-    for (int r = 0; r < PQntuples(res); r++) {
-        int a = atoi(PQgetvalue(res, r, 0) + 1);
-        long long sum = 0;
-        for (int s = 1; s <= SEQS; s++)
-            sum += value(a, s);
-        if (atoi(PQgetvalue(res, r, 1)) == SEQS &&
-            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
-            atoi(PQgetvalue(res, r, 3)) == value(a, SEQS))
-            good++;
-        else if (good < 5)
-            fprintf(stderr, "  %s: n=%s sum=%s (want %lld) last=%s\n",
-                    PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
-                    PQgetvalue(res, r, 2), sum, PQgetvalue(res, r, 3));
-    }
-    PQclear(res);
+    long long good = pt_grid_good(&grid, 5);
     snprintf(msg, sizeof msg,
              "all %d aggregates equal the independently computed state", AGGS);
     CHECK_INT(good, AGGS, msg);

@@ -106,7 +106,7 @@ static void run(const char *type, int create, int port)
         CHECK(pt_wait_log(&T, log, "projector started", 1, 30) == 1,
               "the projector started");
         th_sleep_ms(2000);
-        CHECK_HAS(pt_readyz(port, b, sizeof b), " 503",
+        CHECK_HAS(th_readyz(port, b, sizeof b), " 503",
                   "/readyz: not ready while the topic is missing");
         CHECK_HAS(b, topic, "naming the missing topic");
         CHECK_INT(pt_partitions(&T, topic), 0,
@@ -126,7 +126,7 @@ static void run(const char *type, int create, int port)
     CHECK(took < 20, msg);
     int ready = 0;
     for (int i = 0; i < 50 && !ready; i++) {
-        ready = strstr(pt_readyz(port, b, sizeof b), " 200") != NULL;
+        ready = strstr(th_readyz(port, b, sizeof b), " 200") != NULL;
         if (!ready)
             th_sleep_ms(200);
     }

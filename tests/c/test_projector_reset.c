@@ -21,7 +21,7 @@ static char topic[128], cfg[700];
 static int cli(char *out, size_t n, const char *a3, const char *a4)
 {
     static int k;
-    char log[64], path[800];
+    char log[64];
     snprintf(log, sizeof log, "reset-%d.log", ++k);
     pid_t pid = a4   ? pt_spawn(&T, log, "projection", "reset", "-c", cfg,
                                 "shipping_addresses", a3, a4, NULL)
@@ -29,14 +29,7 @@ static int cli(char *out, size_t n, const char *a3, const char *a4)
                                 "shipping_addresses", a3, NULL)
                      : pt_spawn(&T, log, "projection", "reset", "-c", cfg,
                                 "shipping_addresses", NULL);
-    int rc = th_wait(pid, -1);
-    snprintf(path, sizeof path, "%s/%s", T.dir, log);
-    FILE *f = fopen(path, "r");
-    size_t len = f ? fread(out, 1, n - 1, f) : 0;
-    out[len] = '\0';
-    if (f)
-        fclose(f);
-    return rc;
+    return pt_output(&T, pid, log, out, n);
 }
 
 static void state(char *buf, size_t n)

@@ -12,8 +12,6 @@
  * sequence) was applied exactly once, every checkpoint is the aggregate's
  * last sequence, and SIGTERM stops each instance with exit code 0.
  */
-#include <pthread.h>
-
 #include "projtest.h"
 
 #define AGGS   600
@@ -22,7 +20,6 @@
 
 static pt T;
 static char topic[128], cfg[700];
-static volatile int produced_all;
 
 static const char script[] =
     "return {\n"
@@ -49,27 +46,6 @@ static const char script[] =
 static int value(int a, int s)
 {
     return (a * 11 + s * 17) % 97;
-}
-
-static void *producer(void *arg)
-{
-    (void)arg;
-    int k = 0;
-    for (int s = 1; s <= SEQS; s++)
-        for (int a = 0; a < AGGS; a++) {
-            if (k % PER_TX == 0)
-                pt_begin(&T);
-            char id[16], data[32];
-            snprintf(id, sizeof id, "s%03d", a);
-            snprintf(data, sizeof data, "{\"v\":%d}", value(a, s));
-            pt_ev(&T, topic, id, s, "Added", data);
-            if (++k % PER_TX == 0) {
-                pt_commit(&T);
-                th_sleep_ms(150);
-            }
-        }
-    produced_all = 1;
-    return NULL;
 }
 
 static pid_t start(const char *log)
@@ -107,8 +83,14 @@ int main(void)
 
     pid_t a = start("a.log");
     pid_t b = start("b.log");
-    pthread_t th;
-    pthread_create(&th, NULL, producer, NULL);
+    pt_grid grid = {.t = &T,
+                    .topic = topic,
+                    .prefix = "s",
+                    .aggs = AGGS,
+                    .seqs = SEQS,
+                    .per_tx = PER_TX,
+                    .value = value};
+    pt_grid_start(&grid);
 
     th_sleep_ms(3000);
     fprintf(stderr, "kill -9 A at %lld applied\n", applied());
@@ -129,8 +111,7 @@ int main(void)
     fprintf(stderr, "C joined at %lld applied\n", applied());
     CHECK(applied() < AGGS * SEQS, "C joins while events keep coming");
 
-    pthread_join(th, NULL);
-    CHECK(produced_all, "the producer wrote every event");
+    CHECK(pt_grid_join(&grid), "the producer wrote every event");
     long long n =
         pt_wait_for(&T, AGGS * SEQS, 180, "SELECT count(*) FROM applied");
     CHECK_INT(n, AGGS * SEQS, "every event gets applied");
@@ -148,19 +129,7 @@ int main(void)
               AGGS * SEQS, "no event was applied twice");
     CHECK(pt_long(&T, "SELECT count(DISTINCT pid) FROM applied") >= 3,
           "the work was shared by several instances");
-    long long good = 0;
-    PGresult *res = pt_sql(&T, "SELECT id, n, sum, last FROM totals");
-    for (int r = 0; r < PQntuples(res); r++) {
-        int ag = atoi(PQgetvalue(res, r, 0) + 1);
-        long long sum = 0;
-        for (int s = 1; s <= SEQS; s++)
-            sum += value(ag, s);
-        if (atoi(PQgetvalue(res, r, 1)) == SEQS &&
-            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
-            atoi(PQgetvalue(res, r, 3)) == value(ag, SEQS))
-            good++;
-    }
-    PQclear(res);
+    long long good = pt_grid_good(&grid, 0);
     snprintf(msg, sizeof msg,
              "all %d aggregates equal the independently computed state", AGGS);
     CHECK_INT(good, AGGS, msg);
