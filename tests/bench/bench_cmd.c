@@ -103,8 +103,8 @@ static void send_cmd(rd_kafka_t *p, const char *id, const char *type, int agg)
  * from the start. */
 static rd_kafka_t *results_consumer(const char *topic)
 {
-    char errstr[512], group[300];
-    rd_kafka_conf_t *conf = ct_conf(&t);
+    static const char *const settings[] = {"fetch.wait.max.ms", "5", NULL};
+    char group[300];
     rd_kafka_t *rk;
     rd_kafka_topic_partition_list_t *l;
     int n = 0;
@@ -113,13 +113,7 @@ static rd_kafka_t *results_consumer(const char *topic)
     if (n == 0)
         th_die("topic %s never appeared", topic);
     snprintf(group, sizeof group, "%s.bench", t.prefix);
-    th_kset(conf, "group.id", group);
-    th_kset(conf, "isolation.level", "read_committed");
-    th_kset(conf, "enable.auto.commit", "false");
-    th_kset(conf, "fetch.wait.max.ms", "5");
-    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
-        th_die("consumer: %s", errstr);
-    rd_kafka_poll_set_consumer(rk);
+    rk = th_consumer(t.bootstrap, group, "read_committed", settings);
     l = rd_kafka_topic_partition_list_new(n);
     for (int i = 0; i < n; i++)
         rd_kafka_topic_partition_list_add(l, topic, i)->offset =

@@ -226,22 +226,16 @@ static int median(const double *v, int n)
 
 static double run_seed(const char *topic)
 {
-    char errstr[512], group[160];
+    char group[160];
     PGconn *c = PQconnectdb(T.dbinfo);
     if (PQstatus(c) != CONNECTION_OK)
         th_die("seed: %s", PQerrorMessage(c));
     PQclear(PQexec(c, TABLE));
-    rd_kafka_conf_t *conf = pt_kconf(&T);
+    static const char *const earliest[] = {"auto.offset.reset", "earliest",
+                                           NULL};
     snprintf(group, sizeof group, "%s.seed.%d", T.name, ++run_no);
-    th_kset(conf, "group.id", group);
-    th_kset(conf, "isolation.level", "read_committed");
-    th_kset(conf, "enable.auto.commit", "false");
-    th_kset(conf, "auto.offset.reset", "earliest");
     rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    if (!rk)
-        th_die("seed: %s", errstr);
-    rd_kafka_poll_set_consumer(rk);
+        th_consumer(T.bootstrap, group, "read_committed", earliest);
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_subscribe(rk, sub);

@@ -142,6 +142,17 @@ static inline void ct_config(const ct *t, const char *name, const char *txid,
     ct_write_file(t, rel, text);
 }
 
+/* ct_init with the customer aggregate of the source tree and config "a"
+ * (ct_config's arguments): the world of most command-side tests. */
+static inline void ct_init_customer(ct *t, const char *name, const char *txid,
+                                    const char *extra_commands,
+                                    const char *extra_kafka)
+{
+    ct_init(t, name);
+    ct_copy_aggregate(t, "customer.lua");
+    ct_config(t, "a", txid, extra_commands, extra_kafka);
+}
+
 /* Start `evlua run -c DIR/CONFIG.lua`, stderr to DIR/LOG; env: extra
  * "K=V" (or NULL). */
 static inline pid_t ct_start(const ct *t, const char *config, const char *log,
@@ -187,16 +198,12 @@ static inline rd_kafka_conf_t *ct_conf(const ct *t)
  * command producers). */
 static inline rd_kafka_t *ct_producer(const ct *t)
 {
-    char errstr[512];
     rd_kafka_conf_t *conf = ct_conf(t);
-    rd_kafka_t *rk;
     th_kset(conf, "partitioner", "murmur2_random");
     th_kset(conf, "enable.idempotence", "true");
     th_kset(conf, "message.max.bytes", "10000000");
     th_kset(conf, "linger.ms", "1");
-    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr)))
-        th_die("rd_kafka_new(producer): %s", errstr);
-    return rk;
+    return th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
 }
 
 /* Produce value to topic with key (NULL: none); partition -1: the
@@ -255,6 +262,13 @@ static inline int ct_partitions(const ct *t, const char *topic)
     return th_partitions(t->bootstrap, topic);
 }
 
+/* Wait up to timeout_s for topic to exist (evlua creates its topics);
+ * its partitions (0: it never appeared). */
+static inline int ct_wait_topic(const ct *t, const char *topic, int timeout_s)
+{
+    return th_wait_topic(t->bootstrap, topic, timeout_s * 1000L);
+}
+
 /* Create topic with partitions and (NULL-terminated pairs) config. */
 static inline void ct_create_topic(const ct *t, const char *topic,
                                    int partitions, const char *const *config)
@@ -295,9 +309,10 @@ static inline void ct_recs_free(ct_recs *r)
 static inline void ct_read_all(const ct *t, const char *topic,
                                const char *isolation, ct_recs *out)
 {
-    char errstr[512], group[300];
+    static const char *const settings[] = {"enable.partition.eof", "true",
+                                           "fetch.wait.max.ms", "10", NULL};
+    char group[300];
     int n = ct_partitions(t, topic), remaining;
-    rd_kafka_conf_t *conf = ct_conf(t);
     rd_kafka_t *rk;
     rd_kafka_topic_partition_list_t *parts;
     long long deadline = th_now_ms() + 60000;
@@ -307,14 +322,7 @@ static inline void ct_read_all(const ct *t, const char *topic,
     if (n == 0)
         return;
     snprintf(group, sizeof group, "%s.reader", t->prefix);
-    th_kset(conf, "group.id", group);
-    th_kset(conf, "isolation.level", isolation);
-    th_kset(conf, "enable.auto.commit", "false");
-    th_kset(conf, "enable.partition.eof", "true");
-    th_kset(conf, "fetch.wait.max.ms", "10");
-    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
-        th_die("rd_kafka_new(consumer): %s", errstr);
-    rd_kafka_poll_set_consumer(rk);
+    rk = th_consumer(t->bootstrap, group, isolation, settings);
     parts = rd_kafka_topic_partition_list_new(n);
     for (int p = 0; p < n; p++)
         rd_kafka_topic_partition_list_add(parts, topic, p)->offset =

@@ -258,6 +258,31 @@ void th_kset(rd_kafka_conf_t *conf, const char *k, const char *v)
         th_die("%s: %s", k, errstr);
 }
 
+rd_kafka_t *th_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf,
+                         const char *what)
+{
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
+    if (!rk)
+        th_die("rd_kafka_new(%s): %s", what, errstr);
+    return rk;
+}
+
+rd_kafka_t *th_consumer(const char *bootstrap, const char *group,
+                        const char *isolation, const char *const *settings)
+{
+    rd_kafka_conf_t *conf = th_kconf(bootstrap);
+    rd_kafka_t *rk;
+    th_kset(conf, "group.id", group);
+    th_kset(conf, "isolation.level", isolation);
+    th_kset(conf, "enable.auto.commit", "false");
+    for (; settings && settings[0]; settings += 2)
+        th_kset(conf, settings[0], settings[1]);
+    rk = th_kafka_new(RD_KAFKA_CONSUMER, conf, "consumer");
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
 void th_kcheck(rd_kafka_error_t *error, const char *call)
 {
     if (error)
@@ -267,12 +292,7 @@ void th_kcheck(rd_kafka_error_t *error, const char *call)
 /* A client for metadata and admin requests. */
 static rd_kafka_t *admin_client(const char *bootstrap)
 {
-    char errstr[512];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, th_kconf(bootstrap),
-                                  errstr, sizeof errstr);
-    if (!rk)
-        th_die("rd_kafka_new(admin): %s", errstr);
-    return rk;
+    return th_kafka_new(RD_KAFKA_PRODUCER, th_kconf(bootstrap), "admin");
 }
 
 int th_partitions(const char *bootstrap, const char *topic)
@@ -283,6 +303,16 @@ int th_partitions(const char *bootstrap, const char *topic)
     if (evl_kafka_partitions(rk, topic, 10000, &n, err, sizeof err))
         th_die("metadata: %s", err);
     rd_kafka_destroy(rk);
+    return n;
+}
+
+int th_wait_topic(const char *bootstrap, const char *topic, long timeout_ms)
+{
+    int n = 0;
+    for (long i = 0;
+         i < timeout_ms / 100 && (n = th_partitions(bootstrap, topic)) == 0;
+         i++)
+        th_sleep_ms(100);
     return n;
 }
 
@@ -315,7 +345,6 @@ rd_kafka_resp_err_t th_create_topic(const char *bootstrap, const char *topic,
     rd_kafka_queue_destroy(q);
     rd_kafka_NewTopic_destroy(nt);
     rd_kafka_destroy(rk);
-    for (int i = 0; i < 100 && th_partitions(bootstrap, topic) == 0; i++)
-        th_sleep_ms(100);
+    th_wait_topic(bootstrap, topic, 10000);
     return e;
 }

@@ -92,11 +92,25 @@ rd_kafka_conf_t *th_kconf(const char *bootstrap);
 /* Set k = v in conf, or die. */
 void th_kset(rd_kafka_conf_t *conf, const char *k, const char *v);
 
+/* rd_kafka_new(type, conf), or die "rd_kafka_new(what): ...". */
+rd_kafka_t *th_kafka_new(rd_kafka_type_t type, rd_kafka_conf_t *conf,
+                         const char *what);
+
+/* A consumer in group: isolation.level isolation, no auto commit, then
+ * settings (NULL-terminated key/value pairs, or NULL); rd_kafka_poll
+ * serves it through rd_kafka_consumer_poll. */
+rd_kafka_t *th_consumer(const char *bootstrap, const char *group,
+                        const char *isolation, const char *const *settings);
+
 /* Die with "call: message" when error is set. */
 void th_kcheck(rd_kafka_error_t *error, const char *call);
 
 /* Partition count of topic (0: no such topic), from the metadata. */
 int th_partitions(const char *bootstrap, const char *topic);
+
+/* Wait up to timeout_ms (polling every 100 ms) for topic to show in the
+ * metadata; its partitions (0: it did not). */
+int th_wait_topic(const char *bootstrap, const char *topic, long timeout_ms);
 
 /* Create topic with partitions and (NULL-terminated pairs) config, and
  * wait until the metadata shows it. Dies when the broker does not answer;

@@ -141,15 +141,13 @@ static inline int pt_partitions(pt *t, const char *topic)
 /* A transactional producer with the partitioner evlua documents. */
 static inline void pt_producer(pt *t)
 {
-    char errstr[512], txid[160];
+    char txid[160];
     rd_kafka_conf_t *conf = pt_kconf(t);
     snprintf(txid, sizeof txid, "%s-producer", t->name);
     th_kset(conf, "transactional.id", txid);
     th_kset(conf, "partitioner", "murmur2_random");
     th_kset(conf, "linger.ms", "5");
-    t->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!t->producer)
-        th_die("rd_kafka_new(producer): %s", errstr);
+    t->producer = th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
     th_kcheck(rd_kafka_init_transactions(t->producer, 30000),
               "init_transactions");
 }
@@ -221,6 +219,38 @@ static inline void pt_ev(pt *t, const char *topic, const char *aid,
     char aj[300];
     snprintf(aj, sizeof aj, "\"%s\"", aid);
     pt_event(t, topic, "customer", aj, aid, seq, type, data);
+}
+
+/* Write aggregates/TYPE.lua: an aggregate whose command Open makes the
+ * event Opened (the lag and new-topic tests). */
+static inline void pt_opened_aggregate(pt *t, const char *type)
+{
+    char path[800], text[1024];
+    snprintf(path, sizeof path, "%s/aggregates/%s.lua", t->dir, type);
+    snprintf(text, sizeof text,
+             "return {\n"
+             "  type = '%s',\n"
+             "  initial = function() return {} end,\n"
+             "  apply = { Opened = function(s, e) s.open = true end },\n"
+             "  handle = { Open = function(s, c) return { { type = "
+             "'Opened', data = {} } } end },\n"
+             "}\n",
+             type);
+    th_write_file(path, text);
+}
+
+/* One transaction of n events Opened of type, to aggregates e1..en. */
+static inline void pt_opened_events(pt *t, const char *topic, const char *type,
+                                    int n)
+{
+    pt_begin(t);
+    for (int i = 1; i <= n; i++) {
+        char id[32], aj[40];
+        snprintf(id, sizeof id, "e%d", i);
+        snprintf(aj, sizeof aj, "\"%s\"", id);
+        pt_event(t, topic, type, aj, id, 1, "Opened", "{}");
+    }
+    pt_commit(t);
 }
 
 /* ---- setup

@@ -15,16 +15,13 @@ int main(void)
     ct_recs evs = {0}, all = {0}, res = {0};
     pid_t pid;
 
-    ct_init(&t, "abort");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "abort", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
 
     pid = ct_start(&t, "a", "a.log", "EVLUA_TEST_FAIL_BEFORE_COMMIT=1");
     rd_kafka_t *p = ct_producer(&t);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
 
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\","

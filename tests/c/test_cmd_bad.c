@@ -74,8 +74,7 @@ int main(void)
 
     pid = ct_start(&t, "a", "a.log", NULL);
     rd_kafka_t *p = ct_producer(&t);
-    for (int i = 0; i < 300 && ct_partitions(&t, cust_res) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, cust_res, 30);
 
     /* customer: one good command first */
     ct_send(&t, p, "customer", "reg-1", "RegisterCustomer", "c-1",
@@ -265,13 +264,9 @@ int main(void)
 
     /* the group's committed offsets are at the end of each partition */
     {
-        char errstr[512], group[256];
-        rd_kafka_conf_t *conf = ct_conf(&t);
+        char group[256];
         snprintf(group, sizeof group, "%s.group", t.prefix);
-        th_kset(conf, "group.id", group);
-        th_kset(conf, "isolation.level", "read_committed");
-        rd_kafka_t *c =
-            rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+        rd_kafka_t *c = th_consumer(t.bootstrap, group, "read_committed", NULL);
         rd_kafka_topic_partition_list_t *l =
             rd_kafka_topic_partition_list_new(12);
         for (int i = 0; i < 6; i++) {

@@ -24,16 +24,13 @@ int main(void)
     char ids[12][16];
     pid_t pid;
 
-    ct_init(&t, "badstate");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "badstate", "a", NULL, NULL);
     ct_topic(&t, "customer", "results", results, sizeof results);
     ct_topic(&t, "customer", "state", state, sizeof state);
     rd_kafka_t *p = ct_producer(&t);
 
     pid = ct_start(&t, "a", "a1.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     for (int i = 0; i < 12; i++) {
         char cmd[32];
         snprintf(ids[i], sizeof ids[i], "c-%d", i);

@@ -71,16 +71,13 @@ int main(void)
         kills = atoi(getenv("EVLUA_CHAOS_KILLS"));
     ids = calloc((size_t)ncommands, sizeof *ids);
     srand((unsigned)getpid());
-    ct_init(&t, "chaos");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", "batch_size = 50,", NULL);
+    ct_init_customer(&t, "chaos", "a", "batch_size = 50,", NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     ct_topic(&t, "customer", "state", state, sizeof state);
 
     pid = ct_start(&t, "a", "run0.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     pthread_create(&producer, NULL, produce, NULL);
     snprintf(log, sizeof log, "run0.log");
     for (int k = 1; k <= kills; k++) {

@@ -53,9 +53,7 @@ int main(void)
     pid_t pid;
     int32_t home;
 
-    ct_init(&t, "e2e");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "e2e", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     ct_topic(&t, "customer", "state", state, sizeof state);
@@ -63,8 +61,7 @@ int main(void)
     pid = ct_start(&t, "a", "a.log", NULL);
     rd_kafka_t *p = ct_producer(&t);
     /* the topics are created by evlua run: wait for them */
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     CHECK_INT(ct_partitions(&t, events), 6,
               "evlua run created the events topic with 6 partitions");
 

@@ -20,9 +20,7 @@ int main(void)
     pid_t a, b;
     int rc;
 
-    ct_init(&t, "fence");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "same", "batch_size = 20,", NULL);
+    ct_init_customer(&t, "fence", "same", "batch_size = 20,", NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     rd_kafka_t *p = ct_producer(&t);

@@ -40,9 +40,7 @@ int main(void)
     ct_recs evs = {0}, res = {0};
     pid_t pid;
 
-    ct_init(&t, "pipeline");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "pipeline", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
 

@@ -29,16 +29,13 @@ int main(void)
     ct_recs evs = {0};
     pid_t pid;
 
-    ct_init(&t, "restart");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "restart", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     rd_kafka_t *p = ct_producer(&t);
 
     pid = ct_start(&t, "a", "a1.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\","
             "\"address\":\"1 Main St\"}",
@@ -115,8 +112,7 @@ int main(void)
                   "the reloaded script decides");
         char probe_results[256];
         ct_topic(&t, "probe", "results", probe_results, sizeof probe_results);
-        for (int i = 0; i < 100 && ct_partitions(&t, probe_results) == 0; i++)
-            th_sleep_ms(100);
+        ct_wait_topic(&t, probe_results, 10);
         ct_send(&t, p, "probe", "probe-1", "Ok", "p-1", "{}", NULL);
         ct_flush(p);
         CHECK_INT(ct_wait_count(&t, probe_results, 1, 60, &res), 1,

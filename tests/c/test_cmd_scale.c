@@ -61,17 +61,14 @@ int main(void)
     pid_t a, b, c;
     size_t n = AGGS * ROUNDS;
 
-    ct_init(&t, "scale");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", "batch_size = 100,", NULL);
+    ct_init_customer(&t, "scale", "a", "batch_size = 100,", NULL);
     ct_config(&t, "b", "b", "batch_size = 100,", NULL);
     ct_config(&t, "c", "c", "batch_size = 100,", NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
 
     a = ct_start(&t, "a", "a.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     b = ct_start(&t, "b", "b.log", NULL);
     pthread_create(&producer, NULL, produce, NULL);
     wait_consuming("b.log");

@@ -19,9 +19,8 @@ int main(void)
     char *ids[4] = {"cmd-1", "cmd-2", "cmd-3", "cmd-4"};
     pid_t a, b, c;
 
-    ct_init(&t, "takeover");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, "['transaction.timeout.ms'] = 15000,");
+    ct_init_customer(&t, "takeover", "a", NULL,
+                     "['transaction.timeout.ms'] = 15000,");
     ct_config(&t, "b", "b", NULL, NULL);
     ct_config(&t, "c", "c", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
@@ -29,8 +28,7 @@ int main(void)
     rd_kafka_t *p = ct_producer(&t);
 
     a = ct_start(&t, "a", "a.log", "EVLUA_TEST_HANG_BEFORE_COMMIT=2");
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        th_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\"}", NULL);
     ct_flush(p);

@@ -95,7 +95,7 @@ static rd_kafka_t *blocker(const char *group, const char *topic, int nparts)
 int main(void)
 {
     char type[120], events[200], commands[200], pgroup[200], cgroup[200],
-        path[800], text[2048], extra[1500], cfg[800], msg[600];
+        path[800], extra[1500], cfg[800], msg[600];
     static char b[1 << 18];
     int port = 20000 + (int)(getpid() % 30000);
     pt_init(&T, "lag");
@@ -105,17 +105,7 @@ int main(void)
     snprintf(pgroup, sizeof pgroup, "%s.p.opened", T.name);
     snprintf(cgroup, sizeof cgroup, "%s.cmd", T.name);
 
-    snprintf(path, sizeof path, "%s/aggregates/%s.lua", T.dir, type);
-    snprintf(text, sizeof text,
-             "return {\n"
-             "  type = '%s',\n"
-             "  initial = function() return {} end,\n"
-             "  apply = { Opened = function(s, e) s.open = true end },\n"
-             "  handle = { Open = function(s, c) return { { type = "
-             "'Opened', data = {} } } end },\n"
-             "}\n",
-             type);
-    th_write_file(path, text);
+    pt_opened_aggregate(&T, type);
     snprintf(path, sizeof path, "%s/projections/opened.lua", T.dir);
     th_write_file(path,
                   "return {\n"
@@ -137,23 +127,12 @@ int main(void)
 
     /* the waiting work: 20 events in one transaction, 7 commands */
     pt_producer(&T);
-    pt_begin(&T);
-    for (int i = 1; i <= NEVENTS; i++) {
-        char id[32], aj[40];
-        snprintf(id, sizeof id, "e%d", i);
-        snprintf(aj, sizeof aj, "\"%s\"", id);
-        pt_event(&T, events, type, aj, id, 1, "Opened", "{}");
-    }
-    pt_commit(&T);
+    pt_opened_events(&T, events, type, NEVENTS);
     {
-        char errstr[512];
         rd_kafka_conf_t *conf = pt_kconf(&T);
         /* the partitioner evlua checks commands against */
         th_kset(conf, "partitioner", "murmur2_random");
-        rd_kafka_t *prod =
-            rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-        if (!prod)
-            th_die("rd_kafka_new(producer): %s", errstr);
+        rd_kafka_t *prod = th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
         for (int i = 1; i <= NCMDS; i++) {
             char id[32], v[400];
             snprintf(id, sizeof id, "c%d", i);

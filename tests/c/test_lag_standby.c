@@ -75,14 +75,7 @@ int main(void)
                         "}\n");
     pt_topic(&T, events, 1);
     pt_producer(&T);
-    pt_begin(&T);
-    for (int i = 1; i <= NEVENTS; i++) {
-        char id[32], aj[40];
-        snprintf(id, sizeof id, "e%d", i);
-        snprintf(aj, sizeof aj, "\"%s\"", id);
-        pt_event(&T, events, type, aj, id, 1, "Opened", "{}");
-    }
-    pt_commit(&T);
+    pt_opened_events(&T, events, type, NEVENTS);
     /* the projector reads the events topic of every aggregate type */
     snprintf(path, sizeof path, "%s/aggregates/%s.lua", T.dir, type);
     snprintf(msg, sizeof msg,

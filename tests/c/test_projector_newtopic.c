@@ -22,22 +22,6 @@
 
 static pt T;
 
-static void aggregate(const char *type)
-{
-    char path[800], text[1024];
-    snprintf(path, sizeof path, "%s/aggregates/%s.lua", T.dir, type);
-    snprintf(text, sizeof text,
-             "return {\n"
-             "  type = '%s',\n"
-             "  initial = function() return {} end,\n"
-             "  apply = { Opened = function(s, e) s.open = true end },\n"
-             "  handle = { Open = function(s, c) return { { type = "
-             "'Opened', data = {} } } end },\n"
-             "}\n",
-             type);
-    th_write_file(path, text);
-}
-
 static void projection(void)
 {
     char path[800];
@@ -79,7 +63,7 @@ static void run(const char *type, int create, int port)
     const char *mode = create ? "create_topics" : "no create_topics";
     snprintf(topic, sizeof topic, "%s.events", type);
     snprintf(log, sizeof log, "evlua-%s.log", create ? "create" : "wait");
-    aggregate(type);
+    pt_opened_aggregate(&T, type);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(extra, sizeof extra,
              "commands = { enabled = false, create_topics = %s, partitions "
