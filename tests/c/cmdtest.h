@@ -14,6 +14,7 @@
 #define EVL_CMDTEST_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -255,6 +256,74 @@ static inline void ct_send(const ct *t, rd_kafka_t *rk, const char *type,
              extra ? extra : "");
     ct_send_raw(rk, topic, -1, aggregate_id, v, strlen(v));
     free(v);
+}
+
+/* The steady command stream of the long runs (test_cmd_chaos,
+ * test_cmd_scale), from a thread: rounds of one command to each of aggs
+ * customers c-0, c-1, ... (command ids cmd-0, cmd-1, ...), each round
+ * flushed and followed by pause_ms. Round 0 registers them; later rounds
+ * update their profiles or, with emails (each customer's email its own),
+ * every second round changes the email. ids[k] gets a copy of id k. */
+typedef struct ct_stream {
+    ct *t;
+    int aggs, rounds;
+    long pause_ms;
+    int emails;
+    char **ids;
+    pthread_t thread;
+} ct_stream;
+
+/* Command k of the stream, round r, to customer a. */
+static inline void ct_stream_send_(ct_stream *s, rd_kafka_t *p, int r, int a)
+{
+    char id[64], agg[32], data[160];
+    const char *type = "UpdateCustomerProfile";
+    int k = r * s->aggs + a;
+    snprintf(id, sizeof id, "cmd-%d", k);
+    snprintf(agg, sizeof agg, "c-%d", a);
+    if (r == 0) {
+        type = "RegisterCustomer";
+        if (s->emails)
+            snprintf(data, sizeof data,
+                     "{\"name\":\"N0\",\"email\":\"e0-%d@example.org\"}", a);
+        else
+            snprintf(data, sizeof data,
+                     "{\"name\":\"N0\",\"email\":\"e0@example.org\"}");
+    } else if (r % 2 || !s->emails) {
+        snprintf(data, sizeof data,
+                 "{\"name\":\"N%d\",\"address\":\"%d Main St\"}", r, r);
+    } else {
+        type = "ChangeEmail";
+        snprintf(data, sizeof data, "{\"email\":\"e%d-%d@example.org\"}", r, a);
+    }
+    ct_send(s->t, p, "customer", id, type, agg, data, NULL);
+    s->ids[k] = strdup(id);
+}
+
+static inline void *ct_stream_run_(void *arg)
+{
+    ct_stream *s = arg;
+    rd_kafka_t *p = ct_producer(s->t);
+    for (int r = 0; r < s->rounds; r++) {
+        for (int a = 0; a < s->aggs; a++)
+            ct_stream_send_(s, p, r, a);
+        ct_flush(p);
+        th_sleep_ms(s->pause_ms);
+    }
+    rd_kafka_destroy(p);
+    return NULL;
+}
+
+/* Start the stream in a thread; ids must hold aggs * rounds. */
+static inline void ct_stream_start(ct_stream *s)
+{
+    if (pthread_create(&s->thread, NULL, ct_stream_run_, s) != 0)
+        th_die("pthread_create: %s", strerror(errno));
+}
+
+static inline void ct_stream_join(ct_stream *s)
+{
+    pthread_join(s->thread, NULL);
 }
 
 static inline int ct_partitions(const ct *t, const char *topic)

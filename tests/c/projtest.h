@@ -59,25 +59,29 @@ static inline PGresult *pt_sql(pt *t, const char *sql)
     return res;
 }
 
-static inline void pt_exec(pt *t, const char *fmt, ...)
+/* pt_sql on the SQL printf-formatted from fmt and ap. */
+static inline PGresult *pt_vsql(pt *t, const char *fmt, va_list ap)
 {
     char sql[8192];
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    return pt_sql(t, sql);
+}
+
+static inline void pt_exec(pt *t, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
+    PQclear(pt_vsql(t, fmt, ap));
     va_end(ap);
-    PQclear(pt_sql(t, sql));
 }
 
 /* First column of the first row as a number (-1: no row or NULL). */
 static inline long long pt_long(pt *t, const char *fmt, ...)
 {
-    char sql[8192];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
+    PGresult *res = pt_vsql(t, fmt, ap);
     va_end(ap);
-    PGresult *res = pt_sql(t, sql);
     long long v = -1;
     if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
         v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -89,12 +93,10 @@ static inline long long pt_long(pt *t, const char *fmt, ...)
 static inline const char *pt_text(pt *t, char *buf, size_t n, const char *fmt,
                                   ...)
 {
-    char sql[8192];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
+    PGresult *res = pt_vsql(t, fmt, ap);
     va_end(ap);
-    PGresult *res = pt_sql(t, sql);
     if (PQntuples(res) == 0)
         snprintf(buf, n, "(none)");
     else if (PQgetisnull(res, 0, 0))
@@ -323,6 +325,20 @@ static inline void pt_config(pt *t, const char *projections_dir,
     th_write_file(path, text);
 }
 
+/* pt_config for the source tree's example projections reading topic:
+ * projection = { topics = { topic }, group_prefix = "NAME.", fields }. */
+static inline void pt_config_examples(pt *t, const char *topic,
+                                      const char *fields)
+{
+    char extra[1024], pdir[1100];
+    snprintf(extra, sizeof extra,
+             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\"%s%s "
+             "},",
+             topic, t->name, fields ? ", " : "", fields ? fields : "");
+    snprintf(pdir, sizeof pdir, "%s/projections", t->src);
+    pt_config(t, pdir, extra);
+}
+
 static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
 {
     char path[700], err[EVL_ERRLEN];
@@ -474,6 +490,43 @@ static inline void *pt_grid_produce_(void *arg)
         }
     g->done = 1;
     return NULL;
+}
+
+/* Write projections/NAME.lua: the grid's events into totals (id, n, sum,
+ * last) and applied (id, seq), plus applied.pid (the backend's pid, to
+ * see which instance applied it) when with_pid. */
+static inline void pt_grid_projection(pt *t, const char *name, int with_pid)
+{
+    char path[800], text[2048];
+    snprintf(path, sizeof path, "%s/projections/%s.lua", t->dir, name);
+    snprintf(
+        text, sizeof text,
+        "return {\n"
+        "  name = '%s',\n"
+        "  schema = [[\n"
+        "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
+        "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT "
+        "NULL);\n"
+        "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
+        "      seq bigint NOT NULL%s)]],\n"
+        "  on = {\n"
+        "    Added = function(e)\n"
+        "      return {\n"
+        "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT "
+        "(id)\n"
+        "            DO UPDATE SET n = totals.n + 1,\n"
+        "            sum = totals.sum + EXCLUDED.sum, last = "
+        "EXCLUDED.last]],\n"
+        "          e.aggregate_id, e.data.v, e.data.v },\n"
+        "        { 'INSERT INTO applied VALUES ($1, $2%s)',\n"
+        "          e.aggregate_id, e.sequence },\n"
+        "      }\n"
+        "    end,\n"
+        "  },\n"
+        "}\n",
+        name, with_pid ? ", pid integer NOT NULL" : "",
+        with_pid ? ", pg_backend_pid()" : "");
+    th_write_file(path, text);
 }
 
 /* Start producing the grid in a thread (pt_producer first). */

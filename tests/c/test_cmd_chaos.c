@@ -11,8 +11,6 @@
  *
  * EVLUA_CHAOS_COMMANDS / EVLUA_CHAOS_KILLS change the size of the run.
  */
-#include <pthread.h>
-
 #include "cmdtest.h"
 
 #define AGGS 200
@@ -21,47 +19,10 @@ static ct t;
 static int ncommands = 5000;
 static char **ids;
 
-static void *produce(void *arg)
-{
-    rd_kafka_t *p = ct_producer(&t);
-    int per_round = AGGS, rounds = ncommands / AGGS;
-    (void)arg;
-    for (int r = 0; r < rounds; r++) {
-        for (int a = 0; a < per_round; a++) {
-            char id[64], agg[32], data[160];
-            int k = r * per_round + a;
-            snprintf(id, sizeof id, "cmd-%d", k);
-            snprintf(agg, sizeof agg, "c-%d", a);
-            if (r == 0) {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N0\",\"email\":\"e0-%d@example.org\"}",
-                         a);
-                ct_send(&t, p, "customer", id, "RegisterCustomer", agg, data,
-                        NULL);
-            } else if (r % 2) {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N%d\",\"address\":\"%d Main St\"}", r, r);
-                ct_send(&t, p, "customer", id, "UpdateCustomerProfile", agg,
-                        data, NULL);
-            } else {
-                snprintf(data, sizeof data,
-                         "{\"email\":\"e%d-%d@example.org\"}", r, a);
-                ct_send(&t, p, "customer", id, "ChangeEmail", agg, data, NULL);
-            }
-            ids[k] = strdup(id);
-        }
-        ct_flush(p);
-        th_sleep_ms(1800); /* the stream outlasts the five kills */
-    }
-    rd_kafka_destroy(p);
-    return NULL;
-}
-
 int main(void)
 {
     char events[256], results[256], state[256], log[64];
     ct_recs evs = {0}, res = {0}, st = {0};
-    pthread_t producer;
     int kills = 5;
     pid_t pid;
 
@@ -78,7 +39,13 @@ int main(void)
 
     pid = ct_start(&t, "a", "run0.log", NULL);
     ct_wait_topic(&t, results, 30);
-    pthread_create(&producer, NULL, produce, NULL);
+    ct_stream stream = {.t = &t,
+                        .aggs = AGGS,
+                        .rounds = ncommands / AGGS,
+                        .pause_ms = 1800, /* outlasts the five kills */
+                        .emails = 1,
+                        .ids = ids};
+    ct_stream_start(&stream);
     snprintf(log, sizeof log, "run0.log");
     for (int k = 1; k <= kills; k++) {
         /* kill while it works: once it consumes, after a random delay */
@@ -91,7 +58,7 @@ int main(void)
         snprintf(log, sizeof log, "run%d.log", k);
         pid = ct_start(&t, "a", log, NULL);
     }
-    pthread_join(producer, NULL);
+    ct_stream_join(&stream);
 
     CHECK_INT(ct_wait_count(&t, results, (size_t)ncommands, 300, &res),
               ncommands, "a result for every command");

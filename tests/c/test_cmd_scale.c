@@ -7,8 +7,6 @@
  * handled by two instances at once or by an owner without its state: its
  * sequences have no repeat and no gap.
  */
-#include <pthread.h>
-
 #include "cmdtest.h"
 
 #define AGGS   120
@@ -16,36 +14,6 @@
 
 static ct t;
 static char *ids[AGGS * ROUNDS];
-
-static void *produce(void *arg)
-{
-    rd_kafka_t *p = ct_producer(&t);
-    (void)arg;
-    for (int r = 0; r < ROUNDS; r++) {
-        for (int a = 0; a < AGGS; a++) {
-            char id[64], agg[32], data[160];
-            int k = r * AGGS + a;
-            snprintf(id, sizeof id, "cmd-%d", k);
-            snprintf(agg, sizeof agg, "c-%d", a);
-            if (r == 0) {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N0\",\"email\":\"e0@example.org\"}");
-                ct_send(&t, p, "customer", id, "RegisterCustomer", agg, data,
-                        NULL);
-            } else {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N%d\",\"address\":\"%d Main St\"}", r, r);
-                ct_send(&t, p, "customer", id, "UpdateCustomerProfile", agg,
-                        data, NULL);
-            }
-            ids[k] = strdup(id);
-        }
-        ct_flush(p);
-        th_sleep_ms(1500);
-    }
-    rd_kafka_destroy(p);
-    return NULL;
-}
 
 static void wait_consuming(const char *log)
 {
@@ -57,7 +25,6 @@ int main(void)
 {
     char events[256], results[256];
     ct_recs evs = {0}, res = {0};
-    pthread_t producer;
     pid_t a, b, c;
     size_t n = AGGS * ROUNDS;
 
@@ -70,7 +37,9 @@ int main(void)
     a = ct_start(&t, "a", "a.log", NULL);
     ct_wait_topic(&t, results, 30);
     b = ct_start(&t, "b", "b.log", NULL);
-    pthread_create(&producer, NULL, produce, NULL);
+    ct_stream stream = {
+        .t = &t, .aggs = AGGS, .rounds = ROUNDS, .pause_ms = 1500, .ids = ids};
+    ct_stream_start(&stream);
     wait_consuming("b.log");
     th_sleep_ms(4000);
 
@@ -88,7 +57,7 @@ int main(void)
     kill(b, SIGKILL);
     CHECK_INT(th_wait(b, 10), 128 + SIGKILL, "an instance killed with -9");
     fprintf(stderr, "second instance killed\n");
-    pthread_join(producer, NULL);
+    ct_stream_join(&stream);
 
     CHECK_INT(ct_wait_count(&t, results, n, 300, &res), n,
               "a result for every command");

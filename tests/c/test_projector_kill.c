@@ -27,28 +27,6 @@
 static pt T;
 static char topic[128];
 
-static const char script[] =
-    "return {\n"
-    "  name = 'kill',\n"
-    "  schema = [[\n"
-    "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
-    "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT NULL);\n"
-    "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
-    "      seq bigint NOT NULL)]],\n"
-    "  on = {\n"
-    "    Added = function(e)\n"
-    "      return {\n"
-    "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT (id)\n"
-    "            DO UPDATE SET n = totals.n + 1,\n"
-    "            sum = totals.sum + EXCLUDED.sum, last = EXCLUDED.last]],\n"
-    "          e.aggregate_id, e.data.v, e.data.v },\n"
-    "        { 'INSERT INTO applied VALUES ($1, $2)', e.aggregate_id,\n"
-    "          e.sequence },\n"
-    "      }\n"
-    "    end,\n"
-    "  },\n"
-    "}\n";
-
 static int value(int a, int s)
 {
     return (a * 7 + s * 13) % 101;
@@ -71,12 +49,11 @@ static void config(const char *isolation, int threads)
 int main(void)
 {
     static const char *const modes[] = {"aggregate", "batch", "aggregate-tx"};
-    char cfg[700], path[800], msg[160];
+    char cfg[700], msg[160];
     pt_init(&T, "proj_kill");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 4);
-    snprintf(path, sizeof path, "%s/projections/kill.lua", T.dir);
-    th_write_file(path, script);
+    pt_grid_projection(&T, "kill", 0);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
     srand((unsigned)getpid());

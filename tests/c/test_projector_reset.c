@@ -44,16 +44,11 @@ static void state(char *buf, size_t n)
 
 int main(void)
 {
-    char extra[512], pdir[1100], before[4096], after[4096], out[8192];
+    char before[4096], after[4096], out[8192];
     pt_init(&T, "proj_reset");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 2);
-    snprintf(extra, sizeof extra,
-             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "threads = 2 },",
-             topic, T.name);
-    snprintf(pdir, sizeof pdir, "%s/projections", T.src);
-    pt_config(&T, pdir, extra);
+    pt_config_examples(&T, topic, "threads = 2");
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
     pt_begin(&T);

@@ -21,28 +21,6 @@
 static pt T;
 static char topic[128], cfg[700];
 
-static const char script[] =
-    "return {\n"
-    "  name = 'scale',\n"
-    "  schema = [[\n"
-    "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
-    "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT NULL);\n"
-    "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
-    "      seq bigint NOT NULL, pid integer NOT NULL)]],\n"
-    "  on = {\n"
-    "    Added = function(e)\n"
-    "      return {\n"
-    "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT (id)\n"
-    "            DO UPDATE SET n = totals.n + 1,\n"
-    "            sum = totals.sum + EXCLUDED.sum, last = EXCLUDED.last]],\n"
-    "          e.aggregate_id, e.data.v, e.data.v },\n"
-    "        { 'INSERT INTO applied VALUES ($1, $2, pg_backend_pid())',\n"
-    "          e.aggregate_id, e.sequence },\n"
-    "      }\n"
-    "    end,\n"
-    "  },\n"
-    "}\n";
-
 static int value(int a, int s)
 {
     return (a * 11 + s * 17) % 97;
@@ -63,13 +41,12 @@ static long long applied(void)
 
 int main(void)
 {
-    char extra[1024], pdir[700], path[800], msg[160];
+    char extra[1024], pdir[700], msg[160];
     pt_init(&T, "proj_scale");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 6);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
-    snprintf(path, sizeof path, "%s/scale.lua", pdir);
-    th_write_file(path, script);
+    pt_grid_projection(&T, "scale", 1);
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
              "batch_size = 200 },\n"
