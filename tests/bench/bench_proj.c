@@ -399,34 +399,32 @@ typedef struct evlua_result {
     long long applied;
 } evlua_result;
 
+typedef struct evlua_run {
+    const char *topic, *mode;
+    int threads;
+} evlua_run;
+
+/* th_in_child's side of run_evlua */
+static void evlua_child(void *arg, void *out)
+{
+    const evlua_run *run = arg;
+    evlua_result *r = out;
+    r->seconds = run_evlua_here(run->topic, run->mode, run->threads,
+                                &r->rss_first, &r->rss_second, &r->applied);
+    r->cpu_evlua = cpu_evlua;
+    r->cpu_pg = cpu_pg;
+}
+
 /* run_evlua_here in a child process, so that its RSS is its own */
 static double run_evlua(const char *topic, const char *mode, int threads,
                         long *rss_first, long *rss_second, long long *applied)
 {
-    int fd[2];
     evlua_result r = {0, 0, 0, 0, 0, 0};
+    evlua_run run = {topic, mode, threads};
+    char what[64];
     ++run_no; /* a fresh consumer group for every run */
-    if (pipe(fd) != 0)
-        th_die("pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        th_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        close(fd[0]);
-        r.seconds = run_evlua_here(topic, mode, threads, &r.rss_first,
-                                   &r.rss_second, &r.applied);
-        r.cpu_evlua = cpu_evlua;
-        r.cpu_pg = cpu_pg;
-        if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
-            _exit(1);
-        _exit(0); /* no atexit, no destructors: the parent owns T */
-    }
-    close(fd[1]);
-    if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
-        th_die("evlua %s: the child died", mode);
-    close(fd[0]);
-    th_wait(pid, -1);
+    snprintf(what, sizeof what, "evlua %s", mode);
+    th_in_child(evlua_child, &run, &r, sizeof r, what);
     *rss_first = r.rss_first;
     *rss_second = r.rss_second;
     *applied = r.applied;

@@ -184,30 +184,25 @@ static void run_child(const variant *v, int run_no, result *r)
         th_die("%s: the projector failed", v->name);
 }
 
+typedef struct child_args {
+    const variant *v;
+    int run_no;
+} child_args;
+
+/* th_in_child's side of run */
+static void in_child(void *arg, void *out)
+{
+    const child_args *a = arg;
+    run_child(a->v, a->run_no, out);
+}
+
 static void run(const variant *v, int run_no, result *out)
 {
-    int fd[2];
     result r = {0, 0, 0, 0};
+    child_args args = {v, run_no};
     pt_exec(&T, "DROP SCHEMA IF EXISTS %s CASCADE", T.name);
     pt_exec(&T, "CREATE SCHEMA %s", T.name);
-    if (pipe(fd) != 0)
-        th_die("pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        th_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        close(fd[0]);
-        run_child(v, run_no, &r);
-        if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
-            _exit(1);
-        _exit(0); /* the parent owns T */
-    }
-    close(fd[1]);
-    if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
-        th_die("%s: the child died", v->name);
-    close(fd[0]);
-    th_wait(pid, -1);
+    th_in_child(in_child, &args, &r, sizeof r, v->name);
     *out = r;
 }
 

@@ -345,121 +345,20 @@ static inline void ct_create_topic(const ct *t, const char *topic,
     th_create_topic(t->bootstrap, topic, partitions, config);
 }
 
-/* One record read back: the value parsed when it is JSON. */
-typedef struct ct_rec {
-    int32_t partition;
-    int64_t offset;
-    char *key;
-    char *value;
-    size_t len;
-    char h_type[128], h_agg[128], h_ct[128];
-    cJSON *json;
-} ct_rec;
-
-typedef struct ct_recs {
-    ct_rec *v;
-    size_t n, cap;
-} ct_recs;
-
-static inline void ct_recs_free(ct_recs *r)
-{
-    for (size_t i = 0; i < r->n; i++) {
-        free(r->v[i].key);
-        free(r->v[i].value);
-        cJSON_Delete(r->v[i].json);
-    }
-    free(r->v);
-    memset(r, 0, sizeof *r);
-}
-
 /* Read every partition of topic from the start to its end (for
- * read_committed: the last stable offset) into out (emptied first), in
- * partition order, offset order within a partition. */
+ * read_committed: the last stable offset) into out (th_read_all). */
 static inline void ct_read_all(const ct *t, const char *topic,
-                               const char *isolation, ct_recs *out)
+                               const char *isolation, th_recs *out)
 {
-    static const char *const settings[] = {"enable.partition.eof", "true",
-                                           "fetch.wait.max.ms", "10", NULL};
     char group[300];
-    int n = ct_partitions(t, topic), remaining;
-    rd_kafka_t *rk;
-    rd_kafka_topic_partition_list_t *parts;
-    long long deadline = th_now_ms() + 60000;
-    ct_recs tmp = {0};
-
-    ct_recs_free(out);
-    if (n == 0)
-        return;
     snprintf(group, sizeof group, "%s.reader", t->prefix);
-    rk = th_consumer(t->bootstrap, group, isolation, settings);
-    parts = rd_kafka_topic_partition_list_new(n);
-    for (int p = 0; p < n; p++)
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
-            RD_KAFKA_OFFSET_BEGINNING;
-    rd_kafka_assign(rk, parts);
-    remaining = n;
-    while (remaining > 0) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
-        if (th_now_ms() > deadline)
-            th_die("reading %s: no end of partition within 60 s", topic);
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            rd_kafka_topic_partition_t *p =
-                rd_kafka_topic_partition_list_find(parts, topic, m->partition);
-            if (p && p->err == 0) {
-                p->err = RD_KAFKA_RESP_ERR__PARTITION_EOF;
-                remaining--;
-            }
-        } else if (m->err) {
-            fprintf(stderr, "reading %s: %s\n", topic,
-                    rd_kafka_message_errstr(m));
-        } else {
-            ct_rec *r;
-            rd_kafka_headers_t *h;
-            if (tmp.n == tmp.cap) {
-                tmp.cap = tmp.cap ? 2 * tmp.cap : 256;
-                tmp.v = realloc(tmp.v, sizeof *tmp.v * tmp.cap);
-            }
-            r = &tmp.v[tmp.n++];
-            memset(r, 0, sizeof *r);
-            r->partition = m->partition;
-            r->offset = m->offset;
-            r->key = m->key ? th_strndup(m->key, m->key_len) : NULL;
-            r->value = m->payload ? th_strndup(m->payload, m->len) : NULL;
-            r->len = m->len;
-            r->json = r->value ? cJSON_ParseWithLength(r->value, r->len) : NULL;
-            if (rd_kafka_message_headers(m, &h) == 0) {
-                evl_kafka_header(m, "evlua-type", r->h_type, sizeof r->h_type);
-                evl_kafka_header(m, "evlua-aggregate-type", r->h_agg,
-                                 sizeof r->h_agg);
-                evl_kafka_header(m, "content-type", r->h_ct, sizeof r->h_ct);
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    rd_kafka_topic_partition_list_destroy(parts);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
-    /* stable order: by partition, then offset */
-    for (size_t i = 1; i < tmp.n; i++) {
-        ct_rec x = tmp.v[i];
-        size_t j = i;
-        while (j > 0 && (tmp.v[j - 1].partition > x.partition ||
-                         (tmp.v[j - 1].partition == x.partition &&
-                          tmp.v[j - 1].offset > x.offset))) {
-            tmp.v[j] = tmp.v[j - 1];
-            j--;
-        }
-        tmp.v[j] = x;
-    }
-    *out = tmp;
+    th_read_all(t->bootstrap, group, topic, isolation, out);
 }
 
 /* Read topic until it holds at least n records (read_committed) or
  * timeout_s passes. Returns the number read (out holds them). */
 static inline size_t ct_wait_count(const ct *t, const char *topic, size_t n,
-                                   int timeout_s, ct_recs *out)
+                                   int timeout_s, th_recs *out)
 {
     long long deadline = th_now_ms() + timeout_s * 1000LL;
     for (;;) {
@@ -470,25 +369,11 @@ static inline size_t ct_wait_count(const ct *t, const char *topic, size_t n,
     }
 }
 
-/* String member of a record's JSON, or NULL. */
-static inline const char *ct_str(const ct_rec *r, const char *name)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Integer member, or -1. */
-static inline long long ct_int(const ct_rec *r, const char *name)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
-    return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
-}
-
 /* The result of command id among recs, or NULL. */
-static inline const ct_rec *ct_result(const ct_recs *recs, const char *id)
+static inline const th_rec *ct_result(const th_recs *recs, const char *id)
 {
     for (size_t i = 0; i < recs->n; i++) {
-        const char *c = ct_str(&recs->v[i], "command_id");
+        const char *c = th_str(&recs->v[i], "command_id");
         if (c && strcmp(c, id) == 0)
             return &recs->v[i];
     }
@@ -505,8 +390,8 @@ static inline const ct_rec *ct_result(const ct_recs *recs, const char *id)
  *   - per aggregate, sequences are 1..k without gaps or repeats;
  *   - each aggregate's events sit on one partition.
  * Returns the number of problems (each printed). */
-static inline int ct_check_exactly_once(const ct_recs *events,
-                                        const ct_recs *results, char **ids,
+static inline int ct_check_exactly_once(const th_recs *events,
+                                        const th_recs *results, char **ids,
                                         size_t n)
 {
     int problems = 0;
@@ -525,7 +410,7 @@ static inline int ct_check_exactly_once(const ct_recs *events,
     } while (0)
 
     for (size_t i = 0; i < results->n; i++) {
-        const char *c = ct_str(&results->v[i], "command_id");
+        const char *c = th_str(&results->v[i], "command_id");
         if (!c) {
             PROBLEM("a result without command_id: %s", results->v[i].value);
             continue;
@@ -543,9 +428,9 @@ static inline int ct_check_exactly_once(const ct_recs *events,
                 cJSON_GetArraySize(by_cmd), n);
 
     for (size_t i = 0; i < events->n; i++) {
-        const ct_rec *e = &events->v[i];
-        const char *id = ct_str(e, "id"), *agg = ct_str(e, "aggregate_id");
-        long long seq = ct_int(e, "sequence");
+        const th_rec *e = &events->v[i];
+        const char *id = th_str(e, "id"), *agg = th_str(e, "aggregate_id");
+        long long seq = th_int(e, "sequence");
         cJSON *c, *p;
         if (!id || !agg) {
             PROBLEM("a malformed event: %s", e->value);
@@ -576,9 +461,9 @@ static inline int ct_check_exactly_once(const ct_recs *events,
     /* every event an accepted result lists exists; the total matches */
     size_t listed = 0;
     for (size_t i = 0; i < results->n; i++) {
-        const ct_rec *r = &results->v[i];
+        const th_rec *r = &results->v[i];
         cJSON *evs = cJSON_GetObjectItemCaseSensitive(r->json, "events");
-        const char *st = ct_str(r, "status");
+        const char *st = th_str(r, "status");
         cJSON *e;
         if (st && strcmp(st, "accepted") != 0 && cJSON_GetArraySize(evs) > 0)
             PROBLEM("a %s result lists events: %s", st, r->value);
@@ -600,6 +485,25 @@ static inline int ct_check_exactly_once(const ct_recs *events,
     cJSON_Delete(agg_seq);
     cJSON_Delete(agg_part);
     return problems;
+}
+
+/* Read a long run back (results: n of them, within 300 s) and check it:
+ * a result for every command, exactly once (ct_check_exactly_once), every
+ * command accepted. */
+static inline void ct_check_run(const ct *t, const char *events,
+                                const char *results, char **ids, size_t n,
+                                th_recs *evs, th_recs *res)
+{
+    size_t accepted = 0;
+    CHECK_INT(ct_wait_count(t, results, n, 300, res), n,
+              "a result for every command");
+    ct_read_all(t, events, "read_committed", evs);
+    CHECK_INT(ct_check_exactly_once(evs, res, ids, n), 0,
+              "exactly once: results, events, sequences");
+    for (size_t i = 0; i < res->n; i++)
+        accepted += th_str(&res->v[i], "status") &&
+                    strcmp(th_str(&res->v[i], "status"), "accepted") == 0;
+    CHECK_INT(accepted, n, "every command was accepted");
 }
 
 #endif

@@ -144,6 +144,30 @@ int th_wait(pid_t pid, int timeout_s)
     }
 }
 
+void th_in_child(void (*fn)(void *arg, void *out), void *arg, void *out,
+                 size_t size, const char *what)
+{
+    int fd[2];
+    pid_t pid;
+    if (pipe(fd) != 0)
+        th_die("pipe: %s", strerror(errno));
+    fflush(NULL);
+    if ((pid = fork()) < 0)
+        th_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(fd[0]);
+        fn(arg, out);
+        if (write(fd[1], out, size) != (ssize_t)size)
+            _exit(1);
+        _exit(0);
+    }
+    close(fd[1]);
+    if (read(fd[0], out, size) != (ssize_t)size)
+        th_die("%s: the child died", what);
+    close(fd[0]);
+    th_wait(pid, -1);
+}
+
 int th_stop(pid_t pid, int sig, int timeout_s)
 {
     int rc;
@@ -347,4 +371,118 @@ rd_kafka_resp_err_t th_create_topic(const char *bootstrap, const char *topic,
     rd_kafka_destroy(rk);
     th_wait_topic(bootstrap, topic, 10000);
     return e;
+}
+
+/* ---- reading a topic back ---------------------------------------------- */
+
+void th_recs_free(th_recs *r)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->v[i].key);
+        free(r->v[i].value);
+        cJSON_Delete(r->v[i].json);
+    }
+    free(r->v);
+    memset(r, 0, sizeof *r);
+}
+
+/* Append message m to recs. */
+static void add_rec(th_recs *recs, rd_kafka_message_t *m)
+{
+    th_rec *r;
+    rd_kafka_headers_t *h;
+    if (recs->n == recs->cap) {
+        recs->cap = recs->cap ? 2 * recs->cap : 256;
+        recs->v = realloc(recs->v, sizeof *recs->v * recs->cap);
+    }
+    r = &recs->v[recs->n++];
+    memset(r, 0, sizeof *r);
+    r->partition = m->partition;
+    r->offset = m->offset;
+    r->key = m->key ? th_strndup(m->key, m->key_len) : NULL;
+    r->value = m->payload ? th_strndup(m->payload, m->len) : NULL;
+    r->len = m->len;
+    r->json = r->value ? cJSON_ParseWithLength(r->value, r->len) : NULL;
+    if (rd_kafka_message_headers(m, &h) == 0) {
+        evl_kafka_header(m, "evlua-type", r->h_type, sizeof r->h_type);
+        evl_kafka_header(m, "evlua-aggregate-type", r->h_agg, sizeof r->h_agg);
+        evl_kafka_header(m, "content-type", r->h_ct, sizeof r->h_ct);
+    }
+}
+
+/* Stable order: by partition, then offset. */
+static void sort_recs(th_recs *recs)
+{
+    for (size_t i = 1; i < recs->n; i++) {
+        th_rec x = recs->v[i];
+        size_t j = i;
+        while (j > 0 && (recs->v[j - 1].partition > x.partition ||
+                         (recs->v[j - 1].partition == x.partition &&
+                          recs->v[j - 1].offset > x.offset))) {
+            recs->v[j] = recs->v[j - 1];
+            j--;
+        }
+        recs->v[j] = x;
+    }
+}
+
+void th_read_all(const char *bootstrap, const char *group, const char *topic,
+                 const char *isolation, th_recs *out)
+{
+    static const char *const settings[] = {"enable.partition.eof", "true",
+                                           "fetch.wait.max.ms", "10", NULL};
+    int n = th_partitions(bootstrap, topic), remaining;
+    rd_kafka_t *rk;
+    rd_kafka_topic_partition_list_t *parts;
+    long long deadline = th_now_ms() + 60000;
+    th_recs tmp = {0};
+
+    th_recs_free(out);
+    if (n == 0)
+        return;
+    rk = th_consumer(bootstrap, group, isolation, settings);
+    parts = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++)
+        rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rk, parts);
+    remaining = n;
+    while (remaining > 0) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+        if (th_now_ms() > deadline)
+            th_die("reading %s: no end of partition within 60 s", topic);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            rd_kafka_topic_partition_t *p =
+                rd_kafka_topic_partition_list_find(parts, topic, m->partition);
+            if (p && p->err == 0) {
+                p->err = RD_KAFKA_RESP_ERR__PARTITION_EOF;
+                remaining--;
+            }
+        } else if (m->err) {
+            fprintf(stderr, "reading %s: %s\n", topic,
+                    rd_kafka_message_errstr(m));
+        } else {
+            add_rec(&tmp, m);
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    sort_recs(&tmp);
+    *out = tmp;
+}
+
+const char *th_str(const th_rec *r, const char *name)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+long long th_int(const th_rec *r, const char *name)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
+    return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
 }

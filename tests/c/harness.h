@@ -14,8 +14,10 @@
 #define EVL_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
+#include <cjson/cJSON.h>
 #include <librdkafka/rdkafka.h>
 
 /* ---- dying, time, files ------------------------------------------------ */
@@ -55,6 +57,13 @@ pid_t th_spawn(const char *log, const char *env, const char *const argv[]);
 /* Wait up to timeout_s (< 0: for ever) for pid; its exit code, 128+signal,
  * or -1 when it is still running. */
 int th_wait(pid_t pid, int timeout_s);
+
+/* Run fn(arg, out) in a child process (so that its memory and its
+ * crashes are its own) and copy the size bytes it leaves in out back into
+ * out; dies with "what: the child died" when it gives nothing back. The
+ * child ends with _exit: no atexit handlers, the parent owns the rest. */
+void th_in_child(void (*fn)(void *arg, void *out), void *arg, void *out,
+                 size_t size, const char *what);
 
 /* Send sig and wait up to timeout_s; SIGKILL after that. Returns what
  * th_wait returned (-1: it had to be killed). */
@@ -117,5 +126,39 @@ int th_wait_topic(const char *bootstrap, const char *topic, long timeout_ms);
  * returns the topic's own error (e.g. it exists already), 0 when made. */
 rd_kafka_resp_err_t th_create_topic(const char *bootstrap, const char *topic,
                                     int partitions, const char *const *config);
+
+/* ---- reading a topic back ---------------------------------------------- */
+
+/* One record read back: the value parsed when it is JSON, and evlua's
+ * headers. */
+typedef struct th_rec {
+    int32_t partition;
+    int64_t offset;
+    char *key;
+    char *value;
+    size_t len;
+    char h_type[128], h_agg[128], h_ct[128];
+    cJSON *json;
+} th_rec;
+
+typedef struct th_recs {
+    th_rec *v;
+    size_t n, cap;
+} th_recs;
+
+void th_recs_free(th_recs *r);
+
+/* Read every partition of topic from the start to its end (for
+ * read_committed: the last stable offset) as consumer group into out
+ * (emptied first), in partition order, offset order within a partition.
+ * Dies when an end does not come within 60 s. */
+void th_read_all(const char *bootstrap, const char *group, const char *topic,
+                 const char *isolation, th_recs *out);
+
+/* String member of a record's JSON, or NULL. */
+const char *th_str(const th_rec *r, const char *name);
+
+/* Integer member, or -1. */
+long long th_int(const th_rec *r, const char *name);
 
 #endif

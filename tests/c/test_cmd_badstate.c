@@ -18,7 +18,7 @@ int main(void)
 {
     ct t;
     char results[256], state[256];
-    ct_recs res = {0};
+    th_recs res = {0};
     const char *victim = NULL, *other = NULL;
     int32_t vpart = -1;
     char ids[12][16];
@@ -43,7 +43,7 @@ int main(void)
               "twelve customers registered");
     /* two aggregates on different partitions */
     for (size_t i = 0; i < res.n; i++) {
-        const char *agg = ct_str(&res.v[i], "aggregate_id");
+        const char *agg = th_str(&res.v[i], "aggregate_id");
         if (!victim) {
             victim = agg;
             vpart = res.v[i].partition;
@@ -66,16 +66,16 @@ int main(void)
     ct_send(&t, p, "customer", "upd-other", "UpdateCustomerProfile", other,
             "{\"name\":\"Bob\"}", NULL);
     ct_flush(p);
-    ct_recs_free(&res);
+    th_recs_free(&res);
     CHECK(ct_wait_count(&t, results, 13, 90, &res) >= 13,
           "the other partition's command has its result");
-    const ct_rec *r = ct_result(&res, "upd-other");
-    CHECK_STR(r ? ct_str(r, "status") : NULL, "accepted",
+    const th_rec *r = ct_result(&res, "upd-other");
+    CHECK_STR(r ? th_str(r, "status") : NULL, "accepted",
               "the other partition goes on");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 2, "at its right version");
+    CHECK_INT(r ? th_int(r, "version") : -1, 2, "at its right version");
     /* give the victim's command time it would need to be answered */
     th_sleep_ms(5000);
-    ct_recs_free(&res);
+    th_recs_free(&res);
     ct_read_all(&t, results, "read_committed", &res);
     CHECK(ct_result(&res, "upd-victim") == NULL,
           "the victim's partition is not consumed: no result at an older "
@@ -89,7 +89,7 @@ int main(void)
         ct_dump_log(&t, "a2.log");
     CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "it still stops cleanly");
 
-    ct_recs_free(&res);
+    th_recs_free(&res);
     rd_kafka_destroy(p);
     return check_done();
 }

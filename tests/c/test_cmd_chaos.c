@@ -22,7 +22,7 @@ static char **ids;
 int main(void)
 {
     char events[256], results[256], state[256], log[64];
-    ct_recs evs = {0}, res = {0}, st = {0};
+    th_recs evs = {0}, res = {0}, st = {0};
     int kills = 5;
     pid_t pid;
 
@@ -60,16 +60,7 @@ int main(void)
     }
     ct_stream_join(&stream);
 
-    CHECK_INT(ct_wait_count(&t, results, (size_t)ncommands, 300, &res),
-              ncommands, "a result for every command");
-    ct_read_all(&t, events, "read_committed", &evs);
-    CHECK_INT(ct_check_exactly_once(&evs, &res, ids, (size_t)ncommands), 0,
-              "exactly once: results, events, sequences");
-    size_t accepted = 0;
-    for (size_t i = 0; i < res.n; i++)
-        accepted += ct_str(&res.v[i], "status") &&
-                    strcmp(ct_str(&res.v[i], "status"), "accepted") == 0;
-    CHECK_INT(accepted, ncommands, "every command was accepted");
+    ct_check_run(&t, events, results, ids, (size_t)ncommands, &evs, &res);
 
     /* the last snapshot of each aggregate matches its last event */
     ct_read_all(&t, state, "read_committed", &st);
@@ -79,11 +70,11 @@ int main(void)
         long long last_seq = 0, snap = -1;
         snprintf(agg, sizeof agg, "c-%d", a);
         for (size_t i = 0; i < evs.n; i++)
-            if (strcmp(ct_str(&evs.v[i], "aggregate_id"), agg) == 0)
-                last_seq = ct_int(&evs.v[i], "sequence");
+            if (strcmp(th_str(&evs.v[i], "aggregate_id"), agg) == 0)
+                last_seq = th_int(&evs.v[i], "sequence");
         for (size_t i = 0; i < st.n; i++)
             if (st.v[i].key && strcmp(st.v[i].key, agg) == 0)
-                snap = ct_int(&st.v[i], "version");
+                snap = th_int(&st.v[i], "version");
         mismatches += snap != last_seq;
     }
     CHECK_INT(mismatches, 0, "snapshots agree with the events");
@@ -94,8 +85,8 @@ int main(void)
     for (int i = 0; i < ncommands; i++)
         free(ids[i]);
     free(ids);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
-    ct_recs_free(&st);
+    th_recs_free(&evs);
+    th_recs_free(&res);
+    th_recs_free(&st);
     return check_done();
 }

@@ -16,7 +16,7 @@ int main(void)
     char events[256], results[256], id[64], agg[64];
     char *ids[3 * AGGS];
     size_t n = 0;
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     pid_t a, b;
     int rc;
 
@@ -77,7 +77,7 @@ int main(void)
     for (size_t i = 0; i < n; i++)
         free(ids[i]);
     rd_kafka_destroy(p);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

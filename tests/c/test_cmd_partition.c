@@ -233,7 +233,7 @@ static void *produce(void *arg)
 int main(void)
 {
     char events[256], results[256], text[4096];
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     pthread_t producer;
     int cuts = 2;
     static const int cut_s[2] = {12, 34};
@@ -333,7 +333,7 @@ int main(void)
     for (size_t i = 0; i < nids; i++)
         free(ids[i]);
     free(ids);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

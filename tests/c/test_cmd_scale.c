@@ -24,7 +24,7 @@ static void wait_consuming(const char *log)
 int main(void)
 {
     char events[256], results[256];
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     pid_t a, b, c;
     size_t n = AGGS * ROUNDS;
 
@@ -59,16 +59,7 @@ int main(void)
     fprintf(stderr, "second instance killed\n");
     ct_stream_join(&stream);
 
-    CHECK_INT(ct_wait_count(&t, results, n, 300, &res), n,
-              "a result for every command");
-    ct_read_all(&t, events, "read_committed", &evs);
-    CHECK_INT(ct_check_exactly_once(&evs, &res, ids, n), 0,
-              "exactly once: results, events, sequences");
-    size_t accepted = 0;
-    for (size_t i = 0; i < res.n; i++)
-        accepted += ct_str(&res.v[i], "status") &&
-                    strcmp(ct_str(&res.v[i], "status"), "accepted") == 0;
-    CHECK_INT(accepted, n, "every command was accepted");
+    ct_check_run(&t, events, results, ids, n, &evs, &res);
     CHECK(ct_log_has(&t, "c.log", "partitions assigned"),
           "the third instance took partitions");
 
@@ -80,7 +71,7 @@ int main(void)
     }
     for (size_t i = 0; i < n; i++)
         free(ids[i]);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

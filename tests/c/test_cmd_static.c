@@ -178,10 +178,10 @@ int main(void)
     pid = ct_start(&T, "st", "st1.log", NULL);
     CHECK(assigned("st1.log", 60000), "the first run has its partitions");
     register_customer(p, "cmd-1", "c-1");
-    ct_recs res = {0};
+    th_recs res = {0};
     CHECK_INT(ct_wait_count(&T, results, 1, 60, &res), 1,
               "the first command has its result");
-    ct_recs_free(&res);
+    th_recs_free(&res);
     kill9(pid);
     long long t0 = th_now_ms();
     pid = ct_start(&T, "st", "st2.log", NULL);
@@ -196,9 +196,9 @@ int main(void)
     register_customer(p, "cmd-2", "c-2");
     CHECK_INT(ct_wait_count(&T, results, 2, 60, &res), 2,
               "a command after the restart has its result");
-    const ct_rec *r = ct_result(&res, "cmd-2");
-    CHECK_STR(r ? ct_str(r, "status") : NULL, "accepted", "it is accepted");
-    ct_recs_free(&res);
+    const th_rec *r = ct_result(&res, "cmd-2");
+    CHECK_STR(r ? th_str(r, "status") : NULL, "accepted", "it is accepted");
+    th_recs_free(&res);
     long long n = 0;
     for (int i = 0; i < 300 && n != 2; i++) {
         n = db_count("SELECT count(*) FROM registered");

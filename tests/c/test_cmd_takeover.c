@@ -15,7 +15,7 @@ int main(void)
 {
     ct t;
     char events[256], results[256];
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     char *ids[4] = {"cmd-1", "cmd-2", "cmd-3", "cmd-4"};
     pid_t a, b, c;
 
@@ -62,8 +62,8 @@ int main(void)
             "{\"name\":\"N4\"}", NULL);
     ct_flush(p);
     CHECK_INT(ct_wait_count(&t, results, 4, 90, &res), 4, "C handles cmd-4");
-    const ct_rec *r = ct_result(&res, "cmd-4");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 4,
+    const th_rec *r = ct_result(&res, "cmd-4");
+    CHECK_INT(r ? th_int(r, "version") : -1, 4,
               "C continues at version 4: it restored B's snapshot");
     ct_read_all(&t, events, "read_committed", &evs);
     CHECK_INT(ct_check_exactly_once(&evs, &res, ids, 4), 0,
@@ -74,7 +74,7 @@ int main(void)
         ct_dump_log(&t, "c.log");
     }
     rd_kafka_destroy(p);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

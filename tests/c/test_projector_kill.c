@@ -58,13 +58,7 @@ int main(void)
     pt_producer(&T);
     srand((unsigned)getpid());
 
-    pt_grid grid = {.t = &T,
-                    .topic = topic,
-                    .prefix = "k",
-                    .aggs = AGGS,
-                    .seqs = SEQS,
-                    .per_tx = PER_TX,
-                    .value = value};
+    pt_grid grid = {&T, topic, "k", AGGS, SEQS, PER_TX, value, 0, 0};
     pt_grid_start(&grid);
     for (int i = 0; i < 10; i++) {
         config(modes[i % 3], 1 + i % 2);

@@ -60,13 +60,7 @@ int main(void)
 
     pid_t a = start("a.log");
     pid_t b = start("b.log");
-    pt_grid grid = {.t = &T,
-                    .topic = topic,
-                    .prefix = "s",
-                    .aggs = AGGS,
-                    .seqs = SEQS,
-                    .per_tx = PER_TX,
-                    .value = value};
+    pt_grid grid = {&T, topic, "s", AGGS, SEQS, PER_TX, value, 0, 0};
     pt_grid_start(&grid);
 
     th_sleep_ms(3000);
