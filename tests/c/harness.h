@@ -8,7 +8,11 @@
  * (directory, names, config) and their producers and readers.
  *
  * Every th_ helper fails the test (exit 1 through th_die) when the system
- * misbehaves: a test never skips.
+ * misbehaves: a test never skips. Not here: check.h's CHECK macros (each
+ * test counts its own), svc.h (where the services are).
+ *
+ * Uses: core/kafka.h (evl_kafka_partitions, evl_kafka_header),
+ * librdkafka, cJSON, and curl(1) for HTTP.
  */
 #ifndef EVL_HARNESS_H
 #define EVL_HARNESS_H
