@@ -103,23 +103,17 @@ static void send_cmd(rd_kafka_t *p, const char *id, const char *type, int agg)
  * from the start. */
 static rd_kafka_t *results_consumer(const char *topic)
 {
-    char errstr[512], group[300];
-    rd_kafka_conf_t *conf = ct_conf(&t);
+    static const char *const settings[] = {"fetch.wait.max.ms", "5", NULL};
+    char group[300];
     rd_kafka_t *rk;
     rd_kafka_topic_partition_list_t *l;
     int n = 0;
     for (int i = 0; i < 600 && (n = ct_partitions(&t, topic)) == 0; i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     if (n == 0)
-        ct_die("topic %s never appeared", topic);
+        th_die("topic %s never appeared", topic);
     snprintf(group, sizeof group, "%s.bench", t.prefix);
-    ct_set(conf, "group.id", group);
-    ct_set(conf, "isolation.level", "read_committed");
-    ct_set(conf, "enable.auto.commit", "false");
-    ct_set(conf, "fetch.wait.max.ms", "5");
-    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
-        ct_die("consumer: %s", errstr);
-    rd_kafka_poll_set_consumer(rk);
+    rk = th_consumer(t.bootstrap, group, "read_committed", settings);
     l = rd_kafka_topic_partition_list_new(n);
     for (int i = 0; i < n; i++)
         rd_kafka_topic_partition_list_add(l, topic, i)->offset =
@@ -139,25 +133,25 @@ static int throughput(int events, int ncommands, int batch, int aggs)
     setup(batch);
     ct_topic(&t, "bench", "results", results, sizeof results);
     p = ct_producer(&t);
-    t0 = ct_now_ms();
+    t0 = th_now_ms();
     for (int i = 0; i < ncommands; i++) {
         snprintf(id, sizeof id, "c-%d", i);
         send_cmd(p, id, events == 3 ? "Three" : "One", i % aggs);
     }
     ct_flush(p);
     fprintf(stderr, "preloaded %d commands in %lld ms\n", ncommands,
-            ct_now_ms() - t0);
+            th_now_ms() - t0);
     rd_kafka_destroy(p);
 
     pid = ct_start(&t, "a", "a.log",
                    getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
                                                : "EVLUA_LOG_LEVEL=warn");
     c = results_consumer(results);
-    t0 = ct_now_ms();
+    t0 = th_now_ms();
     while (seen < ncommands) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 500);
-        if (ct_now_ms() - t0 > 600000)
-            ct_die("only %lld of %d results after 10 minutes", seen, ncommands);
+        if (th_now_ms() - t0 > 600000)
+            th_die("only %lld of %d results after 10 minutes", seen, ncommands);
         if (!m)
             continue;
         if (!m->err) {
@@ -174,7 +168,7 @@ static int throughput(int events, int ncommands, int batch, int aggs)
     }
     rd_kafka_consumer_close(c);
     rd_kafka_destroy(c);
-    int rc = ct_stop(pid, SIGTERM, 60);
+    int rc = th_stop(pid, SIGTERM, 60);
     double secs = (double)(last_ts - first_ts) / 1000.0;
     printf("mode=throughput events=%d commands=%d batch_size=%d "
            "aggregates=%d accepted=%lld seconds=%.3f commands_per_s=%.0f "
@@ -342,7 +336,7 @@ static int latency(int rate, int seconds, int aggs)
                    getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
                                                : "EVLUA_LOG_LEVEL=info");
     for (int k = 0; k < 600 && !ct_log_has(&t, "a.log", "states restored"); k++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
     c = results_consumer(lat_results);
     pthread_create(&th, NULL, reader, c);
     p = ct_producer(&t);
@@ -354,9 +348,9 @@ static int latency(int rate, int seconds, int aggs)
     }
     ct_flush(p);
     for (int k = 0; k < 600 && warm < 200; k++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
     if (warm < 200)
-        ct_die("warm-up: %d of 200 results", warm);
+        th_die("warm-up: %d of 200 results", warm);
     static sched_use s0, s1;
     long long run_ns, proc_wait_ns;
     sched_of(pid, &s0);
@@ -377,7 +371,7 @@ static int latency(int rate, int seconds, int aggs)
     }
     ct_flush(p);
     for (int k = 0; k < 600 && received < n; k++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
     /* evlua's CPU per command and how long its processing thread waited
      * for a CPU, over the measured run (sending until the last result) */
     sched_of(pid, &s1);
@@ -388,7 +382,7 @@ static int latency(int rate, int seconds, int aggs)
     rd_kafka_consumer_close(c);
     rd_kafka_destroy(c);
     rd_kafka_destroy(p);
-    int rc = ct_stop(pid, SIGTERM, 60);
+    int rc = th_stop(pid, SIGTERM, 60);
 
     /* EVLUA_BENCH_DUMP=FILE: one line per command, "ms since the first
      * send, latency ms, wall clock ms of the send" (to see when the slow

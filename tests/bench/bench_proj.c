@@ -75,26 +75,6 @@ static const char script[] =
     "CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY KEY, v bigint "   \
     "NOT NULL, name text NOT NULL)"
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 /* CPU seconds (user + system) spent so far by every process named
  * "postgres" on this machine, ended backends included: the server's
  * share of a run is the difference over it. */
@@ -189,10 +169,10 @@ static double run_ceiling(int keys)
 {
     PGconn *c = PQconnectdb(T.dbinfo);
     if (PQstatus(c) != CONNECTION_OK)
-        pt_die("ceiling: %s", PQerrorMessage(c));
+        th_die("ceiling: %s", PQerrorMessage(c));
     PQclear(PQexec(c, TABLE));
     PQclear(PQprepare(c, "up", UPSERT, 0, NULL));
-    double t0 = now();
+    double t0 = th_now();
     for (long i = 0; i < nevents; i += BATCH) {
         long end = i + BATCH < nevents ? i + BATCH : nevents;
         PQenterPipelineMode(c);
@@ -210,7 +190,7 @@ static double run_ceiling(int keys)
         for (long k = 0; k < end - i + 2; k++) {
             PGresult *r = PQgetResult(c);
             if (PQresultStatus(r) != PGRES_COMMAND_OK)
-                pt_die("ceiling: %s", PQresultErrorMessage(r));
+                th_die("ceiling: %s", PQresultErrorMessage(r));
             PQclear(r);
             PQclear(PQgetResult(c)); /* NULL */
         }
@@ -218,7 +198,7 @@ static double run_ceiling(int keys)
         PQclear(r);
         PQexitPipelineMode(c);
     }
-    double s = now() - t0;
+    double s = th_now() - t0;
     PQfinish(c);
     return s;
 }
@@ -246,22 +226,16 @@ static int median(const double *v, int n)
 
 static double run_seed(const char *topic)
 {
-    char errstr[512], group[160];
+    char group[160];
     PGconn *c = PQconnectdb(T.dbinfo);
     if (PQstatus(c) != CONNECTION_OK)
-        pt_die("seed: %s", PQerrorMessage(c));
+        th_die("seed: %s", PQerrorMessage(c));
     PQclear(PQexec(c, TABLE));
-    rd_kafka_conf_t *conf = pt_kconf(&T);
+    static const char *const earliest[] = {"auto.offset.reset", "earliest",
+                                           NULL};
     snprintf(group, sizeof group, "%s.seed.%d", T.name, ++run_no);
-    pt_kset(conf, "group.id", group);
-    pt_kset(conf, "isolation.level", "read_committed");
-    pt_kset(conf, "enable.auto.commit", "false");
-    pt_kset(conf, "auto.offset.reset", "earliest");
     rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    if (!rk)
-        pt_die("seed: %s", errstr);
-    rd_kafka_poll_set_consumer(rk);
+        th_consumer(T.bootstrap, group, "read_committed", earliest);
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_subscribe(rk, sub);
@@ -277,7 +251,7 @@ static double run_seed(const char *topic)
         while (n < BATCH) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, n ? 5 : 1000);
             if (!m) {
-                if (n && now() > deadline)
+                if (n && th_now() > deadline)
                     break;
                 continue;
             }
@@ -286,9 +260,9 @@ static double run_seed(const char *topic)
                 continue;
             }
             if (!t0)
-                t0 = now();
+                t0 = th_now();
             if (!n)
-                deadline = now() + 0.005;
+                deadline = th_now() + 0.005;
             msgs[n++] = m;
         }
         /* Map<aggregateId, List<record>>, in first-seen order */
@@ -314,7 +288,7 @@ static double run_seed(const char *topic)
                 PGresult *r =
                     PQexecParams(c, UPSERT, 3, NULL, vals, NULL, NULL, 0);
                 if (PQresultStatus(r) != PGRES_COMMAND_OK)
-                    pt_die("seed: %s", PQresultErrorMessage(r));
+                    th_die("seed: %s", PQresultErrorMessage(r));
                 PQclear(r);
                 cJSON_Delete(e);
             }
@@ -325,7 +299,7 @@ static double run_seed(const char *topic)
             rd_kafka_message_destroy(msgs[i]);
         seen += n;
     }
-    double s = now() - t0;
+    double s = th_now() - t0;
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     PQfinish(c);
@@ -347,12 +321,12 @@ typedef struct rss_probe {
 static void probe(void *ud, const evl_projector_progress *p)
 {
     rss_probe *r = ud;
-    double t = now();
+    double t = th_now();
     if (r->t_first == 0 && p->done > 0)
         r->t_first = t;
     if (r->n < MAXSAMPLES) {
         r->t[r->n] = t;
-        r->kb[r->n++] = rss_kb();
+        r->kb[r->n++] = th_rss_kb();
     }
 }
 
@@ -363,7 +337,7 @@ static void rss_halves(const rss_probe *r, double seconds, long *first,
 {
     double mid = r->t_first + seconds / 2;
     *first = 0;
-    *second = rss_kb();
+    *second = th_rss_kb();
     for (int i = 0; i < r->n; i++) {
         long *to = r->t[i] <= mid ? first : second;
         if (r->kb[i] > *to)
@@ -406,7 +380,7 @@ static double run_evlua_here(const char *topic, const char *mode, int threads,
     o.ud = &r;
     double c0 = self_cpu_s(), p0 = postgres_cpu_s();
     if (evl_projector_run_opts(&cfg, host, "bench", &o) != 0)
-        pt_die("evlua %s: the projector failed", mode);
+        th_die("evlua %s: the projector failed", mode);
     if (st.seconds > 0) {
         usleep(100000); /* the postmaster reaps the closed backends */
         cpu_evlua = (self_cpu_s() - c0) / st.seconds;
@@ -425,34 +399,32 @@ typedef struct evlua_result {
     long long applied;
 } evlua_result;
 
+typedef struct evlua_run {
+    const char *topic, *mode;
+    int threads;
+} evlua_run;
+
+/* th_in_child's side of run_evlua */
+static void evlua_child(void *arg, void *out)
+{
+    const evlua_run *run = arg;
+    evlua_result *r = out;
+    r->seconds = run_evlua_here(run->topic, run->mode, run->threads,
+                                &r->rss_first, &r->rss_second, &r->applied);
+    r->cpu_evlua = cpu_evlua;
+    r->cpu_pg = cpu_pg;
+}
+
 /* run_evlua_here in a child process, so that its RSS is its own */
 static double run_evlua(const char *topic, const char *mode, int threads,
                         long *rss_first, long *rss_second, long long *applied)
 {
-    int fd[2];
     evlua_result r = {0, 0, 0, 0, 0, 0};
+    evlua_run run = {topic, mode, threads};
+    char what[64];
     ++run_no; /* a fresh consumer group for every run */
-    if (pipe(fd) != 0)
-        pt_die("pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        pt_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        close(fd[0]);
-        r.seconds = run_evlua_here(topic, mode, threads, &r.rss_first,
-                                   &r.rss_second, &r.applied);
-        r.cpu_evlua = cpu_evlua;
-        r.cpu_pg = cpu_pg;
-        if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
-            _exit(1);
-        _exit(0); /* no atexit, no destructors: the parent owns T */
-    }
-    close(fd[1]);
-    if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
-        pt_die("evlua %s: the child died", mode);
-    close(fd[0]);
-    pt_wait(pid);
+    snprintf(what, sizeof what, "evlua %s", mode);
+    th_in_child(evlua_child, &run, &r, sizeof r, what);
     *rss_first = r.rss_first;
     *rss_second = r.rss_second;
     *applied = r.applied;
@@ -499,7 +471,7 @@ int main(int argc, char **argv)
     pt_init(&T, "bench_proj");
     char path[800];
     snprintf(path, sizeof path, "%s/projections/bench.lua", T.dir);
-    pt_write(path, script);
+    th_write_file(path, script);
     pt_producer(&T);
     char fsync_[64];
     pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");

@@ -57,26 +57,6 @@ static const char script[] =
     "  },\n"
     "}\n";
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 static void produce(void)
 {
     char note[201];
@@ -101,7 +81,7 @@ static void produce(void)
         rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
             T.producer, topic, p, &lo, &hi, 10000);
         if (e)
-            pt_die("query_watermark_offsets: %s", rd_kafka_err2str(e));
+            th_die("query_watermark_offsets: %s", rd_kafka_err2str(e));
         topic_end += hi;
     }
 }
@@ -158,17 +138,17 @@ static void run_child(const variant *v, int run_no, result *r)
     pt_load(&T, &c.cfg, &c.host);
     PGconn *db = PQconnectdb(T.dbinfo);
     if (PQstatus(db) != CONNECTION_OK)
-        pt_die("connect: %s", PQerrorMessage(db));
-    r->start = r->peak = rss_kb();
-    double t0 = now(), t_done = 0, last_q = 0;
+        th_die("connect: %s", PQerrorMessage(db));
+    r->start = r->peak = th_rss_kb();
+    double t0 = th_now(), t_done = 0, last_q = 0;
     pthread_t th;
     pthread_create(&th, NULL, projector_main, &c);
     for (;;) {
-        pt_sleep_ms(100);
-        long kb = rss_kb();
+        th_sleep_ms(100);
+        long kb = th_rss_kb();
         if (kb > r->peak)
             r->peak = kb;
-        double t = now();
+        double t = th_now();
         if (t_done > 0) {
             if (t - t_done >= 3.0) {
                 r->idle = kb;
@@ -191,7 +171,7 @@ static void run_child(const variant *v, int run_no, result *r)
         if (done >= topic_end - 4)
             t_done = t;
         if (t - t0 > 900)
-            pt_die("%s: not caught up after 900 s (%lld of %lld)", v->name,
+            th_die("%s: not caught up after 900 s (%lld of %lld)", v->name,
                    done, topic_end);
     }
     /* from the projector's start (joining the group included) to the last
@@ -201,33 +181,28 @@ static void run_child(const variant *v, int run_no, result *r)
     pthread_join(th, NULL);
     PQfinish(db);
     if (c.rc != 0)
-        pt_die("%s: the projector failed", v->name);
+        th_die("%s: the projector failed", v->name);
+}
+
+typedef struct child_args {
+    const variant *v;
+    int run_no;
+} child_args;
+
+/* th_in_child's side of run */
+static void in_child(void *arg, void *out)
+{
+    const child_args *a = arg;
+    run_child(a->v, a->run_no, out);
 }
 
 static void run(const variant *v, int run_no, result *out)
 {
-    int fd[2];
     result r = {0, 0, 0, 0};
+    child_args args = {v, run_no};
     pt_exec(&T, "DROP SCHEMA IF EXISTS %s CASCADE", T.name);
     pt_exec(&T, "CREATE SCHEMA %s", T.name);
-    if (pipe(fd) != 0)
-        pt_die("pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        pt_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        close(fd[0]);
-        run_child(v, run_no, &r);
-        if (write(fd[1], &r, sizeof r) != (ssize_t)sizeof r)
-            _exit(1);
-        _exit(0); /* the parent owns T */
-    }
-    close(fd[1]);
-    if (read(fd[0], &r, sizeof r) != (ssize_t)sizeof r)
-        pt_die("%s: the child died", v->name);
-    close(fd[0]);
-    pt_wait(pid);
+    th_in_child(in_child, &args, &r, sizeof r, v->name);
     *out = r;
 }
 
@@ -271,7 +246,7 @@ int main(int argc, char **argv)
     pt_init(&T, "bench_proj_mem");
     char path[800];
     snprintf(path, sizeof path, "%s/projections/memb.lua", T.dir);
-    pt_write(path, script);
+    th_write_file(path, script);
     pt_producer(&T);
     snprintf(topic, sizeof topic, "%s.events", T.name);
     produce();

@@ -6,12 +6,15 @@
  *
  * Every test names its topics, group and transactional ids with a prefix
  * unique to the process (the broker is shared by the whole ctest run).
- * Without a broker the tests FAIL (svc.h).
+ * Without a broker the tests FAIL (svc.h). Processes, files, logs and
+ * topics are the shared harness's (harness.h); this file adds the command
+ * side's world on top.
  */
 #ifndef EVL_CMDTEST_H
 #define EVL_CMDTEST_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +32,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "check.h"
+#include "harness.h"
 #include "kafka.h"
 #include "svc.h"
 
@@ -44,53 +48,20 @@ typedef struct ct {
  * nothing died (and EVLUA_TEST_KEEP is unset); after a failure it stays
  * for its logs. */
 static char ct_dir_[512];
-static int ct_died_;
 
 static inline void ct_cleanup_(void)
 {
     const char *keep = getenv("EVLUA_TEST_KEEP");
-    if (!ct_dir_[0] || ct_died_ || check_failures_ > 0 || (keep && *keep))
+    if (!ct_dir_[0] || th_died || check_failures_ > 0 || (keep && *keep))
         return;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", ct_dir_);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", ct_dir_);
-}
-
-static inline void ct_die(const char *fmt, ...)
-{
-    va_list ap;
-    ct_died_ = 1;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-static inline long long ct_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static inline void ct_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    th_remove_dir(ct_dir_);
 }
 
 static inline void ct_write_file(const ct *t, const char *rel, const char *text)
 {
     char path[1024];
-    FILE *f;
     snprintf(path, sizeof path, "%s/%s", t->dir, rel);
-    if (!(f = fopen(path, "w")))
-        ct_die("cannot write %s: %s", path, strerror(errno));
-    fputs(text, f);
-    fclose(f);
+    th_write_file(path, text);
 }
 
 /* Copy aggregates/NAME of the source tree into the test's aggregates. */
@@ -102,7 +73,7 @@ static inline void ct_copy_aggregate(const ct *t, const char *name)
     snprintf(from, sizeof from, "%s/aggregates/%s", t->src, name);
     snprintf(to, sizeof to, "%s/aggregates/%s", t->dir, name);
     if (!(in = fopen(from, "r")) || !(out = fopen(to, "w")))
-        ct_die("cannot copy %s to %s", from, to);
+        th_die("cannot copy %s to %s", from, to);
     while ((n = fread(buf, 1, sizeof buf, in)) > 0)
         fwrite(buf, 1, n, out);
     fclose(in);
@@ -117,13 +88,13 @@ static inline void ct_init(ct *t, const char *name)
     t->bin = getenv("EVLUA_BIN");
     t->src = getenv("EVLUA_SOURCE_DIR");
     if (!t->bin || !t->src)
-        ct_die("EVLUA_BIN and EVLUA_SOURCE_DIR must be set (run through "
+        th_die("EVLUA_BIN and EVLUA_SOURCE_DIR must be set (run through "
                "ctest)");
     snprintf(t->prefix, sizeof t->prefix, "ct-%s-%ld-%ld", name, (long)getpid(),
              (long)time(NULL));
     snprintf(t->dir, sizeof t->dir, "/tmp/evlua-%s-XXXXXX", name);
     if (!mkdtemp(t->dir))
-        ct_die("mkdtemp: %s", strerror(errno));
+        th_die("mkdtemp: %s", strerror(errno));
     if (!ct_dir_[0]) {
         snprintf(ct_dir_, sizeof ct_dir_, "%s", t->dir);
         atexit(ct_cleanup_);
@@ -172,140 +143,68 @@ static inline void ct_config(const ct *t, const char *name, const char *txid,
     ct_write_file(t, rel, text);
 }
 
+/* ct_init with the customer aggregate of the source tree and config "a"
+ * (ct_config's arguments): the world of most command-side tests. */
+static inline void ct_init_customer(ct *t, const char *name, const char *txid,
+                                    const char *extra_commands,
+                                    const char *extra_kafka)
+{
+    ct_init(t, name);
+    ct_copy_aggregate(t, "customer.lua");
+    ct_config(t, "a", txid, extra_commands, extra_kafka);
+}
+
 /* Start `evlua run -c DIR/CONFIG.lua`, stderr to DIR/LOG; env: extra
  * "K=V" (or NULL). */
 static inline pid_t ct_start(const ct *t, const char *config, const char *log,
                              const char *env)
 {
     char cfg[1024], logpath[1024];
-    pid_t pid;
     snprintf(cfg, sizeof cfg, "%s/%s.lua", t->dir, config);
     snprintf(logpath, sizeof logpath, "%s/%s", t->dir, log);
-    pid = fork();
-    if (pid < 0)
-        ct_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-            close(fd);
-        }
-        if (env)
-            putenv((char *)env);
-        execl(t->bin, t->bin, "run", "-c", cfg, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Wait up to timeout_s for pid; its exit code, 128+signal, or -1 when it
- * is still running. */
-static inline int ct_wait(pid_t pid, int timeout_s)
-{
-    long long deadline = ct_now_ms() + timeout_s * 1000LL;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status)
-                                     : 128 + WTERMSIG(status);
-        if (ct_now_ms() > deadline)
-            return -1;
-        ct_sleep_ms(50);
-    }
-}
-
-/* Send sig and wait; kills with SIGKILL after timeout_s. */
-static inline int ct_stop(pid_t pid, int sig, int timeout_s)
-{
-    int rc;
-    kill(pid, sig);
-    rc = ct_wait(pid, timeout_s);
-    if (rc < 0) {
-        kill(pid, SIGKILL);
-        ct_wait(pid, 10);
-    }
-    return rc;
+    const char *argv[] = {t->bin, "run", "-c", cfg, NULL};
+    return th_spawn(logpath, env, argv);
 }
 
 /* Does DIR/LOG contain text? */
 static inline int ct_log_has(const ct *t, const char *log, const char *text)
 {
-    char path[1024], *buf;
-    long n;
-    int found = 0;
-    FILE *f;
+    char path[1024];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
-    if (!(f = fopen(path, "r")))
-        return 0;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = malloc((size_t)n + 1);
-    n = (long)fread(buf, 1, (size_t)n, f);
-    buf[n] = '\0';
-    fclose(f);
-    found = strstr(buf, text) != NULL;
-    free(buf);
-    return found;
+    return th_file_has(path, text);
 }
 
 /* Wait up to timeout_ms for text to show in DIR/LOG; 1 when it did. */
 static inline int ct_wait_log(const ct *t, const char *log, const char *text,
                               long long timeout_ms)
 {
-    long long deadline = ct_now_ms() + timeout_ms;
-    for (;;) {
-        if (ct_log_has(t, log, text))
-            return 1;
-        if (ct_now_ms() > deadline)
-            return 0;
-        ct_sleep_ms(50);
-    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    return th_wait_log(path, text, 1, timeout_ms) >= 1;
 }
 
 static inline void ct_dump_log(const ct *t, const char *log)
 {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "tail -n 40 %s/%s >&2", t->dir, log);
-    fprintf(stderr, "--- last lines of %s\n", log);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no log)\n");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    th_dump_log(path, log);
 }
 
 static inline rd_kafka_conf_t *ct_conf(const ct *t)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", t->bootstrap, errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK)
-        ct_die("bootstrap.servers: %s", errstr);
-    return conf;
-}
-
-static inline void ct_set(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK)
-        ct_die("%s: %s", k, errstr);
+    return th_kconf(t->bootstrap);
 }
 
 /* A plain producer with the murmur2 partitioner (as evlua requires of
  * command producers). */
 static inline rd_kafka_t *ct_producer(const ct *t)
 {
-    char errstr[512];
     rd_kafka_conf_t *conf = ct_conf(t);
-    rd_kafka_t *rk;
-    ct_set(conf, "partitioner", "murmur2_random");
-    ct_set(conf, "enable.idempotence", "true");
-    ct_set(conf, "message.max.bytes", "10000000");
-    ct_set(conf, "linger.ms", "1");
-    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr)))
-        ct_die("rd_kafka_new(producer): %s", errstr);
-    return rk;
+    th_kset(conf, "partitioner", "murmur2_random");
+    th_kset(conf, "enable.idempotence", "true");
+    th_kset(conf, "message.max.bytes", "10000000");
+    th_kset(conf, "linger.ms", "1");
+    return th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
 }
 
 /* Produce value to topic with key (NULL: none); partition -1: the
@@ -328,14 +227,14 @@ static inline void ct_send_raw(rd_kafka_t *rk, const char *topic,
         rd_kafka_poll(rk, 10);
     }
     if (e)
-        ct_die("rd_kafka_producev(%s): %s", topic, rd_kafka_err2str(e));
+        th_die("rd_kafka_producev(%s): %s", topic, rd_kafka_err2str(e));
     rd_kafka_poll(rk, 0);
 }
 
 static inline void ct_flush(rd_kafka_t *rk)
 {
     if (rd_kafka_flush(rk, 30000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        ct_die("flush: messages not delivered in 30 s");
+        th_die("flush: messages not delivered in 30 s");
 }
 
 /* Send the command {id,type,aggregate_type,aggregate_id,data[,extra]}
@@ -359,205 +258,122 @@ static inline void ct_send(const ct *t, rd_kafka_t *rk, const char *type,
     free(v);
 }
 
+/* The steady command stream of the long runs (test_cmd_chaos,
+ * test_cmd_scale), from a thread: rounds of one command to each of aggs
+ * customers c-0, c-1, ... (command ids cmd-0, cmd-1, ...), each round
+ * flushed and followed by pause_ms. Round 0 registers them; later rounds
+ * update their profiles or, with emails (each customer's email its own),
+ * every second round changes the email. ids[k] gets a copy of id k. */
+typedef struct ct_stream {
+    ct *t;
+    int aggs, rounds;
+    long pause_ms;
+    int emails;
+    char **ids;
+    pthread_t thread;
+} ct_stream;
+
+/* Command k of the stream, round r, to customer a. */
+static inline void ct_stream_send_(ct_stream *s, rd_kafka_t *p, int r, int a)
+{
+    char id[64], agg[32], data[160];
+    const char *type = "UpdateCustomerProfile";
+    int k = r * s->aggs + a;
+    snprintf(id, sizeof id, "cmd-%d", k);
+    snprintf(agg, sizeof agg, "c-%d", a);
+    if (r == 0) {
+        type = "RegisterCustomer";
+        if (s->emails)
+            snprintf(data, sizeof data,
+                     "{\"name\":\"N0\",\"email\":\"e0-%d@example.org\"}", a);
+        else
+            snprintf(data, sizeof data,
+                     "{\"name\":\"N0\",\"email\":\"e0@example.org\"}");
+    } else if (r % 2 || !s->emails) {
+        snprintf(data, sizeof data,
+                 "{\"name\":\"N%d\",\"address\":\"%d Main St\"}", r, r);
+    } else {
+        type = "ChangeEmail";
+        snprintf(data, sizeof data, "{\"email\":\"e%d-%d@example.org\"}", r, a);
+    }
+    ct_send(s->t, p, "customer", id, type, agg, data, NULL);
+    s->ids[k] = strdup(id);
+}
+
+static inline void *ct_stream_run_(void *arg)
+{
+    ct_stream *s = arg;
+    rd_kafka_t *p = ct_producer(s->t);
+    for (int r = 0; r < s->rounds; r++) {
+        for (int a = 0; a < s->aggs; a++)
+            ct_stream_send_(s, p, r, a);
+        ct_flush(p);
+        th_sleep_ms(s->pause_ms);
+    }
+    rd_kafka_destroy(p);
+    return NULL;
+}
+
+/* Start the stream in a thread; ids must hold aggs * rounds. */
+static inline void ct_stream_start(ct_stream *s)
+{
+    if (pthread_create(&s->thread, NULL, ct_stream_run_, s) != 0)
+        th_die("pthread_create: %s", strerror(errno));
+}
+
+static inline void ct_stream_join(ct_stream *s)
+{
+    pthread_join(s->thread, NULL);
+}
+
 static inline int ct_partitions(const ct *t, const char *topic)
 {
-    char errstr[512], err[EVL_ERRLEN];
-    int n = 0;
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), errstr, sizeof errstr);
-    if (!rk)
-        ct_die("rd_kafka_new: %s", errstr);
-    if (evl_kafka_partitions(rk, topic, 10000, &n, err, sizeof err))
-        ct_die("metadata: %s", err);
-    rd_kafka_destroy(rk);
-    return n;
+    return th_partitions(t->bootstrap, topic);
+}
+
+/* Wait up to timeout_s for topic to exist (evlua creates its topics);
+ * its partitions (0: it never appeared). */
+static inline int ct_wait_topic(const ct *t, const char *topic, int timeout_s)
+{
+    return th_wait_topic(t->bootstrap, topic, timeout_s * 1000L);
 }
 
 /* Create topic with partitions and (NULL-terminated pairs) config. */
 static inline void ct_create_topic(const ct *t, const char *topic,
                                    int partitions, const char *const *config)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), errstr, sizeof errstr);
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_event_t *ev;
-    for (; config && config[0]; config += 2)
-        rd_kafka_NewTopic_set_config(nt, config[0], config[1]);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    if (!(ev = rd_kafka_queue_poll(q, 30000)))
-        ct_die("CreateTopics %s: no answer", topic);
-    if (rd_kafka_event_error(ev))
-        ct_die("CreateTopics %s: %s", topic, rd_kafka_event_error_string(ev));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_destroy(rk);
-    for (int i = 0; i < 100 && ct_partitions(t, topic) == 0; i++)
-        ct_sleep_ms(100);
-}
-
-/* One record read back: the value parsed when it is JSON. */
-typedef struct ct_rec {
-    int32_t partition;
-    int64_t offset;
-    char *key;
-    char *value;
-    size_t len;
-    char h_type[128], h_agg[128], h_ct[128];
-    cJSON *json;
-} ct_rec;
-
-typedef struct ct_recs {
-    ct_rec *v;
-    size_t n, cap;
-} ct_recs;
-
-static inline void ct_recs_free(ct_recs *r)
-{
-    for (size_t i = 0; i < r->n; i++) {
-        free(r->v[i].key);
-        free(r->v[i].value);
-        cJSON_Delete(r->v[i].json);
-    }
-    free(r->v);
-    memset(r, 0, sizeof *r);
-}
-
-static inline char *ct_strndup(const void *p, size_t n)
-{
-    char *s = malloc(n + 1);
-    if (n)
-        memcpy(s, p, n);
-    s[n] = '\0';
-    return s;
+    th_create_topic(t->bootstrap, topic, partitions, config);
 }
 
 /* Read every partition of topic from the start to its end (for
- * read_committed: the last stable offset) into out (emptied first), in
- * partition order, offset order within a partition. */
+ * read_committed: the last stable offset) into out (th_read_all). */
 static inline void ct_read_all(const ct *t, const char *topic,
-                               const char *isolation, ct_recs *out)
+                               const char *isolation, th_recs *out)
 {
-    char errstr[512], group[300];
-    int n = ct_partitions(t, topic), remaining;
-    rd_kafka_conf_t *conf = ct_conf(t);
-    rd_kafka_t *rk;
-    rd_kafka_topic_partition_list_t *parts;
-    long long deadline = ct_now_ms() + 60000;
-    ct_recs tmp = {0};
-
-    ct_recs_free(out);
-    if (n == 0)
-        return;
+    char group[300];
     snprintf(group, sizeof group, "%s.reader", t->prefix);
-    ct_set(conf, "group.id", group);
-    ct_set(conf, "isolation.level", isolation);
-    ct_set(conf, "enable.auto.commit", "false");
-    ct_set(conf, "enable.partition.eof", "true");
-    ct_set(conf, "fetch.wait.max.ms", "10");
-    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)))
-        ct_die("rd_kafka_new(consumer): %s", errstr);
-    rd_kafka_poll_set_consumer(rk);
-    parts = rd_kafka_topic_partition_list_new(n);
-    for (int p = 0; p < n; p++)
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
-            RD_KAFKA_OFFSET_BEGINNING;
-    rd_kafka_assign(rk, parts);
-    remaining = n;
-    while (remaining > 0) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
-        if (ct_now_ms() > deadline)
-            ct_die("reading %s: no end of partition within 60 s", topic);
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            rd_kafka_topic_partition_t *p =
-                rd_kafka_topic_partition_list_find(parts, topic, m->partition);
-            if (p && p->err == 0) {
-                p->err = RD_KAFKA_RESP_ERR__PARTITION_EOF;
-                remaining--;
-            }
-        } else if (m->err) {
-            fprintf(stderr, "reading %s: %s\n", topic,
-                    rd_kafka_message_errstr(m));
-        } else {
-            ct_rec *r;
-            rd_kafka_headers_t *h;
-            if (tmp.n == tmp.cap) {
-                tmp.cap = tmp.cap ? 2 * tmp.cap : 256;
-                tmp.v = realloc(tmp.v, sizeof *tmp.v * tmp.cap);
-            }
-            r = &tmp.v[tmp.n++];
-            memset(r, 0, sizeof *r);
-            r->partition = m->partition;
-            r->offset = m->offset;
-            r->key = m->key ? ct_strndup(m->key, m->key_len) : NULL;
-            r->value = m->payload ? ct_strndup(m->payload, m->len) : NULL;
-            r->len = m->len;
-            r->json = r->value ? cJSON_ParseWithLength(r->value, r->len) : NULL;
-            if (rd_kafka_message_headers(m, &h) == 0) {
-                evl_kafka_header(m, "evlua-type", r->h_type, sizeof r->h_type);
-                evl_kafka_header(m, "evlua-aggregate-type", r->h_agg,
-                                 sizeof r->h_agg);
-                evl_kafka_header(m, "content-type", r->h_ct, sizeof r->h_ct);
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    rd_kafka_topic_partition_list_destroy(parts);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
-    /* stable order: by partition, then offset */
-    for (size_t i = 1; i < tmp.n; i++) {
-        ct_rec x = tmp.v[i];
-        size_t j = i;
-        while (j > 0 && (tmp.v[j - 1].partition > x.partition ||
-                         (tmp.v[j - 1].partition == x.partition &&
-                          tmp.v[j - 1].offset > x.offset))) {
-            tmp.v[j] = tmp.v[j - 1];
-            j--;
-        }
-        tmp.v[j] = x;
-    }
-    *out = tmp;
+    th_read_all(t->bootstrap, group, topic, isolation, out);
 }
 
 /* Read topic until it holds at least n records (read_committed) or
  * timeout_s passes. Returns the number read (out holds them). */
 static inline size_t ct_wait_count(const ct *t, const char *topic, size_t n,
-                                   int timeout_s, ct_recs *out)
+                                   int timeout_s, th_recs *out)
 {
-    long long deadline = ct_now_ms() + timeout_s * 1000LL;
+    long long deadline = th_now_ms() + timeout_s * 1000LL;
     for (;;) {
         ct_read_all(t, topic, "read_committed", out);
-        if (out->n >= n || ct_now_ms() > deadline)
+        if (out->n >= n || th_now_ms() > deadline)
             return out->n;
-        ct_sleep_ms(300);
+        th_sleep_ms(300);
     }
 }
 
-/* String member of a record's JSON, or NULL. */
-static inline const char *ct_str(const ct_rec *r, const char *name)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Integer member, or -1. */
-static inline long long ct_int(const ct_rec *r, const char *name)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, name);
-    return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
-}
-
 /* The result of command id among recs, or NULL. */
-static inline const ct_rec *ct_result(const ct_recs *recs, const char *id)
+static inline const th_rec *ct_result(const th_recs *recs, const char *id)
 {
     for (size_t i = 0; i < recs->n; i++) {
-        const char *c = ct_str(&recs->v[i], "command_id");
+        const char *c = th_str(&recs->v[i], "command_id");
         if (c && strcmp(c, id) == 0)
             return &recs->v[i];
     }
@@ -574,8 +390,8 @@ static inline const ct_rec *ct_result(const ct_recs *recs, const char *id)
  *   - per aggregate, sequences are 1..k without gaps or repeats;
  *   - each aggregate's events sit on one partition.
  * Returns the number of problems (each printed). */
-static inline int ct_check_exactly_once(const ct_recs *events,
-                                        const ct_recs *results, char **ids,
+static inline int ct_check_exactly_once(const th_recs *events,
+                                        const th_recs *results, char **ids,
                                         size_t n)
 {
     int problems = 0;
@@ -594,7 +410,7 @@ static inline int ct_check_exactly_once(const ct_recs *events,
     } while (0)
 
     for (size_t i = 0; i < results->n; i++) {
-        const char *c = ct_str(&results->v[i], "command_id");
+        const char *c = th_str(&results->v[i], "command_id");
         if (!c) {
             PROBLEM("a result without command_id: %s", results->v[i].value);
             continue;
@@ -612,9 +428,9 @@ static inline int ct_check_exactly_once(const ct_recs *events,
                 cJSON_GetArraySize(by_cmd), n);
 
     for (size_t i = 0; i < events->n; i++) {
-        const ct_rec *e = &events->v[i];
-        const char *id = ct_str(e, "id"), *agg = ct_str(e, "aggregate_id");
-        long long seq = ct_int(e, "sequence");
+        const th_rec *e = &events->v[i];
+        const char *id = th_str(e, "id"), *agg = th_str(e, "aggregate_id");
+        long long seq = th_int(e, "sequence");
         cJSON *c, *p;
         if (!id || !agg) {
             PROBLEM("a malformed event: %s", e->value);
@@ -645,9 +461,9 @@ static inline int ct_check_exactly_once(const ct_recs *events,
     /* every event an accepted result lists exists; the total matches */
     size_t listed = 0;
     for (size_t i = 0; i < results->n; i++) {
-        const ct_rec *r = &results->v[i];
+        const th_rec *r = &results->v[i];
         cJSON *evs = cJSON_GetObjectItemCaseSensitive(r->json, "events");
-        const char *st = ct_str(r, "status");
+        const char *st = th_str(r, "status");
         cJSON *e;
         if (st && strcmp(st, "accepted") != 0 && cJSON_GetArraySize(evs) > 0)
             PROBLEM("a %s result lists events: %s", st, r->value);
@@ -669,6 +485,25 @@ static inline int ct_check_exactly_once(const ct_recs *events,
     cJSON_Delete(agg_seq);
     cJSON_Delete(agg_part);
     return problems;
+}
+
+/* Read a long run back (results: n of them, within 300 s) and check it:
+ * a result for every command, exactly once (ct_check_exactly_once), every
+ * command accepted. */
+static inline void ct_check_run(const ct *t, const char *events,
+                                const char *results, char **ids, size_t n,
+                                th_recs *evs, th_recs *res)
+{
+    size_t accepted = 0;
+    CHECK_INT(ct_wait_count(t, results, n, 300, res), n,
+              "a result for every command");
+    ct_read_all(t, events, "read_committed", evs);
+    CHECK_INT(ct_check_exactly_once(evs, res, ids, n), 0,
+              "exactly once: results, events, sequences");
+    for (size_t i = 0; i < res->n; i++)
+        accepted += th_str(&res->v[i], "status") &&
+                    strcmp(th_str(&res->v[i], "status"), "accepted") == 0;
+    CHECK_INT(accepted, n, "every command was accepted");
 }
 
 #endif

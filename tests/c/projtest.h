@@ -6,12 +6,14 @@
  * projector (in this process until caught up, or as `evlua run`).
  *
  * Every helper fails the test (exit 1) when a service misbehaves: a test
- * never skips.
+ * never skips. Processes, files, logs and topics are the shared harness's
+ * (harness.h); this file adds the projection side's world on top.
  */
 #ifndef EVL_PROJTEST_H
 #define EVL_PROJTEST_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,6 +30,7 @@
 
 #include "check.h"
 #include "config.h"
+#include "harness.h"
 #include "luahost.h"
 #include "projector.h"
 #include "svc.h"
@@ -44,17 +47,6 @@ typedef struct pt {
     int in_txn;
 } pt;
 
-static inline void pt_die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
 /* ---- PostgreSQL -------------------------------------------------------------
  */
 
@@ -63,29 +55,33 @@ static inline PGresult *pt_sql(pt *t, const char *sql)
     PGresult *res = PQexec(t->db, sql);
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        pt_die("SQL \"%s\": %s", sql, PQresultErrorMessage(res));
+        th_die("SQL \"%s\": %s", sql, PQresultErrorMessage(res));
     return res;
+}
+
+/* pt_sql on the SQL printf-formatted from fmt and ap. */
+static inline PGresult *pt_vsql(pt *t, const char *fmt, va_list ap)
+{
+    char sql[8192];
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    return pt_sql(t, sql);
 }
 
 static inline void pt_exec(pt *t, const char *fmt, ...)
 {
-    char sql[8192];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
+    PQclear(pt_vsql(t, fmt, ap));
     va_end(ap);
-    PQclear(pt_sql(t, sql));
 }
 
 /* First column of the first row as a number (-1: no row or NULL). */
 static inline long long pt_long(pt *t, const char *fmt, ...)
 {
-    char sql[8192];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
+    PGresult *res = pt_vsql(t, fmt, ap);
     va_end(ap);
-    PGresult *res = pt_sql(t, sql);
     long long v = -1;
     if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
         v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -97,12 +93,10 @@ static inline long long pt_long(pt *t, const char *fmt, ...)
 static inline const char *pt_text(pt *t, char *buf, size_t n, const char *fmt,
                                   ...)
 {
-    char sql[8192];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
+    PGresult *res = pt_vsql(t, fmt, ap);
     va_end(ap);
-    PGresult *res = pt_sql(t, sql);
     if (PQntuples(res) == 0)
         snprintf(buf, n, "(none)");
     else if (PQgetisnull(res, 0, 0))
@@ -119,7 +113,7 @@ static inline void pt_connect(pt *t)
         PQfinish(t->db);
     t->db = PQconnectdb(t->dbinfo);
     if (PQstatus(t->db) != CONNECTION_OK)
-        pt_die("PQconnectdb: %s", PQerrorMessage(t->db));
+        th_die("PQconnectdb: %s", PQerrorMessage(t->db));
     PQclear(PQexec(t->db, "SET client_min_messages = warning"));
 }
 
@@ -128,105 +122,47 @@ static inline void pt_connect(pt *t)
 
 static inline rd_kafka_conf_t *pt_kconf(pt *t)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", t->bootstrap, errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK)
-        pt_die("bootstrap.servers: %s", errstr);
-    return conf;
+    return th_kconf(t->bootstrap);
 }
 
-static inline void pt_kset(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK)
-        pt_die("%s: %s", k, errstr);
-}
-
+/* Create topic with partitions (it must not exist yet). */
 static inline void pt_topic(pt *t, const char *topic, int partitions)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, pt_kconf(t), errstr, sizeof errstr);
-    if (!rk)
-        pt_die("rd_kafka_new(admin): %s", errstr);
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(topic, partitions, 1, errstr, sizeof errstr);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    if (!ev)
-        pt_die("CreateTopics(%s): no answer within 30 s", topic);
-    if (rd_kafka_event_error(ev))
-        pt_die("CreateTopics(%s): %s", topic, rd_kafka_event_error_string(ev));
-    size_t n;
-    const rd_kafka_topic_result_t **res = rd_kafka_CreateTopics_result_topics(
-        rd_kafka_event_CreateTopics_result(ev), &n);
-    if (n == 1 && rd_kafka_topic_result_error(res[0]))
-        pt_die("CreateTopics(%s): %s", topic,
-               rd_kafka_topic_result_error_string(res[0]));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_destroy(rk);
+    rd_kafka_resp_err_t e =
+        th_create_topic(t->bootstrap, topic, partitions, NULL);
+    if (e)
+        th_die("CreateTopics(%s): %s", topic, rd_kafka_err2str(e));
 }
 
 /* Partition count of topic in the cluster's metadata (0: no such topic). */
 static inline int pt_partitions(pt *t, const char *topic)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, pt_kconf(t), errstr, sizeof errstr);
-    if (!rk)
-        pt_die("rd_kafka_new(metadata): %s", errstr);
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
-    if (e)
-        pt_die("rd_kafka_metadata: %s", rd_kafka_err2str(e));
-    int n = 0;
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (strcmp(md->topics[i].topic, topic) == 0 && !md->topics[i].err)
-            n = md->topics[i].partition_cnt;
-    rd_kafka_metadata_destroy(md);
-    rd_kafka_destroy(rk);
-    return n;
-}
-
-static inline void pt_kcheck(rd_kafka_error_t *error, const char *call)
-{
-    if (error) {
-        fprintf(stderr, "FAIL: %s: %s\n", call, rd_kafka_error_string(error));
-        rd_kafka_error_destroy(error);
-        exit(1);
-    }
+    return th_partitions(t->bootstrap, topic);
 }
 
 /* A transactional producer with the partitioner evlua documents. */
 static inline void pt_producer(pt *t)
 {
-    char errstr[512], txid[160];
+    char txid[160];
     rd_kafka_conf_t *conf = pt_kconf(t);
     snprintf(txid, sizeof txid, "%s-producer", t->name);
-    pt_kset(conf, "transactional.id", txid);
-    pt_kset(conf, "partitioner", "murmur2_random");
-    pt_kset(conf, "linger.ms", "5");
-    t->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!t->producer)
-        pt_die("rd_kafka_new(producer): %s", errstr);
-    pt_kcheck(rd_kafka_init_transactions(t->producer, 30000),
+    th_kset(conf, "transactional.id", txid);
+    th_kset(conf, "partitioner", "murmur2_random");
+    th_kset(conf, "linger.ms", "5");
+    t->producer = th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
+    th_kcheck(rd_kafka_init_transactions(t->producer, 30000),
               "init_transactions");
 }
 
 static inline void pt_begin(pt *t)
 {
-    pt_kcheck(rd_kafka_begin_transaction(t->producer), "begin_transaction");
+    th_kcheck(rd_kafka_begin_transaction(t->producer), "begin_transaction");
     t->in_txn = 1;
 }
 
 static inline void pt_commit(pt *t)
 {
-    pt_kcheck(rd_kafka_commit_transaction(t->producer, -1),
+    th_kcheck(rd_kafka_commit_transaction(t->producer, -1),
               "commit_transaction");
     t->in_txn = 0;
 }
@@ -254,7 +190,7 @@ static inline void pt_raw(pt *t, const char *topic, const char *key,
             rd_kafka_poll(t->producer, 50);
             continue;
         }
-        pt_die("rd_kafka_producev: %s", rd_kafka_err2str(e));
+        th_die("rd_kafka_producev: %s", rd_kafka_err2str(e));
     }
 }
 
@@ -287,15 +223,40 @@ static inline void pt_ev(pt *t, const char *topic, const char *aid,
     pt_event(t, topic, "customer", aj, aid, seq, type, data);
 }
 
+/* Write aggregates/TYPE.lua: an aggregate whose command Open makes the
+ * event Opened (the lag and new-topic tests). */
+static inline void pt_opened_aggregate(pt *t, const char *type)
+{
+    char path[800], text[1024];
+    snprintf(path, sizeof path, "%s/aggregates/%s.lua", t->dir, type);
+    snprintf(text, sizeof text,
+             "return {\n"
+             "  type = '%s',\n"
+             "  initial = function() return {} end,\n"
+             "  apply = { Opened = function(s, e) s.open = true end },\n"
+             "  handle = { Open = function(s, c) return { { type = "
+             "'Opened', data = {} } } end },\n"
+             "}\n",
+             type);
+    th_write_file(path, text);
+}
+
+/* One transaction of n events Opened of type, to aggregates e1..en. */
+static inline void pt_opened_events(pt *t, const char *topic, const char *type,
+                                    int n)
+{
+    pt_begin(t);
+    for (int i = 1; i <= n; i++) {
+        char id[32], aj[40];
+        snprintf(id, sizeof id, "e%d", i);
+        snprintf(aj, sizeof aj, "\"%s\"", id);
+        pt_event(t, topic, type, aj, id, 1, "Opened", "{}");
+    }
+    pt_commit(t);
+}
+
 /* ---- setup
  * ----------------------------------------------------------------------- */
-
-static inline void pt_write(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
-        pt_die("cannot write %s: %s", path, strerror(errno));
-}
 
 /* pt_init on the PostgreSQL at conninfo (NULL: the shared service). */
 static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
@@ -323,7 +284,7 @@ static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
     /* the schema first, on a plain connection */
     PGconn *c = PQconnectdb(t->conninfo);
     if (PQstatus(c) != CONNECTION_OK)
-        pt_die("PQconnectdb: %s", PQerrorMessage(c));
+        th_die("PQconnectdb: %s", PQerrorMessage(c));
     char sql[300];
     snprintf(sql, sizeof sql,
              "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s "
@@ -331,7 +292,7 @@ static inline void pt_init_pg(pt *t, const char *name, const char *conninfo)
              t->name, t->name);
     PGresult *res = PQexec(c, sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        pt_die("%s: %s", sql, PQresultErrorMessage(res));
+        th_die("%s: %s", sql, PQresultErrorMessage(res));
     PQclear(res);
     PQfinish(c);
     pt_connect(t);
@@ -361,7 +322,21 @@ static inline void pt_config(pt *t, const char *projections_dir,
              "}\n",
              t->dir, projections_dir, t->bootstrap, t->dbinfo,
              extra ? extra : "");
-    pt_write(path, text);
+    th_write_file(path, text);
+}
+
+/* pt_config for the source tree's example projections reading topic:
+ * projection = { topics = { topic }, group_prefix = "NAME.", fields }. */
+static inline void pt_config_examples(pt *t, const char *topic,
+                                      const char *fields)
+{
+    char extra[1024], pdir[1100];
+    snprintf(extra, sizeof extra,
+             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\"%s%s "
+             "},",
+             topic, t->name, fields ? ", " : "", fields ? fields : "");
+    snprintf(pdir, sizeof pdir, "%s/projections", t->src);
+    pt_config(t, pdir, extra);
 }
 
 static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
@@ -369,7 +344,7 @@ static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
     char path[700], err[EVL_ERRLEN];
     snprintf(path, sizeof path, "%s/evlua.lua", t->dir);
     if (evl_config_load(path, cfg, err, sizeof err) != EVL_OK)
-        pt_die("config: %s", err);
+        th_die("config: %s", err);
     evl_luahost_config hc;
     memset(&hc, 0, sizeof hc);
     hc.aggregate_dirs = (const char *const *)cfg->aggregate_dirs.v;
@@ -378,7 +353,7 @@ static inline void pt_load(pt *t, evl_config *cfg, evl_luahost **host)
     hc.nprojection_dirs = (size_t)cfg->projection_dirs.n;
     evl_luahost_problems probs = {0};
     if (evl_luahost_new(&hc, host, &probs, err, sizeof err) != EVL_OK)
-        pt_die("scripts: %s", err);
+        th_die("scripts: %s", err);
     evl_luahost_problems_free(&probs);
 }
 
@@ -410,7 +385,7 @@ static inline pid_t pt_spawn(pt *t, const char *log, ...)
 {
     const char *bin = getenv("EVLUA_BIN");
     if (!bin || !*bin)
-        pt_die("EVLUA_BIN is not set (run through ctest)");
+        th_die("EVLUA_BIN is not set (run through ctest)");
     const char *argv[32];
     int argc = 0;
     argv[argc++] = bin;
@@ -423,42 +398,19 @@ static inline pid_t pt_spawn(pt *t, const char *log, ...)
     argv[argc] = NULL;
     char path[700];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        pt_die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        FILE *f = freopen(path, "a", stdout);
-        if (!f || dup2(fileno(stdout), 2) < 0)
-            _exit(127);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
+    return th_spawn(path, NULL, argv);
 }
 
-/* Wait for pid; returns its exit code, or 128+signal. */
-static inline int pt_wait(pid_t pid)
+/* Wait for pid (started by pt_spawn with log); its output into out.
+ * Returns its exit code. */
+static inline int pt_output(pt *t, pid_t pid, const char *log, char *out,
+                            size_t n)
 {
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* Monotonic seconds, for measuring how long something took. */
-static inline double pt_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static inline void pt_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    char path[800];
+    int rc = th_wait(pid, -1);
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    th_read_file(path, out, n);
+    return rc;
 }
 
 /* Poll `SELECT ...` until it returns want (or timeout_s passes); returns
@@ -478,41 +430,17 @@ static inline long long pt_wait_for(pt *t, long long want, int timeout_s,
             pt_connect(t);
         if (v == want)
             return v;
-        pt_sleep_ms(200);
+        th_sleep_ms(200);
     } while (time(NULL) < end);
     return v;
-}
-
-/* GET http://127.0.0.1:port/readyz: "BODY CODE" into b. */
-static inline const char *pt_readyz(int port, char *b, size_t n)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd,
-             "curl -s -m 5 -w ' %%{http_code}' http://127.0.0.1:%d/readyz",
-             port);
-    b[0] = '\0';
-    FILE *f = popen(cmd, "r");
-    if (f) {
-        size_t k = fread(b, 1, n - 1, f);
-        b[k] = '\0';
-        pclose(f);
-    }
-    return b;
 }
 
 /* How often needle occurs in DIR/log. */
 static inline int pt_log_count(pt *t, const char *log, const char *needle)
 {
-    char path[800], line[8192];
+    char path[800];
     snprintf(path, sizeof path, "%s/%s", t->dir, log);
-    FILE *f = fopen(path, "r");
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, needle))
-            n++;
-    if (f)
-        fclose(f);
-    return n;
+    return th_log_count(path, needle);
 }
 
 /* Wait until needle occurs at least count times in DIR/log; returns the
@@ -520,13 +448,124 @@ static inline int pt_log_count(pt *t, const char *log, const char *needle)
 static inline int pt_wait_log(pt *t, const char *log, const char *needle,
                               int count, int timeout_s)
 {
-    int n = 0;
-    for (int i = 0; i < timeout_s * 10; i++) {
-        if ((n = pt_log_count(t, log, needle)) >= count)
-            break;
-        pt_sleep_ms(100);
+    char path[800];
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    return th_wait_log(path, needle, count, timeout_s * 1000LL);
+}
+
+/* ---- the long runs: a grid of events and the state it makes ----------------
+ *
+ * The tests that kill and freeze projectors while events keep coming
+ * (test_projector_kill, test_projector_scale) write aggs x seqs "Added"
+ * events from a thread: sequences in order per aggregate, aggregates
+ * interleaved, per_tx events a transaction and 150 ms after each.
+ * Aggregate a is "<prefix><a as %03d>"; its event s carries
+ * {"v": value(a, s)}. */
+typedef struct pt_grid {
+    pt *t;
+    const char *topic;
+    const char *prefix;
+    int aggs, seqs, per_tx;
+    int (*value)(int a, int s);
+    volatile int done; /* every event committed */
+    pthread_t thread;
+} pt_grid;
+
+static inline void *pt_grid_produce_(void *arg)
+{
+    pt_grid *g = arg;
+    int k = 0;
+    for (int s = 1; s <= g->seqs; s++)
+        for (int a = 0; a < g->aggs; a++) {
+            if (k % g->per_tx == 0)
+                pt_begin(g->t);
+            char id[16], data[32];
+            snprintf(id, sizeof id, "%s%03d", g->prefix, a);
+            snprintf(data, sizeof data, "{\"v\":%d}", g->value(a, s));
+            pt_ev(g->t, g->topic, id, s, "Added", data);
+            if (++k % g->per_tx == 0) {
+                pt_commit(g->t);
+                th_sleep_ms(150);
+            }
+        }
+    g->done = 1;
+    return NULL;
+}
+
+/* Write projections/NAME.lua: the grid's events into totals (id, n, sum,
+ * last) and applied (id, seq), plus applied.pid (the backend's pid, to
+ * see which instance applied it) when with_pid. */
+static inline void pt_grid_projection(pt *t, const char *name, int with_pid)
+{
+    char path[800], text[2048];
+    snprintf(path, sizeof path, "%s/projections/%s.lua", t->dir, name);
+    snprintf(
+        text, sizeof text,
+        "return {\n"
+        "  name = '%s',\n"
+        "  schema = [[\n"
+        "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
+        "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT "
+        "NULL);\n"
+        "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
+        "      seq bigint NOT NULL%s)]],\n"
+        "  on = {\n"
+        "    Added = function(e)\n"
+        "      return {\n"
+        "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT "
+        "(id)\n"
+        "            DO UPDATE SET n = totals.n + 1,\n"
+        "            sum = totals.sum + EXCLUDED.sum, last = "
+        "EXCLUDED.last]],\n"
+        "          e.aggregate_id, e.data.v, e.data.v },\n"
+        "        { 'INSERT INTO applied VALUES ($1, $2%s)',\n"
+        "          e.aggregate_id, e.sequence },\n"
+        "      }\n"
+        "    end,\n"
+        "  },\n"
+        "}\n",
+        name, with_pid ? ", pid integer NOT NULL" : "",
+        with_pid ? ", pg_backend_pid()" : "");
+    th_write_file(path, text);
+}
+
+/* Start producing the grid in a thread (pt_producer first). */
+static inline void pt_grid_start(pt_grid *g)
+{
+    if (pthread_create(&g->thread, NULL, pt_grid_produce_, g) != 0)
+        th_die("pthread_create: %s", strerror(errno));
+}
+
+/* Wait for the producing thread; 1 when it wrote every event. */
+static inline int pt_grid_join(pt_grid *g)
+{
+    pthread_join(g->thread, NULL);
+    return g->done;
+}
+
+/* How many rows of the table totals (id, n, sum, last) equal the state
+ * the grid's events make: n = seqs, sum and last of the values. A wrong
+ * row is printed while fewer than show rows were right. */
+static inline long long pt_grid_good(pt_grid *g, int show)
+{
+    long long good = 0;
+    PGresult *res = pt_sql(g->t, "SELECT id, n, sum, last FROM totals");
+    for (int r = 0; r < PQntuples(res); r++) {
+        int a = atoi(PQgetvalue(res, r, 0) + strlen(g->prefix));
+        long long sum = 0;
+        for (int s = 1; s <= g->seqs; s++)
+            sum += g->value(a, s);
+        if (atoi(PQgetvalue(res, r, 1)) == g->seqs &&
+            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
+            atoi(PQgetvalue(res, r, 3)) == g->value(a, g->seqs))
+            good++;
+        else if (good < show)
+            fprintf(stderr, "  %s: n=%s sum=%s (want %lld) last=%s\n",
+                    PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
+                    PQgetvalue(res, r, 2), sum, PQgetvalue(res, r, 3));
     }
-    return n;
+    PQclear(res);
+    return good;
 }
 
 /* Release the clients; a passing test also removes its scratch dir (a
@@ -537,12 +576,8 @@ static inline void pt_done(pt *t)
         rd_kafka_destroy(t->producer);
     if (t->db)
         PQfinish(t->db);
-    if (check_failures_ == 0 && strstr(t->dir, t->name)) {
-        char cmd[700];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "warning: cannot remove %s\n", t->dir);
-    }
+    if (check_failures_ == 0 && strstr(t->dir, t->name))
+        th_remove_dir(t->dir);
 }
 
 #endif

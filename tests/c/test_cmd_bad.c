@@ -39,11 +39,11 @@ typedef struct expect {
     const char *error;  /* substring of the error, or NULL */
 } expect;
 
-static const ct_rec *find_by_error(const ct_recs *res, const char *text)
+static const th_rec *find_by_error(const th_recs *res, const char *text)
 {
     for (size_t i = 0; i < res->n; i++) {
-        const char *e = ct_str(&res->v[i], "error");
-        if (!ct_str(&res->v[i], "command_id") && e && strstr(e, text))
+        const char *e = th_str(&res->v[i], "error");
+        if (!th_str(&res->v[i], "command_id") && e && strstr(e, text))
             return &res->v[i];
     }
     return NULL;
@@ -54,7 +54,7 @@ int main(void)
     ct t;
     char cust_cmds[256], probe_cmds[256], cust_res[256], probe_res[256],
         cust_ev[256], probe_ev[256];
-    ct_recs res = {0}, res2 = {0}, evs = {0};
+    th_recs res = {0}, res2 = {0}, evs = {0};
     size_t sent = 0;
     pid_t pid;
 
@@ -74,8 +74,7 @@ int main(void)
 
     pid = ct_start(&t, "a", "a.log", NULL);
     rd_kafka_t *p = ct_producer(&t);
-    for (int i = 0; i < 300 && ct_partitions(&t, cust_res) == 0; i++)
-        ct_sleep_ms(100);
+    ct_wait_topic(&t, cust_res, 30);
 
     /* customer: one good command first */
     ct_send(&t, p, "customer", "reg-1", "RegisterCustomer", "c-1",
@@ -201,7 +200,7 @@ int main(void)
         {"ver-2", "accepted", NULL},
     };
     for (size_t i = 0; i < sizeof cust / sizeof cust[0]; i++) {
-        const ct_rec *r = cust[i].id ? ct_result(&res, cust[i].id)
+        const th_rec *r = cust[i].id ? ct_result(&res, cust[i].id)
                                      : find_by_error(&res, cust[i].error);
         char what[256];
         snprintf(what, sizeof what, "customer command %s (%s)",
@@ -209,16 +208,16 @@ int main(void)
         CHECK(r != NULL, what);
         if (!r)
             continue;
-        CHECK_STR(ct_str(r, "status"), cust[i].status, what);
+        CHECK_STR(th_str(r, "status"), cust[i].status, what);
         if (cust[i].error)
-            CHECK_HAS(ct_str(r, "error"), cust[i].error, what);
+            CHECK_HAS(th_str(r, "error"), cust[i].error, what);
         CHECK_INT(cJSON_GetArraySize(
                       cJSON_GetObjectItemCaseSensitive(r->json, "events")),
                   strcmp(cust[i].status, "accepted") == 0 ? 1 : 0,
                   "only accepted commands list events");
     }
-    const ct_rec *r = ct_result(&res, "ver-2");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 2,
+    const th_rec *r = ct_result(&res, "ver-2");
+    CHECK_INT(r ? th_int(r, "version") : -1, 2,
               "the right expected_version is accepted at version 2");
 
     static const expect probe[] = {
@@ -229,20 +228,20 @@ int main(void)
         {"ok-2", "accepted", NULL},
     };
     for (size_t i = 0; i < sizeof probe / sizeof probe[0]; i++) {
-        const ct_rec *q = ct_result(&res2, probe[i].id);
+        const th_rec *q = ct_result(&res2, probe[i].id);
         char what[256];
         snprintf(what, sizeof what, "probe command %s", probe[i].id);
         CHECK(q != NULL, what);
         if (!q)
             continue;
-        CHECK_STR(ct_str(q, "status"), probe[i].status, what);
+        CHECK_STR(th_str(q, "status"), probe[i].status, what);
         if (probe[i].error)
-            CHECK_HAS(ct_str(q, "error"), probe[i].error, what);
+            CHECK_HAS(th_str(q, "error"), probe[i].error, what);
     }
     int ok1 = 0, dup = 0;
     for (size_t i = 0; i < res2.n; i++) {
-        const char *c = ct_str(&res2.v[i], "command_id");
-        const char *st = ct_str(&res2.v[i], "status");
+        const char *c = th_str(&res2.v[i], "command_id");
+        const char *st = th_str(&res2.v[i], "status");
         if (c && strcmp(c, "ok-1") == 0) {
             ok1++;
             dup += st && strcmp(st, "duplicate") == 0;
@@ -251,11 +250,11 @@ int main(void)
     CHECK_INT(ok1, 2, "the repeated command id got two results");
     CHECK_INT(dup, 1, "... one of them duplicate");
     r = ct_result(&res2, "huge-1");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 1,
+    CHECK_INT(r ? th_int(r, "version") : -1, 1,
               "a command too big for the scripts' memory is answered with "
               "its aggregate's version");
     r = ct_result(&res2, "ok-2");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 2,
+    CHECK_INT(r ? th_int(r, "version") : -1, 2,
               "after the failures, ok-2 lands at version 2");
 
     ct_read_all(&t, cust_ev, "read_committed", &evs);
@@ -265,13 +264,9 @@ int main(void)
 
     /* the group's committed offsets are at the end of each partition */
     {
-        char errstr[512], group[256];
-        rd_kafka_conf_t *conf = ct_conf(&t);
+        char group[256];
         snprintf(group, sizeof group, "%s.group", t.prefix);
-        ct_set(conf, "group.id", group);
-        ct_set(conf, "isolation.level", "read_committed");
-        rd_kafka_t *c =
-            rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+        rd_kafka_t *c = th_consumer(t.bootstrap, group, "read_committed", NULL);
         rd_kafka_topic_partition_list_t *l =
             rd_kafka_topic_partition_list_new(12);
         for (int i = 0; i < 6; i++) {
@@ -292,12 +287,12 @@ int main(void)
         rd_kafka_destroy(c);
     }
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     rd_kafka_destroy(p);
-    ct_recs_free(&res);
-    ct_recs_free(&res2);
-    ct_recs_free(&evs);
+    th_recs_free(&res);
+    th_recs_free(&res2);
+    th_recs_free(&evs);
     return check_done();
 }

@@ -18,22 +18,19 @@ int main(void)
 {
     ct t;
     char results[256], state[256];
-    ct_recs res = {0};
+    th_recs res = {0};
     const char *victim = NULL, *other = NULL;
     int32_t vpart = -1;
     char ids[12][16];
     pid_t pid;
 
-    ct_init(&t, "badstate");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "badstate", "a", NULL, NULL);
     ct_topic(&t, "customer", "results", results, sizeof results);
     ct_topic(&t, "customer", "state", state, sizeof state);
     rd_kafka_t *p = ct_producer(&t);
 
     pid = ct_start(&t, "a", "a1.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     for (int i = 0; i < 12; i++) {
         char cmd[32];
         snprintf(ids[i], sizeof ids[i], "c-%d", i);
@@ -46,7 +43,7 @@ int main(void)
               "twelve customers registered");
     /* two aggregates on different partitions */
     for (size_t i = 0; i < res.n; i++) {
-        const char *agg = ct_str(&res.v[i], "aggregate_id");
+        const char *agg = th_str(&res.v[i], "aggregate_id");
         if (!victim) {
             victim = agg;
             vpart = res.v[i].partition;
@@ -55,8 +52,8 @@ int main(void)
         }
     }
     if (!victim || !other)
-        ct_die("twelve ids landed on one partition");
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
+        th_die("twelve ids landed on one partition");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
 
     /* the unreadable snapshot, newest for the victim */
     static const char bad[] = "{\"state\":\x01\n2,\"version\":4}";
@@ -69,16 +66,16 @@ int main(void)
     ct_send(&t, p, "customer", "upd-other", "UpdateCustomerProfile", other,
             "{\"name\":\"Bob\"}", NULL);
     ct_flush(p);
-    ct_recs_free(&res);
+    th_recs_free(&res);
     CHECK(ct_wait_count(&t, results, 13, 90, &res) >= 13,
           "the other partition's command has its result");
-    const ct_rec *r = ct_result(&res, "upd-other");
-    CHECK_STR(r ? ct_str(r, "status") : NULL, "accepted",
+    const th_rec *r = ct_result(&res, "upd-other");
+    CHECK_STR(r ? th_str(r, "status") : NULL, "accepted",
               "the other partition goes on");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 2, "at its right version");
+    CHECK_INT(r ? th_int(r, "version") : -1, 2, "at its right version");
     /* give the victim's command time it would need to be answered */
-    ct_sleep_ms(5000);
-    ct_recs_free(&res);
+    th_sleep_ms(5000);
+    th_recs_free(&res);
     ct_read_all(&t, results, "read_committed", &res);
     CHECK(ct_result(&res, "upd-victim") == NULL,
           "the victim's partition is not consumed: no result at an older "
@@ -90,9 +87,9 @@ int main(void)
           "and what is wrong with the record");
     if (check_failures_)
         ct_dump_log(&t, "a2.log");
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "it still stops cleanly");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "it still stops cleanly");
 
-    ct_recs_free(&res);
+    th_recs_free(&res);
     rd_kafka_destroy(p);
     return check_done();
 }

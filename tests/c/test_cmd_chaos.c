@@ -11,8 +11,6 @@
  *
  * EVLUA_CHAOS_COMMANDS / EVLUA_CHAOS_KILLS change the size of the run.
  */
-#include <pthread.h>
-
 #include "cmdtest.h"
 
 #define AGGS 200
@@ -21,47 +19,10 @@ static ct t;
 static int ncommands = 5000;
 static char **ids;
 
-static void *produce(void *arg)
-{
-    rd_kafka_t *p = ct_producer(&t);
-    int per_round = AGGS, rounds = ncommands / AGGS;
-    (void)arg;
-    for (int r = 0; r < rounds; r++) {
-        for (int a = 0; a < per_round; a++) {
-            char id[64], agg[32], data[160];
-            int k = r * per_round + a;
-            snprintf(id, sizeof id, "cmd-%d", k);
-            snprintf(agg, sizeof agg, "c-%d", a);
-            if (r == 0) {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N0\",\"email\":\"e0-%d@example.org\"}",
-                         a);
-                ct_send(&t, p, "customer", id, "RegisterCustomer", agg, data,
-                        NULL);
-            } else if (r % 2) {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N%d\",\"address\":\"%d Main St\"}", r, r);
-                ct_send(&t, p, "customer", id, "UpdateCustomerProfile", agg,
-                        data, NULL);
-            } else {
-                snprintf(data, sizeof data,
-                         "{\"email\":\"e%d-%d@example.org\"}", r, a);
-                ct_send(&t, p, "customer", id, "ChangeEmail", agg, data, NULL);
-            }
-            ids[k] = strdup(id);
-        }
-        ct_flush(p);
-        ct_sleep_ms(1800); /* the stream outlasts the five kills */
-    }
-    rd_kafka_destroy(p);
-    return NULL;
-}
-
 int main(void)
 {
     char events[256], results[256], state[256], log[64];
-    ct_recs evs = {0}, res = {0}, st = {0};
-    pthread_t producer;
+    th_recs evs = {0}, res = {0}, st = {0};
     int kills = 5;
     pid_t pid;
 
@@ -71,41 +32,35 @@ int main(void)
         kills = atoi(getenv("EVLUA_CHAOS_KILLS"));
     ids = calloc((size_t)ncommands, sizeof *ids);
     srand((unsigned)getpid());
-    ct_init(&t, "chaos");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", "batch_size = 50,", NULL);
+    ct_init_customer(&t, "chaos", "a", "batch_size = 50,", NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     ct_topic(&t, "customer", "state", state, sizeof state);
 
     pid = ct_start(&t, "a", "run0.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
-    pthread_create(&producer, NULL, produce, NULL);
+    ct_wait_topic(&t, results, 30);
+    ct_stream stream = {.t = &t,
+                        .aggs = AGGS,
+                        .rounds = ncommands / AGGS,
+                        .pause_ms = 1800, /* outlasts the five kills */
+                        .emails = 1,
+                        .ids = ids};
+    ct_stream_start(&stream);
     snprintf(log, sizeof log, "run0.log");
     for (int k = 1; k <= kills; k++) {
         /* kill while it works: once it consumes, after a random delay */
         for (int i = 0; i < 600 && !ct_log_has(&t, log, "states restored"); i++)
-            ct_sleep_ms(50);
-        ct_sleep_ms(200 + rand() % 2500);
+            th_sleep_ms(50);
+        th_sleep_ms(200 + rand() % 2500);
         kill(pid, SIGKILL);
-        CHECK_INT(ct_wait(pid, 10), 128 + SIGKILL, "killed with -9");
+        CHECK_INT(th_wait(pid, 10), 128 + SIGKILL, "killed with -9");
         fprintf(stderr, "kill %d done\n", k);
         snprintf(log, sizeof log, "run%d.log", k);
         pid = ct_start(&t, "a", log, NULL);
     }
-    pthread_join(producer, NULL);
+    ct_stream_join(&stream);
 
-    CHECK_INT(ct_wait_count(&t, results, (size_t)ncommands, 300, &res),
-              ncommands, "a result for every command");
-    ct_read_all(&t, events, "read_committed", &evs);
-    CHECK_INT(ct_check_exactly_once(&evs, &res, ids, (size_t)ncommands), 0,
-              "exactly once: results, events, sequences");
-    size_t accepted = 0;
-    for (size_t i = 0; i < res.n; i++)
-        accepted += ct_str(&res.v[i], "status") &&
-                    strcmp(ct_str(&res.v[i], "status"), "accepted") == 0;
-    CHECK_INT(accepted, ncommands, "every command was accepted");
+    ct_check_run(&t, events, results, ids, (size_t)ncommands, &evs, &res);
 
     /* the last snapshot of each aggregate matches its last event */
     ct_read_all(&t, state, "read_committed", &st);
@@ -115,23 +70,23 @@ int main(void)
         long long last_seq = 0, snap = -1;
         snprintf(agg, sizeof agg, "c-%d", a);
         for (size_t i = 0; i < evs.n; i++)
-            if (strcmp(ct_str(&evs.v[i], "aggregate_id"), agg) == 0)
-                last_seq = ct_int(&evs.v[i], "sequence");
+            if (strcmp(th_str(&evs.v[i], "aggregate_id"), agg) == 0)
+                last_seq = th_int(&evs.v[i], "sequence");
         for (size_t i = 0; i < st.n; i++)
             if (st.v[i].key && strcmp(st.v[i].key, agg) == 0)
-                snap = ct_int(&st.v[i], "version");
+                snap = th_int(&st.v[i], "version");
         mismatches += snap != last_seq;
     }
     CHECK_INT(mismatches, 0, "snapshots agree with the events");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "the last run exits 0");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "the last run exits 0");
     if (check_failures_)
         ct_dump_log(&t, log);
     for (int i = 0; i < ncommands; i++)
         free(ids[i]);
     free(ids);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
-    ct_recs_free(&st);
+    th_recs_free(&evs);
+    th_recs_free(&res);
+    th_recs_free(&st);
     return check_done();
 }

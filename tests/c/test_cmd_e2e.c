@@ -10,26 +10,26 @@
  */
 #include "cmdtest.h"
 
-static void check_event(const ct_rec *e, const char *type, long long seq,
+static void check_event(const th_rec *e, const char *type, long long seq,
                         const char *causation, const char *correlation,
                         const char *user, int32_t partition)
 {
     char what[160];
-    const char *id = ct_str(e, "id"), *at = ct_str(e, "occurred_at");
+    const char *id = th_str(e, "id"), *at = th_str(e, "occurred_at");
     snprintf(what, sizeof what, "event %lld (%s)", seq, type);
-    CHECK_STR(ct_str(e, "type"), type, what);
-    CHECK_INT(ct_int(e, "sequence"), seq, "sequence numbers 1, 2, 3 ...");
-    CHECK_INT(ct_int(e, "version"), 1, "schema version 1 by default");
-    CHECK_STR(ct_str(e, "aggregate_type"), "customer", "aggregate_type");
-    CHECK_STR(ct_str(e, "aggregate_id"), "c-1", "aggregate_id");
+    CHECK_STR(th_str(e, "type"), type, what);
+    CHECK_INT(th_int(e, "sequence"), seq, "sequence numbers 1, 2, 3 ...");
+    CHECK_INT(th_int(e, "version"), 1, "schema version 1 by default");
+    CHECK_STR(th_str(e, "aggregate_type"), "customer", "aggregate_type");
+    CHECK_STR(th_str(e, "aggregate_id"), "c-1", "aggregate_id");
     CHECK_STR(e->key, "c-1", "the key is the aggregate id");
     CHECK_INT(e->partition, partition,
               "the event sits on the command's partition (murmur2)");
-    CHECK_STR(ct_str(e, "causation_id"), causation,
+    CHECK_STR(th_str(e, "causation_id"), causation,
               "causation_id is the command id");
-    CHECK_STR(ct_str(e, "correlation_id"), correlation, "correlation_id");
+    CHECK_STR(th_str(e, "correlation_id"), correlation, "correlation_id");
     if (user)
-        CHECK_STR(ct_str(e, "user_id"), user, "user_id from the metadata");
+        CHECK_STR(th_str(e, "user_id"), user, "user_id from the metadata");
     else
         CHECK(
             cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(e->json, "user_id")),
@@ -49,13 +49,11 @@ int main(void)
 {
     ct t;
     char events[256], results[256], state[256];
-    ct_recs evs = {0}, res = {0}, st = {0};
+    th_recs evs = {0}, res = {0}, st = {0};
     pid_t pid;
     int32_t home;
 
-    ct_init(&t, "e2e");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "e2e", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     ct_topic(&t, "customer", "state", state, sizeof state);
@@ -63,8 +61,7 @@ int main(void)
     pid = ct_start(&t, "a", "a.log", NULL);
     rd_kafka_t *p = ct_producer(&t);
     /* the topics are created by evlua run: wait for them */
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     CHECK_INT(ct_partitions(&t, events), 6,
               "evlua run created the events topic with 6 partitions");
 
@@ -98,17 +95,17 @@ int main(void)
                   "Ann", "... and the previous one (a complete fact)");
     }
 
-    const ct_rec *r2 = ct_result(&res, "cmd-2");
+    const th_rec *r2 = ct_result(&res, "cmd-2");
     CHECK(r2 != NULL, "cmd-2 has a result");
     if (r2 && evs.n == 3) {
         cJSON *ids = cJSON_GetObjectItemCaseSensitive(r2->json, "events");
-        CHECK_STR(ct_str(r2, "status"), "accepted", "cmd-2 is accepted");
-        CHECK_INT(ct_int(r2, "version"), 3, "the result names the version");
+        CHECK_STR(th_str(r2, "status"), "accepted", "cmd-2 is accepted");
+        CHECK_INT(th_int(r2, "version"), 3, "the result names the version");
         CHECK_INT(cJSON_GetArraySize(ids), 2, "the result lists two events");
         CHECK_STR(cJSON_GetStringValue(cJSON_GetArrayItem(ids, 0)),
-                  ct_str(&evs.v[1], "id"), "first listed event");
+                  th_str(&evs.v[1], "id"), "first listed event");
         CHECK_STR(cJSON_GetStringValue(cJSON_GetArrayItem(ids, 1)),
-                  ct_str(&evs.v[2], "id"), "second listed event");
+                  th_str(&evs.v[2], "id"), "second listed event");
         CHECK_INT(r2->partition, home, "the result is on the same partition");
         CHECK_STR(r2->key, "c-1", "the result is keyed by aggregate id");
     }
@@ -116,10 +113,10 @@ int main(void)
     ct_read_all(&t, state, "read_committed", &st);
     CHECK(st.n >= 1, "a snapshot on the state topic");
     if (st.n >= 1) {
-        const ct_rec *s = &st.v[st.n - 1];
+        const th_rec *s = &st.v[st.n - 1];
         CHECK_INT(s->partition, home, "the snapshot is on the same partition");
         CHECK_STR(s->key, "c-1", "the snapshot is keyed by aggregate id");
-        CHECK_INT(ct_int(s, "version"), 3, "the snapshot's version");
+        CHECK_INT(th_int(s, "version"), 3, "the snapshot's version");
         cJSON *sv = cJSON_GetObjectItemCaseSensitive(s->json, "state");
         CHECK_STR(
             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sv, "name")),
@@ -159,13 +156,13 @@ int main(void)
         CHECK_HAS(out, "email is not a valid address", "the reason is shown");
     }
 
-    int rc = ct_stop(pid, SIGTERM, 30);
+    int rc = th_stop(pid, SIGTERM, 30);
     CHECK_INT(rc, 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     rd_kafka_destroy(p);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
-    ct_recs_free(&st);
+    th_recs_free(&evs);
+    th_recs_free(&res);
+    th_recs_free(&st);
     return check_done();
 }

@@ -16,13 +16,11 @@ int main(void)
     char events[256], results[256], id[64], agg[64];
     char *ids[3 * AGGS];
     size_t n = 0;
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     pid_t a, b;
     int rc;
 
-    ct_init(&t, "fence");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "same", "batch_size = 20,", NULL);
+    ct_init_customer(&t, "fence", "same", "batch_size = 20,", NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     rd_kafka_t *p = ct_producer(&t);
@@ -42,7 +40,7 @@ int main(void)
     b = ct_start(&t, "a", "b.log", NULL);
     for (int i = 0; i < 100 && !ct_log_has(&t, "b.log", "processor started");
          i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
     CHECK(ct_log_has(&t, "b.log", "processor started"),
           "the second instance started (and fenced the first)");
     for (int round = 0; round < 2; round++)
@@ -54,14 +52,14 @@ int main(void)
             ct_send(&t, p, "customer", id, "UpdateCustomerProfile", agg, data,
                     NULL);
             ids[n++] = strdup(id);
-            ct_sleep_ms(20);
+            th_sleep_ms(20);
         }
     ct_flush(p);
 
-    rc = ct_wait(a, 90);
+    rc = th_wait(a, 90);
     CHECK_INT(rc, 1, "the fenced instance exits 1");
     if (rc < 0)
-        ct_stop(a, SIGKILL, 5);
+        th_stop(a, SIGKILL, 5);
     CHECK(ct_log_has(&t, "a.log", "fatal"), "... after logging a fatal error");
 
     CHECK_INT(ct_wait_count(&t, results, n, 120, &res), n,
@@ -71,7 +69,7 @@ int main(void)
     CHECK_INT(ct_check_exactly_once(&evs, &res, ids, n), 0,
               "exactly once: results, events, sequences");
 
-    CHECK_INT(ct_stop(b, SIGTERM, 30), 0, "the newer instance exits 0");
+    CHECK_INT(th_stop(b, SIGTERM, 30), 0, "the newer instance exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "a.log");
         ct_dump_log(&t, "b.log");
@@ -79,7 +77,7 @@ int main(void)
     for (size_t i = 0; i < n; i++)
         free(ids[i]);
     rd_kafka_destroy(p);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

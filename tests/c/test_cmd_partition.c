@@ -73,7 +73,7 @@ static void teardown(void)
 {
     if (evlua_pid > 0 && kill(evlua_pid, 0) == 0) {
         kill(evlua_pid, SIGKILL);
-        ct_wait(evlua_pid, 10);
+        th_wait(evlua_pid, 10);
     }
     if (broker_started)
         sh("EVLUA_RUN_DIR='%s' '%s/scripts/kafka' stop >/dev/null 2>&1", rundir,
@@ -113,7 +113,7 @@ static void make_net(void)
         sh("ip netns exec %s ip addr add %s/30 dev %s", ns, addr_ns, dev_ns) ||
         sh("ip netns exec %s ip link set %s up", ns, dev_ns) ||
         sh("ip netns exec %s ip link set lo up", ns))
-        ct_die("could not build the network namespace %s (iproute2 and root "
+        th_die("could not build the network namespace %s (iproute2 and root "
                "are needed)",
                ns);
     fprintf(stderr, "namespace %s: %s (%s) <-> %s (%s)\n", ns, dev_host,
@@ -123,7 +123,7 @@ static void make_net(void)
 static void link_set(const char *state)
 {
     if (sh("ip netns exec %s ip link set %s %s", ns, dev_ns, state))
-        ct_die("could not set %s %s", dev_ns, state);
+        th_die("could not set %s %s", dev_ns, state);
     fprintf(stderr, "link %s\n", state);
 }
 
@@ -133,15 +133,15 @@ static void start_broker(void)
     FILE *f;
     snprintf(rundir, sizeof rundir, "/tmp/evlua-partition-run-XXXXXX");
     if (!mkdtemp(rundir))
-        ct_die("mkdtemp: %s", strerror(errno));
+        th_die("mkdtemp: %s", strerror(errno));
     broker_started = 1;
     if (sh("EVLUA_RUN_DIR='%s' EVLUA_KAFKA_HOST=%s '%s/scripts/kafka' start "
            ">/dev/null",
            rundir, addr_host, getenv("EVLUA_SOURCE_DIR")))
-        ct_die("could not start a broker on %s", addr_host);
+        th_die("could not start a broker on %s", addr_host);
     snprintf(path, sizeof path, "%s/kafka/bootstrap", rundir);
     if (!(f = fopen(path, "r")) || !fgets(bootstrap, sizeof bootstrap, f))
-        ct_die("no bootstrap address in %s", path);
+        th_die("no bootstrap address in %s", path);
     fclose(f);
     bootstrap[strcspn(bootstrap, "\r\n")] = '\0';
     setenv("EVLUA_KAFKA_BOOTSTRAP", bootstrap, 1);
@@ -155,7 +155,7 @@ static pid_t start_in_ns(const char *log)
     snprintf(cfg, sizeof cfg, "%s/a.lua", t.dir);
     snprintf(logpath, sizeof logpath, "%s/%s", t.dir, log);
     if ((pid = fork()) < 0)
-        ct_die("fork: %s", strerror(errno));
+        th_die("fork: %s", strerror(errno));
     if (pid == 0) {
         int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
@@ -178,7 +178,7 @@ static int exit_code = -1;
 static int exited(pid_t pid)
 {
     if (exit_code < 0)
-        exit_code = ct_wait(pid, 0);
+        exit_code = th_wait(pid, 0);
     return exit_code;
 }
 
@@ -223,7 +223,7 @@ static void *produce(void *arg)
         }
         ids[nids++] = strdup(id);
         pthread_mutex_unlock(&mu);
-        ct_sleep_ms(10);
+        th_sleep_ms(10);
     }
     ct_flush(p);
     rd_kafka_destroy(p);
@@ -233,18 +233,18 @@ static void *produce(void *arg)
 int main(void)
 {
     char events[256], results[256], text[4096];
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     pthread_t producer;
     int cuts = 2;
     static const int cut_s[2] = {12, 34};
     pid_t pid;
 
     if (geteuid() != 0)
-        ct_die("this test needs root: it makes a network namespace and a "
+        th_die("this test needs root: it makes a network namespace and a "
                "veth pair to cut evlua off from the broker (run ctest as "
                "root, as CI does)");
     if (!getenv("EVLUA_SOURCE_DIR"))
-        ct_die("EVLUA_SOURCE_DIR must be set (run through ctest)");
+        th_die("EVLUA_SOURCE_DIR must be set (run through ctest)");
     if (getenv("EVLUA_PARTITION_CUTS"))
         cuts = atoi(getenv("EVLUA_PARTITION_CUTS")) == 1 ? 1 : 2;
     atexit(teardown);
@@ -284,24 +284,24 @@ int main(void)
     pthread_create(&producer, NULL, produce, NULL);
 
     for (int c = 0; c < cuts; c++) {
-        ct_sleep_ms(4000); /* commands flow */
+        th_sleep_ms(4000); /* commands flow */
         /* cut while the broker has a transaction of evlua's open */
         ct_write_file(&t, "hold", "");
-        long long deadline = ct_now_ms() + 30000;
+        long long deadline = th_now_ms() + 30000;
         while (log_count("a.log", "EVLUA_TEST_HOLD_FILE") < c + 1 &&
-               ct_now_ms() < deadline)
-            ct_sleep_ms(20);
+               th_now_ms() < deadline)
+            th_sleep_ms(20);
         CHECK_INT(log_count("a.log", "EVLUA_TEST_HOLD_FILE"), c + 1,
                   "evlua holds a transaction open for the cut");
-        long long t0 = ct_now_ms();
+        long long t0 = th_now_ms();
         link_set("down");
-        ct_sleep_ms(cut_s[c] * 1000L);
+        th_sleep_ms(cut_s[c] * 1000L);
         link_set("up");
-        fprintf(stderr, "cut %d: %lld ms\n", c + 1, ct_now_ms() - t0);
-        deadline = ct_now_ms() + 120000;
+        fprintf(stderr, "cut %d: %lld ms\n", c + 1, th_now_ms() - t0);
+        deadline = th_now_ms() + 120000;
         while (log_count("a.log", RECOVERY_LINE) < c + 1 && exited(pid) < 0 &&
-               ct_now_ms() < deadline)
-            ct_sleep_ms(200);
+               th_now_ms() < deadline)
+            th_sleep_ms(200);
         snprintf(text, sizeof text,
                  "cut %d (%d s > transaction.timeout.ms %d ms): evlua "
                  "logged the recovery line",
@@ -313,7 +313,7 @@ int main(void)
             break;
     }
     /* commands sent after the link came back are processed too */
-    ct_sleep_ms(5000);
+    th_sleep_ms(5000);
     stop_sending = 1;
     pthread_join(producer, NULL);
     fprintf(stderr, "%zu commands sent\n", nids);
@@ -326,14 +326,14 @@ int main(void)
     CHECK(!ct_log_has(&t, "a.log", "stops after a fatal Kafka error"),
           "no fatal stop was logged");
     if (exited(pid) < 0)
-        CHECK_INT(ct_stop(pid, SIGTERM, 30), 0,
+        CHECK_INT(th_stop(pid, SIGTERM, 30), 0,
                   "the instance exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     for (size_t i = 0; i < nids; i++)
         free(ids[i]);
     free(ids);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

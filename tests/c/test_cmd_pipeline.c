@@ -37,19 +37,17 @@ int main(void)
     char events[256], results[256], id[32], agg[32], data[128];
     char *ids[N];
     int per_agg[AGGS] = {0}; /* committed events per aggregate */
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     pid_t pid;
 
-    ct_init(&t, "pipeline");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "pipeline", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
 
     pid = ct_start(&t, "a", "a.log", "EVLUA_TEST_FAIL_IN_FLIGHT=2");
     rd_kafka_t *p = ct_producer(&t);
     for (int i = 0; i < 300 && !ct_log_has(&t, "a.log", "states restored"); i++)
-        ct_sleep_ms(100);
+        th_sleep_ms(100);
 
     /* a register per aggregate, then email changes; 10 commands every
      * 25 ms (about 1.5 s), so commands arrive while transactions are in
@@ -70,7 +68,7 @@ int main(void)
                 i < AGGS ? "RegisterCustomer" : "ChangeEmail", agg, data, NULL);
         if (i % 10 == 9) {
             ct_flush(p);
-            ct_sleep_ms(25);
+            th_sleep_ms(25);
         }
     }
     ct_flush(p);
@@ -86,20 +84,20 @@ int main(void)
     CHECK(ct_log_has(&t, "a.log", "batch aborted; it will be read again"),
           "both were read again");
 
-    ct_recs_free(&res);
+    th_recs_free(&res);
     ct_read_all(&t, results, "read_committed", &res);
     ct_read_all(&t, events, "read_committed", &evs);
     CHECK_INT(ct_check_exactly_once(&evs, &res, ids, N), 0,
               "exactly once: results, events, sequences");
     int accepted = 0, last_ok = 1;
     for (size_t i = 0; i < res.n; i++) {
-        const char *st = ct_str(&res.v[i], "status");
+        const char *st = th_str(&res.v[i], "status");
         accepted += st && strcmp(st, "accepted") == 0;
     }
     CHECK_INT(accepted, N, "all accepted");
     /* each aggregate's newest result carries its number of events */
     for (size_t i = 0; i < evs.n; i++) {
-        const char *a = ct_str(&evs.v[i], "aggregate_id");
+        const char *a = th_str(&evs.v[i], "aggregate_id");
         int n = a && a[0] == 'c' && a[1] == '-' ? atoi(a + 2) : -1;
         if (n >= 0 && n < AGGS)
             per_agg[n]++;
@@ -107,22 +105,22 @@ int main(void)
     for (int a = 0; a < AGGS; a++) {
         char last[32];
         snprintf(last, sizeof last, "cmd-%d", N - AGGS + a);
-        const ct_rec *r = ct_result(&res, last);
-        if (!r || ct_int(r, "version") != per_agg[a]) {
+        const th_rec *r = ct_result(&res, last);
+        if (!r || th_int(r, "version") != per_agg[a]) {
             fprintf(stderr, "aggregate c-%d: last version %lld, want %d\n", a,
-                    r ? ct_int(r, "version") : -1, per_agg[a]);
+                    r ? th_int(r, "version") : -1, per_agg[a]);
             last_ok = 0;
         }
     }
     CHECK(last_ok, "every aggregate ends at the version of its commands");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
     rd_kafka_destroy(p);
     for (int i = 0; i < N; i++)
         free(ids[i]);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

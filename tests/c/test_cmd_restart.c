@@ -10,42 +10,39 @@
 static void expect_version(const ct *t, const char *results, size_t n,
                            const char *id, long long version)
 {
-    ct_recs res = {0};
+    th_recs res = {0};
     char what[128];
     snprintf(what, sizeof what, "%s has its result", id);
     CHECK_INT(ct_wait_count(t, results, n, 90, &res), n, what);
-    const ct_rec *r = ct_result(&res, id);
+    const th_rec *r = ct_result(&res, id);
     snprintf(what, sizeof what, "%s is accepted", id);
-    CHECK_STR(r ? ct_str(r, "status") : NULL, "accepted", what);
+    CHECK_STR(r ? th_str(r, "status") : NULL, "accepted", what);
     snprintf(what, sizeof what, "%s lands at version %lld", id, version);
-    CHECK_INT(r ? ct_int(r, "version") : -1, version, what);
-    ct_recs_free(&res);
+    CHECK_INT(r ? th_int(r, "version") : -1, version, what);
+    th_recs_free(&res);
 }
 
 int main(void)
 {
     ct t;
     char events[256], results[256];
-    ct_recs evs = {0};
+    th_recs evs = {0};
     pid_t pid;
 
-    ct_init(&t, "restart");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, NULL);
+    ct_init_customer(&t, "restart", "a", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
     rd_kafka_t *p = ct_producer(&t);
 
     pid = ct_start(&t, "a", "a1.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\","
             "\"address\":\"1 Main St\"}",
             NULL);
     ct_flush(p);
     expect_version(&t, results, 1, "cmd-1", 2);
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
 
     pid = ct_start(&t, "a", "a2.log", NULL);
     ct_send(&t, p, "customer", "cmd-2", "UpdateCustomerProfile", "c-1",
@@ -59,17 +56,17 @@ int main(void)
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\"}", NULL);
     ct_flush(p);
     {
-        ct_recs res = {0};
+        th_recs res = {0};
         int dup = 0;
         ct_wait_count(&t, results, 3, 60, &res);
         for (size_t i = 0; i < res.n; i++)
-            dup += ct_str(&res.v[i], "status") &&
-                   strcmp(ct_str(&res.v[i], "status"), "duplicate") == 0;
+            dup += th_str(&res.v[i], "status") &&
+                   strcmp(th_str(&res.v[i], "status"), "duplicate") == 0;
         CHECK_INT(dup, 1, "a command id from before the restart: duplicate");
-        ct_recs_free(&res);
+        th_recs_free(&res);
     }
     kill(pid, SIGKILL);
-    CHECK_INT(ct_wait(pid, 10), 128 + SIGKILL, "killed with -9");
+    CHECK_INT(th_wait(pid, 10), 128 + SIGKILL, "killed with -9");
 
     pid = ct_start(&t, "a", "a3.log", NULL);
     ct_send(&t, p, "customer", "cmd-3", "ChangeEmail", "c-1",
@@ -102,43 +99,42 @@ int main(void)
         kill(pid, SIGHUP);
         for (int i = 0;
              i < 200 && !ct_log_has(&t, "a3.log", "scripts reloaded"); i++)
-            ct_sleep_ms(50);
+            th_sleep_ms(50);
         CHECK(ct_log_has(&t, "a3.log", "scripts reloaded"),
               "SIGHUP: the processor switched to the new scripts");
         ct_send(&t, p, "customer", "cmd-4", "UpdateCustomerProfile", "c-1",
                 "{\"name\":\"\"}", NULL);
         ct_flush(p);
-        ct_recs res = {0};
+        th_recs res = {0};
         ct_wait_count(&t, results, 5, 60, &res);
-        const ct_rec *r = ct_result(&res, "cmd-4");
-        CHECK_HAS(r ? ct_str(r, "error") : NULL, "a name is required",
+        const th_rec *r = ct_result(&res, "cmd-4");
+        CHECK_HAS(r ? th_str(r, "error") : NULL, "a name is required",
                   "the reloaded script decides");
         char probe_results[256];
         ct_topic(&t, "probe", "results", probe_results, sizeof probe_results);
-        for (int i = 0; i < 100 && ct_partitions(&t, probe_results) == 0; i++)
-            ct_sleep_ms(100);
+        ct_wait_topic(&t, probe_results, 10);
         ct_send(&t, p, "probe", "probe-1", "Ok", "p-1", "{}", NULL);
         ct_flush(p);
         CHECK_INT(ct_wait_count(&t, probe_results, 1, 60, &res), 1,
                   "a type added by the reload gets its topics and commands");
         r = ct_result(&res, "probe-1");
-        CHECK_STR(r ? ct_str(r, "status") : NULL, "accepted",
+        CHECK_STR(r ? th_str(r, "status") : NULL, "accepted",
                   "the new type's command is accepted");
-        ct_recs_free(&res);
+        th_recs_free(&res);
     }
 
     ct_read_all(&t, events, "read_committed", &evs);
     CHECK_INT(evs.n, 4, "four events in all");
     for (size_t i = 0; i < evs.n; i++)
-        CHECK_INT(ct_int(&evs.v[i], "sequence"), (long long)i + 1,
+        CHECK_INT(th_int(&evs.v[i], "sequence"), (long long)i + 1,
                   "contiguous sequences across restarts");
 
-    CHECK_INT(ct_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "a clean stop exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "a2.log");
         ct_dump_log(&t, "a3.log");
     }
     rd_kafka_destroy(p);
-    ct_recs_free(&evs);
+    th_recs_free(&evs);
     return check_done();
 }

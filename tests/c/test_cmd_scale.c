@@ -7,8 +7,6 @@
  * handled by two instances at once or by an owner without its state: its
  * sequences have no repeat and no gap.
  */
-#include <pthread.h>
-
 #include "cmdtest.h"
 
 #define AGGS   120
@@ -17,96 +15,55 @@
 static ct t;
 static char *ids[AGGS * ROUNDS];
 
-static void *produce(void *arg)
-{
-    rd_kafka_t *p = ct_producer(&t);
-    (void)arg;
-    for (int r = 0; r < ROUNDS; r++) {
-        for (int a = 0; a < AGGS; a++) {
-            char id[64], agg[32], data[160];
-            int k = r * AGGS + a;
-            snprintf(id, sizeof id, "cmd-%d", k);
-            snprintf(agg, sizeof agg, "c-%d", a);
-            if (r == 0) {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N0\",\"email\":\"e0@example.org\"}");
-                ct_send(&t, p, "customer", id, "RegisterCustomer", agg, data,
-                        NULL);
-            } else {
-                snprintf(data, sizeof data,
-                         "{\"name\":\"N%d\",\"address\":\"%d Main St\"}", r, r);
-                ct_send(&t, p, "customer", id, "UpdateCustomerProfile", agg,
-                        data, NULL);
-            }
-            ids[k] = strdup(id);
-        }
-        ct_flush(p);
-        ct_sleep_ms(1500);
-    }
-    rd_kafka_destroy(p);
-    return NULL;
-}
-
 static void wait_consuming(const char *log)
 {
     for (int i = 0; i < 600 && !ct_log_has(&t, log, "states restored"); i++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
 }
 
 int main(void)
 {
     char events[256], results[256];
-    ct_recs evs = {0}, res = {0};
-    pthread_t producer;
+    th_recs evs = {0}, res = {0};
     pid_t a, b, c;
     size_t n = AGGS * ROUNDS;
 
-    ct_init(&t, "scale");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", "batch_size = 100,", NULL);
+    ct_init_customer(&t, "scale", "a", "batch_size = 100,", NULL);
     ct_config(&t, "b", "b", "batch_size = 100,", NULL);
     ct_config(&t, "c", "c", "batch_size = 100,", NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "customer", "results", results, sizeof results);
 
     a = ct_start(&t, "a", "a.log", NULL);
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     b = ct_start(&t, "b", "b.log", NULL);
-    pthread_create(&producer, NULL, produce, NULL);
+    ct_stream stream = {
+        .t = &t, .aggs = AGGS, .rounds = ROUNDS, .pause_ms = 1500, .ids = ids};
+    ct_stream_start(&stream);
     wait_consuming("b.log");
-    ct_sleep_ms(4000);
+    th_sleep_ms(4000);
 
     c = ct_start(&t, "c", "c.log", NULL);
     fprintf(stderr, "third instance joined\n");
     wait_consuming("c.log");
-    ct_sleep_ms(5000);
+    th_sleep_ms(5000);
 
-    CHECK_INT(ct_stop(a, SIGTERM, 30), 0,
+    CHECK_INT(th_stop(a, SIGTERM, 30), 0,
               "an instance leaving by SIGTERM "
               "exits 0");
     fprintf(stderr, "first instance left (SIGTERM)\n");
-    ct_sleep_ms(6000);
+    th_sleep_ms(6000);
 
     kill(b, SIGKILL);
-    CHECK_INT(ct_wait(b, 10), 128 + SIGKILL, "an instance killed with -9");
+    CHECK_INT(th_wait(b, 10), 128 + SIGKILL, "an instance killed with -9");
     fprintf(stderr, "second instance killed\n");
-    pthread_join(producer, NULL);
+    ct_stream_join(&stream);
 
-    CHECK_INT(ct_wait_count(&t, results, n, 300, &res), n,
-              "a result for every command");
-    ct_read_all(&t, events, "read_committed", &evs);
-    CHECK_INT(ct_check_exactly_once(&evs, &res, ids, n), 0,
-              "exactly once: results, events, sequences");
-    size_t accepted = 0;
-    for (size_t i = 0; i < res.n; i++)
-        accepted += ct_str(&res.v[i], "status") &&
-                    strcmp(ct_str(&res.v[i], "status"), "accepted") == 0;
-    CHECK_INT(accepted, n, "every command was accepted");
+    ct_check_run(&t, events, results, ids, n, &evs, &res);
     CHECK(ct_log_has(&t, "c.log", "partitions assigned"),
           "the third instance took partitions");
 
-    CHECK_INT(ct_stop(c, SIGTERM, 30), 0, "the last instance exits 0");
+    CHECK_INT(th_stop(c, SIGTERM, 30), 0, "the last instance exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "a.log");
         ct_dump_log(&t, "b.log");
@@ -114,7 +71,7 @@ int main(void)
     }
     for (size_t i = 0; i < n; i++)
         free(ids[i]);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

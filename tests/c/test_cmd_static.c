@@ -34,11 +34,11 @@ static void db_exec(const char *conninfo, const char *sql)
 {
     PGconn *c = PQconnectdb(conninfo);
     if (PQstatus(c) != CONNECTION_OK)
-        ct_die("PQconnectdb: %s", PQerrorMessage(c));
+        th_die("PQconnectdb: %s", PQerrorMessage(c));
     PGresult *res = PQexec(c, sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK &&
         PQresultStatus(res) != PGRES_TUPLES_OK)
-        ct_die("%s: %s", sql, PQresultErrorMessage(res));
+        th_die("%s: %s", sql, PQresultErrorMessage(res));
     PQclear(res);
     PQfinish(c);
 }
@@ -94,17 +94,17 @@ static void config(const char *name, const char *tag, const char *txid,
 /* Both sides have partitions in LOG (within timeout_ms). */
 static int assigned(const char *log, long long timeout_ms)
 {
-    long long deadline = ct_now_ms() + timeout_ms;
+    long long deadline = th_now_ms() + timeout_ms;
     return ct_wait_log(&T, log, "msg=\"partitions assigned\"", timeout_ms) &&
            ct_wait_log(&T, log,
                        "msg=\"partitions assigned at their database offsets\"",
-                       deadline - ct_now_ms());
+                       deadline - th_now_ms());
 }
 
 static void kill9(pid_t pid)
 {
     kill(pid, SIGKILL);
-    ct_wait(pid, 10);
+    th_wait(pid, 10);
 }
 
 static void register_customer(rd_kafka_t *p, const char *cmd, const char *id)
@@ -153,7 +153,7 @@ int main(void)
     kill9(pid);
     pid = ct_start(&T, "dyn", "dyn2.log", NULL);
     /* both sides wait; each says so (after EVL_KAFKA_WAIT_LOG_MS) */
-    long long t1 = ct_now_ms();
+    long long t1 = th_now_ms();
     snprintf(group, sizeof group, "waiting for partitions of group %s.dyn.cmd",
              T.prefix);
     CHECK(ct_wait_log(&T, "dyn2.log", group, SESSION_MS / 2),
@@ -163,7 +163,7 @@ int main(void)
              "waiting for partitions of group %s.dyn.proj.registered",
              T.prefix);
     CHECK(
-        ct_wait_log(&T, "dyn2.log", group, SESSION_MS / 2 - (ct_now_ms() - t1)),
+        ct_wait_log(&T, "dyn2.log", group, SESSION_MS / 2 - (th_now_ms() - t1)),
         "and why the projection waits");
     CHECK(ct_log_has(&T, "dyn2.log", "session.timeout.ms=30000"),
           "naming the session timeout");
@@ -178,15 +178,15 @@ int main(void)
     pid = ct_start(&T, "st", "st1.log", NULL);
     CHECK(assigned("st1.log", 60000), "the first run has its partitions");
     register_customer(p, "cmd-1", "c-1");
-    ct_recs res = {0};
+    th_recs res = {0};
     CHECK_INT(ct_wait_count(&T, results, 1, 60, &res), 1,
               "the first command has its result");
-    ct_recs_free(&res);
+    th_recs_free(&res);
     kill9(pid);
-    long long t0 = ct_now_ms();
+    long long t0 = th_now_ms();
     pid = ct_start(&T, "st", "st2.log", NULL);
     int back = assigned("st2.log", SESSION_MS * 2);
-    double ratio = (double)(ct_now_ms() - t0) / SESSION_MS;
+    double ratio = (double)(th_now_ms() - t0) / SESSION_MS;
     snprintf(msg, sizeof msg,
              "the restarted instance has both sides' partitions back after "
              "%.2f of session.timeout.ms (expected < 0.5)",
@@ -196,21 +196,21 @@ int main(void)
     register_customer(p, "cmd-2", "c-2");
     CHECK_INT(ct_wait_count(&T, results, 2, 60, &res), 2,
               "a command after the restart has its result");
-    const ct_rec *r = ct_result(&res, "cmd-2");
-    CHECK_STR(r ? ct_str(r, "status") : NULL, "accepted", "it is accepted");
-    ct_recs_free(&res);
+    const th_rec *r = ct_result(&res, "cmd-2");
+    CHECK_STR(r ? th_str(r, "status") : NULL, "accepted", "it is accepted");
+    th_recs_free(&res);
     long long n = 0;
     for (int i = 0; i < 300 && n != 2; i++) {
         n = db_count("SELECT count(*) FROM registered");
         if (n != 2)
-            ct_sleep_ms(100);
+            th_sleep_ms(100);
     }
     CHECK_INT(n, 2, "and projected");
 
     /* ---- a second process with the same `instance` fences the first */
     config("dup", "st", "dup", "node-1");
     pid_t dup = ct_start(&T, "dup", "dup.log", NULL);
-    int rc = ct_wait(pid, 60);
+    int rc = th_wait(pid, 60);
     CHECK(rc > 0 && rc < 128,
           "the first process stops with an error when another one takes "
           "its instance");
@@ -221,7 +221,7 @@ int main(void)
     CHECK(assigned("dup.log", SESSION_MS), "the second one has partitions");
     if (rc < 0)
         kill9(pid);
-    CHECK_INT(ct_stop(dup, SIGTERM, 60), 0, "SIGTERM: exit 0");
+    CHECK_INT(th_stop(dup, SIGTERM, 60), 0, "SIGTERM: exit 0");
 
     if (check_failures_) {
         ct_dump_log(&T, "dyn2.log");

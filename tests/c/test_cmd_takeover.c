@@ -15,13 +15,12 @@ int main(void)
 {
     ct t;
     char events[256], results[256];
-    ct_recs evs = {0}, res = {0};
+    th_recs evs = {0}, res = {0};
     char *ids[4] = {"cmd-1", "cmd-2", "cmd-3", "cmd-4"};
     pid_t a, b, c;
 
-    ct_init(&t, "takeover");
-    ct_copy_aggregate(&t, "customer.lua");
-    ct_config(&t, "a", "a", NULL, "['transaction.timeout.ms'] = 15000,");
+    ct_init_customer(&t, "takeover", "a", NULL,
+                     "['transaction.timeout.ms'] = 15000,");
     ct_config(&t, "b", "b", NULL, NULL);
     ct_config(&t, "c", "c", NULL, NULL);
     ct_topic(&t, "customer", "events", events, sizeof events);
@@ -29,8 +28,7 @@ int main(void)
     rd_kafka_t *p = ct_producer(&t);
 
     a = ct_start(&t, "a", "a.log", "EVLUA_TEST_HANG_BEFORE_COMMIT=2");
-    for (int i = 0; i < 300 && ct_partitions(&t, results) == 0; i++)
-        ct_sleep_ms(100);
+    ct_wait_topic(&t, results, 30);
     ct_send(&t, p, "customer", "cmd-1", "RegisterCustomer", "c-1",
             "{\"name\":\"Ann\",\"email\":\"ann@example.org\"}", NULL);
     ct_flush(p);
@@ -39,11 +37,11 @@ int main(void)
             "{\"name\":\"N2\"}", NULL);
     ct_flush(p);
     for (int i = 0; i < 200 && !ct_log_has(&t, "a.log", "hanging"); i++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
     CHECK(ct_log_has(&t, "a.log", "hanging"),
           "A hangs in its second transaction, records in the log");
     kill(a, SIGKILL);
-    ct_wait(a, 10);
+    th_wait(a, 10);
 
     /* cmd-3 waits in the topic; B's first batch holds cmd-2 and cmd-3.
      * Do not wait for their results: they only become visible once A's
@@ -54,29 +52,29 @@ int main(void)
     b = ct_start(&t, "b", "b.log", "EVLUA_LOG_LEVEL=debug");
     for (int i = 0; i < 1200 && !ct_log_has(&t, "b.log", "batch committed");
          i++)
-        ct_sleep_ms(50);
+        th_sleep_ms(50);
     CHECK(ct_log_has(&t, "b.log", "batch committed"),
           "B committed a batch (cmd-2 again and cmd-3)");
-    CHECK_INT(ct_stop(b, SIGTERM, 30), 0, "B leaves");
+    CHECK_INT(th_stop(b, SIGTERM, 30), 0, "B leaves");
 
     c = ct_start(&t, "c", "c.log", NULL);
     ct_send(&t, p, "customer", "cmd-4", "UpdateCustomerProfile", "c-1",
             "{\"name\":\"N4\"}", NULL);
     ct_flush(p);
     CHECK_INT(ct_wait_count(&t, results, 4, 90, &res), 4, "C handles cmd-4");
-    const ct_rec *r = ct_result(&res, "cmd-4");
-    CHECK_INT(r ? ct_int(r, "version") : -1, 4,
+    const th_rec *r = ct_result(&res, "cmd-4");
+    CHECK_INT(r ? th_int(r, "version") : -1, 4,
               "C continues at version 4: it restored B's snapshot");
     ct_read_all(&t, events, "read_committed", &evs);
     CHECK_INT(ct_check_exactly_once(&evs, &res, ids, 4), 0,
               "exactly once: results, events, sequences");
-    CHECK_INT(ct_stop(c, SIGTERM, 30), 0, "C exits 0");
+    CHECK_INT(th_stop(c, SIGTERM, 30), 0, "C exits 0");
     if (check_failures_) {
         ct_dump_log(&t, "b.log");
         ct_dump_log(&t, "c.log");
     }
     rd_kafka_destroy(p);
-    ct_recs_free(&evs);
-    ct_recs_free(&res);
+    th_recs_free(&evs);
+    th_recs_free(&res);
     return check_done();
 }

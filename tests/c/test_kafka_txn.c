@@ -14,70 +14,17 @@
 #include <librdkafka/rdkafka.h>
 
 #include "check.h"
+#include "harness.h"
 #include "svc.h"
 
 static char bootstrap[256];
 static char topic[128];
 
-static void die_(const char *what, const char *detail)
-{
-    fprintf(stderr, "FAIL: %s: %s\n", what, detail);
-    exit(1);
-}
-
-static rd_kafka_conf_t *conf_new(void)
-{
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK)
-        die_("bootstrap.servers", errstr);
-    return conf;
-}
-
-static void set_(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK)
-        die_(k, errstr);
-}
-
-static void check_txn_error(rd_kafka_error_t *error, const char *call)
-{
-    if (error) {
-        fprintf(stderr, "FAIL: %s: %s\n", call, rd_kafka_error_string(error));
-        rd_kafka_error_destroy(error);
-        exit(1);
-    }
-}
-
 static void create_topic(void)
 {
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, conf_new(), errstr, sizeof errstr);
-    if (!rk)
-        die_("rd_kafka_new(admin)", errstr);
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(topic, 1, 1, errstr, sizeof errstr);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    if (!ev)
-        die_("CreateTopics", "no answer within 30 s");
-    if (rd_kafka_event_error(ev))
-        die_("CreateTopics", rd_kafka_event_error_string(ev));
-    size_t n;
-    const rd_kafka_topic_result_t **res = rd_kafka_CreateTopics_result_topics(
-        rd_kafka_event_CreateTopics_result(ev), &n);
-    CHECK_INT(n, 1, "CreateTopics answers for one topic");
-    if (n == 1 && rd_kafka_topic_result_error(res[0]))
-        die_("CreateTopics", rd_kafka_topic_result_error_string(res[0]));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_destroy(rk);
+    rd_kafka_resp_err_t e = th_create_topic(bootstrap, topic, 1, NULL);
+    if (e)
+        th_die("CreateTopics: %s", rd_kafka_err2str(e));
 }
 
 static void produce(rd_kafka_t *rk, const char *value)
@@ -87,36 +34,33 @@ static void produce(rd_kafka_t *rk, const char *value)
         RD_KAFKA_V_KEY("k", 1), RD_KAFKA_V_VALUE((void *)value, strlen(value)),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     if (e)
-        die_("rd_kafka_producev", rd_kafka_err2str(e));
+        th_die("rd_kafka_producev: %s", rd_kafka_err2str(e));
 }
 
 static void run_producer(void)
 {
-    char errstr[512], txid[160];
-    rd_kafka_conf_t *conf = conf_new();
+    char txid[160];
+    rd_kafka_conf_t *conf = th_kconf(bootstrap);
     snprintf(txid, sizeof txid, "%s-producer", topic);
-    set_(conf, "transactional.id", txid);
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!rk)
-        die_("rd_kafka_new(producer)", errstr);
-    check_txn_error(rd_kafka_init_transactions(rk, 30000), "init_transactions");
+    th_kset(conf, "transactional.id", txid);
+    rd_kafka_t *rk = th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
+    th_kcheck(rd_kafka_init_transactions(rk, 30000), "init_transactions");
 
-    check_txn_error(rd_kafka_begin_transaction(rk), "begin_transaction");
+    th_kcheck(rd_kafka_begin_transaction(rk), "begin_transaction");
     produce(rk, "one");
     produce(rk, "two");
-    check_txn_error(rd_kafka_commit_transaction(rk, -1), "commit #1");
+    th_kcheck(rd_kafka_commit_transaction(rk, -1), "commit #1");
 
-    check_txn_error(rd_kafka_begin_transaction(rk), "begin_transaction");
+    th_kcheck(rd_kafka_begin_transaction(rk), "begin_transaction");
     produce(rk, "aborted");
     /* make sure the message is in the broker's log before the abort */
     CHECK_INT(rd_kafka_flush(rk, 30000), RD_KAFKA_RESP_ERR_NO_ERROR,
               "the to-be-aborted message reaches the broker");
-    check_txn_error(rd_kafka_abort_transaction(rk, -1), "abort");
+    th_kcheck(rd_kafka_abort_transaction(rk, -1), "abort");
 
-    check_txn_error(rd_kafka_begin_transaction(rk), "begin_transaction");
+    th_kcheck(rd_kafka_begin_transaction(rk), "begin_transaction");
     produce(rk, "three");
-    check_txn_error(rd_kafka_commit_transaction(rk, -1), "commit #2");
+    th_kcheck(rd_kafka_commit_transaction(rk, -1), "commit #2");
     rd_kafka_destroy(rk);
 }
 
@@ -124,17 +68,10 @@ static void run_producer(void)
  * with ',' into out. */
 static void consume_all(const char *isolation, char *out, size_t outlen)
 {
-    char errstr[512], group[160];
-    rd_kafka_conf_t *conf = conf_new();
+    static const char *const eof[] = {"enable.partition.eof", "true", NULL};
+    char group[160];
     snprintf(group, sizeof group, "%s-%s", topic, isolation);
-    set_(conf, "group.id", group);
-    set_(conf, "isolation.level", isolation);
-    set_(conf, "enable.auto.commit", "false");
-    set_(conf, "enable.partition.eof", "true");
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    if (!rk)
-        die_("rd_kafka_new(consumer)", errstr);
+    rd_kafka_t *rk = th_consumer(bootstrap, group, isolation, eof);
     rd_kafka_topic_partition_list_t *parts =
         rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(parts, topic, 0)->offset =

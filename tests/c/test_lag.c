@@ -26,21 +26,6 @@
 
 static pt T;
 
-/* GET http://127.0.0.1:port/metrics into b. */
-static const char *scrape(int port, char *b, size_t n)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "curl -s -m 5 http://127.0.0.1:%d/metrics", port);
-    b[0] = '\0';
-    FILE *f = popen(cmd, "r");
-    if (f) {
-        size_t k = fread(b, 1, n - 1, f);
-        b[k] = '\0';
-        pclose(f);
-    }
-    return b;
-}
-
 /* Sum of metric{group="group",...} in the scrape b; -1 when absent. */
 static double metric(const char *b, const char *name, const char *group)
 {
@@ -77,19 +62,19 @@ static rd_kafka_t *blocker(const char *group, const char *topic, int nparts)
 {
     char errstr[512];
     rd_kafka_conf_t *conf = pt_kconf(&T);
-    pt_kset(conf, "group.id", group);
-    pt_kset(conf, "partition.assignment.strategy", "range");
-    pt_kset(conf, "enable.auto.commit", "false");
+    th_kset(conf, "group.id", group);
+    th_kset(conf, "partition.assignment.strategy", "range");
+    th_kset(conf, "enable.auto.commit", "false");
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     rd_kafka_t *rk =
         rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!rk)
-        pt_die("rd_kafka_new(blocker): %s", errstr);
+        th_die("rd_kafka_new(blocker): %s", errstr);
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, topic, RD_KAFKA_PARTITION_UA);
     if (rd_kafka_subscribe(rk, l))
-        pt_die("subscribe(blocker)");
+        th_die("subscribe(blocker)");
     rd_kafka_topic_partition_list_destroy(l);
     int held = 0;
     for (int i = 0; i < 300 && held < nparts; i++) {
@@ -103,14 +88,14 @@ static rd_kafka_t *blocker(const char *group, const char *topic, int nparts)
         }
     }
     if (held < nparts)
-        pt_die("the blocker of %s did not get its partitions", group);
+        th_die("the blocker of %s did not get its partitions", group);
     return rk;
 }
 
 int main(void)
 {
     char type[120], events[200], commands[200], pgroup[200], cgroup[200],
-        path[800], text[2048], extra[1500], cfg[800], msg[600];
+        path[800], extra[1500], cfg[800], msg[600];
     static char b[1 << 18];
     int port = 20000 + (int)(getpid() % 30000);
     pt_init(&T, "lag");
@@ -120,30 +105,21 @@ int main(void)
     snprintf(pgroup, sizeof pgroup, "%s.p.opened", T.name);
     snprintf(cgroup, sizeof cgroup, "%s.cmd", T.name);
 
-    snprintf(path, sizeof path, "%s/aggregates/%s.lua", T.dir, type);
-    snprintf(text, sizeof text,
-             "return {\n"
-             "  type = '%s',\n"
-             "  initial = function() return {} end,\n"
-             "  apply = { Opened = function(s, e) s.open = true end },\n"
-             "  handle = { Open = function(s, c) return { { type = "
-             "'Opened', data = {} } } end },\n"
-             "}\n",
-             type);
-    pt_write(path, text);
+    pt_opened_aggregate(&T, type);
     snprintf(path, sizeof path, "%s/projections/opened.lua", T.dir);
-    pt_write(path, "return {\n"
-                   "  name = 'opened',\n"
-                   "  schema = [[CREATE TABLE IF NOT EXISTS opened (id text "
-                   "PRIMARY KEY)]],\n"
-                   "  on = {\n"
-                   "    Opened = function(e)\n"
-                   "      return { [[INSERT INTO opened VALUES ($1)\n"
-                   "                 ON CONFLICT DO NOTHING]], "
-                   "e.aggregate_id }\n"
-                   "    end,\n"
-                   "  },\n"
-                   "}\n");
+    th_write_file(path,
+                  "return {\n"
+                  "  name = 'opened',\n"
+                  "  schema = [[CREATE TABLE IF NOT EXISTS opened (id text "
+                  "PRIMARY KEY)]],\n"
+                  "  on = {\n"
+                  "    Opened = function(e)\n"
+                  "      return { [[INSERT INTO opened VALUES ($1)\n"
+                  "                 ON CONFLICT DO NOTHING]], "
+                  "e.aggregate_id }\n"
+                  "    end,\n"
+                  "  },\n"
+                  "}\n");
     pt_topic(&T, events, 2);
     pt_topic(&T, commands, 2);
     rd_kafka_t *pblock = blocker(pgroup, events, 2);
@@ -151,23 +127,12 @@ int main(void)
 
     /* the waiting work: 20 events in one transaction, 7 commands */
     pt_producer(&T);
-    pt_begin(&T);
-    for (int i = 1; i <= NEVENTS; i++) {
-        char id[32], aj[40];
-        snprintf(id, sizeof id, "e%d", i);
-        snprintf(aj, sizeof aj, "\"%s\"", id);
-        pt_event(&T, events, type, aj, id, 1, "Opened", "{}");
-    }
-    pt_commit(&T);
+    pt_opened_events(&T, events, type, NEVENTS);
     {
-        char errstr[512];
         rd_kafka_conf_t *conf = pt_kconf(&T);
         /* the partitioner evlua checks commands against */
-        pt_kset(conf, "partitioner", "murmur2_random");
-        rd_kafka_t *prod =
-            rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-        if (!prod)
-            pt_die("rd_kafka_new(producer): %s", errstr);
+        th_kset(conf, "partitioner", "murmur2_random");
+        rd_kafka_t *prod = th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
         for (int i = 1; i <= NCMDS; i++) {
             char id[32], v[400];
             snprintf(id, sizeof id, "c%d", i);
@@ -180,10 +145,10 @@ int main(void)
                                   RD_KAFKA_V_VALUE(v, strlen(v)),
                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                   RD_KAFKA_V_END))
-                pt_die("producev(command)");
+                th_die("producev(command)");
         }
         if (rd_kafka_flush(prod, 30000))
-            pt_die("flush(commands)");
+            th_die("flush(commands)");
         rd_kafka_destroy(prod);
     }
 
@@ -200,26 +165,26 @@ int main(void)
     pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
 
     /* held elsewhere: the lag counts what waits */
-    double pl = -1, cl = -1, age1 = -1, t0 = pt_now();
-    while (pt_now() - t0 < 20) {
-        scrape(port, b, sizeof b);
+    double pl = -1, cl = -1, age1 = -1, t0 = th_now();
+    while (th_now() - t0 < 20) {
+        th_http_get(port, "/metrics", b, sizeof b);
         pl = metric(b, "evlua_consumer_lag", pgroup);
         cl = metric(b, "evlua_consumer_lag", cgroup);
         age1 = metric(b, "evlua_consumer_lag_seconds", pgroup);
         if (pl == NEVENTS && cl == NCMDS && age1 > 0)
             break;
-        pt_sleep_ms(250);
+        th_sleep_ms(250);
     }
     snprintf(msg, sizeof msg,
              "no partitions: the projection's lag is the %d waiting events "
              "(got %g), the commands group's the %d waiting commands (got "
              "%g), the oldest is older than 0 s (got %g), within %.1f s",
-             NEVENTS, pl, NCMDS, cl, age1, pt_now() - t0);
+             NEVENTS, pl, NCMDS, cl, age1, th_now() - t0);
     CHECK(pl == NEVENTS && cl == NCMDS && age1 > 0, msg);
     fprintf(stderr, "%s\n", msg);
-    pt_sleep_ms(2500);
-    double age2 =
-        metric(scrape(port, b, sizeof b), "evlua_consumer_lag_seconds", pgroup);
+    th_sleep_ms(2500);
+    double age2 = metric(th_http_get(port, "/metrics", b, sizeof b),
+                         "evlua_consumer_lag_seconds", pgroup);
     snprintf(msg, sizeof msg, "the age grows while they wait (%g s, then %g s)",
              age1, age2);
     CHECK(age2 >= age1 + 1.5, msg);
@@ -228,10 +193,10 @@ int main(void)
     snprintf(msg, sizeof msg, "the commands' age is above 0 (got %g)", cage);
     CHECK(cage > 0, msg);
     for (int i = 0; i < 50; i++) {
-        pt_readyz(port, b, 16384);
+        th_readyz(port, b, 16384);
         if (strstr(b, " 503") && strstr(b, pgroup) && strstr(b, cgroup))
             break;
-        pt_sleep_ms(200);
+        th_sleep_ms(200);
     }
     snprintf(msg, sizeof msg, "/readyz 503 naming both groups: %.400s", b);
     CHECK(strstr(b, " 503") && strstr(b, pgroup) && strstr(b, cgroup), msg);
@@ -245,35 +210,35 @@ int main(void)
     long long got =
         pt_wait_for(&T, NEVENTS + NCMDS, 60, "SELECT count(*) FROM opened");
     CHECK_INT(got, NEVENTS + NCMDS, "every event and command is projected");
-    t0 = pt_now();
+    t0 = th_now();
     double pa = -1, ca = -1;
-    while (pt_now() - t0 < 15) {
-        scrape(port, b, sizeof b);
+    while (th_now() - t0 < 15) {
+        th_http_get(port, "/metrics", b, sizeof b);
         pl = metric(b, "evlua_consumer_lag", pgroup);
         cl = metric(b, "evlua_consumer_lag", cgroup);
         pa = metric(b, "evlua_consumer_lag_seconds", pgroup);
         ca = metric(b, "evlua_consumer_lag_seconds", cgroup);
         if (pl == 0 && cl == 0 && pa == 0 && ca == 0)
             break;
-        pt_sleep_ms(250);
+        th_sleep_ms(250);
     }
     snprintf(msg, sizeof msg,
              "caught up: lags and ages go to 0 (projection %g / %g s, "
              "commands %g / %g s) within %.1f s",
-             pl, pa, cl, ca, pt_now() - t0);
+             pl, pa, cl, ca, th_now() - t0);
     CHECK(pl == 0 && cl == 0 && pa == 0 && ca == 0, msg);
     fprintf(stderr, "%s\n", msg);
     int ready = 0;
     for (int i = 0; i < 50 && !ready; i++) {
-        ready = strstr(pt_readyz(port, b, 16384), " 200") != NULL;
+        ready = strstr(th_readyz(port, b, 16384), " 200") != NULL;
         if (!ready)
-            pt_sleep_ms(200);
+            th_sleep_ms(200);
     }
     snprintf(msg, sizeof msg, "/readyz ready once caught up: %.300s", b);
     CHECK(ready, msg);
 
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM: exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");
     pt_exec(&T, "DROP SCHEMA %s CASCADE", T.name);
     pt_done(&T);
     return check_done();

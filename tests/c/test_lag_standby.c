@@ -47,7 +47,7 @@ static void config(const char *name, int port)
     snprintf(from, sizeof from, "%s/evlua.lua", T.dir);
     snprintf(to, sizeof to, "%s/%s.lua", T.dir, name);
     if (rename(from, to) != 0)
-        pt_die("rename %s: %s", from, strerror(errno));
+        th_die("rename %s: %s", from, strerror(errno));
 }
 
 int main(void)
@@ -60,29 +60,22 @@ int main(void)
     snprintf(events, sizeof events, "%s.events", type);
     snprintf(group, sizeof group, "%s.p.slow", T.name);
     snprintf(path, sizeof path, "%s/projections/slow.lua", T.dir);
-    pt_write(path, "return {\n"
-                   "  name = 'slow',\n"
-                   "  schema = [[CREATE TABLE IF NOT EXISTS slow (id text "
-                   "PRIMARY KEY)]],\n"
-                   "  on = {\n"
-                   "    Opened = function(e)\n"
-                   "      return { [[INSERT INTO slow SELECT $1 FROM "
-                   "pg_sleep(0.02)\n"
-                   "                 ON CONFLICT DO NOTHING]], "
-                   "e.aggregate_id }\n"
-                   "    end,\n"
-                   "  },\n"
-                   "}\n");
+    th_write_file(path, "return {\n"
+                        "  name = 'slow',\n"
+                        "  schema = [[CREATE TABLE IF NOT EXISTS slow (id text "
+                        "PRIMARY KEY)]],\n"
+                        "  on = {\n"
+                        "    Opened = function(e)\n"
+                        "      return { [[INSERT INTO slow SELECT $1 FROM "
+                        "pg_sleep(0.02)\n"
+                        "                 ON CONFLICT DO NOTHING]], "
+                        "e.aggregate_id }\n"
+                        "    end,\n"
+                        "  },\n"
+                        "}\n");
     pt_topic(&T, events, 1);
     pt_producer(&T);
-    pt_begin(&T);
-    for (int i = 1; i <= NEVENTS; i++) {
-        char id[32], aj[40];
-        snprintf(id, sizeof id, "e%d", i);
-        snprintf(aj, sizeof aj, "\"%s\"", id);
-        pt_event(&T, events, type, aj, id, 1, "Opened", "{}");
-    }
-    pt_commit(&T);
+    pt_opened_events(&T, events, type, NEVENTS);
     /* the projector reads the events topic of every aggregate type */
     snprintf(path, sizeof path, "%s/aggregates/%s.lua", T.dir, type);
     snprintf(msg, sizeof msg,
@@ -90,7 +83,7 @@ int main(void)
              "  apply = { Opened = function(s, e) end },\n"
              "  handle = { Open = function(s, c) return {} end } }\n",
              type);
-    pt_write(path, msg);
+    th_write_file(path, msg);
     config("a", port);
     config("b", port + 1);
     snprintf(cfga, sizeof cfga, "%s/a.lua", T.dir);
@@ -102,22 +95,22 @@ int main(void)
     /* both settled: each has its assignment (one of them empty) */
     int settled = 0;
     for (int i = 0; i < 100 && !settled; i++) {
-        pt_sleep_ms(200);
-        settled = strstr(pt_readyz(port, ba, sizeof ba), "\"projection "
+        th_sleep_ms(200);
+        settled = strstr(th_readyz(port, ba, sizeof ba), "\"projection "
                                                          "slow\":{\"ready\":"
                                                          "true") &&
-                  strstr(pt_readyz(port + 1, bb, sizeof bb),
+                  strstr(th_readyz(port + 1, bb, sizeof bb),
                          "\"projection slow\":{\"ready\":true");
     }
     CHECK(settled, "both instances have their assignment");
-    pt_sleep_ms(1500);
+    th_sleep_ms(1500);
 
-    double t0 = pt_now(), oldest = 0;
+    double t0 = th_now(), oldest = 0;
     int flagged = 0, samples = 0;
     long long done = 0;
-    while (pt_now() - t0 < 6 && !flagged) {
-        pt_readyz(port, ba, sizeof ba);
-        pt_readyz(port + 1, bb, sizeof bb);
+    while (th_now() - t0 < 6 && !flagged) {
+        th_readyz(port, ba, sizeof ba);
+        th_readyz(port + 1, bb, sizeof bb);
         flagged =
             strstr(ba, "nobody consumes") || strstr(bb, "nobody consumes");
         double x = age_of(port + 1, group), y = age_of(port, group);
@@ -126,7 +119,7 @@ int main(void)
         if (y > oldest)
             oldest = y;
         samples++;
-        pt_sleep_ms(300);
+        th_sleep_ms(300);
     }
     done = pt_long(&T, "SELECT count(*) FROM slow");
     snprintf(msg, sizeof msg,
@@ -143,8 +136,8 @@ int main(void)
 
     kill(a, SIGTERM);
     kill(b, SIGTERM);
-    CHECK_INT(pt_wait(a), 0, "SIGTERM: a exits 0");
-    CHECK_INT(pt_wait(b), 0, "SIGTERM: b exits 0");
+    CHECK_INT(th_wait(a, -1), 0, "SIGTERM: a exits 0");
+    CHECK_INT(th_wait(b, -1), 0, "SIGTERM: b exits 0");
     pt_exec(&T, "DROP SCHEMA %s CASCADE", T.name);
     pt_done(&T);
     return check_done();

@@ -36,7 +36,7 @@ int main(void)
     snprintf(topic, sizeof topic, "%s.events", T.name);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(path, sizeof path, "%s/bb.lua", pdir);
-    pt_write(path, script);
+    th_write_file(path, script);
     pt_topic(&T, topic, 1);
     pt_producer(&T);
     memset(note, 'x', NOTE);

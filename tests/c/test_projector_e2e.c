@@ -108,13 +108,7 @@ int main(void)
     pt_init(&T, "proj_e2e");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 4);
-    char extra[512], pdir[1100];
-    snprintf(extra, sizeof extra,
-             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "linger_ms = 20 },",
-             topic, T.name);
-    snprintf(pdir, sizeof pdir, "%s/projections", T.src);
-    pt_config(&T, pdir, extra);
+    pt_config_examples(&T, topic, "linger_ms = 20");
     produce();
 
     memset(&st, 0, sizeof st);

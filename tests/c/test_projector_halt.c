@@ -38,7 +38,7 @@ static void script(int fixed)
              "  },\n"
              "}\n",
              fixed ? "math.max(e.data.n, 0)" : "e.data.n");
-    pt_write(path, text);
+    th_write_file(path, text);
 }
 
 static void count(const char *topic, const char *id, long long seq, int n)
@@ -53,22 +53,6 @@ static const char *items(char *b, size_t n)
     return pt_text(&T, b, n,
                    "SELECT coalesce(string_agg(id || '=' || history, ' ' "
                    "ORDER BY id), '') FROM h_items");
-}
-
-/* GET /readyz: "CODE BODY" into b */
-static const char *readyz(int port, char *b, size_t n)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd,
-             "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/readyz", port);
-    b[0] = '\0';
-    FILE *f = popen(cmd, "r");
-    if (f) {
-        size_t k = fread(b, 1, n - 1, f);
-        b[k] = '\0';
-        pclose(f);
-    }
-    return b;
 }
 
 int main(void)
@@ -106,14 +90,14 @@ int main(void)
               "what came before the bad event is committed, nothing after");
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM evlua_parked"), 0,
               "nothing is parked");
-    CHECK_HAS(readyz(port, b, sizeof b), " 503",
+    CHECK_HAS(th_readyz(port, b, sizeof b), " 503",
               "/readyz: halted is not ready");
     CHECK_HAS(b, "halted at offset 2", "/readyz says which offset halted");
     CHECK_HAS(b, "projection halting#", "and which thread of the projection");
     pt_begin(&T);
     count(topic, "B", 3, 3);
     pt_commit(&T);
-    pt_sleep_ms(1500);
+    th_sleep_ms(1500);
     CHECK_STR(items(b, sizeof b), "A=1 B=1",
               "a later event waits behind the halt");
 
@@ -129,12 +113,12 @@ int main(void)
           "the log says it resumed");
     CHECK_INT(pt_log_count(&T, "evlua.log", "projection reloaded"), 2,
               "both threads reloaded the scripts");
-    CHECK_HAS(readyz(port, b, sizeof b), " 200", "/readyz: ready again");
+    CHECK_HAS(th_readyz(port, b, sizeof b), " 200", "/readyz: ready again");
     /* offsets 0-4, a commit marker at 5, B's third event at 6 */
     CHECK_INT(pt_long(&T, "SELECT next_offset FROM evlua_offsets"), 7,
               "the offset moved past everything");
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM: exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");
 
     pt_exec(&T, "DROP SCHEMA %s CASCADE", T.name);
     pt_done(&T);

@@ -18,8 +18,6 @@
  * -2 appended: a change of thread count waits for the old members'
  * sessions, 6 s).
  */
-#include <pthread.h>
-
 #include "projtest.h"
 
 #define AGGS   500
@@ -28,55 +26,10 @@
 
 static pt T;
 static char topic[128];
-static volatile int produced_all;
-
-static const char script[] =
-    "return {\n"
-    "  name = 'kill',\n"
-    "  schema = [[\n"
-    "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
-    "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT NULL);\n"
-    "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
-    "      seq bigint NOT NULL)]],\n"
-    "  on = {\n"
-    "    Added = function(e)\n"
-    "      return {\n"
-    "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT (id)\n"
-    "            DO UPDATE SET n = totals.n + 1,\n"
-    "            sum = totals.sum + EXCLUDED.sum, last = EXCLUDED.last]],\n"
-    "          e.aggregate_id, e.data.v, e.data.v },\n"
-    "        { 'INSERT INTO applied VALUES ($1, $2)', e.aggregate_id,\n"
-    "          e.sequence },\n"
-    "      }\n"
-    "    end,\n"
-    "  },\n"
-    "}\n";
 
 static int value(int a, int s)
 {
     return (a * 7 + s * 13) % 101;
-}
-
-static void *producer(void *arg)
-{
-    (void)arg;
-    int k = 0;
-    /* sequences in order per aggregate, aggregates interleaved */
-    for (int s = 1; s <= SEQS; s++)
-        for (int a = 0; a < AGGS; a++) {
-            if (k % PER_TX == 0)
-                pt_begin(&T);
-            char id[16], data[32];
-            snprintf(id, sizeof id, "k%03d", a);
-            snprintf(data, sizeof data, "{\"v\":%d}", value(a, s));
-            pt_ev(&T, topic, id, s, "Added", data);
-            if (++k % PER_TX == 0) {
-                pt_commit(&T);
-                pt_sleep_ms(150);
-            }
-        }
-    produced_all = 1;
-    return NULL;
 }
 
 static void config(const char *isolation, int threads)
@@ -96,23 +49,22 @@ static void config(const char *isolation, int threads)
 int main(void)
 {
     static const char *const modes[] = {"aggregate", "batch", "aggregate-tx"};
-    char cfg[700], path[800], msg[160];
+    char cfg[700], msg[160];
     pt_init(&T, "proj_kill");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 4);
-    snprintf(path, sizeof path, "%s/projections/kill.lua", T.dir);
-    pt_write(path, script);
+    pt_grid_projection(&T, "kill", 0);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
     srand((unsigned)getpid());
 
-    pthread_t th;
-    pthread_create(&th, NULL, producer, NULL);
+    pt_grid grid = {&T, topic, "k", AGGS, SEQS, PER_TX, value, 0, 0};
+    pt_grid_start(&grid);
     for (int i = 0; i < 10; i++) {
         config(modes[i % 3], 1 + i % 2);
         pid_t pid = pt_spawn(&T, "evlua.log", "run", "-c", cfg, NULL);
         long ms = 300 + rand() % 1300;
-        pt_sleep_ms(ms);
+        th_sleep_ms(ms);
         /* the first kill may come before the schema exists */
         long long n = pt_long(&T, "SELECT count(*) FROM pg_tables WHERE "
                                   "tablename = 'applied' AND schemaname = "
@@ -124,10 +76,9 @@ int main(void)
                 "far\n",
                 i + 1, ms, modes[i % 3], 1 + i % 2, n);
         kill(pid, SIGKILL);
-        CHECK_INT(pt_wait(pid), 128 + SIGKILL, "the projector was killed");
+        CHECK_INT(th_wait(pid, -1), 128 + SIGKILL, "the projector was killed");
     }
-    pthread_join(th, NULL);
-    CHECK(produced_all, "the producer wrote every event");
+    CHECK(pt_grid_join(&grid), "the producer wrote every event");
 
     config("aggregate", 2);
     int started = pt_log_count(&T, "evlua.log", "partitions assigned");
@@ -144,29 +95,13 @@ int main(void)
     pt_wait_for(&T, AGGS, 30,
                 "SELECT count(*) FROM evlua_checkpoints WHERE sequence = 40");
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM stops the projector with exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM stops the projector with exit 0");
 
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM (SELECT DISTINCT id, seq "
                           "FROM applied) d"),
               AGGS * SEQS, "no event was applied twice");
     /* the expected state, computed here */
-    long long good = 0;
-    PGresult *res = pt_sql(&T, "SELECT id, n, sum, last FROM totals");
-    for (int r = 0; r < PQntuples(res); r++) {
-        int a = atoi(PQgetvalue(res, r, 0) + 1);
-        long long sum = 0;
-        for (int s = 1; s <= SEQS; s++)
-            sum += value(a, s);
-        if (atoi(PQgetvalue(res, r, 1)) == SEQS &&
-            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
-            atoi(PQgetvalue(res, r, 3)) == value(a, SEQS))
-            good++;
-        else if (good < 5)
-            fprintf(stderr, "  %s: n=%s sum=%s (want %lld) last=%s\n",
-                    PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
-                    PQgetvalue(res, r, 2), sum, PQgetvalue(res, r, 3));
-    }
-    PQclear(res);
+    long long good = pt_grid_good(&grid, 5);
     snprintf(msg, sizeof msg,
              "all %d aggregates equal the independently computed state", AGGS);
     CHECK_INT(good, AGGS, msg);

@@ -22,40 +22,24 @@
 
 static pt T;
 
-static void aggregate(const char *type)
-{
-    char path[800], text[1024];
-    snprintf(path, sizeof path, "%s/aggregates/%s.lua", T.dir, type);
-    snprintf(text, sizeof text,
-             "return {\n"
-             "  type = '%s',\n"
-             "  initial = function() return {} end,\n"
-             "  apply = { Opened = function(s, e) s.open = true end },\n"
-             "  handle = { Open = function(s, c) return { { type = "
-             "'Opened', data = {} } } end },\n"
-             "}\n",
-             type);
-    pt_write(path, text);
-}
-
 static void projection(void)
 {
     char path[800];
     snprintf(path, sizeof path, "%s/projections/opened.lua", T.dir);
-    pt_write(path,
-             "return {\n"
-             "  name = 'opened',\n"
-             "  schema = [[CREATE TABLE IF NOT EXISTS opened (type text, id "
-             "text,\n"
-             "    PRIMARY KEY (type, id))]],\n"
-             "  on = {\n"
-             "    Opened = function(e)\n"
-             "      return { [[INSERT INTO opened VALUES ($1, $2)\n"
-             "                 ON CONFLICT DO NOTHING]],\n"
-             "               e.aggregate_type, e.aggregate_id }\n"
-             "    end,\n"
-             "  },\n"
-             "}\n");
+    th_write_file(
+        path, "return {\n"
+              "  name = 'opened',\n"
+              "  schema = [[CREATE TABLE IF NOT EXISTS opened (type text, id "
+              "text,\n"
+              "    PRIMARY KEY (type, id))]],\n"
+              "  on = {\n"
+              "    Opened = function(e)\n"
+              "      return { [[INSERT INTO opened VALUES ($1, $2)\n"
+              "                 ON CONFLICT DO NOTHING]],\n"
+              "               e.aggregate_type, e.aggregate_id }\n"
+              "    end,\n"
+              "  },\n"
+              "}\n");
 }
 
 static void produce(const char *topic, const char *type)
@@ -79,7 +63,7 @@ static void run(const char *type, int create, int port)
     const char *mode = create ? "create_topics" : "no create_topics";
     snprintf(topic, sizeof topic, "%s.events", type);
     snprintf(log, sizeof log, "evlua-%s.log", create ? "create" : "wait");
-    aggregate(type);
+    pt_opened_aggregate(&T, type);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(extra, sizeof extra,
              "commands = { enabled = false, create_topics = %s, partitions "
@@ -95,7 +79,7 @@ static void run(const char *type, int create, int port)
     if (create) {
         int n = 0;
         for (int i = 0; i < 100 && n == 0; i++) {
-            pt_sleep_ms(200);
+            th_sleep_ms(200);
             n = pt_partitions(&T, topic);
         }
         CHECK_INT(n, 3,
@@ -105,20 +89,20 @@ static void run(const char *type, int create, int port)
         /* started, waiting for the topic */
         CHECK(pt_wait_log(&T, log, "projector started", 1, 30) == 1,
               "the projector started");
-        pt_sleep_ms(2000);
-        CHECK_HAS(pt_readyz(port, b, sizeof b), " 503",
+        th_sleep_ms(2000);
+        CHECK_HAS(th_readyz(port, b, sizeof b), " 503",
                   "/readyz: not ready while the topic is missing");
         CHECK_HAS(b, topic, "naming the missing topic");
         CHECK_INT(pt_partitions(&T, topic), 0,
                   "the projector did not create the topic");
         pt_topic(&T, topic, 2);
     }
-    double t0 = pt_now();
+    double t0 = th_now();
     produce(topic, type);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM opened WHERE type = '%s'",
              type);
     long long got = pt_wait_for(&T, 3, 30, sql);
-    double took = pt_now() - t0;
+    double took = th_now() - t0;
     snprintf(msg, sizeof msg,
              "[%s] the events are projected within seconds (took %.1f s)", mode,
              took);
@@ -126,9 +110,9 @@ static void run(const char *type, int create, int port)
     CHECK(took < 20, msg);
     int ready = 0;
     for (int i = 0; i < 50 && !ready; i++) {
-        ready = strstr(pt_readyz(port, b, sizeof b), " 200") != NULL;
+        ready = strstr(th_readyz(port, b, sizeof b), " 200") != NULL;
         if (!ready)
-            pt_sleep_ms(200);
+            th_sleep_ms(200);
     }
     snprintf(msg, sizeof msg, "[%s] /readyz says ready once assigned: %.200s",
              mode, b);
@@ -140,7 +124,7 @@ static void run(const char *type, int create, int port)
         create ? "the log says the topic was created"
                : "the log says the topic appeared");
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM: exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");
 }
 
 int main(void)

@@ -60,7 +60,7 @@ static void script(const char *tag, int fixed)
              "  },\n"
              "}\n",
              tag, tag, tag, tag, tag, fixed ? "true" : "not e.data.big", tag);
-    pt_write(path, text);
+    th_write_file(path, text);
 }
 
 static void count(const char *topic, const char *id, long long seq, int big)
@@ -162,7 +162,7 @@ int main(void)
               "every projector reloads the fixed script on SIGHUP");
     pid_t retry = pt_spawn(&T, "retry.log", "parked", "retry", "-c", cfg,
                            "params_agg", "BIG", NULL);
-    CHECK_INT(pt_wait(retry), 0, "evlua parked retry applies BIG's events");
+    CHECK_INT(th_wait(retry, -1), 0, "evlua parked retry applies BIG's events");
     CHECK_STR(pt_text(&T, b, sizeof b,
                       "SELECT history FROM items_agg WHERE id = 'BIG'"),
               "1,2,3", "in order, once each");
@@ -172,7 +172,7 @@ int main(void)
               "0", "and nothing of params_agg is parked any more");
 
     kill(pid, SIGTERM);
-    CHECK_INT(pt_wait(pid), 0, "SIGTERM: exit 0");
+    CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");
 
     pt_exec(&T, "DROP SCHEMA %s CASCADE", T.name);
     pt_done(&T);

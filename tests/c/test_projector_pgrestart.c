@@ -54,7 +54,7 @@ static void sh(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "+ %s\n", cmd);
     if (system(cmd) != 0)
-        pt_die("command failed: %s", cmd);
+        th_die("command failed: %s", cmd);
 }
 
 /* atexit: the private cluster never outlives the test, even a failed
@@ -84,13 +84,13 @@ static void start_cluster(void)
     snprintf(path, sizeof path, "%s/pg/conninfo", rundir);
     FILE *f = fopen(path, "r");
     if (!f || !fgets(conninfo, sizeof conninfo, f))
-        pt_die("no conninfo in %s", path);
+        th_die("no conninfo in %s", path);
     fclose(f);
     conninfo[strcspn(conninfo, "\n")] = '\0';
     FILE *p =
         popen("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1", "r");
     if (!p || !fgets(bindir, sizeof bindir, p))
-        pt_die("no PostgreSQL binaries");
+        th_die("no PostgreSQL binaries");
     pclose(p);
     bindir[strcspn(bindir, "\n")] = '\0';
 }
@@ -101,7 +101,7 @@ static void restart(const char *mode)
     snprintf(path, sizeof path, "%s/pg/datadir", rundir);
     FILE *f = fopen(path, "r");
     if (!f || !fgets(datadir, sizeof datadir, f))
-        pt_die("no datadir in %s", path);
+        th_die("no datadir in %s", path);
     fclose(f);
     datadir[strcspn(datadir, "\n")] = '\0';
     sh("%s '%s/pg_ctl' restart -D '%s/data' -m %s -w -t 60 -l "
@@ -135,7 +135,7 @@ int main(void)
              topic, T.name);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
     snprintf(path, sizeof path, "%s/restart.lua", pdir);
-    pt_write(path, script);
+    th_write_file(path, script);
     pt_config(&T, pdir, extra);
     pt_producer(&T);
     for (int s = 1; s <= 60; s++) {
@@ -154,13 +154,13 @@ int main(void)
     /* wait until it is well under way, then restart twice */
     long long n = 0;
     for (int i = 0; i < 600 && (n = applied_now()) < 1000; i++)
-        pt_sleep_ms(100);
+        th_sleep_ms(100);
     CHECK(n >= 1000 && n < 6000, "the projector is mid-stream at restart");
     restart("fast");
     pt_connect(&T);
     long long m = applied_now();
     for (int i = 0; i < 600 && (m = applied_now()) < n + 1500; i++)
-        pt_sleep_ms(100);
+        th_sleep_ms(100);
     CHECK(m < 6000, "still mid-stream at the crash");
     restart("immediate");
     pt_connect(&T);

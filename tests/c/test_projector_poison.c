@@ -47,7 +47,7 @@ static void write_script(const char *tag, int fixed)
                    : "if e.data.explode then error('boom: ' .. "
                      "e.aggregate_id) end",
              tag, tag, fixed ? "math.max(e.data.n, 0)" : "e.data.n");
-    pt_write(path, text);
+    th_write_file(path, text);
 }
 
 static void count(const char *topic, const char *id, long long seq, int n)
@@ -62,19 +62,12 @@ static int cli(char *out, size_t n, const char *a1, const char *a2,
                const char *a3, const char *a4)
 {
     static int k;
-    char log[64], cfg[700], path[800];
+    char log[64], cfg[700];
     snprintf(log, sizeof log, "cli-%d.log", ++k);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pid_t pid = a4 ? pt_spawn(&T, log, a1, a2, "-c", cfg, a3, a4, NULL)
                    : pt_spawn(&T, log, a1, a2, "-c", cfg, a3, NULL);
-    int rc = pt_wait(pid);
-    snprintf(path, sizeof path, "%s/%s", T.dir, log);
-    FILE *f = fopen(path, "r");
-    size_t len = f ? fread(out, 1, n - 1, f) : 0;
-    out[len] = '\0';
-    if (f)
-        fclose(f);
-    return rc;
+    return pt_output(&T, pid, log, out, n);
 }
 
 static void scenario(const char *mode, const char *tag)

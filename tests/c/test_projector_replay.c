@@ -61,13 +61,7 @@ int main(void)
     pt_init(&T, "proj_replay");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 3);
-    char extra[512], pdir[1100];
-    snprintf(extra, sizeof extra,
-             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "batch_size = 64 },",
-             topic, T.name);
-    snprintf(pdir, sizeof pdir, "%s/projections", T.src);
-    pt_config(&T, pdir, extra);
+    pt_config_examples(&T, topic, "batch_size = 64");
     pt_producer(&T);
     produce(1, 10);
 

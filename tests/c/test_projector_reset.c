@@ -21,7 +21,7 @@ static char topic[128], cfg[700];
 static int cli(char *out, size_t n, const char *a3, const char *a4)
 {
     static int k;
-    char log[64], path[800];
+    char log[64];
     snprintf(log, sizeof log, "reset-%d.log", ++k);
     pid_t pid = a4   ? pt_spawn(&T, log, "projection", "reset", "-c", cfg,
                                 "shipping_addresses", a3, a4, NULL)
@@ -29,14 +29,7 @@ static int cli(char *out, size_t n, const char *a3, const char *a4)
                                 "shipping_addresses", a3, NULL)
                      : pt_spawn(&T, log, "projection", "reset", "-c", cfg,
                                 "shipping_addresses", NULL);
-    int rc = pt_wait(pid);
-    snprintf(path, sizeof path, "%s/%s", T.dir, log);
-    FILE *f = fopen(path, "r");
-    size_t len = f ? fread(out, 1, n - 1, f) : 0;
-    out[len] = '\0';
-    if (f)
-        fclose(f);
-    return rc;
+    return pt_output(&T, pid, log, out, n);
 }
 
 static void state(char *buf, size_t n)
@@ -51,16 +44,11 @@ static void state(char *buf, size_t n)
 
 int main(void)
 {
-    char extra[512], pdir[1100], before[4096], after[4096], out[8192];
+    char before[4096], after[4096], out[8192];
     pt_init(&T, "proj_reset");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 2);
-    snprintf(extra, sizeof extra,
-             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "threads = 2 },",
-             topic, T.name);
-    snprintf(pdir, sizeof pdir, "%s/projections", T.src);
-    pt_config(&T, pdir, extra);
+    pt_config_examples(&T, topic, "threads = 2");
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
     pt_begin(&T);
@@ -91,7 +79,7 @@ int main(void)
     state(after, sizeof after);
     CHECK_STR(after, before, "and changes nothing");
     kill(run, SIGTERM);
-    CHECK_INT(pt_wait(run), 0, "the running projectors stop with exit 0");
+    CHECK_INT(th_wait(run, -1), 0, "the running projectors stop with exit 0");
 
     rc = cli(out, sizeof out, NULL, NULL);
     CHECK_INT(rc, 0, "reset exits 0");

@@ -12,8 +12,6 @@
  * sequence) was applied exactly once, every checkpoint is the aggregate's
  * last sequence, and SIGTERM stops each instance with exit code 0.
  */
-#include <pthread.h>
-
 #include "projtest.h"
 
 #define AGGS   600
@@ -22,54 +20,10 @@
 
 static pt T;
 static char topic[128], cfg[700];
-static volatile int produced_all;
-
-static const char script[] =
-    "return {\n"
-    "  name = 'scale',\n"
-    "  schema = [[\n"
-    "    CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY,\n"
-    "      n integer NOT NULL, sum bigint NOT NULL, last integer NOT NULL);\n"
-    "    CREATE TABLE IF NOT EXISTS applied (id text NOT NULL,\n"
-    "      seq bigint NOT NULL, pid integer NOT NULL)]],\n"
-    "  on = {\n"
-    "    Added = function(e)\n"
-    "      return {\n"
-    "        { [[INSERT INTO totals VALUES ($1, 1, $2, $3) ON CONFLICT (id)\n"
-    "            DO UPDATE SET n = totals.n + 1,\n"
-    "            sum = totals.sum + EXCLUDED.sum, last = EXCLUDED.last]],\n"
-    "          e.aggregate_id, e.data.v, e.data.v },\n"
-    "        { 'INSERT INTO applied VALUES ($1, $2, pg_backend_pid())',\n"
-    "          e.aggregate_id, e.sequence },\n"
-    "      }\n"
-    "    end,\n"
-    "  },\n"
-    "}\n";
 
 static int value(int a, int s)
 {
     return (a * 11 + s * 17) % 97;
-}
-
-static void *producer(void *arg)
-{
-    (void)arg;
-    int k = 0;
-    for (int s = 1; s <= SEQS; s++)
-        for (int a = 0; a < AGGS; a++) {
-            if (k % PER_TX == 0)
-                pt_begin(&T);
-            char id[16], data[32];
-            snprintf(id, sizeof id, "s%03d", a);
-            snprintf(data, sizeof data, "{\"v\":%d}", value(a, s));
-            pt_ev(&T, topic, id, s, "Added", data);
-            if (++k % PER_TX == 0) {
-                pt_commit(&T);
-                pt_sleep_ms(150);
-            }
-        }
-    produced_all = 1;
-    return NULL;
 }
 
 static pid_t start(const char *log)
@@ -87,13 +41,12 @@ static long long applied(void)
 
 int main(void)
 {
-    char extra[1024], pdir[700], path[800], msg[160];
+    char extra[1024], pdir[700], msg[160];
     pt_init(&T, "proj_scale");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 6);
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
-    snprintf(path, sizeof path, "%s/scale.lua", pdir);
-    pt_write(path, script);
+    pt_grid_projection(&T, "scale", 1);
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
              "batch_size = 200 },\n"
@@ -107,30 +60,29 @@ int main(void)
 
     pid_t a = start("a.log");
     pid_t b = start("b.log");
-    pthread_t th;
-    pthread_create(&th, NULL, producer, NULL);
+    pt_grid grid = {&T, topic, "s", AGGS, SEQS, PER_TX, value, 0, 0};
+    pt_grid_start(&grid);
 
-    pt_sleep_ms(3000);
+    th_sleep_ms(3000);
     fprintf(stderr, "kill -9 A at %lld applied\n", applied());
     kill(a, SIGKILL);
-    CHECK_INT(pt_wait(a), 128 + SIGKILL, "A was killed");
-    pt_sleep_ms(2000);
+    CHECK_INT(th_wait(a, -1), 128 + SIGKILL, "A was killed");
+    th_sleep_ms(2000);
     a = start("a.log");
     fprintf(stderr, "A restarted at %lld applied\n", applied());
 
-    pt_sleep_ms(2000);
+    th_sleep_ms(2000);
     fprintf(stderr, "SIGSTOP B at %lld applied\n", applied());
     kill(b, SIGSTOP);
-    pt_sleep_ms(9000); /* > session.timeout.ms: B's partitions move to A */
+    th_sleep_ms(9000); /* > session.timeout.ms: B's partitions move to A */
     fprintf(stderr, "SIGCONT B at %lld applied\n", applied());
     kill(b, SIGCONT);
-    pt_sleep_ms(2000);
+    th_sleep_ms(2000);
     pid_t c = start("c.log");
     fprintf(stderr, "C joined at %lld applied\n", applied());
     CHECK(applied() < AGGS * SEQS, "C joins while events keep coming");
 
-    pthread_join(th, NULL);
-    CHECK(produced_all, "the producer wrote every event");
+    CHECK(pt_grid_join(&grid), "the producer wrote every event");
     long long n =
         pt_wait_for(&T, AGGS * SEQS, 180, "SELECT count(*) FROM applied");
     CHECK_INT(n, AGGS * SEQS, "every event gets applied");
@@ -139,28 +91,16 @@ int main(void)
     kill(a, SIGTERM);
     kill(b, SIGTERM);
     kill(c, SIGTERM);
-    CHECK_INT(pt_wait(a), 0, "SIGTERM stops A with exit 0");
-    CHECK_INT(pt_wait(b), 0, "SIGTERM stops B with exit 0");
-    CHECK_INT(pt_wait(c), 0, "SIGTERM stops C with exit 0");
+    CHECK_INT(th_wait(a, -1), 0, "SIGTERM stops A with exit 0");
+    CHECK_INT(th_wait(b, -1), 0, "SIGTERM stops B with exit 0");
+    CHECK_INT(th_wait(c, -1), 0, "SIGTERM stops C with exit 0");
 
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM (SELECT DISTINCT id, seq "
                           "FROM applied) d"),
               AGGS * SEQS, "no event was applied twice");
     CHECK(pt_long(&T, "SELECT count(DISTINCT pid) FROM applied") >= 3,
           "the work was shared by several instances");
-    long long good = 0;
-    PGresult *res = pt_sql(&T, "SELECT id, n, sum, last FROM totals");
-    for (int r = 0; r < PQntuples(res); r++) {
-        int ag = atoi(PQgetvalue(res, r, 0) + 1);
-        long long sum = 0;
-        for (int s = 1; s <= SEQS; s++)
-            sum += value(ag, s);
-        if (atoi(PQgetvalue(res, r, 1)) == SEQS &&
-            strtoll(PQgetvalue(res, r, 2), NULL, 10) == sum &&
-            atoi(PQgetvalue(res, r, 3)) == value(ag, SEQS))
-            good++;
-    }
-    PQclear(res);
+    long long good = pt_grid_good(&grid, 0);
     snprintf(msg, sizeof msg,
              "all %d aggregates equal the independently computed state", AGGS);
     CHECK_INT(good, AGGS, msg);

@@ -72,12 +72,8 @@ int main(void)
     pt_init(&T, "proj_unicode");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 2);
-    char extra[512], pdir[1100], msg[256];
-    snprintf(extra, sizeof extra,
-             "projection = { topics = { \"%s\" }, group_prefix = \"%s.\" },",
-             topic, T.name);
-    snprintf(pdir, sizeof pdir, "%s/projections", T.src);
-    pt_config(&T, pdir, extra);
+    char msg[256];
+    pt_config_examples(&T, topic, NULL);
     pt_producer(&T);
 
     size_t biglen = 200 * 1024;
