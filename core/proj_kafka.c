@@ -180,8 +180,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     projector *pj = opaque;
     char desc[1024];
     if (pj->inflight) { /* finish it while its partitions are ours */
-        int r = proj_settle(pj);
-        if (r == 1 || r < 0)
+        enum settle_rc r = proj_settle(pj);
+        if (r == STOPPING || r == FAILED)
             pj->abort_rc = r;
     }
     pj->rebalanced = 1;
@@ -369,7 +369,7 @@ static int topic_partitions(projector *pj, const char *topic)
 }
 
 /* Subscribe to the topics that are not missing (none: no subscription). */
-int proj_subscribe(projector *pj, char *err, size_t errlen)
+evl_err proj_subscribe(projector *pj, char *err, size_t errlen)
 {
     rd_kafka_topic_partition_list_t *sub =
         rd_kafka_topic_partition_list_new(pj->topics.n);
@@ -389,12 +389,10 @@ int proj_subscribe(projector *pj, char *err, size_t errlen)
         evl_kafka_wait_begin(&pj->wait);
     }
     rd_kafka_topic_partition_list_destroy(sub);
-    if (e) {
-        (void)evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_subscribe: %s",
-                         rd_kafka_err2str(e));
-        return 2;
-    }
-    return 0;
+    if (e)
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_subscribe: %s",
+                          rd_kafka_err2str(e));
+    return EVL_OK;
 }
 
 /* Look topic up and, when it is missing and commands.create_topics is
@@ -492,7 +490,7 @@ int proj_check_missing(projector *pj)
         proj_report_ready(pj);
         return 0;
     }
-    if (proj_subscribe(pj, err, sizeof err) != 0) {
+    if (proj_subscribe(pj, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "cannot subscribe", "projection", pj->name,
                 "error", err, NULL);
         return 1;

@@ -193,11 +193,90 @@ out:
     return r;
 }
 
+/* What prepare_batch reads from one message. */
+typedef struct fields {
+    const char *type; /* may be NULL (no header, no JSON type) */
+    const char *atype, *aid;
+    long long seq;
+    const char *bad; /* why the payload cannot be used, or NULL */
+} fields;
+
+/* Read rkm's fields into f (strings in ar). Returns 0 when the projection
+ * does not handle its type (skip it). An event that cannot be used is
+ * still given an aggregate: the one its header and key name. */
+static int read_event(projector *pj, const rd_kafka_message_t *rkm, arena *ar,
+                      fields *f)
+{
+    size_t hl = 0;
+    const char *ht = header(rkm, "evlua-type", &hl);
+    memset(f, 0, sizeof *f);
+    f->seq = -1;
+    if (ht) {
+        f->type = proj_arena_text(ar, ht, hl);
+        if (!evl_luahost_projection_handles(pj->proj, f->type))
+            return 0;
+    }
+    int r = read_fields(pj, rkm, ar, &f->type, &f->atype, &f->aid, &f->seq);
+    if (r == FIELDS_NOT_JSON) /* as lax as before: cJSON */
+        r = read_fields_lax(pj, rkm, ar, &f->type, &f->atype, &f->aid, &f->seq);
+    if (r == FIELDS_SKIP)
+        return 0;
+    if (r == FIELDS_NOT_OBJECT)
+        f->bad = "invalid event: the value is not a JSON object";
+    else if (!f->type)
+        f->bad = "invalid event: no evlua-type header and no string "
+                 "\"type\"";
+    else if (!f->atype)
+        f->bad = "invalid event: \"aggregate_type\" is not a UTF-8 "
+                 "string";
+    else if (!f->aid)
+        f->bad = "invalid event: \"aggregate_id\" is not a UTF-8 string";
+    else if (f->seq < 0)
+        f->bad = "invalid event: \"sequence\" is not an integer >= 1";
+    if (f->bad) {
+        /* park it under the aggregate the message says it is of */
+        size_t l = 0;
+        const char *h = header(rkm, "evlua-aggregate-type", &l);
+        if (!f->atype)
+            f->atype = h ? proj_arena_text(ar, h, l) : "?";
+        if (!f->aid)
+            f->aid =
+                rkm->key ? proj_arena_text(ar, rkm->key, rkm->key_len) : "";
+    }
+    return 1;
+}
+
+/* Append the event of rkm (partition p, fields f) to b and to its
+ * aggregate's group. */
+static void add_event(projector *pj, batch *b, rd_kafka_message_t *rkm, int p,
+                      const fields *f)
+{
+    if (b->nevs == b->capevs) {
+        b->capevs = b->capevs ? b->capevs * 2 : 512;
+        b->evs = evl_xrealloc(b->evs, sizeof(pev) * b->capevs);
+    }
+    int e = (int)b->nevs++;
+    pev *ev = &b->evs[e];
+    memset(ev, 0, sizeof *ev);
+    ev->rkm = rkm;
+    ev->part = p;
+    ev->seq = f->seq;
+    ev->type = f->type;
+    ev->bad = f->bad;
+    ev->next = -1;
+    ev->group = group_of(pj, b, f->atype, f->aid);
+    pgroup *g = &b->groups[ev->group];
+    if (g->last >= 0)
+        b->evs[g->last].next = e;
+    else
+        g->first = e;
+    g->last = e;
+}
+
 /* Read the messages into events and groups (no database, no Lua). */
 void proj_prepare_batch(projector *pj, batch *b)
 {
-    arena *ar = &b->ar;
-    proj_arena_reset(ar);
+    proj_arena_reset(&b->ar);
     b->nevs = b->ngroups = 0;
     b->nfail = 0;
     if (b->gcap == 0) {
@@ -223,70 +302,12 @@ void proj_prepare_batch(projector *pj, batch *b)
         if (rkm->offset + 1 > b->next[p])
             b->next[p] = rkm->offset + 1;
         pj->stats.messages++;
-
-        size_t hl = 0;
-        const char *ht = header(rkm, "evlua-type", &hl);
-        const char *type = NULL;
-        if (ht) {
-            type = proj_arena_text(ar, ht, hl);
-            if (!evl_luahost_projection_handles(pj->proj, type)) {
-                pj->stats.skipped++;
-                continue;
-            }
-        }
-
-        const char *bad = NULL, *atype = NULL, *aid = NULL;
-        long long seq = -1;
-        int r = read_fields(pj, rkm, ar, &type, &atype, &aid, &seq);
-        if (r == FIELDS_NOT_JSON) /* as lax as before: cJSON */
-            r = read_fields_lax(pj, rkm, ar, &type, &atype, &aid, &seq);
-        if (r == FIELDS_SKIP) {
+        fields f;
+        if (!read_event(pj, rkm, &b->ar, &f)) {
             pj->stats.skipped++;
             continue;
         }
-        if (r == FIELDS_NOT_OBJECT)
-            bad = "invalid event: the value is not a JSON object";
-        else if (!type)
-            bad = "invalid event: no evlua-type header and no string "
-                  "\"type\"";
-        else if (!atype)
-            bad = "invalid event: \"aggregate_type\" is not a UTF-8 "
-                  "string";
-        else if (!aid)
-            bad = "invalid event: \"aggregate_id\" is not a UTF-8 string";
-        else if (seq < 0)
-            bad = "invalid event: \"sequence\" is not an integer >= 1";
-        if (bad) {
-            /* park it under the aggregate the message says it is of */
-            size_t l = 0;
-            const char *h = header(rkm, "evlua-aggregate-type", &l);
-            if (!atype)
-                atype = h ? proj_arena_text(ar, h, l) : "?";
-            if (!aid)
-                aid =
-                    rkm->key ? proj_arena_text(ar, rkm->key, rkm->key_len) : "";
-        }
-
-        if (b->nevs == b->capevs) {
-            b->capevs = b->capevs ? b->capevs * 2 : 512;
-            b->evs = evl_xrealloc(b->evs, sizeof(pev) * b->capevs);
-        }
-        int e = (int)b->nevs++;
-        pev *ev = &b->evs[e];
-        memset(ev, 0, sizeof *ev);
-        ev->rkm = rkm;
-        ev->part = p;
-        ev->seq = seq;
-        ev->type = type;
-        ev->bad = bad;
-        ev->next = -1;
-        ev->group = group_of(pj, b, atype, aid);
-        pgroup *g = &b->groups[ev->group];
-        if (g->last >= 0)
-            b->evs[g->last].next = e;
-        else
-            g->first = e;
-        g->last = e;
+        add_event(pj, b, rkm, p, &f);
     }
 }
 

@@ -139,8 +139,9 @@ static int parse_iso(const char *s)
     return -1;
 }
 
-/* Everything before the first poll. Returns an exit code (0: go on). */
-static int setup(projector *pj, const evl_luahost *proto)
+/* The scripts and the projection's settings. EVL_OK or EVL_EPERMANENT
+ * (logged). */
+static evl_err load_settings(projector *pj, const evl_luahost *proto)
 {
     char err[EVL_ERRLEN];
     const evl_config *cfg = pj->cfg;
@@ -148,13 +149,13 @@ static int setup(projector *pj, const evl_luahost *proto)
     if (evl_luahost_reload(proto, &pj->host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "projector cannot load the scripts",
                 "projection", pj->name, "error", err, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     pj->proj = evl_luahost_projection_get(pj->host, pj->name);
     if (!pj->proj) {
         evl_log(EVL_LOG_ERROR, "no projection script has this name",
                 "projection", pj->name, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     evl_projection_cfg pc = evl_config_projection(cfg, pj->name);
     const char *iso = pj->opts.isolation ? pj->opts.isolation : pc.isolation;
@@ -164,12 +165,12 @@ static int setup(projector *pj, const evl_luahost *proto)
         evl_log(EVL_LOG_ERROR,
                 "unknown isolation (aggregate, batch or aggregate-tx)",
                 "projection", pj->name, "isolation", iso, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     if (onerr && strcmp(onerr, "park") != 0 && strcmp(onerr, "halt") != 0) {
         evl_log(EVL_LOG_ERROR, "unknown on_error (park or halt)", "projection",
                 pj->name, "on_error", onerr, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     pj->halt = onerr && strcmp(onerr, "halt") == 0;
     pj->batch_size = pj->opts.batch_size > 0 ? pj->opts.batch_size
@@ -189,52 +190,75 @@ static int setup(projector *pj, const evl_luahost *proto)
                 "projection.each.NAME.topics), or load the aggregate scripts "
                 "whose events topics it reads",
                 "projection", pj->name, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     if (!cfg->pg_conninfo) {
         evl_log(EVL_LOG_ERROR,
                 "no database configured (postgres / EVLUA_PG_CONNINFO)",
                 "projection", pj->name, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
+    return EVL_OK;
+}
 
+/* The connection, evlua's tables and the projection's schema, each
+ * retried while the database fails transiently. EVL_OK, EVL_ETRANSIENT
+ * when a stop request ended the waiting, or EVL_EPERMANENT (logged). */
+static evl_err open_db(projector *pj)
+{
+    char err[EVL_ERRLEN];
     evl_err e = with_retry(pj, "cannot connect to PostgreSQL; retrying",
                            do_connect, err, sizeof err);
     if (e == EVL_ETRANSIENT)
-        return -1; /* stopped while waiting */
+        return e; /* stopped while waiting */
     if (e != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "bad PostgreSQL settings", "projection",
                 pj->name, "error", err, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     e = with_retry(pj, "cannot create evlua's tables; retrying", do_tables, err,
                    sizeof err);
     if (e == EVL_ETRANSIENT)
-        return -1;
+        return e;
     if (e != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "cannot create evlua's tables", "projection",
                 pj->name, "error", err, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     e = with_retry(pj, "cannot run the projection's schema; retrying",
                    do_schema, err, sizeof err);
     if (e == EVL_ETRANSIENT)
-        return -1;
+        return e;
     if (e != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "the projection's schema failed", "projection",
                 pj->name, "script", pj->proj->script, "error", err, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
-    if (proj_kafka_open(pj, err, sizeof err) != 0) {
+    return EVL_OK;
+}
+
+/* Everything before the first poll: EVL_OK (go on), EVL_ETRANSIENT when a
+ * stop request came while waiting for the database, or EVL_EPERMANENT
+ * on a configuration error (logged). */
+static evl_err setup(projector *pj, const evl_luahost *proto)
+{
+    char err[EVL_ERRLEN];
+    const evl_config *cfg = pj->cfg;
+    evl_err e = load_settings(pj, proto);
+    if (e == EVL_OK)
+        e = open_db(pj);
+    if (e != EVL_OK)
+        return e;
+    if (proj_kafka_open(pj, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "cannot create the Kafka consumer", "projection",
                 pj->name, "error", err, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     proj_ensure_topics(pj);
-    if (proj_subscribe(pj, err, sizeof err) != 0) {
+    if (proj_subscribe(pj, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "cannot subscribe", "projection", pj->name,
                 "error", err, NULL);
-        return 2;
+        return EVL_EPERMANENT;
     }
     evl_luahost_reload_requested(&pj->hup_seen);
 
@@ -256,7 +280,7 @@ static int setup(projector *pj, const evl_luahost *proto)
     evl_metrics_scripts(pj->component, NULL, NULL, evl_luahost_hash(pj->host));
     pj->parked_dirty = 1;
     proj_count_parked(pj);
-    return 0;
+    return EVL_OK;
 }
 
 /* ---- collecting a batch -------------------------------------------------- */
@@ -492,6 +516,53 @@ static void decide(projector *pj, batch *b)
 
 /* ---- after the commit ---------------------------------------------------- */
 
+/* After a commit: one line per aggregate the batch parked (not per event
+ * parked behind it). */
+static void log_parked(projector *pj, const batch *b)
+{
+    for (size_t e = 0; e < b->nevs; e++) {
+        const pev *ev = &b->evs[e];
+        if (ev->state != EV_PARK || !ev->error || ev->error == proj_behind_msg)
+            continue;
+        const pgroup *g = &b->groups[ev->group];
+        char seq[24], off[24];
+        snprintf(seq, sizeof seq, "%lld", ev->seq);
+        snprintf(off, sizeof off, "%" PRId64, ev->rkm->offset);
+        evl_log(EVL_LOG_WARN,
+                "aggregate parked: this event and every later one of the "
+                "aggregate wait in evlua_parked (evlua parked list|retry)",
+                "projection", pj->name, "aggregate_type", g->atype,
+                "aggregate_id", g->aid, "sequence", seq, "topic",
+                pj->parts[ev->part].topic, "offset", off, "error", ev->error,
+                NULL);
+    }
+}
+
+/* After a commit: pause and log the partitions the batch halted. */
+static void pause_halted(projector *pj)
+{
+    for (int p = 0; p < pj->nparts; p++) {
+        part *pt = &pj->parts[p];
+        if (!pt->halt_new)
+            continue;
+        pt->halt_new = 0;
+        rd_kafka_topic_partition_list_t *one =
+            rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(one, pt->topic, pt->partition);
+        rd_kafka_pause_partitions(pj->rk, one);
+        rd_kafka_topic_partition_list_destroy(one);
+        char ps[24], off[24];
+        snprintf(ps, sizeof ps, "%" PRId32, pt->partition);
+        snprintf(off, sizeof off, "%" PRId64, pt->halt_offset);
+        evl_log(EVL_LOG_ERROR,
+                "PARTITION HALTED (on_error = halt): a permanent error; "
+                "nothing at or past this offset is committed. Fix the "
+                "script and send SIGHUP, or restart, to resume",
+                "projection", pj->name, "topic", pt->topic, "partition", ps,
+                "offset", off, "error", pt->halt_error, NULL);
+    }
+}
+
 static void finish_batch(projector *pj, batch *b)
 {
     rd_kafka_topic_partition_list_t *offs =
@@ -530,44 +601,8 @@ static void finish_batch(projector *pj, batch *b)
             !b->groups[gi].prev_parked)
             pj->parked_dirty = 1;
     proj_count_parked(pj);
-
-    for (size_t e = 0; e < b->nevs; e++) {
-        const pev *ev = &b->evs[e];
-        if (ev->state != EV_PARK || !ev->error || ev->error == proj_behind_msg)
-            continue;
-        const pgroup *g = &b->groups[ev->group];
-        char seq[24], off[24];
-        snprintf(seq, sizeof seq, "%lld", ev->seq);
-        snprintf(off, sizeof off, "%" PRId64, ev->rkm->offset);
-        evl_log(EVL_LOG_WARN,
-                "aggregate parked: this event and every later one of the "
-                "aggregate wait in evlua_parked (evlua parked list|retry)",
-                "projection", pj->name, "aggregate_type", g->atype,
-                "aggregate_id", g->aid, "sequence", seq, "topic",
-                pj->parts[ev->part].topic, "offset", off, "error", ev->error,
-                NULL);
-    }
-
-    for (int p = 0; p < pj->nparts; p++) {
-        part *pt = &pj->parts[p];
-        if (!pt->halt_new)
-            continue;
-        pt->halt_new = 0;
-        rd_kafka_topic_partition_list_t *one =
-            rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(one, pt->topic, pt->partition);
-        rd_kafka_pause_partitions(pj->rk, one);
-        rd_kafka_topic_partition_list_destroy(one);
-        char ps[24], off[24];
-        snprintf(ps, sizeof ps, "%" PRId32, pt->partition);
-        snprintf(off, sizeof off, "%" PRId64, pt->halt_offset);
-        evl_log(EVL_LOG_ERROR,
-                "PARTITION HALTED (on_error = halt): a permanent error; "
-                "nothing at or past this offset is committed. Fix the "
-                "script and send SIGHUP, or restart, to resume",
-                "projection", pj->name, "topic", pt->topic, "partition", ps,
-                "offset", off, "error", pt->halt_error, NULL);
-    }
+    log_parked(pj, b);
+    pause_halted(pj);
 }
 
 /* ---- one batch ----------------------------------------------------------- */
@@ -596,21 +631,22 @@ static evl_err attempt_sync(projector *pj, batch *b, char *err, size_t errlen)
 /* See batch b through, starting from the outcome e of its last try
  * (EVL_EPERMANENT: of its asynchronous first transaction, failures in
  * pj->fails): permanent errors are handled, transient ones retried with
- * backoff on fresh checkpoints. Returns 0 when committed (and finished),
- * 1 when a stop request left it uncommitted, -1 on a runtime failure. */
-static int resolve(projector *pj, batch *b, evl_err e, char *err)
+ * backoff on fresh checkpoints. Returns SETTLED when committed (and
+ * finished), STOPPING when a stop request left it uncommitted, FAILED on
+ * a runtime failure (logged). */
+static enum settle_rc resolve(projector *pj, batch *b, evl_err e, char *err)
 {
     for (int attempt = 0;; attempt++) {
         if (e == EVL_EPERMANENT)
             e = proj_exec_batch(pj, b, err, EVL_ERRLEN, EVL_EPERMANENT);
         if (e == EVL_OK) {
             finish_batch(pj, b);
-            return 0;
+            return SETTLED;
         }
         if (e != EVL_ETRANSIENT) {
             evl_log(EVL_LOG_ERROR, "projector failed", "projection", pj->name,
                     "error", err, NULL);
-            return -1;
+            return FAILED;
         }
         pj->stats.retries++;
         proj_ckmap_clear(&pj->cache);
@@ -626,37 +662,35 @@ static int resolve(projector *pj, batch *b, evl_err e, char *err)
                     "stopping with the batch uncommitted; it will be read "
                     "again",
                     "projection", pj->name, NULL);
-            return 1;
+            return STOPPING;
         }
         e = attempt_sync(pj, b, err, EVL_ERRLEN);
     }
 }
 
-/* Read the outcome of the batch in flight and see it through. Returns 0
- * when it committed as sent, 2 when it committed only after trouble (a
- * batch decided meanwhile must be decided again: the cache it used was
- * dropped), 1 when stopping left it uncommitted, -1 on a failure. Its
- * messages are released. */
-int proj_settle(projector *pj)
+/* Read the outcome of the batch in flight and see it through: SETTLED
+ * when it committed as sent, REDECIDE when only after trouble (see enum
+ * settle_rc), STOPPING or FAILED. Its messages are released. */
+enum settle_rc proj_settle(projector *pj)
 {
     batch *b = pj->inflight;
     char err[EVL_ERRLEN];
     if (!b)
-        return 0;
+        return SETTLED;
     pj->inflight = NULL;
     evl_err e = proj_range_result(pj, err, sizeof err);
-    int rc;
+    enum settle_rc rc;
     if (e == EVL_OK) {
         proj_committed(pj, b, 0, b->ngroups);
         finish_batch(pj, b);
-        rc = 0;
+        rc = SETTLED;
     } else {
         proj_ckmap_clear(
             &pj->cache); /* it held this batch's hoped-for values */
         pj->guess_off = 1000;
         rc = resolve(pj, b, e, err);
-        if (rc == 0)
-            rc = 2;
+        if (rc == SETTLED)
+            rc = REDECIDE;
     }
     drop_msgs(pj, b);
     return rc;
@@ -666,11 +700,12 @@ int proj_settle(projector *pj)
  * aggregate and batch it is decided (Lua) while the previous batch is
  * still running in PostgreSQL, then sent and left in flight: its results
  * are read when the next batch is ready (or the consumer idles, stops,
- * rebalances or reloads). Returns 0, 1 (stopping; uncommitted) or -1. */
-static int process(projector *pj, batch *b)
+ * rebalances or reloads). Returns SETTLED (b committed or in flight),
+ * STOPPING or FAILED. */
+static enum settle_rc process(projector *pj, batch *b)
 {
     char err[EVL_ERRLEN];
-    int r = 0;
+    enum settle_rc r = SETTLED;
     b->t_collected = proj_now_s();
     proj_prepare_batch(pj, b);
     if (pj->guess_off > 0)
@@ -678,7 +713,7 @@ static int process(projector *pj, batch *b)
     if (pj->inflight &&
         (pj->iso == ISO_AGGREGATE_TX || proj_needs_load(pj, b))) {
         r = proj_settle(pj); /* the checkpoints must be read after it */
-        if (r == 1 || r < 0)
+        if (r == STOPPING || r == FAILED)
             goto out;
     }
     if (pj->iso == ISO_AGGREGATE_TX) {
@@ -700,9 +735,9 @@ static int process(projector *pj, batch *b)
     decide(pj, b); /* while the batch in flight runs */
     if (pj->inflight) {
         r = proj_settle(pj);
-        if (r == 1 || r < 0)
+        if (r == STOPPING || r == FAILED)
             goto out;
-        if (r == 2) { /* decided on values that did not hold */
+        if (r == REDECIDE) { /* decided on values that did not hold */
             r = resolve(pj, b, attempt_sync(pj, b, err, sizeof err), err);
             goto out;
         }
@@ -715,7 +750,7 @@ static int process(projector *pj, batch *b)
     if (!proj_range_send(pj, b, 0, b->ngroups, 1)) {
         evl_pg_pipe_end(pj->pg, NULL, NULL, err, sizeof err);
         finish_batch(pj, b); /* nothing to write */
-        r = 0;
+        r = SETTLED;
         goto out;
     }
     e = evl_pg_pipe_flush(pj->pg, err, sizeof err);
@@ -726,7 +761,7 @@ static int process(projector *pj, batch *b)
     proj_remember(pj, b, 0,
                   b->ngroups); /* the next batch is decided on these */
     pj->inflight = b;
-    return 0;
+    return SETTLED;
 out:
     drop_msgs(pj, b);
     return r;
@@ -738,8 +773,8 @@ static void maybe_reload(projector *pj)
 {
     if (!evl_luahost_reload_requested(&pj->hup_seen))
         return;
-    int r = proj_settle(pj); /* no batch spans two script sets */
-    if (r == 1 || r < 0) {
+    enum settle_rc r = proj_settle(pj); /* no batch spans two script sets */
+    if (r == STOPPING || r == FAILED) {
         pj->abort_rc = r;
         return;
     }
@@ -888,13 +923,6 @@ static void teardown(projector *pj)
     free(pj);
 }
 
-/* What a process/settle result r means for the loop: 0 go on (r is 0 or
- * 2), 1 failure, -1 stop with the batch uncommitted. */
-static int stop_code(int r)
-{
-    return r < 0 ? 1 : r == 1 ? -1 : 0;
-}
-
 /* What one thread of a projection hands back. */
 typedef struct instance_out {
     evl_projector_stats stats;
@@ -920,45 +948,46 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
         pj->opts = *opts;
     pj->t0 = proj_now_s();
 
-    int rc = setup(pj, proto);
-    if (rc != 0) {
+    evl_err e = setup(pj, proto);
+    if (e != EVL_OK) {
         teardown(pj);
-        return rc < 0 ? 0 : rc; /* < 0: stopped while waiting */
+        /* transient: a stop request came while waiting for the database */
+        return e == EVL_ETRANSIENT ? EVL_EXIT_OK : EVL_EXIT_USAGE;
     }
 
-    int code = 0; /* 1: failure; -1: stop request, batch uncommitted */
-    while (!evl_lifecycle_stopping() && !code) {
+    enum settle_rc how = SETTLED;
+    while (!evl_lifecycle_stopping()) {
         maybe_reload(pj);
         if (proj_check_missing(pj) != 0) {
-            code = 1;
+            how = FAILED;
             break;
         }
         evl_kafka_wait_check(&pj->wait, pj->rk, pj->group_id);
         batch *b = pj->inflight == &pj->bufs[0] ? &pj->bufs[1] : &pj->bufs[0];
-        int n = pj->abort_rc ? 0 : collect(pj, b);
-        if (pj->abort_rc) {
-            code = stop_code(pj->abort_rc);
+        int n = pj->abort_rc == SETTLED ? collect(pj, b) : 0;
+        if (pj->abort_rc != SETTLED) { /* set by a callback */
+            how = pj->abort_rc;
             break;
         }
         if (n < 0) {
-            code = 1;
+            how = FAILED;
             break;
         }
         if (n > 0)
-            code = stop_code(process(pj, b));
+            how = process(pj, b);
         else if (pj->inflight) /* idle: read what is in flight */
-            code = stop_code(proj_settle(pj));
+            how = proj_settle(pj);
         else
             release_memory(pj, NULL, 1); /* idle, nothing in flight */
         report(pj, 0);
+        if (how == STOPPING || how == FAILED)
+            break;
         if (pj->opts.until_caught_up && !pj->inflight && caught_up(pj))
             break;
     }
-    if (!code) /* finish the batch in flight, then close */
-        code = stop_code(proj_settle(pj));
-    rc = code > 0 ? 1 : 0;
-    if (pj->fatal)
-        rc = 1;
+    if (how != STOPPING && how != FAILED) /* finish the batch in flight */
+        how = proj_settle(pj);
+    int rc = how == FAILED || pj->fatal ? EVL_EXIT_FAILURE : EVL_EXIT_OK;
     report(pj, 1);
     char a[24], s[24], r[24], pk[24], bt[24];
     snprintf(a, sizeof a, "%lld", pj->stats.applied);

@@ -44,6 +44,8 @@ typedef struct arena {
     block *head, *cur;
 } arena;
 
+/* The checkpoint cache: "type\0id" -> the aggregate's checkpoint row as
+ * this projector last read or wrote it (open addressing, evl_hash). */
 typedef struct ckpt {
     char *key; /* "type\0id"; NULL: empty slot */
     size_t klen;
@@ -79,6 +81,16 @@ void proj_ckmap_clear(ckmap *m);
 
 enum { ISO_AGGREGATE, ISO_BATCH, ISO_AGGREGATE_TX };
 enum { EV_SKIP, EV_REPLAY, EV_APPLY, EV_PARK, EV_HALT };
+
+/* What seeing a batch through (settling the one in flight, processing a
+ * new one) came to. */
+enum settle_rc {
+    SETTLED,  /* committed (or nothing was in flight) */
+    REDECIDE, /* committed only after trouble: a batch decided meanwhile
+                 must be decided again (the cache it used was dropped) */
+    STOPPING, /* a stop request left it uncommitted */
+    FAILED    /* a runtime failure (logged) */
+};
 
 /* Statement tags in a pipeline: statement i is 2i, the park insert of
  * event i is 2i+1, bookkeeping is negative. */
@@ -195,10 +207,11 @@ typedef struct projector {
     int nparts, last_part;
     ckmap cache;
 
-    batch bufs[2];   /* one being built, one maybe in flight */
-    batch *inflight; /* sent to PostgreSQL, results not read yet */
-    int abort_rc;    /* set when settling in a callback failed or stopped */
-    int guess_off;   /* batches to go before guessing new aggregates again */
+    batch bufs[2];           /* one being built, one maybe in flight */
+    batch *inflight;         /* sent to PostgreSQL, results not read yet */
+    enum settle_rc abort_rc; /* STOPPING or FAILED when settling in a
+                                callback did; else SETTLED */
+    int guess_off; /* batches to go before guessing new aggregates again */
     evl_luahost_stmts lstmts;
     failure *fails;
     size_t nfails, capfails;
@@ -225,16 +238,6 @@ typedef struct projector {
 #define THREAD_FIELD(pj)                                                       \
     ((pj)->ninstances > 1 ? "thread" : NULL), (pj)->thread_no
 
-/* What seeing a batch through (settling the one in flight, processing a
- * new one) came to. */
-enum settle_rc {
-    SETTLED,  /* committed (or nothing was in flight) */
-    REDECIDE, /* committed only after trouble: a batch decided meanwhile
-                 must be decided again (the cache it used was dropped) */
-    STOPPING, /* a stop request left it uncommitted */
-    FAILED    /* a runtime failure (logged) */
-};
-
 /* exec_batch's `first` when the batch's first transaction was not sent
  * ahead. */
 #define NOT_SENT ((evl_err)-1)
@@ -250,7 +253,7 @@ int proj_nap(long ms);
 long proj_backoff_ms(int attempt);
 /* Read the outcome of the batch in flight and see it through (SETTLED
  * when nothing is in flight). Its messages are released. */
-int proj_settle(projector *pj);
+enum settle_rc proj_settle(projector *pj);
 
 /* ---- proj_read.c --------------------------------------------------------- */
 
@@ -309,7 +312,7 @@ evl_err proj_kafka_open(projector *pj, char *err, size_t errlen);
 int proj_kafka_fatal(projector *pj);
 /* Subscribe to the topics that are not missing. EVL_OK or
  * EVL_EPERMANENT. */
-int proj_subscribe(projector *pj, char *err, size_t errlen);
+evl_err proj_subscribe(projector *pj, char *err, size_t errlen);
 /* Before subscribing: look every topic up (creating missing ones when
  * configured to); remember those still missing. */
 void proj_ensure_topics(projector *pj);
