@@ -23,11 +23,9 @@
  * a double application. It is dropped on every rebalance and every
  * transient error.
  *
- * Rebalances are eager: all partitions are revoked, then assigned. The
- * rebalance callback runs inside rd_kafka_consumer_poll on this thread
- * (which owns the database connection too), reads evlua_offsets and
- * assigns each partition at its DB offset; messages collected before it
- * are dropped (they will be fetched again from the DB offsets).
+ * Rebalances (proj_kafka.c) happen inside rd_kafka_consumer_poll, on
+ * this thread: messages collected before one are dropped (they will be
+ * fetched again from the DB offsets).
  */
 #include "projector_int.h"
 
