@@ -70,8 +70,9 @@
  * (lifecycle.h) finishes the batch in flight, commits, closes and
  * returns.
  *
- * Uses pg, luahost, config, log, lifecycle and librdkafka. Does not
- * produce to Kafka.
+ * Uses pg, luahost, config, log, lifecycle, metrics, lag and kafka (which
+ * builds its clients) over librdkafka. Does not produce to Kafka. Made of
+ * projector.c and proj_*.c around projector_int.h, which maps them.
  *
  * @locality each projector on its own thread; nothing shared but the
  * read-only config and prototype host.
