@@ -38,6 +38,7 @@
 #include "luaapi.h"
 #include "metrics.h"
 #include "store.h"
+#include "testhooks.h"
 
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_CONFIG = 2 };
 
@@ -113,7 +114,7 @@ typedef struct committer {
     rd_kafka_consumer_group_metadata_t *cgmd;
     step result;
     long long send_offsets_ms, commit_ms;
-    int fail; /* test hook EVLUA_TEST_FAIL_IN_FLIGHT: this one fails */
+    int fail; /* evl_testhooks_fail_in_flight: this one fails */
 } committer;
 
 typedef struct cmdproc {
@@ -166,8 +167,8 @@ typedef struct cmdproc {
     long long begun_ms[NPRODUCERS], lost_age_ms[NPRODUCERS];
     int lost;
     long txn_timeout_ms; /* the producers' transaction.timeout.ms */
-    long txn_count, fail_before_commit, hang_before_commit, fail_in_flight;
-    const char *hold_file; /* test hook EVLUA_TEST_HOLD_FILE */
+    long txn_count;      /* transactions begun, for the test hooks */
+    evl_testhooks hooks; /* testhooks.h; all off in production builds */
     char delivery_error[NPRODUCERS][EVL_ERRLEN];
     unsigned backoff_ms;
     long long collect_ms; /* how long the last batch took to collect */
@@ -1382,17 +1383,9 @@ static void *committer_main(void *arg)
                              cp->producers[j], c->offsets, c->cgmd, -1));
         } while (s == STEP_RETRY);
         t1 = now_ms();
-        if (s == STEP_OK && c->fail) {
-            /* the records are in the log; the next batch gets time to be
-             * decided on top of this one, then this one fails */
-            rd_kafka_flush(cp->producers[j], 30000);
-            sleep_ms(1500);
-            evl_log(EVL_LOG_WARN,
-                    "test hook EVLUA_TEST_FAIL_IN_FLIGHT: failing the "
-                    "transaction in flight",
-                    NULL);
+        if (s == STEP_OK && c->fail &&
+            evl_testhooks_in_flight(cp->producers[j]))
             s = STEP_ABORT;
-        }
         while (s == STEP_OK || s == STEP_RETRY) {
             s = txn_call(cp, j, "rd_kafka_commit_transaction",
                          rd_kafka_commit_transaction(cp->producers[j], -1));
@@ -1613,32 +1606,8 @@ static int launch(cmdproc *cp, long long waited)
             goto failed;
 
     cp->txn_count++;
-    if (cp->hang_before_commit > 0 && cp->txn_count == cp->hang_before_commit) {
-        rd_kafka_flush(cp->producers[cp->cur], 30000);
-        evl_log(EVL_LOG_WARN,
-                "test hook EVLUA_TEST_HANG_BEFORE_COMMIT: hanging with an "
-                "open transaction",
-                NULL);
-        for (;;)
-            sleep_ms(1000); /* until killed */
-    }
-    if (cp->hold_file && unlink(cp->hold_file) == 0) {
-        /* the broker knows the transaction (its records are in the log):
-         * a test cuts the network now, with the transaction open */
-        rd_kafka_flush(cp->producers[cp->cur], 30000);
-        evl_log(EVL_LOG_WARN,
-                "test hook EVLUA_TEST_HOLD_FILE: holding the transaction "
-                "open for 2 s",
-                NULL);
-        sleep_ms(2000);
-    }
-    if (cp->fail_before_commit > 0 && cp->txn_count == cp->fail_before_commit) {
-        rd_kafka_flush(cp->producers[cp->cur],
-                       30000); /* the records are in the log */
-        evl_log(EVL_LOG_WARN,
-                "test hook EVLUA_TEST_FAIL_BEFORE_COMMIT: failing this "
-                "transaction before its commit",
-                NULL);
+    if (evl_testhooks_before_commit(&cp->hooks, cp->txn_count,
+                                    cp->producers[cp->cur])) {
         s = STEP_ABORT;
         goto failed;
     }
@@ -1685,7 +1654,7 @@ static int launch(cmdproc *cp, long long waited)
     c->producer = cp->fl_producer;
     c->offsets = offsets;
     c->cgmd = rd_kafka_consumer_group_metadata(cp->consumer);
-    c->fail = cp->fail_in_flight > 0 && cp->txn_count == cp->fail_in_flight;
+    c->fail = evl_testhooks_fail_in_flight(&cp->hooks, cp->txn_count);
     c->done = 0;
     c->has_job = 1;
     pthread_cond_broadcast(&c->cv);
@@ -2162,9 +2131,6 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     int rc = EXIT_OK;
     evl_err e;
     long long last_counts;
-    const char *hook = getenv("EVLUA_TEST_FAIL_BEFORE_COMMIT");
-    const char *hang = getenv("EVLUA_TEST_HANG_BEFORE_COMMIT");
-    const char *fail_in_flight = getenv("EVLUA_TEST_FAIL_IN_FLIGHT");
 
     memset(&cp, 0, sizeof cp);
     cp.cfg = cfg;
@@ -2203,15 +2169,7 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     cp.m_store_aggs =
         evl_metrics_gauge("evlua_store_aggregates",
                           "Aggregates held in the command side's store", NULL);
-    if (hook && *hook)
-        cp.fail_before_commit = strtol(hook, NULL, 10);
-    if (hang && *hang)
-        cp.hang_before_commit = strtol(hang, NULL, 10);
-    if (fail_in_flight && *fail_in_flight)
-        cp.fail_in_flight = strtol(fail_in_flight, NULL, 10);
-    cp.hold_file = getenv("EVLUA_TEST_HOLD_FILE");
-    if (cp.hold_file && !*cp.hold_file)
-        cp.hold_file = NULL;
+    evl_testhooks_read(&cp.hooks);
     if (evl_luahost_reload(proto, &cp.host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "command processor: cannot load the scripts",
                 "error", err, NULL);

@@ -56,16 +56,18 @@
  * {outcome="committed"|"aborted"}, evlua_command_batch_seconds; readiness
  * component "commands" (not ready while starting or restoring states).
  *
- * Test hooks (never set them in production), N counts the transactions
- * of the process from 1: EVLUA_TEST_FAIL_BEFORE_COMMIT=N makes the N-th
- * transaction fail after its records reached the broker and before its
- * commit, as if the commit had needed an abort;
- * EVLUA_TEST_HANG_BEFORE_COMMIT=N makes the process hang there instead,
- * with the transaction open (a crash in mid-transaction, once killed);
- * EVLUA_TEST_HOLD_FILE=PATH: when PATH exists as a transaction is about to
- * commit, it is removed, the transaction's records are flushed (so the
- * broker knows the transaction) and it is held open for 2 s (the
- * partition test cuts the network then).
+ * Test hooks (testhooks.h; compiled only into test builds, never set
+ * them in production), N counts the transactions of the process from 1:
+ * EVLUA_TEST_FAIL_BEFORE_COMMIT=N makes the N-th transaction fail after
+ * its records reached the broker and before its commit, as if the commit
+ * had needed an abort; EVLUA_TEST_HANG_BEFORE_COMMIT=N makes the process
+ * hang there instead, with the transaction open (a crash in
+ * mid-transaction, once killed); EVLUA_TEST_FAIL_IN_FLIGHT=N makes the
+ * committer hold the N-th transaction 1.5 s after sending its offsets,
+ * then fail it; EVLUA_TEST_HOLD_FILE=PATH: when PATH exists as a
+ * transaction is about to commit, it is removed, the transaction's
+ * records are flushed (so the broker knows the transaction) and it is
+ * held open for 2 s (the partition test cuts the network then).
  *
  * Uses kafka, envelope, store, luahost, luaapi, lifecycle, metrics, log.
  *
