@@ -1840,9 +1840,7 @@ static void maybe_reload(cmdproc *cp)
 static int producer_new(cmdproc *cp, int j, char *err, size_t errlen)
 {
     const evl_config *cfg = cp->cfg;
-    rd_kafka_conf_t *conf;
-    char errstr[512], size[64], txid[600], client[64];
-    size_t sizelen = sizeof size;
+    char size[64], txid[600], client[64];
 
     /* the producers: NPRODUCERS transactional ids derived from
      * commands.transactional_id (the first is it, the others add ".alt",
@@ -1855,13 +1853,15 @@ static int producer_new(cmdproc *cp, int j, char *err, size_t errlen)
      * The Java producer retries those after 20 ms.
      * linger.ms: records are produced all at once right before the commit,
      * whose flush would otherwise wait out the linger. */
-    const char *pdefaults[] = {"transaction.timeout.ms",
-                               "10000",
-                               "retry.backoff.ms",
-                               "20",
-                               "linger.ms",
-                               "0",
-                               NULL};
+    static const char *const pdefaults[] = {"transaction.timeout.ms",
+                                            "10000",
+                                            "retry.backoff.ms",
+                                            "20",
+                                            "linger.ms",
+                                            "0",
+                                            NULL};
+    static const char *const prequired[] = {"partitioner", "murmur2_random",
+                                            NULL};
     if (j == 0)
         snprintf(txid, sizeof txid, "%s", cfg->cmd.transactional_id);
     else if (j == 1)
@@ -1869,46 +1869,32 @@ static int producer_new(cmdproc *cp, int j, char *err, size_t errlen)
     else
         snprintf(txid, sizeof txid, "%s.alt%d", cfg->cmd.transactional_id, j);
     snprintf(client, sizeof client, "evlua-commands-%d", j);
-    const char *prequired[] = {"transactional.id",
-                               txid,
-                               "enable.idempotence",
-                               "true",
-                               "acks",
-                               "all",
-                               "partitioner",
-                               "murmur2_random",
-                               "client.id",
-                               client,
-                               NULL};
-    if (evl_kafka_conf_new(cfg, pdefaults, prequired, &conf, err, errlen))
+    evl_kafka_client_opts o = {.name = "producer",
+                               .client_id = client,
+                               .transactional_id = txid,
+                               .defaults = pdefaults,
+                               .required = prequired,
+                               .opaque = cp,
+                               .dr_msg_cb = dr_msg_cb};
+    if (evl_kafka_producer_new(cfg, &o, &cp->producers[j], err, errlen))
         return EXIT_CONFIG;
-    rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-    rd_kafka_conf_set_opaque(conf, cp);
-    sizelen = sizeof size;
-    if (rd_kafka_conf_get(conf, "message.max.bytes", size, &sizelen) ==
-        RD_KAFKA_CONF_OK)
-        cp->max_message = (size_t)strtoull(size, NULL, 10);
+    evl_kafka_conf_value(cp->producers[j], "message.max.bytes", size,
+                         sizeof size);
+    cp->max_message = (size_t)strtoull(size, NULL, 10);
     if (cp->max_message < 4096)
         cp->max_message = 1000000;
-    sizelen = sizeof size;
-    if (rd_kafka_conf_get(conf, "transaction.timeout.ms", size, &sizelen) ==
-        RD_KAFKA_CONF_OK)
-        cp->txn_timeout_ms = strtol(size, NULL, 10);
+    evl_kafka_conf_value(cp->producers[j], "transaction.timeout.ms", size,
+                         sizeof size);
+    cp->txn_timeout_ms = strtol(size, NULL, 10);
     if (cp->txn_timeout_ms <= 0)
         cp->txn_timeout_ms = 60000; /* librdkafka's own default */
-    if (!(cp->producers[j] =
-              rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr))) {
-        evl_seterr(err, errlen, EVL_EPERMANENT, "producer: %s", errstr);
-        return EXIT_CONFIG;
-    }
     return EXIT_OK;
 }
 
 static int start_clients(cmdproc *cp, char *err, size_t errlen)
 {
     const evl_config *cfg = cp->cfg;
-    rd_kafka_conf_t *conf;
-    char errstr[512], group[512];
+    char group[512];
 
     for (int j = 0; j < NPRODUCERS; j++)
         if (producer_new(cp, j, err, errlen) != EXIT_OK)
@@ -1929,76 +1915,43 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
      *
      * group.instance.id: static membership when `instance` is set
      * (kafka.h): a restarted instance gets its partitions back at once. */
-    char member[300];
-    evl_kafka_instance_id(cfg, "cmd", member, sizeof member);
-    const char *cdefaults[] = {"auto.offset.reset",
-                               "earliest",
-                               "fetch.min.bytes",
-                               "65536",
-                               "fetch.wait.max.ms",
-                               "5",
-                               "statistics.interval.ms",
-                               "1000",
-                               NULL};
-    const char *crequired[] = {
-        "group.id",
-        cfg->cmd.group_id,
-        "isolation.level",
-        "read_committed",
-        "enable.auto.commit",
-        "false",
-        "enable.auto.offset.store",
-        "false",
-        "enable.partition.eof",
-        "false",
-        "partition.assignment.strategy",
-        evl_kafka_assignor(cfg, "range", "evlua-commands"),
-        "client.id",
-        "evlua-commands",
-        *member ? "group.instance.id" : NULL,
-        member,
-        NULL};
-    if (evl_kafka_conf_new(cfg, cdefaults, crequired, &conf, err, errlen))
+    static const char *const cdefaults[] = {"auto.offset.reset",
+                                            "earliest",
+                                            "fetch.min.bytes",
+                                            "65536",
+                                            "fetch.wait.max.ms",
+                                            "5",
+                                            "statistics.interval.ms",
+                                            "1000",
+                                            NULL};
+    evl_kafka_client_opts co = {.name = "consumer",
+                                .client_id = "evlua-commands",
+                                .group_id = cfg->cmd.group_id,
+                                .assignor = "range",
+                                .instance = "cmd",
+                                .defaults = cdefaults,
+                                .opaque = cp,
+                                .rebalance_cb = rebalance_cb,
+                                .stats_cb = stats_cb};
+    if (evl_kafka_consumer_new(cfg, &co, &cp->consumer, err, errlen))
         return EXIT_CONFIG;
-    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_conf_set_stats_cb(conf, stats_cb);
-    rd_kafka_conf_set_opaque(conf, cp);
-    if (!(cp->consumer =
-              rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {
-        evl_seterr(err, errlen, EVL_EPERMANENT, "consumer: %s", errstr);
-        return EXIT_CONFIG;
-    }
-    rd_kafka_poll_set_consumer(cp->consumer);
     cp->cq = rd_kafka_queue_get_consumer(cp->consumer);
 
-    /* reader of the state topics: assigned by hand, never joins a group */
-    snprintf(group, sizeof group, "%s.restore", cfg->cmd.group_id);
-    const char *rrequired[] = {"group.id",
-                               group,
-                               "isolation.level",
-                               "read_committed",
-                               "enable.auto.commit",
-                               "false",
-                               "enable.auto.offset.store",
-                               "false",
-                               "enable.partition.eof",
-                               "true",
-                               "auto.offset.reset",
-                               "earliest",
-                               "client.id",
-                               "evlua-restore",
-                               NULL};
-    /* an empty partition's end is known after one fetch: do not let the
+    /* reader of the state topics: assigned by hand, never joins a group;
+     * an empty partition's end is known after one fetch: do not let the
      * broker hold it */
-    const char *rdefaults[] = {"fetch.wait.max.ms", "10", NULL};
-    if (evl_kafka_conf_new(cfg, rdefaults, rrequired, &conf, err, errlen))
+    snprintf(group, sizeof group, "%s.restore", cfg->cmd.group_id);
+    static const char *const rrequired[] = {"auto.offset.reset", "earliest",
+                                            NULL};
+    static const char *const rdefaults[] = {"fetch.wait.max.ms", "10", NULL};
+    evl_kafka_client_opts ro = {.name = "state reader",
+                                .client_id = "evlua-restore",
+                                .group_id = group,
+                                .partition_eof = 1,
+                                .defaults = rdefaults,
+                                .required = rrequired};
+    if (evl_kafka_consumer_new(cfg, &ro, &cp->restorer, err, errlen))
         return EXIT_CONFIG;
-    if (!(cp->restorer =
-              rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {
-        evl_seterr(err, errlen, EVL_EPERMANENT, "state reader: %s", errstr);
-        return EXIT_CONFIG;
-    }
-    rd_kafka_poll_set_consumer(cp->restorer);
     return EXIT_OK;
 }
 
