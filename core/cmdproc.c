@@ -392,15 +392,12 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
      * an empty partition's end is known after one fetch: do not let the
      * broker hold it */
     snprintf(group, sizeof group, "%s.restore", cfg->cmd.group_id);
-    static const char *const rrequired[] = {"auto.offset.reset", "earliest",
-                                            NULL};
     static const char *const rdefaults[] = {"fetch.wait.max.ms", "10", NULL};
     evl_kafka_client_opts ro = {.name = "state reader",
                                 .client_id = "evlua-restore",
                                 .group_id = group,
-                                .partition_eof = 1,
-                                .defaults = rdefaults,
-                                .required = rrequired};
+                                .reader = 1,
+                                .defaults = rdefaults};
     if (evl_kafka_consumer_new(cfg, &ro, &cp->restorer, err, errlen))
         return EXIT_CONFIG;
     return EXIT_OK;

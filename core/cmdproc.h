@@ -35,7 +35,7 @@
  * A producer fenced because the broker timed out its own transaction (it
  * was cut off from the broker, or stalled, for longer than
  * transaction.timeout.ms: told apart by the transaction's age, see
- * cmdproc.c) is not fatal: it is rebuilt with the same transactional.id,
+ * txn.c) is not fatal: it is rebuilt with the same transactional.id,
  * the store is dropped and the partitions held are restored and read
  * again from their committed offsets, and the loop goes on (logged:
  * "our transaction timed out while the broker was unreachable").
@@ -69,7 +69,13 @@
  * records are flushed (so the broker knows the transaction) and it is
  * held open for 2 s (the partition test cuts the network then).
  *
- * Uses kafka, envelope, store, luahost, luaapi, lifecycle, metrics, log.
+ * Built from the pipeline layer: pipeline.h (the loop, readiness, reload
+ * between batches), txn.h (the transactions), kafka.h (the clients);
+ * cmdproc_int.h maps its own files (cmd_topics.c, cmd_restore.c,
+ * cmd_decide.c, cmd_commit.c).
+ *
+ * Uses pipeline, txn, kafka, envelope, store, luahost, luaapi, lifecycle,
+ * metrics, testhooks, log.
  *
  * @locality runs on the calling thread, which it keeps until the stop.
  */

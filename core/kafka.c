@@ -210,7 +210,7 @@ evl_err evl_kafka_consumer_new(const evl_config *cfg,
     put_pair(role, &n, "enable.auto.commit", "false");
     put_pair(role, &n, "enable.auto.offset.store", "false");
     put_pair(role, &n, "enable.partition.eof",
-             o->partition_eof ? "true" : "false");
+             o->partition_eof || o->reader ? "true" : "false");
     if (o->assignor)
         put_pair(role, &n, "partition.assignment.strategy",
                  evl_kafka_assignor(cfg, o->assignor,
@@ -219,6 +219,8 @@ evl_err evl_kafka_consumer_new(const evl_config *cfg,
         evl_kafka_instance_id(cfg, o->instance, member, sizeof member);
     if (*member)
         put_pair(role, &n, "group.instance.id", member);
+    if (o->reader)
+        put_pair(role, &n, "auto.offset.reset", "earliest");
     if ((e = client_new(cfg, o, RD_KAFKA_CONSUMER, role, n, out, err, errlen)))
         return e;
     rd_kafka_poll_set_consumer(*out);

@@ -2,6 +2,8 @@
  * kafka.h - what evlua's pipelines need from librdkafka beyond its own API:
  * client configuration from evl_config, error classes, and topics.
  *
+ *   - Clients: evl_kafka_consumer_new and evl_kafka_producer_new build
+ *     every pipeline's clients (below) from the configuration.
  *   - Configuration: the `kafka` table of the config is passed through
  *     verbatim to every client; each pipeline adds the properties its
  *     guarantees rest on (isolation.level, transactional.id, ...), which
@@ -64,6 +66,9 @@ typedef struct evl_kafka_client_opts {
                             * assigned by hand, which never joins it) */
     const char *isolation; /* isolation.level; NULL: "read_committed" */
     int partition_eof;     /* enable.partition.eof */
+    int reader;            /* assigned by hand and read to the end (state
+                            * restore, lag probes): enable.partition.eof and
+                            * auto.offset.reset=earliest, both required */
     const char *assignor;  /* the default partition.assignment.strategy,
                             * through evl_kafka_assignor (the config may
                             * name other eager ones); NULL: not set (a
@@ -95,7 +100,8 @@ typedef struct evl_kafka_client_opts {
  * group.id, isolation.level, enable.auto.commit=false,
  * enable.auto.offset.store=false, enable.partition.eof,
  * partition.assignment.strategy (o->assignor), group.instance.id
- * (o->instance), o->required, client.id; its callbacks; rd_kafka_new;
+ * (o->instance), auto.offset.reset=earliest (o->reader), o->required,
+ * client.id; its callbacks; rd_kafka_new;
  * rd_kafka_poll_set_consumer (rebalances and messages come from
  * rd_kafka_consumer_poll). On success returns EVL_OK and *out (owned:
  * rd_kafka_consumer_close, then rd_kafka_destroy). Else EVL_EPERMANENT

@@ -461,16 +461,13 @@ evl_err evl_lag_start(evl_lag *lag, char *err, size_t errlen)
                                            "max.partition.fetch.bytes",
                                            "262144",
                                            NULL};
-    static const char *const required[] = {"auto.offset.reset", "earliest",
-                                           NULL};
     snprintf(group, sizeof group, "evlua.lag.%s",
              lag->nw ? lag->w[0].group : "none");
     evl_kafka_client_opts o = {.name = "rd_kafka_new(lag consumer)",
                                .client_id = "evlua-lag",
                                .group_id = group,
-                               .partition_eof = 1,
-                               .defaults = defaults,
-                               .required = required};
+                               .reader = 1,
+                               .defaults = defaults};
     evl_err e = evl_kafka_consumer_new(lag->cfg, &o, &lag->rk, err, errlen);
     if (e)
         return e;

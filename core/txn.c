@@ -169,16 +169,45 @@ evl_txn_step evl_txn_call(evl_txn *t, const char *call, rd_kafka_error_t *error)
     return EVL_TXN_FATAL;
 }
 
-evl_txn_step evl_txn_begin(evl_txn *t)
+/* The transaction calls, repeated while retriable by repeat(). */
+enum op { OP_BEGIN, OP_SEND_OFFSETS, OP_COMMIT, OP_ABORT };
+
+static evl_txn_step repeat(evl_txn *t, enum op op,
+                           const rd_kafka_topic_partition_list_t *offsets,
+                           const rd_kafka_consumer_group_metadata_t *cgmd)
 {
     evl_txn_step s;
+    do {
+        switch (op) {
+        case OP_BEGIN:
+            s = evl_txn_call(t, "rd_kafka_begin_transaction",
+                             rd_kafka_begin_transaction(t->rk));
+            break;
+        case OP_SEND_OFFSETS:
+            s = evl_txn_call(
+                t, "rd_kafka_send_offsets_to_transaction",
+                rd_kafka_send_offsets_to_transaction(t->rk, offsets, cgmd, -1));
+            break;
+        case OP_COMMIT:
+            s = evl_txn_call(t, "rd_kafka_commit_transaction",
+                             rd_kafka_commit_transaction(t->rk, -1));
+            break;
+        default:
+            s = evl_txn_call(t, "rd_kafka_abort_transaction",
+                             rd_kafka_abort_transaction(t->rk, -1));
+            break;
+        }
+        /* a begin gives up when stopping: nothing is open yet */
+    } while (s == EVL_TXN_RETRY &&
+             !(op == OP_BEGIN && evl_lifecycle_stopping()));
+    return s;
+}
+
+evl_txn_step evl_txn_begin(evl_txn *t)
+{
     t->delivery_error[0] = '\0';
     t->begun_ms = now_ms();
-    do {
-        s = evl_txn_call(t, "rd_kafka_begin_transaction",
-                         rd_kafka_begin_transaction(t->rk));
-    } while (s == EVL_TXN_RETRY && !evl_lifecycle_stopping());
-    return s;
+    return repeat(t, OP_BEGIN, NULL, NULL);
 }
 
 evl_txn_step evl_txn_produced(evl_txn *t, rd_kafka_resp_err_t rerr,
@@ -210,32 +239,17 @@ evl_txn_step
 evl_txn_send_offsets(evl_txn *t, const rd_kafka_topic_partition_list_t *offsets,
                      const rd_kafka_consumer_group_metadata_t *cgmd)
 {
-    evl_txn_step s;
-    do {
-        s = evl_txn_call(
-            t, "rd_kafka_send_offsets_to_transaction",
-            rd_kafka_send_offsets_to_transaction(t->rk, offsets, cgmd, -1));
-    } while (s == EVL_TXN_RETRY);
-    return s;
+    return repeat(t, OP_SEND_OFFSETS, offsets, cgmd);
 }
 
 evl_txn_step evl_txn_commit(evl_txn *t)
 {
-    evl_txn_step s;
-    do {
-        s = evl_txn_call(t, "rd_kafka_commit_transaction",
-                         rd_kafka_commit_transaction(t->rk, -1));
-    } while (s == EVL_TXN_RETRY);
-    return s;
+    return repeat(t, OP_COMMIT, NULL, NULL);
 }
 
 evl_txn_step evl_txn_abort(evl_txn *t)
 {
-    evl_txn_step s;
-    do {
-        s = evl_txn_call(t, "rd_kafka_abort_transaction",
-                         rd_kafka_abort_transaction(t->rk, -1));
-    } while (s == EVL_TXN_RETRY);
+    evl_txn_step s = repeat(t, OP_ABORT, NULL, NULL);
     return s == EVL_TXN_ABORT ? EVL_TXN_FATAL : s;
 }
 
