@@ -35,7 +35,7 @@
  * A producer fenced because the broker timed out its own transaction (it
  * was cut off from the broker, or stalled, for longer than
  * transaction.timeout.ms: told apart by the transaction's age, see
- * cmdproc.c) is not fatal: it is rebuilt with the same transactional.id,
+ * txn.c) is not fatal: it is rebuilt with the same transactional.id,
  * the store is dropped and the partitions held are restored and read
  * again from their committed offsets, and the loop goes on (logged:
  * "our transaction timed out while the broker was unreachable").
@@ -56,18 +56,26 @@
  * {outcome="committed"|"aborted"}, evlua_command_batch_seconds; readiness
  * component "commands" (not ready while starting or restoring states).
  *
- * Test hooks (never set them in production), N counts the transactions
- * of the process from 1: EVLUA_TEST_FAIL_BEFORE_COMMIT=N makes the N-th
- * transaction fail after its records reached the broker and before its
- * commit, as if the commit had needed an abort;
- * EVLUA_TEST_HANG_BEFORE_COMMIT=N makes the process hang there instead,
- * with the transaction open (a crash in mid-transaction, once killed);
- * EVLUA_TEST_HOLD_FILE=PATH: when PATH exists as a transaction is about to
- * commit, it is removed, the transaction's records are flushed (so the
- * broker knows the transaction) and it is held open for 2 s (the
- * partition test cuts the network then).
+ * Test hooks (testhooks.h; compiled only into test builds, never set
+ * them in production), N counts the transactions of the process from 1:
+ * EVLUA_TEST_FAIL_BEFORE_COMMIT=N makes the N-th transaction fail after
+ * its records reached the broker and before its commit, as if the commit
+ * had needed an abort; EVLUA_TEST_HANG_BEFORE_COMMIT=N makes the process
+ * hang there instead, with the transaction open (a crash in
+ * mid-transaction, once killed); EVLUA_TEST_FAIL_IN_FLIGHT=N makes the
+ * committer hold the N-th transaction 1.5 s after sending its offsets,
+ * then fail it; EVLUA_TEST_HOLD_FILE=PATH: when PATH exists as a
+ * transaction is about to commit, it is removed, the transaction's
+ * records are flushed (so the broker knows the transaction) and it is
+ * held open for 2 s (the partition test cuts the network then).
  *
- * Uses kafka, envelope, store, luahost, luaapi, lifecycle, metrics, log.
+ * Built from the pipeline layer: pipeline.h (the loop, readiness, reload
+ * between batches), txn.h (the transactions), kafka.h (the clients);
+ * cmdproc_int.h maps its own files (cmd_topics.c, cmd_restore.c,
+ * cmd_decide.c, cmd_commit.c).
+ *
+ * Uses pipeline, txn, kafka, envelope, store, luahost, luaapi, lifecycle,
+ * metrics, testhooks, log.
  *
  * @locality runs on the calling thread, which it keeps until the stop.
  */

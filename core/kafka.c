@@ -19,10 +19,8 @@ evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
     return EVL_OK;
 }
 
-/* The value of property key of rk's configuration into buf ("" when
- * unset or unknown). */
-static const char *conf_value(rd_kafka_t *rk, const char *key, char *buf,
-                              size_t n)
+const char *evl_kafka_conf_value(rd_kafka_t *rk, const char *key, char *buf,
+                                 size_t n)
 {
     size_t len = n;
     buf[0] = '\0';
@@ -47,7 +45,8 @@ int evl_kafka_log_fenced(const rd_kafka_t *rk, const char *fac, const char *buf)
             "processes run with the same `instance` (each needs its own; a "
             "restarted process takes its old one's place)",
             "client", rd_kafka_name(rk), "group.instance.id",
-            conf_value((rd_kafka_t *)rk, "group.instance.id", id, sizeof id),
+            evl_kafka_conf_value((rd_kafka_t *)rk, "group.instance.id", id,
+                                 sizeof id),
             "error", "FENCED_INSTANCE_ID", NULL);
     return 1;
 }
@@ -136,6 +135,110 @@ evl_err evl_kafka_conf_new(const evl_config *cfg, const char *const *defaults,
 fail:
     rd_kafka_conf_destroy(conf);
     return e;
+}
+
+/* Up to this many key, value pairs of a role's own required properties,
+ * besides o->required. */
+#define ROLE_PAIRS 10
+
+/* Append key, value to the NULL-terminated pairs kv (n pairs so far). */
+static void put_pair(const char **kv, int *n, const char *key,
+                     const char *value)
+{
+    kv[2 * *n] = key;
+    kv[2 * *n + 1] = value;
+    (*n)++;
+    kv[2 * *n] = NULL;
+}
+
+/* evl_kafka_conf_new with role (the role's required pairs) then
+ * o->required then client.id; the callbacks; rd_kafka_new. */
+static evl_err client_new(const evl_config *cfg, const evl_kafka_client_opts *o,
+                          rd_kafka_type_t type, const char **role, int nrole,
+                          rd_kafka_t **out, char *err, size_t errlen)
+{
+    size_t nextra = 0;
+    rd_kafka_conf_t *conf;
+    char errstr[512];
+    evl_err e;
+
+    while (o->required && o->required[2 * nextra])
+        nextra++;
+    const char **req =
+        evl_xmalloc(sizeof *req * (2 * ((size_t)nrole + nextra + 1) + 1));
+    memcpy(req, role, sizeof *req * 2 * (size_t)nrole);
+    if (nextra)
+        memcpy(req + 2 * nrole, o->required, sizeof *req * 2 * nextra);
+    int n = nrole + (int)nextra;
+    req[2 * n] = NULL;
+    if (o->client_id)
+        put_pair(req, &n, "client.id", o->client_id);
+    e = evl_kafka_conf_new(cfg, o->defaults, req, &conf, err, errlen);
+    free(req);
+    if (e)
+        return e;
+    if (o->rebalance_cb)
+        rd_kafka_conf_set_rebalance_cb(conf, o->rebalance_cb);
+    if (o->offset_commit_cb)
+        rd_kafka_conf_set_offset_commit_cb(conf, o->offset_commit_cb);
+    if (o->stats_cb)
+        rd_kafka_conf_set_stats_cb(conf, o->stats_cb);
+    if (o->dr_msg_cb)
+        rd_kafka_conf_set_dr_msg_cb(conf, o->dr_msg_cb);
+    if (o->opaque)
+        rd_kafka_conf_set_opaque(conf, o->opaque);
+    if (!(*out = rd_kafka_new(type, conf, errstr, sizeof errstr))) {
+        rd_kafka_conf_destroy(conf);
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "%s: %s",
+                          o->name ? o->name : "rd_kafka_new", errstr);
+    }
+    return EVL_OK;
+}
+
+evl_err evl_kafka_consumer_new(const evl_config *cfg,
+                               const evl_kafka_client_opts *o, rd_kafka_t **out,
+                               char *err, size_t errlen)
+{
+    const char *role[2 * ROLE_PAIRS + 1] = {NULL};
+    char member[300] = "";
+    int n = 0;
+    evl_err e;
+
+    put_pair(role, &n, "group.id", o->group_id);
+    put_pair(role, &n, "isolation.level",
+             o->isolation ? o->isolation : "read_committed");
+    put_pair(role, &n, "enable.auto.commit", "false");
+    put_pair(role, &n, "enable.auto.offset.store", "false");
+    put_pair(role, &n, "enable.partition.eof",
+             o->partition_eof || o->reader ? "true" : "false");
+    if (o->assignor)
+        put_pair(role, &n, "partition.assignment.strategy",
+                 evl_kafka_assignor(cfg, o->assignor,
+                                    o->client_id ? o->client_id : ""));
+    if (o->instance)
+        evl_kafka_instance_id(cfg, o->instance, member, sizeof member);
+    if (*member)
+        put_pair(role, &n, "group.instance.id", member);
+    if (o->reader)
+        put_pair(role, &n, "auto.offset.reset", "earliest");
+    if ((e = client_new(cfg, o, RD_KAFKA_CONSUMER, role, n, out, err, errlen)))
+        return e;
+    rd_kafka_poll_set_consumer(*out);
+    return EVL_OK;
+}
+
+evl_err evl_kafka_producer_new(const evl_config *cfg,
+                               const evl_kafka_client_opts *o, rd_kafka_t **out,
+                               char *err, size_t errlen)
+{
+    const char *role[2 * ROLE_PAIRS + 1] = {NULL};
+    int n = 0;
+    if (o->transactional_id) {
+        put_pair(role, &n, "transactional.id", o->transactional_id);
+        put_pair(role, &n, "enable.idempotence", "true");
+        put_pair(role, &n, "acks", "all");
+    }
+    return client_new(cfg, o, RD_KAFKA_PRODUCER, role, n, out, err, errlen);
 }
 
 evl_err evl_kafka_classify(const rd_kafka_error_t *error)
@@ -328,8 +431,8 @@ int evl_kafka_wait_check(evl_kafka_wait *w, rd_kafka_t *rk, const char *group)
         return 0;
     w->logged = 1;
     char timeout[32], id[256], msg[512];
-    conf_value(rk, "session.timeout.ms", timeout, sizeof timeout);
-    conf_value(rk, "group.instance.id", id, sizeof id);
+    evl_kafka_conf_value(rk, "session.timeout.ms", timeout, sizeof timeout);
+    evl_kafka_conf_value(rk, "group.instance.id", id, sizeof id);
     if (!*id)
         snprintf(msg, sizeof msg,
                  "waiting for partitions of group %s: a member that left "

@@ -2,6 +2,8 @@
  * kafka.h - what evlua's pipelines need from librdkafka beyond its own API:
  * client configuration from evl_config, error classes, and topics.
  *
+ *   - Clients: evl_kafka_consumer_new and evl_kafka_producer_new build
+ *     every pipeline's clients (below) from the configuration.
  *   - Configuration: the `kafka` table of the config is passed through
  *     verbatim to every client; each pipeline adds the properties its
  *     guarantees rest on (isolation.level, transactional.id, ...), which
@@ -48,6 +50,80 @@
 evl_err evl_kafka_conf_new(const evl_config *cfg, const char *const *defaults,
                            const char *const *required, rd_kafka_conf_t **out,
                            char *err, size_t errlen);
+
+/* ---- building clients --------------------------------------------------
+ *
+ * The one way a pipeline builds its Kafka clients (the command side, the
+ * projector, the lag thread, the coming reactors): evl_kafka_conf_new
+ * with the properties the client's role rests on, its callbacks, then
+ * rd_kafka_new. Zero-initialize the options and set what applies.
+ */
+typedef struct evl_kafka_client_opts {
+    const char *name;      /* names the client in err ("consumer") */
+    const char *client_id; /* client.id (required); NULL: librdkafka's */
+    /* consumers */
+    const char *group_id;  /* group.id (required; also for a consumer
+                            * assigned by hand, which never joins it) */
+    const char *isolation; /* isolation.level; NULL: "read_committed" */
+    int partition_eof;     /* enable.partition.eof */
+    int reader;            /* assigned by hand and read to the end (state
+                            * restore, lag probes): enable.partition.eof and
+                            * auto.offset.reset=earliest, both required */
+    const char *assignor;  /* the default partition.assignment.strategy,
+                            * through evl_kafka_assignor (the config may
+                            * name other eager ones); NULL: not set (a
+                            * consumer assigned by hand) */
+    const char *instance;  /* static membership: the suffix of
+                            * evl_kafka_instance_id ("cmd"); NULL or no
+                            * `instance` in the config: dynamic */
+    /* producers */
+    const char *transactional_id; /* NULL: not transactional; else also
+                                   * enable.idempotence and acks=all */
+    /* both */
+    const char *const *defaults; /* key, value pairs, NULL-terminated:
+                                  * the config may change them; may be NULL */
+    const char *const *required; /* the same, winning over the config:
+                                  * set after the role's own; may be NULL */
+    void *opaque;                /* rd_kafka_conf_set_opaque */
+    /* callbacks, each set when not NULL */
+    void (*rebalance_cb)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque);
+    void (*offset_commit_cb)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *offsets,
+                             void *opaque);
+    int (*stats_cb)(rd_kafka_t *rk, char *json, size_t len, void *opaque);
+    void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
+                      void *opaque);
+} evl_kafka_client_opts;
+
+/* A consumer: evl_kafka_conf_new with defaults o->defaults and, required,
+ * group.id, isolation.level, enable.auto.commit=false,
+ * enable.auto.offset.store=false, enable.partition.eof,
+ * partition.assignment.strategy (o->assignor), group.instance.id
+ * (o->instance), auto.offset.reset=earliest (o->reader), o->required,
+ * client.id; its callbacks; rd_kafka_new;
+ * rd_kafka_poll_set_consumer (rebalances and messages come from
+ * rd_kafka_consumer_poll). On success returns EVL_OK and *out (owned:
+ * rd_kafka_consumer_close, then rd_kafka_destroy). Else EVL_EPERMANENT
+ * with "NAME: librdkafka's message" or evl_kafka_conf_new's in err. */
+evl_err evl_kafka_consumer_new(const evl_config *cfg,
+                               const evl_kafka_client_opts *o, rd_kafka_t **out,
+                               char *err, size_t errlen);
+
+/* A producer: the same with, required, transactional.id,
+ * enable.idempotence=true and acks=all (when o->transactional_id is
+ * set), o->required, client.id. The consumer fields are ignored. Not yet
+ * initialized for transactions (rd_kafka_init_transactions is the
+ * caller's: it talks to the broker). Returns as evl_kafka_consumer_new;
+ * *out is freed with rd_kafka_destroy. */
+evl_err evl_kafka_producer_new(const evl_config *cfg,
+                               const evl_kafka_client_opts *o, rd_kafka_t **out,
+                               char *err, size_t errlen);
+
+/* The value of property key of rk's configuration into buf ("" when unset
+ * or unknown). */
+const char *evl_kafka_conf_value(rd_kafka_t *rk, const char *key, char *buf,
+                                 size_t n);
 
 /* rd_kafka_conf_set with evlua's error convention (EVL_EPERMANENT). */
 evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,

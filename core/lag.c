@@ -452,44 +452,25 @@ static void *lag_main(void *arg)
 
 evl_err evl_lag_start(evl_lag *lag, char *err, size_t errlen)
 {
-    char group[300], errstr[512];
-    rd_kafka_conf_t *conf = NULL;
+    char group[300];
     /* fetch little ahead: a probe wants one record per partition */
-    const char *defaults[] = {"fetch.wait.max.ms",
-                              "10",
-                              "queued.max.messages.kbytes",
-                              "1024",
-                              "max.partition.fetch.bytes",
-                              "262144",
-                              NULL};
+    static const char *const defaults[] = {"fetch.wait.max.ms",
+                                           "10",
+                                           "queued.max.messages.kbytes",
+                                           "1024",
+                                           "max.partition.fetch.bytes",
+                                           "262144",
+                                           NULL};
     snprintf(group, sizeof group, "evlua.lag.%s",
              lag->nw ? lag->w[0].group : "none");
-    const char *required[] = {"group.id",
-                              group,
-                              "enable.auto.commit",
-                              "false",
-                              "enable.auto.offset.store",
-                              "false",
-                              "enable.partition.eof",
-                              "true",
-                              "isolation.level",
-                              "read_committed",
-                              "auto.offset.reset",
-                              "earliest",
-                              "client.id",
-                              "evlua-lag",
-                              NULL};
-    evl_err e =
-        evl_kafka_conf_new(lag->cfg, defaults, required, &conf, err, errlen);
+    evl_kafka_client_opts o = {.name = "rd_kafka_new(lag consumer)",
+                               .client_id = "evlua-lag",
+                               .group_id = group,
+                               .reader = 1,
+                               .defaults = defaults};
+    evl_err e = evl_kafka_consumer_new(lag->cfg, &o, &lag->rk, err, errlen);
     if (e)
         return e;
-    if (!(lag->rk =
-              rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr))) {
-        rd_kafka_conf_destroy(conf);
-        return evl_seterr(err, errlen, EVL_EPERMANENT,
-                          "rd_kafka_new(lag consumer): %s", errstr);
-    }
-    rd_kafka_poll_set_consumer(lag->rk);
     if (pthread_create(&lag->thread, NULL, lag_main, lag) != 0)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "pthread_create(lag) failed");
