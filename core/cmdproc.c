@@ -1716,7 +1716,7 @@ static int pipeline_step(cmdproc *cp)
 {
     unsigned peek = cp->seen_hup, revokes = cp->revokes;
     /* a reload waits for a moment with nothing in flight or decided */
-    int reload = evl_luahost_reload_requested(&peek);
+    int reload = evl_lifecycle_reload_requested(&peek);
     int batch = cp->cfg->cmd.batch_size;
     long long w0 = 0;
 
@@ -1819,7 +1819,7 @@ static void maybe_reload(cmdproc *cp)
     agtype *ts;
     size_t nts;
 
-    if (!evl_luahost_reload_requested(&cp->seen_hup))
+    if (!evl_lifecycle_reload_requested(&cp->seen_hup))
         return;
     if (evl_luahost_reload(cp->host, &nh, NULL, err, sizeof err) != EVL_OK) {
         evl_metrics_scripts("commands", "failed", NULL, NULL);
@@ -2218,7 +2218,7 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
         return EXIT_CONFIG;
     }
     /* the SIGHUPs before now are in this host already */
-    evl_luahost_reload_requested(&cp.seen_hup);
+    evl_lifecycle_reload_requested(&cp.seen_hup);
     evl_metrics_scripts("commands", NULL, NULL, evl_luahost_hash(cp.host));
     cp.store = evl_store_new(cfg->cmd.dedup_ids);
     cp.L = luaL_newstate();

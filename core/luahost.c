@@ -48,7 +48,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -62,6 +61,7 @@
 #include <lualib.h>
 
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "luaapi.h"
 #include "pattern.h"
@@ -2279,9 +2279,8 @@ out:
     return rc;
 }
 
-/* The SIGHUP count (see the end of the file), and the count the last
- * reload summary was logged for. */
-static atomic_uint hup_count;
+/* The SIGHUP count (evl_lifecycle_reloads) the last reload summary was
+ * logged for. */
 static atomic_uint reload_logged;
 
 evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
@@ -2307,7 +2306,7 @@ evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
      * reload after a SIGHUP speaks for all (one summary line per reload,
      * not one per pipeline). A caller that collects the problems reports
      * them itself. */
-    unsigned gen = atomic_load(&hup_count);
+    unsigned gen = evl_lifecycle_reloads();
     int speak =
         !problems && gen != 0 && atomic_exchange(&reload_logged, gen) != gen;
     if (rc != EVL_OK) {
@@ -3572,39 +3571,4 @@ void evl_luahost_stmts_free(evl_luahost_stmts *s)
     free(s->params);
     evl_buf_free(&s->text);
     memset(s, 0, sizeof *s);
-}
-
-/* ---- SIGHUP ----------------------------------------------------------- */
-
-/* A counter, not a flag: every pipeline compares it with what it saw
- * last, so one signal reaches them all. Lock-free atomics are
- * async-signal-safe. */
-#if ATOMIC_INT_LOCK_FREE != 2
-#error "the SIGHUP counter needs lock-free atomic int"
-#endif
-static atomic_uint hup_count;
-
-static void on_sighup(int sig)
-{
-    (void)sig;
-    atomic_fetch_add(&hup_count, 1u);
-}
-
-int evl_luahost_install_sighup(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sighup;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    return sigaction(SIGHUP, &sa, NULL);
-}
-
-int evl_luahost_reload_requested(unsigned *seen)
-{
-    unsigned now = atomic_load(&hup_count);
-    if (now == *seen)
-        return 0;
-    *seen = now;
-    return 1;
 }

@@ -1253,7 +1253,7 @@ static int setup(projector *pj, const evl_luahost *proto)
                 "error", err, NULL);
         return 2;
     }
-    evl_luahost_reload_requested(&pj->hup_seen);
+    evl_lifecycle_reload_requested(&pj->hup_seen);
 
     char topics[512] = "", bs[24], conn[512];
     for (int i = 0; i < pj->topics.n; i++) {
@@ -2602,7 +2602,7 @@ out:
 
 static void maybe_reload(projector *pj)
 {
-    if (!evl_luahost_reload_requested(&pj->hup_seen))
+    if (!evl_lifecycle_reload_requested(&pj->hup_seen))
         return;
     int r = settle(pj); /* no batch spans two script sets */
     if (r == 1 || r < 0) {
