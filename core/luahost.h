@@ -64,7 +64,7 @@
  * but still in the log) and compares them with apply, neutral and the
  * projections' `on` keys.
  *
- * Sandbox (see the allow-list in luahost.c and core/lua/API.md): each
+ * Sandbox (see the allow-list in luasandbox.c and core/lua/API.md): each
  * script gets its own global table with fresh copies of the base library
  * (without dofile, loadfile, collectgarbage control; load takes text
  * only), string (without dump), table, math, utf8, os.time/clock/date and
@@ -129,7 +129,7 @@ typedef struct evl_luahost_config {
     /* VM instructions per handler call (counted in steps of at most
      * 1000); 0: EVL_LUAHOST_INSTRUCTION_LIMIT. Pattern matching steps,
      * library functions that do work in proportion to their arguments or
-     * results, and JSON encoding are charged too (see luahost.c's
+     * results, and JSON encoding are charged too (see luasandbox.c's
      * allow-list). */
     long instruction_limit;
     /* Wall-clock milliseconds per handler call, checked with the
