@@ -178,84 +178,120 @@ static int same_state(lua_State *L, int x, int y, char *path, size_t len)
     return 0;
 }
 
-static void op_decide(lua_State *L, op *o)
+/* What the steps of one decide share: the stack slots they fill in, in
+ * order, and what the command's handler is called in messages. */
+typedef struct decide_ctx {
+    int priv;          /* the aggregate's private table */
+    int cmd;           /* the command table */
+    int fn;            /* handle[cmd.type] */
+    int hst;           /* the state handle is given */
+    int res;           /* what handle returned */
+    int st;            /* the state the events are applied to */
+    const char *state; /* the state JSON as given; NULL: initial() */
+    size_t state_len;  /* (initial's: at the start of dec->text) */
+    int init;          /* the state came from initial() */
+    size_t n;          /* events handle returned */
+    char what[160];    /* "handle.<Cmd>" */
+} decide_ctx;
+
+/* The state JSON both decodes start from: the one given, or initial()'s
+ * at the start of the decision's text (found by offset: it grows). */
+static const char *state_text(const op *o, const decide_ctx *dc)
+{
+    return dc->init ? o->dec->text.data : dc->state;
+}
+
+/* Push the command: the table evl_luahost_parse_command kept (taken, not
+ * shared) or a decode of the command JSON. */
+static int push_command(op *o, lua_State *L)
 {
     const evl_luahost_command *c = o->cmd;
-    evl_luahost_decision *d = o->dec;
-    char what[160], jerr[EVL_ERRLEN], path[256];
-    const char *ctype, *state = c->state;
-    int priv, cmd, fn, res, st, hst;
-    size_t n, state_len = c->state_len, init = 0;
-
-    o->status = EVL_LUAHOST_FAILED;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, o->agg->ref);
-    priv = lua_gettop(L);
-
-    if (!c->command) {
-        /* the table evl_luahost_parse_command kept; taken, not shared */
-        lua_rawgetp(L, LUA_REGISTRYINDEX, &key_command);
-        lua_pushnil(L);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &key_command);
-        if (!lua_istable(L, -1)) {
-            lh_failf(o, "%s: no parsed command to decide", o->script);
-            return;
-        }
-    } else if (!lh_push_json_table(o, L, "command", c->command,
-                                   c->command_len)) {
-        return;
+    if (c->command)
+        return lh_push_json_table(o, L, "command", c->command, c->command_len);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_command);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_command);
+    if (!lua_istable(L, -1)) {
+        lh_failf(o, "%s: no parsed command to decide", o->script);
+        return 0;
     }
-    cmd = lua_gettop(L);
-    if (lh_rawfield(L, cmd, "type") != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
+    return 1;
+}
+
+/* Push handle[cmd.type] and name it in dc->what; a command type with no
+ * handler is REJECTED. */
+static int push_handler(op *o, lua_State *L, decide_ctx *dc)
+{
+    const char *ctype;
+    if (lh_rawfield(L, dc->cmd, "type") != LUA_TSTRING ||
+        lua_rawlen(L, -1) == 0) {
         lh_failf(o, "%s: the command has no type (a non-empty string)",
                  o->script);
-        return;
+        return 0;
     }
     ctype = lua_tostring(L, -1);
-    snprintf(what, sizeof what, "handle.%s", ctype);
-    lh_rawfield(L, priv, "handle");
+    snprintf(dc->what, sizeof dc->what, "handle.%s", ctype);
+    lh_rawfield(L, dc->priv, "handle");
     lua_pushvalue(L, -2);
     if (lua_rawget(L, -2) != LUA_TFUNCTION) {
         o->status = EVL_LUAHOST_REJECTED;
         lh_failf(o, "aggregate type %s has no handler for command %s",
                  o->agg->type, ctype);
-        return;
+        return 0;
     }
-    fn = lua_gettop(L);
+    dc->fn = lua_gettop(L);
+    return 1;
+}
 
-    /* Handle's state and the one the events are applied to are two
-     * decodes of one JSON text: initial() runs once, and goes through
-     * JSON as a stored state does, so an initial() that differs between
-     * calls (a uuid) is not taken for a change by handle. Its text sits
-     * at the start of d->text (found by offset: the buffer grows). */
-    if (!state) {
-        if (!push_state(o, L, priv, NULL, 0))
-            return;
+/* Push the state handle gets. Handle's state and the one the events are
+ * applied to are two decodes of one JSON text: initial() runs once, and
+ * goes through JSON as a stored state does, so an initial() that differs
+ * between calls (a uuid) is not taken for a change by handle. */
+static int push_handle_state(op *o, lua_State *L, decide_ctx *dc)
+{
+    evl_luahost_decision *d = o->dec;
+    char jerr[EVL_ERRLEN];
+    if (!dc->state) {
+        if (!push_state(o, L, dc->priv, NULL, 0))
+            return 0;
         if (evl_json_encode(L, -1, &d->text, jerr, sizeof jerr) != EVL_OK) {
             lh_failf(o, "%s: initial returned a state with no JSON form: %s",
                      o->script, jerr);
-            return;
+            return 0;
         }
         lua_pop(L, 1);
-        init = 1;
-        state_len = d->text.len;
+        dc->init = 1;
+        dc->state_len = d->text.len;
     }
-    if (!push_state(o, L, priv, init ? d->text.data : state, state_len))
-        return;
-    hst = lua_gettop(L);
-    lua_pushvalue(L, fn);
-    lua_pushvalue(L, hst);
-    lua_pushvalue(L, cmd);
+    if (!push_state(o, L, dc->priv, state_text(o, dc), dc->state_len))
+        return 0;
+    dc->hst = lua_gettop(L);
+    return 1;
+}
 
-    /* ctx */
-    lua_createtable(L, 0, 4);
-    if (c->aggregate_id)
-        lua_pushstring(L, c->aggregate_id);
+/* Push the aggregate id: the caller's, or the command's field. */
+static void push_aggregate_id(op *o, lua_State *L, int cmd)
+{
+    if (o->cmd->aggregate_id)
+        lua_pushstring(L, o->cmd->aggregate_id);
     else
         lh_rawfield(L, cmd, "aggregate_id");
+}
+
+/* Call handle(state, cmd, ctx) with ctx = {aggregate_id, version,
+ * metadata, reject}; its result lands at dc->res. */
+static int call_handle(op *o, lua_State *L, decide_ctx *dc)
+{
+    int rc;
+    lua_pushvalue(L, dc->fn);
+    lua_pushvalue(L, dc->hst);
+    lua_pushvalue(L, dc->cmd);
+    lua_createtable(L, 0, 4);
+    push_aggregate_id(o, L, dc->cmd);
     lua_setfield(L, -2, "aggregate_id");
-    lua_pushinteger(L, (lua_Integer)c->version);
+    lua_pushinteger(L, (lua_Integer)o->cmd->version);
     lua_setfield(L, -2, "version");
-    if (lh_rawfield(L, cmd, "metadata") != LUA_TTABLE) {
+    if (lh_rawfield(L, dc->cmd, "metadata") != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
     }
@@ -263,13 +299,20 @@ static void op_decide(lua_State *L, op *o)
     lh_push_reject(L);
     lua_setfield(L, -2, "reject");
 
-    st = lh_call(o->h, L, 3); /* fn, state, cmd, ctx */
-    if (st != CALL_OK) {
-        lh_fail_call(o, L, st, what);
-        return;
+    rc = lh_call(o->h, L, 3); /* fn, state, cmd, ctx */
+    if (rc != CALL_OK) {
+        lh_fail_call(o, L, rc, dc->what);
+        return 0;
     }
-    res = lua_gettop(L);
+    dc->res = lua_gettop(L);
+    return 1;
+}
 
+/* A rejection (REJECTED with its message), or a list of events: its
+ * length in dc->n. */
+static int check_result(op *o, lua_State *L, decide_ctx *dc)
+{
+    int res = dc->res;
     if (lh_is_rejection(L, res)) {
         /* the script may have changed the rejection table since */
         o->status = EVL_LUAHOST_REJECTED;
@@ -277,152 +320,205 @@ static void op_decide(lua_State *L, op *o)
             lh_failf(o, "%s", lua_tostring(L, -1));
         else
             lh_failf(o, "rejected");
-        return;
+        return 0;
     }
     if (!lua_istable(L, res)) {
         lh_failf(o,
                  "%s: %s returned %s, expected a list of events or "
                  "ctx.reject(msg)",
-                 o->script, what,
+                 o->script, dc->what,
                  lua_isnil(L, res)
                      ? "nothing"
                      : lua_pushfstring(L, "a %s", luaL_typename(L, res)));
-        return;
+        return 0;
     }
-    if (!lh_is_sequence(L, res, &n)) {
+    if (!lh_is_sequence(L, res, &dc->n)) {
         lh_failf(o,
                  "%s: %s returned a table that is not a list of events "
                  "(wrap a single event: return { {type = ..., data = ...} })",
-                 o->script, what);
-        return;
+                 o->script, dc->what);
+        return 0;
     }
+    return 1;
+}
 
-    if (n > d->cap) {
-        d->events = evl_xrealloc(d->events, sizeof *d->events * n);
-        d->cap = n;
+/* Check event i (at ev) and copy its type, version and data JSON into
+ * e, as offsets into the decision's text. */
+static int read_event(op *o, lua_State *L, const decide_ctx *dc, size_t i,
+                      int ev, evl_luahost_event *e)
+{
+    evl_luahost_decision *d = o->dec;
+    const char *what = dc->what, *type;
+    char jerr[EVL_ERRLEN];
+    if (!lua_istable(L, ev)) {
+        lh_failf(o,
+                 "%s: %s returned event %zu as a %s, expected a table "
+                 "{type = ..., data = ...}",
+                 o->script, what, i, luaL_typename(L, ev));
+        return 0;
     }
-    for (size_t i = 1; i <= n; i++) {
-        evl_luahost_event *e = &d->events[i - 1];
-        const char *type;
-        int ev;
-        lua_rawgeti(L, res, (lua_Integer)i);
-        ev = lua_gettop(L);
-        if (!lua_istable(L, ev)) {
-            lh_failf(o,
-                     "%s: %s returned event %zu as a %s, expected a table "
-                     "{type = ..., data = ...}",
-                     o->script, what, i, luaL_typename(L, ev));
-            return;
-        }
-        if (lh_rawfield(L, ev, "type") != LUA_TSTRING) {
-            lh_failf(o, "%s: %s returned event %zu without a string type",
-                     o->script, what, i);
-            return;
-        }
-        type = lua_tostring(L, -1);
-        if (!*type) {
-            lh_failf(o, "%s: %s returned event %zu with an empty type",
-                     o->script, what, i);
-            return;
-        }
-        e->version = 1;
-        if (lh_rawfield(L, ev, "version") != LUA_TNIL) {
-            if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
-                lh_failf(o,
-                         "%s: %s returned event %zu (%s) with version %s, "
-                         "expected a positive integer",
-                         o->script, what, i, type, lh_describe(L, -1));
-                return;
-            }
-            e->version = (long long)lua_tointeger(L, -1);
-        }
-        lua_pop(L, 1);
-        e->type = OFF(d->text.len);
-        evl_buf_put(&d->text, type, strlen(type) + 1);
-        if (lh_rawfield(L, ev, "data") != LUA_TTABLE) {
-            lh_failf(o, "%s: %s returned event %zu (%s) without a data table",
-                     o->script, what, i, type);
-            return;
-        }
-        e->data = OFF(d->text.len);
-        if (evl_json_encode(L, -1, &d->text, jerr, sizeof jerr) != EVL_OK) {
-            lh_failf(o,
-                     "%s: %s returned event %zu (%s) whose data has no JSON "
-                     "form: %s",
-                     o->script, what, i, type, jerr);
-            return;
-        }
-        e->data_len = d->text.len - (size_t)(uintptr_t)e->data;
-        evl_buf_putc(&d->text, '\0');
-        lua_settop(L, res);
+    if (lh_rawfield(L, ev, "type") != LUA_TSTRING) {
+        lh_failf(o, "%s: %s returned event %zu without a string type",
+                 o->script, what, i);
+        return 0;
     }
+    type = lua_tostring(L, -1);
+    if (!*type) {
+        lh_failf(o, "%s: %s returned event %zu with an empty type", o->script,
+                 what, i);
+        return 0;
+    }
+    e->version = 1;
+    if (lh_rawfield(L, ev, "version") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
+            lh_failf(o,
+                     "%s: %s returned event %zu (%s) with version %s, "
+                     "expected a positive integer",
+                     o->script, what, i, type, lh_describe(L, -1));
+            return 0;
+        }
+        e->version = (long long)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    e->type = OFF(d->text.len);
+    evl_buf_put(&d->text, type, strlen(type) + 1);
+    if (lh_rawfield(L, ev, "data") != LUA_TTABLE) {
+        lh_failf(o, "%s: %s returned event %zu (%s) without a data table",
+                 o->script, what, i, type);
+        return 0;
+    }
+    e->data = OFF(d->text.len);
+    if (evl_json_encode(L, -1, &d->text, jerr, sizeof jerr) != EVL_OK) {
+        lh_failf(o,
+                 "%s: %s returned event %zu (%s) whose data has no JSON "
+                 "form: %s",
+                 o->script, what, i, type, jerr);
+        return 0;
+    }
+    e->data_len = d->text.len - (size_t)(uintptr_t)e->data;
+    evl_buf_putc(&d->text, '\0');
+    return 1;
+}
 
-    /* Every event well formed: does each change the state as meant? */
-    for (size_t i = 0; i < n; i++) {
+/* Every event well formed, and each type with an apply entry or a
+ * neutral declaration. */
+static int read_events(op *o, lua_State *L, const decide_ctx *dc)
+{
+    evl_luahost_decision *d = o->dec;
+    if (dc->n > d->cap) {
+        d->events = evl_xrealloc(d->events, sizeof *d->events * dc->n);
+        d->cap = dc->n;
+    }
+    for (size_t i = 1; i <= dc->n; i++) {
+        lua_rawgeti(L, dc->res, (lua_Integer)i);
+        if (!read_event(o, L, dc, i, lua_gettop(L), &d->events[i - 1]))
+            return 0;
+        lua_settop(L, dc->res);
+    }
+    for (size_t i = 0; i < dc->n; i++) {
         const char *type = d->text.data + (uintptr_t)d->events[i].type;
-        if (!applies(L, priv, type)) {
+        if (!applies(L, dc->priv, type)) {
             lh_failf(o,
-                     "%s: %s: event type '%s' has no apply entry (add one, or "
-                     "list it in neutral = {...} if it changes no state)",
-                     o->script, what, type);
-            return;
+                     "%s: %s: event type '%s' has no apply entry (add one, "
+                     "or list it in neutral = {...} if it changes no state)",
+                     o->script, dc->what, type);
+            return 0;
         }
     }
+    return 1;
+}
 
-    /* The new state: the events applied to a fresh decode of the old one,
-     * which handle's must still equal. */
-    if (!push_state(o, L, priv, init ? d->text.data : state, state_len))
-        return;
-    st = lua_gettop(L);
+/* Push event i as apply sees it: {type, data, version, aggregate_type,
+ * aggregate_id, sequence}. */
+static void push_decided_event(op *o, lua_State *L, const decide_ctx *dc,
+                               size_t i)
+{
+    int ev;
+    lua_createtable(L, 0, 6);
+    ev = lua_gettop(L);
+    lua_rawgeti(L, dc->res, (lua_Integer)i);
+    lh_rawfield(L, -1, "type");
+    lua_setfield(L, ev, "type");
+    lh_rawfield(L, -1, "data");
+    lua_setfield(L, ev, "data");
+    lua_pop(L, 1);
+    lua_pushinteger(L, (lua_Integer)o->dec->events[i - 1].version);
+    lua_setfield(L, ev, "version");
+    lua_pushstring(L, o->agg->type);
+    lua_setfield(L, ev, "aggregate_type");
+    push_aggregate_id(o, L, dc->cmd);
+    lua_setfield(L, ev, "aggregate_id");
+    lua_pushinteger(L, (lua_Integer)(o->cmd->version + (long long)i));
+    lua_setfield(L, ev, "sequence");
+}
+
+/* The new state at dc->st: the events applied to a fresh decode of the
+ * old one, which handle's must still equal. */
+static int apply_decided(op *o, lua_State *L, decide_ctx *dc)
+{
+    char path[256];
+    if (!push_state(o, L, dc->priv, state_text(o, dc), dc->state_len))
+        return 0;
+    dc->st = lua_gettop(L);
     path[0] = '\0';
-    if (!same_state(L, hst, st, path, sizeof path)) {
+    if (!same_state(L, dc->hst, dc->st, path, sizeof path)) {
         lh_failf(o,
                  "%s: %s must not change the state (emit an event instead): "
                  "field '%s'",
-                 o->script, what, path);
-        return;
+                 o->script, dc->what, path);
+        return 0;
     }
-    for (size_t i = 1; i <= n; i++) {
-        int ev;
-        lua_createtable(L, 0, 6);
-        ev = lua_gettop(L);
-        lua_rawgeti(L, res, (lua_Integer)i);
-        lh_rawfield(L, -1, "type");
-        lua_setfield(L, ev, "type");
-        lh_rawfield(L, -1, "data");
-        lua_setfield(L, ev, "data");
-        lua_pop(L, 1);
-        lua_pushinteger(L, (lua_Integer)d->events[i - 1].version);
-        lua_setfield(L, ev, "version");
-        lua_pushstring(L, o->agg->type);
-        lua_setfield(L, ev, "aggregate_type");
-        if (c->aggregate_id)
-            lua_pushstring(L, c->aggregate_id);
-        else
-            lh_rawfield(L, cmd, "aggregate_id");
-        lua_setfield(L, ev, "aggregate_id");
-        lua_pushinteger(L, (lua_Integer)(c->version + (long long)i));
-        lua_setfield(L, ev, "sequence");
-        if (!apply_event(o, L, priv, st, ev))
-            return;
-        lua_settop(L, st);
+    for (size_t i = 1; i <= dc->n; i++) {
+        push_decided_event(o, L, dc, i);
+        if (!apply_event(o, L, dc->priv, dc->st, lua_gettop(L)))
+            return 0;
+        lua_settop(L, dc->st);
     }
+    return 1;
+}
+
+/* Encode the new state after the events and turn the decision's offsets
+ * into pointers. */
+static int finish_decision(op *o, lua_State *L, const decide_ctx *dc)
+{
+    evl_luahost_decision *d = o->dec;
+    char jerr[EVL_ERRLEN];
     d->state = OFF(d->text.len);
-    if (evl_json_encode(L, st, &d->text, jerr, sizeof jerr) != EVL_OK) {
+    if (evl_json_encode(L, dc->st, &d->text, jerr, sizeof jerr) != EVL_OK) {
         lh_failf(o, "%s: the state after the events has no JSON form: %s",
                  o->script, jerr);
-        return;
+        return 0;
     }
     d->state_len = d->text.len - (size_t)(uintptr_t)d->state;
     evl_buf_putc(&d->text, '\0');
 
-    d->nevents = n;
+    d->nevents = dc->n;
     d->state = FIX(d->text.data, d->state);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < dc->n; i++) {
         d->events[i].type = FIX(d->text.data, d->events[i].type);
         d->events[i].data = FIX(d->text.data, d->events[i].data);
     }
-    o->status = EVL_LUAHOST_ACCEPTED;
+    return 1;
+}
+
+/* decide, in steps (each pushes what the next needs, or fails the op). */
+static void op_decide(lua_State *L, op *o)
+{
+    decide_ctx dc;
+    memset(&dc, 0, sizeof dc);
+    dc.state = o->cmd->state;
+    dc.state_len = o->cmd->state_len;
+    o->status = EVL_LUAHOST_FAILED;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, o->agg->ref);
+    dc.priv = lua_gettop(L);
+    if (!push_command(o, L))
+        return;
+    dc.cmd = lua_gettop(L);
+    if (push_handler(o, L, &dc) && push_handle_state(o, L, &dc) &&
+        call_handle(o, L, &dc) && check_result(o, L, &dc) &&
+        read_events(o, L, &dc) && apply_decided(o, L, &dc) &&
+        finish_decision(o, L, &dc))
+        o->status = EVL_LUAHOST_ACCEPTED;
 }
 
 evl_luahost_verdict evl_luahost_decide(evl_luahost *h,
