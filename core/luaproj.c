@@ -119,18 +119,13 @@ static long highest_placeholder(const char *sql, size_t len)
     return best;
 }
 
-/* Validate the statement table at idx and append it. label names it in
- * messages ("statement" or "statement 2"). */
-static int add_stmt(op *o, lua_State *L, int idx, const char *what,
-                    const char *label)
+/* The statement table at idx has only positive integer keys: the
+ * highest in *max. label names it in messages ("statement" or
+ * "statement 2"). */
+static int stmt_keys(op *o, lua_State *L, int idx, const char *what,
+                     const char *label, lua_Integer *max)
 {
-    evl_luahost_stmts *s = o->stmts;
-    evl_luahost_stmt *stmt;
-    char jerr[EVL_ERRLEN], num[64];
-    const char *sql, *why;
-    size_t len;
-    lua_Integer max = 0;
-
+    *max = 0;
     if (!lua_istable(L, idx)) {
         lh_failf(o, "%s: %s returned %s as a %s, expected {sql, params...}",
                  o->script, what, label, luaL_typename(L, idx));
@@ -144,9 +139,21 @@ static int add_stmt(op *o, lua_State *L, int idx, const char *what,
                      o->script, what, label, lh_describe(L, -2));
             return 0;
         }
-        if (lua_tointeger(L, -2) > max)
-            max = lua_tointeger(L, -2);
+        if (lua_tointeger(L, -2) > *max)
+            *max = lua_tointeger(L, -2);
     }
+    return 1;
+}
+
+/* Check the SQL text (element 1) and append the statement, its params
+ * to come (max - 1 of them). */
+static int stmt_sql(op *o, lua_State *L, int idx, const char *what,
+                    const char *label, lua_Integer max)
+{
+    evl_luahost_stmts *s = o->stmts;
+    evl_luahost_stmt *stmt;
+    const char *sql, *why;
+    size_t len;
     lua_rawgeti(L, idx, 1);
     if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
         lh_failf(o,
@@ -180,85 +187,115 @@ static int add_stmt(op *o, lua_State *L, int idx, const char *what,
     long want = highest_placeholder(sql, len);
     if (want > (long)stmt->nparams) {
         lh_failf(o,
-                 "%s: %s returned %s whose $%ld is nil (use evlua.null for SQL "
-                 "NULL)",
+                 "%s: %s returned %s whose $%ld is nil (use evlua.null for "
+                 "SQL NULL)",
                  o->script, what, label, (long)stmt->nparams + 1);
         return 0;
     }
+    return 1;
+}
 
-    for (lua_Integer k = 2; k <= max; k++) {
-        evl_luahost_param *p = new_param(s);
-        int t = lua_rawgeti(L, idx, k);
-        switch (t) {
-        case LUA_TBOOLEAN:
-            p->type = EVL_PARAM_BOOLEAN;
-            p->i = lua_toboolean(L, -1);
-            p->text = put_text(&s->text, p->i ? "true" : "false", p->i ? 4 : 5);
-            p->len = p->i ? 4 : 5;
-            break;
-        case LUA_TNUMBER:
-            if (lua_isinteger(L, -1)) {
-                p->type = EVL_PARAM_INTEGER;
-                p->i = (long long)lua_tointeger(L, -1);
-                p->len = (size_t)snprintf(num, sizeof num, "%lld", p->i);
-            } else {
-                p->type = EVL_PARAM_FLOAT;
-                p->f = (double)lua_tonumber(L, -1);
-                if (!isfinite(p->f)) {
-                    lh_failf(o,
-                             "%s: %s returned %s whose $%lld is %s, which "
-                             "SQL parameters do not take",
-                             o->script, what, label, (long long)k - 1,
-                             isnan(p->f) ? "NaN" : "infinite");
-                    return 0;
-                }
-                p->len = (size_t)snprintf(num, sizeof num, "%.17g", p->f);
-            }
-            p->text = put_text(&s->text, num, p->len);
-            break;
-        case LUA_TSTRING: {
-            const char *v = lua_tolstring(L, -1, &len);
-            if ((why = bad_text(v, len)) != NULL) {
-                lh_failf(o, "%s: %s returned %s whose $%lld %s", o->script,
-                         what, label, (long long)k - 1, why);
-                return 0;
-            }
-            p->type = EVL_PARAM_STRING;
-            p->len = len;
-            p->text = put_text(&s->text, v, len);
-            break;
-        }
-        case LUA_TTABLE:
-            p->type = EVL_PARAM_JSON;
-            p->text = OFF(s->text.len);
-            if (evl_json_encode(L, -1, &s->text, jerr, sizeof jerr) != EVL_OK) {
-                lh_failf(o,
-                         "%s: %s returned %s whose $%lld has no JSON form: %s",
-                         o->script, what, label, (long long)k - 1, jerr);
-                return 0;
-            }
-            p->len = s->text.len - (size_t)(uintptr_t)p->text;
-            evl_buf_putc(&s->text, '\0');
-            break;
-        case LUA_TNIL:
+/* A number parameter (on top of the stack) as text: "%lld" or "%.17g";
+ * NaN and infinities have no SQL form. */
+static int number_param(op *o, lua_State *L, const char *what,
+                        const char *label, lua_Integer k, evl_luahost_param *p)
+{
+    char num[64];
+    if (lua_isinteger(L, -1)) {
+        p->type = EVL_PARAM_INTEGER;
+        p->i = (long long)lua_tointeger(L, -1);
+        p->len = (size_t)snprintf(num, sizeof num, "%lld", p->i);
+    } else {
+        p->type = EVL_PARAM_FLOAT;
+        p->f = (double)lua_tonumber(L, -1);
+        if (!isfinite(p->f)) {
             lh_failf(o,
-                     "%s: %s returned %s whose $%lld is nil (use evlua.null "
-                     "for SQL NULL)",
-                     o->script, what, label, (long long)k - 1);
-            return 0;
-        default:
-            if (evl_json_is_null(L, -1)) {
-                p->type = EVL_PARAM_NULL;
-                p->text = NULL;
-                break;
-            }
-            lh_failf(o,
-                     "%s: %s returned %s whose $%lld is a %s, expected a "
-                     "string, number, boolean, evlua.null or table",
+                     "%s: %s returned %s whose $%lld is %s, which "
+                     "SQL parameters do not take",
                      o->script, what, label, (long long)k - 1,
-                     luaL_typename(L, -1));
+                     isnan(p->f) ? "NaN" : "infinite");
             return 0;
         }
+        p->len = (size_t)snprintf(num, sizeof num, "%.17g", p->f);
+    }
+    p->text = put_text(&o->stmts->text, num, p->len);
+    return 1;
+}
+
+/* Element k of the statement (on top of the stack) as parameter $k-1. */
+static int add_param(op *o, lua_State *L, const char *what, const char *label,
+                     lua_Integer k)
+{
+    evl_luahost_stmts *s = o->stmts;
+    evl_luahost_param *p = new_param(s);
+    char jerr[EVL_ERRLEN];
+    const char *why;
+    size_t len;
+    switch (lua_type(L, -1)) {
+    case LUA_TBOOLEAN:
+        p->type = EVL_PARAM_BOOLEAN;
+        p->i = lua_toboolean(L, -1);
+        p->text = put_text(&s->text, p->i ? "true" : "false", p->i ? 4 : 5);
+        p->len = p->i ? 4 : 5;
+        return 1;
+    case LUA_TNUMBER: return number_param(o, L, what, label, k, p);
+    case LUA_TSTRING: {
+        const char *v = lua_tolstring(L, -1, &len);
+        if ((why = bad_text(v, len)) != NULL) {
+            lh_failf(o, "%s: %s returned %s whose $%lld %s", o->script, what,
+                     label, (long long)k - 1, why);
+            return 0;
+        }
+        p->type = EVL_PARAM_STRING;
+        p->len = len;
+        p->text = put_text(&s->text, v, len);
+        return 1;
+    }
+    case LUA_TTABLE:
+        p->type = EVL_PARAM_JSON;
+        p->text = OFF(s->text.len);
+        if (evl_json_encode(L, -1, &s->text, jerr, sizeof jerr) != EVL_OK) {
+            lh_failf(o, "%s: %s returned %s whose $%lld has no JSON form: %s",
+                     o->script, what, label, (long long)k - 1, jerr);
+            return 0;
+        }
+        p->len = s->text.len - (size_t)(uintptr_t)p->text;
+        evl_buf_putc(&s->text, '\0');
+        return 1;
+    case LUA_TNIL:
+        lh_failf(o,
+                 "%s: %s returned %s whose $%lld is nil (use evlua.null "
+                 "for SQL NULL)",
+                 o->script, what, label, (long long)k - 1);
+        return 0;
+    default:
+        if (evl_json_is_null(L, -1)) {
+            p->type = EVL_PARAM_NULL;
+            p->text = NULL;
+            return 1;
+        }
+        lh_failf(o,
+                 "%s: %s returned %s whose $%lld is a %s, expected a "
+                 "string, number, boolean, evlua.null or table",
+                 o->script, what, label, (long long)k - 1,
+                 luaL_typename(L, -1));
+        return 0;
+    }
+}
+
+/* Validate the statement table at idx and append it. label names it in
+ * messages ("statement" or "statement 2"). */
+static int add_stmt(op *o, lua_State *L, int idx, const char *what,
+                    const char *label)
+{
+    lua_Integer max;
+    if (!stmt_keys(o, L, idx, what, label, &max) ||
+        !stmt_sql(o, L, idx, what, label, max))
+        return 0;
+    for (lua_Integer k = 2; k <= max; k++) {
+        lua_rawgeti(L, idx, k);
+        if (!add_param(o, L, what, label, k))
+            return 0;
         lua_pop(L, 1);
     }
     return 1;
