@@ -752,18 +752,10 @@ void evl_luahost_free(evl_luahost *h)
     free(h);
 }
 
-evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
-                        evl_luahost_problems *problems, char *err,
-                        size_t errlen)
+/* A host with cfg copied and the defaults filled in; no Lua state yet. */
+static evl_luahost *host_from_config(const evl_luahost_config *cfg)
 {
-    evl_luahost_problems probs = {0};
     evl_luahost *h = evl_xmalloc(sizeof *h);
-    struct file *files = NULL;
-    size_t nfiles = 0;
-    char msg[EVL_ERRLEN];
-    op o;
-    evl_err rc = EVL_OK;
-
     memset(h, 0, sizeof *h);
     h->adirs = copy_strv(cfg->aggregate_dirs, cfg->naggregate_dirs);
     h->nadirs = cfg->naggregate_dirs;
@@ -781,55 +773,50 @@ evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
     h->hook_step = h->instr_limit < HOOK_STEP ? (int)h->instr_limit : HOOK_STEP;
     h->ticks_per_call = (h->instr_limit + h->hook_step - 1) / h->hook_step;
     h->fnv = 0xcbf29ce484222325ULL;
+    return h;
+}
 
-    memset(&o, 0, sizeof o);
-    o.h = h;
-    o.err = msg;
-    o.errlen = sizeof msg;
-    o.problems = &probs;
+/* Open h's sandboxed state, read every script file (hashing each) and
+ * load them; every problem goes to o->problems. */
+static void open_and_load(evl_luahost *h, op *o)
+{
+    struct file *files = NULL;
+    size_t nfiles = 0;
 
     h->L = lh_sandbox_open(h);
     if (!h->L) {
-        lh_problem(&probs,
+        lh_problem(o->problems,
                    "scripts: cannot create a Lua state within the "
                    "memory limit of %zu bytes",
                    h->mem_limit);
-        goto out;
+        return;
     }
-    o.fn = op_setup;
-    if (lh_run(h, &o) != 0) {
-        lh_problem(&probs, "%s", msg);
-        goto out;
+    o->fn = op_setup;
+    if (lh_run(h, o) != 0) {
+        lh_problem(o->problems, "%s", o->err);
+        return;
     }
 
     for (size_t i = 0; i < h->nadirs; i++)
-        read_dir(h->adirs[i], 'a', &files, &nfiles, &probs);
+        read_dir(h->adirs[i], 'a', &files, &nfiles, o->problems);
     for (size_t i = 0; i < h->npdirs; i++)
-        read_dir(h->pdirs[i], 'p', &files, &nfiles, &probs);
+        read_dir(h->pdirs[i], 'p', &files, &nfiles, o->problems);
     for (size_t i = 0; i < nfiles; i++)
         lh_fnv_item(h, files[i].kind, files[i].base, files[i].text,
                     files[i].len);
 
-    o.fn = op_load;
-    o.files = files;
-    o.nfiles = nfiles;
-    if (lh_run(h, &o) != 0)
-        lh_problem(&probs, "%s", msg);
-
-out:
+    o->fn = op_load;
+    o->files = files;
+    o->nfiles = nfiles;
+    if (lh_run(h, o) != 0)
+        lh_problem(o->problems, "%s", o->err);
     free_files(files, nfiles);
-    if (probs.n > 0) {
-        evl_seterr(err, errlen, EVL_EPERMANENT,
-                   "%zu problem%s loading scripts; first: %s", probs.n,
-                   probs.n == 1 ? "" : "s", probs.lines[0]);
-        if (problems) {
-            for (size_t i = 0; i < probs.n; i++)
-                lh_problem(problems, "%s", probs.lines[i]);
-        }
-        evl_luahost_problems_free(&probs);
-        evl_luahost_free(h);
-        return EVL_EPERMANENT;
-    }
+    o->files = NULL;
+}
+
+/* Fill in the public views of the loaded scripts and the set's hash. */
+static void publish(evl_luahost *h)
+{
     for (size_t i = 0; i < h->naggs; i++) {
         agg *a = &h->aggs[i];
         a->pub.type = a->type;
@@ -847,12 +834,42 @@ out:
         p->pub.events = (const char *const *)p->events;
     }
     snprintf(h->hash, sizeof h->hash, "%016llx", (unsigned long long)h->fnv);
+}
+
+evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
+                        evl_luahost_problems *problems, char *err,
+                        size_t errlen)
+{
+    evl_luahost_problems probs = {0};
+    evl_luahost *h = host_from_config(cfg);
+    char msg[EVL_ERRLEN];
+    op o;
+
+    memset(&o, 0, sizeof o);
+    o.h = h;
+    o.err = msg;
+    o.errlen = sizeof msg;
+    o.problems = &probs;
+    open_and_load(h, &o);
+    if (probs.n > 0) {
+        evl_seterr(err, errlen, EVL_EPERMANENT,
+                   "%zu problem%s loading scripts; first: %s", probs.n,
+                   probs.n == 1 ? "" : "s", probs.lines[0]);
+        if (problems) {
+            for (size_t i = 0; i < probs.n; i++)
+                lh_problem(problems, "%s", probs.lines[i]);
+        }
+        evl_luahost_problems_free(&probs);
+        evl_luahost_free(h);
+        return EVL_EPERMANENT;
+    }
+    publish(h);
     lua_gc(h->L, LUA_GCCOLLECT);
     /* no log line here: a load is reported by whoever decided to load
      * (evl_luahost_reload once per SIGHUP, the CLI at start), not once per
      * pipeline or per busted spec */
     *out = h;
-    return rc;
+    return EVL_OK;
 }
 
 /* The SIGHUP count (evl_lifecycle_reloads) the last reload summary was
