@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "lifecycle.h"
 #include "log.h"
 
 int evl_cli_script_opts(int argc, char **argv, const char *name,
@@ -72,7 +73,7 @@ int evl_cli_load_config(const char *path, evl_config *cfg)
                                                             : EVL_LOG_LOGFMT);
     if (cfg->log_file) {
         if (evl_log_open_file(cfg->log_file) != 0 ||
-            evl_log_install_reopen() != 0) {
+            evl_lifecycle_install_reopen() != 0) {
             fprintf(stderr, "evlua: log.file \"%s\": %s\n", cfg->log_file,
                     strerror(errno));
             evl_config_free(cfg);

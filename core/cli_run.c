@@ -174,7 +174,7 @@ int evl_cli_run(int argc, char **argv)
         evl_config_free(&cfg);
         return rc;
     }
-    if (evl_lifecycle_install() != 0 || evl_luahost_install_sighup() != 0) {
+    if (evl_lifecycle_install() != 0 || evl_lifecycle_install_reload() != 0) {
         evl_log(EVL_LOG_ERROR, "cannot install signal handlers", NULL);
         rc = EVL_EXIT_FAILURE;
         goto out;

@@ -2,7 +2,6 @@
 #include "log.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,12 +31,11 @@ int evl_log_open_file(const char *path)
     return 0;
 }
 
-/* SIGUSR1: open the path again (logrotate moved the old file away) and
- * put it in place of the old descriptor; open/dup2/close are
- * async-signal-safe, and dup2 swaps atomically for concurrent writers. */
-static void on_reopen(int sig)
+/* Open the path again (logrotate moved the old file away) and put it in
+ * place of the old descriptor; open/dup2/close are async-signal-safe, and
+ * dup2 swaps atomically for concurrent writers. */
+void evl_log_reopen(void)
 {
-    (void)sig;
     if (!log_path[0])
         return;
     int fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
@@ -45,16 +43,6 @@ static void on_reopen(int sig)
         return;
     dup2(fd, log_fd);
     close(fd);
-}
-
-int evl_log_install_reopen(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_reopen;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    return sigaction(SIGUSR1, &sa, NULL);
 }
 
 static const char *names[] = {"debug", "info", "warn", "error"};

@@ -59,10 +59,13 @@ typedef enum evl_log_format {
 void evl_log_set_format(evl_log_format f);
 
 /* Write log lines to path (appending, created 0640) instead of stderr.
- * Returns 0, or -1 with errno. With a file set, SIGUSR1 reopens it (for
- * logrotate): evl_log_install_reopen() installs that handler. */
+ * Returns 0, or -1 with errno. */
 int evl_log_open_file(const char *path);
-int evl_log_install_reopen(void);
+
+/* Open the log file again in place of the old one (for logrotate; a no-op
+ * without a file). Async-signal-safe: SIGUSR1 calls it, see
+ * evl_lifecycle_install_reopen() in lifecycle.h. */
+void evl_log_reopen(void);
 
 /* Log a printf-formatted message with no fields. */
 void evl_logf(evl_log_level lvl, const char *fmt, ...)

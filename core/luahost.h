@@ -64,7 +64,7 @@
  * but still in the log) and compares them with apply, neutral and the
  * projections' `on` keys.
  *
- * Sandbox (see the allow-list in luahost.c and core/lua/API.md): each
+ * Sandbox (see the allow-list in luasandbox.c and core/lua/API.md): each
  * script gets its own global table with fresh copies of the base library
  * (without dofile, loadfile, collectgarbage control; load takes text
  * only), string (without dump), table, math, utf8, os.time/clock/date and
@@ -90,11 +90,11 @@
  * decoded command evl_luahost_parse_command hands to the next decide),
  * lock anything.
  *
- * Uses luaapi, envelope, json, log and the Lua C API.
+ * Uses luaapi, envelope, json, log, lifecycle (the SIGHUP count, for one
+ * reload summary per signal) and the Lua C API.
  *
  * @locality a host belongs to one thread at a time (the pipeline that owns
- * it); hosts on different threads are independent. The SIGHUP helpers are
- * for any thread.
+ * it); hosts on different threads are independent.
  */
 #ifndef EVL_LUAHOST_H
 #define EVL_LUAHOST_H
@@ -129,7 +129,7 @@ typedef struct evl_luahost_config {
     /* VM instructions per handler call (counted in steps of at most
      * 1000); 0: EVL_LUAHOST_INSTRUCTION_LIMIT. Pattern matching steps,
      * library functions that do work in proportion to their arguments or
-     * results, and JSON encoding are charged too (see luahost.c's
+     * results, and JSON encoding are charged too (see luasandbox.c's
      * allow-list). */
     long instruction_limit;
     /* Wall-clock milliseconds per handler call, checked with the
@@ -403,16 +403,5 @@ evl_err evl_luahost_project(evl_luahost *host, const char *projection,
  * (validated like a handler's result), or none. */
 evl_err evl_luahost_reset(evl_luahost *host, const char *projection,
                           evl_luahost_stmts *out, char *err, size_t errlen);
-
-/* ---- hot reload on SIGHUP ---------------------------------------------- */
-
-/* Install a SIGHUP handler that only counts signals. Returns 0, or -1 with
- * errno from sigaction(2). */
-int evl_luahost_install_sighup(void);
-
-/* Has a SIGHUP arrived since this caller last looked? *seen is the
- * caller's own marker (start it at 0): each pipeline keeps one, so every
- * pipeline sees every request. Returns 1 and updates *seen, or 0. */
-int evl_luahost_reload_requested(unsigned *seen);
 
 #endif

@@ -34,7 +34,7 @@ void evl_pipeline_open(evl_pipeline *p, const char *component,
     evl_pipeline_ready(p, 0, "starting");
     /* the SIGHUPs before now are in the pipeline's scripts already */
     p->seen_hup = 0;
-    evl_luahost_reload_requested(&p->seen_hup);
+    evl_lifecycle_reload_requested(&p->seen_hup);
 }
 
 evl_pipeline_outcome evl_pipeline_loop(evl_pipeline *p,
@@ -69,12 +69,12 @@ void evl_pipeline_ready(const evl_pipeline *p, int ready, const char *why)
 int evl_pipeline_reload_pending(const evl_pipeline *p)
 {
     unsigned peek = p->seen_hup;
-    return evl_luahost_reload_requested(&peek);
+    return evl_lifecycle_reload_requested(&peek);
 }
 
 int evl_pipeline_reload_take(evl_pipeline *p)
 {
-    return evl_luahost_reload_requested(&p->seen_hup);
+    return evl_lifecycle_reload_requested(&p->seen_hup);
 }
 
 void evl_pipeline_waiting(evl_pipeline *p)

@@ -258,7 +258,7 @@ static evl_err setup(projector *pj, const evl_luahost *proto)
                 "error", err, NULL);
         return EVL_EPERMANENT;
     }
-    evl_luahost_reload_requested(&pj->hup_seen);
+    evl_lifecycle_reload_requested(&pj->hup_seen);
 
     char topics[512] = "", bs[24], conn[512];
     for (int i = 0; i < pj->topics.n; i++) {
@@ -769,7 +769,7 @@ out:
 
 static void maybe_reload(projector *pj)
 {
-    if (!evl_luahost_reload_requested(&pj->hup_seen))
+    if (!evl_lifecycle_reload_requested(&pj->hup_seen))
         return;
     enum settle_rc r = proj_settle(pj); /* no batch spans two script sets */
     if (r == STOPPING || r == FAILED) {

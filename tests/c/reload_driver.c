@@ -48,12 +48,12 @@ static void *pipeline(void *arg)
     unsigned seen = 0;
     if (evl_luahost_reload(arg, &host, NULL, err, sizeof err) != EVL_OK)
         return NULL;
-    evl_luahost_reload_requested(&seen);
+    evl_lifecycle_reload_requested(&seen);
     while (!evl_lifecycle_stopping()) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
         evl_luahost *fresh = NULL;
-        if (evl_luahost_reload_requested(&seen) &&
+        if (evl_lifecycle_reload_requested(&seen) &&
             evl_luahost_reload(host, &fresh, NULL, err, sizeof err) == EVL_OK) {
             evl_luahost_free(host);
             host = fresh;
@@ -85,7 +85,7 @@ int main(int argc, char **argv)
         return 2;
     }
     evl_lifecycle_install();
-    evl_luahost_install_sighup();
+    evl_lifecycle_install_reload();
     for (int i = 1; i < npipes; i++)
         pthread_create(&threads[i], NULL, pipeline, host);
     unsigned seen = 0;
@@ -93,7 +93,7 @@ int main(int argc, char **argv)
     while (!evl_lifecycle_stopping()) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        if (!evl_luahost_reload_requested(&seen))
+        if (!evl_lifecycle_reload_requested(&seen))
             continue;
         evl_luahost *fresh = NULL;
         if (evl_luahost_reload(host, &fresh, NULL, err, sizeof err) == EVL_OK) {

@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "evl.h"
+#include "lifecycle.h"
 #include "log.h"
 
 static int pipefd[2];
@@ -100,7 +101,7 @@ int main(void)
     snprintf(path, sizeof path, "/tmp/evlua-test-log-%ld.log", (long)getpid());
     snprintf(rotated, sizeof rotated, "%s.1", path);
     CHECK_INT(evl_log_open_file(path), 0, "the log file opens");
-    CHECK_INT(evl_log_install_reopen(), 0, "SIGUSR1 handler installs");
+    CHECK_INT(evl_lifecycle_install_reopen(), 0, "SIGUSR1 handler installs");
     evl_log(EVL_LOG_INFO, "before rotation", (const char *)NULL);
     rename(path, rotated);
     raise(SIGUSR1);

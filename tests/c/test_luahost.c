@@ -20,6 +20,7 @@
 #include "check.h"
 #include "evl.h"
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "luaapi.h"
 #include "luahost.h"
@@ -1319,12 +1320,12 @@ static void test_reload(void)
           "loading logs nothing (the caller reports a load, once)");
     snprintf(hash1, sizeof hash1, "%s", evl_luahost_hash(h));
 
-    CHECK_INT(evl_luahost_install_sighup(), 0, "the SIGHUP handler installs");
-    CHECK(!evl_luahost_reload_requested(&seen), "no reload before a signal");
+    CHECK_INT(evl_lifecycle_install_reload(), 0, "the SIGHUP handler installs");
+    CHECK(!evl_lifecycle_reload_requested(&seen), "no reload before a signal");
     raise(SIGHUP);
-    CHECK(evl_luahost_reload_requested(&seen), "SIGHUP requests a reload");
-    CHECK(!evl_luahost_reload_requested(&seen), "once");
-    CHECK(evl_luahost_reload_requested(&seen2),
+    CHECK(evl_lifecycle_reload_requested(&seen), "SIGHUP requests a reload");
+    CHECK(!evl_lifecycle_reload_requested(&seen), "once");
+    CHECK(evl_lifecycle_reload_requested(&seen2),
           "and every pipeline sees the request");
 
     /* a broken script: the old set stays */
