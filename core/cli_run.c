@@ -156,6 +156,30 @@ static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
     return lag;
 }
 
+/* Start the metrics endpoint when configured, and publish evlua_build_info.
+ * Returns EVL_EXIT_OK or EVL_EXIT_USAGE (the address cannot be served). */
+static int serve_metrics(const evl_config *cfg)
+{
+    if (cfg->metrics.listen) {
+        char err[EVL_ERRLEN], port[16];
+        int bound = 0;
+        if (evl_metrics_serve(cfg->metrics.listen, &bound, err, sizeof err) !=
+            EVL_OK) {
+            fprintf(stderr, "evlua run: %s\n", err);
+            return EVL_EXIT_USAGE;
+        }
+        snprintf(port, sizeof port, "%d", bound);
+        evl_log(EVL_LOG_INFO, "metrics endpoint listening", "listen",
+                cfg->metrics.listen, "port", port, NULL);
+    }
+    char labels[128];
+    evl_metrics_labels(labels, sizeof labels, "version", EVLUA_VERSION, NULL);
+    evl_metric_set(evl_metrics_gauge("evlua_build_info",
+                                     "evlua's version (value 1)", labels),
+                   1);
+    return EVL_EXIT_OK;
+}
+
 int evl_cli_run(int argc, char **argv)
 {
     const char *config, *scripts;
@@ -180,27 +204,8 @@ int evl_cli_run(int argc, char **argv)
         goto out;
     }
 
-    if (cfg.metrics.listen) {
-        char err[EVL_ERRLEN], port[16];
-        int bound = 0;
-        if (evl_metrics_serve(cfg.metrics.listen, &bound, err, sizeof err) !=
-            EVL_OK) {
-            fprintf(stderr, "evlua run: %s\n", err);
-            rc = EVL_EXIT_USAGE;
-            goto out;
-        }
-        snprintf(port, sizeof port, "%d", bound);
-        evl_log(EVL_LOG_INFO, "metrics endpoint listening", "listen",
-                cfg.metrics.listen, "port", port, NULL);
-    }
-    {
-        char labels[128];
-        evl_metrics_labels(labels, sizeof labels, "version", EVLUA_VERSION,
-                           NULL);
-        evl_metric_set(evl_metrics_gauge("evlua_build_info",
-                                         "evlua's version (value 1)", labels),
-                       1);
-    }
+    if ((rc = serve_metrics(&cfg)) != EVL_EXIT_OK)
+        goto out;
     size_t nproj = evl_luahost_nprojections(proto);
     pipeline *ps = evl_xmalloc(sizeof(pipeline) * (nproj + 1));
     size_t n = 0;
