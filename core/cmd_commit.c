@@ -186,9 +186,9 @@ static void batch_shift(cmdproc *cp, size_t n)
 static evl_txn_step commit_job(committer *c, int j)
 {
     evl_txn *tx = &c->cp->txn[j];
-    long long t0 = cmd_now_ms(), t1;
+    long long t0 = evl_now_ms(), t1;
     evl_txn_step s = evl_txn_send_offsets(tx, c->offsets, c->cgmd);
-    t1 = cmd_now_ms();
+    t1 = evl_now_ms();
     /* the test hook: the records are in the log; the next batch gets time
      * to be decided on top of this one, then this one fails */
     if (s == EVL_TXN_OK && c->fail && evl_testhooks_in_flight(tx->rk))
@@ -196,7 +196,7 @@ static evl_txn_step commit_job(committer *c, int j)
     if (s == EVL_TXN_OK)
         s = evl_txn_commit(tx);
     c->send_offsets_ms = t1 - t0;
-    c->commit_ms = cmd_now_ms() - t1;
+    c->commit_ms = evl_now_ms() - t1;
     return s;
 }
 
@@ -306,7 +306,7 @@ static void log_committed(cmdproc *cp)
  * leave the batch. */
 static void settle_committed(cmdproc *cp)
 {
-    long long now = cmd_now_ms();
+    long long now = evl_now_ms();
     /* every record is delivered (librdkafka read them from the buffer,
      * without a copy); after a failure they may not be until the abort */
     cmd_arena_release(&cp->fl_arena);
@@ -458,7 +458,7 @@ static int launch_failed(cmdproc *cp, evl_txn_step s)
 
 int cmd_launch(cmdproc *cp, long long waited)
 {
-    long long times[5] = {cmd_now_ms(), waited, 0, 0, 0};
+    long long times[5] = {evl_now_ms(), waited, 0, 0, 0};
     evl_txn *tx = &cp->txn[cp->cur];
     evl_txn_step s;
 
@@ -468,14 +468,14 @@ int cmd_launch(cmdproc *cp, long long waited)
         return launch_failed(cp, s);
     times[2] = tx->begun_ms;
     cp->in_txn = 1;
-    times[3] = cmd_now_ms();
+    times[3] = evl_now_ms();
     for (size_t i = 0; i < cp->nout; i++)
         if ((s = produce_one(cp, &cp->out[i])) != EVL_TXN_OK)
             return launch_failed(cp, s);
     cp->txn_count++;
     if (evl_testhooks_before_commit(&cp->hooks, cp->txn_count, tx->rk))
         return launch_failed(cp, EVL_TXN_ABORT);
-    times[4] = cmd_now_ms();
+    times[4] = evl_now_ms();
     hand_on(cp, times);
     return 0;
 }

@@ -369,14 +369,14 @@ void cmd_queue_snapshots(cmdproc *cp)
 int cmd_decided_enough(const cmdproc *cp)
 {
     return cp->ndec >= (size_t)cp->cfg->cmd.batch_size ||
-           (cp->ndec > 0 && cmd_now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS);
+           (cp->ndec > 0 && evl_now_ms() - cp->dec_t0 > DECIDE_BUDGET_MS);
 }
 
 void cmd_decide_more(cmdproc *cp)
 {
     while (cp->fl_n + cp->ndec < cp->nbatch && !cmd_decided_enough(cp)) {
         if (cp->ndec == 0) {
-            cp->dec_t0 = cmd_now_ms();
+            cp->dec_t0 = evl_now_ms();
             cp->lua_s = 0;
             evl_store_begin(cp->store); /* open already while in flight */
         }

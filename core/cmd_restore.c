@@ -42,9 +42,9 @@ static void restore_eof(restore *r, const rd_kafka_message_t *m)
      * snapshots of a later owner. The end counts only when nothing is
      * pending. */
     if (p && p->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->offset < hi) {
-        if (cmd_now_ms() - r->last_pending > 5000) {
+        if (evl_now_ms() - r->last_pending > 5000) {
             char at[64];
-            r->last_pending = cmd_now_ms();
+            r->last_pending = evl_now_ms();
             snprintf(at, sizeof at, "%s[%d] at %lld of %lld", topic,
                      (int)m->partition, (long long)m->offset, (long long)hi);
             evl_log(EVL_LOG_INFO,
@@ -92,7 +92,7 @@ static void restore_record(restore *r, const rd_kafka_message_t *m)
 static void log_restored(cmdproc *cp, long records, long long t0)
 {
     char ms[32], nrec[32], naggs[32];
-    snprintf(ms, sizeof ms, "%lld", cmd_now_ms() - t0);
+    snprintf(ms, sizeof ms, "%lld", evl_now_ms() - t0);
     snprintf(nrec, sizeof nrec, "%ld", records);
     snprintf(naggs, sizeof naggs, "%zu", evl_store_count(cp->store, NULL, -1));
     evl_log(EVL_LOG_INFO, "states restored", "records", nrec, "aggregates",
@@ -111,7 +111,7 @@ static int restore_states(cmdproc *cp,
 {
     restore r = {cp, rd_kafka_topic_partition_list_new(parts->cnt), bad, 0, 0,
                  0};
-    long long t0 = cmd_now_ms(), last_log = t0;
+    long long t0 = evl_now_ms(), last_log = t0;
     int rc = 0;
 
     for (int i = 0; i < parts->cnt; i++) {
@@ -130,8 +130,8 @@ static int restore_states(cmdproc *cp,
             rc = -1;
             break;
         }
-        if (cmd_now_ms() - last_log > 10000) {
-            last_log = cmd_now_ms();
+        if (evl_now_ms() - last_log > 10000) {
+            last_log = evl_now_ms();
             evl_logf(EVL_LOG_INFO,
                      "restoring states: %ld records read, %d partitions to "
                      "go",

@@ -84,11 +84,11 @@ agtype *cmd_type_by_state(cmdproc *cp, const char *topic)
 static evl_err partitions_of(cmdproc *cp, const char *topic, int *count,
                              char *err, size_t errlen)
 {
-    long long deadline = cmd_now_ms() + STARTUP_TIMEOUT_MS;
+    long long deadline = evl_now_ms() + STARTUP_TIMEOUT_MS;
     for (;;) {
         evl_err e = evl_kafka_partitions(cp->txn[0].rk, topic, 10000, count,
                                          err, errlen);
-        if (e != EVL_ETRANSIENT || cmd_now_ms() > deadline ||
+        if (e != EVL_ETRANSIENT || evl_now_ms() > deadline ||
             evl_lifecycle_stopping())
             return e;
         evl_log(EVL_LOG_WARN, "waiting for the Kafka cluster", "error", err,

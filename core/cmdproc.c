@@ -157,10 +157,10 @@ static int pipeline_step(cmdproc *cp)
     if (!(reload && cp->inflight))
         cmd_decide_more(cp);
     if (cp->inflight) {
-        w0 = cmd_now_ms();
+        w0 = evl_now_ms();
         if (overlap(cp, reload))
             return cp->fatal;
-        w0 = cmd_now_ms() - w0;
+        w0 = evl_now_ms() - w0;
         if (cmd_settle(cp, 1) != 0)
             return 1;
     }
@@ -405,7 +405,7 @@ static int start_clients(cmdproc *cp, char *err, size_t errlen)
 
 static int init_transactions(cmdproc *cp)
 {
-    long long deadline = cmd_now_ms() + STARTUP_TIMEOUT_MS;
+    long long deadline = evl_now_ms() + STARTUP_TIMEOUT_MS;
     for (int j = 0; j < NPRODUCERS; j++)
         if (evl_txn_init(&cp->txn[j], deadline) != EVL_OK)
             return EXIT_RUNTIME;
@@ -431,7 +431,7 @@ static int rebuild_producer(cmdproc *cp, int j)
         cmd_topics_open(cp, &cp->types[i], j);
     /* the broker may still be unreachable: keep trying as long as start-up
      * would */
-    return evl_txn_init(&cp->txn[j], cmd_now_ms() + STARTUP_TIMEOUT_MS) ==
+    return evl_txn_init(&cp->txn[j], evl_now_ms() + STARTUP_TIMEOUT_MS) ==
                    EVL_OK
                ? 0
                : 1;

@@ -175,13 +175,6 @@ typedef struct cmdproc {
     double lua_s; /* handler time of the batch being decided */
 } cmdproc;
 
-static inline long long cmd_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static inline double cmd_now_s(void)
 {
     struct timespec ts;
