@@ -205,6 +205,9 @@ typedef struct evl_luahost_aggregate {
     size_t nevents;
     const char *const *neutral; /* the neutral list, sorted, unique */
     size_t nneutral;
+    const char *const *reacts; /* keys of react ("TYPE.EventName"),
+                                  sorted; none: nreacts 0 */
+    size_t nreacts;
 } evl_luahost_aggregate;
 
 typedef struct evl_luahost_projection {
@@ -403,5 +406,58 @@ evl_err evl_luahost_project(evl_luahost *host, const char *projection,
  * (validated like a handler's result), or none. */
 evl_err evl_luahost_reset(evl_luahost *host, const char *projection,
                           evl_luahost_stmts *out, char *err, size_t errlen);
+
+/* ---- reactions: events -> commands (docs/reactions.md) ------------------ */
+
+/* Does aggregate a react to an event of aggregate_type and event_type
+ * (a react key "aggregate_type.event_type")? (binary search) */
+int evl_luahost_reacts_to(const evl_luahost_aggregate *a,
+                          const char *aggregate_type, const char *event_type);
+
+/* One command a reaction sends, in the wire format of T.commands
+ * (envelope.h's evl_envelope_command, plus metadata.causation_id):
+ * {"id","type","aggregate_type","aggregate_id","data","metadata":
+ * {"user_id"?,"correlation_id","causation_id"}}. Pointers stay valid
+ * until the next react into the same evl_luahost_reactions or its free. */
+typedef struct evl_luahost_reaction {
+    const char *id;           /* deterministic (evl_uuid_reaction) */
+    const char *type;         /* the command type */
+    const char *aggregate_id; /* the record's key */
+    const char *json;         /* the command, NUL-terminated */
+    size_t len;
+} evl_luahost_reaction;
+
+/* Owned by the caller; initialise with {0}; react overwrites it (reusing
+ * its memory); free with evl_luahost_reactions_free(). */
+typedef struct evl_luahost_reactions {
+    evl_luahost_reaction *cmds;
+    size_t n;
+    /* internal */
+    evl_buf text;
+    size_t cap;
+} evl_luahost_reactions;
+
+void evl_luahost_reactions_free(evl_luahost_reactions *r); /* accepts NULL */
+
+/* Run aggregate type aggregate_type's reaction to the event (the full
+ * envelope JSON, as on an events topic): react["<e.aggregate_type>.
+ * <e.type>"](e, ctx), after the source aggregate's upcast[e.type] when
+ * the host has that aggregate and it has one. The reaction returns nil
+ * (no command), one command table or a list of them; each is {type =
+ * non-empty string naming a handle entry of aggregate_type, aggregate_id
+ * = non-empty string, data = table (default {}), expected_version =
+ * non-negative integer (optional)}; any other field is an error. The
+ * i-th command (from 0) gets the id evl_uuid_reaction(e.id,
+ * aggregate_type, i), causation_id e.id, and e's correlation_id and
+ * user_id. An event with no reaction gives 0 commands. More than
+ * max_commands commands is an error. EVL_OK with out filled, or
+ * EVL_EPERMANENT with out emptied and the reason in err
+ * ("aggregates/shipment.lua: react.customer.CustomerAddressChanged:
+ * command 1 has no aggregate_id (a non-empty string)"): the event is to
+ * be parked. */
+evl_err evl_luahost_react(evl_luahost *host, const char *aggregate_type,
+                          const char *event, size_t event_len,
+                          size_t max_commands, evl_luahost_reactions *out,
+                          char *err, size_t errlen);
 
 #endif
