@@ -231,6 +231,30 @@ static int cmp_emit(const void *a, const void *b)
     return c ? c : (x->line > y->line) - (x->line < y->line);
 }
 
+/* Drop from a->emits what the source shows inside the functions of
+ * priv[field]: those tables are no events handle emits. */
+static void drop_emits_in(lua_State *L, agg *a, int priv, const char *field)
+{
+    if (lh_rawfield(L, priv, field) == LUA_TTABLE) {
+        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+            lua_Debug ar;
+            size_t k = 0;
+            lua_pushvalue(L, -1);
+            lua_getinfo(L, ">S", &ar);
+            for (size_t i = 0; i < a->nemits; i++) {
+                if (a->emits[i].line >= ar.linedefined &&
+                    a->emits[i].line <= ar.lastlinedefined &&
+                    a->emits[i].line > 0)
+                    free(a->emits[i].type);
+                else
+                    a->emits[k++] = a->emits[i];
+            }
+            a->nemits = k;
+        }
+    }
+    lua_pop(L, 1);
+}
+
 /* What evl_luahost_lint needs from an aggregate's source: the line of
  * each apply function, the event types handle builds and the emits list
  * (whose names a takes over), the neutral line. Runs once a is in
@@ -254,25 +278,10 @@ void lh_source_facts(op *o, lua_State *L, agg *a, int priv, char **declared,
             a->emits[i].line = a->emits_line;
     a->event_lines = lh_fn_lines(L, priv, "apply", a->events, a->pub.nevents);
 
-    /* what an upcaster builds is not something handle emits */
-    if (lh_rawfield(L, priv, "upcast") == LUA_TTABLE) {
-        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
-            lua_Debug ar;
-            size_t k = 0;
-            lua_pushvalue(L, -1);
-            lua_getinfo(L, ">S", &ar);
-            for (size_t i = 0; i < a->nemits; i++) {
-                if (a->emits[i].line >= ar.linedefined &&
-                    a->emits[i].line <= ar.lastlinedefined &&
-                    a->emits[i].line > 0)
-                    free(a->emits[i].type);
-                else
-                    a->emits[k++] = a->emits[i];
-            }
-            a->nemits = k;
-        }
-    }
-    lua_pop(L, 1);
+    /* what an upcaster builds is not something handle emits, and what a
+     * reaction builds ({type =, aggregate_id =, data =}) is a command */
+    drop_emits_in(L, a, priv, "upcast");
+    drop_emits_in(L, a, priv, "react");
 
     /* sorted by type, each once (at its first line) */
     if (a->nemits > 0)
