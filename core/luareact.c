@@ -198,14 +198,27 @@ static int command_keys(op *o, lua_State *L, const react_ctx *rc, int c,
     return 1;
 }
 
+/* The field on top of the stack should have been a non-empty string. */
+static void bad_string(op *o, lua_State *L, const react_ctx *rc, size_t i,
+                       const char *field)
+{
+    if (lua_isnil(L, -1))
+        lh_failf(o, "%s: %s: command %zu has no %s (a non-empty string)",
+                 o->script, rc->what, i, field);
+    else
+        lh_failf(o,
+                 "%s: %s: command %zu has %s %s, expected a non-empty string",
+                 o->script, rc->what, i, field,
+                 lua_type(L, -1) == LUA_TSTRING ? "\"\"" : lh_describe(L, -1));
+}
+
 /* command i's type (pushed): a handle entry of the reacting aggregate. */
 static const char *command_type(op *o, lua_State *L, const react_ctx *rc, int c,
                                 size_t i)
 {
     const char *type;
     if (lh_rawfield(L, c, "type") != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
-        lh_failf(o, "%s: %s: command %zu has no type (a non-empty string)",
-                 o->script, rc->what, i);
+        bad_string(o, L, rc, i, "type");
         return NULL;
     }
     type = lua_tostring(L, -1);
@@ -228,10 +241,7 @@ static const char *command_aggregate_id(op *o, lua_State *L,
     size_t len;
     if (lh_rawfield(L, c, "aggregate_id") != LUA_TSTRING ||
         lua_rawlen(L, -1) == 0) {
-        lh_failf(o,
-                 "%s: %s: command %zu has no aggregate_id (a non-empty "
-                 "string)",
-                 o->script, rc->what, i);
+        bad_string(o, L, rc, i, "aggregate_id");
         return NULL;
     }
     id = lua_tolstring(L, -1, &len);

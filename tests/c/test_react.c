@@ -93,6 +93,8 @@ static void expect_bad(evl_luahost *h, const char *c, const char *want)
         CHECK_FAIL_("case %s: expected a failure containing \"%s\", got rc %d "
                     "and \"%s\"",
                     c, want, (int)rc, err);
+    if (getenv("TEST_REACT_SHOW"))
+        fprintf(stderr, "%s: %s\n", c, err);
     CHECK_INT(out.n, 0, "a failed reaction leaves no commands");
     evl_luahost_reactions_free(&out);
     evl_buf_free(&b);
@@ -304,6 +306,182 @@ static void test_react_kit(void)
     evl_luahost_free(h);
 }
 
+/* ---- bad results, errors and limits ----------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void test_react_bad(void)
+{
+    evl_luahost_problems probs = {0};
+    evl_luahost_reactions out = {0};
+    evl_buf b = {0};
+    char err[2048];
+    /* 2,000,000 instructions: room for 100,000 loop turns, not forever */
+    evl_luahost *h = load_set("basic", 2000000, &probs, err, sizeof err);
+    CHECK(h != NULL, "the basic reaction set loads");
+    if (!h) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    const char *pre = "shipment.lua: react.customer.Bad";
+
+    expect_bad(h, "string",
+               "react.customer.Bad returned a string, expected "
+               "a command {type = ..., aggregate_id = ..., data "
+               "= ...}, a list of them or nil");
+    expect_bad(h, "string", pre);
+    expect_bad(h, "noid", "command 1 has no aggregate_id (a non-empty string)");
+    expect_bad(h, "emptyid",
+               "command 1 has aggregate_id \"\", expected a "
+               "non-empty string");
+    expect_bad(h, "numid",
+               "command 1 has aggregate_id 7, expected a non-empty string");
+    expect_bad(h, "unknown",
+               "command 1 has an unknown field \"dat\" (a "
+               "command has type, aggregate_id, data and "
+               "expected_version)");
+    expect_bad(h, "notype", "command 1 has no type (a non-empty string)");
+    expect_bad(h, "nohandler",
+               "command 1 has type 'Teleport', which "
+               "aggregate type shipment has no handle entry "
+               "for");
+    expect_bad(h, "datastring",
+               "command 1 has data of type string, expected a table");
+    expect_bad(h, "datalist", "command 1's data is a list");
+    expect_bad(h, "version",
+               "command 1 has expected_version -1, expected an "
+               "integer >= 0");
+    expect_bad(h, "second", "command 2 has no aggregate_id");
+    expect_bad(h, "notcmd", "returned a table that is neither a command");
+    expect_bad(h, "holes", "returned a table that is neither a command");
+    expect_bad(h, "error", "shipment.lua:38: boom");
+    expect_bad(h, "loop", "instruction budget of 2000000 exceeded");
+    expect_bad(h, "memory", "memory limit of");
+
+    /* 100,000 commands: refused by their count, at once */
+    double t0 = now_s();
+    expect_bad(h, "hundredk",
+               "react.customer.Bad returned 100000 commands "
+               "(more than reactions.max_commands = 100)");
+    double took = now_s() - t0;
+    check_count_++;
+    if (took > 1.0)
+        CHECK_FAIL_("100,000 commands must fail fast; took %.2f s", took);
+
+    /* distinct tables: the count, or a limit, whichever comes first */
+    {
+        char e2[2048];
+        const char *ev = event(&b, "evt-big", "Bad", 1, NULL,
+                               "{\"case\":\"hundredk_distinct\"}");
+        CHECK_INT(react(h, ev, 0, &out, e2, sizeof e2), EVL_EPERMANENT,
+                  "100,000 distinct commands fail");
+        CHECK(strstr(e2, "returned 100000 commands") || strstr(e2, "exceeded"),
+              "by their count or a limit");
+    }
+
+    /* max_commands is the caller's */
+    const char *ev = event(&b, "evt-5", "Many", 1, NULL, "{}");
+    CHECK_INT(react(h, ev, 1, &out, err, sizeof err), EVL_EPERMANENT,
+              "two commands with max_commands 1 fail");
+    CHECK_HAS(err,
+              "returned 2 commands (more than reactions.max_commands = "
+              "1)",
+              "and say how many");
+    CHECK_INT(react(h, ev, 2, &out, err, sizeof err), EVL_OK,
+              "two commands with max_commands 2 pass");
+
+    /* the host is fine after every failure */
+    ev = event(&b, "evt-1", "CustomerAddressChanged", 2, NULL,
+               "{\"previousAddress\":null,\"newAddress\":\"x\"}");
+    CHECK_INT(react(h, ev, 0, &out, err, sizeof err), EVL_OK,
+              "a good reaction after the failures");
+    CHECK_INT(out.n, 1, "sends its command");
+
+    /* events that cannot be reacted to */
+    CHECK_INT(react(h, "{\"type\":", 0, &out, err, sizeof err), EVL_EPERMANENT,
+              "malformed event JSON fails");
+    CHECK_HAS(err, "event JSON", "naming the event JSON");
+    ev = "{\"type\":\"CustomerAddressChanged\",\"aggregate_type\":"
+         "\"customer\",\"aggregate_id\":\"c\",\"data\":{\"previousAddress\":"
+         "null}}";
+    CHECK_INT(react(h, ev, 0, &out, err, sizeof err), EVL_EPERMANENT,
+              "an event without id fails when reacted to");
+    CHECK_HAS(err, "the event has no id", "naming the id");
+    ev = "{\"id\":\"e\",\"type\":\"X\",\"data\":{}}";
+    CHECK_INT(react(h, ev, 0, &out, err, sizeof err), EVL_EPERMANENT,
+              "an event without aggregate_type fails");
+    CHECK_HAS(err, "the event has no aggregate_type", "naming it");
+
+    evl_luahost_reactions_free(&out);
+    evl_buf_free(&b);
+    evl_luahost_problems_free(&probs);
+    evl_luahost_free(h);
+}
+
+/* ---- load and lint ------------------------------------------------------ */
+
+static void test_load_refusals(void)
+{
+    evl_luahost_problems probs = {0};
+    char err[2048];
+    evl_luahost *h = load_set("badload", 0, &probs, err, sizeof err);
+    CHECK(h == NULL, "a set with bad react tables does not load");
+    evl_luahost_free(h);
+    CHECK_LINE(&probs, "keys.lua: react key \"NoDot\" is not of the form "
+                       "\"TYPE.EventName\"");
+    CHECK_LINE(&probs, "keys.lua: react key \"customer.\" is not");
+    CHECK_LINE(&probs, "keys.lua: react key \".Evt\" is not");
+    CHECK_LINE(&probs, "keys.lua: react key \"bad type.Evt\" is not");
+    CHECK(!has_line(&probs, "\"customer.Fine\" is not"),
+          "a good key is not refused");
+    CHECK_LINE(&probs, "notable.lua: react is a number, expected a table of "
+                       "functions");
+    CHECK_LINE(&probs,
+               "values.lua: react.customer.Fine is a string, expected a "
+               "function");
+    CHECK_LINE(&probs, "values.lua: react has a number key, expected names");
+    CHECK_INT(probs.n, 7, "seven problems, nothing else");
+    evl_luahost_problems_free(&probs);
+}
+
+static void test_lint(void)
+{
+    evl_luahost_problems probs = {0}, errors = {0}, warnings = {0};
+    char err[2048];
+    evl_luahost *h = load_set("lint", 0, &probs, err, sizeof err);
+    CHECK(h != NULL, "the lint set loads (lint finds its problems)");
+    if (!h) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    CHECK_INT(evl_luahost_lint(h, &errors, &warnings), 1, "one error");
+    CHECK_LINE(&errors, "shipment.lua:20: react[\"custmer.CustomerAddress"
+                        "Changed\"]: no aggregate of this script set has "
+                        "type 'custmer'");
+    CHECK_LINE(&errors, "did you mean 'customer'?");
+    CHECK_INT(errors.n, 1,
+              "only that error: the commands reactions build "
+              "are no events handle emits");
+    CHECK_LINE(&warnings, "shipment.lua:23: warning: react[\"customer."
+                          "CustomerAdressChanged\"]: aggregate type "
+                          "'customer' (");
+    CHECK_LINE(&warnings, "never emits event type 'CustomerAdressChanged' "
+                          "(no apply, neutral or emits entry); did you mean "
+                          "'CustomerAddressChanged'?");
+    CHECK_INT(warnings.n, 1, "one warning");
+
+    /* no errors from the lint when errors is NULL, but the count */
+    CHECK_INT(evl_luahost_lint(h, NULL, NULL), 1, "the count without lists");
+    evl_luahost_problems_free(&errors);
+    evl_luahost_problems_free(&warnings);
+    evl_luahost_free(h);
+}
+
 int main(int argc, char **argv)
 {
     const char *src = getenv("EVLUA_SOURCE_DIR");
@@ -317,7 +495,8 @@ int main(int argc, char **argv)
     test_uuid();
     test_envelope_causation();
     test_react_kit();
-    (void)expect_bad;
-    (void)has_line;
+    test_react_bad();
+    test_load_refusals();
+    test_lint();
     return check_done();
 }
