@@ -64,8 +64,10 @@
  * (table constructors with a `type = "Name"` string field and a `data`
  * field, outside comments, strings and upcast functions), adds the
  * optional `emits` list (types built at run time, or no longer emitted
- * but still in the log) and compares them with apply, neutral and the
- * projections' `on` keys.
+ * but still in the log) and compares them with apply, neutral, the
+ * projections' `on` keys and the event types of react keys. A table
+ * with an `aggregate_id` field, or one built inside a react function,
+ * is a command, not an event.
  *
  * Sandbox (see the allow-list in luasandbox.c and core/lua/API.md): each
  * script gets its own global table with fresh copies of the base library
@@ -252,8 +254,11 @@ int evl_luahost_projection_handles(const evl_luahost_projection *p,
  * (a typo, or a type to list in emits), per neutral entry that also has
  * an apply entry, and, when the set has aggregates, per projection `on`
  * entry for a type no aggregate of the set emits (it may come from an
- * aggregate outside the set). Where the line is not known a line reads
- * "script: ...". Returns the number of errors. */
+ * aggregate outside the set). Reactions (docs/reactions.md): an error per
+ * react key whose TYPE is no aggregate type of the set, a warning per
+ * key whose event type TYPE's aggregate has no apply, neutral or emits
+ * entry for. Where the line is not known a line reads "script: ...".
+ * Returns the number of errors. */
 size_t evl_luahost_lint(const evl_luahost *host, evl_luahost_problems *errors,
                         evl_luahost_problems *warnings);
 

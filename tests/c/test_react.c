@@ -173,6 +173,30 @@ static void test_envelope_causation(void)
               "\"evt-1\"}}",
               "correlation_id, then causation_id");
     evl_buf_free(&b);
+
+    /* the command side reads causation_id, and never rejects for it */
+    static const char *cmd_json[] = {
+        "{\"id\":\"c\",\"type\":\"T\",\"aggregate_id\":\"x\",\"data\":{},"
+        "\"metadata\":{\"causation_id\":\"evt-9\"}}",
+        "{\"id\":\"c\",\"type\":\"T\",\"aggregate_id\":\"x\",\"data\":{},"
+        "\"metadata\":{\"causation_id\":42}}",
+        "{\"id\":\"c\",\"type\":\"T\",\"aggregate_id\":\"x\",\"data\":{}}"};
+    lua_State *L = luaL_newstate();
+    evl_command cmd = {0};
+    char err[512];
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_INT(evl_envelope_parse_command(L, cmd_json[i],
+                                             strlen(cmd_json[i]), &cmd, err,
+                                             sizeof err),
+                  EVL_OK, "a command with or without causation_id is valid");
+        if (i == 0)
+            CHECK_STR(cmd.causation_id, "evt-9", "causation_id is read");
+        else
+            CHECK(cmd.causation_id == NULL,
+                  "a non-string or absent causation_id reads as none");
+    }
+    evl_envelope_command_free(&cmd);
+    lua_close(L);
 }
 
 /* ---- the welcome kit -------------------------------------------------- */
