@@ -435,6 +435,8 @@ evl_err evl_luahost_react(evl_luahost *h, const char *aggregate_type,
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "no aggregate script has type %s",
                           aggregate_type ? aggregate_type : "(null)");
+    if (o.agg->pub.nreacts == 0)
+        return EVL_OK; /* no react table: nothing to decode */
     o.h = h;
     o.fn = op_react;
     o.script = o.agg->script;

@@ -317,6 +317,10 @@ static void test_react_kit(void)
     ev = event(&b, "evt-7", "CustomerDeleted", 1, NULL, "{}");
     CHECK_INT(react(h, ev, 0, &out, err, sizeof err), EVL_OK, "no reaction");
     CHECK_INT(out.n, 0, "an event with no reaction gives no command");
+    CHECK_INT(evl_luahost_react(h, "customer", ev, strlen(ev), 0, &out, err,
+                                sizeof err),
+              EVL_OK, "an aggregate without react");
+    CHECK_INT(out.n, 0, "sends nothing");
     CHECK_INT(evl_luahost_react(h, "nosuch", ev, strlen(ev), 0, &out, err,
                                 sizeof err),
               EVL_EPERMANENT, "an unknown reacting type fails");
