@@ -7,8 +7,8 @@
  *                    (decide, then the transaction), recovering
  *   react_decide.c   one batch: headers, parked aggregates, Lua, the
  *                    records to produce; retry and drop requests
- *   react_parked.c   the parked set: records, folding the parked topic,
- *                    the operator's list / retry / drop
+ *   react_parked.c   the parked set: records, folding the parked topic
+ *   react_admin.c    the operator's list / retry / drop (reactor.h)
  *   react_topics.c   source types, topic names, creating and checking
  *                    the topics
  *
@@ -90,6 +90,10 @@ evl_err rp_fold(rd_kafka_t *reader, const char *topic, rp_set *s, int64_t *pos,
 /* The same from where the reader is (*pos), without emptying s. */
 evl_err rp_drain(rd_kafka_t *reader, const char *topic, rp_set *s, int64_t *pos,
                  int timeout_ms, char *err, size_t errlen);
+/* Fold one message of the parked topic into s (a bad record is logged
+ * and skipped); *pos moves past it, or to the end a partition EOF
+ * reports. */
+void rp_fold_message(rp_set *s, rd_kafka_message_t *m, int64_t *pos);
 /* Fold what the reader has ready now, without waiting. */
 void rp_poll(rd_kafka_t *reader, rp_set *s, int64_t *pos);
 
