@@ -64,6 +64,17 @@ static int react_one(reactor *r, const char *event, size_t len, char *err,
                           (size_t)r->cfg->react.max_commands, &r->rs, err,
                           errlen) != EVL_OK)
         return -1;
+    /* a record the broker refuses would abort every try of the batch */
+    for (size_t i = 0; i < r->rs.n; i++)
+        if (r->rs.cmds[i].len + strlen(r->rs.cmds[i].aggregate_id) +
+                RX_RECORD_OVERHEAD >
+            r->max_message) {
+            snprintf(err, errlen,
+                     "command %zu is %zu bytes, more than the producer's "
+                     "message.max.bytes (%zu) allows",
+                     i + 1, r->rs.cmds[i].len, r->max_message);
+            return -1;
+        }
     for (size_t i = 0; i < r->rs.n; i++) {
         const evl_luahost_reaction *c = &r->rs.cmds[i];
         queue(r, OUT_COMMAND, c->aggregate_id, strlen(c->aggregate_id), c->json,
@@ -77,10 +88,14 @@ static int react_one(reactor *r, const char *event, size_t len, char *err,
 static void park(reactor *r, const rd_kafka_message_t *m, const char *atype,
                  const char *aid, const char *error)
 {
+    /* an event too large to carry is kept as null (its source offset
+     * still says where it is) */
+    int fits = m->payload && m->len + 2 * RX_RECORD_OVERHEAD < r->max_message;
     r->scratch.len = 0;
     rp_record_parked(&r->scratch, r->type, atype, aid,
                      rd_kafka_topic_name(m->rkt), m->partition, m->offset,
-                     m->payload, m->len, error);
+                     fits ? (const char *)m->payload : "null",
+                     fits ? m->len : 4, error);
     queue_parked(r, atype, aid);
     r->pending[RX_PARKED]++;
 }

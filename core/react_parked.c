@@ -252,7 +252,9 @@ static int fold_parked(rp_set *s, const char *json, const evl_json_member *m,
             return 0;
         }
     }
-    if (m[M_EVENT].type != EVL_JSON_ABSENT) {
+    if (m[M_EVENT].type != EVL_JSON_ABSENT &&
+        !(m[M_EVENT].vlen == 4 &&
+          memcmp(json + m[M_EVENT].voff, "null", 4) == 0)) {
         e.event = dupn(json + m[M_EVENT].voff, m[M_EVENT].vlen);
         e.len = m[M_EVENT].vlen;
     }

@@ -233,6 +233,11 @@ static int producer_open(reactor *r)
     }
     if (evl_txn_init(&r->txn, evl_now_ms() + RX_STARTUP_MS) != EVL_OK)
         return RX_RUNTIME;
+    char size[64];
+    evl_kafka_conf_value(r->txn.rk, "message.max.bytes", size, sizeof size);
+    r->max_message = (size_t)strtoull(size, NULL, 10);
+    if (r->max_message < 16384)
+        r->max_message = 1000000;
     r->rkt_cmd = rd_kafka_topic_new(r->txn.rk, r->commands, NULL);
     r->rkt_parked = rd_kafka_topic_new(r->txn.rk, r->ptopic, NULL);
     return RX_OK;

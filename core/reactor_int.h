@@ -35,6 +35,10 @@
 
 enum { RX_OK = 0, RX_RUNTIME = 1, RX_CONFIG = 2 };
 
+/* Bytes a record needs beyond key and value (headers, framing), and for
+ * the parked record's other fields: kept free under message.max.bytes. */
+#define RX_RECORD_OVERHEAD 4096
+
 /* How long start-up keeps trying to reach the cluster. */
 #define RX_STARTUP_MS 60000
 
@@ -161,8 +165,9 @@ typedef struct reactor {
     size_t nout, capout;
     evl_luahost_reactions rs;
     evl_buf scratch;
-    int halt;  /* a reaction failed under on_error = halt */
-    int fatal; /* a fatal error seen in a callback */
+    size_t max_message; /* the producer's message.max.bytes */
+    int halt;           /* a reaction failed under on_error = halt */
+    int fatal;          /* a fatal error seen in a callback */
     unsigned backoff_ms;
 
     /* counts of the batch being decided (RX_*), commands; totals */
