@@ -187,7 +187,8 @@ evl_err evl_reactor_parked_request(const evl_config *cfg, const char *type,
                          errlen);
     if (e)
         goto out;
-    if (!rp_find(&s, src_type, src_id)) {
+    const rp_agg *a0 = rp_find(&s, src_type, src_id);
+    if (!a0 || a0->n == 0) {
         e = evl_seterr(err, errlen, EVL_EPERMANENT,
                        "nothing of %s/%s is parked in the reactions of %s",
                        src_type, src_id, type);

@@ -156,6 +156,10 @@ static void decide_event(reactor *r, const rd_kafka_message_t *m)
     if (!self || !evl_luahost_reacts_to(self, atype, etype))
         return; /* no reaction: the offset advances */
     rp_agg *a = rp_find(&r->parked, atype, aid);
+    if (a && a->drop_topic && a->drop_partition == m->partition &&
+        m->offset <= a->drop_offset &&
+        strcmp(a->drop_topic, rd_kafka_topic_name(m->rkt)) == 0)
+        return; /* dropped by the operator: a replay does not park it */
     if (a && a->n > 0) {
         if (parked_before(a, m))
             return;

@@ -67,6 +67,7 @@ static void agg_free(rp_agg *a)
     free(a->v);
     free(a->atype);
     free(a->aid);
+    free(a->drop_topic);
     free(a);
 }
 
@@ -121,7 +122,6 @@ static rp_agg *agg_add(rp_set *s, const char *atype, const char *aid)
     size_t b = bucket(s, atype, aid);
     a->next = s->buckets[b];
     s->buckets[b] = a;
-    s->naggs++;
     return a;
 }
 
@@ -132,7 +132,8 @@ static void agg_remove(rp_set *s, rp_agg *a)
         pp = &(*pp)->next;
     if (*pp) {
         *pp = a->next;
-        s->naggs--;
+        if (a->n > 0)
+            s->naggs--;
         agg_free(a);
     }
 }
@@ -203,6 +204,7 @@ enum {
     M_AT,
     M_REQUEST,
     M_THROUGH,
+    M_DROPPED,
     NM
 };
 
@@ -264,6 +266,8 @@ static int fold_parked(rp_set *s, const char *json, const evl_json_member *m,
         a->cap = a->cap ? 2 * a->cap : 4;
         a->v = evl_xrealloc(a->v, sizeof *a->v * a->cap);
     }
+    if (a->n == 0)
+        s->naggs++;
     a->v[a->n++] = e;
     return 0;
 }
@@ -284,19 +288,28 @@ static void fold_released(rp_set *s, const char *json, const evl_json_member *m,
     if (!a)
         return;
     if (read_where(json, &m[M_THROUGH], &topic, &partition, &offset) == 0) {
-        size_t k = 0;
+        size_t k = 0, before = a->n;
         while (k < a->n && strcmp(a->v[k].topic, topic) == 0 &&
                a->v[k].partition == partition && a->v[k].offset <= offset)
             event_free(&a->v[k++]);
         memmove(a->v, a->v + k, sizeof *a->v * (a->n - k));
         a->n -= k;
-        free(topic);
+        if (before > 0 && a->n == 0)
+            s->naggs--;
+        if (m[M_DROPPED].isint && m[M_DROPPED].integer > 0) {
+            free(a->drop_topic);
+            a->drop_topic = topic;
+            a->drop_partition = partition;
+            a->drop_offset = offset;
+        } else {
+            free(topic);
+        }
     }
     if (a->n > 0 && m[M_ERROR].type == EVL_JSON_STRING) {
         free(a->v[0].error);
         a->v[0].error = member_str(&m[M_ERROR], scratch);
     }
-    if (a->n == 0)
+    if (a->n == 0 && !a->drop_topic)
         agg_remove(s, a);
 }
 
@@ -307,7 +320,7 @@ int rp_apply(rp_set *s, const char *json, size_t len, char *err, size_t errlen)
         {.name = "aggregate_id"}, {.name = "source"},
         {.name = "event"},        {.name = "error"},
         {.name = "at"},           {.name = "request_id"},
-        {.name = "through"}};
+        {.name = "through"},      {.name = "dropped"}};
     evl_buf scratch = {0};
     int obj = 0, rc = -1;
     char *kind = NULL, *atype = NULL, *aid = NULL;

@@ -55,11 +55,15 @@ typedef struct rp_event {
     char *at; /* when it was parked (ISO 8601 UTC) */
 } rp_event;
 
-/* The parked events of one source aggregate, in order. */
+/* The parked events of one source aggregate, in order; and how far the
+ * operator dropped its events (so a replay does not park them again). */
 typedef struct rp_agg {
     char *atype, *aid;
     rp_event *v;
     size_t n, cap;
+    char *drop_topic; /* NULL: nothing dropped */
+    int32_t drop_partition;
+    int64_t drop_offset;
     struct rp_agg *next; /* hash chain */
 } rp_agg;
 
@@ -70,7 +74,8 @@ typedef struct rp_request {
 
 typedef struct rp_set {
     rp_agg **buckets;
-    size_t nbuckets, naggs;
+    size_t nbuckets;
+    size_t naggs; /* aggregates with parked events (n > 0) */
     rp_request *reqs;
     size_t nreqs, capreqs;
     char **done; /* ids of the requests answered */

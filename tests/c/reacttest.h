@@ -123,4 +123,32 @@ static inline const char *rt_meta(const th_rec *r, const char *name)
     return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, name));
 }
 
+/* Delete consumer group `group` (no members may be left in it). */
+static inline void rt_delete_group(const ct *t, const char *group)
+{
+    rd_kafka_t *rk =
+        th_kafka_new(RD_KAFKA_PRODUCER, ct_conf(t), "admin client");
+    rd_kafka_DeleteGroup_t *g = rd_kafka_DeleteGroup_new(group);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_DeleteGroups(rk, &g, 1, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+    if (!ev)
+        th_die("DeleteGroups(%s): no answer", group);
+    const rd_kafka_DeleteGroups_result_t *res =
+        rd_kafka_event_DeleteGroups_result(ev);
+    size_t cnt = 0;
+    const rd_kafka_group_result_t **gr =
+        rd_kafka_DeleteGroups_result_groups(res, &cnt);
+    if (rd_kafka_event_error(ev) ||
+        (cnt == 1 && rd_kafka_group_result_error(gr[0])))
+        th_die("DeleteGroups(%s): %s", group,
+               rd_kafka_event_error(ev)
+                   ? rd_kafka_event_error_string(ev)
+                   : rd_kafka_error_string(rd_kafka_group_result_error(gr[0])));
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_DeleteGroup_destroy(g);
+    rd_kafka_destroy(rk);
+}
+
 #endif

@@ -68,36 +68,6 @@ static size_t repeats(const th_recs *recs, const char *name, size_t *distinct)
     return rep;
 }
 
-/* Delete consumer group `group` (no members may be left in it). */
-static void delete_group(const char *group)
-{
-    char errstr[256];
-    rd_kafka_t *rk =
-        th_kafka_new(RD_KAFKA_PRODUCER, ct_conf(&t), "admin client");
-    rd_kafka_DeleteGroup_t *g = rd_kafka_DeleteGroup_new(group);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_DeleteGroups(rk, &g, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    if (!ev)
-        th_die("DeleteGroups(%s): no answer", group);
-    const rd_kafka_DeleteGroups_result_t *res =
-        rd_kafka_event_DeleteGroups_result(ev);
-    size_t cnt = 0;
-    const rd_kafka_group_result_t **gr =
-        rd_kafka_DeleteGroups_result_groups(res, &cnt);
-    if (rd_kafka_event_error(ev) ||
-        (cnt == 1 && rd_kafka_group_result_error(gr[0])))
-        th_die("DeleteGroups(%s): %s", group,
-               rd_kafka_event_error(ev)
-                   ? rd_kafka_event_error_string(ev)
-                   : rd_kafka_error_string(rd_kafka_group_result_error(gr[0])));
-    (void)errstr;
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_DeleteGroup_destroy(g);
-    rd_kafka_destroy(rk);
-}
-
 int main(void)
 {
     char mev[256], pcmd[256], pev[256], pres[256], log[64], group[300];
@@ -156,7 +126,7 @@ int main(void)
 
     /* replay from offset 0 */
     CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "the last run exits 0");
-    delete_group(group);
+    rt_delete_group(&t, group);
     pid = ct_start(&t, "a", "replay.log", NULL);
     CHECK_INT(ct_wait_count(&t, pres, 2 * N, 600, &pr), 2 * N,
               "every re-sent command is answered");

@@ -10,7 +10,9 @@
  *     fixed and SIGHUP reloads it, `evlua parked retry --reactions`
  *     releases m-1's events, whose commands are sent once, in order; a
  *     retry that fails again keeps the event parked with the new error;
- *     `drop` removes one; the parked set survives a restart.
+ *     `drop` removes one; the parked set survives a restart;
+ *   - a replay from offset 0 sends the released events' commands again
+ *     (answered `duplicate`) and parks nothing twice.
  */
 #include "reacttest.h"
 
@@ -193,9 +195,31 @@ int main(void)
     CHECK_INT(pc.n, 5, "five commands in all, none twice");
     CHECK(unique_ids(&pc), "every command id once");
     CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "the restarted run exits 0");
+
+    /* a replay from offset 0: released events react again (duplicates at
+     * the aggregate), parked ones are not parked twice, dropped ones not
+     * again */
+    char group[300];
+    th_recs pr = {0};
+    snprintf(group, sizeof group, "%s.react.parcel", t.prefix);
+    rt_delete_group(&t, group);
+    pid = ct_start(&t, "a", "c.log", NULL);
+    CHECK_INT(ct_wait_count(&t, pcmd, 10, 60, &pc), 10,
+              "the replay sends the five commands again, with their ids");
+    CHECK(unique_ids(&pc) == 0, "the same ids as before");
+    ct_read_all(&t, parked, "read_committed", &pk);
+    CHECK_INT(pk.n, 13, "nothing parked twice, nothing dropped parked again");
+    ct_topic(&t, "parcel", "results", group, sizeof group);
+    CHECK_INT(ct_wait_count(&t, group, 10, 60, &pr), 10,
+              "every command answered");
+    CHECK_INT(rt_count(&pr, "status", "duplicate"), 5,
+              "the re-sent ones as duplicates");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "the replay run exits 0");
+    th_recs_free(&pr);
     if (check_failures_) {
         ct_dump_log(&t, "a.log");
         ct_dump_log(&t, "b.log");
+        ct_dump_log(&t, "c.log");
     }
     rd_kafka_destroy(p);
     th_recs_free(&pc);
