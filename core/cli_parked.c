@@ -1,6 +1,8 @@
 /*
- * cli_parked.c - `evlua parked list|retry|drop` and `evlua projection
- * reset NAME`: the operator's side of the projection pipeline.
+ * cli_parked.c - `evlua parked list|retry|drop` (projections, and with
+ * --reactions the reactors' parked topics: reactor.h) and `evlua
+ * projection reset NAME`: the operator's side of the projection and
+ * reaction pipelines.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "parked.h"
 #include "pg.h"
 #include "projector.h"
+#include "reactor.h"
 
 static const char parked_usage[] =
     "usage: evlua parked list [PROJECTION] [-c CONFIG]\n"
@@ -21,6 +24,9 @@ static const char parked_usage[] =
     "                          [-c CONFIG] [--scripts DIR]\n"
     "       evlua parked drop PROJECTION AGGREGATE_ID [--type TYPE] [-c "
     "CONFIG]\n"
+    "       evlua parked list --reactions [TYPE] [-c CONFIG] [--scripts DIR]\n"
+    "       evlua parked retry|drop --reactions TYPE SOURCE_TYPE SOURCE_ID\n"
+    "                          [-c CONFIG] [--wait SECONDS]\n"
     "\n"
     "When an event fails permanently in a projection (a Lua error, a bad\n"
     "payload, a constraint violation...), the projector parks it, and every\n"
@@ -36,16 +42,32 @@ static const char parked_usage[] =
     "  drop    delete the aggregate's parked events for good (logged); its\n"
     "          checkpoint moves past them\n"
     "\n"
+    "With --reactions: a reaction that fails (a Lua error, an invalid\n"
+    "command, too many commands) parks its source aggregate's event, and\n"
+    "every later event of that aggregate, in the reacting aggregate type's\n"
+    "parked topic (reactions.parked_topic); TYPE is the reacting type,\n"
+    "SOURCE_TYPE/SOURCE_ID the aggregate whose events are parked. retry\n"
+    "and drop write a request there and wait for the running reactor's\n"
+    "answer: retry re-runs the parked events in order with the scripts it\n"
+    "has now (after a SIGHUP) and sends their commands; those before a\n"
+    "new failure are released, the rest stay parked with the new error.\n"
+    "No database is needed.\n"
+    "\n"
     "  -c, --config FILE   config file (postgres, script dirs; see "
     "docs/config.md)\n"
     "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
     "  --type TYPE         only the aggregate of this type (default: every\n"
     "                      type with parked events under AGGREGATE_ID)\n"
+    "  --reactions         the parked reactions (see above)\n"
+    "  --wait SECONDS      how long retry/drop --reactions wait for the\n"
+    "                      reactor's answer (default 30)\n"
     "\n"
     "Exit 0 on success (retry: nothing left parked), 1 when events remain\n"
     "parked, nothing is parked for that aggregate or the database fails, 2\n"
     "on a usage or config error or a projection evlua does not know (no\n"
-    "script and no rows in its tables has that name).\n";
+    "script and no rows in its tables has that name). With --reactions:\n"
+    "retry and drop exit 1 when no reactor answered within the wait (the\n"
+    "request stays: a reactor acts on it when it runs) or events remain.\n";
 
 static const char projection_usage[] =
     "usage: evlua projection reset NAME [-c CONFIG] [--scripts DIR]\n"
@@ -69,7 +91,7 @@ static const char projection_usage[] =
 
 typedef struct args {
     const char *config, *scripts, *type;
-    int no_rebuild;
+    int no_rebuild, reactions, wait_s;
     int npos;
     char *pos[4];
 } args;
@@ -82,10 +104,13 @@ static int parse(int argc, char **argv, const char *usage, args *a)
                                          {"scripts", required_argument, 0, 's'},
                                          {"type", required_argument, 0, 't'},
                                          {"no-rebuild", no_argument, 0, 'n'},
+                                         {"reactions", no_argument, 0, 'r'},
+                                         {"wait", required_argument, 0, 'w'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
     memset(a, 0, sizeof *a);
+    a->wait_s = 30;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (c) {
@@ -93,6 +118,14 @@ static int parse(int argc, char **argv, const char *usage, args *a)
         case 's': a->scripts = optarg; break;
         case 't': a->type = optarg; break;
         case 'n': a->no_rebuild = 1; break;
+        case 'r': a->reactions = 1; break;
+        case 'w':
+            a->wait_s = atoi(optarg);
+            if (a->wait_s < 0 || a->wait_s > 3600) {
+                fprintf(stderr, "evlua: --wait: 0 to 3600 seconds\n");
+                return EVL_EXIT_USAGE;
+            }
+            break;
         case 'h': fputs(usage, stdout); return -1;
         default: fputs(usage, stderr); return EVL_EXIT_USAGE;
         }
@@ -259,6 +292,98 @@ out:
     return rc;
 }
 
+/* ---- parked reactions (--reactions) -------------------------------------- */
+
+static int reactions_list(const evl_config *cfg, const args *a)
+{
+    char err[EVL_ERRLEN];
+    long long total = 0;
+    evl_luahost *host = NULL;
+    int rc = EVL_EXIT_OK;
+    if (a->npos < 2) { /* every reacting type of the scripts */
+        evl_luahost_config hc;
+        evl_cli_host_config(cfg, a->scripts, &hc);
+        if ((rc = evl_cli_load_host(&hc, &host)) != 0)
+            return rc;
+    }
+    size_t ntypes = host ? evl_luahost_naggregates(host) : 1;
+    for (size_t i = 0; i < ntypes; i++) {
+        const char *type =
+            host ? evl_luahost_aggregate_at(host, i)->type : a->pos[1];
+        long long n = 0;
+        if (host && !evl_reactor_reacts(host, type))
+            continue;
+        evl_err e =
+            evl_reactor_parked_list(cfg, type, stdout, &n, err, sizeof err);
+        if (e == EVL_EPERMANENT && host)
+            continue; /* that reactor never ran: nothing parked */
+        if (e != EVL_OK) {
+            fprintf(stderr, "evlua parked list --reactions: %s\n", err);
+            rc = e == EVL_EPERMANENT ? EVL_EXIT_USAGE : EVL_EXIT_FAILURE;
+            break;
+        }
+        total += n;
+    }
+    if (rc == EVL_EXIT_OK && total == 0)
+        printf("no parked reactions%s%s\n", a->npos > 1 ? " of " : "",
+               a->npos > 1 ? a->pos[1] : "");
+    evl_luahost_free(host);
+    return rc;
+}
+
+static int reactions_request(const evl_config *cfg, const args *a)
+{
+    char err[EVL_ERRLEN];
+    evl_reactor_released r;
+    const char *kind = a->pos[0], *type = a->pos[1];
+    evl_err e =
+        evl_reactor_parked_request(cfg, type, kind, a->pos[2], a->pos[3],
+                                   a->wait_s * 1000, &r, err, sizeof err);
+    if (e != EVL_OK) {
+        fprintf(stderr, "evlua parked %s --reactions: %s\n", kind, err);
+        return EVL_EXIT_FAILURE;
+    }
+    if (!r.answered) {
+        printf("reactions %s %s/%s: %s requested (%s); no reactor answered "
+               "within %d s: a running reactor of %s acts on it\n",
+               type, a->pos[2], a->pos[3], kind, r.request_id, a->wait_s, type);
+        return EVL_EXIT_FAILURE;
+    }
+    if (strcmp(kind, "drop") == 0)
+        printf("reactions %s %s/%s: %lld parked event%s dropped\n", type,
+               a->pos[2], a->pos[3], r.dropped, r.dropped == 1 ? "" : "s");
+    else
+        printf("reactions %s %s/%s: %lld released (their commands sent), "
+               "%lld still parked\n",
+               type, a->pos[2], a->pos[3], r.applied, r.remaining);
+    if (r.error[0])
+        printf("  failed again: %s\n", r.error);
+    return r.remaining > 0 ? EVL_EXIT_FAILURE : EVL_EXIT_OK;
+}
+
+static int parked_reactions(const args *a)
+{
+    evl_config cfg;
+    int rc;
+    const char *sub = a->npos ? a->pos[0] : "";
+    int list = strcmp(sub, "list") == 0;
+    int req = strcmp(sub, "retry") == 0 || strcmp(sub, "drop") == 0;
+    if ((!list && !req) || (list && a->npos > 2) || (req && a->npos != 4)) {
+        fprintf(stderr, "evlua parked: %s\n%s",
+                !list && !req ? "expected list, retry or drop"
+                : list        ? "list --reactions takes at most a TYPE"
+                              : "retry|drop --reactions takes TYPE "
+                                "SOURCE_TYPE SOURCE_ID",
+                parked_usage);
+        return EVL_EXIT_USAGE;
+    }
+    if ((rc = evl_cli_load_config(a->config, &cfg)) != 0)
+        return rc;
+    rc = list ? reactions_list(&cfg, a) : reactions_request(&cfg, a);
+    evl_config_free(&cfg);
+    return rc;
+}
+
 int evl_cli_parked(int argc, char **argv)
 {
     args a;
@@ -266,6 +391,8 @@ int evl_cli_parked(int argc, char **argv)
     int rc = parse(argc, argv, parked_usage, &a);
     if (rc)
         return rc < 0 ? EVL_EXIT_OK : rc;
+    if (a.reactions)
+        return parked_reactions(&a);
     const char *sub = a.npos ? a.pos[0] : "";
     int want = strcmp(sub, "list") == 0    ? -1
                : strcmp(sub, "retry") == 0 ? 3

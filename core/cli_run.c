@@ -4,10 +4,11 @@
  * Loads the config and the script set once (a broken set is a
  * configuration error: exit 2 before touching Kafka), then starts one
  * thread per pipeline: the command processor (when aggregates are loaded
- * and commands.enabled) and one projector per projection (when a database
- * is configured and projection.enabled). Each pipeline builds its own
- * host from the loaded one (evl_luahost_reload), so no lua_State is ever
- * shared between threads, and watches SIGHUP and the stop flag at its
+ * and commands.enabled), one projector per projection (when a database
+ * is configured and projection.enabled) and one reactor per aggregate type
+ * with a react table (when reactions.enabled; reactor.h). Each pipeline builds
+ * its own host from the loaded one (evl_luahost_reload), so no lua_State is
+ * ever shared between threads, and watches SIGHUP and the stop flag at its
  * batch boundaries. The exit code is the worst of the pipelines'.
  * Beside them, when metrics.listen is set, runs the lag thread (lag.h),
  * which watches the group of each pipeline started, whatever the
@@ -27,6 +28,7 @@
 #include "cmdproc.h"
 #include "lag.h"
 #include "projector.h"
+#include "reactor.h"
 
 static const char run_usage[] =
     "usage: evlua run [-c CONFIG] [--scripts DIR]\n"
@@ -36,7 +38,11 @@ static const char run_usage[] =
     "    state snapshots and results, one Kafka transaction per batch;\n"
     "  - one projector per projection (projection.threads of them): events\n"
     "    -> SQL in PostgreSQL, with checkpoints and offsets in the same DB\n"
-    "    transaction.\n"
+    "    transaction;\n"
+    "  - one reactor per aggregate type with a react table: the source\n"
+    "    events it names -> its reactions -> commands to its commands\n"
+    "    topic, one Kafka transaction per batch; a failing reaction parks\n"
+    "    its source aggregate (see `evlua parked --help`).\n"
     "SIGHUP reloads every script (all or nothing) between batches.\n"
     "\n"
     "  -c, --config FILE   config file (see docs/config.md)\n"
@@ -48,7 +54,7 @@ static const char run_usage[] =
 typedef struct pipeline {
     pthread_t thread;
     const char *kind;
-    const char *name; /* projection name, or NULL */
+    const char *name; /* projection name, reacting type, or NULL */
     const evl_config *cfg;
     const evl_luahost *proto;
     int rc;
@@ -62,6 +68,8 @@ static void *pipeline_main(void *arg)
         p->rc = evl_cmdproc_run(p->cfg, p->proto);
     if (strcmp(p->kind, "projection") == 0)
         p->rc = evl_projector_run(p->cfg, p->proto, p->name);
+    if (strcmp(p->kind, "reactions") == 0)
+        p->rc = evl_reactor_run(p->cfg, p->proto, p->name);
     if (p->rc != 0)
         evl_lifecycle_request_stop(); /* one pipeline down: drain all */
     __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
@@ -103,8 +111,8 @@ static void wait_pipelines(pipeline *ps, size_t n, int timeout_ms)
                                 "still draining; exiting without it (its "
                                 "uncommitted batch is processed again after "
                                 "a restart)",
-                                "pipeline", ps[i].kind, "projection",
-                                ps[i].name, "shutdown_timeout_ms", t, NULL);
+                                "pipeline", ps[i].kind, "name", ps[i].name,
+                                "shutdown_timeout_ms", t, NULL);
                 fflush(NULL);
                 _exit(EVL_EXIT_FAILURE);
             }
@@ -138,6 +146,13 @@ static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
             for (size_t t = 0; t < nt; t++)
                 free(topics[t]);
             free(topics);
+        } else if (strcmp(ps[i].kind, "reactions") == 0) {
+            evl_strlist topics = {0};
+            evl_reactor_group(cfg, ps[i].name, group, sizeof group);
+            evl_reactor_topics(cfg, proto, ps[i].name, &topics);
+            evl_lag_watch(lag, group, NULL, (const char *const *)topics.v,
+                          (size_t)topics.n);
+            evl_reactor_topics_free(&topics);
         } else {
             evl_strlist topics = {0};
             evl_projector_group(cfg, ps[i].name, group, sizeof group);
@@ -207,7 +222,8 @@ int evl_cli_run(int argc, char **argv)
     if ((rc = serve_metrics(&cfg)) != EVL_EXIT_OK)
         goto out;
     size_t nproj = evl_luahost_nprojections(proto);
-    pipeline *ps = evl_xmalloc(sizeof(pipeline) * (nproj + 1));
+    size_t nagg = evl_luahost_naggregates(proto);
+    pipeline *ps = evl_xmalloc(sizeof(pipeline) * (nproj + nagg + 1));
     size_t n = 0;
     if (cfg.cmd.enabled && evl_luahost_naggregates(proto) > 0)
         ps[n++] = (pipeline){.kind = "commands", .cfg = &cfg, .proto = proto};
@@ -226,10 +242,16 @@ int evl_cli_run(int argc, char **argv)
                     .proto = proto};
         }
     }
+    for (size_t i = 0; cfg.react.enabled && i < nagg; i++) {
+        const char *type = evl_luahost_aggregate_at(proto, i)->type;
+        if (evl_reactor_reacts(proto, type))
+            ps[n++] = (pipeline){
+                .kind = "reactions", .name = type, .cfg = &cfg, .proto = proto};
+    }
     if (n == 0) {
         fprintf(stderr, "evlua run: nothing to run: no aggregates with "
-                        "commands.enabled and no projections with a "
-                        "database\n");
+                        "commands.enabled, no projections with a database "
+                        "and no react tables with reactions.enabled\n");
         free(ps);
         rc = EVL_EXIT_USAGE;
         goto out;

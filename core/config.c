@@ -320,6 +320,16 @@ static const key_spec projection_keys[] = {
     {"each", K_EACH, 0, 0, 0, each_proj_keys},
     END};
 
+static const key_spec reactions_keys[] = {
+    {"enabled", K_BOOL, 0, 0, CFG(react.enabled), NULL},
+    {"on_error", K_ENUM, 0, 0, CFG(react.on_error), policies},
+    {"max_commands", K_INT, 1, 100000, CFG(react.max_commands), NULL},
+    {"batch_size", K_INT, 1, 100000, CFG(react.batch_size), NULL},
+    {"linger_ms", K_INT, 0, 60000, CFG(react.linger_ms), NULL},
+    {"group_prefix", K_STR, 0, 0, CFG(react.group_prefix), NULL},
+    {"parked_topic", K_STR, 0, 0, CFG(react.parked_topic), NULL},
+    END};
+
 static const key_spec metrics_keys[] = {
     {"listen", K_STR, 0, 0, CFG(metrics.listen), NULL},
     {"lag_interval_ms", K_INT, 100, 3600000, CFG(metrics.lag_interval_ms),
@@ -341,6 +351,7 @@ static const key_spec top_keys[] = {
     {"limits", K_TABLE, 0, 0, 0, limits_keys},
     {"commands", K_TABLE, 0, 0, 0, commands_keys},
     {"projection", K_TABLE, 0, 0, 0, projection_keys},
+    {"reactions", K_TABLE, 0, 0, 0, reactions_keys},
     {"metrics", K_TABLE, 0, 0, 0, metrics_keys},
     {"log", K_TABLE, 0, 0, 0, log_keys},
     {"instance", K_STR, 0, 0, CFG(instance), NULL},
@@ -498,6 +509,13 @@ static void defaults(evl_config *cfg)
     cfg->proj.isolation = evl_xstrdup("aggregate");
     cfg->proj.on_error = evl_xstrdup("park");
     cfg->proj.group_prefix = evl_xstrdup("evlua.projection.");
+    cfg->react.enabled = 1;
+    cfg->react.on_error = evl_xstrdup("park");
+    cfg->react.max_commands = 100;
+    cfg->react.batch_size = 500;
+    cfg->react.linger_ms = 0;
+    cfg->react.group_prefix = evl_xstrdup("evlua.react.");
+    cfg->react.parked_topic = evl_xstrdup("{type}.reactions.parked");
     cfg->log_level = evl_xstrdup("info");
     cfg->log_format = evl_xstrdup("logfmt");
     cfg->shutdown_timeout_ms = 30000;
@@ -836,6 +854,12 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
         e = fail(&ld, "commands.transactional_id", "must not be empty");
         goto out;
     }
+    if (!strstr(c.react.parked_topic, "{type}")) {
+        e = fail(&ld, "reactions.parked_topic",
+                 "must contain {type} (each reacting aggregate type parks in "
+                 "a topic of its own)");
+        goto out;
+    }
     /* checked after the environment, which may set it; the value is not
      * quoted: it may come from EVLUA_INSTANCE and be anything */
     if (c.instance && (!evl_valid_name(c.instance) ||
@@ -888,6 +912,9 @@ void evl_config_free(evl_config *cfg)
         strlist_free(&p->topics);
     }
     free(cfg->proj.each);
+    free(cfg->react.on_error);
+    free(cfg->react.group_prefix);
+    free(cfg->react.parked_topic);
     free(cfg->metrics.listen);
     free(cfg->instance);
     free(cfg->log_level);

@@ -107,6 +107,18 @@ typedef struct evl_config {
         int neach;
     } proj;
 
+    /* reactions (reactor.h): one reactor per aggregate type with a react
+     * table */
+    struct {
+        int enabled;
+        char *on_error;     /* "park" or "halt" */
+        int max_commands;   /* commands one event's reaction may return */
+        int batch_size;     /* events per Kafka transaction, at most */
+        int linger_ms;      /* as commands.linger_ms */
+        char *group_prefix; /* consumer group = prefix .. type */
+        char *parked_topic; /* pattern; "{type}": the reacting type */
+    } react;
+
     struct {
         char *listen;        /* "127.0.0.1:9464"; NULL: no HTTP endpoint */
         int lag_interval_ms; /* how often lag.h measures every group */

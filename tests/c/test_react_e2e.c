@@ -1,0 +1,144 @@
+/*
+ * test_react_e2e.c - reactions end to end through `evlua run` on the real
+ * broker: commands into the member aggregate, its first-address events
+ * react into ShipKit commands for the parcel aggregate (one per member;
+ * a second move sends nothing), which the command side applies. Each
+ * reaction command is on parcel.commands once, keyed by its aggregate id
+ * on the murmur2 partition, with a UUIDv5 id, causation_id = the source
+ * event's id, the source's correlation and user ids; the parcel's events
+ * carry the same correlation id and the command as their causation.
+ */
+#include "reacttest.h"
+
+/* The MemberMoved event of member aid that says first = true. */
+static const th_rec *first_move(const th_recs *evs, const char *aid)
+{
+    for (size_t i = 0; i < evs->n; i++) {
+        const th_rec *e = &evs->v[i];
+        cJSON *d = cJSON_GetObjectItemCaseSensitive(e->json, "data");
+        if (th_str(e, "type") &&
+            strcmp(th_str(e, "type"), "MemberMoved") == 0 &&
+            th_str(e, "aggregate_id") &&
+            strcmp(th_str(e, "aggregate_id"), aid) == 0 &&
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "first")))
+            return e;
+    }
+    return NULL;
+}
+
+static const th_rec *by_member(const th_recs *recs, const char *kit)
+{
+    for (size_t i = 0; i < recs->n; i++)
+        if (th_str(&recs->v[i], "aggregate_id") &&
+            strcmp(th_str(&recs->v[i], "aggregate_id"), kit) == 0)
+            return &recs->v[i];
+    return NULL;
+}
+
+static void check_command(const th_rec *c, const th_rec *src, const char *kit,
+                          const char *user)
+{
+    const char *id = th_str(c, "id");
+    char what[128];
+    snprintf(what, sizeof what, "the command for %s", kit);
+    CHECK(c != NULL && src != NULL, what);
+    if (!c || !src)
+        return;
+    CHECK_STR(th_str(c, "type"), "ShipKit", "the reaction's command type");
+    CHECK_STR(th_str(c, "aggregate_type"), "parcel", "aggregate_type");
+    CHECK_STR(c->key, kit, "keyed by the command's aggregate id");
+    CHECK_INT(c->partition, evl_kafka_murmur2_partition(kit, strlen(kit), 3),
+              "on the murmur2 partition of its key");
+    CHECK(id && strlen(id) == 36 && id[14] == '5',
+          "the command id is a UUIDv5 (deterministic)");
+    CHECK_STR(rt_meta(c, "causation_id"), th_str(src, "id"),
+              "causation_id is the source event's id");
+    CHECK_STR(rt_meta(c, "correlation_id"), th_str(src, "correlation_id"),
+              "correlation_id is the source event's");
+    if (user)
+        CHECK_STR(rt_meta(c, "user_id"), user, "user_id from the source event");
+    else
+        CHECK(rt_meta(c, "user_id") == NULL,
+              "no user_id when the source event has none");
+}
+
+int main(void)
+{
+    ct t;
+    char mev[256], pcmd[256], pev[256], pres[256];
+    th_recs me = {0}, pc = {0}, pe = {0}, pr = {0};
+
+    rt_init(&t, "re2e", NULL);
+    ct_topic(&t, "member", "events", mev, sizeof mev);
+    ct_topic(&t, "parcel", "commands", pcmd, sizeof pcmd);
+    ct_topic(&t, "parcel", "events", pev, sizeof pev);
+    ct_topic(&t, "parcel", "results", pres, sizeof pres);
+
+    pid_t pid = ct_start(&t, "a", "a.log", NULL);
+    rd_kafka_t *p = ct_producer(&t);
+    CHECK(ct_wait_log(&t, "a.log", "reactor started", 60000),
+          "evlua run starts the parcel reactor");
+    ct_wait_topic(&t, pres, 30);
+
+    const char *meta1 =
+        "\"metadata\":{\"user_id\":\"u-1\",\"correlation_id\":\"corr-1\"}";
+    ct_send(&t, p, "member", "c-1", "Join", "m-1", "{\"name\":\"Ann\"}", meta1);
+    ct_send(&t, p, "member", "c-2", "Join", "m-2", "{\"name\":\"Bo\"}", NULL);
+    ct_send(&t, p, "member", "c-3", "Move", "m-1", "{\"address\":\"1 Main\"}",
+            meta1);
+    ct_send(&t, p, "member", "c-4", "Move", "m-1", "{\"address\":\"2 Side\"}",
+            meta1);
+    ct_send(&t, p, "member", "c-5", "Move", "m-2", "{\"address\":\"3 High\"}",
+            NULL);
+    ct_flush(p);
+
+    CHECK_INT(ct_wait_count(&t, pev, 2, 90, &pe), 2,
+              "two KitShipped events: one per member's first address");
+    ct_read_all(&t, mev, "read_committed", &me);
+    ct_read_all(&t, pcmd, "read_committed", &pc);
+    ct_read_all(&t, pres, "read_committed", &pr);
+    CHECK_INT(me.n, 5, "five member events");
+    CHECK_INT(pc.n, 2,
+              "two reaction commands, no more (a second move "
+              "reacts with nil)");
+    const th_rec *s1 = first_move(&me, "m-1"), *s2 = first_move(&me, "m-2");
+    check_command(by_member(&pc, "kit-m-1"), s1, "kit-m-1", "u-1");
+    check_command(by_member(&pc, "kit-m-2"), s2, "kit-m-2", NULL);
+    CHECK_INT(rt_count(&pr, "status", "accepted"), 2,
+              "the parcel aggregate accepted both");
+
+    const th_rec *k1 = by_member(&pe, "kit-m-1"),
+                 *c1 = by_member(&pc, "kit-m-1");
+    CHECK(k1 && c1, "kit-m-1's event and command");
+    if (k1 && c1) {
+        CHECK_STR(th_str(k1, "type"), "KitShipped", "the parcel's event");
+        CHECK_STR(th_str(k1, "correlation_id"), "corr-1",
+                  "the correlation id is intact across the chain");
+        CHECK_STR(th_str(k1, "causation_id"), th_str(c1, "id"),
+                  "the parcel's event was caused by the reaction command");
+        CHECK_STR(th_str(k1, "user_id"), "u-1", "user id across the chain");
+    }
+    const th_rec *k2 = by_member(&pe, "kit-m-2");
+    if (k2 && s2)
+        CHECK_STR(th_str(k2, "correlation_id"), th_str(s2, "correlation_id"),
+                  "m-2's correlation id (its command's id) carries over");
+
+    {
+        char b[8192];
+        CHECK_INT(rt_evlua(&t, "parked list --reactions parcel", b, sizeof b),
+                  0, "evlua parked list --reactions parcel: exit 0");
+        CHECK_HAS(b, "no parked reactions", "nothing parked");
+    }
+
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
+    CHECK(ct_log_has(&t, "a.log", "reactions so far"),
+          "the reactor logs its counts at the stop");
+    if (check_failures_)
+        ct_dump_log(&t, "a.log");
+    rd_kafka_destroy(p);
+    th_recs_free(&me);
+    th_recs_free(&pc);
+    th_recs_free(&pe);
+    th_recs_free(&pr);
+    return check_done();
+}
