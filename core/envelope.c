@@ -115,15 +115,22 @@ void evl_envelope_command(evl_buf *out, const evl_envelope_command_in *c)
     evl_buf_puts(out, ",\"data\":");
     evl_buf_put(out, c->data, c->data_len);
     evl_buf_puts(out, ",\"metadata\":{");
+    const char *sep = "";
     if (c->user_id) {
         evl_buf_puts(out, "\"user_id\":");
         put_str(out, c->user_id);
+        sep = ",";
     }
     if (c->correlation_id) {
-        if (c->user_id)
-            evl_buf_putc(out, ',');
+        evl_buf_puts(out, sep);
         evl_buf_puts(out, "\"correlation_id\":");
         put_str(out, c->correlation_id);
+        sep = ",";
+    }
+    if (c->causation_id) {
+        evl_buf_puts(out, sep);
+        evl_buf_puts(out, "\"causation_id\":");
+        put_str(out, c->causation_id);
     }
     evl_buf_puts(out, "}}");
 }
@@ -187,7 +194,8 @@ void evl_envelope_result(evl_buf *out, const evl_envelope_result_in *r)
 /* Offsets into cmd->text, turned into pointers once the text stops
  * growing. SIZE_MAX: absent. */
 typedef struct fields {
-    size_t id, type, aggregate_type, aggregate_id, user_id, correlation_id;
+    size_t id, type, aggregate_type, aggregate_id, user_id, correlation_id,
+        causation_id;
 } fields;
 
 static size_t keep(evl_command *cmd, const char *s, size_t n)
@@ -255,7 +263,7 @@ static void command_fields_clear(evl_command *cmd)
     cmd->has_expected_version = 0;
     cmd->expected_version = 0;
     cmd->id = cmd->type = cmd->aggregate_type = cmd->aggregate_id = NULL;
-    cmd->user_id = cmd->correlation_id = NULL;
+    cmd->user_id = cmd->correlation_id = cmd->causation_id = NULL;
 }
 
 /* The strings that name the command (id, aggregate_id, type,
@@ -324,8 +332,9 @@ static evl_err body_fields(lua_State *L, int t, evl_command *cmd, char *err,
     return EVL_OK;
 }
 
-/* metadata (optional) of the command at t: user_id and correlation_id.
- * Leaves what it pushes on the stack (the caller restores it). */
+/* metadata (optional) of the command at t: user_id, correlation_id and
+ * causation_id (NULL unless a usable string). Leaves what it pushes on the
+ * stack (the caller restores it). */
 static evl_err metadata_fields(lua_State *L, int t, evl_command *cmd, fields *f,
                                char *err, size_t errlen)
 {
@@ -352,6 +361,10 @@ static evl_err metadata_fields(lua_State *L, int t, evl_command *cmd, fields *f,
                           "the command's metadata.correlation_id is %s "
                           "(expected a non-empty string of at most %d bytes)",
                           why, EVL_ENVELOPE_MAX_ID);
+    /* read, never judged: commands that carried something else there
+     * before reactions existed are still accepted */
+    (void)get_string(L, m, "causation_id", EVL_ENVELOPE_MAX_ID, 1, cmd,
+                     &f->causation_id);
     return EVL_OK;
 }
 
@@ -360,7 +373,8 @@ static evl_err metadata_fields(lua_State *L, int t, evl_command *cmd, fields *f,
 static evl_err command_fields(lua_State *L, int t, evl_command *cmd, char *err,
                               size_t errlen)
 {
-    fields f = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    fields f = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX,
+                SIZE_MAX, SIZE_MAX, SIZE_MAX};
     evl_err e;
     int top = lua_gettop(L);
 
@@ -381,6 +395,7 @@ static evl_err command_fields(lua_State *L, int t, evl_command *cmd, char *err,
     cmd->aggregate_id = at(cmd, f.aggregate_id);
     cmd->user_id = at(cmd, f.user_id);
     cmd->correlation_id = at(cmd, f.correlation_id);
+    cmd->causation_id = at(cmd, f.causation_id);
     return e;
 }
 

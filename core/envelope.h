@@ -4,7 +4,7 @@
  *
  *   command  {"id","type","aggregate_type"?,"aggregate_id",
  *             "expected_version"?,"data",
- *             "metadata":{"user_id"?,"correlation_id"?}}
+ *             "metadata":{"user_id"?,"correlation_id"?,"causation_id"?}}
  *   event    {"id","type","version","aggregate_type","aggregate_id",
  *             "sequence","occurred_at","causation_id","correlation_id",
  *             "user_id","data"}
@@ -55,6 +55,10 @@ typedef struct evl_command {
     long long expected_version;
     const char *user_id;        /* NULL: absent or null */
     const char *correlation_id; /* NULL: absent or null */
+    const char *causation_id;   /* NULL: absent, or not a non-empty
+                                   string of at most EVL_ENVELOPE_MAX_ID
+                                   bytes (never a reason to reject); a
+                                   reaction's command: the event id */
     /* internal */
     evl_buf text;
 } evl_command;
@@ -82,8 +86,9 @@ evl_err evl_envelope_parse_command_keep(lua_State *L, const char *json,
 void evl_envelope_command_free(evl_command *cmd);
 
 /* What a command is made of, for the tools that write one (evlua send,
- * the REPL). All strings NUL-terminated; data is JSON text (an object).
- * user_id and correlation_id may be NULL (left out of metadata). */
+ * the REPL, reactions). All strings NUL-terminated; data is JSON text (an
+ * object). user_id, correlation_id and causation_id may be NULL (left out
+ * of metadata). */
 typedef struct evl_envelope_command_in {
     const char *id;
     const char *type;
@@ -95,11 +100,13 @@ typedef struct evl_envelope_command_in {
     size_t data_len;
     const char *user_id;
     const char *correlation_id;
+    const char *causation_id; /* the event a reaction answers; NULL: none */
 } evl_envelope_command_in;
 
 /* Append the command in the wire format to out (not NUL-terminated):
  * {"id","type","aggregate_type","aggregate_id"[,"expected_version"],
- * "data","metadata":{["user_id"][,"correlation_id"]}}. */
+ * "data","metadata":{["user_id"][,"correlation_id"][,"causation_id"]}}.
+ * data must not point into out. */
 void evl_envelope_command(evl_buf *out, const evl_envelope_command_in *c);
 
 /* What an event envelope is made of. All strings NUL-terminated;

@@ -586,7 +586,7 @@ evl_luahost_verdict evl_luahost_parse_command(evl_luahost *h, const char *json,
     if (lh_run(h, &o) != 0) {
         /* out of memory part way: no field may point into its text */
         out->id = out->type = out->aggregate_type = out->aggregate_id = NULL;
-        out->user_id = out->correlation_id = NULL;
+        out->user_id = out->correlation_id = out->causation_id = NULL;
         out->has_expected_version = 0;
         return EVL_LUAHOST_FAILED;
     }

@@ -384,13 +384,57 @@ static int name_list(op *o, lua_State *L, int t, const char *field, char ***out,
     return 1;
 }
 
+long lh_react_split(const char *key)
+{
+    const char *dot = strrchr(key, '.');
+    char type[EVL_ENVELOPE_MAX_ID + 1];
+    size_t n;
+    if (!dot || dot[1] == '\0')
+        return -1;
+    n = (size_t)(dot - key);
+    if (n == 0 || n > EVL_ENVELOPE_MAX_ID)
+        return -1;
+    memcpy(type, key, n);
+    type[n] = '\0';
+    return evl_valid_name(type) ? (long)n : -1;
+}
+
+/* t.react: optional, a table of functions keyed "TYPE.EventName" (the
+ * event types of an aggregate type that turn into commands for this
+ * one). Pushes a copy and returns 1 with the sorted keys in *out; 0,
+ * pushing nothing, when absent; -1 after adding problems. */
+static int react_table(op *o, lua_State *L, int t, char ***out, size_t *nout)
+{
+    int rc = fn_table(o, L, t, "react", 0, out, nout), ok = 1;
+    if (rc <= 0)
+        return rc;
+    for (size_t i = 0; i < *nout; i++)
+        if (lh_react_split((*out)[i]) < 0) {
+            lh_problem(o->problems,
+                       "%s: react key \"%s\" is not of the form "
+                       "\"TYPE.EventName\" (an aggregate type, a dot, an "
+                       "event type)",
+                       o->script, (*out)[i]);
+            ok = 0;
+        }
+    if (!ok) {
+        lh_free_strv(*out, *nout);
+        *out = NULL;
+        *nout = 0;
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 1;
+}
+
 static void load_aggregate(op *o, lua_State *L, int t)
 {
     evl_luahost *h = o->h;
     const char *type = name_field(o, L, t, "type");
     int priv, tt, bad = type == NULL;
-    char **commands = NULL, **events = NULL, **neutral = NULL, **emits = NULL;
-    size_t ncommands = 0, nevents = 0, nneutral = 0, nemits = 0;
+    char **commands = NULL, **events = NULL, **neutral = NULL, **emits = NULL,
+         **reacts = NULL;
+    size_t ncommands = 0, nevents = 0, nneutral = 0, nemits = 0, nreacts = 0;
     agg *a;
 
     lua_createtable(L, 0, 4);
@@ -426,6 +470,10 @@ static void load_aggregate(op *o, lua_State *L, int t)
     case 1: lua_pop(L, 1); break;
     case -1: bad = 1; break;
     }
+    switch (react_table(o, L, t, &reacts, &nreacts)) {
+    case 1: lua_setfield(L, priv, "react"); break;
+    case -1: bad = 1; break;
+    }
     for (size_t i = 0; type && i < h->naggs; i++)
         if (strcmp(h->aggs[i].type, type) == 0) {
             lh_problem(o->problems,
@@ -439,6 +487,7 @@ static void load_aggregate(op *o, lua_State *L, int t)
         lh_free_strv(events, nevents);
         lh_free_strv(neutral, nneutral);
         lh_free_strv(emits, nemits);
+        lh_free_strv(reacts, nreacts);
         return;
     }
     h->aggs = evl_xrealloc(h->aggs, sizeof *h->aggs * (h->naggs + 1));
@@ -452,8 +501,11 @@ static void load_aggregate(op *o, lua_State *L, int t)
     a->pub.nevents = nevents;
     a->neutral = neutral;
     a->pub.nneutral = nneutral;
+    a->reacts = reacts;
+    a->pub.nreacts = nreacts;
     lua_pushvalue(L, priv);
     a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    a->react_lines = lh_fn_lines(L, priv, "react", a->reacts, nreacts);
     lh_source_facts(o, L, a, priv, emits, nemits);
 }
 
@@ -732,6 +784,8 @@ void evl_luahost_free(evl_luahost *h)
         lh_free_strv(h->aggs[i].commands, h->aggs[i].pub.ncommands);
         lh_free_strv(h->aggs[i].events, h->aggs[i].pub.nevents);
         lh_free_strv(h->aggs[i].neutral, h->aggs[i].pub.nneutral);
+        lh_free_strv(h->aggs[i].reacts, h->aggs[i].pub.nreacts);
+        free(h->aggs[i].react_lines);
         free(h->aggs[i].event_lines);
         for (size_t j = 0; j < h->aggs[i].nemits; j++)
             free(h->aggs[i].emits[j].type);
@@ -824,6 +878,7 @@ static void publish(evl_luahost *h)
         a->pub.commands = (const char *const *)a->commands;
         a->pub.events = (const char *const *)a->events;
         a->pub.neutral = (const char *const *)a->neutral;
+        a->pub.reacts = (const char *const *)a->reacts;
     }
     for (size_t i = 0; i < h->nprojs; i++) {
         proj *p = &h->projs[i];
@@ -1020,6 +1075,25 @@ const evl_luahost_projection *evl_luahost_projection_get(const evl_luahost *h,
 {
     const proj *p = lh_find_proj(h, name);
     return p ? &p->pub : NULL;
+}
+
+int evl_luahost_reacts_to(const evl_luahost_aggregate *a,
+                          const char *aggregate_type, const char *event_type)
+{
+    char small[256], *key = small;
+    size_t n;
+    int found;
+    if (!a || !aggregate_type || !event_type || a->nreacts == 0)
+        return 0;
+    n = strlen(aggregate_type) + 1 + strlen(event_type) + 1;
+    if (n > sizeof small)
+        key = evl_xmalloc(n);
+    snprintf(key, n, "%s.%s", aggregate_type, event_type);
+    found = bsearch(&key, a->reacts, a->nreacts, sizeof *a->reacts,
+                    lh_cmpstr) != NULL;
+    if (key != small)
+        free(key);
+    return found;
 }
 
 int evl_luahost_projection_handles(const evl_luahost_projection *p,

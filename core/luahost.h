@@ -14,7 +14,10 @@
  *                                          | ctx.reject(msg) },
  *                upcast = { EventType = function(e) -> nil | e },  -- optional
  *                neutral = { "EventType", ... },  -- optional, see below
- *                emits = { "EventType", ... } }   -- optional, see below
+ *                emits = { "EventType", ... },    -- optional, see below
+ *                react = { ["TYPE.EventType"] = function(e, ctx)
+ *                          -> nil | command | {command...} } } -- optional
+ *                          (docs/reactions.md)
  *   projection { name = "customer_profile",       -- [A-Za-z0-9._-]+
  *                on = { EventType = function(e) -> stmt | {stmt...} | nil },
  *                schema = "DDL" | { "DDL", ... }, -- optional
@@ -61,8 +64,10 @@
  * (table constructors with a `type = "Name"` string field and a `data`
  * field, outside comments, strings and upcast functions), adds the
  * optional `emits` list (types built at run time, or no longer emitted
- * but still in the log) and compares them with apply, neutral and the
- * projections' `on` keys.
+ * but still in the log) and compares them with apply, neutral, the
+ * projections' `on` keys and the event types of react keys. A table
+ * with an `aggregate_id` field, or one built inside a react function,
+ * is a command, not an event.
  *
  * Sandbox (see the allow-list in luasandbox.c and core/lua/API.md): each
  * script gets its own global table with fresh copies of the base library
@@ -90,8 +95,9 @@
  * decoded command evl_luahost_parse_command hands to the next decide),
  * lock anything.
  *
- * Uses luaapi, envelope, json, log, lifecycle (the SIGHUP count, for one
- * reload summary per signal) and the Lua C API.
+ * Uses luaapi, envelope, uuid (reaction command ids), json, log,
+ * lifecycle (the SIGHUP count, for one reload summary per signal) and the
+ * Lua C API.
  *
  * @locality a host belongs to one thread at a time (the pipeline that owns
  * it); hosts on different threads are independent.
@@ -112,6 +118,7 @@ typedef struct evl_luahost evl_luahost;
 #define EVL_LUAHOST_INSTRUCTION_LIMIT 10000000L           /* per handler call */
 #define EVL_LUAHOST_TIME_LIMIT_MS     1000L               /* per handler call */
 #define EVL_LUAHOST_MAX_STRING_OP     (1024u * 1024)      /* bytes */
+#define EVL_LUAHOST_MAX_COMMANDS      100 /* per reaction call */
 
 typedef struct evl_luahost_config {
     /* Directories whose *.lua files are aggregates / projections. Each
@@ -247,8 +254,11 @@ int evl_luahost_projection_handles(const evl_luahost_projection *p,
  * (a typo, or a type to list in emits), per neutral entry that also has
  * an apply entry, and, when the set has aggregates, per projection `on`
  * entry for a type no aggregate of the set emits (it may come from an
- * aggregate outside the set). Where the line is not known a line reads
- * "script: ...". Returns the number of errors. */
+ * aggregate outside the set). Reactions (docs/reactions.md): an error per
+ * react key whose TYPE is no aggregate type of the set, a warning per
+ * key whose event type TYPE's aggregate has no apply, neutral or emits
+ * entry for. Where the line is not known a line reads "script: ...".
+ * Returns the number of errors. */
 size_t evl_luahost_lint(const evl_luahost *host, evl_luahost_problems *errors,
                         evl_luahost_problems *warnings);
 
@@ -410,7 +420,10 @@ evl_err evl_luahost_reset(evl_luahost *host, const char *projection,
 /* ---- reactions: events -> commands (docs/reactions.md) ------------------ */
 
 /* Does aggregate a react to an event of aggregate_type and event_type
- * (a react key "aggregate_type.event_type")? (binary search) */
+ * (a react key "aggregate_type.event_type")? (binary search) A react key
+ * splits at its last dot: TYPE (a valid name, which may hold dots) and
+ * the event type (not empty, no dot); load refuses any other key, a
+ * value that is not a function and a react that is not a table. */
 int evl_luahost_reacts_to(const evl_luahost_aggregate *a,
                           const char *aggregate_type, const char *event_type);
 
@@ -449,8 +462,15 @@ void evl_luahost_reactions_free(evl_luahost_reactions *r); /* accepts NULL */
  * non-negative integer (optional)}; any other field is an error. The
  * i-th command (from 0) gets the id evl_uuid_reaction(e.id,
  * aggregate_type, i), causation_id e.id, and e's correlation_id and
- * user_id. An event with no reaction gives 0 commands. More than
- * max_commands commands is an error. EVL_OK with out filled, or
+ * user_id (left out when the event's is null). The react key looked up
+ * is "<e.aggregate_type>.<e.type>" with e.type after the upcast. An event
+ * with no reaction gives 0 commands. More than max_commands (0:
+ * EVL_LUAHOST_MAX_COMMANDS) commands is an error, found before any
+ * command is read ("... returned 100000 commands (more than
+ * reactions.max_commands = 100)"). Messages number commands from 1. The
+ * reaction runs under the host's limits, as a handler does. An event
+ * without a string id, aggregate_type or type is an error. EVL_OK with
+ * out filled, or
  * EVL_EPERMANENT with out emptied and the reason in err
  * ("aggregates/shipment.lua: react.customer.CustomerAddressChanged:
  * command 1 has no aggregate_id (a non-empty string)"): the event is to

@@ -2,7 +2,7 @@
  * luahost_int.h - what the parts of the script host share (not for other
  * modules: their interface is luahost.h).
  *
- * The host is one module in five files, split by role as Lua and Redis
+ * The host is one module in six files, split by role as Lua and Redis
  * split theirs:
  *
  *   luasandbox.c  the Lua state's limits (allocator, count hook, charges
@@ -15,6 +15,7 @@
  *                 the event types handle builds, and evl_luahost_lint
  *   luaagg.c      aggregate operations: parse_command, decide, apply
  *   luaproj.c     projection operations: project, reset, the statements
+ *   luareact.c    the reaction operation: react, the commands it sends
  *
  * Everything the parts call across files is declared here with the lh_
  * prefix (internal; evl_luahost_ is the public interface); whatever one
@@ -52,8 +53,10 @@ typedef struct agg {
     emit *emits;      /* sorted by type, unique */
     size_t nemits;
     int neutral_line, emits_line;
-    int ref; /* registry: {initial=, apply={}, handle={}, upcast={}?,
-                neutral={Type=true}?} */
+    char **reacts;    /* keys of react, sorted (pub.nreacts of them) */
+    int *react_lines; /* where each react function starts; 0: unknown */
+    int ref;          /* registry: {initial=, apply={}, handle={}, upcast={}?,
+                         neutral={Type=true}?, react={}?} */
 } agg;
 
 typedef struct proj {
@@ -146,11 +149,14 @@ struct op {
     const size_t *lens;
     size_t nevents;
     evl_buf *out;
-    /* project, reset */
+    /* project, reset, react */
     const proj *proj;
     const char *event;
     size_t event_len;
     evl_luahost_stmts *stmts;
+    /* react (agg: the reacting aggregate) */
+    size_t max_commands;
+    evl_luahost_reactions *reactions;
 };
 
 /* Run o->fn protected. Returns 0, or -1 when the glue code itself raised
@@ -199,6 +205,11 @@ void lh_problem(evl_luahost_problems *p, const char *fmt, ...)
 /* The lines of the functions of priv[field] for the sorted keys. */
 int *lh_fn_lines(lua_State *L, int priv, const char *field, char *const *keys,
                  size_t n);
+
+/* Where a react key "TYPE.EventName" splits: the index of its last dot,
+ * or -1 when the key is not of that form (TYPE a valid name, EventName
+ * not empty). */
+long lh_react_split(const char *key);
 
 /* By type / name; NULL when unknown. */
 const agg *lh_find_agg(const evl_luahost *h, const char *type);

@@ -163,15 +163,16 @@ static void add_emit(agg *a, const char *type, size_t len, int line)
 /* Add to a->emits every table constructor of the source with a field
  * `type = "Name"` (a string) and a field `data` (an event as decide
  * wants it: a data field named type, or the aggregate's own type, is no
- * event), with its line; note the lines of the neutral and emits fields
- * of the script's table. Fields written as t.type = ... are not seen:
- * emits = {...} declares those. */
+ * event) but no field `aggregate_id` (that is a command, as reactions
+ * build them, even in a helper outside react), with its line; note the lines of
+ * the neutral and emits fields of the script's table. Fields written as t.type
+ * = ... are not seen: emits = {...} declares those. */
 static void scan_source(agg *a, const char *text, size_t len)
 {
     struct {
         const char *type;
         size_t len;
-        int line, data;
+        int line, data, aid;
     } st[SCAN_DEPTH];
     lex x = {.p = text, .end = text + len, .line = 1};
     int depth = 0, field = 0, want = 0, kline = 0;
@@ -191,6 +192,8 @@ static void scan_source(agg *a, const char *text, size_t len)
                     st[depth - 1].line = x.tline;
                 } else if (klen == 4 && memcmp(key, "data", 4) == 0) {
                     st[depth - 1].data = 1;
+                } else if (klen == 12 && memcmp(key, "aggregate_id", 12) == 0) {
+                    st[depth - 1].aid = 1;
                 }
             }
             want = 0;
@@ -218,7 +221,8 @@ static void scan_source(agg *a, const char *text, size_t len)
             depth++;
         } else if (x.kind == TK_PUNCT && x.c == '}' && depth > 0) {
             depth--;
-            if (depth < SCAN_DEPTH && st[depth].type && st[depth].data)
+            if (depth < SCAN_DEPTH && st[depth].type && st[depth].data &&
+                !st[depth].aid)
                 add_emit(a, st[depth].type, st[depth].len, st[depth].line);
         }
     }
@@ -229,6 +233,30 @@ static int cmp_emit(const void *a, const void *b)
     const emit *x = a, *y = b;
     int c = strcmp(x->type, y->type);
     return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* Drop from a->emits what the source shows inside the functions of
+ * priv[field]: those tables are no events handle emits. */
+static void drop_emits_in(lua_State *L, agg *a, int priv, const char *field)
+{
+    if (lh_rawfield(L, priv, field) == LUA_TTABLE) {
+        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+            lua_Debug ar;
+            size_t k = 0;
+            lua_pushvalue(L, -1);
+            lua_getinfo(L, ">S", &ar);
+            for (size_t i = 0; i < a->nemits; i++) {
+                if (a->emits[i].line >= ar.linedefined &&
+                    a->emits[i].line <= ar.lastlinedefined &&
+                    a->emits[i].line > 0)
+                    free(a->emits[i].type);
+                else
+                    a->emits[k++] = a->emits[i];
+            }
+            a->nemits = k;
+        }
+    }
+    lua_pop(L, 1);
 }
 
 /* What evl_luahost_lint needs from an aggregate's source: the line of
@@ -254,25 +282,10 @@ void lh_source_facts(op *o, lua_State *L, agg *a, int priv, char **declared,
             a->emits[i].line = a->emits_line;
     a->event_lines = lh_fn_lines(L, priv, "apply", a->events, a->pub.nevents);
 
-    /* what an upcaster builds is not something handle emits */
-    if (lh_rawfield(L, priv, "upcast") == LUA_TTABLE) {
-        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
-            lua_Debug ar;
-            size_t k = 0;
-            lua_pushvalue(L, -1);
-            lua_getinfo(L, ">S", &ar);
-            for (size_t i = 0; i < a->nemits; i++) {
-                if (a->emits[i].line >= ar.linedefined &&
-                    a->emits[i].line <= ar.lastlinedefined &&
-                    a->emits[i].line > 0)
-                    free(a->emits[i].type);
-                else
-                    a->emits[k++] = a->emits[i];
-            }
-            a->nemits = k;
-        }
-    }
-    lua_pop(L, 1);
+    /* what an upcaster builds is not something handle emits, and what a
+     * reaction builds ({type =, aggregate_id =, data =}) is a command */
+    drop_emits_in(L, a, priv, "upcast");
+    drop_emits_in(L, a, priv, "react");
 
     /* sorted by type, each once (at its first line) */
     if (a->nemits > 0)
@@ -355,6 +368,56 @@ static const char *at(char *buf, size_t len, const char *script, int line)
     return buf;
 }
 
+/* The react keys of a: an error for a source type the set does not
+ * have, a warning for an event type its source never emits (no apply,
+ * neutral or emits entry). Returns the number of errors. */
+static size_t lint_reacts(const evl_luahost *h, const agg *a,
+                          evl_luahost_problems *errors,
+                          evl_luahost_problems *warnings)
+{
+    char where[1100], hint[300], type[EVL_ENVELOPE_MAX_ID + 1];
+    const char **types = evl_xmalloc(sizeof *types * (h->naggs + 1));
+    size_t nerr = 0;
+
+    for (size_t i = 0; i < h->naggs; i++)
+        types[i] = h->aggs[i].type;
+    for (size_t j = 0; j < a->pub.nreacts; j++) {
+        const char *key = a->reacts[j], *event;
+        long split = lh_react_split(key);
+        const agg *src;
+        if (split < 0)
+            continue; /* load refuses those */
+        memcpy(type, key, (size_t)split);
+        type[split] = '\0';
+        event = key + split + 1;
+        at(where, sizeof where, a->script, a->react_lines[j]);
+        src = lh_find_agg(h, type);
+        if (!src) {
+            nerr++;
+            if (errors)
+                lh_problem(errors,
+                           "%s: react[\"%s\"]: no aggregate of this script "
+                           "set has type '%s', so no event of it can come%s",
+                           where, key, type,
+                           nearest(hint, sizeof hint, type, types, h->naggs));
+            continue;
+        }
+        if (!warnings || has_str(src->events, src->pub.nevents, event) ||
+            has_str(src->neutral, src->pub.nneutral, event) ||
+            has_emit(src, event))
+            continue;
+        lh_problem(warnings,
+                   "%s: warning: react[\"%s\"]: aggregate type '%s' (%s) "
+                   "never emits event type '%s' (no apply, neutral or emits "
+                   "entry)%s",
+                   where, key, type, src->script, event,
+                   nearest(hint, sizeof hint, event,
+                           (const char *const *)src->events, src->pub.nevents));
+    }
+    free(types);
+    return nerr;
+}
+
 size_t evl_luahost_lint(const evl_luahost *h, evl_luahost_problems *errors,
                         evl_luahost_problems *warnings)
 {
@@ -386,6 +449,7 @@ size_t evl_luahost_lint(const evl_luahost *h, evl_luahost_problems *errors,
             all = evl_xrealloc(all, sizeof *all * (nall + 1));
             all[nall++] = a->neutral[j];
         }
+        nerr += lint_reacts(h, a, errors, warnings);
         if (!warnings)
             continue;
         for (size_t j = 0; j < a->pub.nevents; j++) {

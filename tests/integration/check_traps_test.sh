@@ -3,7 +3,9 @@
 # handle emits without an apply entry is an error (exit 1, file:line); an
 # apply entry no handler emits, a neutral entry also in apply and a
 # projection on an event type no aggregate emits are warnings (exit 0);
-# a correct set and the examples pass without a word of warning.
+# a correct set and the examples pass without a word of warning. A
+# reaction to an aggregate type the set lacks is an error, to an event
+# its source never emits a warning; bad react tables do not load.
 set -uo pipefail
 evlua=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,6 +31,24 @@ has "$fx/traps_warn/aggregates/account.lua:7: warning: neutral lists 'MoneyDepos
 has "$fx/traps_warn/projections/balances.lua:8: warning: on.MoneyDeposted: no aggregate of this script set emits this event type"
 has "did you mean 'MoneyDeposited'?"
 [ "$(grep -c ': warning: ' "$out")" -eq 3 ] || fail "exactly three warnings"
+
+# reactions (issue 17): a source type the set lacks is an error, an
+# event its source never emits a warning; the commands reactions build
+# (in react or in a helper) are no events handle emits
+rfx=$src/tests/fixtures/react
+check "$rfx/lint"
+[ "$rc" -eq 1 ] || fail "a reaction to an unknown aggregate type: exit 1 (got $rc)"
+has "$rfx/lint/aggregates/shipment.lua:20: react[\"custmer.CustomerAddressChanged\"]: no aggregate of this script set has type 'custmer'"
+has "did you mean 'customer'?"
+has "$rfx/lint/aggregates/shipment.lua:23: warning: react[\"customer.CustomerAdressChanged\"]: aggregate type 'customer' ($rfx/lint/aggregates/customer.lua) never emits event type 'CustomerAdressChanged'"
+has "did you mean 'CustomerAddressChanged'?"
+grep -q "ShipWelcomeKit" "$out" && fail "a reaction's command is no event handle emits"
+[ "$(grep -c ': warning: ' "$out")" -eq 1 ] || fail "exactly one reaction warning"
+check "$rfx/badload"
+[ "$rc" -ne 0 ] || fail "bad react tables do not load"
+has "$rfx/badload/aggregates/keys.lua: react key \"NoDot\" is not of the form \"TYPE.EventName\""
+has "$rfx/badload/aggregates/values.lua: react.customer.Fine is a string, expected a function"
+has "$rfx/badload/aggregates/notable.lua: react is a number, expected a table of functions"
 
 check "$fx/traps_clean"
 [ "$rc" -eq 0 ] || fail "a correct set passes (got $rc)"
