@@ -1087,7 +1087,7 @@ static char *dup_match(const char *s)
 static char *complete_gen(const char *text, int state)
 {
     static size_t i, j;
-    static int word;
+    static int word, after_follow;
     if (state == 0) {
         i = j = 0;
         /* which word is being completed? */
@@ -1104,6 +1104,12 @@ static char *complete_gen(const char *text, int state)
         }
         if (rl_point == 0 || isspace((unsigned char)line[rl_point - 1]))
             word++;
+        /* :follow TYPE ID COMMAND: complete as a line without :follow */
+        while (isspace((unsigned char)*line))
+            line++;
+        after_follow = strncmp(line, ":follow", 7) == 0 &&
+                       isspace((unsigned char)line[7]) && word > 1;
+        word -= after_follow;
     }
     size_t tl = strlen(text);
     if (word <= 1) {
@@ -1124,7 +1130,7 @@ static char *complete_gen(const char *text, int state)
     }
     if (word == 3) {
         char type[128] = "";
-        sscanf(rl_line_buffer, "%127s", type);
+        sscanf(rl_line_buffer, after_follow ? "%*s %127s" : "%127s", type);
         const evl_luahost_aggregate *a =
             evl_luahost_aggregate_get(R.host, type);
         if (!a)
