@@ -8,14 +8,19 @@
  * (DATA as JSON or as a Lua table constructor, default {}) runs through
  * the production host (luahost.h): the verdict, the events in their full
  * envelope, the new state and version, and the SQL every projection would
- * run for those events. States and events are kept per aggregate in this
- * process only. Lines starting with ':' are REPL commands (:help).
+ * run for those events, and the commands each reaction (an aggregate's
+ * react table) would send for them, without running them. `:follow`
+ * runs such a chain in memory: the command, the reactions to its events,
+ * their commands, and so on to a depth limit, printed as a tree. States
+ * and events are kept per aggregate in this process only. Lines starting
+ * with ':' are REPL commands (:help).
  *
  * Line editing, history and tab completion come from libedit when stdin is
  * a terminal; otherwise lines are read plainly, without prompts, so the
  * REPL can be scripted and tested through a pipe.
  */
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +42,10 @@ static const char repl_usage[] =
     "usage: evlua repl [-c CONFIG] [--scripts DIR]\n"
     "\n"
     "Try commands against the real aggregate and projection scripts, in\n"
-    "memory (no Kafka, no PostgreSQL needed). A sandbox: it neither reads\n"
-    "nor changes a running system's aggregates. Type :help inside.\n"
+    "memory (no Kafka, no PostgreSQL needed): the events, the SQL, and the\n"
+    "commands reactions would send (:follow runs the chain). A sandbox: it\n"
+    "neither reads nor changes a running system's aggregates. Type :help\n"
+    "inside.\n"
     "\n"
     "  -c, --config FILE   config file (scripts, limits, postgres for :db)\n"
     "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
@@ -53,6 +60,13 @@ static const char repl_help[] =
     "  :state TYPE ID           the aggregate's state and version\n"
     "  :events TYPE ID          the aggregate's events so far\n"
     "  :sql                     the SQL of the last command's events\n"
+    "  :follow TYPE ID COMMAND [DATA]\n"
+    "                           run the command and the chain it sets off:\n"
+    "                           the reactions to its events, their\n"
+    "                           commands, and so on (breadth first, as\n"
+    "                           evlua run would), printed as a tree\n"
+    "  :follow depth N          how many reaction steps :follow goes\n"
+    "                           (default 8)\n"
     "  :db [QUERY]              apply every event of this session to\n"
     "                           PostgreSQL (config postgres) through the\n"
     "                           projections, then run QUERY (e.g. SELECT *\n"
@@ -87,8 +101,10 @@ typedef struct repl {
     evl_buf session; /* every event of the session in order, one
                         envelope per line (for :db) */
     size_t nsession;
-    int brief;    /* :brief */
-    lua_State *L; /* scratch state: Lua-table input, JSON */
+    int brief;                       /* :brief */
+    int follow_depth;                /* :follow's depth limit */
+    evl_luahost_reactions reactions; /* the last reaction's commands */
+    lua_State *L;                    /* scratch state: Lua-table input, JSON */
     int tty;
 } repl;
 
@@ -291,44 +307,75 @@ static void project_event(const char *env, size_t len, const char *type)
     }
 }
 
-/* The envelope of event i of dec (for aggregate a, before its version
- * moves), printed, kept in a's events, the session and R.sql_events. */
-static void record_event(agg_inst *a, const char *type, const char *id,
-                         const char *cmd_id, const evl_luahost_decision *dec,
-                         size_t i, evl_buf *env)
+/* Decide the command c (its JSON text cmd, len bytes, already parsed
+ * into c) for aggregate type/id against the session's state of that
+ * aggregate, as the command side would (an expected_version that does
+ * not match is a rejection). When accepted, each event gets its envelope
+ * (causation: the command; correlation and user: the command's, or the
+ * command's id and "repl"), joins the aggregate's events and the
+ * session, and the state and version move; envs receives the envelopes,
+ * each NUL-terminated, one after another. *from: the version before. */
+static evl_luahost_verdict session_decide(const char *type, const char *id,
+                                          const evl_command *c, const char *cmd,
+                                          size_t len, evl_luahost_decision *dec,
+                                          long long *from, evl_buf *envs,
+                                          char *err, size_t errlen)
 {
-    const evl_luahost_event *e = &dec->events[i];
-    char eid[37], now[25];
-    long long seq = a->version + (long long)i + 1;
-    evl_luaapi_uuid7(eid);
-    evl_luaapi_now(now);
-    evl_envelope_event_in ev = {.id = eid,
-                                .type = e->type,
-                                .schema_version = e->version,
-                                .aggregate_type = type,
-                                .aggregate_id = id,
-                                .sequence = seq,
-                                .occurred_at = now,
-                                .causation_id = cmd_id,
-                                .correlation_id = cmd_id,
-                                .user_id = "repl",
-                                .data = e->data,
-                                .data_len = e->data_len};
-    env->len = 0;
-    evl_envelope_event(env, &ev);
-    if (R.brief) {
-        printf("  %lld %s\n", seq, e->type);
-    } else {
-        printf("  event %s (sequence %lld):\n", e->type, seq);
-        print_pretty(env->data, env->len, "    ");
+    agg_inst *a = find_inst(type, id, 0);
+    long long version = a ? a->version : 0;
+    *from = version;
+    envs->len = 0;
+    if (c->has_expected_version && c->expected_version != version) {
+        snprintf(err, errlen,
+                 "expected version %lld, but aggregate %s is at version %lld",
+                 c->expected_version, id, version);
+        return EVL_LUAHOST_REJECTED;
     }
-    evl_buf_put(&a->events, env->data, env->len);
-    evl_buf_putc(&a->events, '\n');
-    evl_buf_put(&R.session, env->data, env->len);
-    evl_buf_putc(&R.session, '\n');
-    R.nsession++;
-    evl_buf_putc(env, '\0');
-    R.sql_events[R.nsql_events++] = evl_xstrdup(env->data);
+    evl_luahost_command lc = {.aggregate_type = type,
+                              .aggregate_id = id,
+                              .version = version,
+                              .state = a ? a->state : NULL,
+                              .state_len = a && a->state ? strlen(a->state) : 0,
+                              .command = cmd,
+                              .command_len = len};
+    evl_luahost_verdict v = evl_luahost_decide(R.host, &lc, dec, err, errlen);
+    if (v != EVL_LUAHOST_ACCEPTED)
+        return v;
+    a = find_inst(type, id, 1);
+    evl_buf env = {0};
+    for (size_t i = 0; i < dec->nevents; i++) {
+        const evl_luahost_event *e = &dec->events[i];
+        char eid[37], now[25];
+        evl_luaapi_uuid7(eid);
+        evl_luaapi_now(now);
+        evl_envelope_event_in ev = {
+            .id = eid,
+            .type = e->type,
+            .schema_version = e->version,
+            .aggregate_type = type,
+            .aggregate_id = id,
+            .sequence = version + (long long)i + 1,
+            .occurred_at = now,
+            .causation_id = c->id,
+            .correlation_id = c->correlation_id ? c->correlation_id : c->id,
+            .user_id = c->user_id,
+            .data = e->data,
+            .data_len = e->data_len};
+        env.len = 0;
+        evl_envelope_event(&env, &ev);
+        evl_buf_put(&a->events, env.data, env.len);
+        evl_buf_putc(&a->events, '\n');
+        evl_buf_put(&R.session, env.data, env.len);
+        evl_buf_putc(&R.session, '\n');
+        R.nsession++;
+        evl_buf_put(envs, env.data, env.len);
+        evl_buf_putc(envs, '\0');
+    }
+    evl_buf_free(&env);
+    free(a->state);
+    a->state = evl_xstrdup(dec->state);
+    a->version += (long long)dec->nevents;
+    return v;
 }
 
 /* After an accepted decision: a's new state, and the SQL every
@@ -350,41 +397,51 @@ static void show_outcome(const agg_inst *a, const evl_luahost_decision *dec)
         printf("    (no projection handles these events)\n");
 }
 
-static void run_command(const char *type, const char *id, const char *ctype,
-                        const char *data)
-{
-    char err[EVL_ERRLEN], cmd_id[37];
-    evl_buf dj = {0}, cmd = {0}, env = {0};
-    evl_luahost_decision dec = {0};
+static void show_reactions(const char *type, const evl_luahost_decision *dec);
 
-    if (!evl_luahost_aggregate_get(R.host, type)) {
-        printf("rejected: unknown aggregate type '%s'\n", type);
-        goto out;
-    }
-    if (data_to_json(data, &dj, err, sizeof err) != 0) {
-        printf("error: %s\n", err);
-        goto out;
-    }
-    agg_inst *a = find_inst(type, id, 0);
+/* The wire command for a line TYPE ID COMMAND DATA (DATA as JSON text),
+ * parsed into c; cmd_id receives its fresh id. */
+static int line_command(const char *type, const char *id, const char *ctype,
+                        const char *data, size_t data_len, char cmd_id[37],
+                        evl_buf *cmd, evl_command *c, char *err, size_t errlen)
+{
     evl_luaapi_uuid7(cmd_id);
     evl_envelope_command_in ci = {.id = cmd_id,
                                   .type = ctype,
                                   .aggregate_type = type,
                                   .aggregate_id = id,
-                                  .data = dj.data,
-                                  .data_len = dj.len,
+                                  .data = data,
+                                  .data_len = data_len,
                                   .user_id = "repl"};
-    evl_envelope_command(&cmd, &ci);
+    cmd->len = 0;
+    evl_envelope_command(cmd, &ci);
+    return evl_envelope_parse_command(R.L, cmd->data, cmd->len, c, err,
+                                      errlen) == EVL_OK
+               ? 0
+               : -1;
+}
 
-    evl_luahost_command c = {.aggregate_type = type,
-                             .aggregate_id = id,
-                             .version = a ? a->version : 0,
-                             .state = a ? a->state : NULL,
-                             .state_len = a && a->state ? strlen(a->state) : 0,
-                             .command = cmd.data,
-                             .command_len = cmd.len};
-    evl_luahost_verdict v =
-        evl_luahost_decide(R.host, &c, &dec, err, sizeof err);
+static void run_command(const char *type, const char *id, const char *ctype,
+                        const char *data)
+{
+    char err[EVL_ERRLEN], cmd_id[37];
+    evl_buf dj = {0}, cmd = {0}, envs = {0};
+    evl_command c = {0};
+    evl_luahost_decision dec = {0};
+    long long from;
+
+    if (!evl_luahost_aggregate_get(R.host, type)) {
+        printf("rejected: unknown aggregate type '%s'\n", type);
+        goto out;
+    }
+    if (data_to_json(data, &dj, err, sizeof err) != 0 ||
+        line_command(type, id, ctype, dj.data, dj.len, cmd_id, &cmd, &c, err,
+                     sizeof err) != 0) {
+        printf("error: %s\n", err);
+        goto out;
+    }
+    evl_luahost_verdict v = session_decide(type, id, &c, cmd.data, cmd.len,
+                                           &dec, &from, &envs, err, sizeof err);
     clear_last();
     if (v != EVL_LUAHOST_ACCEPTED) {
         const char *what = v == EVL_LUAHOST_REJECTED ? "rejected" : "failed";
@@ -393,26 +450,347 @@ static void run_command(const char *type, const char *id, const char *ctype,
                  type, id, ctype, what);
         goto out;
     }
-    a = find_inst(type, id, 1);
+    agg_inst *a = find_inst(type, id, 0);
     printf("accepted: %zu event%s, version %lld -> %lld\n", dec.nevents,
-           dec.nevents == 1 ? "" : "s", a->version,
-           a->version + (long long)dec.nevents);
+           dec.nevents == 1 ? "" : "s", from, a->version);
     if (dec.nevents == 0)
         snprintf(R.last, sizeof R.last,
                  "the last command (%s %s %s) emitted no events", type, id,
                  ctype);
     R.sql_events = evl_xmalloc(sizeof(char *) * (dec.nevents + 1));
-    for (size_t i = 0; i < dec.nevents; i++)
-        record_event(a, type, id, cmd_id, &dec, i, &env);
-    free(a->state);
-    a->state = evl_xstrdup(dec.state);
-    a->version += (long long)dec.nevents;
+    const char *env = envs.data;
+    for (size_t i = 0; i < dec.nevents; i++, env += strlen(env) + 1) {
+        long long seq = from + (long long)i + 1;
+        if (R.brief) {
+            printf("  %lld %s\n", seq, dec.events[i].type);
+        } else {
+            printf("  event %s (sequence %lld):\n", dec.events[i].type, seq);
+            print_pretty(env, strlen(env), "    ");
+        }
+        R.sql_events[R.nsql_events++] = evl_xstrdup(env);
+    }
     show_outcome(a, &dec);
+    show_reactions(type, &dec);
 out:
+    evl_envelope_command_free(&c);
     evl_luahost_decision_free(&dec);
     evl_buf_free(&dj);
     evl_buf_free(&cmd);
-    evl_buf_free(&env);
+    evl_buf_free(&envs);
+}
+
+/* ---- reactions: what they would send, and :follow ------------------------
+ */
+
+/* The data of the command JSON cmd, as compact JSON text in out. */
+static void command_data(const char *cmd, size_t len, evl_buf *out)
+{
+    char err[EVL_ERRLEN];
+    lua_State *L = R.L;
+    int top = lua_gettop(L);
+    out->len = 0;
+    if (evl_json_decode(L, cmd, len, err, sizeof err) == EVL_OK &&
+        lua_getfield(L, -1, "data") == LUA_TTABLE &&
+        evl_json_encode(L, -1, out, err, sizeof err) == EVL_OK) {
+        lua_settop(L, top);
+        return;
+    }
+    lua_settop(L, top);
+    out->len = 0;
+    evl_buf_puts(out, "{}");
+}
+
+/* Run every reaction to the event envelope env (aggregate type src, event
+ * type etype): fn(arg, reacting type, rc, err) once per aggregate type
+ * that reacts to it, with its commands in R.reactions when rc is EVL_OK.
+ * Returns how many reacted. */
+typedef void (*react_fn)(void *arg, const char *reactor, evl_err rc,
+                         const char *err);
+static size_t react_all(const char *src, const char *etype, const char *env,
+                        react_fn fn, void *arg)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < evl_luahost_naggregates(R.host); i++) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(R.host, i);
+        if (!evl_luahost_reacts_to(a, src, etype))
+            continue;
+        char err[EVL_ERRLEN] = "";
+        /* max_commands 0: the default, as reactions.max_commands */
+        evl_err rc = evl_luahost_react(R.host, a->type, env, strlen(env), 0,
+                                       &R.reactions, err, sizeof err);
+        fn(arg, a->type, rc, err);
+        n++;
+    }
+    return n;
+}
+
+/* One reaction's outcome, after a command (show_reactions). */
+static void show_one(void *arg, const char *reactor, evl_err rc,
+                     const char *err)
+{
+    const char *etype = arg;
+    evl_buf data = {0};
+    if (rc != EVL_OK) {
+        if (R.brief)
+            printf("  -> %s: FAILED: %s\n", reactor, err);
+        else
+            printf("    %s, to %s: FAILED: %s\n", reactor, etype, err);
+        return;
+    }
+    if (R.reactions.n == 0 && !R.brief)
+        printf("    %s, to %s: no command\n", reactor, etype);
+    for (size_t i = 0; i < R.reactions.n; i++) {
+        const evl_luahost_reaction *c = &R.reactions.cmds[i];
+        if (R.brief) {
+            printf("  -> %s %s %s\n", reactor, c->aggregate_id, c->type);
+            continue;
+        }
+        command_data(c->json, c->len, &data);
+        printf("    %s, to %s: %s %s %.*s\n", reactor, etype, c->type,
+               c->aggregate_id, (int)data.len, data.data);
+        print_pretty(c->json, c->len, "      ");
+    }
+    evl_buf_free(&data);
+}
+
+/* After an accepted command: the commands each reaction would send for
+ * its events (R.sql_events), without sending or running them. */
+static void show_reactions(const char *type, const evl_luahost_decision *dec)
+{
+    int header = 0;
+    for (size_t i = 0; i < R.nsql_events; i++) {
+        const char *etype = dec->events[i].type;
+        int reacts = 0;
+        for (size_t j = 0; j < evl_luahost_naggregates(R.host) && !reacts; j++)
+            reacts = evl_luahost_reacts_to(evl_luahost_aggregate_at(R.host, j),
+                                           type, etype);
+        if (!reacts)
+            continue;
+        if (!header && !R.brief)
+            printf("  reactions (not run; :follow runs the chain):\n");
+        header = 1;
+        react_all(type, etype, R.sql_events[i], show_one, (void *)etype);
+    }
+}
+
+#define FOLLOW_MAX_COMMANDS 1000 /* commands one :follow decides */
+#define FOLLOW_NONE         ((size_t)-1)
+
+/* A node of :follow's tree: a command (or a reaction that failed), what
+ * came of it, and its events. Children are the commands the reactions
+ * to its events sent, in event order: kid, then next. */
+typedef struct fnode {
+    int depth;
+    size_t event;     /* which event of the parent caused it */
+    size_t kid, last; /* first and last child; FOLLOW_NONE: none */
+    size_t next;      /* next sibling */
+    char *cmd;        /* the command JSON; NULL: a failed reaction */
+    char *line;       /* the command and what came of it */
+    char **events;    /* "#SEQ Type {data}" per event */
+    size_t nevents;
+} fnode;
+
+typedef struct follow {
+    fnode *nodes;
+    size_t n, cap;
+    int limit;
+    size_t cur, cur_event; /* the node and event reactions run for */
+    long accepted, rejected, failed, cut, reactfail, events;
+    int deepest;
+} follow;
+
+static size_t follow_add(follow *f, size_t parent, size_t event, int depth,
+                         char *cmd, char *line)
+{
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 16;
+        f->nodes = evl_xrealloc(f->nodes, sizeof *f->nodes * f->cap);
+    }
+    fnode *k = &f->nodes[f->n];
+    memset(k, 0, sizeof *k);
+    k->depth = depth;
+    k->event = event;
+    k->kid = k->last = k->next = FOLLOW_NONE;
+    k->cmd = cmd;
+    k->line = line;
+    if (parent != FOLLOW_NONE) {
+        fnode *p = &f->nodes[parent];
+        if (p->last == FOLLOW_NONE)
+            p->kid = f->n;
+        else
+            f->nodes[p->last].next = f->n;
+        p->last = f->n;
+    }
+    return f->n++;
+}
+
+static char *fmt(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt(const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    int n = vsnprintf(NULL, 0, format, ap);
+    va_end(ap);
+    char *s = evl_xmalloc((size_t)n + 1);
+    va_start(ap, format);
+    vsnprintf(s, (size_t)n + 1, format, ap);
+    va_end(ap);
+    return s;
+}
+
+/* A reaction's outcome during :follow: its commands become children of
+ * the current node, one level deeper. */
+static void follow_one(void *arg, const char *reactor, evl_err rc,
+                       const char *err)
+{
+    follow *f = arg;
+    int depth = f->nodes[f->cur].depth + 1;
+    if (rc != EVL_OK) {
+        f->reactfail++;
+        follow_add(f, f->cur, f->cur_event, depth, NULL,
+                   fmt("reaction of %s FAILED: %s", reactor, err));
+        return;
+    }
+    for (size_t i = 0; i < R.reactions.n; i++) {
+        const evl_luahost_reaction *c = &R.reactions.cmds[i];
+        follow_add(f, f->cur, f->cur_event, depth, evl_xstrdup(c->json), NULL);
+    }
+}
+
+/* Decide node i of f and run the reactions to its events. */
+static void follow_decide(follow *f, size_t i)
+{
+    char err[EVL_ERRLEN];
+    evl_command c = {0};
+    evl_luahost_decision dec = {0};
+    evl_buf envs = {0}, data = {0};
+    fnode *k = &f->nodes[i];
+    long long from;
+    const char *cmd = k->cmd;
+    if (evl_envelope_parse_command(R.L, cmd, strlen(cmd), &c, err,
+                                   sizeof err) != EVL_OK) {
+        k->line = fmt("invalid command: %s", err);
+        f->failed++;
+        goto out;
+    }
+    command_data(cmd, strlen(cmd), &data);
+    const char *what = fmt("%s %s %s %.*s", c.aggregate_type, c.aggregate_id,
+                           c.type, (int)data.len, data.data);
+    if (k->depth > f->limit ||
+        f->accepted + f->rejected + f->failed >= FOLLOW_MAX_COMMANDS) {
+        k->line = fmt("%s: not followed (%s)", what,
+                      k->depth > f->limit ? "deeper than the depth limit"
+                                          : "too many commands");
+        f->cut++;
+        free((char *)what);
+        goto out;
+    }
+    if (k->depth > f->deepest)
+        f->deepest = k->depth;
+    evl_luahost_verdict v =
+        session_decide(c.aggregate_type, c.aggregate_id, &c, cmd, strlen(cmd),
+                       &dec, &from, &envs, err, sizeof err);
+    if (v == EVL_LUAHOST_ACCEPTED) {
+        f->accepted++;
+        k->line = fmt("%s: accepted, version %lld -> %lld", what, from,
+                      from + (long long)dec.nevents);
+    } else {
+        *(v == EVL_LUAHOST_REJECTED ? &f->rejected : &f->failed) += 1;
+        k->line = fmt("%s: %s: %s", what,
+                      v == EVL_LUAHOST_REJECTED ? "rejected" : "FAILED", err);
+    }
+    free((char *)what);
+    if (v != EVL_LUAHOST_ACCEPTED)
+        goto out;
+    k->events = evl_xmalloc(sizeof(char *) * (dec.nevents + 1));
+    k->nevents = dec.nevents;
+    f->events += (long)dec.nevents;
+    const char *env = envs.data;
+    for (size_t j = 0; j < dec.nevents; j++, env += strlen(env) + 1) {
+        const evl_luahost_event *e = &dec.events[j];
+        f->nodes[i].events[j] = fmt("#%lld %s %.*s", from + (long long)j + 1,
+                                    e->type, (int)e->data_len, e->data);
+        f->cur = i;
+        f->cur_event = j;
+        react_all(c.aggregate_type, e->type, env, follow_one, f);
+    }
+out:
+    evl_envelope_command_free(&c);
+    evl_luahost_decision_free(&dec);
+    evl_buf_free(&envs);
+    evl_buf_free(&data);
+}
+
+static void follow_print(const follow *f, size_t i, int pad)
+{
+    const fnode *k = &f->nodes[i];
+    printf("%*s%s\n", pad, "", k->line);
+    size_t kid = k->kid;
+    for (size_t j = 0; j < k->nevents; j++) {
+        printf("%*s%s\n", pad + 2, "", k->events[j]);
+        for (; kid != FOLLOW_NONE && f->nodes[kid].event == j;
+             kid = f->nodes[kid].next)
+            follow_print(f, kid, pad + 4);
+    }
+}
+
+/* :follow TYPE ID COMMAND [DATA]: the command, then every reaction to
+ * its events, their commands, and so on, breadth first as the pipelines
+ * would run them, to the depth limit; all in the session. */
+static void cmd_follow(const char *type, const char *id, const char *ctype,
+                       const char *data)
+{
+    char err[EVL_ERRLEN], cmd_id[37];
+    evl_buf dj = {0}, cmd = {0};
+    evl_command c = {0};
+    follow f = {.limit = R.follow_depth};
+    if (!evl_luahost_aggregate_get(R.host, type)) {
+        printf("rejected: unknown aggregate type '%s'\n", type);
+        goto out;
+    }
+    if (data_to_json(data, &dj, err, sizeof err) != 0 ||
+        line_command(type, id, ctype, dj.data, dj.len, cmd_id, &cmd, &c, err,
+                     sizeof err) != 0) {
+        printf("error: %s\n", err);
+        goto out;
+    }
+    clear_last();
+    snprintf(R.last, sizeof R.last,
+             "the last command (%s %s %s) ran in :follow (:db applies every "
+             "event of the session)",
+             type, id, ctype);
+    evl_buf_putc(&cmd, '\0');
+    follow_add(&f, FOLLOW_NONE, 0, 0, evl_xstrdup(cmd.data), NULL);
+    for (size_t i = 0; i < f.n; i++)
+        if (f.nodes[i].cmd)
+            follow_decide(&f, i);
+    follow_print(&f, 0, 0);
+    printf("followed %ld command%s (%ld accepted, %ld rejected, %ld failed), "
+           "%ld event%s, %d reaction step%s deep",
+           f.accepted + f.rejected + f.failed,
+           f.accepted + f.rejected + f.failed == 1 ? "" : "s", f.accepted,
+           f.rejected, f.failed, f.events, f.events == 1 ? "" : "s", f.deepest,
+           f.deepest == 1 ? "" : "s");
+    if (f.reactfail)
+        printf("; %ld reaction%s FAILED", f.reactfail,
+               f.reactfail == 1 ? "" : "s");
+    if (f.cut)
+        printf("; %ld command%s not followed (depth limit %d: :follow depth "
+               "N)",
+               f.cut, f.cut == 1 ? "" : "s", f.limit);
+    putchar('\n');
+out:
+    for (size_t i = 0; i < f.n; i++) {
+        for (size_t j = 0; j < f.nodes[i].nevents; j++)
+            free(f.nodes[i].events[j]);
+        free(f.nodes[i].events);
+        free(f.nodes[i].cmd);
+        free(f.nodes[i].line);
+    }
+    free(f.nodes);
+    evl_envelope_command_free(&c);
+    evl_buf_free(&dj);
+    evl_buf_free(&cmd);
 }
 
 static void cmd_state(const char *type, const char *id, int events)
@@ -709,7 +1087,7 @@ static char *dup_match(const char *s)
 static char *complete_gen(const char *text, int state)
 {
     static size_t i, j;
-    static int word;
+    static int word, after_follow;
     if (state == 0) {
         i = j = 0;
         /* which word is being completed? */
@@ -726,12 +1104,18 @@ static char *complete_gen(const char *text, int state)
         }
         if (rl_point == 0 || isspace((unsigned char)line[rl_point - 1]))
             word++;
+        /* :follow TYPE ID COMMAND: complete as a line without :follow */
+        while (isspace((unsigned char)*line))
+            line++;
+        after_follow = strncmp(line, ":follow", 7) == 0 &&
+                       isspace((unsigned char)line[7]) && word > 1;
+        word -= after_follow;
     }
     size_t tl = strlen(text);
     if (word <= 1) {
-        static const char *const cmds[] = {":state", ":events", ":sql",
-                                           ":db",    ":brief",  ":reload",
-                                           ":reset", ":help",   ":quit"};
+        static const char *const cmds[] = {
+            ":state", ":events", ":sql",   ":db",   ":follow",
+            ":brief", ":reload", ":reset", ":help", ":quit"};
         for (; i < evl_luahost_naggregates(R.host); i++) {
             const char *t = evl_luahost_aggregate_at(R.host, i)->type;
             if (strncmp(t, text, tl) == 0) {
@@ -746,7 +1130,7 @@ static char *complete_gen(const char *text, int state)
     }
     if (word == 3) {
         char type[128] = "";
-        sscanf(rl_line_buffer, "%127s", type);
+        sscanf(rl_line_buffer, after_follow ? "%*s %127s" : "%127s", type);
         const evl_luahost_aggregate *a =
             evl_luahost_aggregate_get(R.host, type);
         if (!a)
@@ -784,6 +1168,57 @@ static char *next_line(void)
     return l;
 }
 
+/* Split TYPE ID COMMAND off p (in place) into words; returns the rest
+ * (DATA), or NULL with a message printed when a word is missing. */
+static char *split_command(char *p, char *words[3])
+{
+    for (int w = 0; w < 3; w++) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0') {
+            printf("error: expected TYPE ID COMMAND [DATA] (:help)\n");
+            return NULL;
+        }
+        words[w] = p;
+        while (*p && !isspace((unsigned char)*p))
+            p++;
+        if (*p)
+            *p++ = '\0';
+    }
+    return p;
+}
+
+/* :follow depth N | :follow TYPE ID COMMAND [DATA] */
+static void follow_line(char *p)
+{
+    char *words[3], *rest;
+    long n;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p == '\0') {
+        printf("usage: :follow TYPE ID COMMAND [DATA] | :follow depth N "
+               "(depth limit now %d)\n",
+               R.follow_depth);
+        return;
+    }
+    if (strncmp(p, "depth", 5) == 0 &&
+        (p[5] == '\0' || isspace((unsigned char)p[5]))) {
+        char *end;
+        n = strtol(p + 5, &end, 10);
+        while (isspace((unsigned char)*end))
+            end++;
+        if (end == p + 5 || *end || n < 1 || n > 100) {
+            printf("error: :follow depth needs a number from 1 to 100\n");
+            return;
+        }
+        R.follow_depth = (int)n;
+        printf("follow depth limit %d\n", R.follow_depth);
+        return;
+    }
+    if ((rest = split_command(p, words)))
+        cmd_follow(words[0], words[1], words[2], rest);
+}
+
 /* Handle one line; returns 0 to quit. */
 static int handle_line(char *line)
 {
@@ -815,6 +1250,8 @@ static int handle_line(char *line)
             while (isspace((unsigned char)*q))
                 q++;
             cmd_db(q);
+        } else if (strcmp(cmd, ":follow") == 0) {
+            follow_line(p + 7);
         } else if (strcmp(cmd, ":brief") == 0) {
             R.brief = !R.brief;
             printf("brief answers %s\n", R.brief ? "on" : "off");
@@ -832,20 +1269,8 @@ static int handle_line(char *line)
     }
     /* TYPE ID COMMAND [DATA] */
     char *words[3];
-    for (int w = 0; w < 3; w++) {
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0') {
-            printf("error: expected TYPE ID COMMAND [DATA] (:help)\n");
-            return 1;
-        }
-        words[w] = p;
-        while (*p && !isspace((unsigned char)*p))
-            p++;
-        if (*p)
-            *p++ = '\0';
-    }
-    run_command(words[0], words[1], words[2], p);
+    if ((p = split_command(p, words)))
+        run_command(words[0], words[1], words[2], p);
     return 1;
 }
 
@@ -857,6 +1282,7 @@ int evl_cli_repl(int argc, char **argv)
     if (rc >= 0)
         return rc;
     memset(&R, 0, sizeof R);
+    R.follow_depth = 8;
     if ((rc = evl_cli_load_config(config, &R.cfg)))
         return rc;
     /* the REPL's own chatter would drown the answers: warnings only,
@@ -893,6 +1319,7 @@ int evl_cli_repl(int argc, char **argv)
     evl_buf_free(&R.sql);
     evl_buf_free(&R.session);
     evl_luahost_stmts_free(&R.stmts);
+    evl_luahost_reactions_free(&R.reactions);
     evl_luahost_free(R.host);
     lua_close(R.L);
     evl_config_free(&R.cfg);

@@ -15,9 +15,14 @@
  *   host:project(name, event)         -> { {sql=, params={...}}, ... } |
  *                                        nil, err
  *   host:reset(name)                  -> statements | nil, err
+ *   host:react(type, event [, max])   -> { command, ... } | nil, err
+ *                                       (type's reaction to the event
+ *                                        envelope: each command in its
+ *                                        wire form, id, metadata and all)
  *   host:aggregates(), host:projections(), host:hash(), host:memory()
  *                                    (an aggregate: type, script, commands,
- *                                     events = apply's keys, neutral)
+ *                                     events = apply's keys, neutral,
+ *                                     reacts = react's keys)
  *   local db = native.pg(conninfo)   -- a connection for specs, opened
  *                                       as the projector opens its own
  *   db:exec(sql, {n=, ...})          -> rows, count: each row {col = v}
@@ -60,6 +65,7 @@ typedef struct ud {
     evl_luahost *host;
     evl_luahost_decision dec;
     evl_luahost_stmts stmts;
+    evl_luahost_reactions reactions;
     evl_buf buf;
 } ud;
 
@@ -332,6 +338,44 @@ static int l_reset(lua_State *L)
     return 1;
 }
 
+/* host:react(type, event [, max_commands]) -> { command, ... } | nil, err.
+ * event is an envelope table or its JSON text; max_commands defaults to
+ * reactions.max_commands' default. A type with no reaction to the event
+ * gives {}. */
+static int l_react(lua_State *L)
+{
+    ud *u = check_host(L);
+    char err[EVL_ERRLEN];
+    const char *type = luaL_checkstring(L, 2);
+    lua_Integer max = luaL_optinteger(L, 4, EVL_LUAHOST_MAX_COMMANDS);
+    size_t len;
+    const char *ev;
+    luaL_argcheck(L, max > 0, 4, "max_commands must be positive");
+    if (lua_type(L, 3) == LUA_TSTRING) {
+        ev = lua_tolstring(L, 3, &len);
+    } else {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        encode(L, u, 3, "event");
+        lua_pushlstring(L, u->buf.data, u->buf.len);
+        ev = lua_tolstring(L, -1, &len);
+    }
+    if (!evl_luahost_aggregate_get(u->host, type))
+        return luaL_error(L, "evlua_host: no aggregate of type '%s'", type);
+    if (evl_luahost_react(u->host, type, ev, len, (size_t)max, &u->reactions,
+                          err, sizeof err) != EVL_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_createtable(L, (int)u->reactions.n, 0);
+    for (size_t i = 0; i < u->reactions.n; i++) {
+        const evl_luahost_reaction *c = &u->reactions.cmds[i];
+        decode(L, c->json, c->len);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
 static void push_strv(lua_State *L, const char *const *v, size_t n)
 {
     lua_createtable(L, (int)n, 0);
@@ -342,7 +386,8 @@ static void push_strv(lua_State *L, const char *const *v, size_t n)
 }
 
 /* host:aggregates() -> { {type=, script=, commands={}, events={},
- *                        neutral={}}, ... } (events: apply's keys) */
+ *                        neutral={}, reacts={}}, ... } (events: apply's
+ *                        keys; reacts: react's, "TYPE.EventName") */
 static int l_aggregates(lua_State *L)
 {
     ud *u = check_host(L);
@@ -350,7 +395,7 @@ static int l_aggregates(lua_State *L)
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
         const evl_luahost_aggregate *a = evl_luahost_aggregate_at(u->host, i);
-        lua_createtable(L, 0, 5);
+        lua_createtable(L, 0, 6);
         lua_pushstring(L, a->type);
         lua_setfield(L, -2, "type");
         lua_pushstring(L, a->script);
@@ -361,6 +406,8 @@ static int l_aggregates(lua_State *L)
         lua_setfield(L, -2, "events");
         push_strv(L, a->neutral, a->nneutral);
         lua_setfield(L, -2, "neutral");
+        push_strv(L, a->reacts, a->nreacts);
+        lua_setfield(L, -2, "reacts");
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
@@ -410,6 +457,7 @@ static int l_close(lua_State *L)
     u->host = NULL;
     evl_luahost_decision_free(&u->dec);
     evl_luahost_stmts_free(&u->stmts);
+    evl_luahost_reactions_free(&u->reactions);
     evl_buf_free(&u->buf);
     return 0;
 }
@@ -641,6 +689,7 @@ int luaopen_evlua_host(lua_State *L)
                                        {"apply", l_apply},
                                        {"project", l_project},
                                        {"reset", l_reset},
+                                       {"react", l_react},
                                        {"aggregates", l_aggregates},
                                        {"projections", l_projections},
                                        {"hash", l_hash},

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # evlua repl on a terminal (tmux): a prompt, line editing (the cursor moves
 # back and a word is inserted), tab completion of aggregate and command
-# types, and history (up arrow) all work.
+# types (also after :follow), and history (up arrow) all work.
 set -euo pipefail
 evlua=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -38,5 +38,11 @@ wait_for '"newName": "Bo"'
 # history: up arrow twice brings back the first command; it is rejected now
 t send-keys -t repl Up Up Enter
 wait_for 'rejected: customer already registered'
+# :follow completes like a plain command line: ":follow cus<TAB> c9 ChangeEm<TAB>"
+t send-keys -t repl ':follow cus' Tab
+t send-keys -t repl ' c9 ChangeEm' Tab
+t send-keys -t repl ' {"email":"bo@x.io"}' Enter
+wait_for 'customer c9 ChangeEmail {"email":"bo@x.io"}: accepted, version 2 -> 3'
+wait_for 'followed 1 command (1 accepted'
 t send-keys -t repl ':quit' Enter
 echo "ok: repl line editing, completion and history on a terminal"

@@ -10,7 +10,8 @@ describe("evlua_host", function()
   it("lists the example scripts", function()
     local types = {}
     for _, a in ipairs(host:aggregates()) do types[#types + 1] = a.type end
-    assert.are.same({ "account", "cart", "customer", "host" }, types)
+    assert.are.same({ "account", "cart", "customer", "host", "order", "payment",
+      "shipment", "stock" }, types)
   end)
 
   it("turns one profile update into two atomic events", function()

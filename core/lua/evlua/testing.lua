@@ -15,6 +15,14 @@
 --
 --   app.aggregate("customer").when_failing{ type = "Buggy" }.expect_failure("attempt to")
 --
+--   app.aggregate("shipment").reacting_to{ type = "CustomerAddressChanged",
+--       aggregate_id = "c1", data = { newAddress = "1 Main St", previousAddress = testing.null } }
+--     .expect_commands{ { type = "ShipWelcomeKit", aggregate_id = "kit-c1" } }
+--
+--   app.cascade({ aggregate_type = "order", aggregate_id = "o1", type = "PlaceOrder", data = ... },
+--               { given = { events... }, depth = 8 })
+--     .expect_events{ ... }.expect_commands{ ... }.expect_state("order", "o1", { ... })
+--
 --   local stmts = app.projection("customer_profile").project{ event, ... }
 --   local db = app.projection("customer_profile").against_postgres(conninfo)
 --   db.apply{ event, ... }; db.query("SELECT ...")
@@ -26,8 +34,13 @@
 --     spec that means to test a failure says `when_failing{...}`, which
 --     raises unless the command fails. Rejections are answers: `when`
 --     returns them for expect_rejection.
+--   * `reacting_to` and `cascade` raise at once when a reaction or a
+--     command fails, as `when` does; `reacting_to_failing(e)` tests a
+--     failing reaction. reacting_to refuses an event the aggregate has no
+--     reaction to (a typo would otherwise pass expect_no_commands).
 --   * Every expectation that does not hold says what happened instead: the
---     events with their data, the rejection reason or the error.
+--     events with their data, the rejection reason or the error; for a
+--     cascade, the whole chain as a tree.
 --   * `given{}` refuses an event type that the aggregate's `apply` does not
 --     know (a typo would silently leave the state alone), unless the
 --     aggregate declares it state-neutral: `neutral = { "Type", ... }`.
@@ -144,6 +157,43 @@ local function outcome(r, events)
   return table.concat(lines, "\n")
 end
 
+-- What a reaction came to, for messages: "the reaction of shipment to
+-- customer.CustomerAddressChanged sent 1 command: ...", "... failed: err".
+local function reaction_outcome(type_, key, cmds, err)
+  local head = string.format("the reaction of %s to %s", type_, key)
+  if err then return head .. " failed: " .. err end
+  if #cmds == 0 then return head .. " sent no commands" end
+  local lines = { string.format("%s sent %d command%s:", head, #cmds,
+    #cmds == 1 and "" or "s") }
+  for i, c in ipairs(cmds) do
+    lines[#lines + 1] = string.format("    %d. %s %s %s", i, c.type, c.aggregate_id,
+      canon(c.data))
+  end
+  return table.concat(lines, "\n")
+end
+
+--- The tree of a cascade as text, one line per command and event:
+--   order o1 PlaceOrder: accepted
+--     #1 OrderPlaced {"sku":"mug",...}
+--       stock mug ReserveStock: accepted
+function M.show_cascade(node)
+  local lines = {}
+  local function cmd(n, pad)
+    local w = n.command
+    local v = n.verdict or "not decided"
+    if n.error then v = v .. ": " .. n.error end
+    lines[#lines + 1] = string.format("%s%s %s %s %s: %s", pad, w.aggregate_type,
+      w.aggregate_id, w.type, canon(w.data), v)
+    for _, ev in ipairs(n.events or {}) do
+      local e = ev.event
+      lines[#lines + 1] = string.format("%s  #%d %s %s", pad, e.sequence, e.type, canon(e.data))
+      for _, child in ipairs(ev.commands) do cmd(child, pad .. "    ") end
+    end
+  end
+  cmd(node, "  ")
+  return table.concat(lines, "\n")
+end
+
 local function dirs(opts)
   local root = opts.root
   return {
@@ -238,6 +288,14 @@ function M.load(opts)
     aggregates[a.type] = a
     for _, t in ipairs(a.events) do owner[t] = owner[t] or a.type end
     for _, t in ipairs(a.neutral) do owner[t] = owner[t] or a.type end
+  end
+  -- Who reacts to what: "TYPE.EventName" -> reacting types (host order).
+  local reactors = {}
+  for _, a in ipairs(host:aggregates()) do
+    for _, key in ipairs(a.reacts or {}) do
+      reactors[key] = reactors[key] or {}
+      table.insert(reactors[key], a.type)
+    end
   end
 
   -- A full envelope around a partial event, as the command side writes it.
@@ -392,11 +450,262 @@ function M.load(opts)
       return methods(s, "given{...}")
     end
 
+    -- This aggregate's reaction to one event: the result object with the
+    -- expectations. A reaction this aggregate does not have is an error
+    -- (a typo in the spec would otherwise expect no commands and pass).
+    local function react(e)
+      if type(e) ~= "table" or type(e.type) ~= "string" then
+        error("reacting_to: the event must be a table with a type", 3)
+      end
+      local env = envelope(e, {}, e.sequence)
+      if not env.aggregate_type then
+        error(string.format("reacting_to: no aggregate of the set applies event type " ..
+          "'%s'; give the event's aggregate_type", e.type), 3)
+      end
+      local key = env.aggregate_type .. "." .. env.type
+      local keys = a.reacts or {}
+      local known = false
+      for _, k in ipairs(keys) do known = known or k == key end
+      if not known then
+        error(string.format("aggregate %s (%s) has no reaction to %s (react has: %s)",
+          type_, a.script, key, #keys > 0 and table.concat(keys, ", ") or "nothing"), 3)
+      end
+      local cmds, err = host:react(type_, env)
+      local result = { event = env, commands = cmds or {}, error = err }
+      local function what()
+        return reaction_outcome(type_, key, cmds, err)
+      end
+
+      function result.expect_commands(expected)
+        if err then error("expected commands, but " .. what(), 2) end
+        if #expected ~= #cmds then
+          error(string.format("expected %d command%s, got %d; %s", #expected,
+            #expected == 1 and "" or "s", #cmds, what()), 2)
+        end
+        for i, want in ipairs(expected) do
+          local ok, why = contains(cmds[i], want, "commands[" .. i .. "]")
+          if not ok then error(why .. "; " .. what(), 2) end
+        end
+        return result
+      end
+
+      function result.expect_no_commands()
+        if err or #cmds > 0 then
+          error(string.format("expected no commands, got %d; %s", #result.commands,
+            what()), 2)
+        end
+        return result
+      end
+
+      function result.expect_failure(pattern)
+        if not err then error("expected the reaction to fail, but " .. what(), 2) end
+        if pattern and not err:find(pattern) then
+          error(string.format("failure %q does not match %q", err, pattern), 2)
+        end
+        return result
+      end
+
+      return methods(result, "the result of reacting_to", { "error" }), what
+    end
+
     local agg = {}
     function agg.given(events, aggregate_id) return scenario(events or {}, aggregate_id) end
     function agg.when(cmd) return scenario({}).when(cmd) end
     function agg.when_failing(cmd) return scenario({}).when_failing(cmd) end
+
+    --- reacting_to(event): the commands this aggregate's reaction sends for
+    -- the event (a partial envelope: its aggregate_type defaults to the
+    -- aggregate that applies its type). Raises at once when the reaction
+    -- fails; a spec that tests that says reacting_to_failing(event).
+    function agg.reacting_to(e)
+      local result = react(e)
+      if result.error then
+        error("the reaction failed (a Lua error or an invalid command: a bug; a spec " ..
+          "that expects it says reacting_to_failing(event).expect_failure(pattern)): " ..
+          result.error, 2)
+      end
+      return result
+    end
+
+    function agg.reacting_to_failing(e)
+      local result, what = react(e)
+      if not result.error then error("expected the reaction to fail, but " .. what(), 2) end
+      return result
+    end
     return methods(agg, "aggregate '" .. type_ .. "'")
+  end
+
+  --- app.cascade(command [, opts]) -> the whole chain, in memory: the
+  -- command is decided, every reaction to its events runs, their commands
+  -- are decided, and so on, breadth first, as the pipelines would (one
+  -- in-memory store; no Kafka). command = { aggregate_type, aggregate_id
+  -- ("test-1"), type, data, metadata, id, expected_version }. opts:
+  --   given = { events, each with aggregate_type (default: the aggregate
+  --             that applies its type) and aggregate_id } applied first
+  --   depth = 8: reaction hops followed; a chain deeper than that fails
+  --           the spec (a loop of reactions?)
+  -- Raises at once when a command or a reaction fails (a bug), showing the
+  -- chain so far. Rejections are answers: the chain records them.
+  function app.cascade(cmd, opts)
+    opts = opts or {}
+    local limit = opts.depth or 8
+    if type(cmd) ~= "table" or type(cmd.type) ~= "string" then
+      error("cascade: the command must be a table with a type", 2)
+    end
+    if not aggregates[cmd.aggregate_type] then
+      error(string.format("cascade: the command needs the aggregate_type of an aggregate " ..
+        "of the set (got %s)", canon(cmd.aggregate_type)), 2)
+    end
+    local store = {} -- "type\0id" -> { state, version, seen = { command ids } }
+    local function inst(t, id)
+      local k = t .. "\0" .. id
+      store[k] = store[k] or { version = 0, seen = {} }
+      return store[k]
+    end
+    for i, e in ipairs(opts.given or {}) do
+      local env = envelope(e, {}, nil)
+      if not env.aggregate_type then
+        error(string.format("cascade: given event %d (%s): no aggregate of the set " ..
+          "applies it; give its aggregate_type", i, tostring(e.type)), 2)
+      end
+      local a = inst(env.aggregate_type, env.aggregate_id)
+      env.sequence = e.sequence or a.version + 1
+      local state, err = host:apply(env.aggregate_type, a.state, { env })
+      if not state then error(string.format("cascade: given event %d: %s", i, err), 2) end
+      a.state, a.version = state, env.sequence
+    end
+
+    local root = { command = {
+      id = cmd.id or evlua.uuid(), type = cmd.type, aggregate_type = cmd.aggregate_type,
+      aggregate_id = cmd.aggregate_id or "test-1", expected_version = cmd.expected_version,
+      data = cmd.data or {}, metadata = cmd.metadata or {} }, depth = 0 }
+    local c = { events = {}, commands = {}, tree = root }
+    local function tree() return "the chain:\n" .. M.show_cascade(root) end
+
+    -- Decide one command node; its events get envelopes and reactions.
+    local function decide(node)
+      local w = node.command
+      local a = inst(w.aggregate_type, w.aggregate_id)
+      c.commands[#c.commands + 1] = node
+      if a.seen[w.id] then
+        node.verdict = "duplicate"
+        return {}
+      end
+      if w.expected_version and w.expected_version ~= a.version then
+        node.verdict = "rejected"
+        node.error = string.format("expected version %d, but aggregate %s is at version %d",
+          w.expected_version, w.aggregate_id, a.version)
+        return {}
+      end
+      local r = host:decide{ aggregate_type = w.aggregate_type, aggregate_id = w.aggregate_id,
+        version = a.version, state = a.state, command = w }
+      node.verdict, node.error = r.verdict, r.error
+      if r.verdict == "failed" then
+        error(string.format("cascade: %s %s %s failed (a bug): %s\n%s", w.aggregate_type,
+          w.aggregate_id, w.type, r.error, tree()), 0)
+      end
+      if r.verdict ~= "accepted" then return {} end
+      a.seen[w.id] = true
+      local md = w.metadata or {}
+      node.events = {}
+      for i, e in ipairs(r.events) do
+        local env = {
+          id = evlua.uuid(), type = e.type, version = e.version,
+          aggregate_type = w.aggregate_type, aggregate_id = w.aggregate_id,
+          sequence = a.version + i, occurred_at = "2026-01-01T00:00:00.000Z",
+          causation_id = w.id, correlation_id = md.correlation_id or w.id,
+          user_id = md.user_id or evlua.null, data = e.data,
+        }
+        node.events[i] = { event = env, commands = {} }
+        c.events[#c.events + 1] = env
+      end
+      a.state, a.version = r.state, a.version + #r.events
+      return node.events
+    end
+
+    -- Breadth first: a queue of command nodes.
+    local queue, head = { root }, 1
+    local ok, err = pcall(function()
+      while head <= #queue do
+        local node = queue[head]
+        head = head + 1
+        for _, ev in ipairs(decide(node)) do
+          local env = ev.event
+          for _, t in ipairs(reactors[env.aggregate_type .. "." .. env.type] or {}) do
+            local cmds, rerr = host:react(t, env)
+            if not cmds then
+              error(string.format("cascade: the reaction of %s to %s.%s failed (a bug): %s\n%s",
+                t, env.aggregate_type, env.type, rerr, tree()), 0)
+            end
+            for _, w in ipairs(cmds) do
+              local child = { command = w, depth = node.depth + 1, reactor = t }
+              ev.commands[#ev.commands + 1] = child
+              if child.depth > limit then
+                child.verdict = "not followed"
+                error(string.format("cascade: the chain goes deeper than depth %d (a loop " ..
+                  "of reactions? opts.depth raises the limit)\n%s", limit, tree()), 0)
+              end
+              queue[#queue + 1] = child
+            end
+          end
+        end
+      end
+    end)
+    if not ok then error(err, 2) end
+
+    local function what() return tree() end
+
+    --- c.state(type, id) -> the aggregate's state after the chain (nil: none)
+    function c.state(t, id)
+      local a = store[t .. "\0" .. id]
+      return a and a.state
+    end
+
+    -- Partial matches of a list, in order, with the same count.
+    local function match_list(kind, actual, expected, view)
+      if #expected ~= #actual then
+        error(string.format("expected %d %s, the chain has %d; %s", #expected,
+          #expected == 1 and kind:sub(1, -2) or kind, #actual, what()), 3)
+      end
+      for i, want in ipairs(expected) do
+        local ok2, why = contains(view(actual[i]), want, kind .. "[" .. i .. "]")
+        if not ok2 then error(why .. "; " .. what(), 3) end
+      end
+    end
+
+    --- every event of the chain, in order (partial envelopes)
+    function c.expect_events(expected)
+      match_list("events", c.events, expected, function(e) return e end)
+      return c
+    end
+
+    --- every command of the chain, the first included, in order: the
+    -- command's fields plus verdict and error
+    function c.expect_commands(expected)
+      match_list("commands", c.commands, expected, function(n)
+        local v = {}
+        for k, x in pairs(n.command) do v[k] = x end
+        v.verdict, v.error, v.depth = n.verdict, n.error, n.depth
+        return v
+      end)
+      return c
+    end
+
+    function c.expect_state(t, id, expected)
+      local state = c.state(t, id)
+      if state == nil then
+        error(string.format("expected a state for %s %s, but the chain has no event of it; %s",
+          t, id, what()), 2)
+      end
+      local ok2, why = contains(state, expected, "state")
+      if not ok2 then error(why .. "; the whole state: " .. canon(state), 2) end
+      return c
+    end
+
+    --- the chain as an indented tree (also in every failure message)
+    function c.show() return M.show_cascade(root) end
+
+    return methods(c, "the cascade")
   end
 
   --- app.projection(name) -> { project(events), against_postgres(conninfo) }
