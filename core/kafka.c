@@ -233,6 +233,11 @@ evl_err evl_kafka_producer_new(const evl_config *cfg,
 {
     const char *role[2 * ROLE_PAIRS + 1] = {NULL};
     int n = 0;
+    /* librdkafka's producers ask the broker to create a missing topic
+     * when they look it up (brokers allow it by default), with the
+     * broker's partition count: a topic evlua writes is created by evlua,
+     * with its own count, or not at all */
+    put_pair(role, &n, "allow.auto.create.topics", "false");
     if (o->transactional_id) {
         put_pair(role, &n, "transactional.id", o->transactional_id);
         put_pair(role, &n, "enable.idempotence", "true");

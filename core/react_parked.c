@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "envelope.h"
 #include "json.h"
@@ -483,13 +484,32 @@ void rp_fold_message(rp_set *s, rd_kafka_message_t *m, int64_t *pos)
     }
 }
 
+/* The errors of a partition whose leader is not known yet. */
+static int leader_pending(rd_kafka_resp_err_t e)
+{
+    return e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+           e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+           e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+           e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+           e == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+           e == RD_KAFKA_RESP_ERR__TIMED_OUT;
+}
+
 evl_err rp_drain(rd_kafka_t *reader, const char *topic, rp_set *s, int64_t *pos,
                  int timeout_ms, char *err, size_t errlen)
 {
     int64_t lo = 0, hi = 0;
     long long deadline = evl_now_ms() + timeout_ms;
-    rd_kafka_resp_err_t e =
-        rd_kafka_query_watermark_offsets(reader, topic, 0, &lo, &hi, 10000);
+    rd_kafka_resp_err_t e;
+    /* a topic created a moment ago may not have a leader in every
+     * broker's metadata yet: ask again until the deadline */
+    while ((e = rd_kafka_query_watermark_offsets(reader, topic, 0, &lo, &hi,
+                                                 10000)) != 0 &&
+           leader_pending(e) && evl_now_ms() < deadline &&
+           !evl_lifecycle_stopping()) {
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     if (e)
         return evl_seterr(err, errlen, EVL_ETRANSIENT,
                           "the end of %s is not known: %s", topic,
