@@ -515,8 +515,9 @@ static size_t react_all(const char *src, const char *etype, const char *env,
         if (!evl_luahost_reacts_to(a, src, etype))
             continue;
         char err[EVL_ERRLEN] = "";
-        /* max_commands 0: the default, as reactions.max_commands */
-        evl_err rc = evl_luahost_react(R.host, a->type, env, strlen(env), 0,
+        /* the config's cap, so the REPL refuses what `evlua run` would */
+        evl_err rc = evl_luahost_react(R.host, a->type, env, strlen(env),
+                                       (size_t)R.cfg.react.max_commands,
                                        &R.reactions, err, sizeof err);
         fn(arg, a->type, rc, err);
         n++;
