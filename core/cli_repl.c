@@ -398,26 +398,38 @@ static void show_outcome(const agg_inst *a, const evl_luahost_decision *dec)
 
 static void show_reactions(const char *type, const evl_luahost_decision *dec);
 
-/* The wire command for a line TYPE ID COMMAND DATA (DATA as JSON text),
- * parsed into c; cmd_id receives its fresh id. */
+/* The wire command for a line TYPE ID COMMAND DATA (DATA as JSON or a Lua
+ * table, converted into dj), parsed into c; cmd_id receives its fresh id.
+ * Returns 0, or -1 after printing why (an unknown type, bad data). */
 static int line_command(const char *type, const char *id, const char *ctype,
-                        const char *data, size_t data_len, char cmd_id[37],
-                        evl_buf *cmd, evl_command *c, char *err, size_t errlen)
+                        const char *data, evl_buf *dj, char cmd_id[37],
+                        evl_buf *cmd, evl_command *c)
 {
+    char err[EVL_ERRLEN];
+    if (!evl_luahost_aggregate_get(R.host, type)) {
+        printf("rejected: unknown aggregate type '%s'\n", type);
+        return -1;
+    }
+    if (data_to_json(data, dj, err, sizeof err) != 0) {
+        printf("error: %s\n", err);
+        return -1;
+    }
     evl_luaapi_uuid7(cmd_id);
     evl_envelope_command_in ci = {.id = cmd_id,
                                   .type = ctype,
                                   .aggregate_type = type,
                                   .aggregate_id = id,
-                                  .data = data,
-                                  .data_len = data_len,
+                                  .data = dj->data,
+                                  .data_len = dj->len,
                                   .user_id = "repl"};
     cmd->len = 0;
     evl_envelope_command(cmd, &ci);
-    return evl_envelope_parse_command(R.L, cmd->data, cmd->len, c, err,
-                                      errlen) == EVL_OK
-               ? 0
-               : -1;
+    if (evl_envelope_parse_command(R.L, cmd->data, cmd->len, c, err,
+                                   sizeof err) != EVL_OK) {
+        printf("error: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 static void run_command(const char *type, const char *id, const char *ctype,
@@ -429,16 +441,8 @@ static void run_command(const char *type, const char *id, const char *ctype,
     evl_luahost_decision dec = {0};
     long long from;
 
-    if (!evl_luahost_aggregate_get(R.host, type)) {
-        printf("rejected: unknown aggregate type '%s'\n", type);
+    if (line_command(type, id, ctype, data, &dj, cmd_id, &cmd, &c) != 0)
         goto out;
-    }
-    if (data_to_json(data, &dj, err, sizeof err) != 0 ||
-        line_command(type, id, ctype, dj.data, dj.len, cmd_id, &cmd, &c, err,
-                     sizeof err) != 0) {
-        printf("error: %s\n", err);
-        goto out;
-    }
     evl_luahost_verdict v = session_decide(type, id, &c, cmd.data, cmd.len,
                                            &dec, &from, &envs, err, sizeof err);
     clear_last();
@@ -740,20 +744,12 @@ static void follow_print(const follow *f, size_t i, int pad)
 static void cmd_follow(const char *type, const char *id, const char *ctype,
                        const char *data)
 {
-    char err[EVL_ERRLEN], cmd_id[37];
+    char cmd_id[37];
     evl_buf dj = {0}, cmd = {0};
     evl_command c = {0};
     follow f = {.limit = R.follow_depth};
-    if (!evl_luahost_aggregate_get(R.host, type)) {
-        printf("rejected: unknown aggregate type '%s'\n", type);
+    if (line_command(type, id, ctype, data, &dj, cmd_id, &cmd, &c) != 0)
         goto out;
-    }
-    if (data_to_json(data, &dj, err, sizeof err) != 0 ||
-        line_command(type, id, ctype, dj.data, dj.len, cmd_id, &cmd, &c, err,
-                     sizeof err) != 0) {
-        printf("error: %s\n", err);
-        goto out;
-    }
     clear_last();
     snprintf(R.last, sizeof R.last,
              "the last command (%s %s %s) ran in :follow (:db applies every "

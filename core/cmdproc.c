@@ -298,28 +298,12 @@ static void reload(void *ctx)
 static int producer_new(cmdproc *cp, int j, char *err, size_t errlen)
 {
     const evl_config *cfg = cp->cfg;
-    char size[64], txid[600], client[64];
+    char txid[600], client[64];
 
     /* the producers: NPRODUCERS transactional ids derived from
      * commands.transactional_id (the first is it, the others add ".alt",
-     * ".alt2", ...), all stable across restarts
-     *
-     * retry.backoff.ms: right after a commit the coordinator may still be
-     * writing the markers and answer the next AddPartitionsToTxn with
-     * CONCURRENT_TRANSACTIONS; librdkafka waits retry.backoff.ms (100 ms by
-     * default) before trying again, which caps small transactions at ~15/s.
-     * The Java producer retries those after 20 ms.
-     * linger.ms: records are produced all at once right before the commit,
-     * whose flush would otherwise wait out the linger. */
-    static const char *const pdefaults[] = {"transaction.timeout.ms",
-                                            "10000",
-                                            "retry.backoff.ms",
-                                            "20",
-                                            "linger.ms",
-                                            "0",
-                                            NULL};
-    static const char *const prequired[] = {"partitioner", "murmur2_random",
-                                            NULL};
+     * ".alt2", ...), all stable across restarts; the defaults are
+     * evl_kafka_batch_txn_* (kafka.h says why) */
     if (j == 0)
         snprintf(txid, sizeof txid, "%s", cfg->cmd.transactional_id);
     else if (j == 1)
@@ -330,14 +314,11 @@ static int producer_new(cmdproc *cp, int j, char *err, size_t errlen)
     evl_kafka_client_opts o = {.name = "producer",
                                .client_id = client,
                                .transactional_id = txid,
-                               .defaults = pdefaults,
-                               .required = prequired};
+                               .defaults = evl_kafka_batch_txn_defaults,
+                               .required = evl_kafka_batch_txn_required};
     if (evl_txn_open(&cp->txn[j], cfg, &o, err, errlen))
         return EXIT_CONFIG;
-    evl_kafka_conf_value(cp->txn[j].rk, "message.max.bytes", size, sizeof size);
-    cp->max_message = (size_t)strtoull(size, NULL, 10);
-    if (cp->max_message < 4096)
-        cp->max_message = 1000000;
+    cp->max_message = evl_kafka_max_message(cp->txn[j].rk);
     return EXIT_OK;
 }
 

@@ -227,6 +227,24 @@ evl_err evl_kafka_consumer_new(const evl_config *cfg,
     return EVL_OK;
 }
 
+const char *const evl_kafka_batch_txn_defaults[] = {"transaction.timeout.ms",
+                                                    "10000",
+                                                    "retry.backoff.ms",
+                                                    "20",
+                                                    "linger.ms",
+                                                    "0",
+                                                    NULL};
+const char *const evl_kafka_batch_txn_required[] = {"partitioner",
+                                                    "murmur2_random", NULL};
+
+size_t evl_kafka_max_message(rd_kafka_t *rk)
+{
+    char size[64];
+    evl_kafka_conf_value(rk, "message.max.bytes", size, sizeof size);
+    size_t n = (size_t)strtoull(size, NULL, 10);
+    return n < 4096 ? 1000000 : n;
+}
+
 evl_err evl_kafka_producer_new(const evl_config *cfg,
                                const evl_kafka_client_opts *o, rd_kafka_t **out,
                                char *err, size_t errlen)

@@ -120,6 +120,26 @@ evl_err evl_kafka_producer_new(const evl_config *cfg,
                                const evl_kafka_client_opts *o, rd_kafka_t **out,
                                char *err, size_t errlen);
 
+/* The defaults and required properties of a transactional producer that
+ * produces a batch's records all at once right before its commit (the
+ * command side's and the reactors'):
+ *   retry.backoff.ms 20: right after a commit the coordinator may still be
+ *     writing the markers and answer the next AddPartitionsToTxn with
+ *     CONCURRENT_TRANSACTIONS; librdkafka waits retry.backoff.ms (100 ms
+ *     by default) before asking again, which caps small transactions at
+ *     ~15/s (the Java producer retries those after 20 ms);
+ *   linger.ms 0: the commit's flush would otherwise wait out the linger;
+ *   transaction.timeout.ms 10000: a stalled instance's transaction ends
+ *     soon;
+ *   partitioner murmur2_random (required): the one `evlua send` and the
+ *     Java clients use, so an aggregate's commands share one partition. */
+extern const char *const evl_kafka_batch_txn_defaults[];
+extern const char *const evl_kafka_batch_txn_required[];
+
+/* rk's message.max.bytes: the largest record it produces (librdkafka's
+ * default, 1,000,000, when unreadable or below 4 KiB). */
+size_t evl_kafka_max_message(rd_kafka_t *rk);
+
 /* The value of property key of rk's configuration into buf ("" when unset
  * or unknown). */
 const char *evl_kafka_conf_value(rd_kafka_t *rk, const char *key, char *buf,

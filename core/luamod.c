@@ -294,6 +294,18 @@ static void push_stmts(lua_State *L, const evl_luahost_stmts *s)
     }
 }
 
+/* Argument idx, an event envelope as JSON text or a table (encoded, the
+ * text left on the stack): its JSON text and length. */
+static const char *event_arg(lua_State *L, ud *u, int idx, size_t *len)
+{
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return lua_tolstring(L, idx, len);
+    luaL_checktype(L, idx, LUA_TTABLE);
+    encode(L, u, idx, "event");
+    lua_pushlstring(L, u->buf.data, u->buf.len);
+    return lua_tolstring(L, -1, len);
+}
+
 /* host:project(name, event) -> statements | nil, err */
 static int l_project(lua_State *L)
 {
@@ -302,14 +314,7 @@ static int l_project(lua_State *L)
     const char *name = luaL_checkstring(L, 2);
     size_t len;
     const char *ev;
-    if (lua_type(L, 3) == LUA_TSTRING) {
-        ev = lua_tolstring(L, 3, &len);
-    } else {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        encode(L, u, 3, "event");
-        lua_pushlstring(L, u->buf.data, u->buf.len);
-        ev = lua_tolstring(L, -1, &len);
-    }
+    ev = event_arg(L, u, 3, &len);
     if (!evl_luahost_projection_get(u->host, name))
         return luaL_error(L, "evlua_host: no projection named '%s'", name);
     if (evl_luahost_project(u->host, name, ev, len, &u->stmts, err,
@@ -351,14 +356,7 @@ static int l_react(lua_State *L)
     size_t len;
     const char *ev;
     luaL_argcheck(L, max > 0, 4, "max_commands must be positive");
-    if (lua_type(L, 3) == LUA_TSTRING) {
-        ev = lua_tolstring(L, 3, &len);
-    } else {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        encode(L, u, 3, "event");
-        lua_pushlstring(L, u->buf.data, u->buf.len);
-        ev = lua_tolstring(L, -1, &len);
-    }
+    ev = event_arg(L, u, 3, &len);
     if (!evl_luahost_aggregate_get(u->host, type))
         return luaL_error(L, "evlua_host: no aggregate of type '%s'", type);
     if (evl_luahost_react(u->host, type, ev, len, (size_t)max, &u->reactions,

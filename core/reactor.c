@@ -207,25 +207,13 @@ static void committed(reactor *r)
  * initialize it. Returns RX_OK or an exit code (logged). */
 static int producer_open(reactor *r)
 {
-    /* as the command side's producers (cmdproc.c): records are produced
-     * all at once before the commit, so no linger; the coordinator's
-     * CONCURRENT_TRANSACTIONS after a commit is retried soon */
-    static const char *const pdefaults[] = {"transaction.timeout.ms",
-                                            "10000",
-                                            "retry.backoff.ms",
-                                            "20",
-                                            "linger.ms",
-                                            "0",
-                                            NULL};
-    static const char *const prequired[] = {"partitioner", "murmur2_random",
-                                            NULL};
     char err[EVL_ERRLEN], client[300];
     snprintf(client, sizeof client, "evlua-react-%s", r->type);
     evl_kafka_client_opts o = {.name = "reactor producer",
                                .client_id = client,
                                .transactional_id = r->txid,
-                               .defaults = pdefaults,
-                               .required = prequired};
+                               .defaults = evl_kafka_batch_txn_defaults,
+                               .required = evl_kafka_batch_txn_required};
     if (evl_txn_open(&r->txn, r->cfg, &o, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "reactor: bad Kafka configuration", "reaction",
                 r->type, "error", err, NULL);
@@ -233,11 +221,7 @@ static int producer_open(reactor *r)
     }
     if (evl_txn_init(&r->txn, evl_now_ms() + RX_STARTUP_MS) != EVL_OK)
         return RX_RUNTIME;
-    char size[64];
-    evl_kafka_conf_value(r->txn.rk, "message.max.bytes", size, sizeof size);
-    r->max_message = (size_t)strtoull(size, NULL, 10);
-    if (r->max_message < 16384)
-        r->max_message = 1000000;
+    r->max_message = evl_kafka_max_message(r->txn.rk);
     r->rkt_cmd = rd_kafka_topic_new(r->txn.rk, r->commands, NULL);
     r->rkt_parked = rd_kafka_topic_new(r->txn.rk, r->ptopic, NULL);
     return RX_OK;
