@@ -42,6 +42,11 @@ for line in \
     "customers (projection customer_profile" \
     "shipping_addresses (only CustomerAddressChanged" \
     "welcome_kits (a later feature" \
+    "kit-c-ann  WelcomeKitShipped" \
+    "order/o-1  OrderConfirmed" \
+    "payment/pay-o-2  PaymentDeclined" \
+    "stock/mug  StockReleased" \
+    "one correlation id across three aggregates" \
     "customers after the reload" \
     "kill -9 after" \
     "ledger per account after kill -9 and restart" \
