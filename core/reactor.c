@@ -217,7 +217,14 @@ static int producer_open(reactor *r)
                                             "linger.ms",
                                             "0",
                                             NULL};
+    /* the topic handles below make librdkafka ask for the topics' metadata
+     * before rx_ensure_topics runs, and a producer's request auto-creates a
+     * missing topic on a broker with auto.create.topics.enable (Kafka's
+     * default) with the broker's num.partitions and retention: a commands
+     * topic not of commands.partitions, a parked topic that loses parked
+     * reactions after 7 days. evlua creates its topics itself. */
     static const char *const prequired[] = {"partitioner", "murmur2_random",
+                                            "allow.auto.create.topics", "false",
                                             NULL};
     char err[EVL_ERRLEN], client[300];
     snprintf(client, sizeof client, "evlua-react-%s", r->type);

@@ -106,6 +106,17 @@ int main(void)
     check_command(by_member(&pc, "kit-m-2"), s2, "kit-m-2", NULL);
     CHECK_INT(rt_count(&pr, "status", "accepted"), 2,
               "the parcel aggregate accepted both");
+    {
+        /* the broker auto-creates topics (num.partitions = 4): a topic
+         * evlua did not create itself would show it */
+        char parked[256];
+        snprintf(parked, sizeof parked, "%s.parcel.reactions.parked", t.prefix);
+        CHECK_INT(ct_partitions(&t, pcmd), 3,
+                  "parcel.commands has commands.partitions, not the "
+                  "broker's num.partitions (no auto-creation)");
+        CHECK_INT(ct_partitions(&t, parked), 1,
+                  "the parked topic has the one partition evlua creates");
+    }
 
     const th_rec *k1 = by_member(&pe, "kit-m-1"),
                  *c1 = by_member(&pc, "kit-m-1");
