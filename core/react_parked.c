@@ -488,12 +488,29 @@ evl_err rp_drain(rd_kafka_t *reader, const char *topic, rp_set *s, int64_t *pos,
 {
     int64_t lo = 0, hi = 0;
     long long deadline = evl_now_ms() + timeout_ms;
-    rd_kafka_resp_err_t e =
-        rd_kafka_query_watermark_offsets(reader, topic, 0, &lo, &hi, 10000);
-    if (e)
-        return evl_seterr(err, errlen, EVL_ETRANSIENT,
-                          "the end of %s is not known: %s", topic,
-                          rd_kafka_err2str(e));
+    rd_kafka_resp_err_t e;
+    /* A topic created a moment ago (the reactor's first start) can still
+     * be unknown to this client's metadata ("Local: Unknown partition")
+     * although the creating client already saw it: ask again until the
+     * deadline instead of failing the start on the first answer. */
+    for (;;) {
+        long long left = deadline - evl_now_ms();
+        e = rd_kafka_query_watermark_offsets(reader, topic, 0, &lo, &hi,
+                                             left < 100     ? 100
+                                             : left > 10000 ? 10000
+                                                            : (int)left);
+        if (!e)
+            break;
+        if (evl_now_ms() >= deadline || evl_lifecycle_stopping())
+            return evl_seterr(err, errlen, EVL_ETRANSIENT,
+                              "the end of %s is not known: %s", topic,
+                              rd_kafka_err2str(e));
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 200);
+        if (m) {
+            rp_fold_message(s, m, pos);
+            rd_kafka_message_destroy(m);
+        }
+    }
     while (*pos < hi && hi > lo) {
         if (evl_now_ms() > deadline || evl_lifecycle_stopping())
             return evl_seterr(err, errlen, EVL_ETRANSIENT,
