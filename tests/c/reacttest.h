@@ -4,7 +4,8 @@
  * aggregates of tests/fixtures/react_e2e (member, the source; parcel,
  * which reacts to it), a config whose topics, groups and transactional
  * ids carry the test's prefix, and helpers to read the reaction side's
- * topics and to run `evlua parked --reactions`.
+ * topics, to run `evlua parked --reactions` and to read the metrics
+ * endpoint of `evlua run`.
  */
 #ifndef EVL_REACTTEST_H
 #define EVL_REACTTEST_H
@@ -30,9 +31,10 @@ static inline void rt_copy_fixture(const ct *t, const char *name)
 }
 
 /* Write config NAME.lua; extra_reactions: Lua fields (with trailing
- * commas) for the reactions table, or NULL. */
-static inline void rt_config(const ct *t, const char *name,
-                             const char *extra_reactions)
+ * commas) for the reactions table, extra: top-level fields (e.g.
+ * "metrics = { listen = '127.0.0.1:0' },"); either may be NULL. */
+static inline void rt_config_ex(const ct *t, const char *name,
+                                const char *extra_reactions, const char *extra)
 {
     char text[8192], rel[256];
     snprintf(text, sizeof text,
@@ -55,12 +57,20 @@ static inline void rt_config(const ct *t, const char *name,
              "    parked_topic = '%s.{type}.reactions.parked',\n"
              "    %s\n"
              "  },\n"
+             "  %s\n"
              "}\n",
              t->dir, t->bootstrap, t->prefix, t->prefix, t->prefix, t->prefix,
              t->prefix, t->prefix, t->prefix, t->prefix,
-             extra_reactions ? extra_reactions : "");
+             extra_reactions ? extra_reactions : "", extra ? extra : "");
     snprintf(rel, sizeof rel, "%s.lua", name);
     ct_write_file(t, rel, text);
+}
+
+/* rt_config_ex without top-level extras. */
+static inline void rt_config(const ct *t, const char *name,
+                             const char *extra_reactions)
+{
+    rt_config_ex(t, name, extra_reactions, NULL);
 }
 
 /* ct_init with both fixtures and config "a". */
@@ -149,6 +159,53 @@ static inline void rt_delete_group(const ct *t, const char *group)
     rd_kafka_queue_destroy(q);
     rd_kafka_DeleteGroup_destroy(g);
     rd_kafka_destroy(rk);
+}
+
+/* ---- the metrics endpoint ---------------------------------------------- */
+
+/* The port of the metrics endpoint `evlua run` logged to DIR/LOG ("metrics
+ * endpoint listening ... port=N"; metrics.listen "127.0.0.1:0" picks a
+ * free one), waiting up to timeout_ms for the line; 0 when it never came. */
+static inline int rt_metrics_port(const ct *t, const char *log,
+                                  long long timeout_ms)
+{
+    char path[1024], text[65536];
+    if (!ct_wait_log(t, log, "metrics endpoint listening", timeout_ms))
+        return 0;
+    snprintf(path, sizeof path, "%s/%s", t->dir, log);
+    th_read_file(path, text, sizeof text);
+    const char *line = strstr(text, "metrics endpoint listening");
+    const char *p = line ? strstr(line, " port=") : NULL;
+    return p ? atoi(p + 6) : 0;
+}
+
+/* The value of series (a metric name with its labels as /metrics writes
+ * them: name{type="parcel",outcome="reacted"}) on the endpoint at port;
+ * -1 when /metrics does not list it. */
+static inline double rt_metric(int port, const char *series)
+{
+    size_t cap = 1 << 20, n = strlen(series);
+    char *b = malloc(cap);
+    double v = -1;
+    th_http_get(port, "/metrics", b, cap);
+    for (const char *p = b; (p = strstr(p, series)) != NULL; p += n)
+        if ((p == b || p[-1] == '\n') && p[n] == ' ') {
+            v = strtod(p + n + 1, NULL);
+            break;
+        }
+    free(b);
+    return v;
+}
+
+/* evlua_reactions_total{type,outcome} (rt_metric). */
+static inline double rt_reactions(int port, const char *type,
+                                  const char *outcome)
+{
+    char series[300];
+    snprintf(series, sizeof series,
+             "evlua_reactions_total{type=\"%s\",outcome=\"%s\"}", type,
+             outcome);
+    return rt_metric(port, series);
 }
 
 #endif

@@ -7,6 +7,9 @@
  * on the murmur2 partition, with a UUIDv5 id, causation_id = the source
  * event's id, the source's correlation and user ids; the parcel's events
  * carry the same correlation id and the command as their causation.
+ * Meanwhile the metrics endpoint counts the reactions by outcome (the
+ * three moves: two reacted, one returned nil; the joins have no reaction
+ * and are not counted) and /readyz is 200 naming the parcel reactor.
  */
 #include "reacttest.h"
 
@@ -38,12 +41,12 @@ static const th_rec *by_member(const th_recs *recs, const char *kit)
 static void check_command(const th_rec *c, const th_rec *src, const char *kit,
                           const char *user)
 {
-    const char *id = th_str(c, "id");
     char what[128];
     snprintf(what, sizeof what, "the command for %s", kit);
     CHECK(c != NULL && src != NULL, what);
     if (!c || !src)
         return;
+    const char *id = th_str(c, "id");
     CHECK_STR(th_str(c, "type"), "ShipKit", "the reaction's command type");
     CHECK_STR(th_str(c, "aggregate_type"), "parcel", "aggregate_type");
     CHECK_STR(c->key, kit, "keyed by the command's aggregate id");
@@ -69,6 +72,7 @@ int main(void)
     th_recs me = {0}, pc = {0}, pe = {0}, pr = {0};
 
     rt_init(&t, "re2e", NULL);
+    rt_config_ex(&t, "a", NULL, "metrics = { listen = '127.0.0.1:0' },");
     ct_topic(&t, "member", "events", mev, sizeof mev);
     ct_topic(&t, "parcel", "commands", pcmd, sizeof pcmd);
     ct_topic(&t, "parcel", "events", pev, sizeof pev);
@@ -79,6 +83,10 @@ int main(void)
     CHECK(ct_wait_log(&t, "a.log", "reactor started", 60000),
           "evlua run starts the parcel reactor");
     ct_wait_topic(&t, pres, 30);
+    int port = rt_metrics_port(&t, "a.log", 30000);
+    CHECK(port > 0, "evlua run logs the port of its metrics endpoint");
+    CHECK_INT(rt_reactions(port, "parcel", "reacted"), 0,
+              "the reactor's counters are there from its start, at 0");
 
     const char *meta1 =
         "\"metadata\":{\"user_id\":\"u-1\",\"correlation_id\":\"corr-1\"}";
@@ -106,6 +114,17 @@ int main(void)
     check_command(by_member(&pc, "kit-m-2"), s2, "kit-m-2", NULL);
     CHECK_INT(rt_count(&pr, "status", "accepted"), 2,
               "the parcel aggregate accepted both");
+    {
+        /* the broker auto-creates topics (num.partitions = 4): a topic
+         * evlua did not create itself would show it */
+        char parked[256];
+        snprintf(parked, sizeof parked, "%s.parcel.reactions.parked", t.prefix);
+        CHECK_INT(ct_partitions(&t, pcmd), 3,
+                  "parcel.commands has commands.partitions, not the "
+                  "broker's num.partitions (no auto-creation)");
+        CHECK_INT(ct_partitions(&t, parked), 1,
+                  "the parked topic has the one partition evlua creates");
+    }
 
     const th_rec *k1 = by_member(&pe, "kit-m-1"),
                  *c1 = by_member(&pc, "kit-m-1");
@@ -123,6 +142,45 @@ int main(void)
         CHECK_STR(th_str(k2, "correlation_id"), th_str(s2, "correlation_id"),
                   "m-2's correlation id (its command's id) carries over");
 
+    {
+        /* counted at each commit: the second move of m-1 may commit after
+         * the kits are shipped */
+        long long deadline = th_now_ms() + 60000;
+        while ((rt_reactions(port, "parcel", "reacted") < 2 ||
+                rt_reactions(port, "parcel", "none") < 1) &&
+               th_now_ms() < deadline)
+            th_sleep_ms(200);
+        CHECK_INT(rt_reactions(port, "parcel", "reacted"), 2,
+                  "evlua_reactions_total{type=\"parcel\",outcome=\"reacted\"}: "
+                  "the two first moves");
+        CHECK_INT(rt_reactions(port, "parcel", "none"), 1,
+                  "evlua_reactions_total{type=\"parcel\",outcome=\"none\"}: "
+                  "m-1's second move");
+        CHECK_INT(rt_reactions(port, "parcel", "parked"), 0,
+                  "evlua_reactions_total{type=\"parcel\",outcome=\"parked\"}");
+        CHECK_INT(
+            rt_metric(port, "evlua_reaction_commands_total{type=\"parcel\"}"),
+            pc.n,
+            "evlua_reaction_commands_total: the commands on "
+            "parcel.commands");
+        CHECK_INT(rt_metric(port, "evlua_reactions_parked{type=\"parcel\"}"), 0,
+                  "evlua_reactions_parked: no parked source aggregate");
+        CHECK(rt_metric(port,
+                        "evlua_reaction_transactions_total{type=\"parcel\","
+                        "outcome=\"committed\"}") >= 1,
+              "the reactor committed its transactions");
+    }
+    {
+        char b[16384];
+        long long deadline = th_now_ms() + 60000;
+        while (!strstr(th_readyz(port, b, sizeof b), " 200") &&
+               th_now_ms() < deadline)
+            th_sleep_ms(200);
+        fprintf(stderr, "/readyz: %s\n", b);
+        CHECK_HAS(b, " 200", "/readyz: 200 once the reactor runs");
+        CHECK_HAS(b, "\"reactions.parcel\":{\"ready\":true",
+                  "/readyz names the parcel reactor, ready");
+    }
     {
         char b[8192];
         CHECK_INT(rt_evlua(&t, "parked list --reactions parcel", b, sizeof b),
