@@ -108,4 +108,29 @@ grep -q '1 reaction FAILED$' "$work/out" || fail ":follow counts failed reaction
 grep -q '^followed 9 commands (9 accepted, 0 rejected, 0 failed), 9 events, 8 reaction steps deep; 1 command not followed (depth limit 8' "$work/out" ||
     fail "a loop of reactions stops at the default depth 8"
 grep -q '^version 4$' "$work/out" || fail "the session goes on after failed reactions"
+# The config's reactions.max_commands holds in the REPL as in evlua run
+mkdir -p "$work/cap/aggregates"
+cat > "$work/cap/aggregates/src.lua" <<'LUA'
+return { type = "src", initial = function() return {} end, apply = {},
+  neutral = { "Poked" },
+  handle = { Poke = function() return { { type = "Poked", data = {} } } end } }
+LUA
+cat > "$work/cap/aggregates/dst.lua" <<'LUA'
+return { type = "dst", initial = function() return {} end, apply = {},
+  neutral = { "Noted" },
+  handle = { Note = function() return { { type = "Noted", data = {} } } end },
+  react = { ["src.Poked"] = function(e)
+    return { { type = "Note", aggregate_id = "a" }, { type = "Note", aggregate_id = "b" } }
+  end } }
+LUA
+printf 'return { aggregates = "%s/cap/aggregates", projections = {},\n  reactions = { max_commands = %s } }\n' \
+    "$work" 1 > "$work/cap/one.lua"
+printf 'return { aggregates = "%s/cap/aggregates", projections = {},\n  reactions = { max_commands = %s } }\n' \
+    "$work" 2 > "$work/cap/two.lua"
+echo 'src s1 Poke' | "$evlua" repl -c "$work/cap/one.lua" > "$work/out" 2>&1 || fail "repl exits 0 (cap 1)"
+grep -q 'FAILED: .*returned 2 commands.*reactions.max_commands = 1' "$work/out" ||
+    fail "reactions.max_commands = 1 in the config refuses a reaction's 2 commands"
+echo 'src s1 Poke' | "$evlua" repl -c "$work/cap/two.lua" > "$work/out" 2>&1 || fail "repl exits 0 (cap 2)"
+grep -q 'FAILED' "$work/out" && fail "reactions.max_commands = 2 allows 2 commands"
+grep -q 'dst, to Poked: Note b' "$work/out" || fail "both reaction commands are shown under the cap"
 echo "ok: repl through a pipe"
