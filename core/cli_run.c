@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "cli.h"
 #include "lifecycle.h"
 #include "log.h"
@@ -256,8 +258,9 @@ int evl_cli_run(int argc, char **argv)
         rc = EVL_EXIT_USAGE;
         goto out;
     }
-    evl_log(EVL_LOG_INFO, "evlua starting", "version", EVLUA_VERSION, "config",
-            cfg.path, "scripts", evl_luahost_hash(proto), NULL);
+    evl_log(EVL_LOG_INFO, "evlua starting", "version", EVLUA_VERSION,
+            "librdkafka", rd_kafka_version_str(), "config", cfg.path, "scripts",
+            evl_luahost_hash(proto), NULL);
     /* nobody would see what it measures without the endpoint */
     evl_lag *lag = cfg.metrics.listen ? start_lag(&cfg, proto, ps, n) : NULL;
     size_t started = 0;

@@ -209,9 +209,9 @@ evl_err evl_kafka_ensure_topic(rd_kafka_t *rk, const evl_kafka_topic_spec *spec,
 /* The partition.assignment.strategy a pipeline's consumer uses: the
  * config's when it names only eager assignors (range, roundrobin, in any
  * order), else dflt. Cooperative assignors lose assignments with manual
- * offset commits in librdkafka 2.0, so a cooperative one in the config is
- * logged at warn (naming client) and replaced. The one place that policy
- * lives, for every consumer group evlua joins. */
+ * offset commits in librdkafka before 2.10 (2.0.2 and 2.8.0 alike), so a
+ * cooperative one in the config is logged at warn (naming client) and replaced.
+ * The one place that policy lives, for every consumer group evlua joins. */
 const char *evl_kafka_assignor(const evl_config *cfg, const char *dflt,
                                const char *client);
 

@@ -20,7 +20,9 @@
  *
  * Transaction markers: the high watermark counts the commit/abort marker
  * every transaction leaves in a partition, and librdkafka 2.0.2 gives no
- * last stable offset for a partition outside a consumer's assignment. The
+ * last stable offset for a partition outside a consumer's assignment
+ * (2.8.0's rd_kafka_ListOffsets does; unused while evlua also builds with
+ * 2.0.2). The
  * probe corrects what it can: a partition whose gap is at most
  * EVL_LAG_EXACT records is read to its end and counted exactly (data
  * records only); a gap with no data record at all (the marker a caught-up

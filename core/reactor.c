@@ -203,6 +203,17 @@ static void committed(reactor *r)
     r->backoff_ms = 0;
 }
 
+/* The producer's handles on the commands and parked topics. Only once
+ * rx_ensure_topics made them: a topic handle sends a metadata request at
+ * once (librdkafka >= 2.x), and a producer's metadata request lets the
+ * broker auto-create the topic with its defaults (num.partitions, a 7-day
+ * retention for the parked topic) before evlua creates it as it must be. */
+static void producer_topics(reactor *r)
+{
+    r->rkt_cmd = rd_kafka_topic_new(r->txn.rk, r->commands, NULL);
+    r->rkt_parked = rd_kafka_topic_new(r->txn.rk, r->ptopic, NULL);
+}
+
 /* Build the producer (again) with the reactor's transactional.id and
  * initialize it. Returns RX_OK or an exit code (logged). */
 static int producer_open(reactor *r)
@@ -222,8 +233,8 @@ static int producer_open(reactor *r)
     if (evl_txn_init(&r->txn, evl_now_ms() + RX_STARTUP_MS) != EVL_OK)
         return RX_RUNTIME;
     r->max_message = evl_kafka_max_message(r->txn.rk);
-    r->rkt_cmd = rd_kafka_topic_new(r->txn.rk, r->commands, NULL);
-    r->rkt_parked = rd_kafka_topic_new(r->txn.rk, r->ptopic, NULL);
+    if (r->topics_ready)
+        producer_topics(r);
     return RX_OK;
 }
 
@@ -528,6 +539,8 @@ static int open_rest(reactor *r)
                 r->type, "error", err, NULL);
         return e == EVL_EPERMANENT ? RX_CONFIG : RX_RUNTIME;
     }
+    r->topics_ready = 1;
+    producer_topics(r);
     if (refold(r) != 0)
         return RX_RUNTIME;
     if ((rc = subscribe(r)) != RX_OK)

@@ -155,7 +155,8 @@ typedef struct reactor {
     rd_kafka_t *consumer; /* group member on the sources */
     rd_kafka_t *reader;   /* assigned to the parked topic */
     evl_txn txn;
-    rd_kafka_topic_t *rkt_cmd, *rkt_parked;    /* of txn.rk */
+    rd_kafka_topic_t *rkt_cmd, *rkt_parked; /* of txn.rk */
+    int topics_ready; /* rx_ensure_topics done: producer_open makes rkt_* */
     rd_kafka_topic_partition_list_t *assigned; /* NULL: none */
     int catch_up; /* partitions came: read the parked topic to its end */
 

@@ -24,6 +24,17 @@
  *       processing thread spent runnable but waiting for a CPU (Linux
  *       schedstat), which is what a crowded machine costs it.
  *
+ *   bench_cmd floor RATE SECONDS AGGREGATES
+ *       The latency run against the latency floor instead of evlua: a bare
+ *       transactional loop (a child process, bench_cmd floor-loop) with the
+ *       same librdkafka, a read_committed consumer and a transactional
+ *       producer doing, per poll batch, begin / produce one record per
+ *       command (the command itself, to the results topic, same partition)
+ *       / send offsets / commit: no Lua, no state, no envelope. Same output
+ *       as latency (its CPU is the loop's).
+ *
+ * Throughput runs also print evlua's CPU time per command (all its
+ * threads, from its start to the last result).
  * Latency runs with evlua's default batch_size and linger_ms.
  * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms,
  * EVLUA_BENCH_BATCH_SIZE the latency run's commands.batch_size;
@@ -38,6 +49,7 @@
 #define _GNU_SOURCE /* memmem */
 #include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
 
 #include "cmdtest.h"
 
@@ -60,6 +72,7 @@ static const char bench_lua[] =
     "}\n";
 
 static ct t;
+static char cmd_topic[256]; /* the commands topic of setup */
 
 /* batch: commands.batch_size, 0 for evlua's default (or
  * EVLUA_BENCH_BATCH_SIZE); commands.linger_ms is evlua's default unless
@@ -90,6 +103,7 @@ static void setup(int batch)
     ct_config(&t, "a", "a", extra, getenv("EVLUA_BENCH_KAFKA"));
     ct_topic(&t, "bench", "commands", commands, sizeof commands);
     ct_create_topic(&t, commands, 6, NULL);
+    snprintf(cmd_topic, sizeof cmd_topic, "%s", commands);
 }
 
 static void send_cmd(rd_kafka_t *p, const char *id, const char *type, int agg)
@@ -121,125 +135,6 @@ static rd_kafka_t *results_consumer(const char *topic)
     rd_kafka_assign(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     return rk;
-}
-
-static int throughput(int events, int ncommands, int batch, int aggs)
-{
-    char results[256], id[32];
-    rd_kafka_t *p, *c;
-    long long first_ts = -1, last_ts = -1, t0, seen = 0, accepted = 0;
-    pid_t pid;
-
-    setup(batch);
-    ct_topic(&t, "bench", "results", results, sizeof results);
-    p = ct_producer(&t);
-    t0 = th_now_ms();
-    for (int i = 0; i < ncommands; i++) {
-        snprintf(id, sizeof id, "c-%d", i);
-        send_cmd(p, id, events == 3 ? "Three" : "One", i % aggs);
-    }
-    ct_flush(p);
-    fprintf(stderr, "preloaded %d commands in %lld ms\n", ncommands,
-            th_now_ms() - t0);
-    rd_kafka_destroy(p);
-
-    pid = ct_start(&t, "a", "a.log",
-                   getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
-                                               : "EVLUA_LOG_LEVEL=warn");
-    c = results_consumer(results);
-    t0 = th_now_ms();
-    while (seen < ncommands) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 500);
-        if (th_now_ms() - t0 > 600000)
-            th_die("only %lld of %d results after 10 minutes", seen, ncommands);
-        if (!m)
-            continue;
-        if (!m->err) {
-            long long ts = rd_kafka_message_timestamp(m, NULL);
-            if (first_ts < 0 || ts < first_ts)
-                first_ts = ts;
-            if (ts > last_ts)
-                last_ts = ts;
-            seen++;
-            accepted += m->len > 40 &&
-                        memmem(m->payload, m->len, "\"accepted\"", 10) != NULL;
-        }
-        rd_kafka_message_destroy(m);
-    }
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
-    int rc = th_stop(pid, SIGTERM, 60);
-    double secs = (double)(last_ts - first_ts) / 1000.0;
-    printf("mode=throughput events=%d commands=%d batch_size=%d "
-           "aggregates=%d accepted=%lld seconds=%.3f commands_per_s=%.0f "
-           "events_per_s=%.0f exit=%d\n",
-           events, ncommands, batch, aggs, accepted, secs,
-           secs > 0 ? (double)(ncommands - 1) / secs : 0.0,
-           secs > 0 ? (double)(ncommands - 1) * events / secs : 0.0, rc);
-    return accepted == ncommands && rc == 0 ? 0 : 1;
-}
-
-/* ---- latency ----------------------------------------------------------- */
-
-static long long *sent_us;
-static long long *lat_us;
-/* the split: send -> the result record's timestamp (set by evlua's
- * producer: queueing, fetching, batching, deciding), and that timestamp ->
- * arrival (flushing, committing, the markers, the reader's fetch); wall
- * clock milliseconds */
-static long long *sent_wall_ms, *in_evlua_ms, *to_visible_ms;
-static int nsent_total;
-static volatile int received, warm;
-static volatile int stop_reader;
-static char lat_results[256];
-
-static long long wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static long long now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void *reader(void *arg)
-{
-    rd_kafka_t *c = arg;
-    while (!stop_reader && received < nsent_total) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
-        long long now = now_us();
-        if (!m)
-            continue;
-        if (!m->err && m->payload) {
-            /* {"command_id":"L-123",... */
-            const char *s = memmem(m->payload, m->len, "\"L-", 3);
-            if (!s && memmem(m->payload, m->len, "\"W-", 3))
-                warm++;
-            if (s) {
-                int i = atoi(s + 3);
-                if (i >= 0 && i < nsent_total && lat_us[i] < 0) {
-                    long long ts = rd_kafka_message_timestamp(m, NULL);
-                    lat_us[i] = now - sent_us[i];
-                    in_evlua_ms[i] = ts - sent_wall_ms[i];
-                    to_visible_ms[i] = wall_ms() - ts;
-                    received++;
-                }
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    return NULL;
-}
-
-static int cmp_ll(const void *a, const void *b)
-{
-    long long x = *(const long long *)a, y = *(const long long *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* The threads of process pid from /proc/PID/task/TID/schedstat (ns on a
@@ -313,7 +208,244 @@ static void sched_delta(const sched_use *a, const sched_use *b,
     }
 }
 
-static int latency(int rate, int seconds, int aggs)
+static int throughput(int events, int ncommands, int batch, int aggs)
+{
+    char results[256], id[32];
+    rd_kafka_t *p, *c;
+    long long first_ts = -1, last_ts = -1, t0, seen = 0, accepted = 0;
+    pid_t pid;
+    static sched_use tp_s0, tp_s1;
+
+    setup(batch);
+    ct_topic(&t, "bench", "results", results, sizeof results);
+    p = ct_producer(&t);
+    t0 = th_now_ms();
+    for (int i = 0; i < ncommands; i++) {
+        snprintf(id, sizeof id, "c-%d", i);
+        send_cmd(p, id, events == 3 ? "Three" : "One", i % aggs);
+    }
+    ct_flush(p);
+    fprintf(stderr, "preloaded %d commands in %lld ms\n", ncommands,
+            th_now_ms() - t0);
+    rd_kafka_destroy(p);
+
+    pid = ct_start(&t, "a", "a.log",
+                   getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
+                                               : "EVLUA_LOG_LEVEL=warn");
+    c = results_consumer(results);
+    t0 = th_now_ms();
+    sched_of(pid, &tp_s0);
+    while (seen < ncommands) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 500);
+        if (th_now_ms() - t0 > 600000)
+            th_die("only %lld of %d results after 10 minutes", seen, ncommands);
+        if (!m)
+            continue;
+        if (!m->err) {
+            long long ts = rd_kafka_message_timestamp(m, NULL);
+            if (first_ts < 0 || ts < first_ts)
+                first_ts = ts;
+            if (ts > last_ts)
+                last_ts = ts;
+            seen++;
+            accepted += m->len > 40 &&
+                        memmem(m->payload, m->len, "\"accepted\"", 10) != NULL;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    sched_of(pid, &tp_s1);
+    long long run_ns, wait_ns;
+    sched_delta(&tp_s0, &tp_s1, &run_ns, &wait_ns);
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    int rc = th_stop(pid, SIGTERM, 60);
+    double secs = (double)(last_ts - first_ts) / 1000.0;
+    printf("mode=throughput events=%d commands=%d batch_size=%d "
+           "aggregates=%d accepted=%lld seconds=%.3f commands_per_s=%.0f "
+           "events_per_s=%.0f evlua_cpu_us_per_cmd=%.1f exit=%d\n",
+           events, ncommands, batch, aggs, accepted, secs,
+           secs > 0 ? (double)(ncommands - 1) / secs : 0.0,
+           secs > 0 ? (double)(ncommands - 1) * events / secs : 0.0,
+           (double)run_ns / 1000.0 / ncommands, rc);
+    return accepted == ncommands && rc == 0 ? 0 : 1;
+}
+
+/* ---- latency ----------------------------------------------------------- */
+
+static long long *sent_us;
+static long long *lat_us;
+/* the split: send -> the result record's timestamp (set by evlua's
+ * producer: queueing, fetching, batching, deciding), and that timestamp ->
+ * arrival (flushing, committing, the markers, the reader's fetch); wall
+ * clock milliseconds */
+static long long *sent_wall_ms, *in_evlua_ms, *to_visible_ms;
+static int nsent_total;
+static volatile int received, warm;
+static volatile int stop_reader;
+static char lat_results[256];
+
+static long long wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long long now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void *reader(void *arg)
+{
+    rd_kafka_t *c = arg;
+    while (!stop_reader && received < nsent_total) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+        long long now = now_us();
+        if (!m)
+            continue;
+        if (!m->err && m->payload) {
+            /* {"command_id":"L-123",... */
+            const char *s = memmem(m->payload, m->len, "\"L-", 3);
+            if (!s && memmem(m->payload, m->len, "\"W-", 3))
+                warm++;
+            if (s) {
+                int i = atoi(s + 3);
+                if (i >= 0 && i < nsent_total && lat_us[i] < 0) {
+                    long long ts = rd_kafka_message_timestamp(m, NULL);
+                    lat_us[i] = now - sent_us[i];
+                    in_evlua_ms[i] = ts - sent_wall_ms[i];
+                    to_visible_ms[i] = wall_ms() - ts;
+                    received++;
+                }
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- the latency floor: a bare transactional loop ---------------------- */
+
+static volatile sig_atomic_t floor_stop;
+static void on_term(int sig)
+{
+    floor_stop = 1;
+}
+
+/* bench_cmd floor-loop BOOTSTRAP COMMANDS RESULTS ID: consume COMMANDS
+ * (read_committed, group ID) and, per poll batch, in one transaction,
+ * produce each command as it is to RESULTS (same partition) and commit
+ * the batch's offsets. Until SIGTERM. librdkafka settings as evlua's
+ * command side (docs/command-side.md). */
+static int floor_loop(const char *bootstrap, const char *commands,
+                      const char *results, const char *id)
+{
+    static const char *const csettings[] = {"fetch.wait.max.ms",
+                                            "5",
+                                            "fetch.min.bytes",
+                                            "65536",
+                                            "enable.auto.commit",
+                                            "false",
+                                            "auto.offset.reset",
+                                            "earliest",
+                                            NULL};
+    char errstr[512];
+    rd_kafka_t *c = th_consumer(bootstrap, id, "read_committed", csettings);
+    rd_kafka_conf_t *conf = th_kconf(bootstrap);
+    th_kset(conf, "transactional.id", id);
+    th_kset(conf, "linger.ms", "0");
+    th_kset(conf, "retry.backoff.ms", "20");
+    th_kset(conf, "transaction.timeout.ms", "10000");
+    rd_kafka_t *p =
+        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!p)
+        th_die("floor producer: %s", errstr);
+    th_kcheck(rd_kafka_init_transactions(p, 30000), "init_transactions");
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, commands, RD_KAFKA_PARTITION_UA);
+    if (rd_kafka_subscribe(c, sub))
+        th_die("floor: subscribe failed");
+    rd_kafka_topic_partition_list_destroy(sub);
+    signal(SIGTERM, on_term);
+    static rd_kafka_message_t *batch[1000];
+    while (!floor_stop) {
+        int n = 0;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+        while (m) {
+            if (m->err)
+                rd_kafka_message_destroy(m);
+            else
+                batch[n++] = m;
+            m = n < 1000 ? rd_kafka_consumer_poll(c, 0) : NULL;
+        }
+        if (n == 0)
+            continue;
+        th_kcheck(rd_kafka_begin_transaction(p), "begin_transaction");
+        rd_kafka_topic_partition_list_t *offs =
+            rd_kafka_topic_partition_list_new(8);
+        for (int i = 0; i < n; i++) {
+            m = batch[i];
+            rd_kafka_resp_err_t e = rd_kafka_producev(
+                p, RD_KAFKA_V_TOPIC(results),
+                RD_KAFKA_V_PARTITION(m->partition),
+                RD_KAFKA_V_KEY(m->key, m->key_len),
+                RD_KAFKA_V_VALUE(m->payload, m->len),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+            if (e)
+                th_die("floor: produce: %s", rd_kafka_err2str(e));
+            const char *tn = rd_kafka_topic_name(m->rkt);
+            rd_kafka_topic_partition_t *tp =
+                rd_kafka_topic_partition_list_find(offs, tn, m->partition);
+            if (!tp)
+                tp = rd_kafka_topic_partition_list_add(offs, tn, m->partition);
+            tp->offset = m->offset + 1;
+        }
+        rd_kafka_consumer_group_metadata_t *g =
+            rd_kafka_consumer_group_metadata(c);
+        th_kcheck(rd_kafka_send_offsets_to_transaction(p, offs, g, -1),
+                  "send_offsets_to_transaction");
+        rd_kafka_consumer_group_metadata_destroy(g);
+        rd_kafka_topic_partition_list_destroy(offs);
+        th_kcheck(rd_kafka_commit_transaction(p, -1), "commit_transaction");
+        for (int i = 0; i < n; i++)
+            rd_kafka_message_destroy(batch[i]);
+    }
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    rd_kafka_destroy(p);
+    return 0;
+}
+
+/* Start the floor loop as a child process (its own librdkafka threads,
+ * so its CPU is measured as evlua's is). */
+static pid_t floor_start(void)
+{
+    char results[256], id[300];
+    ct_topic(&t, "bench", "results", results, sizeof results);
+    ct_create_topic(&t, results, 6, NULL);
+    snprintf(id, sizeof id, "%s.floor", t.prefix);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        th_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        execl("/proc/self/exe", "bench_cmd", "floor-loop", t.bootstrap,
+              cmd_topic, results, id, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int latency(int rate, int seconds, int aggs, int floor)
 {
     char id[32];
     rd_kafka_t *p, *c;
@@ -332,11 +464,16 @@ static int latency(int rate, int seconds, int aggs)
     to_visible_ms = calloc((size_t)n, sizeof *to_visible_ms);
     for (int k = 0; k < n; k++)
         lat_us[k] = -1;
-    pid = ct_start(&t, "a", "a.log",
-                   getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
-                                               : "EVLUA_LOG_LEVEL=info");
-    for (int k = 0; k < 600 && !ct_log_has(&t, "a.log", "states restored"); k++)
-        th_sleep_ms(50);
+    if (floor) {
+        pid = floor_start();
+    } else {
+        pid = ct_start(&t, "a", "a.log",
+                       getenv("EVLUA_BENCH_DEBUG") ? "EVLUA_LOG_LEVEL=debug"
+                                                   : "EVLUA_LOG_LEVEL=info");
+        for (int k = 0; k < 600 && !ct_log_has(&t, "a.log", "states restored");
+             k++)
+            th_sleep_ms(50);
+    }
     c = results_consumer(lat_results);
     pthread_create(&th, NULL, reader, c);
     p = ct_producer(&t);
@@ -408,12 +545,13 @@ static int latency(int rate, int seconds, int aggs)
     qsort(v, (size_t)m, sizeof *v, cmp_ll);
     qsort(a, (size_t)m, sizeof *a, cmp_ll);
     qsort(b, (size_t)m, sizeof *b, cmp_ll);
-    printf("mode=latency rate=%d seconds=%d commands=%d results=%d "
+    printf("mode=%s rate=%d seconds=%d commands=%d results=%d "
            "p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f max_ms=%.1f "
            "to_result_p50_ms=%lld to_result_p99_ms=%lld "
            "to_visible_p50_ms=%lld to_visible_p99_ms=%lld "
            "evlua_cpu_us_per_cmd=%.1f evlua_runq_wait_pct=%.1f exit=%d\n",
-           rate, seconds, n, m, m ? v[m / 2] / 1000.0 : -1.0,
+           floor ? "floor" : "latency", rate, seconds, n, m,
+           m ? v[m / 2] / 1000.0 : -1.0,
            m ? v[(long)m * 99 / 100] / 1000.0 : -1.0,
            m ? v[(long)m * 999 / 1000] / 1000.0 : -1.0,
            m ? v[m - 1] / 1000.0 : -1.0, m ? a[m / 2] : -1LL,
@@ -437,9 +575,14 @@ int main(int argc, char **argv)
         return throughput(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]),
                           atoi(argv[5]));
     if (argc == 5 && strcmp(argv[1], "latency") == 0)
-        return latency(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+        return latency(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), 0);
+    if (argc == 5 && strcmp(argv[1], "floor") == 0)
+        return latency(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), 1);
+    if (argc == 6 && strcmp(argv[1], "floor-loop") == 0)
+        return floor_loop(argv[2], argv[3], argv[4], argv[5]);
     fprintf(stderr, "usage: bench_cmd throughput EVENTS COMMANDS BATCH_SIZE "
                     "AGGREGATES\n"
-                    "       bench_cmd latency RATE SECONDS AGGREGATES\n");
+                    "       bench_cmd latency RATE SECONDS AGGREGATES\n"
+                    "       bench_cmd floor RATE SECONDS AGGREGATES\n");
     return 2;
 }
