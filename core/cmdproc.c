@@ -116,7 +116,7 @@ static int sink_busy(void *ctx)
 }
 
 static const evl_pipeline_sink sink = {sink_take, sink_pending, sink_halted,
-                                       sink_busy};
+                                       sink_busy, NULL};
 
 /* ---- one turn ------------------------------------------------------------ */
 

@@ -325,6 +325,7 @@ static const key_spec reactions_keys[] = {
     {"on_error", K_ENUM, 0, 0, CFG(react.on_error), policies},
     {"max_commands", K_INT, 1, 100000, CFG(react.max_commands), NULL},
     {"batch_size", K_INT, 1, 100000, CFG(react.batch_size), NULL},
+    {"batch_bytes", K_INT, 65536, 1 << 30, CFG(react.batch_bytes), NULL},
     {"linger_ms", K_INT, 0, 60000, CFG(react.linger_ms), NULL},
     {"group_prefix", K_STR, 0, 0, CFG(react.group_prefix), NULL},
     {"parked_topic", K_STR, 0, 0, CFG(react.parked_topic), NULL},
@@ -512,7 +513,8 @@ static void defaults(evl_config *cfg)
     cfg->react.enabled = 1;
     cfg->react.on_error = evl_xstrdup("park");
     cfg->react.max_commands = 100;
-    cfg->react.batch_size = 500;
+    cfg->react.batch_size = 5000;
+    cfg->react.batch_bytes = 4 << 20;
     cfg->react.linger_ms = 0;
     cfg->react.group_prefix = evl_xstrdup("evlua.react.");
     cfg->react.parked_topic = evl_xstrdup("{type}.reactions.parked");

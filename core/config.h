@@ -114,6 +114,7 @@ typedef struct evl_config {
         char *on_error;     /* "park" or "halt" */
         int max_commands;   /* commands one event's reaction may return */
         int batch_size;     /* events per Kafka transaction, at most */
+        int batch_bytes;    /* a batch closes past this many event bytes */
         int linger_ms;      /* as commands.linger_ms */
         char *group_prefix; /* consumer group = prefix .. type */
         char *parked_topic; /* pattern; "{type}": the reacting type */

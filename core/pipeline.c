@@ -96,7 +96,8 @@ void evl_pipeline_collect(evl_pipeline *p, const evl_pipeline_sink *sink,
                           void *ctx)
 {
     long long t0 = now_ms(), deadline = 0;
-    while ((int)sink->pending(ctx) < p->batch_size && !sink->halted(ctx)) {
+    while ((int)sink->pending(ctx) < p->batch_size && !sink->halted(ctx) &&
+           !(sink->full && sink->full(ctx))) {
         int timeout;
         rd_kafka_message_t *m;
         if (sink->pending(ctx) == 0) {

@@ -105,19 +105,22 @@ void evl_pipeline_wait_check(evl_pipeline *p);
  * pending(ctx) counts the batch's messages not yet processed; halted(ctx)
  * says the turn cannot go on (a fatal error, a lost producer); busy(ctx)
  * says a transaction is in flight (the pipeline takes in messages while
- * it waits for it, so an empty batch returns at once). */
+ * it waits for it, so an empty batch returns at once); full(ctx), when
+ * not NULL, says the batch holds enough by the sink's own measure (bytes)
+ * before batch_size messages. */
 typedef struct evl_pipeline_sink {
     int (*take)(void *ctx, rd_kafka_message_t *m);
     size_t (*pending)(void *ctx);
     int (*halted)(void *ctx);
     int (*busy)(void *ctx);
+    int (*full)(void *ctx);
 } evl_pipeline_sink;
 
-/* Poll p->consumer until the batch holds p->batch_size messages, or a stop
- * is requested. Once the batch has its first message, it takes what the
- * consumer has queued and closes as soon as nothing more is there
- * (linger_ms 0), or waits up to linger_ms after the first one for more.
- * The adaptive close is what keeps latency low at every rate: messages
+/* Poll p->consumer until the batch holds p->batch_size messages (or the
+ * sink says it is full), or a stop is requested. Once the batch has its first
+ * message, it takes what the consumer has queued and closes as soon as nothing
+ * more is there (linger_ms 0), or waits up to linger_ms after the first one for
+ * more. The adaptive close is what keeps latency low at every rate: messages
  * queue up while the previous transaction commits, so the batch grows
  * with the load without waiting for a clock. While nothing comes, it
  * returns every 100 ms so the loop sees SIGHUP and the stop flag. Sets

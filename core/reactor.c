@@ -41,6 +41,7 @@ static void batch_clear(reactor *r)
     for (size_t i = 0; i < r->nbatch; i++)
         rd_kafka_message_destroy(r->batch[i]);
     r->nbatch = 0;
+    r->batch_bytes = 0;
 }
 
 static int sink_take(void *ctx, rd_kafka_message_t *m)
@@ -52,6 +53,7 @@ static int sink_take(void *ctx, rd_kafka_message_t *m)
             r->batch = evl_xrealloc(r->batch, sizeof *r->batch * r->capbatch);
         }
         r->batch[r->nbatch++] = m;
+        r->batch_bytes += m->len + m->key_len;
         return 1;
     }
     if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -82,8 +84,15 @@ static int sink_busy(void *ctx)
     return 0; /* nothing is ever in flight between turns */
 }
 
+/* reactions.batch_bytes: what a batch of large events holds in memory */
+static int sink_full(void *ctx)
+{
+    reactor *r = ctx;
+    return r->batch_bytes >= (size_t)r->cfg->react.batch_bytes;
+}
+
 static const evl_pipeline_sink sink = {sink_take, sink_pending, sink_halted,
-                                       sink_busy};
+                                       sink_busy, sink_full};
 
 /* The first (rewind) or next offset per partition of the batch; NULL
  * when it is empty. Owned. */

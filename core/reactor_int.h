@@ -162,6 +162,7 @@ typedef struct reactor {
 
     rd_kafka_message_t **batch;
     size_t nbatch, capbatch;
+    size_t batch_bytes; /* keys and values of the batch's messages */
 
     rp_set parked;
     int64_t parked_next; /* the reader's next offset in the parked topic */

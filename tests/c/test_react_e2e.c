@@ -65,6 +65,40 @@ static void check_command(const th_rec *c, const th_rec *src, const char *kit,
               "no user_id when the source event has none");
 }
 
+/* reactions.batch_bytes closes a batch at its byte bound: four 70 KB
+ * events, written while evlua is stopped (so they wait together), take
+ * four transactions at a 64 KiB bound where batch_size alone would take
+ * them in one. */
+static void check_batch_bytes(ct *t, rd_kafka_t *p)
+{
+    size_t n = 70 * 1024;
+    char *data = malloc(n + 32);
+    snprintf(data, n + 32, "{\"name\":\"%0*d\"}", (int)n, 7);
+    for (int i = 3; i <= 6; i++) {
+        char id[32], aid[32];
+        snprintf(id, sizeof id, "c-big-%d", i);
+        snprintf(aid, sizeof aid, "m-%d", i);
+        ct_send(t, p, "member", id, "Join", aid, data, NULL);
+    }
+    ct_flush(p);
+    free(data);
+    rt_config_ex(t, "b", "batch_bytes = 65536,",
+                 "metrics = { listen = '127.0.0.1:0' },");
+    pid_t pid = ct_start(t, "b", "b.log", NULL);
+    int port = rt_metrics_port(t, "b.log", 30000);
+    const char *series = "evlua_reaction_transactions_total{type=\"parcel\","
+                         "outcome=\"committed\"}";
+    long long deadline = th_now_ms() + 60000;
+    while (rt_metric(port, series) < 4 && th_now_ms() < deadline)
+        th_sleep_ms(200);
+    CHECK(rt_metric(port, series) >= 4,
+          "reactions.batch_bytes 65536: four 70 KB events take four "
+          "transactions");
+    CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run (b) exits 0");
+    if (check_failures_)
+        ct_dump_log(t, "b.log");
+}
+
 int main(void)
 {
     ct t;
@@ -193,6 +227,7 @@ int main(void)
           "the reactor logs its counts at the stop");
     if (check_failures_)
         ct_dump_log(&t, "a.log");
+    check_batch_bytes(&t, p);
     rd_kafka_destroy(p);
     th_recs_free(&me);
     th_recs_free(&pc);
