@@ -34,7 +34,9 @@
  *       as latency (its CPU is the loop's).
  *
  * Throughput runs also print evlua's CPU time per command (all its
- * threads, from its start to the last result).
+ * threads, from its start to the last result). Every run prints
+ * cpu_split_us_per_cmd: that CPU per command by thread name (evlua's
+ * own threads, librdkafka's rdk:main, rdk:broker (all brokers), ...).
  * Latency runs with evlua's default batch_size and linger_ms.
  * Environment: EVLUA_BENCH_LINGER_MS sets commands.linger_ms,
  * EVLUA_BENCH_BATCH_SIZE the latency run's commands.batch_size;
@@ -145,6 +147,7 @@ typedef struct sched_use {
     int n;
     struct {
         int tid, is_evlua; /* named "evlua": not one of librdkafka's */
+        char comm[20];     /* the thread's name: evlua, rdk:main, ... */
         long long run_ns, wait_ns;
     } t[MAX_THREADS];
 } sched_use;
@@ -176,6 +179,8 @@ static void sched_of(pid_t pid, sched_use *u)
         if (fscanf(fp, "%lld %lld", &run, &wait) == 2) {
             u->t[u->n].tid = atoi(e->d_name);
             u->t[u->n].is_evlua = strcmp(comm, "evlua\n") == 0;
+            comm[strcspn(comm, "\n")] = '\0';
+            snprintf(u->t[u->n].comm, sizeof u->t[u->n].comm, "%s", comm);
             u->t[u->n].run_ns = run;
             u->t[u->n].wait_ns = wait;
             u->n++;
@@ -206,6 +211,40 @@ static void sched_delta(const sched_use *a, const sched_use *b,
             *proc_wait_ns = b->t[i].wait_ns - w0;
         }
     }
+}
+
+/* From a to b, CPU per command by thread name into out, e.g.
+ * "evlua:40.1,rdk:main:80.2,rdk:broker:30.0" (us per command; a
+ * thread's name without the digits of its broker id, so the broker
+ * threads add up): where a command's CPU goes, thread by thread. */
+static void sched_split(const sched_use *a, const sched_use *b, int ncmds,
+                        char *out, size_t cap)
+{
+    char names[MAX_THREADS][20];
+    long long ns[MAX_THREADS];
+    int k = 0;
+    for (int i = 0; i < b->n; i++) {
+        char name[20];
+        long long r0 = 0;
+        int j;
+        for (j = 0; j < a->n; j++)
+            if (a->t[j].tid == b->t[i].tid)
+                r0 = a->t[j].run_ns;
+        snprintf(name, sizeof name, "%s", b->t[i].comm);
+        name[strcspn(name, "0123456789")] = '\0';
+        for (j = 0; j < k && strcmp(names[j], name) != 0; j++)
+            ;
+        if (j == k) {
+            snprintf(names[k], sizeof names[k], "%s", name);
+            ns[k++] = 0;
+        }
+        ns[j] += b->t[i].run_ns - r0;
+    }
+    size_t n = 0;
+    out[0] = '\0';
+    for (int j = 0; j < k && n < cap; j++)
+        n += (size_t)snprintf(out + n, cap - n, "%s%s:%.1f", j ? "," : "",
+                              names[j], ncmds ? ns[j] / 1000.0 / ncmds : 0.0);
 }
 
 static int throughput(int events, int ncommands, int batch, int aggs)
@@ -256,17 +295,20 @@ static int throughput(int events, int ncommands, int batch, int aggs)
     sched_of(pid, &tp_s1);
     long long run_ns, wait_ns;
     sched_delta(&tp_s0, &tp_s1, &run_ns, &wait_ns);
+    char split[512];
+    sched_split(&tp_s0, &tp_s1, ncommands, split, sizeof split);
     rd_kafka_consumer_close(c);
     rd_kafka_destroy(c);
     int rc = th_stop(pid, SIGTERM, 60);
     double secs = (double)(last_ts - first_ts) / 1000.0;
     printf("mode=throughput events=%d commands=%d batch_size=%d "
            "aggregates=%d accepted=%lld seconds=%.3f commands_per_s=%.0f "
-           "events_per_s=%.0f evlua_cpu_us_per_cmd=%.1f exit=%d\n",
+           "events_per_s=%.0f evlua_cpu_us_per_cmd=%.1f "
+           "cpu_split_us_per_cmd=%s exit=%d\n",
            events, ncommands, batch, aggs, accepted, secs,
            secs > 0 ? (double)(ncommands - 1) / secs : 0.0,
            secs > 0 ? (double)(ncommands - 1) * events / secs : 0.0,
-           (double)run_ns / 1000.0 / ncommands, rc);
+           (double)run_ns / 1000.0 / ncommands, split, rc);
     return accepted == ncommands && rc == 0 ? 0 : 1;
 }
 
@@ -513,6 +555,8 @@ static int latency(int rate, int seconds, int aggs, int floor)
      * for a CPU, over the measured run (sending until the last result) */
     sched_of(pid, &s1);
     sched_delta(&s0, &s1, &run_ns, &proc_wait_ns);
+    char split[512];
+    sched_split(&s0, &s1, n, split, sizeof split);
     double window_ms = (now_us() - start) / 1000.0;
     stop_reader = 1;
     pthread_join(th, NULL);
@@ -549,7 +593,8 @@ static int latency(int rate, int seconds, int aggs, int floor)
            "p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f max_ms=%.1f "
            "to_result_p50_ms=%lld to_result_p99_ms=%lld "
            "to_visible_p50_ms=%lld to_visible_p99_ms=%lld "
-           "evlua_cpu_us_per_cmd=%.1f evlua_runq_wait_pct=%.1f exit=%d\n",
+           "evlua_cpu_us_per_cmd=%.1f evlua_runq_wait_pct=%.1f "
+           "cpu_split_us_per_cmd=%s exit=%d\n",
            floor ? "floor" : "latency", rate, seconds, n, m,
            m ? v[m / 2] / 1000.0 : -1.0,
            m ? v[(long)m * 99 / 100] / 1000.0 : -1.0,
@@ -557,7 +602,8 @@ static int latency(int rate, int seconds, int aggs, int floor)
            m ? v[m - 1] / 1000.0 : -1.0, m ? a[m / 2] : -1LL,
            m ? a[(long)m * 99 / 100] : -1LL, m ? b[m / 2] : -1LL,
            m ? b[(long)m * 99 / 100] : -1LL, (double)run_ns / 1000.0 / n,
-           window_ms > 0 ? (double)proc_wait_ns / 1e4 / window_ms : 0.0, rc);
+           window_ms > 0 ? (double)proc_wait_ns / 1e4 / window_ms : 0.0, split,
+           rc);
     free(a);
     free(b);
     free(sent_wall_ms);
