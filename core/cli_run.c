@@ -67,6 +67,11 @@ static void *pipeline_main(void *arg)
 {
     pipeline *p = arg;
     if (strcmp(p->kind, "commands") == 0)
+        evl_thread_name("evl:commands", NULL);
+    else
+        evl_thread_name(
+            strcmp(p->kind, "projection") == 0 ? "evl:p:" : "evl:r:", p->name);
+    if (strcmp(p->kind, "commands") == 0)
         p->rc = evl_cmdproc_run(p->cfg, p->proto);
     if (strcmp(p->kind, "projection") == 0)
         p->rc = evl_projector_run(p->cfg, p->proto, p->name);

@@ -203,6 +203,7 @@ static evl_txn_step commit_job(committer *c, int j)
 static void *committer_main(void *arg)
 {
     committer *c = arg;
+    evl_thread_name("evl:commit", NULL);
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->has_job && !c->quit)

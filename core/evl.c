@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 const char *evl_err_name(evl_err e)
@@ -90,4 +91,11 @@ long long evl_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void evl_thread_name(const char *prefix, const char *name)
+{
+    char b[16];
+    snprintf(b, sizeof b, "%s%s", prefix ? prefix : "", name ? name : "");
+    prctl(PR_SET_NAME, b, 0, 0, 0);
 }

@@ -69,4 +69,9 @@ long long evl_now_ms(void);
 /* evl_hash() of the NUL-terminated string s (its bytes, not the NUL). */
 uint64_t evl_hash_str(const char *s);
 
+/* Name the calling thread prefix + name (either may be NULL), cut to the
+ * 15 bytes Linux keeps: what top -H, perf and /proc/PID/task/TID/comm
+ * show, so an operator sees which pipeline a thread is. */
+void evl_thread_name(const char *prefix, const char *name);
+
 #endif

@@ -427,6 +427,7 @@ static void tick(evl_lag *lag)
 static void *lag_main(void *arg)
 {
     evl_lag *lag = arg;
+    evl_thread_name("evl:lag", NULL);
     pthread_mutex_lock(&lag->mu);
     while (!lag->stop) {
         lag->kick = 0;

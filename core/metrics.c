@@ -495,6 +495,7 @@ static void reap(void)
 static void *serve(void *arg)
 {
     (void)arg;
+    evl_thread_name("evl:metrics", NULL);
     while (!server_stop) {
         MHD_run_wait(daemon_, 100);
         reap();

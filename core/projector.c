@@ -1062,6 +1062,7 @@ static void *thread_main(void *arg)
 {
     thread_arg *a = arg;
     thread_group *g = a->g;
+    evl_thread_name("evl:p:", g->name);
     a->rc = run_instance(g->cfg, g->proto, g->name, &a->opts, a->instance, g->n,
                          &a->out);
     if (a->rc != 0 && !g->opts->until_caught_up)

@@ -178,7 +178,9 @@ static void sched_of(pid_t pid, sched_use *u)
             continue;
         if (fscanf(fp, "%lld %lld", &run, &wait) == 2) {
             u->t[u->n].tid = atoi(e->d_name);
-            u->t[u->n].is_evlua = strcmp(comm, "evlua\n") == 0;
+            /* evlua's own threads: "evl:commands", "evl:commit", ...
+             * (the process's first thread keeps its name, "evlua") */
+            u->t[u->n].is_evlua = strncmp(comm, "evl", 3) == 0;
             comm[strcspn(comm, "\n")] = '\0';
             snprintf(u->t[u->n].comm, sizeof u->t[u->n].comm, "%s", comm);
             u->t[u->n].run_ns = run;
@@ -231,7 +233,7 @@ static void sched_split(const sched_use *a, const sched_use *b, int ncmds,
             if (a->t[j].tid == b->t[i].tid)
                 r0 = a->t[j].run_ns;
         snprintf(name, sizeof name, "%s", b->t[i].comm);
-        name[strcspn(name, "0123456789")] = '\0';
+        name[strcspn(name, "-0123456789")] = '\0';
         for (j = 0; j < k && strcmp(names[j], name) != 0; j++)
             ;
         if (j == k) {
