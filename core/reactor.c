@@ -378,6 +378,50 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 /* ---- reload, tick, metrics -------------------------------------------------
  */
 
+/* The reloaded scripts nh name other source types: read those instead.
+ * Their topics are made sure of, then the consumer subscribes anew (a
+ * rebalance; nothing is in flight between batches). A new source type
+ * is read from its group offsets, from the start of its topic the first
+ * time, as at a restart. Returns 0, or -1 with the old sources, host
+ * and subscription kept (logged). */
+static int subscribe(reactor *r);
+
+static int resubscribe(reactor *r, evl_luahost *nh)
+{
+    char err[EVL_ERRLEN];
+    rx_source *old = r->srcs;
+    size_t nold = r->nsrcs;
+    evl_luahost *oh = r->host;
+    r->host = nh;
+    rx_sources(r);
+    evl_err e = rx_ensure_topics(r, err, sizeof err);
+    if (e == EVL_OK && subscribe(r) == RX_OK) {
+        rx_source *cur = r->srcs;
+        size_t ncur = r->nsrcs;
+        r->srcs = old;
+        r->nsrcs = nold;
+        rx_sources_free(r);
+        r->srcs = cur;
+        r->nsrcs = ncur;
+        r->host = oh;
+        evl_log(EVL_LOG_INFO, "reactor subscribed to the reloaded sources",
+                "reaction", r->type, NULL);
+        return 0;
+    }
+    if (e != EVL_OK)
+        evl_log(EVL_LOG_ERROR,
+                "reload refused: the reloaded react table's topics are not "
+                "usable; the old scripts stay",
+                "reaction", r->type, "error", err, NULL);
+    rx_sources_free(r);
+    r->srcs = old;
+    r->nsrcs = nold;
+    r->host = oh;
+    if (e == EVL_OK && subscribe(r) != RX_OK)
+        r->fatal = 1; /* neither subscription took: logged by subscribe */
+    return -1;
+}
+
 static void reload(void *ctx)
 {
     reactor *r = ctx;
@@ -393,13 +437,13 @@ static void reload(void *ctx)
     int same = before.n == after.n;
     for (int i = 0; same && i < before.n; i++)
         same = strcmp(before.v[i], after.v[i]) == 0;
-    if (!same)
-        evl_log(EVL_LOG_WARN,
-                "the reloaded react table names other source types; the "
-                "reactor keeps reading the old ones until evlua restarts",
-                "reaction", r->type, NULL);
     evl_reactor_topics_free(&before);
     evl_reactor_topics_free(&after);
+    if (!same && resubscribe(r, nh) != 0) {
+        evl_luahost_free(nh);
+        evl_metrics_scripts(r->component, "failed", NULL, NULL);
+        return;
+    }
     evl_metrics_scripts(r->component, "applied", evl_luahost_hash(r->host),
                         evl_luahost_hash(nh));
     evl_luahost_free(r->host);

@@ -182,7 +182,9 @@ static void sched_of(pid_t pid, sched_use *u)
              * (the process's first thread keeps its name, "evlua") */
             u->t[u->n].is_evlua = strncmp(comm, "evl", 3) == 0;
             comm[strcspn(comm, "\n")] = '\0';
-            snprintf(u->t[u->n].comm, sizeof u->t[u->n].comm, "%s", comm);
+            /* the kernel's names are at most 15 bytes; cut to the field */
+            comm[sizeof u->t[u->n].comm - 1] = '\0';
+            memcpy(u->t[u->n].comm, comm, sizeof u->t[u->n].comm);
             u->t[u->n].run_ns = run;
             u->t[u->n].wait_ns = wait;
             u->n++;

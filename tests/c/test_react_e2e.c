@@ -65,6 +65,40 @@ static void check_command(const th_rec *c, const th_rec *src, const char *kit,
               "no user_id when the source event has none");
 }
 
+/* A reload whose react table names a new source type (parcel reacting
+ * to its own KitShipped) makes the running reactor read that topic too:
+ * a thank-you note per kit already shipped. */
+static void check_new_source(ct *t, pid_t pid, const char *pev)
+{
+    th_recs pe = {0};
+    rt_edit_fixture(
+        t, "parcel.lua", "  react = {\n",
+        "  react = {\n"
+        "    [\"parcel.KitShipped\"] = function(e, ctx)\n"
+        "      return { aggregate_id = 'thanks-' .. e.aggregate_id,\n"
+        "               type = 'Note', data = { text = 'thanks' } }\n"
+        "    end,\n");
+    kill(pid, SIGHUP);
+    CHECK(ct_wait_log(t, "a.log", "reactor subscribed to the reloaded sources",
+                      30000),
+          "SIGHUP: the reactor subscribes to the new source type");
+    long long deadline = th_now_ms() + 90000;
+    size_t notes = 0;
+    while (notes < 2 && th_now_ms() < deadline) {
+        th_recs_free(&pe);
+        memset(&pe, 0, sizeof pe);
+        ct_read_all(t, pev, "read_committed", &pe);
+        notes = (size_t)rt_count(&pe, "type", "Noted");
+        if (notes < 2)
+            th_sleep_ms(500);
+    }
+    CHECK_INT((long long)notes, 2,
+              "a Noted event per kit shipped: the reloaded react key reads "
+              "parcel.events from its start");
+    CHECK(by_member(&pe, "kit-m-1") != NULL, "the kits are still there");
+    th_recs_free(&pe);
+}
+
 /* reactions.batch_bytes closes a batch at its byte bound: four 70 KB
  * events, written while evlua is stopped (so they wait together), take
  * four transactions at a 64 KiB bound where batch_size alone would take
@@ -222,6 +256,7 @@ int main(void)
         CHECK_HAS(b, "no parked reactions", "nothing parked");
     }
 
+    check_new_source(&t, pid, pev);
     CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     CHECK(ct_log_has(&t, "a.log", "reactions so far"),
           "the reactor logs its counts at the stop");
