@@ -10,6 +10,7 @@
 
 #include "lifecycle.h"
 #include "log.h"
+#include "pg.h"
 
 int evl_cli_script_opts(int argc, char **argv, const char *name,
                         const char *usage, const char **config,
@@ -132,4 +133,51 @@ int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host)
         fprintf(stderr, "evlua: %s\n", err);
     evl_luahost_problems_free(&problems);
     return EVL_EXIT_USAGE;
+}
+
+int evl_cli_connect_db(const evl_config *cfg, evl_pg **pg)
+{
+    char err[EVL_ERRLEN];
+    if (!cfg->pg_conninfo) {
+        fprintf(stderr, "evlua: no database configured (postgres in the "
+                        "config, or EVLUA_PG_CONNINFO)\n");
+        return EVL_EXIT_USAGE;
+    }
+    evl_err e = evl_pg_open(cfg->pg_conninfo, "evlua cli", pg, err, sizeof err);
+    if (e != EVL_OK) {
+        fprintf(stderr, "evlua: %s\n", err);
+        return e == EVL_EPERMANENT ? EVL_EXIT_USAGE : EVL_EXIT_FAILURE;
+    }
+    return EVL_EXIT_OK;
+}
+
+void evl_cli_fmt_count(long long v, char *buf, size_t n)
+{
+    char raw[32];
+    snprintf(raw, sizeof raw, "%lld", v);
+    size_t len = strlen(raw), o = 0;
+    for (size_t i = 0; i < len && o + 2 < n; i++) {
+        if (i > 0 && (len - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = raw[i];
+    }
+    buf[o] = '\0';
+}
+
+void evl_cli_rebuild_progress(void *ud, const evl_projector_progress *p)
+{
+    const char *name = ud;
+    char done[32], total[32], rate[32], eta[32];
+    evl_cli_fmt_count(p->done, done, sizeof done);
+    evl_cli_fmt_count(p->total, total, sizeof total);
+    evl_cli_fmt_count((long long)p->rate, rate, sizeof rate);
+    if (p->eta >= 0)
+        snprintf(eta, sizeof eta, "%lds", (long)(p->eta + 0.5));
+    else
+        snprintf(eta, sizeof eta, "?");
+    fprintf(stderr, "\r\033[Krebuilding %s: %s/%s (%d%%), %s events/s, ETA %s",
+            name, done, total,
+            p->total ? (int)(100.0 * (double)p->done / (double)p->total) : 100,
+            rate, eta);
+    fflush(stderr);
 }

@@ -13,6 +13,8 @@
 
 #include "config.h"
 #include "luahost.h"
+#include "pg.h"
+#include "projector.h"
 
 /* For a one-shot subcommand (every one but run): remove -v, -vv and
  * --verbose (each counts once) from argv[1..*argc) before any "--", and
@@ -45,12 +47,29 @@ int evl_cli_script_opts(int argc, char **argv, const char *name,
                         const char *usage, const char **config,
                         const char **scripts);
 
+/* Connect to the configured database (application "evlua cli"). On
+ * error prints "evlua: MESSAGE" and returns EVL_EXIT_USAGE (no database
+ * configured, a conninfo libpq refuses) or EVL_EXIT_FAILURE; else
+ * EVL_EXIT_OK and *pg (close with evl_pg_close). */
+int evl_cli_connect_db(const evl_config *cfg, evl_pg **pg);
+
+/* v with thousands separators ("1,234,567") into buf. */
+void evl_cli_fmt_count(long long v, char *buf, size_t n);
+
+/* An evl_projector_opts.progress for a terminal: one line on stderr,
+ * rewritten ("rebuilding NAME: done/total (P%), rate events/s, ETA");
+ * ud is the projection's name. */
+void evl_cli_rebuild_progress(void *ud, const evl_projector_progress *p);
+
 int evl_cli_run(int argc, char **argv);
 int evl_cli_check(int argc, char **argv);
 int evl_cli_repl(int argc, char **argv);
 int evl_cli_send(int argc, char **argv);
 int evl_cli_parked(int argc, char **argv);
 int evl_cli_projection(int argc, char **argv);
+/* `evlua projection rebuild NAME --shadow` and `projection diff NAME`
+ * (cli_shadow.c); evl_cli_projection hands them over. */
+int evl_cli_shadow(int argc, char **argv);
 /* `evlua test`: busted with evlua's Lua modules; returns only on error. */
 int evl_cli_test(int argc, char **argv);
 

@@ -87,7 +87,12 @@ static const char projection_usage[] =
     "  --no-rebuild        do 1 and 2 only: the next `evlua run` rebuilds\n"
     "\n"
     "Exit 0 when done, 1 on a runtime failure, 2 on a usage or config "
-    "error.\n";
+    "error.\n"
+    "\n"
+    "A changed projection can first be built beside the live one and\n"
+    "compared: `evlua projection rebuild NAME --shadow --help` and\n"
+    "`evlua projection diff NAME --help`, then put in place with\n"
+    "`evlua projection swap NAME --help`.\n";
 
 typedef struct args {
     const char *config, *scripts, *type;
@@ -140,22 +145,6 @@ static int parse(int argc, char **argv, const char *usage, args *a)
     return 0;
 }
 
-static int connect_db(const evl_config *cfg, evl_pg **pg)
-{
-    char err[EVL_ERRLEN];
-    if (!cfg->pg_conninfo) {
-        fprintf(stderr, "evlua: no database configured (postgres in the "
-                        "config, or EVLUA_PG_CONNINFO)\n");
-        return EVL_EXIT_USAGE;
-    }
-    evl_err e = evl_pg_open(cfg->pg_conninfo, "evlua cli", pg, err, sizeof err);
-    if (e != EVL_OK) {
-        fprintf(stderr, "evlua: %s\n", err);
-        return e == EVL_EPERMANENT ? EVL_EXIT_USAGE : EVL_EXIT_FAILURE;
-    }
-    return EVL_EXIT_OK;
-}
-
 /* Is name a projection evlua knows: a loaded script (host, or the
  * scripts of the config when host is NULL), or one with rows in evlua's
  * tables (a projection since removed may still have parked events)? When
@@ -204,7 +193,7 @@ static int parked_list(const evl_config *cfg, const args *a)
     evl_pg *pg = NULL;
     char err[EVL_ERRLEN];
     long long n = 0;
-    int rc = connect_db(cfg, &pg);
+    int rc = evl_cli_connect_db(cfg, &pg);
     if (rc)
         return rc;
     if (a->npos > 1 &&
@@ -234,7 +223,7 @@ static int parked_retry(const evl_config *cfg, const args *a)
     int rc = evl_cli_load_host(&hc, &host);
     if (rc)
         return rc;
-    if ((rc = connect_db(cfg, &pg)) != 0)
+    if ((rc = evl_cli_connect_db(cfg, &pg)) != 0)
         goto out;
     if (!evl_luahost_projection_get(host, a->pos[1])) {
         /* retry needs the script, not only rows */
@@ -274,7 +263,7 @@ static int parked_drop(const evl_config *cfg, const args *a)
     evl_pg *pg = NULL;
     char err[EVL_ERRLEN];
     long long n = 0;
-    int rc = connect_db(cfg, &pg);
+    int rc = evl_cli_connect_db(cfg, &pg);
     if (rc)
         return rc;
     if ((rc = known_projection(cfg, a, NULL, pg, "drop", a->pos[1])) != 0)
@@ -419,37 +408,6 @@ int evl_cli_parked(int argc, char **argv)
 
 /* ---- projection reset ---------------------------------------------------- */
 
-static void fmt_count(long long v, char *buf, size_t n)
-{
-    char raw[32];
-    snprintf(raw, sizeof raw, "%lld", v);
-    size_t len = strlen(raw), o = 0;
-    for (size_t i = 0; i < len && o + 2 < n; i++) {
-        if (i > 0 && (len - i) % 3 == 0)
-            buf[o++] = ',';
-        buf[o++] = raw[i];
-    }
-    buf[o] = '\0';
-}
-
-static void show_progress(void *ud, const evl_projector_progress *p)
-{
-    const char *name = ud;
-    char done[32], total[32], rate[32], eta[32];
-    fmt_count(p->done, done, sizeof done);
-    fmt_count(p->total, total, sizeof total);
-    fmt_count((long long)p->rate, rate, sizeof rate);
-    if (p->eta >= 0)
-        snprintf(eta, sizeof eta, "%lds", (long)(p->eta + 0.5));
-    else
-        snprintf(eta, sizeof eta, "?");
-    fprintf(stderr, "\r\033[Krebuilding %s: %s/%s (%d%%), %s events/s, ETA %s",
-            name, done, total,
-            p->total ? (int)(100.0 * (double)p->done / (double)p->total) : 100,
-            rate, eta);
-    fflush(stderr);
-}
-
 int evl_cli_projection(int argc, char **argv)
 {
     args a;
@@ -458,11 +416,27 @@ int evl_cli_projection(int argc, char **argv)
     evl_luahost *host = NULL;
     evl_pg *pg = NULL;
     char err[EVL_ERRLEN], group[256];
+    /* the first operand names the action; the shadow's have their own
+     * options (cli_shadow.c) */
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] == '-') {
+            if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config") ||
+                !strcmp(argv[i], "--scripts"))
+                i++;
+            continue;
+        }
+        if (!strcmp(argv[i], "rebuild") || !strcmp(argv[i], "diff") ||
+            !strcmp(argv[i], "swap"))
+            return evl_cli_shadow(argc, argv);
+        break;
+    }
     int rc = parse(argc, argv, projection_usage, &a);
     if (rc)
         return rc < 0 ? EVL_EXIT_OK : rc;
     if (a.npos != 2 || strcmp(a.pos[0], "reset") != 0) {
-        fprintf(stderr, "evlua projection: expected reset NAME\n%s",
+        fprintf(stderr,
+                "evlua projection: expected reset NAME, rebuild NAME "
+                "--shadow, diff NAME or swap NAME\n%s",
                 projection_usage);
         return EVL_EXIT_USAGE;
     }
@@ -480,7 +454,7 @@ int evl_cli_projection(int argc, char **argv)
         rc = EVL_EXIT_USAGE;
         goto out;
     }
-    if ((rc = connect_db(&cfg, &pg)) != 0)
+    if ((rc = evl_cli_connect_db(&cfg, &pg)) != 0)
         goto out;
 
     evl_projector_group(&cfg, name, group, sizeof group);
@@ -520,7 +494,7 @@ int evl_cli_projection(int argc, char **argv)
     evl_projector_stats st;
     memset(&st, 0, sizeof st);
     evl_projector_opts o = {.until_caught_up = 1,
-                            .progress = tty ? show_progress : NULL,
+                            .progress = tty ? evl_cli_rebuild_progress : NULL,
                             .ud = (void *)name,
                             .stats = &st};
     rc = evl_projector_run_opts(&cfg, host, name, &o);

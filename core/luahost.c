@@ -598,6 +598,14 @@ static void load_projection(op *o, lua_State *L, int t)
     memset(p, 0, sizeof *p);
     p->name = evl_xstrdup(name);
     p->script = evl_xstrdup(o->script);
+    {
+        unsigned long long v = 0xcbf29ce484222325ULL;
+        for (size_t i = 0; o->file && i < o->file->len; i++) {
+            v ^= (unsigned char)o->file->text[i];
+            v *= 0x100000001b3ULL;
+        }
+        snprintf(p->hash, sizeof p->hash, "%016llx", v);
+    }
     p->schema = schema;
     p->nschema = nschema;
     p->events = events;
@@ -884,6 +892,7 @@ static void publish(evl_luahost *h)
         proj *p = &h->projs[i];
         p->pub.name = p->name;
         p->pub.script = p->script;
+        p->pub.hash = p->hash;
         p->pub.schema = (const char *const *)p->schema;
         p->pub.nschema = p->nschema;
         p->pub.events = (const char *const *)p->events;

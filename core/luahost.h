@@ -220,6 +220,8 @@ typedef struct evl_luahost_aggregate {
 typedef struct evl_luahost_projection {
     const char *name;
     const char *script;
+    const char *hash;          /* hex FNV-1a 64 of the script file's text: the
+                                  version `projection swap` pins (evlua_pins) */
     const char *const *schema; /* DDL statements in order (a string
                                   schema is one); none: nschema 0 */
     size_t nschema;

@@ -62,6 +62,7 @@ typedef struct agg {
 typedef struct proj {
     evl_luahost_projection pub;
     char *name, *script;
+    char hash[17]; /* hex FNV-1a 64 of the script file's text */
     char **schema;
     size_t nschema;
     char **events;

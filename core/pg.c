@@ -69,6 +69,7 @@ struct evl_pg {
     PGconn *conn;
     char *conninfo;
     char *appname;
+    char *schema; /* NULL, or the only schema on the search_path */
 
     entry *entries;
     int nentries;
@@ -292,10 +293,16 @@ static evl_err connect_(evl_pg *pg, char *err, size_t errlen)
 {
     /* evlua's defaults first, the user's conninfo (expanded from dbname)
      * over them, then what evlua needs regardless */
-    const char *keys[] = {
-        "application_name", "connect_timeout",     "keepalives",
-        "keepalives_idle",  "keepalives_interval", "keepalives_count",
-        "dbname",           "client_encoding",     NULL};
+    const char *keys[] = {"application_name",
+                          "connect_timeout",
+                          "keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "dbname",
+                          "client_encoding",
+                          NULL,
+                          NULL};
     const char *vals[] = {pg->appname ? pg->appname : "evlua",
                           "10",
                           "1",
@@ -304,7 +311,22 @@ static evl_err connect_(evl_pg *pg, char *err, size_t errlen)
                           "3",
                           pg->conninfo,
                           "UTF8",
+                          NULL,
                           NULL};
+    char options[1024];
+    if (pg->schema) {
+        /* after dbname, so it wins; the user's own options are kept */
+        const char *user = "";
+        PQconninfoOption *co = PQconninfoParse(pg->conninfo, NULL);
+        for (PQconninfoOption *o = co; o && o->keyword; o++)
+            if (strcmp(o->keyword, "options") == 0 && o->val)
+                user = o->val;
+        snprintf(options, sizeof options, "%s -c search_path=%s", user,
+                 pg->schema);
+        PQconninfoFree(co);
+        keys[8] = "options";
+        vals[8] = options;
+    }
     pg->conn = PQconnectdbParams(keys, vals, 1);
     pg->broken = 0;
     if (PQstatus(pg->conn) != CONNECTION_OK) {
@@ -322,6 +344,13 @@ static evl_err connect_(evl_pg *pg, char *err, size_t errlen)
 evl_err evl_pg_open(const char *conninfo, const char *appname, evl_pg **out,
                     char *err, size_t errlen)
 {
+    return evl_pg_open_in(conninfo, appname, NULL, out, err, errlen);
+}
+
+evl_err evl_pg_open_in(const char *conninfo, const char *appname,
+                       const char *schema, evl_pg **out, char *err,
+                       size_t errlen)
+{
     char msg[EVL_ERRLEN];
     /* libpq's own message would quote the string, password included */
     if (evl_config_check_conninfo(conninfo ? conninfo : "", msg, sizeof msg) !=
@@ -333,6 +362,7 @@ evl_err evl_pg_open(const char *conninfo, const char *appname, evl_pg **out,
     memset(pg, 0, sizeof *pg);
     pg->conninfo = evl_xstrdup(conninfo);
     pg->appname = appname ? evl_xstrdup(appname) : NULL;
+    pg->schema = schema ? evl_xstrdup(schema) : NULL;
     pg->entries = evl_xmalloc(sizeof(entry) * EVL_PG_MAX_PREPARED);
     index_rebuild(pg);
     evl_err e = connect_(pg, err, errlen);
@@ -357,6 +387,7 @@ void evl_pg_close(evl_pg *pg)
     free(pg->items);
     free(pg->conninfo);
     free(pg->appname);
+    free(pg->schema);
     free(pg);
 }
 
@@ -515,6 +546,14 @@ static const char tables_sql[] =
     "  UNIQUE (projection, topic, partition, \"offset\"));\n"
     "CREATE INDEX IF NOT EXISTS evlua_parked_aggregate\n"
     "  ON evlua_parked (projection, aggregate_type, aggregate_id, id);\n"
+    /* the script version a projection's tables were built by, written by
+     * `projection rebuild --shadow` and `projection swap`: a projector
+     * with another version refuses (projector.c) */
+    "CREATE TABLE IF NOT EXISTS evlua_pins (\n"
+    "  projection text PRIMARY KEY,\n"
+    "  script_hash text NOT NULL,\n"
+    "  script text NOT NULL,\n"
+    "  pinned_at timestamptz NOT NULL DEFAULT now());\n"
     /* Checkpoints are optimistic locks: every row moves from the value
      * this instance read to its new value, or the transaction fails with
      * 40001 and is retried on fresh values. */

@@ -68,6 +68,14 @@ typedef struct evl_pg evl_pg;
 evl_err evl_pg_open(const char *conninfo, const char *appname, evl_pg **out,
                     char *err, size_t errlen);
 
+/* As evl_pg_open, with schema (may be NULL: as evl_pg_open) the only
+ * schema on the connection's search_path, on every (re)connection: the
+ * unqualified names of evlua's tables and of a projection's SQL resolve
+ * there (a shadow rebuild). schema must be a lower-case SQL identifier. */
+evl_err evl_pg_open_in(const char *conninfo, const char *appname,
+                       const char *schema, evl_pg **out, char *err,
+                       size_t errlen);
+
 /* Close the connection and free everything; accepts NULL. */
 void evl_pg_close(evl_pg *pg);
 

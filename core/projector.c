@@ -110,7 +110,8 @@ static evl_err do_connect(projector *pj, char *err, size_t errlen)
 {
     char app[128];
     snprintf(app, sizeof app, "evlua projector %.80s", pj->name);
-    return evl_pg_open(pj->cfg->pg_conninfo, app, &pj->pg, err, errlen);
+    return evl_pg_open_in(pj->cfg->pg_conninfo, app, pj->opts.schema, &pj->pg,
+                          err, errlen);
 }
 
 static evl_err do_tables(projector *pj, char *err, size_t errlen)
@@ -181,7 +182,10 @@ static evl_err load_settings(projector *pj, const evl_luahost *proto)
         const char *keep = getenv("EVLUA_NO_TRIM");
         pj->keep_memory = keep && *keep && strcmp(keep, "0") != 0;
     }
-    evl_projector_group(cfg, pj->name, pj->group_id, sizeof pj->group_id);
+    if (pj->opts.group)
+        snprintf(pj->group_id, sizeof pj->group_id, "%s", pj->opts.group);
+    else
+        evl_projector_group(cfg, pj->name, pj->group_id, sizeof pj->group_id);
     if (evl_projector_topics(cfg, pj->host, pj->name, &pj->topics) == 0) {
         evl_log(EVL_LOG_ERROR,
                 "projection has no topics: configure projection.topics (or "
@@ -197,6 +201,39 @@ static evl_err load_settings(projector *pj, const evl_luahost *proto)
         return EVL_EPERMANENT;
     }
     return EVL_OK;
+}
+
+/* Is the projection's script the version its tables were built by? A
+ * `projection swap` pins the swapped-in tables to the script that built
+ * them (evlua_pins); any other version would write them with other
+ * rules. EVL_OK when no pin or the same version, EVL_EPERMANENT with the
+ * reason in err when another, else the database's class. */
+static evl_err check_pin(projector *pj, const evl_luahost_projection *p,
+                         char *err, size_t errlen)
+{
+    PGresult *res = NULL;
+    const char *v[1] = {pj->name};
+    evl_err e = evl_pg_query(
+        pj->pg,
+        "SELECT script_hash, script FROM evlua_pins WHERE projection = $1", 1,
+        v, &res, err, errlen);
+    if (e != EVL_OK)
+        return e;
+    if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), p->hash) != 0)
+        e = evl_seterr(err, errlen, EVL_EPERMANENT,
+                       "the tables of projection %s were swapped in for its "
+                       "script version %s (%s, `evlua projection swap`); "
+                       "%s is version %s: deploy the swapped script, or "
+                       "swap back with `evlua projection swap %s --back`",
+                       pj->name, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                       p->script, p->hash, pj->name);
+    PQclear(res);
+    return e;
+}
+
+static evl_err do_pin(projector *pj, char *err, size_t errlen)
+{
+    return check_pin(pj, pj->proj, err, errlen);
 }
 
 /* The connection, evlua's tables and the projection's schema, each
@@ -230,6 +267,15 @@ static evl_err open_db(projector *pj)
     if (e != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "the projection's schema failed", "projection",
                 pj->name, "script", pj->proj->script, "error", err, NULL);
+        return EVL_EPERMANENT;
+    }
+    e = with_retry(pj, "cannot read the projection's pinned version; retrying",
+                   do_pin, err, sizeof err);
+    if (e == EVL_ETRANSIENT)
+        return e;
+    if (e != EVL_OK) {
+        evl_log(EVL_LOG_ERROR, "wrong script version for the tables",
+                "projection", pj->name, "error", err, NULL);
         return EVL_EPERMANENT;
     }
     return EVL_OK;
@@ -791,6 +837,22 @@ static void maybe_reload(projector *pj)
         evl_luahost_free(nh);
         evl_metrics_scripts(pj->component, "failed", NULL, NULL);
         return;
+    }
+    if (strcmp(np->hash, pj->proj->hash) != 0) {
+        evl_err e = EVL_OK;
+        if (!evl_pg_ok(pj->pg))
+            e = evl_pg_reconnect(pj->pg, err, sizeof err);
+        if (e == EVL_OK)
+            e = check_pin(pj, np, err, sizeof err);
+        if (e != EVL_OK) {
+            evl_log(EVL_LOG_ERROR,
+                    "cannot check the new script against the tables' pinned "
+                    "version; keeping the loaded set",
+                    "projection", pj->name, "error", err, NULL);
+            evl_luahost_free(nh);
+            evl_metrics_scripts(pj->component, "failed", NULL, NULL);
+            return;
+        }
     }
     for (size_t i = 0; i < np->nschema; i++) {
         evl_err e = EVL_OK;

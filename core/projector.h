@@ -126,6 +126,13 @@ typedef struct evl_projector_opts {
     const char *on_error;
     int batch_size;
     int threads; /* projector threads (0: projection.threads) */
+    /* A shadow rebuild (cli_shadow.c): the consumer group instead of the
+     * configured one, and the only schema on the search_path, where the
+     * projection's tables and evlua's own (checkpoints, offsets, parked)
+     * are created and written. NULL: the configured group, the
+     * connection's search_path. */
+    const char *group;
+    const char *schema;
     /* Filled at the end of the run (may be NULL); with several threads,
      * their sums (seconds: from the first message of any to the last
      * commit of any). */
