@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "lifecycle.h"
 #include "log.h"
@@ -180,4 +181,29 @@ void evl_cli_rebuild_progress(void *ud, const evl_projector_progress *p)
             p->total ? (int)(100.0 * (double)p->done / (double)p->total) : 100,
             rate, eta);
     fflush(stderr);
+}
+
+int evl_cli_catch_up(const evl_config *cfg, const evl_luahost *host,
+                     const char *name, const char *cmd, evl_projector_opts *o,
+                     evl_projector_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    if (evl_lifecycle_install() != 0) {
+        fprintf(stderr, "evlua projection %s: cannot install signal handlers\n",
+                cmd);
+        return EVL_EXIT_FAILURE;
+    }
+    int tty = isatty(STDERR_FILENO);
+    evl_log_level saved = evl_log_get_level();
+    if (tty && !getenv("EVLUA_LOG_LEVEL") && saved < EVL_LOG_WARN)
+        evl_log_set_level(EVL_LOG_WARN); /* keep the progress line clean */
+    o->until_caught_up = 1;
+    o->progress = tty ? evl_cli_rebuild_progress : NULL;
+    o->ud = (void *)name;
+    o->stats = st;
+    int rc = evl_projector_run_opts(cfg, host, name, o);
+    evl_log_set_level(saved);
+    if (tty)
+        fputc('\n', stderr);
+    return rc;
 }

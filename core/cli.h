@@ -61,6 +61,17 @@ void evl_cli_fmt_count(long long v, char *buf, size_t n);
  * ud is the projection's name. */
 void evl_cli_rebuild_progress(void *ud, const evl_projector_progress *p);
 
+/* Run projection name (evl_projector_run_opts with *o, whose group and
+ * schema the caller may set) until it has read its topics up to their
+ * end at assignment: progress on a terminal, info logs held back there
+ * meanwhile, SIGINT/SIGTERM stopping it. *st (zeroed first) gets the
+ * counts. Returns the projector's exit code; EVL_EXIT_FAILURE (said, st
+ * empty) when the signal handlers cannot be installed. cmd names the
+ * subcommand in messages. */
+int evl_cli_catch_up(const evl_config *cfg, const evl_luahost *host,
+                     const char *name, const char *cmd, evl_projector_opts *o,
+                     evl_projector_stats *st);
+
 int evl_cli_run(int argc, char **argv);
 int evl_cli_check(int argc, char **argv);
 int evl_cli_repl(int argc, char **argv);

@@ -481,26 +481,11 @@ int evl_cli_projection(int argc, char **argv)
     if (a.no_rebuild)
         goto out;
 
-    if (evl_lifecycle_install() != 0) {
-        fprintf(stderr, "evlua projection reset: cannot install signal "
-                        "handlers\n");
-        rc = EVL_EXIT_FAILURE;
-        goto out;
-    }
-    int tty = isatty(STDERR_FILENO);
-    evl_log_level saved = evl_log_get_level();
-    if (tty && !getenv("EVLUA_LOG_LEVEL") && saved < EVL_LOG_WARN)
-        evl_log_set_level(EVL_LOG_WARN); /* keep the progress line clean */
     evl_projector_stats st;
-    memset(&st, 0, sizeof st);
-    evl_projector_opts o = {.until_caught_up = 1,
-                            .progress = tty ? evl_cli_rebuild_progress : NULL,
-                            .ud = (void *)name,
-                            .stats = &st};
-    rc = evl_projector_run_opts(&cfg, host, name, &o);
-    evl_log_set_level(saved);
-    if (tty)
-        fputc('\n', stderr);
+    evl_projector_opts o = {0};
+    rc = evl_cli_catch_up(&cfg, host, name, "reset", &o, &st);
+    if (rc == EVL_EXIT_FAILURE && !st.batches && !st.messages)
+        goto out;
     printf("projection %s %s: %lld events applied, %lld skipped (other "
            "types), %lld parked\n",
            name, evl_lifecycle_stopping() ? "rebuild interrupted" : "rebuilt",

@@ -306,31 +306,12 @@ static int rebuild(const args *a, evl_config *cfg, evl_luahost *host,
            a->name, schema, group);
     fflush(stdout);
 
-    if (evl_lifecycle_install() != 0) {
-        fprintf(stderr, "evlua projection rebuild: cannot install signal "
-                        "handlers\n");
-        rc = EVL_EXIT_FAILURE;
-        goto out;
-    }
-    int tty = isatty(STDERR_FILENO);
-    evl_log_level saved = evl_log_get_level();
-    if (tty && !getenv("EVLUA_LOG_LEVEL") && saved < EVL_LOG_WARN)
-        evl_log_set_level(EVL_LOG_WARN); /* keep the progress line clean */
     evl_projector_stats st;
-    memset(&st, 0, sizeof st);
-    evl_projector_opts o = {.until_caught_up = 1,
-                            .progress = tty ? evl_cli_rebuild_progress : NULL,
-                            .ud = (void *)a->name,
-                            .stats = &st,
-                            .group = group,
-                            .schema = schema};
+    evl_projector_opts o = {.group = group, .schema = schema};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    rc = evl_projector_run_opts(cfg, host, a->name, &o);
+    rc = evl_cli_catch_up(cfg, host, a->name, "rebuild", &o, &st);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    evl_log_set_level(saved);
-    if (tty)
-        fputc('\n', stderr);
     double s = (double)(t1.tv_sec - t0.tv_sec) +
                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     int stopped = evl_lifecycle_stopping();

@@ -7,6 +7,7 @@
 #include "projector_int.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -59,21 +60,15 @@ out:
     return e;
 }
 
-evl_err evl_projector_reset_group(const evl_config *cfg, const char *group,
-                                  char *err, size_t errlen)
+/* One DeleteGroups request: EVL_OK (deleted, or no such group),
+ * EVL_EPERMANENT (members are active), EVL_ETRANSIENT (*retry set when
+ * the coordinator is still loading or moving: worth asking again). */
+static evl_err delete_group(rd_kafka_t *rk, const char *group, int *retry,
+                            char *err, size_t errlen)
 {
     char errstr[512];
-    rd_kafka_conf_t *conf = NULL;
-    evl_err e = evl_kafka_conf_new(cfg, NULL, NULL, &conf, err, errlen);
-    if (e != EVL_OK)
-        return e;
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!rk) {
-        rd_kafka_conf_destroy(conf);
-        return evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_new: %s",
-                          errstr);
-    }
+    evl_err e = EVL_OK;
+    *retry = 0;
     rd_kafka_DeleteGroup_t *dg = rd_kafka_DeleteGroup_new(group);
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
     rd_kafka_AdminOptions_t *ao =
@@ -98,15 +93,19 @@ evl_err evl_projector_reset_group(const evl_config *cfg, const char *group,
             rd_kafka_resp_err_t code = ge ? rd_kafka_error_code(ge) : 0;
             if (!code || code == RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND)
                 continue;
-            if (code == RD_KAFKA_RESP_ERR_NON_EMPTY_GROUP)
+            if (code == RD_KAFKA_RESP_ERR_NON_EMPTY_GROUP) {
                 e = evl_seterr(err, errlen, EVL_EPERMANENT,
                                "consumer group %s has active members: stop "
                                "the projectors of this projection first",
                                group);
-            else
-                e = evl_seterr(err, errlen, EVL_ETRANSIENT,
-                               "DeleteGroups(%s): %s", group,
-                               rd_kafka_error_string(ge));
+                continue;
+            }
+            /* a broker just started, or a coordinator moving */
+            *retry = code == RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS ||
+                     code == RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE ||
+                     code == RD_KAFKA_RESP_ERR_NOT_COORDINATOR;
+            e = evl_seterr(err, errlen, EVL_ETRANSIENT, "DeleteGroups(%s): %s",
+                           group, rd_kafka_error_string(ge));
         }
     }
     if (ev)
@@ -114,6 +113,32 @@ evl_err evl_projector_reset_group(const evl_config *cfg, const char *group,
     rd_kafka_AdminOptions_destroy(ao);
     rd_kafka_DeleteGroup_destroy(dg);
     rd_kafka_queue_destroy(q);
+    return e;
+}
+
+evl_err evl_projector_reset_group(const evl_config *cfg, const char *group,
+                                  char *err, size_t errlen)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = NULL;
+    evl_err e = evl_kafka_conf_new(cfg, NULL, NULL, &conf, err, errlen);
+    if (e != EVL_OK)
+        return e;
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_new: %s",
+                          errstr);
+    }
+    /* asked again for up to 30 s while the coordinator is not ready */
+    int retry = 0;
+    for (int attempt = 0; attempt < 60; attempt++) {
+        e = delete_group(rk, group, &retry, err, errlen);
+        if (!retry)
+            break;
+        usleep(500 * 1000);
+    }
     rd_kafka_destroy(rk);
     return e;
 }
