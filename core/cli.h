@@ -51,6 +51,7 @@ int evl_cli_repl(int argc, char **argv);
 int evl_cli_send(int argc, char **argv);
 int evl_cli_parked(int argc, char **argv);
 int evl_cli_projection(int argc, char **argv);
+int evl_cli_verify(int argc, char **argv);
 /* `evlua test`: busted with evlua's Lua modules; returns only on error. */
 int evl_cli_test(int argc, char **argv);
 

@@ -59,11 +59,12 @@ typedef struct vf_event {
 } vf_event;
 
 typedef struct vf_result {
-    size_t cmd;  /* index + 1 into vf_hist.cmds; 0: no command read */
-    char status; /* 'a'ccepted, 'r'ejected, 'f'ailed */
-    long long version;
+    size_t cidoff; /* the command id (NUL-terminated) in text */
+    char status;   /* 'a'ccepted, 'r'ejected, 'f'ailed */
+    int has_error;
+    long long version; /* as recorded: after (accepted), else before */
     size_t nevents;
-    size_t eoff, elen; /* "error" (rejected/failed): text offset */
+    size_t eoff; /* "error" (NUL-terminated) in text, when has_error */
 } vf_result;
 
 typedef struct vf_agg {
@@ -96,6 +97,9 @@ typedef struct vf_hist {
 } vf_hist;
 
 void vf_hist_free(vf_hist *h);
+
+/* The first command read with this id, or NULL. */
+const vf_cmd *vf_hist_command(const vf_hist *h, const char *id);
 
 /* ---- the decisions part (verify_decide.c) ------------------------------- */
 
