@@ -14,7 +14,8 @@
  *   renamed   apply keeps the address under another name (exit 1: every
  *             state differs, and every profile update that set an address
  *             decides differently).
- * For each: wall seconds, CPU seconds (user + system, from wait4), max
+ * Each three times; the run of median wall time is printed: wall seconds,
+ * CPU seconds (user + system, from wait4), max
  * RSS (MB) and the ratio of wall time to the baseline's. One line of
  * key=value per run. Exit 0 when the counts are what the scripts imply.
  * Needs the broker (svc.h), EVLUA_BIN and EVLUA_SOURCE_DIR.
@@ -67,6 +68,25 @@ static run verify(const char *scripts, const char *limit)
     if (!r.j)
         th_die("evlua verify printed no JSON (exit %d)", r.rc);
     return r;
+}
+
+/* The run of median wall time of three (the broker is shared: one run
+ * can lose a second to it). */
+static run verify3(const char *scripts, const char *limit)
+{
+    run r[3], x;
+    for (int i = 0; i < 3; i++)
+        r[i] = verify(scripts, limit);
+    for (int i = 0; i < 3; i++)
+        for (int k = i + 1; k < 3; k++)
+            if (r[k].wall < r[i].wall) {
+                x = r[i];
+                r[i] = r[k];
+                r[k] = x;
+            }
+    cJSON_Delete(r[0].j);
+    cJSON_Delete(r[2].j);
+    return r[1];
 }
 
 static long long num(const cJSON *j, const char *part, const char *name)
@@ -165,11 +185,11 @@ int main(int argc, char **argv)
     variant("same", NULL, NULL, same, sizeof same);
     variant("renamed", "s.address = e.data.newAddress",
             "s.postalAddress = e.data.newAddress", renamed, sizeof renamed);
-    run base = verify(same, "1");
+    run base = verify3(same, "1");
     print("baseline", &base, &base);
-    run s = verify(same, NULL);
+    run s = verify3(same, NULL);
     print("same", &s, &base);
-    run rn = verify(renamed, NULL);
+    run rn = verify3(renamed, NULL);
     print("renamed", &rn, &base);
 
     CHECK_INT(base.rc, 0, "baseline: nothing differs");
