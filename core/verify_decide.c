@@ -154,7 +154,7 @@ void vf_decide_aggregate(evl_luahost *host, lua_State *L, const char *type,
         const char *text = h->text.data + rec->off;
         if (!fold_ok) {
             verdict = EVL_LUAHOST_FAILED;
-            snprintf(err, sizeof err, "the state before it: %s", fold_err);
+            snprintf(err, sizeof err, "the state before it: %.480s", fold_err);
         } else {
             verdict = evl_luahost_parse_command(host, text, rec->len, &cmd, err,
                                                 sizeof err);
