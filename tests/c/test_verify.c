@@ -12,6 +12,9 @@
  *   (c) a copy whose handle rejects one email domain: exit 1, states
  *       equal, exactly the two commands that set such an email newly
  *       rejected;
+ *   (d) a copy that renames an event field (newAddress -> address) with an
+ *       upcast and reads the new name in apply: exit 0, the recorded
+ *       events go through the upcast, so every state is equal;
  * and --limit, --aggregate-type, the text table, and usage errors (exit
  * 2: no --scripts, a bad --limit, an unknown type, a stray argument,
  * scripts that do not load).
@@ -241,6 +244,31 @@ int main(void)
               "the new outcome with its reason");
     CHECK_HAS(text, "\"old\":\"accepted (1 event: CustomerEmailChanged)\"",
               "the recorded outcome");
+    cJSON_Delete(j);
+
+    /* (d) a field renamed by upcast: the fold goes through it */
+    variant("upcast", "s.address = e.data.newAddress",
+            "s.address = e.data.address");
+    snprintf(dir, sizeof dir, "%s/upcast/aggregates/customer.lua", t.dir);
+    th_read_file(dir, text, sizeof text);
+    char *h = strstr(text, "  handle = {");
+    CHECK(h != NULL, "the customer script has its handle table");
+    if (h) {
+        static char up[20000];
+        snprintf(up, sizeof up,
+                 "%.*s  upcast = {\n    CustomerAddressChanged = "
+                 "function(e)\n      e.data.address, e.data.newAddress = "
+                 "e.data.newAddress, nil\n      return e\n    end,\n  "
+                 "},\n\n%s",
+                 (int)(h - text), text, h);
+        th_write_file(dir, up);
+    }
+    snprintf(dir, sizeof dir, "%s/upcast", t.dir);
+    const char *d_args[] = {"--scripts", dir, "--json", NULL};
+    CHECK_INT(verify(d_args, text, sizeof text, &j), 0,
+              "a field renamed by upcast and read by apply: exit 0");
+    CHECK_INT(num(j, "state", "equal"), 6, "every state equal through upcast");
+    CHECK_INT(num(j, "decisions", "same"), 14, "every decision the same");
     cJSON_Delete(j);
 
     /* usage errors: exit 2 */
