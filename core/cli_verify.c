@@ -158,6 +158,7 @@ static void print_json(FILE *out, const evl_verify_report *r,
         evl_buf_puts(&b, t ? ",{\"type\":" : "{\"type\":");
         evl_envelope_put_string(&b, c->type, strlen(c->type));
         json_num(&b, "records", c->records, 0);
+        json_num(&b, "unreadable", c->unreadable, 0);
         json_num(&b, "aggregates", c->aggregates, 0);
         evl_buf_puts(&b, ",\"state\":{");
         json_num(&b, "equal", c->st_equal, 1);

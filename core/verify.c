@@ -411,8 +411,10 @@ static evl_err read_type(const evl_config *cfg, rd_kafka_t *rk,
             rc = rc < 0 ? -1 : 0;
             break;
         }
-        if (rc < 0)
+        if (rc < 0) {
             h->unreadable++;
+            c->unreadable++;
+        }
         if (m->offset + 1 >= pt->hi) {
             pt->done = 1;
             remaining--;

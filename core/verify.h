@@ -89,6 +89,8 @@ typedef struct evl_verify_diff {
 typedef struct evl_verify_counts {
     char *type;
     long long records;    /* read from the four topics */
+    long long unreadable; /* of those, records that are not what the
+                             command side writes (not counted below) */
     long long aggregates; /* seen on the topics (verified: up to limit) */
     long long st_equal, st_different, st_failed, st_skipped;
     long long dc_same, dc_different, dc_newly_rejected, dc_newly_failing,

@@ -15,7 +15,9 @@
  *   (d) a copy that renames an event field (newAddress -> address) with an
  *       upcast and reads the new name in apply: exit 0, the recorded
  *       events go through the upcast, so every state is equal;
- * and --limit, --aggregate-type, the text table, and usage errors (exit
+ * Two records no command side writes (an event that is no JSON, a
+ * result without a status) are counted as unreadable and change nothing.
+ * And --limit, --aggregate-type, the text table, and usage errors (exit
  * 2: no --scripts, a bad --limit, an unknown type, a stray argument,
  * scripts that do not load).
  */
@@ -155,6 +157,12 @@ static void write_history(void)
     CHECK_INT(ct_wait_count(&t, results, 14, 90, &res), 14,
               "every command has its result");
     th_recs_free(&res);
+    /* records no command side writes: counted, not compared */
+    char topic[256];
+    ct_topic(&t, "customer", "events", topic, sizeof topic);
+    ct_send_raw(p, topic, -1, "c-1", "not json", 8);
+    ct_send_raw(p, results, -1, "c-1", "{\"x\":1}", 7);
+    ct_flush(p);
     rd_kafka_destroy(p);
     CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run stops cleanly");
 }
@@ -175,6 +183,8 @@ int main(void)
     CHECK(j != NULL, "--json prints one JSON document");
     CHECK(cJSON_IsFalse(cJSON_GetObjectItem(j, "differs")), "differs false");
     CHECK_INT(num(j, NULL, "aggregates"), 6, "six customers read");
+    CHECK_INT(num(j, NULL, "unreadable"), 2,
+              "a record that is no event and one that is no result counted");
     CHECK_INT(num(j, "state", "equal"), 6, "every state equal");
     CHECK_INT(num(j, "state", "different"), 0, "none different");
     CHECK_INT(num(j, "decisions", "same"), 14,
