@@ -81,6 +81,7 @@ int evl_cli_projection(int argc, char **argv);
 /* `evlua projection rebuild NAME --shadow` and `projection diff NAME`
  * (cli_shadow.c); evl_cli_projection hands them over. */
 int evl_cli_shadow(int argc, char **argv);
+int evl_cli_verify(int argc, char **argv);
 /* `evlua test`: busted with evlua's Lua modules; returns only on error. */
 int evl_cli_test(int argc, char **argv);
 

@@ -37,6 +37,10 @@ static const char usage[] =
     "shadow's\n"
     "  projection swap NAME [--back]       put the shadow in place (and "
     "back)\n"
+    "  verify [-c CONFIG] --scripts NEWDIR [--aggregate-type T] [--limit N]\n"
+    "         [--json]                     check new scripts against the\n"
+    "                                      recorded history (exit 1: they\n"
+    "                                      differ)\n"
     "  test [DIR] [BUSTED-ARGS...]         run a project's busted specs with "
     "evlua's\n"
     "                                      Lua modules (no install needed)\n"
@@ -69,6 +73,7 @@ static const command commands[] = {
     {"send", evl_cli_send},
     {"parked", evl_cli_parked},
     {"projection", evl_cli_projection},
+    {"verify", evl_cli_verify},
 };
 
 int main(int argc, char **argv)

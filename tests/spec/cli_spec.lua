@@ -107,3 +107,45 @@ describe("one-shot commands", function()
     assert.matches("evlua send: ", out, 1, true)
   end)
 end)
+
+-- evlua verify: usage errors exit 2 before any broker is asked (the runs
+-- against a broker are tests/c/test_verify.c)
+describe("evlua verify", function()
+  it("prints its usage on --help and exits 0", function()
+    local out, rc = run("verify --help")
+    assert.are.equal(0, rc)
+    assert.matches("usage: evlua verify", out, 1, true)
+    assert.matches("--scripts NEWDIR", out, 1, true)
+  end)
+
+  it("is listed in evlua --help", function()
+    local out = run("--help")
+    assert.matches("verify [-c CONFIG] --scripts NEWDIR", out, 1, true)
+  end)
+
+  it("exits 2 without --scripts", function()
+    local out, rc = run("verify")
+    assert.are.equal(2, rc)
+    assert.matches("--scripts NEWDIR is required", out, 1, true)
+  end)
+
+  for _, v in ipairs({ "0", "-3", "x", "" }) do
+    it("refuses --limit '" .. v .. "' with exit 2", function()
+      local out, rc = run("verify --scripts " .. src .. " --limit '" .. v .. "'")
+      assert.are.equal(2, rc)
+      assert.matches("--limit wants a positive number", out, 1, true)
+    end)
+  end
+
+  it("exits 2 on an aggregate type the scripts do not have", function()
+    local out, rc = run("verify --scripts " .. src .. " --aggregate-type nope")
+    assert.are.equal(2, rc)
+    assert.matches("has no aggregate of type nope", out, 1, true)
+  end)
+
+  it("exits 2 when the new scripts do not load", function()
+    local out, rc = run("verify --scripts " .. src .. "/tests/fixtures/scripts/broken")
+    assert.are.equal(2, rc)
+    assert.matches("a_syntax.lua:3: ", out, 1, true)
+  end)
+end)
