@@ -189,9 +189,15 @@ static evl_err each_field(loader *ld, const char *prefix, field_fn fn, void *ud)
     return EVL_OK;
 }
 
-#define KEY(buf, prefix, k)                                                    \
-    snprintf(buf, sizeof buf, "%s%s%s", prefix ? prefix : "",                  \
-             prefix ? "." : "", k)
+/* "prefix.k" (or "k") into buf for messages; a key too long for it is
+ * cut, which only shortens the message. */
+static void key_name(char *buf, size_t n, const char *prefix, const char *k)
+{
+    if (snprintf(buf, n, "%s%s%s", prefix ? prefix : "", prefix ? "." : "",
+                 k) >= (int)n)
+        buf[n - 1] = '\0';
+}
+#define KEY(buf, prefix, k) key_name(buf, sizeof buf, prefix, k)
 
 static const char *const isolations[] = {"aggregate", "batch", "aggregate-tx",
                                          NULL};
