@@ -27,17 +27,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lag.h"
 #include "lifecycle.h"
 #include "log.h"
+#include "metrics.h"
 
 typedef struct args {
-    const char *config, *scripts, *name, *action;
+    const char *config, *scripts, *name, *action, *metrics;
     int shadow, until_caught_up, limit, wait_s, back;
 } args;
 
 static const char rebuild_usage[] =
     "usage: evlua projection rebuild NAME --shadow [-c CONFIG]\n"
     "                                [--scripts DIR] [--until-caught-up]\n"
+    "                                [--metrics HOST:PORT]\n"
     "\n"
     "Build projection NAME, as the scripts of DIR (or of the config) have\n"
     "it, from the start of its topics into PostgreSQL schema\n"
@@ -58,6 +61,10 @@ static const char rebuild_usage[] =
     "  --shadow            required: build beside the live projection\n"
     "                      (`projection reset` rebuilds in place)\n"
     "  --until-caught-up   stop after step 3\n"
+    "  --metrics HOST:PORT serve /metrics and /readyz there (port 0: any;\n"
+    "                      logged): the projector's metrics and the shadow\n"
+    "                      group's lag, "
+    "evlua_consumer_lag{group=\"GROUP.shadow\"}\n"
     "\n"
     "Exit 0 when done or stopped, 1 on a runtime failure, 2 on a usage or\n"
     "config error.\n";
@@ -117,6 +124,7 @@ static int parse(int argc, char **argv, args *a)
         {"limit", required_argument, 0, 'l'},
         {"wait", required_argument, 0, 'w'},
         {"back", no_argument, 0, 'b'},
+        {"metrics", required_argument, 0, 'm'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *pos[3] = {0};
@@ -148,6 +156,7 @@ static int parse(int argc, char **argv, args *a)
             }
             break;
         case 'b': a->back = 1; break;
+        case 'm': a->metrics = optarg; break;
         case 'h': help = 1; break;
         default: return EVL_EXIT_USAGE;
         }
@@ -239,6 +248,7 @@ static int rebuild(const args *a, evl_config *cfg, evl_luahost *host,
 {
     char err[EVL_ERRLEN], group[300], sql[256];
     evl_pg *pg = NULL, *lock = NULL;
+    evl_lag *lag = NULL;
     int rc;
     if (!a->shadow) {
         fprintf(stderr,
@@ -306,6 +316,30 @@ static int rebuild(const args *a, evl_config *cfg, evl_luahost *host,
            a->name, schema, group);
     fflush(stdout);
 
+    if (a->metrics) {
+        int port = 0;
+        char ps[16];
+        evl_strlist topics = {0};
+        if (evl_metrics_serve(a->metrics, &port, err, sizeof err) != EVL_OK) {
+            fprintf(stderr, "evlua projection rebuild: --metrics: %s\n", err);
+            rc = EVL_EXIT_USAGE;
+            goto out;
+        }
+        snprintf(ps, sizeof ps, "%d", port);
+        evl_log(EVL_LOG_WARN, "metrics endpoint listening", "listen",
+                a->metrics, "port", ps, NULL);
+        lag = evl_lag_new(cfg);
+        evl_projector_topics(cfg, host, a->name, &topics);
+        evl_lag_watch_in(lag, group, a->name, schema,
+                         (const char *const *)topics.v, (size_t)topics.n);
+        evl_projector_topics_free(&topics);
+        if (evl_lag_start(lag, err, sizeof err) != EVL_OK) {
+            evl_log(EVL_LOG_WARN, "lag thread not started: no lag metrics",
+                    "reason", err, NULL);
+            evl_lag_free(lag);
+            lag = NULL;
+        }
+    }
     evl_projector_stats st;
     evl_projector_opts o = {.group = group, .schema = schema};
     struct timespec t0, t1;
@@ -333,6 +367,9 @@ static int rebuild(const args *a, evl_config *cfg, evl_luahost *host,
     printf("shadow of %s stopped\n", a->name);
 out:
     evl_pg_close(pg);
+    evl_lag_free(lag);
+    if (a->metrics)
+        evl_metrics_stop();
     evl_pg_close(lock); /* the shadow is free again */
     return rc;
 }

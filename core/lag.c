@@ -31,6 +31,7 @@
 
 typedef struct watched {
     char *group, *projection; /* projection NULL: Kafka group offsets */
+    char *schema;             /* of its evlua_offsets; NULL: search_path */
     char **topics;
     size_t ntopics;
     long long last_pos; /* sum of positions last period; -1: unknown */
@@ -122,11 +123,18 @@ evl_lag *evl_lag_new(const evl_config *cfg)
 void evl_lag_watch(evl_lag *lag, const char *group, const char *projection,
                    const char *const *topics, size_t n)
 {
+    evl_lag_watch_in(lag, group, projection, NULL, topics, n);
+}
+
+void evl_lag_watch_in(evl_lag *lag, const char *group, const char *projection,
+                      const char *schema, const char *const *topics, size_t n)
+{
     lag->w = evl_xrealloc(lag->w, sizeof(watched) * (lag->nw + 1));
     watched *w = &lag->w[lag->nw++];
     memset(w, 0, sizeof *w);
     w->group = evl_xstrdup(group);
     w->projection = projection ? evl_xstrdup(projection) : NULL;
+    w->schema = schema ? evl_xstrdup(schema) : NULL;
     w->topics = evl_xmalloc(sizeof(char *) * (n ? n : 1));
     for (size_t i = 0; i < n; i++)
         w->topics[i] = evl_xstrdup(topics[i]);
@@ -173,10 +181,12 @@ static evl_err db_positions(evl_lag *lag, const watched *w, lpart *ps, size_t n,
     if (e)
         return e;
     const char *vals[1] = {w->projection};
-    if ((e = evl_pg_query(lag->pg,
-                          "SELECT topic, partition, next_offset FROM "
-                          "evlua_offsets WHERE projection = $1",
-                          1, vals, &res, err, errlen)))
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT topic, partition, next_offset FROM %s%sevlua_offsets "
+             "WHERE projection = $1",
+             w->schema ? w->schema : "", w->schema ? "." : "");
+    if ((e = evl_pg_query(lag->pg, sql, 1, vals, &res, err, errlen)))
         return e;
     for (int r = 0; r < PQntuples(res); r++) {
         lpart *p = find(ps, n, PQgetvalue(res, r, 0),
@@ -508,6 +518,7 @@ void evl_lag_free(evl_lag *lag)
         free(lag->w[i].topics);
         free(lag->w[i].group);
         free(lag->w[i].projection);
+        free(lag->w[i].schema);
     }
     free(lag->w);
     pthread_cond_destroy(&lag->cv);

@@ -68,6 +68,11 @@ evl_lag *evl_lag_new(const evl_config *cfg);
 void evl_lag_watch(evl_lag *lag, const char *group, const char *projection,
                    const char *const *topics, size_t n);
 
+/* As evl_lag_watch, the position read from schema.evlua_offsets (schema:
+ * a lower-case identifier, a shadow rebuild's; NULL: the search_path's). */
+void evl_lag_watch_in(evl_lag *lag, const char *group, const char *projection,
+                      const char *schema, const char *const *topics, size_t n);
+
 /* Create the clients and start the thread. Returns EVL_OK, or
  * EVL_EPERMANENT with err (a bad kafka property, no memory for a
  * thread). A database that cannot be reached now is retried each period.

@@ -172,7 +172,7 @@ int main(void)
     th_write_file(path, text);
     pid_t sh = pt_spawn(&T, "shadow.log", "projection", "rebuild",
                         "shipping_addresses", "--shadow", "-c", cfg,
-                        "--scripts", newdir, NULL);
+                        "--scripts", newdir, "--metrics", "127.0.0.1:0", NULL);
     for (int i = 0; i < 10; i++) {
         write_events(3);
         th_sleep_ms(100);
@@ -186,6 +186,16 @@ int main(void)
               "saying why");
     for (int i = 0; i < 5; i++)
         write_events(2);
+    /* diff compares at equal offsets, whatever they are: let both read
+     * everything first, so the figures below are the last */
+    snprintf(q, sizeof q, "SELECT sum(changes) FROM %s.shipping_addresses",
+             T.name);
+    CHECK_INT(pt_wait_for(&T, 50 * CUSTOMERS, 120, q), 50 * CUSTOMERS,
+              "the live projection reads on");
+    CHECK_INT(pt_wait_for(&T, 50 * CUSTOMERS, 120,
+                          "SELECT sum(changes) FROM evlua_shadow_shipping_"
+                          "addresses.shipping_addresses"),
+              50 * CUSTOMERS, "and so does the shadow");
 
     CHECK_INT(
         cli("diff.log", out, sizeof out, "diff", "--wait", "120", "--limit=3"),
@@ -210,18 +220,77 @@ int main(void)
                           "addresses.evlua_checkpoints WHERE sequence = 50"),
               CUSTOMERS, "the shadow's checkpoints are its own");
 
+    CHECK_INT(cli("swap-sh.log", out, sizeof out, "swap", NULL, NULL, NULL), 1,
+              "swap is refused while the shadow rebuild runs");
+    CHECK_HAS(out, "a shadow rebuild of this projection is running",
+              "saying why");
+
+    /* with the live projectors stopped the shadow reads on: its lag
+     * metric is its own (the live one would be 50 behind) */
+    kill(run, SIGTERM);
+    CHECK_INT(th_wait(run, -1), 0, "the live projectors stop with exit 0");
+    write_events(5);
+    snprintf(q, sizeof q,
+             "SELECT sum(changes) FROM evlua_shadow_shipping_addresses."
+             "shipping_addresses");
+    CHECK_INT(pt_wait_for(&T, 55 * CUSTOMERS, 120, q), 55 * CUSTOMERS,
+              "the shadow follows new events");
+    char slog[800], line[8192], needle[300];
+    snprintf(slog, sizeof slog, "%s/shadow.log", T.dir);
+    th_read_file(slog, line, sizeof line);
+    const char *pp = strstr(line, "metrics endpoint listening");
+    pp = pp ? strstr(pp, "port=") : NULL;
+    int port = pp ? atoi(pp + 5) : 0;
+    CHECK(port > 0, "the shadow serves metrics on the port it logged");
+    snprintf(needle, sizeof needle,
+             "evlua_consumer_lag{group=\"%s.shipping_addresses.shadow\"",
+             T.name);
+    int seen = 0;
+    long long lagsum = -1;
+    for (double t0 = th_now(); port > 0 && th_now() - t0 < 30;) {
+        th_http_get(port, "/metrics", out, sizeof out);
+        seen = 0;
+        lagsum = 0;
+        for (const char *m = strstr(out, needle); m;
+             m = strstr(m + 1, needle)) {
+            const char *sp = strchr(m, ' ');
+            seen++;
+            lagsum += sp ? atoll(sp + 1) : 1000000;
+        }
+        if (seen == 2 && lagsum == 0)
+            break;
+        th_sleep_ms(250);
+    }
+    /* two periods of the lag thread (5 s), so the figure is one measured
+     * after the last events */
+    th_sleep_ms(11000);
+    th_http_get(port, "/metrics", out, sizeof out);
+    lagsum = 0;
+    for (const char *m = strstr(out, needle); m; m = strstr(m + 1, needle)) {
+        const char *sp = strchr(m, ' ');
+        lagsum += sp ? atoll(sp + 1) : 1000000;
+    }
+    CHECK_INT(seen, 2, "the shadow group's lag is reported per partition");
+    CHECK_INT(lagsum, 0, "from the shadow's own offsets");
     kill(sh, SIGTERM);
     CHECK_INT(th_wait(sh, -1), 0, "the shadow stops with exit 0 on SIGTERM");
+
+    run = pt_spawn(&T, "run2.log", "run", "-c", cfg, NULL);
+    snprintf(q, sizeof q, "SELECT sum(changes) FROM %s.shipping_addresses",
+             T.name);
+    CHECK_INT(pt_wait_for(&T, 55 * CUSTOMERS, 120, q), 55 * CUSTOMERS,
+              "the live projection catches up");
     CHECK_INT(cli("swap-busy.log", out, sizeof out, "swap", NULL, NULL, NULL),
               1, "swap is refused while the live projectors run");
     CHECK_HAS(out, "a projector of shipping_addresses is running",
               "saying why");
     kill(run, SIGTERM);
     CHECK_INT(th_wait(run, -1), 0, "the live projectors stop with exit 0");
+    expected(want, sizeof want);
     CHECK_INT(pt_long(&T,
                       "SELECT count(*) FROM %s.evlua_checkpoints WHERE "
                       "projection = 'shipping_addresses' AND sequence = "
-                      "50",
+                      "55",
                       T.name),
               CUSTOMERS, "the live checkpoints are at the last sequences");
     CHECK_INT(pt_long(&T,
@@ -257,7 +326,7 @@ int main(void)
     kill(old, SIGTERM);
     th_wait(old, -1);
     CHECK_INT(pt_long(&T, "SELECT sum(changes) FROM shipping_addresses"),
-              50 * CUSTOMERS, "and applies nothing to them");
+              55 * CUSTOMERS, "and applies nothing to them");
 
     char cfg2[800], ctext[8192], from[1100], to[800];
     th_read_file(cfg, ctext, sizeof ctext);
@@ -273,9 +342,9 @@ int main(void)
     snprintf(cfg2, sizeof cfg2, "%s/evlua-new.lua", T.dir);
     th_write_file(cfg2, ctext);
     pid_t nw = pt_spawn(&T, "new.log", "run", "-c", cfg2, NULL);
-    CHECK_INT(pt_wait_for(&T, 60 * CUSTOMERS, 120,
+    CHECK_INT(pt_wait_for(&T, 65 * CUSTOMERS, 120,
                           "SELECT sum(changes) FROM shipping_addresses"),
-              60 * CUSTOMERS,
+              65 * CUSTOMERS,
               "the new script goes on from the shadow's offsets");
     kill(nw, SIGTERM);
     CHECK_INT(th_wait(nw, -1), 0, "and stops with exit 0");
@@ -283,7 +352,7 @@ int main(void)
     rows(T.name, got, sizeof got);
     CHECK_STR(got, want, "every event exactly once");
     CHECK_INT(pt_long(&T, "SELECT count(*) FROM shipping_addresses WHERE "
-                          "number = '60'"),
+                          "number = '65'"),
               CUSTOMERS, "written by the new script");
 
     /* back */
@@ -291,11 +360,11 @@ int main(void)
               "swap --back exits 0");
     CHECK_INT(pt_long(&T, "%s", q), 0, "the live table is the old version");
     CHECK_INT(pt_long(&T, "SELECT sum(changes) FROM shipping_addresses"),
-              50 * CUSTOMERS, "as it was swapped out");
+              55 * CUSTOMERS, "as it was swapped out");
     old = pt_spawn(&T, "old2.log", "run", "-c", cfg, NULL);
-    CHECK_INT(pt_wait_for(&T, 60 * CUSTOMERS, 120,
+    CHECK_INT(pt_wait_for(&T, 65 * CUSTOMERS, 120,
                           "SELECT sum(changes) FROM shipping_addresses"),
-              60 * CUSTOMERS, "the old script goes on from its own offsets");
+              65 * CUSTOMERS, "the old script goes on from its own offsets");
     kill(old, SIGTERM);
     CHECK_INT(th_wait(old, -1), 0, "and stops with exit 0");
     rows(T.name, got, sizeof got);
