@@ -12,6 +12,7 @@
 #define EVL_CLI_H
 
 #include "config.h"
+#include "gateway.h"
 #include "luahost.h"
 
 /* For a one-shot subcommand (every one but run): remove -v, -vv and
@@ -45,7 +46,18 @@ int evl_cli_script_opts(int argc, char **argv, const char *name,
                         const char *usage, const char **config,
                         const char **scripts);
 
+/* Start the metrics endpoint when cfg->metrics.listen is set and publish
+ * evlua_build_info. Returns EVL_EXIT_OK, or EVL_EXIT_USAGE after printing
+ * "evlua NAME: reason". */
+int evl_cli_serve_metrics(const evl_config *cfg, const char *name);
+
+/* Start the command gateway when cfg->gateway.listen is set (*gw NULL
+ * otherwise). Returns EVL_EXIT_OK, or EVL_EXIT_USAGE after printing why. */
+int evl_cli_gateway_start(const evl_config *cfg, const evl_luahost *host,
+                          evl_gateway **gw);
+
 int evl_cli_run(int argc, char **argv);
+int evl_cli_gateway(int argc, char **argv);
 int evl_cli_check(int argc, char **argv);
 int evl_cli_repl(int argc, char **argv);
 int evl_cli_send(int argc, char **argv);

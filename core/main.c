@@ -27,6 +27,8 @@ static const char usage[] =
     "                                      submit a command (--wait: print "
     "its\n"
     "                                      result)\n"
+    "  gateway [-c CONFIG]                 serve the HTTP command gateway "
+    "alone\n"
     "  parked list|retry|drop              manage parked aggregates\n"
     "  projection reset NAME               rebuild a projection from the "
     "start\n"
@@ -55,13 +57,10 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"run", evl_cli_run},
-    {"check", evl_cli_check},
-    {"repl", evl_cli_repl},
-    {"test", evl_cli_test},
-    {"send", evl_cli_send},
-    {"parked", evl_cli_parked},
-    {"projection", evl_cli_projection},
+    {"run", evl_cli_run},       {"check", evl_cli_check},
+    {"repl", evl_cli_repl},     {"test", evl_cli_test},
+    {"send", evl_cli_send},     {"gateway", evl_cli_gateway},
+    {"parked", evl_cli_parked}, {"projection", evl_cli_projection},
 };
 
 int main(int argc, char **argv)
