@@ -392,6 +392,8 @@ static enum MHD_Result get_command(evl_gateway *gw, const char *id,
 
 /* ---- libmicrohttpd's callbacks ------------------------------------------ */
 
+static void conn_busy(evl_gateway *gw, struct MHD_Connection *conn, int busy);
+
 static __thread int named;
 
 static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
@@ -459,9 +461,92 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
     }
     if (r->phase == GW_WAIT) /* not reached: a waiting request is suspended */
         return MHD_YES;
+    conn_busy(gw, conn, 1);
     if (r->route == R_GET)
         return get_command(gw, url + 13, conn);
     return post_command(gw, r, conn);
+}
+
+/* The request of conn is read whole (busy 1), or answered (busy 0: the
+ * next request's deadline starts now). */
+static void conn_busy(evl_gateway *gw, struct MHD_Connection *conn, int busy)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (!ci || !ci->socket_context)
+        return;
+    pthread_mutex_lock(&gw->cmu);
+    gw_conn *c = ci->socket_context;
+    c->busy = busy;
+    c->since_ms = evl_now_ms();
+    pthread_mutex_unlock(&gw->cmu);
+}
+
+static void notify_connection(void *cls, struct MHD_Connection *conn,
+                              void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+    evl_gateway *gw = cls;
+    pthread_mutex_lock(&gw->cmu);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        gw_conn *c = calloc(1, sizeof *c);
+        if (!c)
+            abort();
+        c->conn = conn;
+        c->since_ms = evl_now_ms();
+        c->next = gw->conns;
+        if (gw->conns)
+            gw->conns->prev = c;
+        gw->conns = c;
+        *socket_context = c;
+    } else if (*socket_context) {
+        gw_conn *c = *socket_context;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            gw->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        free(c);
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&gw->cmu);
+}
+
+void gw_reap(evl_gateway *gw)
+{
+    static const char body[] = "{\"error\":\"the request did not arrive "
+                               "within gateway.connection_timeout_s\"}";
+    char msg[512];
+    int len = snprintf(msg, sizeof msg,
+                       "HTTP/1.1 408 Request Timeout\r\n"
+                       "Content-Type: application/json\r\n"
+                       "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                       sizeof body - 1, body);
+    /* libmicrohttpd closes a connection idle for the timeout itself; one
+     * still open a second later is trickling bytes */
+    long long limit = gw->cfg->gateway.connection_timeout_s * 1000LL + 1000;
+    long long now = evl_now_ms();
+    int reaped = 0;
+    pthread_mutex_lock(&gw->cmu);
+    for (gw_conn *c = gw->conns; c; c = c->next) {
+        if (c->busy || c->shut || now - c->since_ms < limit)
+            continue;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci) {
+            /* no response is being written while a request is read; over
+             * TLS a plain answer would be noise: just close */
+            if (!gw->tls_cert)
+                (void)!send(ci->connect_fd, msg, (size_t)len, MSG_NOSIGNAL);
+            shutdown(ci->connect_fd, SHUT_RDWR);
+        }
+        c->shut = 1;
+        reaped++;
+    }
+    pthread_mutex_unlock(&gw->cmu);
+    for (int i = 0; i < reaped; i++)
+        count(R_OTHER, 408);
 }
 
 static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -469,8 +554,8 @@ static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     evl_gateway *gw = cls;
     gw_req *r = *con_cls;
-    (void)conn;
     (void)toe;
+    conn_busy(gw, conn, 0);
     if (!r)
         return;
     pthread_mutex_lock(&gw->mu);
@@ -572,6 +657,7 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         abort();
     gw->cfg = cfg;
     pthread_mutex_init(&gw->mu, NULL);
+    pthread_mutex_init(&gw->cmu, NULL);
     gw->nbuckets = (size_t)cfg->gateway.cache_size / 2 + 1024;
     gw->buckets = calloc(gw->nbuckets, sizeof *gw->buckets);
     if (!gw->buckets)
@@ -627,8 +713,9 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->gateway.connection_timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->gateway.max_connections,
-        MHD_OPTION_NOTIFY_COMPLETED, request_done, gw, MHD_OPTION_ARRAY, tls,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, request_done, gw,
+        MHD_OPTION_NOTIFY_CONNECTION, notify_connection, gw, MHD_OPTION_ARRAY,
+        tls, MHD_OPTION_END);
     if (!gw->daemon) {
         e = evl_seterr(err, errlen, EVL_EPERMANENT,
                        "gateway.listen \"%s\": cannot listen (in use, not "
@@ -684,6 +771,7 @@ void evl_gateway_stop(evl_gateway *gw)
     free(gw->tls_cert);
     free(gw->tls_key);
     pthread_mutex_destroy(&gw->mu);
+    pthread_mutex_destroy(&gw->cmu);
     evl_metrics_ready("gateway", 0, "stopped");
     free(gw);
 }

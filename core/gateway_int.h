@@ -56,6 +56,15 @@ struct gw_req {
     char location[320];
 };
 
+/* An open HTTP connection, for the whole-request deadline (gw_reap). */
+typedef struct gw_conn {
+    struct MHD_Connection *conn;
+    long long since_ms; /* accept, or the end of its last request */
+    int busy;           /* a request is read whole: no deadline */
+    int shut;
+    struct gw_conn *prev, *next;
+} gw_conn;
+
 typedef struct gw_type {
     char *type;
     char *commands_topic, *results_topic;
@@ -85,7 +94,16 @@ struct evl_gateway {
     char notready[256];
 
     evl_metric *m_waiters, *m_wait;
+
+    pthread_mutex_t cmu; /* guards conns */
+    gw_conn *conns;
 };
+
+/* gateway.c: answer 408 on, and shut down, every connection whose request
+ * has not arrived whole within gateway.connection_timeout_s (a client
+ * trickling bytes would otherwise hold it for ever: libmicrohttpd's own
+ * timeout restarts on every byte). @locality the Kafka thread. */
+void gw_reap(evl_gateway *gw);
 
 /* gw_kafka.c */
 evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen);

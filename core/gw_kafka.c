@@ -458,6 +458,7 @@ static void *kafka_main(void *arg)
         }
         if ((now = evl_now_ms()) >= next_expire) {
             expire(gw);
+            gw_reap(gw);
             next_expire = now + 20;
         }
     }
