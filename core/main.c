@@ -39,7 +39,8 @@ static const char usage[] =
     "Options:\n"
     "  -h, --help     show this help and exit\n"
     "  --version      print the versions of evlua and its libraries\n"
-    "  -v, -vv        (after any command but run and test) also log info,\n"
+    "  -v, -vv        (after any command but run, gateway and test) also\n"
+    "                 log info,\n"
     "                 or debug, lines on stderr; one-shot commands log\n"
     "                 only warnings and errors by default\n"
     "\n"
@@ -85,8 +86,10 @@ int main(int argc, char **argv)
         if (strcmp(cmd, commands[i].name) != 0)
             continue;
         int n = argc - 1;
-        /* run logs as configured; test hands -v to busted */
-        if (strcmp(cmd, "run") != 0 && strcmp(cmd, "test") != 0)
+        /* run and gateway (servers) log as configured; test hands -v to
+         * busted */
+        if (strcmp(cmd, "run") != 0 && strcmp(cmd, "gateway") != 0 &&
+            strcmp(cmd, "test") != 0)
             evl_cli_oneshot(&n, argv + 1);
         return commands[i].fn(n, argv + 1);
     }

@@ -105,12 +105,35 @@ static inline void gw_http(const ct *t, int port, const char *method,
              timeout_s, method, auth, body ? "--data-binary @" : "",
              body ? bodyf : "", body ? " " : "", outf, hdrf, port, path);
     memset(r, 0, sizeof *r);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        th_die("popen(curl) failed");
-    if (fscanf(p, "%d", &r->status) != 1)
-        r->status = 0;
-    pclose(p);
+    /* fork and read(), not popen(): a thread blocked reading a popen'd
+     * FILE holds its lock, and th_spawn's fflush(NULL) would wait for it
+     * as long as the request waits */
+    int fds[2];
+    if (pipe(fds) != 0)
+        th_die("pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0)
+        th_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char code[32];
+    size_t got = 0;
+    ssize_t k;
+    while (got < sizeof code - 1 &&
+           ((k = read(fds[0], code + got, sizeof code - 1 - got)) > 0 ||
+            (k < 0 && errno == EINTR)))
+        if (k > 0)
+            got += (size_t)k;
+    code[got] = '\0';
+    close(fds[0]);
+    waitpid(pid, NULL, 0);
+    r->status = atoi(code);
     th_read_file(outf, r->body, sizeof r->body);
     r->json = cJSON_Parse(r->body);
     char hdr[8192], *l;
