@@ -7,7 +7,9 @@
  * (413), invalid JSON and invalid UTF-8 (400) and a client trickling its
  * request (408, then closed) get clear errors while the gateway goes on
  * answering others; the tokens never show in the log (at debug level) or
- * the metrics.
+ * the metrics. A second gateway (evlua gateway) speaks HTTPS with a
+ * certificate and key file, refuses plain HTTP, and answers a retry of an
+ * id it never saw with the duplicate mapped to accepted.
  */
 #include <openssl/sha.h>
 
@@ -227,6 +229,39 @@ int main(void)
               !th_file_has(logpath, "not-a-token") &&
               !th_file_has(logpath, shop_hash),
           "no token (nor its hash) in the log");
+
+    /* HTTPS through libmicrohttpd's GnuTLS */
+    char sh[2048];
+    int tport = port, tmport = gw_free_port();
+    port = gw_free_port();
+    snprintf(sh, sizeof sh,
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "
+             "/CN=127.0.0.1 -keyout %s/key.pem -out %s/cert.pem 2>/dev/null",
+             t.dir, t.dir);
+    CHECK_INT(system(sh), 0, "openssl makes a self-signed certificate");
+    snprintf(gwcfg, sizeof gwcfg,
+             "listen = '127.0.0.1:%d', tls_cert = '%s/cert.pem',\n"
+             "    tls_key = '%s/key.pem', tokens = {\n"
+             "      { principal = 'shop', sha256 = '%s',\n"
+             "        aggregates = '*' } }",
+             port, t.dir, t.dir, shop_hash);
+    gw_config(&t, "tls", "tls", tmport, gwcfg);
+    pid_t tpid = gw_start(&t, "tls", "tls.log");
+    CHECK(gw_wait_ready(tmport, 60), "the HTTPS gateway becomes ready");
+    gw_scheme = "https";
+    gw_http(&t, port, "POST", "/v1/commands", reg, SHOP_TOKEN, 30, &r);
+    CHECK_INT(r.status, 200, "over HTTPS: 200");
+    CHECK_STR(gw_str(&r, "status"), "accepted",
+              "a retry of an id this gateway never saw: accepted");
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r.json, "duplicate")),
+          "marked duplicate (the first outcome is not in its cache)");
+    gw_resp_free(&r);
+    gw_scheme = "http";
+    gw_http(&t, port, "GET", "/v1/commands/a-1", NULL, SHOP_TOKEN, 10, &r);
+    CHECK_INT(r.status, 0, "plain HTTP to the HTTPS port gets no answer");
+    gw_resp_free(&r);
+    CHECK_INT(th_stop(tpid, SIGTERM, 30), 0, "the HTTPS gateway stops with 0");
+    port = tport;
 
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
     if (check_failures_)
