@@ -342,6 +342,7 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
         /* the same id already in flight waits for the same result and is
          * not sent twice */
         e = gw_insert(gw, id);
+        e->type = t->type;
         if (gw_produce(gw, t, agg, id, &cmd, msg, sizeof msg) != 0) {
             gw_remove(gw, e);
             pthread_mutex_unlock(&gw->mu);
@@ -363,11 +364,15 @@ out:
 
 /* ---- GET /v1/commands/ID ------------------------------------------------ */
 
-static enum MHD_Result get_command(evl_gateway *gw, const char *id,
-                                   struct MHD_Connection *conn)
+static enum MHD_Result get_command(evl_gateway *gw, const gw_req *r,
+                                   const char *id, struct MHD_Connection *conn)
 {
     pthread_mutex_lock(&gw->mu);
     gw_entry *e = gw_lookup(gw, id);
+    /* a token sees only the outcomes of the types it may send to: for
+     * another's it is as unknown as an id never sent */
+    if (e && r->tok && !listed(&r->tok->aggregates, e->type))
+        e = NULL;
     if (!e) {
         pthread_mutex_unlock(&gw->mu);
         return fail(conn, R_GET, 404, id,
@@ -385,9 +390,9 @@ static enum MHD_Result get_command(evl_gateway *gw, const char *id,
         evl_buf_puts(&b, ",\"status\":\"pending\"}");
     }
     pthread_mutex_unlock(&gw->mu);
-    enum MHD_Result r = respond(conn, R_GET, st, b.data, b.len, NULL);
+    enum MHD_Result res = respond(conn, R_GET, st, b.data, b.len, NULL);
     evl_buf_free(&b);
-    return r;
+    return res;
 }
 
 /* ---- libmicrohttpd's callbacks ------------------------------------------ */
@@ -463,7 +468,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
         return MHD_YES;
     conn_busy(gw, conn, 1);
     if (r->route == R_GET)
-        return get_command(gw, url + 13, conn);
+        return get_command(gw, r, url + 13, conn);
     return post_command(gw, r, conn);
 }
 

@@ -27,6 +27,7 @@ typedef struct gw_req gw_req;
  * result arrives, then its outcome (an HTTP status and JSON body). */
 typedef struct gw_entry {
     char *id;
+    const char *type; /* its aggregate type (gw->types' string) */
     int done;
     int status;
     char *body;

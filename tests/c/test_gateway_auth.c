@@ -3,7 +3,8 @@
  * run` on the real broker: with no tokens it refuses a non-loopback
  * address; no token or a wrong one is 401, a token for another aggregate
  * or command type 403, and none of those produces anything; a body's
- * metadata.user_id is replaced by the token's principal; oversize bodies
+ * metadata.user_id is replaced by the token's principal; a token reads
+ * only the outcomes of its aggregate types; oversize bodies
  * (413), invalid JSON and invalid UTF-8 (400) and a client trickling its
  * request (408, then closed) get clear errors while the gateway goes on
  * answering others; the tokens never show in the log (at debug level) or
@@ -166,6 +167,10 @@ int main(void)
                         "\"aggregate_id\":\"p\",\"type\":\"Ok\",\"data\":{}}",
                         PROBE_TOKEN, NULL),
               200, "the prober's token sends the command type it may");
+    CHECK_INT(status_of("GET", "/v1/commands/a-2", NULL, PROBE_TOKEN, NULL),
+              200, "the prober reads its command's outcome");
+    CHECK_INT(status_of("GET", "/v1/commands/a-2", NULL, SHOP_TOKEN, NULL), 404,
+              "a token of other aggregate types does not see it (404)");
     th_recs ev = {0};
     ct_read_all(&t, events, "read_committed", &ev);
     CHECK_INT(ev.n, 1, "one event recorded");
