@@ -318,6 +318,13 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
         res = fail(conn, R_POST, 503, id, msg);
         goto out;
     }
+    if (e && strcmp(e->type, t->type) != 0) {
+        /* an id names one command: never another type's outcome */
+        pthread_mutex_unlock(&gw->mu);
+        res = fail(conn, R_POST, 422, id,
+                   "this command id was sent for another aggregate type");
+        goto out;
+    }
     if (e && e->done) {
         /* a retry: the first outcome again */
         char *b = evl_xmalloc(e->len + 1);

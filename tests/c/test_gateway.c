@@ -204,6 +204,14 @@ int main(void)
         gw_resp_free(&r);
     }
 
+    post(NULL,
+         "{\"id\":\"g-1\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+         "\"p-9\",\"type\":\"Ok\",\"data\":{}}",
+         &r);
+    CHECK_INT(r.status, 422, "an id reused for another aggregate type: 422");
+    CHECK_HAS(gw_str(&r, "error"), "another aggregate type", "saying so");
+    gw_resp_free(&r);
+
     /* 202 + Location when the wait ends first; the Location answers */
     post("?timeout_ms=0",
          "{\"id\":\"g-slow\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
