@@ -8,7 +8,7 @@
  * a Location that later answers, 404, 405); retrying an id returns the
  * first outcome and records nothing twice; concurrent requests for one
  * aggregate are all answered, with one version each, in order; the
- * metrics count the requests.
+ * metrics count the requests; the threads are named.
  */
 #include "gwtest.h"
 
@@ -293,6 +293,16 @@ int main(void)
               "requests counted by route and status");
     CHECK_HAS(m, "evlua_gateway_wait_seconds_count", "the wait histogram");
     CHECK_HAS(m, "evlua_gateway_waiters 0", "no waiter left in flight");
+
+    /* its threads are named for top -H and perf */
+    char cmd[1024], names[8192];
+    snprintf(cmd, sizeof cmd, "cat /proc/%d/task/*/comm > %s/comm.txt",
+             (int)gpid, t.dir);
+    CHECK_INT(system(cmd), 0, "the gateway's threads can be listed");
+    snprintf(cmd, sizeof cmd, "%s/comm.txt", t.dir);
+    th_read_file(cmd, names, sizeof names);
+    CHECK_HAS(names, "evl:gw-http", "an HTTP thread is named evl:gw-http");
+    CHECK_HAS(names, "evl:gw-kafka", "the Kafka thread is named evl:gw-kafka");
 
     CHECK_INT(th_stop(gpid, SIGTERM, 30), 0, "evlua gateway stops with 0");
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
