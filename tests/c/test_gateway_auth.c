@@ -9,8 +9,9 @@
  * request (408, then closed) get clear errors while the gateway goes on
  * answering others; the tokens never show in the log (at debug level) or
  * the metrics. A second gateway (evlua gateway) speaks HTTPS with a
- * certificate and key file, refuses plain HTTP, and answers a retry of an
- * id it never saw with the duplicate mapped to accepted.
+ * certificate and key file, refuses plain HTTP, answers a retry of an
+ * id it never saw with the duplicate mapped to accepted, and forgets
+ * outcomes past gateway.cache_size.
  */
 #include <openssl/sha.h>
 
@@ -246,6 +247,7 @@ int main(void)
     CHECK_INT(system(sh), 0, "openssl makes a self-signed certificate");
     snprintf(gwcfg, sizeof gwcfg,
              "listen = '127.0.0.1:%d', tls_cert = '%s/cert.pem',\n"
+             "    cache_size = 1,\n"
              "    tls_key = '%s/key.pem', tokens = {\n"
              "      { principal = 'shop', sha256 = '%s',\n"
              "        aggregates = '*' } }",
@@ -261,6 +263,16 @@ int main(void)
     CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r.json, "duplicate")),
           "marked duplicate (the first outcome is not in its cache)");
     gw_resp_free(&r);
+    /* a cache of one outcome: the next command's pushes it out */
+    CHECK_INT(status_of("POST", "/v1/commands",
+                        "{\"id\":\"a-3\",\"aggregate_type\":\"probe\","
+                        "\"aggregate_id\":\"p\",\"type\":\"Ok\",\"data\":{}}",
+                        SHOP_TOKEN, NULL),
+              200, "another command over HTTPS: 200");
+    CHECK_INT(status_of("GET", "/v1/commands/a-3", NULL, SHOP_TOKEN, NULL), 200,
+              "the newest outcome is in the cache");
+    CHECK_INT(status_of("GET", "/v1/commands/a-1", NULL, SHOP_TOKEN, NULL), 404,
+              "the older one is forgotten past gateway.cache_size");
     gw_scheme = "http";
     gw_http(&t, port, "GET", "/v1/commands/a-1", NULL, SHOP_TOKEN, 10, &r);
     CHECK_INT(r.status, 0, "plain HTTP to the HTTPS port gets no answer");
