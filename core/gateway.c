@@ -749,6 +749,12 @@ void evl_gateway_stop(evl_gateway *gw)
 {
     if (!gw)
         return;
+    /* new commands get 503 from now on: no thread would end their wait */
+    pthread_mutex_lock(&gw->mu);
+    gw->ready = 0;
+    snprintf(gw->notready, sizeof gw->notready, "the gateway is stopping");
+    pthread_mutex_unlock(&gw->mu);
+    gw->quit = 1; /* before the Kafka thread could set ready again */
     gw_kafka_stop(gw);
     if (gw->daemon) {
         static const char msg[] = "{\"error\":\"the gateway is stopping\"}";

@@ -437,7 +437,7 @@ static void *kafka_main(void *arg)
         if (!gw->ready && now >= next_try) {
             if (assign_results(gw) == 0) {
                 pthread_mutex_lock(&gw->mu);
-                gw->ready = 1;
+                gw->ready = !gw->quit; /* a stop wins */
                 pthread_mutex_unlock(&gw->mu);
                 evl_metrics_ready("gateway", 1, NULL);
                 evl_log(EVL_LOG_INFO, "gateway ready: results assigned", NULL);

@@ -4,7 +4,8 @@
  * answer; while no processor runs, waiters past gateway.max_waiters are
  * refused with 503 and the others keep waiting through the restart and
  * get their results; a retry of the first id after the restart gets the
- * one true outcome, and every command's events are recorded once.
+ * one true outcome, and every command's events are recorded once. A
+ * request still waiting when the gateway stops gets 503.
  */
 #include "gwtest.h"
 
@@ -127,8 +128,16 @@ int main(void)
     CHECK_INT(ev.n, 5, "five events in all");
     th_recs_free(&ev);
 
-    CHECK_INT(th_stop(gpid, SIGTERM, 30), 0, "evlua gateway stops with 0");
+    /* stopping the gateway answers whoever still waits */
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
+    req last;
+    start(&last, "last", "");
+    th_sleep_ms(1500);
+    CHECK_INT(th_stop(gpid, SIGTERM, 30), 0, "evlua gateway stops with 0");
+    pthread_join(last.th, NULL);
+    CHECK_INT(last.r.status, 503, "a request waiting at the stop: 503");
+    CHECK_HAS(gw_str(&last.r, "error"), "stopping", "saying the gateway stops");
+    gw_resp_free(&last.r);
     if (check_failures_) {
         ct_dump_log(&t, "g.log");
         ct_dump_log(&t, "r2.log");
