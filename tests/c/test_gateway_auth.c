@@ -4,14 +4,15 @@
  * address; no token or a wrong one is 401, a token for another aggregate
  * or command type 403, and none of those produces anything; a body's
  * metadata.user_id is replaced by the token's principal; a token reads
- * only the outcomes of its aggregate types; oversize bodies
- * (413), invalid JSON and invalid UTF-8 (400) and a client trickling its
- * request (408, then closed) get clear errors while the gateway goes on
- * answering others; the tokens never show in the log (at debug level) or
- * the metrics. A second gateway (evlua gateway) speaks HTTPS with a
- * certificate and key file, refuses plain HTTP, answers a retry of an
- * id it never saw with the duplicate mapped to accepted, and forgets
- * outcomes past gateway.cache_size.
+ * only the outcomes of its aggregate types; oversize bodies (413),
+ * invalid JSON and invalid UTF-8 (400) and a client trickling its request
+ * (408, then closed) get clear errors while the gateway goes on answering
+ * others; the tokens never show in the log (at debug level) or the
+ * metrics; every answer matches docs/gateway.openapi.json. A second
+ * gateway (evlua gateway) speaks HTTPS with a certificate and key file,
+ * refuses plain HTTP, answers a retry of an id it never saw with the
+ * duplicate mapped to accepted, and forgets outcomes past
+ * gateway.cache_size.
  */
 #include <openssl/sha.h>
 
@@ -42,11 +43,21 @@ static void hex_sha256(const char *s, char out[65])
 static ct t;
 static int port;
 
+static cJSON *doc;
+
 static int status_of(const char *method, const char *path, const char *body,
                      const char *token, const char *want_in_error)
 {
     gw_resp r;
     gw_http(&t, port, method, path, body, token, 30, &r);
+    char what[200];
+    snprintf(what, sizeof what, "%s -> %d matches the OpenAPI document", method,
+             r.status);
+    CHECK(gw_openapi_check(doc, method,
+                           strcmp(method, "POST") == 0 ? "/v1/commands"
+                                                       : "/v1/commands/{id}",
+                           &r),
+          what);
     if (want_in_error)
         CHECK_HAS(gw_str(&r, "error"), want_in_error, "the error says why");
     int st = r.status;
@@ -107,6 +118,7 @@ int main(void)
     port = gw_free_port();
 
     ct_init(&t, "gwauth");
+    doc = gw_openapi_load(&t);
     ct_copy_aggregate(&t, "customer.lua");
     ct_write_file(&t, "aggregates/probe.lua", probe_lua);
     ct_topic(&t, "customer", "commands", cmds, sizeof cmds);
@@ -283,5 +295,6 @@ int main(void)
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
     if (check_failures_)
         ct_dump_log(&t, "r.log");
+    cJSON_Delete(doc);
     return check_done();
 }
