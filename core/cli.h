@@ -12,6 +12,7 @@
 #define EVL_CLI_H
 
 #include "config.h"
+#include "gateway.h"
 #include "luahost.h"
 #include "pg.h"
 #include "projector.h"
@@ -71,8 +72,18 @@ void evl_cli_rebuild_progress(void *ud, const evl_projector_progress *p);
 int evl_cli_catch_up(const evl_config *cfg, const evl_luahost *host,
                      const char *name, const char *cmd, evl_projector_opts *o,
                      evl_projector_stats *st);
+/* Start the metrics endpoint when cfg->metrics.listen is set and publish
+ * evlua_build_info. Returns EVL_EXIT_OK, or EVL_EXIT_USAGE after printing
+ * "evlua NAME: reason". */
+int evl_cli_serve_metrics(const evl_config *cfg, const char *name);
+
+/* Start the command gateway when cfg->gateway.listen is set (*gw NULL
+ * otherwise). Returns EVL_EXIT_OK, or EVL_EXIT_USAGE after printing why. */
+int evl_cli_gateway_start(const evl_config *cfg, const evl_luahost *host,
+                          evl_gateway **gw);
 
 int evl_cli_run(int argc, char **argv);
+int evl_cli_gateway(int argc, char **argv);
 int evl_cli_check(int argc, char **argv);
 int evl_cli_repl(int argc, char **argv);
 int evl_cli_send(int argc, char **argv);

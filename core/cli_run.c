@@ -180,14 +180,14 @@ static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
 
 /* Start the metrics endpoint when configured, and publish evlua_build_info.
  * Returns EVL_EXIT_OK or EVL_EXIT_USAGE (the address cannot be served). */
-static int serve_metrics(const evl_config *cfg)
+int evl_cli_serve_metrics(const evl_config *cfg, const char *name)
 {
     if (cfg->metrics.listen) {
         char err[EVL_ERRLEN], port[16];
         int bound = 0;
         if (evl_metrics_serve(cfg->metrics.listen, &bound, err, sizeof err) !=
             EVL_OK) {
-            fprintf(stderr, "evlua run: %s\n", err);
+            fprintf(stderr, "evlua %s: %s\n", name, err);
             return EVL_EXIT_USAGE;
         }
         snprintf(port, sizeof port, "%d", bound);
@@ -215,6 +215,7 @@ int evl_cli_run(int argc, char **argv)
         return rc;
     evl_luahost_config hc;
     evl_luahost *proto = NULL;
+    evl_gateway *gw = NULL;
     evl_cli_host_config(&cfg, scripts, &hc);
     if ((rc = evl_cli_load_host(&hc, &proto))) {
         evl_config_free(&cfg);
@@ -226,7 +227,8 @@ int evl_cli_run(int argc, char **argv)
         goto out;
     }
 
-    if ((rc = serve_metrics(&cfg)) != EVL_EXIT_OK)
+    if ((rc = evl_cli_serve_metrics(&cfg, "run")) != EVL_EXIT_OK ||
+        (rc = evl_cli_gateway_start(&cfg, proto, &gw)) != EVL_EXIT_OK)
         goto out;
     size_t nproj = evl_luahost_nprojections(proto);
     size_t nagg = evl_luahost_naggregates(proto);
@@ -287,6 +289,7 @@ int evl_cli_run(int argc, char **argv)
     free(ps);
     evl_log(EVL_LOG_INFO, "evlua stopped", NULL);
 out:
+    evl_gateway_stop(gw);
     evl_metrics_stop();
     evl_luahost_free(proto);
     evl_config_free(&cfg);

@@ -257,6 +257,8 @@ typedef enum kind {
     K_MB,      /* size_t: an integer in min..max, in MiB, stored in bytes */
     K_KAFKA,   /* evl_config.kafka: librdkafka properties, passed through */
     K_TABLE,   /* a table of the keys in sub, into the same record */
+    K_TOKENS,  /* gateway.tokens: a list of token tables
+                  (config_gateway.c) */
     K_EACH     /* projection.each: NAME = a table of the keys in sub, each
                   into an evl_projection_cfg of its own */
 } kind;
@@ -343,6 +345,21 @@ static const key_spec metrics_keys[] = {
      NULL},
     END};
 
+static const key_spec gateway_keys[] = {
+    {"listen", K_STR, 0, 0, CFG(gateway.listen), NULL},
+    {"tls_cert", K_STR, 0, 0, CFG(gateway.tls_cert), NULL},
+    {"tls_key", K_STR, 0, 0, CFG(gateway.tls_key), NULL},
+    {"timeout_ms", K_INT, 1, 3600000, CFG(gateway.timeout_ms), NULL},
+    {"max_body", K_INT, 1024, 16 << 20, CFG(gateway.max_body), NULL},
+    {"max_waiters", K_INT, 1, 1000000, CFG(gateway.max_waiters), NULL},
+    {"max_connections", K_INT, 1, 1000000, CFG(gateway.max_connections), NULL},
+    {"connection_timeout_s", K_INT, 1, 3600, CFG(gateway.connection_timeout_s),
+     NULL},
+    {"cache_size", K_INT, 1, 100000000, CFG(gateway.cache_size), NULL},
+    {"threads", K_INT, 1, 256, CFG(gateway.threads), NULL},
+    {"tokens", K_TOKENS, 0, 0, 0, NULL},
+    END};
+
 static const key_spec log_keys[] = {
     {"level", K_ENUM, 0, 0, CFG(log_level), levels},
     {"format", K_ENUM, 0, 0, CFG(log_format), formats},
@@ -360,6 +377,7 @@ static const key_spec top_keys[] = {
     {"projection", K_TABLE, 0, 0, 0, projection_keys},
     {"reactions", K_TABLE, 0, 0, 0, reactions_keys},
     {"metrics", K_TABLE, 0, 0, 0, metrics_keys},
+    {"gateway", K_TABLE, 0, 0, 0, gateway_keys},
     {"log", K_TABLE, 0, 0, 0, log_keys},
     {"instance", K_STR, 0, 0, CFG(instance), NULL},
     {"shutdown_timeout_ms", K_INT, 0, 3600000, CFG(shutdown_timeout_ms), NULL},
@@ -417,6 +435,12 @@ static evl_err read_key(loader *ld, const char *key, const key_spec *ks,
         *(size_t *)dst = ks->kind == K_MB ? (size_t)v << 20 : (size_t)v;
         return EVL_OK;
     case K_KAFKA: return each_field(ld, key, kafka_field, cfg);
+    case K_TOKENS: {
+        char msg[EVL_ERRLEN];
+        if (evl_config_gateway_tokens(ld->L, cfg, msg, sizeof msg))
+            return fail(ld, key, "%s", msg);
+        return EVL_OK;
+    }
     case K_TABLE: {
         table_walk w = {ks->sub, rec, cfg};
         return each_field(ld, key, table_field, &w);
@@ -454,6 +478,7 @@ static const char *kind_name(kind k)
     case K_SIZE:
     case K_MB: return "integer";
     case K_KAFKA: return "table";
+    case K_TOKENS: return "list of tables";
     case K_TABLE:
     case K_EACH: break;
     }
@@ -528,6 +553,7 @@ static void defaults(evl_config *cfg)
     cfg->log_format = evl_xstrdup("logfmt");
     cfg->shutdown_timeout_ms = 30000;
     cfg->metrics.lag_interval_ms = 5000;
+    evl_config_gateway_defaults(cfg);
 }
 
 /* ---- the config file's limits ---------------------------------------- */
@@ -924,6 +950,7 @@ void evl_config_free(evl_config *cfg)
     free(cfg->react.group_prefix);
     free(cfg->react.parked_topic);
     free(cfg->metrics.listen);
+    evl_config_gateway_free(cfg);
     free(cfg->instance);
     free(cfg->log_level);
     free(cfg->log_format);

@@ -36,6 +36,8 @@
 
 #include "evl.h"
 
+struct lua_State;
+
 /* Longest accepted `instance` name: derived group.instance.ids add a
  * suffix and Kafka caps them at 249 bytes. */
 #define EVL_CONFIG_INSTANCE_MAX 128
@@ -50,6 +52,14 @@ typedef struct evl_kv {
     char *key;
     char *value;
 } evl_kv;
+
+/* A bearer token of the gateway: only its SHA-256 is configured. */
+typedef struct evl_gateway_token {
+    char *principal; /* becomes metadata.user_id */
+    unsigned char sha256[32];
+    evl_strlist aggregates; /* types it may send to; "*": any */
+    evl_strlist commands;   /* command types; empty: any */
+} evl_gateway_token;
 
 /* Per-projection settings; NULL / 0 fields inherit from evl_config.proj. */
 typedef struct evl_projection_cfg {
@@ -120,6 +130,21 @@ typedef struct evl_config {
         char *parked_topic; /* pattern; "{type}": the reacting type */
     } react;
 
+    /* the command gateway (gateway.h): its tokens and limits */
+    struct {
+        char *listen; /* "127.0.0.1:8080"; NULL: no gateway in evlua run */
+        char *tls_cert, *tls_key; /* PEM files; both or neither */
+        int timeout_ms;           /* longest wait for a result */
+        int max_body;             /* bytes of a request body */
+        int max_waiters;          /* requests waiting for a result */
+        int max_connections;
+        int connection_timeout_s; /* idle or slow connections close */
+        int cache_size;           /* outcomes remembered for GET/retries */
+        int threads;              /* HTTP threads */
+        evl_gateway_token *tokens;
+        int ntokens;
+    } gateway;
+
     struct {
         char *listen;        /* "127.0.0.1:9464"; NULL: no HTTP endpoint */
         int lag_interval_ms; /* how often lag.h measures every group */
@@ -163,6 +188,15 @@ typedef int (*evl_config_key_fn)(const evl_config_key *key, void *ud);
  * key and its strings are valid while fn runs. A non-zero return from fn
  * stops the walk and is returned; else 0. */
 int evl_config_each_key(evl_config_key_fn fn, void *ud);
+
+/* config_gateway.c, for the loader: read the list of token tables on top
+ * of L's stack into cfg->gateway.tokens (EVL_OK, or EVL_EPERMANENT with
+ * the reason in err, naming the token by position, never its hash);
+ * defaults and freeing of the gateway's settings. */
+evl_err evl_config_gateway_tokens(struct lua_State *L, evl_config *cfg,
+                                  char *err, size_t errlen);
+void evl_config_gateway_defaults(evl_config *cfg);
+void evl_config_gateway_free(evl_config *cfg);
 
 /* Frees what cfg owns and zeroes it. Accepts NULL. */
 void evl_config_free(evl_config *cfg);

@@ -27,6 +27,8 @@ static const char usage[] =
     "                                      submit a command (--wait: print "
     "its\n"
     "                                      result)\n"
+    "  gateway [-c CONFIG]                 serve the HTTP command gateway "
+    "alone\n"
     "  parked list|retry|drop              manage parked aggregates\n"
     "  projection reset NAME               rebuild a projection from the "
     "start\n"
@@ -48,7 +50,8 @@ static const char usage[] =
     "Options:\n"
     "  -h, --help     show this help and exit\n"
     "  --version      print the versions of evlua and its libraries\n"
-    "  -v, -vv        (after any command but run and test) also log info,\n"
+    "  -v, -vv        (after any command but run, gateway and test) also\n"
+    "                 log info,\n"
     "                 or debug, lines on stderr; one-shot commands log\n"
     "                 only warnings and errors by default\n"
     "\n"
@@ -66,13 +69,10 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"run", evl_cli_run},
-    {"check", evl_cli_check},
-    {"repl", evl_cli_repl},
-    {"test", evl_cli_test},
-    {"send", evl_cli_send},
-    {"parked", evl_cli_parked},
-    {"projection", evl_cli_projection},
+    {"run", evl_cli_run},       {"check", evl_cli_check},
+    {"repl", evl_cli_repl},     {"test", evl_cli_test},
+    {"send", evl_cli_send},     {"gateway", evl_cli_gateway},
+    {"parked", evl_cli_parked}, {"projection", evl_cli_projection},
     {"verify", evl_cli_verify},
 };
 
@@ -98,8 +98,10 @@ int main(int argc, char **argv)
         if (strcmp(cmd, commands[i].name) != 0)
             continue;
         int n = argc - 1;
-        /* run logs as configured; test hands -v to busted */
-        if (strcmp(cmd, "run") != 0 && strcmp(cmd, "test") != 0)
+        /* run and gateway (servers) log as configured; test hands -v to
+         * busted */
+        if (strcmp(cmd, "run") != 0 && strcmp(cmd, "gateway") != 0 &&
+            strcmp(cmd, "test") != 0)
             evl_cli_oneshot(&n, argv + 1);
         return commands[i].fn(n, argv + 1);
     }

@@ -223,6 +223,34 @@ int main(void)
               "(unparseable conninfo: missing \"=\" after \"...\" in "
               "connection info string)",
               "an unparseable conninfo shows libpq's message without it");
+    /* the gateway: tokens are hashes with the types they may send */
+    CHECK_INT(load("return { gateway = { listen = '0.0.0.0:8080',\n"
+                   "  tokens = { { principal = 'shop', sha256 = "
+                   "('ab'):rep(32),\n"
+                   "    aggregates = { 'customer' }, commands = 'Register' "
+                   "} } } }\n",
+                   &cfg, err),
+              EVL_OK, "a gateway with one token loads");
+    CHECK_INT(cfg.gateway.ntokens, 1, "one token");
+    CHECK_STR(cfg.gateway.tokens[0].principal, "shop", "its principal");
+    CHECK_INT(cfg.gateway.tokens[0].sha256[31], 0xab, "its hash, as bytes");
+    CHECK_STR(cfg.gateway.tokens[0].aggregates.v[0], "customer",
+              "its aggregate types");
+    CHECK_STR(cfg.gateway.tokens[0].commands.v[0], "Register",
+              "its command types (a string is a list of one)");
+    CHECK_INT(cfg.gateway.timeout_ms, 10000, "a 10 s wait by default");
+    evl_config_free(&cfg);
+    CHECK_INT(load("return { gateway = { tokens = { { principal = 'p',\n"
+                   "  sha256 = 'my-secret-token', aggregates = '*' } } } }\n",
+                   &cfg, err),
+              EVL_EPERMANENT, "a token that is not a SHA-256 is refused");
+    CHECK_HAS(err, "64 hex digits", "the error says a hash is expected");
+    CHECK(strstr(err, "my-secret-token") == NULL, "and never quotes the value");
+    CHECK_INT(load("return { gateway = { tokens = { { principal = 'p',\n"
+                   "  sha256 = ('0'):rep(64) } } } }\n",
+                   &cfg, err),
+              EVL_EPERMANENT, "a token without aggregate types is refused");
+    CHECK_HAS(err, "aggregates", "naming what is missing");
     evl_config_free(NULL);
     unlink(path);
     return check_done();

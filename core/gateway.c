@@ -1,0 +1,795 @@
+/*
+ * gateway.c - the gateway's HTTP side (see gateway.h): routes, the
+ * validation of a command, bearer tokens, limits, and the answers.
+ *
+ * libmicrohttpd is the HTTP library the metrics endpoint already uses; it
+ * is kept by Debian, serves HTTP/1.1 keep-alive from an internal thread
+ * pool over epoll, speaks TLS through GnuTLS, and can suspend a
+ * connection: a request that waits for its result holds no thread, so
+ * gateway.max_waiters requests wait with gateway.threads threads.
+ *
+ * A POST is read whole (at most gateway.max_body bytes), checked with
+ * the JSON rules of evlua's bridge (json.h: the rules the command side
+ * applies, so a command accepted here never fails there for its JSON),
+ * checked against the token, and written as the command envelope
+ * (envelope.h, as `evlua send` writes it) with metadata.user_id set to
+ * the token's principal. Then the request waits (gateway_int.h).
+ */
+#include "gateway_int.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include "envelope.h"
+#include "json.h"
+#include "log.h"
+#include "luaapi.h"
+
+enum { R_POST, R_GET, R_OTHER };
+static const char *const route_names[] = {"POST /v1/commands",
+                                          "GET /v1/commands/{id}", "other"};
+
+/* ---- answers ----------------------------------------------------------- */
+
+static void count(int route, int status)
+{
+    char labels[128], st[8];
+    snprintf(st, sizeof st, "%d", status);
+    evl_metrics_labels(labels, sizeof labels, "route", route_names[route],
+                       "status", st, NULL);
+    evl_metric_add(evl_metrics_counter("evlua_gateway_requests_total",
+                                       "HTTP requests the gateway answered, "
+                                       "by route and status",
+                                       labels),
+                   1);
+}
+
+static enum MHD_Result respond(struct MHD_Connection *conn, int route,
+                               int status, const char *body, size_t len,
+                               const char *location)
+{
+    struct MHD_Response *res = MHD_create_response_from_buffer(
+        len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    MHD_add_response_header(res, "Content-Type", "application/json");
+    if (location && *location)
+        MHD_add_response_header(res, "Location", location);
+    if (status == 401)
+        MHD_add_response_header(res, "WWW-Authenticate",
+                                "Bearer realm=\"evlua\"");
+    if (status == 503)
+        MHD_add_response_header(res, "Retry-After", "1");
+    enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, res);
+    MHD_destroy_response(res);
+    count(route, status);
+    return r;
+}
+
+/* An error answer: {"error": msg} (and the command id when known). */
+static enum MHD_Result fail(struct MHD_Connection *conn, int route, int status,
+                            const char *id, const char *msg)
+{
+    evl_buf b = {0};
+    evl_buf_putc(&b, '{');
+    if (id) {
+        evl_buf_puts(&b, "\"command_id\":");
+        evl_envelope_put_string(&b, id, strlen(id));
+        evl_buf_putc(&b, ',');
+    }
+    evl_buf_puts(&b, "\"error\":");
+    evl_envelope_put_string(&b, msg, strlen(msg));
+    evl_buf_putc(&b, '}');
+    enum MHD_Result r = respond(conn, route, status, b.data, b.len, NULL);
+    evl_buf_free(&b);
+    return r;
+}
+
+/* ---- tokens ------------------------------------------------------------ */
+
+/* The token of the request's bearer credential; NULL with *status 401
+ * when there is none or it is unknown. With no tokens configured
+ * (loopback only), every request passes with no principal. */
+static const evl_gateway_token *
+authenticate(evl_gateway *gw, struct MHD_Connection *conn, int *ok)
+{
+    const evl_config *cfg = gw->cfg;
+    *ok = cfg->gateway.ntokens == 0;
+    if (*ok)
+        return NULL;
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return NULL;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)h, strlen(h), md);
+    const evl_gateway_token *found = NULL;
+    /* compare with every token in constant time */
+    for (int i = 0; i < cfg->gateway.ntokens; i++)
+        if (CRYPTO_memcmp(md, cfg->gateway.tokens[i].sha256, sizeof md) == 0)
+            found = &cfg->gateway.tokens[i];
+    *ok = found != NULL;
+    return found;
+}
+
+static int listed(const evl_strlist *l, const char *s)
+{
+    for (int i = 0; i < l->n; i++)
+        if (strcmp(l->v[i], "*") == 0 || strcmp(l->v[i], s) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---- POST /v1/commands -------------------------------------------------- */
+
+/* The command of the request body, checked, as an envelope in cmd; its
+ * type in *t and its id in id. Returns 0, or the HTTP status with the
+ * reason in msg. */
+static int parse_command(evl_gateway *gw, const gw_req *r, const gw_type **t,
+                         char *id, evl_buf *cmd, char *agg, char *msg,
+                         size_t msglen)
+{
+    enum { M_ID, M_AT, M_AID, M_TYPE, M_DATA, M_EV, M_META };
+    evl_json_member m[] = {
+        {.name = "id"},           {.name = "aggregate_type"},
+        {.name = "aggregate_id"}, {.name = "type"},
+        {.name = "data"},         {.name = "expected_version"},
+        {.name = "metadata"}};
+    evl_json_member mm[] = {{.name = "user_id"}, {.name = "correlation_id"}};
+    evl_buf s = {0}, ms = {0};
+    char err[EVL_ERRLEN];
+    int is_object, status = 422;
+    const char *body = r->body.data ? r->body.data : "";
+    if (evl_json_members(body, r->body.len, m, 7, &s, &is_object, err,
+                         sizeof err)) {
+        snprintf(msg, msglen, "malformed JSON: %.400s", err);
+        status = 400;
+        goto out;
+    }
+    if (!is_object) {
+        snprintf(msg, msglen, "the command must be a JSON object");
+        goto out;
+    }
+#define STR(i) (s.data + m[i].off)
+    if (m[M_AT].type != EVL_JSON_STRING) {
+        snprintf(msg, msglen, "aggregate_type must be a string");
+        goto out;
+    }
+    *t = NULL;
+    for (size_t i = 0; i < gw->ntypes; i++)
+        if (strcmp(gw->types[i].type, STR(M_AT)) == 0)
+            *t = &gw->types[i];
+    if (!*t) {
+        snprintf(msg, msglen, "unknown aggregate type '%.200s'", STR(M_AT));
+        goto out;
+    }
+    if (m[M_AID].type != EVL_JSON_STRING || m[M_AID].len == 0 ||
+        m[M_AID].len > EVL_ENVELOPE_MAX_AGGREGATE_ID) {
+        snprintf(msg, msglen, "aggregate_id must be a string of 1 to %d bytes",
+                 EVL_ENVELOPE_MAX_AGGREGATE_ID);
+        goto out;
+    }
+    if (m[M_TYPE].type != EVL_JSON_STRING || m[M_TYPE].len == 0 ||
+        m[M_TYPE].len > EVL_ENVELOPE_MAX_ID) {
+        snprintf(msg, msglen, "type must be a string of 1 to %d bytes",
+                 EVL_ENVELOPE_MAX_ID);
+        goto out;
+    }
+    int known = 0;
+    for (size_t i = 0; i < (*t)->ncmds; i++)
+        known |= strcmp((*t)->cmds[i], STR(M_TYPE)) == 0;
+    if (!known) {
+        snprintf(msg, msglen, "aggregate type %s has no handler for '%.200s'",
+                 (*t)->type, STR(M_TYPE));
+        goto out;
+    }
+    if (m[M_ID].type != EVL_JSON_ABSENT &&
+        (m[M_ID].type != EVL_JSON_STRING || m[M_ID].len == 0 ||
+         m[M_ID].len > EVL_ENVELOPE_MAX_ID)) {
+        snprintf(msg, msglen, "id must be a string of 1 to %d bytes",
+                 EVL_ENVELOPE_MAX_ID);
+        goto out;
+    }
+    if (m[M_DATA].type != EVL_JSON_OTHER || body[m[M_DATA].voff] != '{') {
+        snprintf(msg, msglen, "data must be a JSON object");
+        goto out;
+    }
+    if (m[M_EV].type != EVL_JSON_ABSENT &&
+        (m[M_EV].type != EVL_JSON_NUMBER || !m[M_EV].isint ||
+         m[M_EV].integer < 0)) {
+        snprintf(msg, msglen,
+                 "expected_version must be a non-negative integer");
+        goto out;
+    }
+    const char *user = NULL, *corr = NULL;
+    if (m[M_META].type != EVL_JSON_ABSENT) {
+        if (m[M_META].type != EVL_JSON_OTHER || body[m[M_META].voff] != '{') {
+            snprintf(msg, msglen, "metadata must be a JSON object");
+            goto out;
+        }
+        evl_json_members(body + m[M_META].voff, m[M_META].vlen, mm, 2, &ms,
+                         &is_object, err, sizeof err);
+        for (int i = 0; i < 2; i++)
+            if (mm[i].type != EVL_JSON_ABSENT &&
+                mm[i].type != EVL_JSON_STRING) {
+                snprintf(msg, msglen, "metadata.%s must be a string",
+                         mm[i].name);
+                goto out;
+            }
+        if (mm[0].type == EVL_JSON_STRING)
+            user = ms.data + mm[0].off;
+        if (mm[1].type == EVL_JSON_STRING)
+            corr = ms.data + mm[1].off;
+    }
+    if (gw->cfg->gateway.ntokens > 0) {
+        if (!listed(&r->tok->aggregates, (*t)->type) ||
+            (r->tok->commands.n > 0 &&
+             !listed(&r->tok->commands, STR(M_TYPE)))) {
+            snprintf(msg, msglen, "principal %s may not send %.200s to %s",
+                     r->tok->principal, STR(M_TYPE), (*t)->type);
+            status = 403;
+            goto out;
+        }
+        user = r->tok->principal; /* never the body's */
+    }
+    if (m[M_ID].type == EVL_JSON_STRING)
+        snprintf(id, EVL_ENVELOPE_MAX_ID + 1, "%s", STR(M_ID));
+    else if (evl_luaapi_uuid7(id) != 0) {
+        snprintf(msg, msglen, "cannot generate a command id");
+        status = 503;
+        goto out;
+    }
+    snprintf(agg, EVL_ENVELOPE_MAX_AGGREGATE_ID + 1, "%s", STR(M_AID));
+    char *data = evl_xmalloc(m[M_DATA].vlen + 1);
+    memcpy(data, body + m[M_DATA].voff, m[M_DATA].vlen);
+    data[m[M_DATA].vlen] = '\0';
+    evl_envelope_command_in c = {.id = id,
+                                 .type = STR(M_TYPE),
+                                 .aggregate_type = (*t)->type,
+                                 .aggregate_id = agg,
+                                 .has_expected_version =
+                                     m[M_EV].type == EVL_JSON_NUMBER,
+                                 .expected_version = m[M_EV].integer,
+                                 .data = data,
+                                 .data_len = m[M_DATA].vlen,
+                                 .user_id = user,
+                                 .correlation_id = corr};
+    evl_envelope_command(cmd, &c);
+    free(data);
+#undef STR
+    status = 0;
+out:
+    evl_buf_free(&s);
+    evl_buf_free(&ms);
+    return status;
+}
+
+/* The wait of this request: gateway.timeout_ms, or less when the query
+ * asks (?timeout_ms=N). */
+static long long wait_ms(evl_gateway *gw, struct MHD_Connection *conn)
+{
+    long long max = gw->cfg->gateway.timeout_ms;
+    const char *q =
+        MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "timeout_ms");
+    if (q) {
+        char *end;
+        long long v = strtoll(q, &end, 10);
+        if (!*end && v >= 0 && v < max)
+            return v;
+    }
+    return max;
+}
+
+static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
+                                    struct MHD_Connection *conn)
+{
+    char id[EVL_ENVELOPE_MAX_ID + 1], agg[EVL_ENVELOPE_MAX_AGGREGATE_ID + 1];
+    char msg[EVL_ERRLEN];
+    const gw_type *t = NULL;
+    evl_buf cmd = {0};
+    enum MHD_Result res;
+    if (r->too_big) {
+        snprintf(msg, sizeof msg,
+                 "the body is larger than %d bytes "
+                 "(gateway.max_body)",
+                 gw->cfg->gateway.max_body);
+        return fail(conn, R_POST, 413, NULL, msg);
+    }
+    int status = parse_command(gw, r, &t, id, &cmd, agg, msg, sizeof msg);
+    if (status) {
+        evl_buf_free(&cmd);
+        return fail(conn, R_POST, status, NULL, msg);
+    }
+    pthread_mutex_lock(&gw->mu);
+    gw_entry *e = gw_lookup(gw, id);
+    if (!gw->ready) {
+        snprintf(msg, sizeof msg, "not ready: %s", gw->notready);
+        pthread_mutex_unlock(&gw->mu);
+        res = fail(conn, R_POST, 503, id, msg);
+        goto out;
+    }
+    if (e && strcmp(e->type, t->type) != 0) {
+        /* an id names one command: never another type's outcome */
+        pthread_mutex_unlock(&gw->mu);
+        res = fail(conn, R_POST, 422, id,
+                   "this command id was sent for another aggregate type");
+        goto out;
+    }
+    if (e && e->done) {
+        /* a retry: the first outcome again */
+        char *b = evl_xmalloc(e->len + 1);
+        size_t len = e->len;
+        int st = e->status;
+        memcpy(b, e->body, len);
+        pthread_mutex_unlock(&gw->mu);
+        res = respond(conn, R_POST, st, b, len, NULL);
+        free(b);
+        goto out;
+    }
+    if (gw->nwaiting >= gw->cfg->gateway.max_waiters) {
+        pthread_mutex_unlock(&gw->mu);
+        snprintf(msg, sizeof msg,
+                 "too many commands waiting for their result (%d, "
+                 "gateway.max_waiters): retry later",
+                 gw->cfg->gateway.max_waiters);
+        res = fail(conn, R_POST, 503, id, msg);
+        goto out;
+    }
+    if (!e) {
+        /* the same id already in flight waits for the same result and is
+         * not sent twice */
+        e = gw_insert(gw, id);
+        e->type = t->type;
+        if (gw_produce(gw, t, agg, id, &cmd, msg, sizeof msg) != 0) {
+            gw_remove(gw, e);
+            pthread_mutex_unlock(&gw->mu);
+            res = fail(conn, R_POST, 503, id, msg);
+            goto out;
+        }
+    }
+    r->conn = conn;
+    r->phase = GW_WAIT;
+    r->deadline_ms = evl_now_ms() + wait_ms(gw, conn);
+    gw_wait(gw, e, r);
+    MHD_suspend_connection(conn);
+    pthread_mutex_unlock(&gw->mu);
+    res = MHD_YES;
+out:
+    evl_buf_free(&cmd);
+    return res;
+}
+
+/* ---- GET /v1/commands/ID ------------------------------------------------ */
+
+static enum MHD_Result get_command(evl_gateway *gw, const gw_req *r,
+                                   const char *id, struct MHD_Connection *conn)
+{
+    pthread_mutex_lock(&gw->mu);
+    gw_entry *e = gw_lookup(gw, id);
+    /* a token sees only the outcomes of the types it may send to: for
+     * another's it is as unknown as an id never sent */
+    if (e && r->tok && !listed(&r->tok->aggregates, e->type))
+        e = NULL;
+    if (!e) {
+        pthread_mutex_unlock(&gw->mu);
+        return fail(conn, R_GET, 404, id,
+                    "unknown command id (never sent through this gateway, "
+                    "or older than its cache: gateway.cache_size)");
+    }
+    evl_buf b = {0};
+    int st = 202;
+    if (e->done) {
+        evl_buf_put(&b, e->body, e->len);
+        st = e->status;
+    } else {
+        evl_buf_puts(&b, "{\"command_id\":");
+        evl_envelope_put_string(&b, id, strlen(id));
+        evl_buf_puts(&b, ",\"status\":\"pending\"}");
+    }
+    pthread_mutex_unlock(&gw->mu);
+    enum MHD_Result res = respond(conn, R_GET, st, b.data, b.len, NULL);
+    evl_buf_free(&b);
+    return res;
+}
+
+/* ---- libmicrohttpd's callbacks ------------------------------------------ */
+
+static void conn_busy(evl_gateway *gw, struct MHD_Connection *conn, int busy);
+
+static __thread int named;
+
+static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
+                              const char *url, const char *method,
+                              const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls)
+{
+    evl_gateway *gw = cls;
+    gw_req *r = *con_cls;
+    (void)version;
+    if (!named) {
+        evl_thread_name("evl:gw-http", NULL);
+        named = 1;
+    }
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            abort();
+        *con_cls = r;
+        r->started_ms = evl_now_ms();
+        if (strcmp(url, "/v1/commands") == 0)
+            r->route = R_POST;
+        else if (strncmp(url, "/v1/commands/", 13) == 0 && url[13])
+            r->route = R_GET;
+        else
+            r->route = R_OTHER;
+        if (r->route == R_OTHER)
+            return fail(conn, R_OTHER, 404, NULL,
+                        "no such resource: POST /v1/commands, GET "
+                        "/v1/commands/ID");
+        if (strcmp(method, r->route == R_POST ? "POST" : "GET") != 0)
+            return fail(conn, r->route, 405, NULL,
+                        r->route == R_POST ? "use POST" : "use GET");
+        int ok;
+        r->tok = authenticate(gw, conn, &ok);
+        if (!ok)
+            return fail(conn, r->route, 401, NULL,
+                        "a valid bearer token is required (Authorization: "
+                        "Bearer TOKEN)");
+        const char *cl = MHD_lookup_connection_value(
+            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (r->route == R_POST && cl &&
+            strtoll(cl, NULL, 10) > gw->cfg->gateway.max_body) {
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "the body is larger than %d bytes (gateway.max_body)",
+                     gw->cfg->gateway.max_body);
+            return fail(conn, R_POST, 413, NULL, msg);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (r->body.len + *upload_data_size > (size_t)gw->cfg->gateway.max_body)
+            r->too_big = 1;
+        else
+            evl_buf_put(&r->body, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->phase == GW_DONE) {
+        evl_metric_observe(gw->m_wait,
+                           (double)(evl_now_ms() - r->started_ms) / 1000.0);
+        return respond(conn, r->route, r->status, r->resp, r->resp_len,
+                       r->location);
+    }
+    if (r->phase == GW_WAIT) /* not reached: a waiting request is suspended */
+        return MHD_YES;
+    conn_busy(gw, conn, 1);
+    if (r->route == R_GET)
+        return get_command(gw, r, url + 13, conn);
+    return post_command(gw, r, conn);
+}
+
+/* The request of conn is read whole (busy 1), or answered (busy 0: the
+ * next request's deadline starts now). */
+static void conn_busy(evl_gateway *gw, struct MHD_Connection *conn, int busy)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (!ci || !ci->socket_context)
+        return;
+    pthread_mutex_lock(&gw->cmu);
+    gw_conn *c = ci->socket_context;
+    c->busy = busy;
+    c->since_ms = evl_now_ms();
+    pthread_mutex_unlock(&gw->cmu);
+}
+
+static void notify_connection(void *cls, struct MHD_Connection *conn,
+                              void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+    evl_gateway *gw = cls;
+    pthread_mutex_lock(&gw->cmu);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        gw_conn *c = calloc(1, sizeof *c);
+        if (!c)
+            abort();
+        c->conn = conn;
+        c->since_ms = evl_now_ms();
+        c->next = gw->conns;
+        if (gw->conns)
+            gw->conns->prev = c;
+        gw->conns = c;
+        *socket_context = c;
+    } else if (*socket_context) {
+        gw_conn *c = *socket_context;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            gw->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        free(c);
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&gw->cmu);
+}
+
+void gw_reap(evl_gateway *gw)
+{
+    static const char body[] = "{\"error\":\"the request did not arrive "
+                               "within gateway.connection_timeout_s\"}";
+    char msg[512];
+    int len = snprintf(msg, sizeof msg,
+                       "HTTP/1.1 408 Request Timeout\r\n"
+                       "Content-Type: application/json\r\n"
+                       "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                       sizeof body - 1, body);
+    /* libmicrohttpd closes a connection idle for the timeout itself; one
+     * still open a second later is trickling bytes */
+    long long limit = gw->cfg->gateway.connection_timeout_s * 1000LL + 1000;
+    long long now = evl_now_ms();
+    int reaped = 0;
+    pthread_mutex_lock(&gw->cmu);
+    for (gw_conn *c = gw->conns; c; c = c->next) {
+        if (c->busy || c->shut || now - c->since_ms < limit)
+            continue;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci) {
+            /* no response is being written while a request is read; over
+             * TLS a plain answer would be noise: just close */
+            if (!gw->tls_cert)
+                (void)!send(ci->connect_fd, msg, (size_t)len, MSG_NOSIGNAL);
+            shutdown(ci->connect_fd, SHUT_RDWR);
+        }
+        c->shut = 1;
+        reaped++;
+    }
+    pthread_mutex_unlock(&gw->cmu);
+    for (int i = 0; i < reaped; i++)
+        count(R_OTHER, 408);
+}
+
+static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    evl_gateway *gw = cls;
+    gw_req *r = *con_cls;
+    (void)toe;
+    conn_busy(gw, conn, 0);
+    if (!r)
+        return;
+    pthread_mutex_lock(&gw->mu);
+    gw_unwait(gw, r);
+    pthread_mutex_unlock(&gw->mu);
+    evl_buf_free(&r->body);
+    free(r->resp);
+    free(r);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    (void)cls;
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+        line[--n] = '\0';
+    evl_log(EVL_LOG_DEBUG, "gateway http", "error", line, NULL);
+}
+
+/* ---- start and stop ------------------------------------------------------ */
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    evl_buf b = {0};
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        evl_buf_put(&b, chunk, n);
+    fclose(f);
+    evl_buf_putc(&b, '\0');
+    return b.data;
+}
+
+static void free_types(evl_gateway *gw)
+{
+    for (size_t i = 0; i < gw->ntypes; i++) {
+        free(gw->types[i].type);
+        free(gw->types[i].commands_topic);
+        free(gw->types[i].results_topic);
+        for (size_t j = 0; j < gw->types[i].ncmds; j++)
+            free(gw->types[i].cmds[j]);
+        free(gw->types[i].cmds);
+    }
+    free(gw->types);
+}
+
+evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
+                          evl_gateway **out, int *port, char *err,
+                          size_t errlen)
+{
+    const char *listen = cfg->gateway.listen;
+    char hostpart[256], topic[512];
+    evl_err e = EVL_EPERMANENT;
+    const char *colon = listen ? strrchr(listen, ':') : NULL;
+    if (!colon || colon == listen ||
+        (size_t)(colon - listen) >= sizeof hostpart)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "gateway.listen \"%s\": expected HOST:PORT",
+                          listen ? listen : "");
+    memcpy(hostpart, listen, (size_t)(colon - listen));
+    hostpart[colon - listen] = '\0';
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "gateway.listen \"%s\": bad port", listen);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)p);
+    if (inet_pton(AF_INET, hostpart, &sa.sin_addr) != 1)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "gateway.listen \"%s\": HOST must be an IPv4 "
+                          "address",
+                          listen);
+    if (cfg->gateway.ntokens == 0 && (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
+        return evl_seterr(
+            err, errlen, EVL_EPERMANENT,
+            "gateway.listen \"%s\": no gateway.tokens configured, and "
+            "anyone who can reach this address could send commands as "
+            "anyone: configure tokens, or listen on 127.0.0.1",
+            listen);
+    if (!cfg->gateway.tls_cert != !cfg->gateway.tls_key)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "gateway.tls_cert and gateway.tls_key go together");
+    if (cfg->gateway.tls_cert &&
+        MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "gateway.tls_cert: this libmicrohttpd has no TLS");
+
+    evl_gateway *gw = calloc(1, sizeof *gw);
+    if (!gw)
+        abort();
+    gw->cfg = cfg;
+    pthread_mutex_init(&gw->mu, NULL);
+    pthread_mutex_init(&gw->cmu, NULL);
+    gw->nbuckets = (size_t)cfg->gateway.cache_size / 2 + 1024;
+    gw->buckets = calloc(gw->nbuckets, sizeof *gw->buckets);
+    if (!gw->buckets)
+        abort();
+    gw->ntypes = evl_luahost_naggregates(host);
+    gw->types = calloc(gw->ntypes + 1, sizeof *gw->types);
+    for (size_t i = 0; i < gw->ntypes; i++) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(host, i);
+        gw_type *t = &gw->types[i];
+        t->type = evl_xstrdup(a->type);
+        evl_config_topic(cfg->cmd.commands_topic, a->type, topic, sizeof topic);
+        t->commands_topic = evl_xstrdup(topic);
+        evl_config_topic(cfg->cmd.results_topic, a->type, topic, sizeof topic);
+        t->results_topic = evl_xstrdup(topic);
+        t->cmds = calloc(a->ncommands + 1, sizeof *t->cmds);
+        for (size_t j = 0; j < a->ncommands; j++)
+            t->cmds[j] = evl_xstrdup(a->commands[j]);
+        t->ncmds = a->ncommands;
+    }
+    gw->m_waiters =
+        evl_metrics_gauge("evlua_gateway_waiters",
+                          "requests waiting for their command's result", NULL);
+    gw->m_wait = evl_metrics_histogram(
+        "evlua_gateway_wait_seconds",
+        "from a request's arrival to its answer, for requests that waited "
+        "for a result",
+        NULL, NULL, 0);
+    if ((e = gw_kafka_start(gw, err, errlen)))
+        goto fail;
+
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    if (cfg->gateway.tls_cert) {
+        gw->tls_cert = slurp(cfg->gateway.tls_cert);
+        gw->tls_key = slurp(cfg->gateway.tls_key);
+        if (!gw->tls_cert || !gw->tls_key) {
+            e = evl_seterr(err, errlen, EVL_EPERMANENT, "cannot read %s",
+                           !gw->tls_cert ? cfg->gateway.tls_cert
+                                         : cfg->gateway.tls_key);
+            goto fail;
+        }
+        flags |= MHD_USE_TLS;
+    }
+    struct MHD_OptionItem tls[] = {
+        {gw->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0,
+         gw->tls_cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, gw->tls_key},
+        {MHD_OPTION_END, 0, NULL}};
+    gw->daemon = MHD_start_daemon(
+        flags, (uint16_t)p, NULL, NULL, answer, gw, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->gateway.threads,
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->gateway.connection_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->gateway.max_connections,
+        MHD_OPTION_NOTIFY_COMPLETED, request_done, gw,
+        MHD_OPTION_NOTIFY_CONNECTION, notify_connection, gw, MHD_OPTION_ARRAY,
+        tls, MHD_OPTION_END);
+    if (!gw->daemon) {
+        e = evl_seterr(err, errlen, EVL_EPERMANENT,
+                       "gateway.listen \"%s\": cannot listen (in use, not "
+                       "allowed, or a bad TLS certificate or key)",
+                       listen);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(gw->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    *port = info ? info->port : (int)p;
+    *out = gw;
+    return EVL_OK;
+fail:
+    evl_gateway_stop(gw);
+    return e;
+}
+
+void evl_gateway_stop(evl_gateway *gw)
+{
+    if (!gw)
+        return;
+    /* new commands get 503 from now on: no thread would end their wait */
+    pthread_mutex_lock(&gw->mu);
+    gw->ready = 0;
+    snprintf(gw->notready, sizeof gw->notready, "the gateway is stopping");
+    pthread_mutex_unlock(&gw->mu);
+    gw->quit = 1; /* before the Kafka thread could set ready again */
+    gw_kafka_stop(gw);
+    if (gw->daemon) {
+        static const char msg[] = "{\"error\":\"the gateway is stopping\"}";
+        pthread_mutex_lock(&gw->mu);
+        while (gw->waiting) {
+            gw_req *r = gw->waiting;
+            gw_unwait(gw, r);
+            gw_answer(r, 503, msg, sizeof msg - 1, NULL);
+        }
+        pthread_mutex_unlock(&gw->mu);
+        MHD_quiesce_daemon(gw->daemon);
+        /* let the resumed connections send their answers */
+        for (int i = 0; i < 20; i++) {
+            const union MHD_DaemonInfo *di = MHD_get_daemon_info(
+                gw->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+            if (!di || di->num_connections == 0)
+                break;
+            struct timespec ts = {0, 10 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        MHD_stop_daemon(gw->daemon);
+    }
+    for (size_t i = 0; i < gw->nbuckets; i++)
+        for (gw_entry *e = gw->buckets[i], *next; e; e = next) {
+            next = e->hnext;
+            free(e->id);
+            free(e->body);
+            free(e);
+        }
+    free(gw->buckets);
+    free_types(gw);
+    free(gw->tls_cert);
+    free(gw->tls_key);
+    pthread_mutex_destroy(&gw->mu);
+    pthread_mutex_destroy(&gw->cmu);
+    evl_metrics_ready("gateway", 0, "stopped");
+    free(gw);
+}

@@ -1,0 +1,132 @@
+/*
+ * gateway_int.h - what gateway.c (HTTP) and gw_kafka.c (Kafka, waiters,
+ * outcome cache) share. Not for other modules: use gateway.h.
+ *
+ * One mutex, gw->mu, guards the cache and every request's waiting state.
+ * A request that waits is registered on its command's entry and its
+ * connection suspended under that mutex; the Kafka thread resolves the
+ * entry (or the deadline passes) and resumes the connection under it, so
+ * a resume can never come before its suspend.
+ */
+#ifndef EVL_GATEWAY_INT_H
+#define EVL_GATEWAY_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+
+#include <librdkafka/rdkafka.h>
+#include <microhttpd.h>
+
+#include "buf.h"
+#include "gateway.h"
+#include "metrics.h"
+
+typedef struct gw_req gw_req;
+
+/* A command id the gateway has sent or answered: pending until its
+ * result arrives, then its outcome (an HTTP status and JSON body). */
+typedef struct gw_entry {
+    char *id;
+    const char *type; /* its aggregate type (gw->types' string) */
+    int done;
+    int status;
+    char *body;
+    size_t len;
+    gw_req *waiters;
+    struct gw_entry *hnext;         /* hash chain */
+    struct gw_entry *older, *newer; /* age list, for eviction */
+} gw_entry;
+
+enum { GW_READ, GW_WAIT, GW_DONE };
+
+/* One HTTP request (libmicrohttpd's con_cls). */
+struct gw_req {
+    int route;
+    int phase;
+    evl_buf body;
+    int too_big;
+    const evl_gateway_token *tok;
+    struct MHD_Connection *conn;
+    long long started_ms, deadline_ms;
+    gw_entry *entry;       /* while waiting */
+    gw_req *wnext, *wprev; /* entry's waiters */
+    gw_req *tnext, *tprev; /* gw->waiting, for deadlines */
+    int status;            /* GW_DONE: the answer */
+    char *resp;
+    size_t resp_len;
+    char location[320];
+};
+
+/* An open HTTP connection, for the whole-request deadline (gw_reap). */
+typedef struct gw_conn {
+    struct MHD_Connection *conn;
+    long long since_ms; /* accept, or the end of its last request */
+    int busy;           /* a request is read whole: no deadline */
+    int shut;
+    struct gw_conn *prev, *next;
+} gw_conn;
+
+typedef struct gw_type {
+    char *type;
+    char *commands_topic, *results_topic;
+    char **cmds; /* command types it handles */
+    size_t ncmds;
+} gw_type;
+
+struct evl_gateway {
+    const evl_config *cfg;
+    gw_type *types;
+    size_t ntypes;
+    struct MHD_Daemon *daemon;
+    char *tls_cert, *tls_key;
+
+    rd_kafka_t *producer, *consumer;
+    pthread_t thread;
+    int thread_started;
+    volatile int quit;
+
+    pthread_mutex_t mu;
+    gw_entry **buckets;
+    size_t nbuckets, nentries;
+    gw_entry *oldest, *newest;
+    gw_req *waiting;
+    int nwaiting;
+    int ready;
+    char notready[256];
+
+    evl_metric *m_waiters, *m_wait;
+
+    pthread_mutex_t cmu; /* guards conns */
+    gw_conn *conns;
+};
+
+/* gateway.c: answer 408 on, and shut down, every connection whose request
+ * has not arrived whole within gateway.connection_timeout_s (a client
+ * trickling bytes would otherwise hold it for ever: libmicrohttpd's own
+ * timeout restarts on every byte). @locality the Kafka thread. */
+void gw_reap(evl_gateway *gw);
+
+/* gw_kafka.c */
+evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen);
+void gw_kafka_stop(evl_gateway *gw);
+/* Produce cmd (len bytes) for command id to type's commands topic keyed
+ * by aggregate_id. Returns 0, or -1 with the reason in err (queue full,
+ * ...). @locality an HTTP thread, gw->mu held. */
+int gw_produce(evl_gateway *gw, const gw_type *t, const char *aggregate_id,
+               const char *id, const evl_buf *cmd, char *err, size_t errlen);
+/* The entry of id, NULL when unknown. gw->mu held. */
+gw_entry *gw_lookup(evl_gateway *gw, const char *id);
+/* A new pending entry for id (evicting the oldest entries without
+ * waiters past cache_size). gw->mu held. */
+gw_entry *gw_insert(evl_gateway *gw, const char *id);
+/* Drop e (a pending entry whose command was not sent). gw->mu held. */
+void gw_remove(evl_gateway *gw, gw_entry *e);
+/* Register r as a waiter of e until deadline. gw->mu held. */
+void gw_wait(evl_gateway *gw, gw_entry *e, gw_req *r);
+/* Unlink r from its entry and the deadline list. gw->mu held. */
+void gw_unwait(evl_gateway *gw, gw_req *r);
+/* Give r its answer (copied) and resume its connection. gw->mu held. */
+void gw_answer(gw_req *r, int status, const char *body, size_t len,
+               const char *location);
+
+#endif

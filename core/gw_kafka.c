@@ -1,0 +1,515 @@
+/*
+ * gw_kafka.c - the gateway's Kafka side (see gateway.h, gateway_int.h).
+ *
+ * Commands go out through one idempotent producer with the murmur2
+ * partitioner (the one `evlua run` requires: an aggregate's commands share
+ * a partition), built by kafka.h like every other client. Results come in
+ * through one read_committed consumer assigned every partition of every
+ * results topic from its end as it was when the gateway became ready: a
+ * command is only sent once the gateway is ready, so its result lies past
+ * that end and cannot be missed (the rule `evlua send --wait` follows for
+ * one partition). No consumer group is joined: each gateway reads all
+ * results and keeps those of commands it sent.
+ *
+ * A result finds its entry by command id (a hash table); the entry's
+ * outcome is kept, bounded by gateway.cache_size in arrival order, for
+ * GET and for retries of the same id, and every waiting request is
+ * answered. The thread also ends waits whose deadline passed (202).
+ */
+#include "gateway_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envelope.h"
+#include "json.h"
+#include "kafka.h"
+#include "log.h"
+
+/* ---- the cache ------------------------------------------------------- */
+
+static size_t bucket_of(const evl_gateway *gw, const char *id)
+{
+    return (size_t)(evl_hash_str(id) % gw->nbuckets);
+}
+
+gw_entry *gw_lookup(evl_gateway *gw, const char *id)
+{
+    for (gw_entry *e = gw->buckets[bucket_of(gw, id)]; e; e = e->hnext)
+        if (strcmp(e->id, id) == 0)
+            return e;
+    return NULL;
+}
+
+void gw_remove(evl_gateway *gw, gw_entry *e)
+{
+    gw_entry **pp = &gw->buckets[bucket_of(gw, e->id)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        gw->oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        gw->newest = e->older;
+    gw->nentries--;
+    free(e->id);
+    free(e->body);
+    free(e);
+}
+
+gw_entry *gw_insert(evl_gateway *gw, const char *id)
+{
+    /* past the bound, forget the oldest entries nobody waits for */
+    for (gw_entry *e = gw->oldest;
+         e && gw->nentries >= (size_t)gw->cfg->gateway.cache_size;) {
+        gw_entry *next = e->newer;
+        if (!e->waiters)
+            gw_remove(gw, e);
+        e = next;
+    }
+    gw_entry *e = calloc(1, sizeof *e);
+    if (!e)
+        abort();
+    e->id = evl_xstrdup(id);
+    size_t b = bucket_of(gw, id);
+    e->hnext = gw->buckets[b];
+    gw->buckets[b] = e;
+    e->older = gw->newest;
+    if (gw->newest)
+        gw->newest->newer = e;
+    else
+        gw->oldest = e;
+    gw->newest = e;
+    gw->nentries++;
+    return e;
+}
+
+void gw_wait(evl_gateway *gw, gw_entry *e, gw_req *r)
+{
+    r->entry = e;
+    r->wprev = NULL;
+    r->wnext = e->waiters;
+    if (e->waiters)
+        e->waiters->wprev = r;
+    e->waiters = r;
+    r->tprev = NULL;
+    r->tnext = gw->waiting;
+    if (gw->waiting)
+        gw->waiting->tprev = r;
+    gw->waiting = r;
+    gw->nwaiting++;
+    evl_metric_set(gw->m_waiters, gw->nwaiting);
+}
+
+void gw_unwait(evl_gateway *gw, gw_req *r)
+{
+    if (!r->entry)
+        return;
+    if (r->wprev)
+        r->wprev->wnext = r->wnext;
+    else
+        r->entry->waiters = r->wnext;
+    if (r->wnext)
+        r->wnext->wprev = r->wprev;
+    if (r->tprev)
+        r->tprev->tnext = r->tnext;
+    else
+        gw->waiting = r->tnext;
+    if (r->tnext)
+        r->tnext->tprev = r->tprev;
+    r->entry = NULL;
+    gw->nwaiting--;
+    evl_metric_set(gw->m_waiters, gw->nwaiting);
+}
+
+void gw_answer(gw_req *r, int status, const char *body, size_t len,
+               const char *location)
+{
+    r->status = status;
+    r->resp = evl_xmalloc(len + 1);
+    memcpy(r->resp, body, len);
+    r->resp_len = len;
+    snprintf(r->location, sizeof r->location, "%s", location ? location : "");
+    r->phase = GW_DONE;
+    MHD_resume_connection(r->conn);
+}
+
+/* Set e's outcome and answer everyone waiting for it. gw->mu held. */
+static void resolve(evl_gateway *gw, gw_entry *e, int status, evl_buf *body)
+{
+    e->done = 1;
+    e->status = status;
+    e->len = body->len;
+    e->body = evl_xmalloc(body->len + 1);
+    memcpy(e->body, body->data, body->len);
+    while (e->waiters) {
+        gw_req *r = e->waiters;
+        gw_unwait(gw, r);
+        gw_answer(r, status, e->body, e->len, NULL);
+    }
+}
+
+/* ---- producing --------------------------------------------------------- */
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
+{
+    evl_gateway *gw = opaque;
+    char *id = rkm->_private;
+    (void)rk;
+    if (rkm->err) {
+        /* not written (the producer is idempotent): forget the id, so a
+         * retry sends it again */
+        evl_buf b = {0};
+        evl_buf_puts(&b, "{\"command_id\":");
+        evl_envelope_put_string(&b, id, strlen(id));
+        evl_buf_puts(&b, ",\"error\":");
+        char msg[300];
+        snprintf(msg, sizeof msg, "the command was not delivered to Kafka: %s",
+                 rd_kafka_err2str(rkm->err));
+        evl_envelope_put_string(&b, msg, strlen(msg));
+        evl_buf_putc(&b, '}');
+        evl_log(EVL_LOG_WARN, "gateway: command not delivered", "command_id",
+                id, "error", rd_kafka_err2str(rkm->err), NULL);
+        pthread_mutex_lock(&gw->mu);
+        gw_entry *e = gw_lookup(gw, id);
+        if (e && !e->done) {
+            while (e->waiters) {
+                gw_req *r = e->waiters;
+                gw_unwait(gw, r);
+                gw_answer(r, 503, b.data, b.len, NULL);
+            }
+            gw_remove(gw, e);
+        }
+        pthread_mutex_unlock(&gw->mu);
+        evl_buf_free(&b);
+    }
+    free(id);
+}
+
+int gw_produce(evl_gateway *gw, const gw_type *t, const char *aggregate_id,
+               const char *id, const evl_buf *cmd, char *err, size_t errlen)
+{
+    char *opaque = evl_xstrdup(id);
+    rd_kafka_resp_err_t perr = rd_kafka_producev(
+        gw->producer, RD_KAFKA_V_TOPIC(t->commands_topic),
+        RD_KAFKA_V_KEY(aggregate_id, strlen(aggregate_id)),
+        RD_KAFKA_V_VALUE(cmd->data, cmd->len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADER("content-type", "application/json", -1),
+        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    if (perr) {
+        free(opaque);
+        snprintf(err, errlen, "cannot produce the command: %s",
+                 rd_kafka_err2str(perr));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- results ----------------------------------------------------------- */
+
+typedef struct ev_list {
+    evl_buf *out;
+    long long seq;
+    int n;
+} ev_list;
+
+static void put_event(void *ud, const char *s, size_t n)
+{
+    ev_list *l = ud;
+    if (l->n++)
+        evl_buf_putc(l->out, ',');
+    evl_buf_puts(l->out, "{\"id\":");
+    evl_envelope_put_string(l->out, s, n);
+    char num[48];
+    snprintf(num, sizeof num, ",\"sequence\":%lld}", l->seq++);
+    evl_buf_puts(l->out, num);
+}
+
+/* Count the strings of a JSON array. */
+static void count_event(void *ud, const char *s, size_t n)
+{
+    (void)s;
+    (void)n;
+    (*(long long *)ud)++;
+}
+
+/* The HTTP answer of the result r (len bytes) of aggregate type type into
+ * body; returns the status, or 0 when r is not a result of a command
+ * (*id set to its id otherwise). */
+static int map_result(const char *r, size_t len, const char *type,
+                      evl_buf *scratch, evl_buf *body, char *id, size_t idlen)
+{
+    enum { M_ID, M_STATUS, M_AGG, M_VERSION, M_EVENTS, M_ERROR };
+    evl_json_member m[] = {{.name = "command_id"},   {.name = "status"},
+                           {.name = "aggregate_id"}, {.name = "version"},
+                           {.name = "events"},       {.name = "error"}};
+    char err[EVL_ERRLEN];
+    int is_object, http;
+    if (evl_json_members(r, len, m, 6, scratch, &is_object, err, sizeof err) ||
+        m[M_ID].type != EVL_JSON_STRING || m[M_STATUS].type != EVL_JSON_STRING)
+        return 0;
+    snprintf(id, idlen, "%s", scratch->data + m[M_ID].off);
+    const char *status = scratch->data + m[M_STATUS].off;
+    if (strcmp(status, "accepted") == 0 || strcmp(status, "duplicate") == 0)
+        http = 200;
+    else if (strcmp(status, "rejected") == 0)
+        http = 409;
+    else
+        http = 500;
+    evl_buf_puts(body, "{\"command_id\":");
+    evl_envelope_put_string(body, id, strlen(id));
+    evl_buf_puts(body, ",\"status\":");
+    /* a duplicate is the answer to a command accepted before this
+     * gateway's cache remembers: accepted, without its events */
+    evl_buf_puts(body, http == 200   ? "\"accepted\""
+                       : http == 409 ? "\"rejected\""
+                                     : "\"failed\"");
+    if (strcmp(status, "duplicate") == 0)
+        evl_buf_puts(body, ",\"duplicate\":true");
+    evl_buf_puts(body, ",\"aggregate_type\":");
+    evl_envelope_put_string(body, type, strlen(type));
+    evl_buf_puts(body, ",\"aggregate_id\":");
+    if (m[M_AGG].type == EVL_JSON_STRING)
+        evl_envelope_put_string(body, scratch->data + m[M_AGG].off,
+                                m[M_AGG].len);
+    else
+        evl_buf_puts(body, "null");
+    long long version =
+        m[M_VERSION].type == EVL_JSON_NUMBER && m[M_VERSION].isint
+            ? m[M_VERSION].integer
+            : -1;
+    char num[48];
+    if (version >= 0)
+        snprintf(num, sizeof num, ",\"version\":%lld", version);
+    else
+        snprintf(num, sizeof num, ",\"version\":null");
+    evl_buf_puts(body, num);
+    if (strcmp(status, "accepted") == 0 && m[M_EVENTS].type == EVL_JSON_OTHER) {
+        /* the events' sequences are the version's last ones */
+        evl_buf tmp = {0};
+        long long n = 0;
+        evl_json_array_strings(r + m[M_EVENTS].voff, m[M_EVENTS].vlen, &tmp,
+                               count_event, &n, err, sizeof err);
+        ev_list l = {body, version - n + 1, 0};
+        evl_buf_puts(body, ",\"events\":[");
+        evl_json_array_strings(r + m[M_EVENTS].voff, m[M_EVENTS].vlen, &tmp,
+                               put_event, &l, err, sizeof err);
+        evl_buf_putc(body, ']');
+        evl_buf_free(&tmp);
+    }
+    if (m[M_ERROR].type == EVL_JSON_STRING) {
+        evl_buf_puts(body, ",\"error\":");
+        evl_envelope_put_string(body, scratch->data + m[M_ERROR].off,
+                                m[M_ERROR].len);
+    }
+    evl_buf_putc(body, '}');
+    return http;
+}
+
+static void on_result(evl_gateway *gw, const rd_kafka_message_t *rkm,
+                      evl_buf *scratch)
+{
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    const char *type = NULL;
+    char id[EVL_ENVELOPE_MAX_ID + 1];
+    for (size_t i = 0; i < gw->ntypes && !type; i++)
+        if (strcmp(gw->types[i].results_topic, topic) == 0)
+            type = gw->types[i].type;
+    if (!type || !rkm->payload)
+        return;
+    /* most results are of commands others sent: look the id up first */
+    evl_json_member m[] = {{.name = "command_id"}};
+    char err[EVL_ERRLEN];
+    int is_object;
+    if (evl_json_members(rkm->payload, rkm->len, m, 1, scratch, &is_object, err,
+                         sizeof err) ||
+        m[0].type != EVL_JSON_STRING || m[0].len > EVL_ENVELOPE_MAX_ID)
+        return;
+    snprintf(id, sizeof id, "%s", scratch->data + m[0].off);
+    pthread_mutex_lock(&gw->mu);
+    gw_entry *e = gw_lookup(gw, id);
+    if (e && !e->done) {
+        evl_buf body = {0};
+        int http = map_result(rkm->payload, rkm->len, type, scratch, &body, id,
+                              sizeof id);
+        if (http)
+            resolve(gw, e, http, &body);
+        evl_buf_free(&body);
+    }
+    pthread_mutex_unlock(&gw->mu);
+}
+
+/* Answer 202 to every wait past its deadline. */
+static void expire(evl_gateway *gw)
+{
+    long long now = evl_now_ms();
+    pthread_mutex_lock(&gw->mu);
+    for (gw_req *r = gw->waiting, *next; r; r = next) {
+        next = r->tnext;
+        if (r->deadline_ms > now)
+            continue;
+        evl_buf b = {0};
+        char loc[300];
+        snprintf(loc, sizeof loc, "/v1/commands/%s", r->entry->id);
+        evl_buf_puts(&b, "{\"command_id\":");
+        evl_envelope_put_string(&b, r->entry->id, strlen(r->entry->id));
+        evl_buf_puts(&b, ",\"status\":\"pending\"}");
+        gw_unwait(gw, r);
+        gw_answer(r, 202, b.data, b.len, loc);
+        evl_buf_free(&b);
+    }
+    pthread_mutex_unlock(&gw->mu);
+}
+
+static void not_ready(evl_gateway *gw, const char *why)
+{
+    pthread_mutex_lock(&gw->mu);
+    snprintf(gw->notready, sizeof gw->notready, "%.200s", why);
+    pthread_mutex_unlock(&gw->mu);
+    evl_metrics_ready("gateway", 0, why);
+}
+
+/* Assign every partition of every results topic from its end. Returns 0
+ * when done, -1 (with readiness saying why) to try again later. */
+static int assign_results(evl_gateway *gw)
+{
+    char err[EVL_ERRLEN], why[300];
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+    int rc = -1;
+    for (size_t i = 0; i < gw->ntypes; i++) {
+        const gw_type *t = &gw->types[i];
+        int n = 0, nc = 0;
+        if (evl_kafka_partitions(gw->consumer, t->results_topic, 5000, &n, err,
+                                 sizeof err) ||
+            evl_kafka_partitions(gw->consumer, t->commands_topic, 5000, &nc,
+                                 err, sizeof err)) {
+            not_ready(gw, err);
+            goto out;
+        }
+        if (n == 0 || nc == 0) {
+            snprintf(why, sizeof why,
+                     "topic %s does not exist yet (is evlua run started?)",
+                     n == 0 ? t->results_topic : t->commands_topic);
+            not_ready(gw, why);
+            goto out;
+        }
+        for (int p = 0; p < n; p++) {
+            int64_t lo, hi;
+            rd_kafka_resp_err_t rerr = rd_kafka_query_watermark_offsets(
+                gw->consumer, t->results_topic, p, &lo, &hi, 5000);
+            if (rerr) {
+                snprintf(why, sizeof why, "cannot read the end of %s[%d]: %s",
+                         t->results_topic, p, rd_kafka_err2str(rerr));
+                not_ready(gw, why);
+                goto out;
+            }
+            rd_kafka_topic_partition_list_add(l, t->results_topic, p)->offset =
+                hi;
+        }
+    }
+    rd_kafka_resp_err_t aerr = rd_kafka_assign(gw->consumer, l);
+    if (aerr) {
+        snprintf(why, sizeof why, "rd_kafka_assign: %s",
+                 rd_kafka_err2str(aerr));
+        not_ready(gw, why);
+        goto out;
+    }
+    rc = 0;
+out:
+    rd_kafka_topic_partition_list_destroy(l);
+    return rc;
+}
+
+static void *kafka_main(void *arg)
+{
+    evl_gateway *gw = arg;
+    evl_buf scratch = {0};
+    long long next_try = 0, next_expire = 0;
+    evl_thread_name("evl:gw-kafka", NULL);
+    while (!gw->quit) {
+        long long now = evl_now_ms();
+        if (!gw->ready && now >= next_try) {
+            if (assign_results(gw) == 0) {
+                pthread_mutex_lock(&gw->mu);
+                gw->ready = !gw->quit; /* a stop wins */
+                pthread_mutex_unlock(&gw->mu);
+                evl_metrics_ready("gateway", 1, NULL);
+                evl_log(EVL_LOG_INFO, "gateway ready: results assigned", NULL);
+            } else {
+                next_try = now + 1000;
+            }
+        }
+        rd_kafka_poll(gw->producer, 0);
+        rd_kafka_message_t *rkm =
+            rd_kafka_consumer_poll(gw->consumer, gw->ready ? 20 : 100);
+        if (rkm) {
+            if (!rkm->err)
+                on_result(gw, rkm, &scratch);
+            else if (rkm->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                evl_log(EVL_LOG_WARN, "gateway: reading results", "error",
+                        rd_kafka_message_errstr(rkm), NULL);
+            rd_kafka_message_destroy(rkm);
+        }
+        if ((now = evl_now_ms()) >= next_expire) {
+            expire(gw);
+            gw_reap(gw);
+            next_expire = now + 20;
+        }
+    }
+    evl_buf_free(&scratch);
+    return NULL;
+}
+
+evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen)
+{
+    static const char *const pdefaults[] = {"linger.ms", "1", NULL};
+    static const char *const prequired[] = {
+        "partitioner", "murmur2_random", "enable.idempotence",
+        "true",        "acks",           "all",
+        NULL};
+    evl_kafka_client_opts po = {.name = "gateway producer",
+                                .client_id = "evlua-gateway",
+                                .defaults = pdefaults,
+                                .required = prequired,
+                                .opaque = gw,
+                                .dr_msg_cb = dr_cb};
+    evl_kafka_client_opts co = {.name = "gateway consumer",
+                                .client_id = "evlua-gateway",
+                                .group_id = "evlua-gateway",
+                                .isolation = "read_committed"};
+    evl_err e;
+    if ((e = evl_kafka_producer_new(gw->cfg, &po, &gw->producer, err,
+                                    errlen)) ||
+        (e = evl_kafka_consumer_new(gw->cfg, &co, &gw->consumer, err, errlen)))
+        return e;
+    not_ready(gw, "the results topics are not assigned yet");
+    if (pthread_create(&gw->thread, NULL, kafka_main, gw) != 0)
+        return evl_seterr(err, errlen, EVL_EFATAL, "pthread_create failed");
+    gw->thread_started = 1;
+    return EVL_OK;
+}
+
+void gw_kafka_stop(evl_gateway *gw)
+{
+    if (gw->thread_started) {
+        gw->quit = 1;
+        pthread_join(gw->thread, NULL);
+        gw->thread_started = 0;
+    }
+    if (gw->producer) {
+        rd_kafka_flush(gw->producer, 5000);
+        rd_kafka_destroy(gw->producer);
+        gw->producer = NULL;
+    }
+    if (gw->consumer) {
+        rd_kafka_consumer_close(gw->consumer);
+        rd_kafka_destroy(gw->consumer);
+        gw->consumer = NULL;
+    }
+}

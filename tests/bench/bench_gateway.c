@@ -1,0 +1,405 @@
+/*
+ * bench_gateway.c - the command gateway's throughput and latency against
+ * the same commands produced straight to Kafka, in one run, against one
+ * `evlua run` (the binary in EVLUA_BIN) serving both (gateway.listen set).
+ *
+ *   bench_gateway SECONDS CONNECTIONS AGGREGATES [FLOOD]
+ *
+ * Three phases, SECONDS each, 1-event commands to AGGREGATES aggregates:
+ *
+ *   gateway    CONNECTIONS keep-alive HTTP/1.1 connections on loopback (a
+ *              small C client, one thread each), each sending POST
+ *              /v1/commands and waiting for its answer: CONNECTIONS
+ *              commands in flight; latency = request written -> answer
+ *              read.
+ *   direct     the same commands built with envelope.c and produced with
+ *              the murmur2 partitioner (as the gateway and `evlua send`
+ *              do), CONNECTIONS in flight: a new one each time a result
+ *              of ours arrives at a read_committed consumer of the
+ *              results topic; latency = produce call -> result read.
+ *   flood      FLOOD commands (default 50,000) produced at once, as
+ *              bench_cmd's throughput run preloads them: commands/s from
+ *              the first result to the last; evlua's ceiling, no bound
+ *              on what is in flight.
+ *
+ * Prints one key=value line per phase and a table with each path's
+ * commands/s, p50/p99 and its ratio to the direct path at equal
+ * concurrency. Exit 0 when every phase answered every command it sent.
+ */
+#define _GNU_SOURCE /* memmem, strcasestr */
+#include <netinet/tcp.h>
+
+#include "envelope.h"
+#include "gwtest.h"
+
+static const char bench_lua[] =
+    "return {\n"
+    "  type = 'bench',\n"
+    "  initial = function() return { n = 0 } end,\n"
+    "  apply = { Counted = function(s, e) s.n = s.n + 1 end },\n"
+    "  handle = {\n"
+    "    One = function(s, cmd)\n"
+    "      return { { type = 'Counted', data = { by = cmd.data.by } } }\n"
+    "    end,\n"
+    "  },\n"
+    "}\n";
+
+static ct t;
+static int port, nconn, naggs;
+static double seconds;
+
+typedef struct lat {
+    double *v;
+    size_t n, cap;
+} lat;
+
+static void lat_add(lat *l, double ms)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 4096;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+    }
+    l->v[l->n++] = ms;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(lat *l, double p)
+{
+    if (!l->n)
+        return -1;
+    qsort(l->v, l->n, sizeof *l->v, cmp_double);
+    size_t i = (size_t)(p * (double)(l->n - 1));
+    return l->v[i];
+}
+
+typedef struct result {
+    const char *path;
+    int inflight;
+    size_t n;
+    double secs, p50, p99;
+    int errors;
+} result;
+
+static void report(result *r, lat *l)
+{
+    r->p50 = pct(l, 0.50);
+    r->p99 = pct(l, 0.99);
+    printf("path=%s inflight=%d commands=%zu seconds=%.2f cmds_per_s=%.0f "
+           "p50_ms=%.2f p99_ms=%.2f errors=%d\n",
+           r->path, r->inflight, r->n, r->secs, (double)r->n / r->secs, r->p50,
+           r->p99, r->errors);
+    fflush(stdout);
+}
+
+/* ---- the gateway: keep-alive HTTP clients --------------------------- */
+
+typedef struct client {
+    pthread_t th;
+    int i;
+    lat l;
+    size_t n;
+    int errors;
+} client;
+
+static volatile int stop_clients;
+
+/* Read one HTTP response from s into buf; returns its status (0: closed
+ * or malformed). */
+static int read_response(int s, char *buf, size_t cap)
+{
+    size_t got = 0;
+    char *hend = NULL;
+    while (!hend) {
+        ssize_t k = recv(s, buf + got, cap - 1 - got, 0);
+        if (k <= 0)
+            return 0;
+        got += (size_t)k;
+        buf[got] = '\0';
+        hend = strstr(buf, "\r\n\r\n");
+    }
+    int status = atoi(buf + 9);
+    const char *cl = strcasestr(buf, "\r\nContent-Length:");
+    size_t body = cl ? (size_t)atol(cl + 17) : 0;
+    size_t need = (size_t)(hend + 4 - buf) + body;
+    while (got < need) {
+        ssize_t k = recv(s, buf + got, cap - 1 - got, 0);
+        if (k <= 0)
+            return 0;
+        got += (size_t)k;
+    }
+    return status;
+}
+
+static void *client_main(void *arg)
+{
+    client *c = arg;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0)
+        th_die("connect: %s", strerror(errno));
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    static __thread char req[1024], body[512], buf[8192];
+    for (unsigned long k = 0; !stop_clients; k++) {
+        int bl = snprintf(body, sizeof body,
+                          "{\"id\":\"g-%d-%lu\",\"aggregate_type\":\"bench\","
+                          "\"aggregate_id\":\"a-%lu\",\"type\":\"One\","
+                          "\"data\":{\"by\":1}}",
+                          c->i, k, (c->i * 7919UL + k) % (unsigned long)naggs);
+        int rl = snprintf(req, sizeof req,
+                          "POST /v1/commands HTTP/1.1\r\nHost: bench\r\n"
+                          "Content-Type: application/json\r\n"
+                          "Content-Length: %d\r\n\r\n%s",
+                          bl, body);
+        double t0 = th_now();
+        if (send(s, req, (size_t)rl, MSG_NOSIGNAL) != rl)
+            th_die("send to the gateway failed");
+        int st = read_response(s, buf, sizeof buf);
+        if (st != 200) {
+            c->errors++;
+            if (c->errors < 3)
+                fprintf(stderr, "gateway answered %d: %.200s\n", st, buf);
+            if (st == 0)
+                break;
+            continue;
+        }
+        lat_add(&c->l, (th_now() - t0) * 1000);
+        c->n++;
+    }
+    close(s);
+    return NULL;
+}
+
+static void run_gateway(result *r)
+{
+    client *cs = calloc((size_t)nconn, sizeof *cs);
+    lat all = {0};
+    stop_clients = 0;
+    for (int i = 0; i < nconn; i++) {
+        cs[i].i = i;
+        pthread_create(&cs[i].th, NULL, client_main, &cs[i]);
+    }
+    double t0 = th_now();
+    th_sleep_ms((long)(seconds * 1000));
+    stop_clients = 1;
+    r->n = 0;
+    for (int i = 0; i < nconn; i++) {
+        pthread_join(cs[i].th, NULL);
+        r->n += cs[i].n;
+        r->errors += cs[i].errors;
+        for (size_t k = 0; k < cs[i].l.n; k++)
+            lat_add(&all, cs[i].l.v[k]);
+        free(cs[i].l.v);
+    }
+    r->secs = th_now() - t0;
+    r->path = "gateway";
+    r->inflight = nconn;
+    report(r, &all);
+    free(all.v);
+    free(cs);
+}
+
+/* ---- direct: produce to Kafka, read the results --------------------- */
+
+static rd_kafka_t *producer, *consumer;
+static char commands[256], results[256];
+
+static void open_direct(void)
+{
+    rd_kafka_conf_t *conf = th_kconf(t.bootstrap);
+    th_kset(conf, "partitioner", "murmur2_random");
+    th_kset(conf, "enable.idempotence", "true");
+    th_kset(conf, "linger.ms", "1");
+    producer = th_kafka_new(RD_KAFKA_PRODUCER, conf, "producer");
+    consumer =
+        th_consumer(t.bootstrap, "bench-gw-direct", "read_committed", NULL);
+    int n = th_partitions(t.bootstrap, results);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++)
+        rd_kafka_topic_partition_list_add(l, results, p)->offset =
+            RD_KAFKA_OFFSET_END;
+    rd_kafka_assign(consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Send command seq of the phase tag. */
+static void send_direct(const char *tag, unsigned long seq)
+{
+    char id[64], agg[32];
+    evl_buf cmd = {0};
+    snprintf(id, sizeof id, "%s-%lu", tag, seq);
+    snprintf(agg, sizeof agg, "a-%lu", (seq * 7919UL) % (unsigned long)naggs);
+    evl_envelope_command_in c = {.id = id,
+                                 .type = "One",
+                                 .aggregate_type = "bench",
+                                 .aggregate_id = agg,
+                                 .data = "{\"by\":1}",
+                                 .data_len = 8};
+    evl_envelope_command(&cmd, &c);
+    rd_kafka_resp_err_t err;
+    while ((err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(commands),
+                                    RD_KAFKA_V_KEY(agg, strlen(agg)),
+                                    RD_KAFKA_V_VALUE(cmd.data, cmd.len),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                    RD_KAFKA_V_END)) ==
+           RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(producer, 10);
+    if (err)
+        th_die("produce: %s", rd_kafka_err2str(err));
+    evl_buf_free(&cmd);
+}
+
+/* The sequence number of a result of the phase tag, or -1. */
+static long result_seq(const rd_kafka_message_t *m, const char *tag)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"command_id\":\"%s-", tag);
+    const char *p = memmem(m->payload, m->len, pat, strlen(pat));
+    return p ? atol(p + strlen(pat)) : -1;
+}
+
+static void run_direct(result *r)
+{
+    size_t cap = 1 << 22;
+    double *sent = calloc(cap, sizeof *sent);
+    lat l = {0};
+    unsigned long next = 0;
+    for (; next < (unsigned long)nconn; next++) {
+        sent[next] = th_now();
+        send_direct("d", next);
+    }
+    double t0 = th_now(), end = t0 + seconds;
+    size_t done = 0;
+    while (th_now() < end) {
+        rd_kafka_poll(producer, 0);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 5);
+        if (!m)
+            continue;
+        long s = m->err ? -1 : result_seq(m, "d");
+        rd_kafka_message_destroy(m);
+        if (s < 0 || (size_t)s >= cap)
+            continue;
+        lat_add(&l, (th_now() - sent[s]) * 1000);
+        done++;
+        if (next < cap) {
+            sent[next] = th_now();
+            send_direct("d", next++);
+        }
+    }
+    r->secs = th_now() - t0;
+    r->n = done;
+    r->path = "direct";
+    r->inflight = nconn;
+    report(r, &l);
+    /* let the commands still in flight finish before the next phase */
+    for (double q = th_now() + 10; done < next && th_now() < q;) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 50);
+        if (m) {
+            if (!m->err && result_seq(m, "d") >= 0)
+                done++;
+            rd_kafka_message_destroy(m);
+        }
+    }
+    free(l.v);
+    free(sent);
+}
+
+static void run_flood(result *r, unsigned long n)
+{
+    lat l = {0};
+    for (unsigned long i = 0; i < n; i++)
+        send_direct("f", i);
+    rd_kafka_flush(producer, 60000);
+    double first = 0, last = 0, end = th_now() + 120;
+    size_t done = 0;
+    while (done < n && th_now() < end) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 50);
+        if (!m)
+            continue;
+        if (!m->err && result_seq(m, "f") >= 0) {
+            last = th_now();
+            if (!done++)
+                first = last;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    r->path = "direct flood";
+    r->inflight = (int)n;
+    r->n = done > 0 ? done - 1 : 0; /* between the first and the last */
+    r->secs = last > first ? last - first : 1;
+    r->errors = (int)(n - done);
+    report(r, &l);
+    r->p50 = r->p99 = -1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: bench_gateway SECONDS CONNECTIONS AGGREGATES "
+                        "[FLOOD]\n");
+        return 2;
+    }
+    seconds = atof(argv[1]);
+    nconn = atoi(argv[2]);
+    naggs = atoi(argv[3]);
+    unsigned long flood = argc > 4 ? strtoul(argv[4], NULL, 10) : 50000;
+    int mport = gw_free_port();
+    char gwcfg[256];
+    port = gw_free_port();
+    ct_init(&t, "bench-gw");
+    ct_write_file(&t, "aggregates/bench.lua", bench_lua);
+    ct_topic(&t, "bench", "commands", commands, sizeof commands);
+    ct_topic(&t, "bench", "results", results, sizeof results);
+    snprintf(gwcfg, sizeof gwcfg, "listen = '127.0.0.1:%d'", port);
+    gw_config(&t, "r", "r", mport, gwcfg);
+    pid_t rpid = ct_start(&t, "r", "r.log", NULL);
+    if (!gw_wait_ready(mport, 120))
+        th_die("the gateway did not become ready");
+    open_direct();
+    /* warm up both paths (connections, metadata, the processor) */
+    double s0 = seconds;
+    seconds = 1;
+    result w1 = {0}, w2 = {0};
+    run_gateway(&w1);
+    run_direct(&w2);
+    seconds = s0;
+
+    result g = {0}, d = {0}, f = {0};
+    run_gateway(&g);
+    run_direct(&d);
+    run_flood(&f, flood);
+
+    double dr = (double)d.n / d.secs;
+    printf("\n| path | in flight | commands/s | p50 ms | p99 ms | vs direct "
+           "(%d in flight) |\n|---|---|---|---|---|---|\n",
+           nconn);
+    result *rs[] = {&g, &d, &f};
+    for (int i = 0; i < 3; i++) {
+        double cps = (double)rs[i]->n / rs[i]->secs;
+        char p50[16] = "-", p99[16] = "-";
+        if (rs[i]->p50 >= 0) {
+            snprintf(p50, sizeof p50, "%.1f", rs[i]->p50);
+            snprintf(p99, sizeof p99, "%.1f", rs[i]->p99);
+        }
+        printf("| %s | %d | %.0f | %s | %s | %.0f %% |\n", rs[i]->path,
+               rs[i]->inflight, cps, p50, p99, 100 * cps / dr);
+    }
+    printf("\ngateway / direct flood: %.0f %%\n",
+           100 * ((double)g.n / g.secs) / ((double)f.n / f.secs));
+    fflush(stdout);
+
+    rd_kafka_consumer_close(consumer);
+    rd_kafka_destroy(consumer);
+    rd_kafka_destroy(producer);
+    th_stop(rpid, SIGTERM, 30);
+    int bad = g.errors || f.errors || g.n == 0 || d.n == 0;
+    if (bad)
+        ct_dump_log(&t, "r.log");
+    return bad;
+}

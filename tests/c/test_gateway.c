@@ -1,0 +1,315 @@
+/*
+ * test_gateway.c - the command gateway on the real broker, through curl:
+ * `evlua gateway` alone answers 503 until `evlua run` has made the
+ * topics; then every status of docs/gateway.openapi.json comes back from
+ * a real request and matches the document (200 accepted with the events'
+ * ids and sequences, 409 rejected and expected_version conflicts, 500 a
+ * script error with script:line, 422 and 400 invalid commands, 202 with
+ * a Location that later answers, 404, 405); retrying an id returns the
+ * first outcome and records nothing twice; concurrent requests for one
+ * aggregate are all answered, with one version each, in order; the
+ * metrics count the requests; the threads are named.
+ */
+#include "gwtest.h"
+
+static const char probe_lua[] =
+    "return {\n"
+    "  type = 'probe',\n"
+    "  initial = function() return { n = 0 } end,\n"
+    "  apply = { Probed = function(s, e) s.n = s.n + 1 end },\n"
+    "  handle = {\n"
+    "    Ok = function(s, cmd, ctx)\n"
+    "      return { { type = 'Probed', data = {} } }\n"
+    "    end,\n"
+    "    Boom = function(s, cmd, ctx)\n"
+    "      error('boom')\n" /* line 10 */
+    "    end,\n"
+    "  },\n"
+    "}\n";
+
+static ct t;
+static int port;
+static cJSON *doc;
+
+/* POST body; check the answer against the document. */
+static void post(const char *query, const char *body, gw_resp *r)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/commands%s", query ? query : "");
+    gw_http(&t, port, "POST", path, body, NULL, 30, r);
+    char what[300];
+    snprintf(what, sizeof what, "POST -> %d matches the OpenAPI document",
+             r->status);
+    CHECK(gw_openapi_check(doc, "POST", "/v1/commands", r), what);
+}
+
+static void get(const char *path, gw_resp *r)
+{
+    gw_http(&t, port, "GET", path, NULL, NULL, 30, r);
+    char what[300];
+    snprintf(what, sizeof what, "GET -> %d matches the OpenAPI document",
+             r->status);
+    CHECK(gw_openapi_check(doc, "GET", "/v1/commands/{id}", r), what);
+}
+
+typedef struct conc {
+    pthread_t th;
+    int i;
+    gw_resp r;
+} conc;
+
+static void *conc_main(void *arg)
+{
+    conc *c = arg;
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"id\":\"conc-%d\",\"aggregate_type\":\"customer\","
+             "\"aggregate_id\":\"c-1\",\"type\":\"UpdateCustomerProfile\","
+             "\"data\":{\"name\":\"Name %d\"}}",
+             c->i, c->i);
+    gw_http(&t, port, "POST", "/v1/commands", body, NULL, 60, &c->r);
+    return NULL;
+}
+
+int main(void)
+{
+    gw_resp r, r2;
+    char gwcfg[256], events[256];
+    int mport = gw_free_port(), rport = gw_free_port();
+    port = gw_free_port();
+
+    ct_init(&t, "gateway");
+    ct_copy_aggregate(&t, "customer.lua");
+    ct_write_file(&t, "aggregates/probe.lua", probe_lua);
+    doc = gw_openapi_load(&t);
+    snprintf(gwcfg, sizeof gwcfg, "listen = '127.0.0.1:%d'", port);
+    gw_config(&t, "g", "g", mport, gwcfg);
+    gw_config(&t, "r", "r", rport, "");
+    ct_topic(&t, "customer", "events", events, sizeof events);
+
+    /* the gateway alone, before any topic exists: not ready */
+    pid_t gpid = gw_start(&t, "g", "g.log");
+    long long until = th_now_ms() + 20000;
+    do {
+        th_sleep_ms(200);
+        gw_http(&t, port, "POST", "/v1/commands",
+                "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-0\","
+                "\"type\":\"ChangeEmail\",\"data\":{}}",
+                NULL, 10, &r);
+    } while (r.status == 0 && th_now_ms() < until);
+    CHECK_INT(r.status, 503, "503 while the topics do not exist");
+    CHECK(gw_openapi_check(doc, "POST", "/v1/commands", &r),
+          "the 503 matches the document");
+    CHECK_HAS(gw_str(&r, "error"), "not ready", "the 503 says not ready");
+    gw_resp_free(&r);
+
+    pid_t rpid = ct_start(&t, "r", "r.log", NULL);
+    CHECK(gw_wait_ready(mport, 90), "the gateway becomes ready");
+
+    /* 200 accepted, with the events' ids and sequences */
+    static const char reg[] =
+        "{\"id\":\"g-1\",\"aggregate_type\":\"customer\",\"aggregate_id\":"
+        "\"c-1\",\"type\":\"RegisterCustomer\",\"data\":{\"name\":\"Ann\","
+        "\"email\":\"ann@example.org\",\"address\":\"1 Main St\"}}";
+    post(NULL, reg, &r);
+    CHECK_INT(r.status, 200, "a command accepted: 200");
+    CHECK_STR(gw_str(&r, "status"), "accepted", "status accepted");
+    CHECK_STR(gw_str(&r, "command_id"), "g-1", "the command's id");
+    CHECK_INT(gw_int(&r, "version"), 2, "the new version");
+    const cJSON *evs = cJSON_GetObjectItemCaseSensitive(r.json, "events");
+    CHECK_INT(cJSON_GetArraySize(evs), 2, "its two events");
+    if (cJSON_GetArraySize(evs) == 2) {
+        const cJSON *e0 = cJSON_GetArrayItem(evs, 0);
+        const cJSON *e1 = cJSON_GetArrayItem(evs, 1);
+        CHECK_INT((long long)cJSON_GetObjectItem(e0, "sequence")->valuedouble,
+                  1, "first event: sequence 1");
+        CHECK_INT((long long)cJSON_GetObjectItem(e1, "sequence")->valuedouble,
+                  2, "second event: sequence 2");
+        CHECK(strlen(cJSON_GetObjectItem(e0, "id")->valuestring) == 36,
+              "event ids are UUIDs");
+    }
+
+    /* a retry: the first outcome again, nothing recorded twice */
+    post(NULL, reg, &r2);
+    CHECK_INT(r2.status, 200, "the retry: 200");
+    CHECK_STR(r2.body, r.body, "the retry returns the first outcome");
+    gw_resp_free(&r2);
+    get("/v1/commands/g-1", &r2);
+    CHECK_INT(r2.status, 200, "GET of the id: 200");
+    CHECK_STR(r2.body, r.body, "GET returns the same outcome");
+    gw_resp_free(&r2);
+    gw_resp_free(&r);
+
+    /* 409: rejected by the handler, and an expected_version conflict */
+    post(NULL,
+         "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-1\",\"type\":"
+         "\"RegisterCustomer\",\"data\":{\"name\":\"Ann\",\"email\":"
+         "\"ann@example.org\"}}",
+         &r);
+    CHECK_INT(r.status, 409, "rejected: 409");
+    CHECK_HAS(gw_str(&r, "error"), "already registered", "with the reason");
+    CHECK(gw_str(&r, "command_id") && strlen(gw_str(&r, "command_id")) == 36,
+          "a generated id (UUIDv7) when the body has none");
+    gw_resp_free(&r);
+    post(NULL,
+         "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-1\",\"type\":"
+         "\"ChangeEmail\",\"expected_version\":1,\"data\":{\"email\":"
+         "\"a@example.org\"}}",
+         &r);
+    CHECK_INT(r.status, 409, "an expected_version conflict: 409");
+    CHECK_HAS(gw_str(&r, "error"), "version", "naming the version");
+    gw_resp_free(&r);
+
+    /* 500: a script error, with script:line */
+    post(NULL,
+         "{\"aggregate_type\":\"probe\",\"aggregate_id\":\"p-1\",\"type\":"
+         "\"Boom\",\"data\":{}}",
+         &r);
+    CHECK_INT(r.status, 500, "a failing handler: 500");
+    CHECK_STR(gw_str(&r, "status"), "failed", "status failed");
+    CHECK_HAS(gw_str(&r, "error"), "probe.lua:10:", "the error's script:line");
+    gw_resp_free(&r);
+
+    /* 422 and 400: invalid commands, nothing sent */
+    static const struct {
+        const char *body, *why;
+        int status;
+    } bad[] = {
+        {"{\"aggregate_type\":\"nope\",\"aggregate_id\":\"x\",\"type\":\"A\","
+         "\"data\":{}}",
+         "unknown aggregate type", 422},
+        {"{\"aggregate_type\":\"customer\",\"aggregate_id\":\"x\",\"type\":"
+         "\"Fly\",\"data\":{}}",
+         "no handler", 422},
+        {"{\"aggregate_type\":\"customer\",\"aggregate_id\":\"x\",\"type\":"
+         "\"ChangeEmail\"}",
+         "data must be", 422},
+        {"{\"aggregate_type\":\"customer\",\"aggregate_id\":\"\",\"type\":"
+         "\"ChangeEmail\",\"data\":{}}",
+         "aggregate_id", 422},
+        {"{\"aggregate_type\":\"customer\",\"aggregate_id\":\"x\",\"type\":"
+         "\"ChangeEmail\",\"data\":{},\"expected_version\":\"3\"}",
+         "expected_version", 422},
+        {"[1,2]", "JSON object", 422},
+        {"{\"aggregate_type\":", "malformed JSON", 400},
+        {"{\"n\":9007199254740993}", "2^53", 400},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char what[200];
+        post(NULL, bad[i].body, &r);
+        snprintf(what, sizeof what, "invalid command %zu: %d", i,
+                 bad[i].status);
+        CHECK_INT(r.status, bad[i].status, what);
+        CHECK_HAS(gw_str(&r, "error"), bad[i].why, "the error says why");
+        gw_resp_free(&r);
+    }
+
+    post(NULL,
+         "{\"id\":\"g-1\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+         "\"p-9\",\"type\":\"Ok\",\"data\":{}}",
+         &r);
+    CHECK_INT(r.status, 422, "an id reused for another aggregate type: 422");
+    CHECK_HAS(gw_str(&r, "error"), "another aggregate type", "saying so");
+    gw_resp_free(&r);
+
+    /* 202 + Location when the wait ends first; the Location answers */
+    post("?timeout_ms=0",
+         "{\"id\":\"g-slow\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+         "\"p-2\",\"type\":\"Ok\",\"data\":{}}",
+         &r);
+    CHECK_INT(r.status, 202, "no result within the wait: 202");
+    CHECK_STR(r.location, "/v1/commands/g-slow", "Location names the command");
+    CHECK_STR(gw_str(&r, "status"), "pending", "status pending");
+    gw_resp_free(&r);
+    until = th_now_ms() + 30000;
+    do {
+        get("/v1/commands/g-slow", &r);
+        if (r.status == 200)
+            break;
+        gw_resp_free(&r);
+        th_sleep_ms(100);
+    } while (th_now_ms() < until);
+    CHECK_INT(r.status, 200, "the Location answers 200 once the result came");
+    CHECK_INT(gw_int(&r, "version"), 1, "with the outcome");
+    gw_resp_free(&r);
+
+    /* 404 and 405 */
+    get("/v1/commands/never-sent", &r);
+    CHECK_INT(r.status, 404, "an unknown id: 404");
+    gw_resp_free(&r);
+    gw_http(&t, port, "GET", "/v1/commands", NULL, NULL, 10, &r);
+    CHECK_INT(r.status, 405, "GET /v1/commands: 405");
+    CHECK(gw_openapi_check(doc, "POST", "/v1/commands", &r),
+          "the 405 matches the document");
+    gw_resp_free(&r);
+    gw_http(&t, port, "GET", "/v2/other", NULL, NULL, 10, &r);
+    CHECK_INT(r.status, 404, "another path: 404");
+    gw_resp_free(&r);
+
+    /* concurrent requests for one aggregate: all answered, one version
+     * each, and each answer's event is at its version */
+    enum { NC = 16 };
+    static conc cs[NC];
+    for (int i = 0; i < NC; i++) {
+        cs[i].i = i;
+        pthread_create(&cs[i].th, NULL, conc_main, &cs[i]);
+    }
+    int seen[NC] = {0}, answered = 0, ordered = 1;
+    for (int i = 0; i < NC; i++) {
+        pthread_join(cs[i].th, NULL);
+        long long v = gw_int(&cs[i].r, "version");
+        const cJSON *ev = cJSON_GetArrayItem(
+            cJSON_GetObjectItemCaseSensitive(cs[i].r.json, "events"), 0);
+        const cJSON *sq = cJSON_GetObjectItemCaseSensitive(ev, "sequence");
+        if (cs[i].r.status == 200 && v >= 3 && v < 3 + NC)
+            seen[v - 3]++, answered++;
+        if (!cJSON_IsNumber(sq) || (long long)sq->valuedouble != v)
+            ordered = 0;
+        gw_resp_free(&cs[i].r);
+    }
+    CHECK_INT(answered, NC, "every concurrent request answered 200");
+    int distinct = 1;
+    for (int i = 0; i < NC; i++)
+        distinct &= seen[i] == 1;
+    CHECK(distinct, "versions 3..18, one per request");
+    CHECK(ordered, "each answer's event has its version's sequence");
+
+    /* one CustomerRegistered for c-1 however often it was retried */
+    th_recs ev = {0};
+    ct_read_all(&t, events, "read_committed", &ev);
+    int regs = 0;
+    for (size_t i = 0; i < ev.n; i++)
+        regs += th_str(&ev.v[i], "type") &&
+                strcmp(th_str(&ev.v[i], "type"), "CustomerRegistered") == 0;
+    CHECK_INT(regs, 1, "the retried command recorded its event once");
+    th_recs_free(&ev);
+
+    /* metrics */
+    static char m[1 << 16];
+    th_http_get(mport, "/metrics", m, sizeof m);
+    CHECK_HAS(m,
+              "evlua_gateway_requests_total{route=\"POST /v1/commands\","
+              "status=\"200\"}",
+              "requests counted by route and status");
+    CHECK_HAS(m, "evlua_gateway_wait_seconds_count", "the wait histogram");
+    CHECK_HAS(m, "evlua_gateway_waiters 0", "no waiter left in flight");
+
+    /* its threads are named for top -H and perf */
+    char cmd[1024], names[8192];
+    snprintf(cmd, sizeof cmd, "cat /proc/%d/task/*/comm > %s/comm.txt",
+             (int)gpid, t.dir);
+    CHECK_INT(system(cmd), 0, "the gateway's threads can be listed");
+    snprintf(cmd, sizeof cmd, "%s/comm.txt", t.dir);
+    th_read_file(cmd, names, sizeof names);
+    CHECK_HAS(names, "evl:gw-http", "an HTTP thread is named evl:gw-http");
+    CHECK_HAS(names, "evl:gw-kafka", "the Kafka thread is named evl:gw-kafka");
+
+    CHECK_INT(th_stop(gpid, SIGTERM, 30), 0, "evlua gateway stops with 0");
+    CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
+    if (check_failures_) {
+        ct_dump_log(&t, "g.log");
+        ct_dump_log(&t, "r.log");
+    }
+    cJSON_Delete(doc);
+    return check_done();
+}
