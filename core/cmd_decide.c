@@ -63,20 +63,27 @@ static void queue_result(cmdproc *cp, agtype *t, const rd_kafka_message_t *rkm,
                          long long version, const size_t *ids, size_t nids,
                          const char *error)
 {
-    const char *evs[64];
+    const char *evs[64], *tys[64];
     const char **ev = nids <= 64 ? evs : evl_xmalloc(sizeof *ev * nids);
+    const char **ty = nids <= 64 ? tys : evl_xmalloc(sizeof *ty * nids);
     outmsg *o;
     evl_envelope_result_in r;
 
-    for (size_t i = 0; i < nids; i++)
+    /* an accepted command's events are those of the decision (ids given) */
+    for (size_t i = 0; i < nids; i++) {
         ev[i] = cp->arena.data + ids[i];
-    r = (evl_envelope_result_in){cp->cmd.id, status, aggregate_id, version,
-                                 ev,         nids,   error};
+        ty[i] = cp->dec.events[i].type;
+    }
+    r = (evl_envelope_result_in){
+        cp->cmd.id, status, aggregate_id, version,
+        ev,         nids,   error,        nids ? ty : NULL};
     /* build in a scratch buffer (the arena is where ev points into) */
     evl_buf tmp = {0};
     evl_envelope_result(&tmp, &r);
     if (ev != evs)
         free(ev);
+    if (ty != tys)
+        free(ty);
 
     o = out_new(cp);
     o->t = t;

@@ -182,6 +182,15 @@ void evl_envelope_result(evl_buf *out, const evl_envelope_result_in *r)
         put_str(out, r->events[i]);
     }
     evl_buf_putc(out, ']');
+    if (r->event_types) {
+        evl_buf_puts(out, ",\"event_types\":[");
+        for (size_t i = 0; i < r->nevents; i++) {
+            if (i)
+                evl_buf_putc(out, ',');
+            put_str(out, r->event_types[i]);
+        }
+        evl_buf_putc(out, ']');
+    }
     if (r->error) {
         evl_buf_puts(out, ",\"error\":");
         put_str(out, r->error);

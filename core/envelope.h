@@ -137,6 +137,9 @@ typedef struct evl_envelope_result_in {
     const char *const *events;
     size_t nevents;
     const char *error; /* NULL: no "error" field */
+    /* NULL: no "event_types" field; else nevents of them, the types of
+     * events in the same order */
+    const char *const *event_types;
 } evl_envelope_result_in;
 
 /* Append the result envelope to out (not NUL-terminated). */

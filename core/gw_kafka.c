@@ -217,6 +217,7 @@ typedef struct ev_list {
     evl_buf *out;
     long long seq;
     int n;
+    const char *type, *types_end; /* the next type: NUL-separated list */
 } ev_list;
 
 static void put_event(void *ud, const char *s, size_t n)
@@ -226,9 +227,22 @@ static void put_event(void *ud, const char *s, size_t n)
         evl_buf_putc(l->out, ',');
     evl_buf_puts(l->out, "{\"id\":");
     evl_envelope_put_string(l->out, s, n);
+    if (l->type && l->type < l->types_end) {
+        size_t tl = strlen(l->type);
+        evl_buf_puts(l->out, ",\"type\":");
+        evl_envelope_put_string(l->out, l->type, tl);
+        l->type += tl + 1;
+    }
     char num[48];
     snprintf(num, sizeof num, ",\"sequence\":%lld}", l->seq++);
     evl_buf_puts(l->out, num);
+}
+
+/* Keep the strings of a JSON array, NUL-separated. */
+static void keep_type(void *ud, const char *s, size_t n)
+{
+    evl_buf_put(ud, s, n);
+    evl_buf_putc(ud, '\0');
 }
 
 /* Count the strings of a JSON array. */
@@ -245,13 +259,14 @@ static void count_event(void *ud, const char *s, size_t n)
 static int map_result(const char *r, size_t len, const char *type,
                       evl_buf *scratch, evl_buf *body, char *id, size_t idlen)
 {
-    enum { M_ID, M_STATUS, M_AGG, M_VERSION, M_EVENTS, M_ERROR };
+    enum { M_ID, M_STATUS, M_AGG, M_VERSION, M_EVENTS, M_ERROR, M_TYPES };
     evl_json_member m[] = {{.name = "command_id"},   {.name = "status"},
                            {.name = "aggregate_id"}, {.name = "version"},
-                           {.name = "events"},       {.name = "error"}};
+                           {.name = "events"},       {.name = "error"},
+                           {.name = "event_types"}};
     char err[EVL_ERRLEN];
     int is_object, http;
-    if (evl_json_members(r, len, m, 6, scratch, &is_object, err, sizeof err) ||
+    if (evl_json_members(r, len, m, 7, scratch, &is_object, err, sizeof err) ||
         m[M_ID].type != EVL_JSON_STRING || m[M_STATUS].type != EVL_JSON_STRING)
         return 0;
     snprintf(id, idlen, "%s", scratch->data + m[M_ID].off);
@@ -292,16 +307,26 @@ static int map_result(const char *r, size_t len, const char *type,
     evl_buf_puts(body, num);
     if (strcmp(status, "accepted") == 0 && m[M_EVENTS].type == EVL_JSON_OTHER) {
         /* the events' sequences are the version's last ones */
-        evl_buf tmp = {0};
+        evl_buf tmp = {0}, types = {0};
         long long n = 0;
         evl_json_array_strings(r + m[M_EVENTS].voff, m[M_EVENTS].vlen, &tmp,
                                count_event, &n, err, sizeof err);
-        ev_list l = {body, version - n + 1, 0};
+        /* their types, from a command side that writes them (not before
+         * event_types was added to the result) */
+        if (m[M_TYPES].type == EVL_JSON_OTHER)
+            evl_json_array_strings(r + m[M_TYPES].voff, m[M_TYPES].vlen, &tmp,
+                                   keep_type, &types, err, sizeof err);
+        ev_list l = {body, version - n + 1, 0, NULL, NULL};
+        if (types.len) {
+            l.type = types.data;
+            l.types_end = types.data + types.len;
+        }
         evl_buf_puts(body, ",\"events\":[");
         evl_json_array_strings(r + m[M_EVENTS].voff, m[M_EVENTS].vlen, &tmp,
                                put_event, &l, err, sizeof err);
         evl_buf_putc(body, ']');
         evl_buf_free(&tmp);
+        evl_buf_free(&types);
     }
     if (m[M_ERROR].type == EVL_JSON_STRING) {
         evl_buf_puts(body, ",\"error\":");

@@ -87,17 +87,20 @@ static void envelopes(void)
               "the event envelope of DESIGN.md");
 
     const char *ids[2] = {"e-1", "e-2"};
-    evl_envelope_result_in r = {"cmd-1", "accepted", "c-1", 9, ids, 2, NULL};
+    const char *types[2] = {"CustomerNameChanged", "CustomerAddressChanged"};
+    evl_envelope_result_in r = {"cmd-1", "accepted", "c-1", 9,
+                                ids,     2,          NULL,  types};
     b.len = 0;
     evl_envelope_result(&b, &r);
     evl_buf_putc(&b, '\0');
     CHECK_STR(b.data,
               "{\"command_id\":\"cmd-1\",\"status\":\"accepted\","
               "\"aggregate_id\":\"c-1\",\"version\":9,"
-              "\"events\":[\"e-1\",\"e-2\"]}",
-              "an accepted result");
-    evl_envelope_result_in rej = {NULL, "rejected", NULL,           -1,
-                                  NULL, 0,          "bad \"input\""};
+              "\"events\":[\"e-1\",\"e-2\"],\"event_types\":["
+              "\"CustomerNameChanged\",\"CustomerAddressChanged\"]}",
+              "an accepted result, with its events' types");
+    evl_envelope_result_in rej = {NULL, "rejected",      NULL, -1, NULL,
+                                  0,    "bad \"input\"", NULL};
     b.len = 0;
     evl_envelope_result(&b, &rej);
     evl_buf_putc(&b, '\0');

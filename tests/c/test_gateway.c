@@ -106,7 +106,7 @@ int main(void)
     pid_t rpid = ct_start(&t, "r", "r.log", NULL);
     CHECK(gw_wait_ready(mport, 90), "the gateway becomes ready");
 
-    /* 200 accepted, with the events' ids and sequences */
+    /* 200 accepted, with the events' ids, types and sequences */
     static const char reg[] =
         "{\"id\":\"g-1\",\"aggregate_type\":\"customer\",\"aggregate_id\":"
         "\"c-1\",\"type\":\"RegisterCustomer\",\"data\":{\"name\":\"Ann\","
@@ -127,6 +127,12 @@ int main(void)
                   2, "second event: sequence 2");
         CHECK(strlen(cJSON_GetObjectItem(e0, "id")->valuestring) == 36,
               "event ids are UUIDs");
+        const cJSON *t0 = cJSON_GetObjectItem(e0, "type");
+        const cJSON *t1 = cJSON_GetObjectItem(e1, "type");
+        CHECK_STR(cJSON_IsString(t0) ? t0->valuestring : "(none)",
+                  "CustomerRegistered", "first event's type");
+        CHECK_STR(cJSON_IsString(t1) ? t1->valuestring : "(none)",
+                  "CustomerAddressChanged", "second event's type");
     }
 
     /* a retry: the first outcome again, nothing recorded twice */
