@@ -558,6 +558,9 @@ evl_err proj_exec_per_aggregate(projector *pj, batch *b, char *err,
         }
         for (size_t k = 0; k < pj->nfails; k++) {
             const failure *f = &pj->fails[k];
+            if (f->tag == TAG_ADVANCE && f->cls == EVL_ETRANSIENT)
+                /* a checkpoint guessed wrong (or moved): read them again */
+                return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s", f->msg);
             if (f->tag >= 0 && f->tag % 2 == 0)
                 mark_failure(pj, b, &b->evs[b->stmts[f->tag / 2].ev], f->msg);
             else if (f->tag == EVL_PG_TAG_SYNC && f->seg >= 0) {

@@ -23,14 +23,16 @@
  *   * a row of an aggregate into a bucket older than one holding a row of
  *     that aggregate flushes first (so an aggregate's rows go out in the
  *     order of its statements);
- *   * a row whose (table, key columns, key values) is waiting already:
- *     from the same aggregate in the same bucket it replaces that row
- *     (last write wins: same shape, same columns); in an older bucket it
- *     just follows; otherwise (another aggregate's row in this bucket, or
- *     a newer bucket) flushes first. So one INSERT never holds a key
- *     twice, and two aggregates writing one row in a batch keep the
- *     batch's order. A plain statement of one aggregate is not ordered
- *     against another aggregate's waiting rows (as across partitions).
+ *   * a row goes into the newest bucket of its shape unless the
+ *     aggregate has a row waiting in a newer bucket, or a row of the same
+ *     (table, key columns, key values) is waiting in that bucket or a
+ *     newer one: then it opens a new bucket of its shape (a layer). So
+ *     one INSERT never holds a key twice, every write of a row goes out
+ *     in the batch's order (also across aggregates), and no write is
+ *     merged away: a constraint an intermediate row violates still parks
+ *     its aggregate, as one statement per event would.
+ *   A plain statement of one aggregate is not ordered against another
+ *   aggregate's waiting rows (as across partitions).
  * A bucket of one row sends the row's own single-row statement, so its
  * failure names the event at once.
  *
@@ -236,7 +238,7 @@ typedef struct bucket {
 typedef struct kent {
     uint64_t h;
     unsigned epoch; /* valid while it equals upsend.epoch */
-    int stmt, bucket, row, group;
+    int stmt, bucket;
 } kent;
 
 typedef struct upsend {
@@ -389,61 +391,46 @@ static kent *key_slot(plan *p, const pstmt *ps, uint64_t h)
     }
 }
 
-static bucket *open_bucket(plan *p, int shape)
+/* A new bucket of shape, the newest. */
+static int new_bucket(plan *p, int shape)
 {
     upsend *u = p->u;
-    for (size_t i = 0; i < u->nb; i++)
-        if (u->buckets[i].shape == shape)
-            return &u->buckets[i];
     if (u->nb == u->capb) {
         size_t cap = u->capb ? 2 * u->capb : 8;
         u->buckets = evl_xrealloc(u->buckets, sizeof *u->buckets * cap);
         memset(u->buckets + u->capb, 0, sizeof *u->buckets * (cap - u->capb));
         u->capb = cap;
     }
-    bucket *k = &u->buckets[u->nb++];
+    bucket *k = &u->buckets[u->nb];
     k->shape = shape;
     k->n = 0;
-    return k;
+    return (int)u->nb++;
 }
 
 static void add_row(plan *p, int g, int si)
 {
     upsend *u = p->u;
     const pstmt *ps = &p->b->stmts[si];
-    bucket *k = open_bucket(p, ps->shape);
-    int order = (int)(k - u->buckets);
-    if (group_waiting(u, g) > order) {
-        flush(p);
-        k = open_bucket(p, ps->shape);
-        order = 0;
-    }
+    int order = (int)u->nb - 1; /* the newest bucket of the shape */
+    while (order >= 0 && u->buckets[order].shape != ps->shape)
+        order--;
     uint64_t h = key_hash(p->pj, ps);
     kent *e = key_slot(p, ps, h);
-    if (e->epoch == u->epoch) {
-        if (e->bucket == order && e->group == g) {
-            k->rows[e->row] = si; /* last write wins */
-            e->stmt = si;
-            return;
-        }
-        if (e->bucket >= order) {
-            flush(p);
-            k = open_bucket(p, ps->shape);
-            order = 0;
-            e = key_slot(p, ps, h);
-        }
-    }
+    /* it must go after the aggregate's rows waiting and after any row of
+     * its key waiting: else a newer bucket (a layer) of the shape */
+    if (order < 0 || group_waiting(u, g) > order ||
+        (e->epoch == u->epoch && e->bucket >= order))
+        order = new_bucket(p, ps->shape);
+    bucket *k = &u->buckets[order];
     if (k->n == k->cap) {
         k->cap = k->cap ? 2 * k->cap : 64;
         k->rows = evl_xrealloc(k->rows, sizeof *k->rows * k->cap);
     }
-    k->rows[k->n] = si;
+    k->rows[k->n++] = si;
     e->h = h;
     e->epoch = u->epoch;
     e->stmt = si;
     e->bucket = order;
-    e->row = (int)k->n++;
-    e->group = g;
     u->glast[g] = order;
     u->gepoch[g] = u->epoch;
 }

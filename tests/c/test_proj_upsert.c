@@ -359,8 +359,9 @@ static void test_plan(void)
     fake_stmt(&f, 0, NULL, "a", "2");
     fake_event(&f, 1, EV_APPLY);
     fake_stmt(&f, 0, NULL, "b", "3");
-    check_plan(&f, "multi 0 {\"a\",\"b\"} {\"2\",\"3\"}\n",
-               "one aggregate's key twice: its last row wins");
+    check_plan(&f, "row 0 a 1\nmulti 0 {\"a\",\"b\"} {\"2\",\"3\"}\n",
+               "one aggregate's key twice: a second layer, nothing merged "
+               "away");
 
     fake_init(&f);
     fake_event(&f, 0, EV_APPLY);
