@@ -16,23 +16,21 @@
  * must name columns of the table (else the shape is sent row by row, and
  * PostgreSQL's own error for the single-row statement parks the event).
  *
- * Order. Rows wait in buckets, one per shape, numbered as they open; a
- * flush sends every bucket in that order and empties them. The order of
+ * Order. Rows wait in buckets, each of one shape, numbered as they open;
+ * a flush sends every bucket in that order and empties them. The order of
  * each aggregate's statements holds because
  *   * a plain statement of an aggregate with rows waiting flushes first;
- *   * a row of an aggregate into a bucket older than one holding a row of
- *     that aggregate flushes first (so an aggregate's rows go out in the
- *     order of its statements);
- *   * a row goes into the newest bucket of its shape unless the
- *     aggregate has a row waiting in a newer bucket, or a row of the same
- *     (table, key columns, key values) is waiting in that bucket or a
- *     newer one: then it opens a new bucket of its shape (a layer). So
- *     one INSERT never holds a key twice, every write of a row goes out
- *     in the batch's order (also across aggregates), and no write is
- *     merged away: a constraint an intermediate row violates still parks
- *     its aggregate, as one statement per event would.
- *   A plain statement of one aggregate is not ordered against another
- *   aggregate's waiting rows (as across partitions).
+ *   * a row goes into the newest bucket of its shape unless its aggregate
+ *     has a row waiting in a newer bucket, or a row of the same (table,
+ *     key columns, key values) is waiting in that bucket or a newer one:
+ *     then it opens a new bucket of its shape (a layer). So an
+ *     aggregate's rows go out in the order of its statements, one INSERT
+ *     never holds a key twice, every write of a row goes out in the
+ *     batch's order (also across aggregates), and no write is merged
+ *     away: a constraint an intermediate row violates still parks its
+ *     aggregate, as one statement per event would.
+ * A plain statement of one aggregate is not ordered against another
+ * aggregate's waiting rows (as across partitions).
  * A bucket of one row sends the row's own single-row statement, so its
  * failure names the event at once.
  *
