@@ -289,11 +289,12 @@ static void print_statements(const evl_luahost_stmts *s, const char *proj,
         if (out && st->op != EVL_SQL_PLAIN)
             fprintf(out,
                     "      (evlua.%s: the projector sends the rows of this "
-                    "table, columns and key in a batch as one %s ... "
-                    "unnest($1::type[], ...) statement)\n",
+                    "table, columns and key in a batch as one %s)\n",
                     st->op == EVL_SQL_DELETE ? "delete" : "upsert",
-                    st->op == EVL_SQL_DELETE ? "DELETE ... USING"
-                                             : "INSERT ... SELECT * FROM");
+                    st->op == EVL_SQL_DELETE
+                        ? "DELETE ... USING unnest($1::type[], ...)"
+                        : "INSERT ... SELECT * FROM unnest($1::type[], ...) "
+                          "ON CONFLICT ...");
     }
 }
 

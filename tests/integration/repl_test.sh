@@ -36,7 +36,7 @@ grep -q '"type": "CustomerRegistered"' "$work/out" || fail "the event is shown w
 grep -q '"causation_id": ' "$work/out" || fail "the envelope has a causation id"
 grep -q 'customer_profile: INSERT INTO "customers"' "$work/out" || fail "the projection SQL is shown"
 grep -q "params: \$1='c1' \$2='ann@example.com' \$3='Ann'" "$work/out" || fail "the SQL parameters are shown"
-grep -q '(evlua.upsert: the projector sends the rows of this table, columns and key in a batch as one INSERT ... SELECT \* FROM ... unnest' "$work/out" || fail "an upsert says it is coalesced"
+grep -q '(evlua.upsert: the projector sends the rows of this table, columns and key in a batch as one INSERT ... SELECT \* FROM unnest' "$work/out" || fail "an upsert says it is coalesced"
 grep -q '^rejected: name must not be empty' "$work/out" || fail "a rejection does not end the session"
 grep -q '^rejected: cart is empty' "$work/out" || fail "the next command still runs"
 grep -q "^rejected: unknown aggregate type 'nosuch'" "$work/out" || fail "unknown aggregate types are named"
