@@ -11,7 +11,9 @@
  * an array literal, NULL and jsonb; and an aggregate D whose upsert
  * violates a CHECK constraint inside a multi-row statement. D alone is
  * parked (its first event with the constraint's SQLSTATE, its second
- * behind it); every other row lands once. Then: 300 aggregates' upserts
+ * behind it), and F, whose upsert names a column the table lacks (the
+ * catalog check sends it row by row: PostgreSQL's own error); every other
+ * row lands once. Then: 300 aggregates' upserts
  * go out as a handful of statements (not 300) outside aggregate-tx; a
  * full replay (Kafka and database offsets forgotten) changes nothing,
  * though the plain SQL appends a row each time it runs.
@@ -46,6 +48,8 @@ static const char script_fmt[] =
     "        evlua.upsert(P, { id = e.aggregate_id, name = e.data.name, n = "
     "e.data.n + 1, tags = evlua.null }, { key = 'id' }) }\n"
     "    end,\n"
+    "    Typo = function(e) return evlua.upsert(P, { id = e.aggregate_id, "
+    "nmae = 'x', n = 1 }, { key = 'id' }) end,\n"
     "    Gone = function(e) return evlua.delete(P, { id = e.aggregate_id }) "
     "end,\n"
     "    Pair = function(e)\n"
@@ -111,13 +115,14 @@ static void scenario(const char *mode, const char *tag)
     pt_ev(&T, topic, "C", 4, "Pair", "{\"b\":1,\"v\":\"z\"}");
     pt_ev(&T, topic, "E", 1, "Set",
           "{\"name\":\"e \\\"q\\\" \\\\ ,{}\",\"n\":3,\"tags\":{\"x\":1}}");
+    pt_ev(&T, topic, "F", 1, "Typo", "{}");
     pt_ev(&T, topic, "A", 4, "Set", "{\"name\":\"a4\",\"n\":4}");
     pt_commit(&T);
 
     memset(&st, 0, sizeof st);
     snprintf(msg, sizeof msg, "[%s] the projector exits 0", mode);
     CHECK_INT(pt_catch_up(&T, proj, mode, &st), 0, msg);
-    CHECK_INT(st.parked, 2, "D's two events are parked");
+    CHECK_INT(st.parked, 3, "D's two events and F's are parked");
     CHECK_INT(st.applied, 11, "the 11 others are applied");
     snapshot(tag, b, sizeof b);
     snprintf(msg, sizeof msg,
@@ -128,20 +133,28 @@ static void scenario(const char *mode, const char *tag)
               msg);
     CHECK_STR(pt_text(&T, b, sizeof b,
                       "SELECT string_agg(aggregate_id || sequence, ' ' ORDER "
-                      "BY id) FROM evlua_parked WHERE projection = '%s'",
+                      "BY aggregate_id) FROM evlua_parked WHERE projection = "
+                      "'%s'",
                       proj),
-              "D1 D2", "only D is parked, both its events");
+              "D1 D2 F1", "only D (both its events) and F are parked");
     CHECK_HAS(pt_text(&T, b, sizeof b,
                       "SELECT error FROM evlua_parked WHERE projection = "
                       "'%s' AND sequence = 1",
                       proj),
               "23514", "the culprit row carries the constraint's SQLSTATE");
+    CHECK_HAS(pt_text(&T, b, sizeof b,
+                      "SELECT error FROM evlua_parked WHERE projection = "
+                      "'%s' AND aggregate_id = 'F'",
+                      proj),
+              "column \"nmae\" of relation",
+              "a column the catalog does not know: sent row by row, parked "
+              "with PostgreSQL's own error");
     CHECK_STR(pt_text(&T, b, sizeof b,
                       "SELECT string_agg(aggregate_id || '=' || sequence || "
                       "':' || parked, ' ' ORDER BY aggregate_id) FROM "
                       "evlua_checkpoints WHERE projection = '%s'",
                       proj),
-              "A=4:false B=2:false C=4:false D=0:true E=1:false",
+              "A=4:false B=2:false C=4:false D=0:true E=1:false F=0:true",
               "the checkpoints moved in the same transaction");
 
     /* many aggregates: a handful of statements, not one per event */
