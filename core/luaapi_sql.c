@@ -187,24 +187,41 @@ static size_t row_columns(lua_State *L, int idx, const char *fn,
     return n;
 }
 
-/* Build the statement: {sql, values...} with its meaning in the
- * metatable. cols[0..nkey) is the key. The row is at index 2. */
-static int push_stmt(lua_State *L, int op, const char **cols, size_t ncols,
-                     size_t nkey)
+/* The metatables of the shapes seen, cached (upvalue 1, shared by upsert
+ * and delete: key "op nkey \0 table \0 col \0 ..." -> metatable; [1] the
+ * count): a handler's shape comes again and again, and its SQL text and
+ * metatable need building once. Emptied past MAX_SHAPES. */
+#define MAX_SHAPES 256
+
+/* Push the metatable of the shape: __name, __metatable, table, nkey,
+ * columns, and sql (the single-row statement). The table name is at
+ * index 1. */
+static void push_meta(lua_State *L, int op, const char **cols, size_t ncols,
+                      size_t nkey)
 {
     const char *table = lua_tostring(L, 1);
+    luaL_Buffer kb;
+    char nk[24];
+    luaL_buffinit(L, &kb);
+    snprintf(nk, sizeof nk, "%c%zu", op == EVL_SQL_DELETE ? 'd' : 'u', nkey);
+    luaL_addlstring(&kb, nk, strlen(nk) + 1);
+    luaL_addlstring(&kb, table, strlen(table) + 1);
+    for (size_t i = 0; i < ncols; i++)
+        luaL_addlstring(&kb, cols[i], strlen(cols[i]) + 1);
+    luaL_pushresult(&kb);
+    int key = lua_gettop(L);
+    lua_pushvalue(L, key);
+    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TTABLE) {
+        lua_remove(L, key);
+        return;
+    }
+    lua_pop(L, 1);
     evl_buf b = {0};
     evl_luaapi_sql_row(&b, op, table, cols, ncols, nkey);
-    lua_createtable(L, (int)ncols + 1, 0);
-    int t = lua_gettop(L);
+    lua_createtable(L, 0, 7);
     lua_pushlstring(L, b.data, b.len);
     evl_buf_free(&b);
-    lua_rawseti(L, t, 1);
-    for (size_t i = 0; i < ncols; i++) {
-        lua_getfield(L, 2, cols[i]);
-        lua_rawseti(L, t, (lua_Integer)i + 2);
-    }
-    lua_createtable(L, 0, 6);
+    lua_setfield(L, -2, "sql");
     lua_pushstring(L, op == EVL_SQL_DELETE ? "evlua.delete" : "evlua.upsert");
     lua_setfield(L, -2, "__name");
     lua_pushboolean(L, 0); /* getmetatable() says false: not to be copied */
@@ -219,6 +236,38 @@ static int push_stmt(lua_State *L, int op, const char **cols, size_t ncols,
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "columns");
+    lua_rawgeti(L, lua_upvalueindex(1), 1);
+    lua_Integer n = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (n >= MAX_SHAPES) { /* shapes made up on the fly: start again */
+        lua_newtable(L);
+        lua_replace(L, lua_upvalueindex(1));
+        n = 0;
+    }
+    lua_pushinteger(L, n + 1);
+    lua_rawseti(L, lua_upvalueindex(1), 1);
+    lua_pushvalue(L, key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, lua_upvalueindex(1));
+    lua_remove(L, key);
+}
+
+/* Build the statement: {sql, values...} with its meaning in the
+ * metatable. cols[0..nkey) is the key. The row is at index 2. */
+static int push_stmt(lua_State *L, int op, const char **cols, size_t ncols,
+                     size_t nkey)
+{
+    push_meta(L, op, cols, ncols, nkey);
+    int mt = lua_gettop(L);
+    lua_createtable(L, (int)ncols + 1, 0);
+    int t = lua_gettop(L);
+    lua_getfield(L, mt, "sql");
+    lua_rawseti(L, t, 1);
+    for (size_t i = 0; i < ncols; i++) {
+        lua_getfield(L, 2, cols[i]);
+        lua_rawseti(L, t, (lua_Integer)i + 2);
+    }
+    lua_pushvalue(L, mt);
     lua_setmetatable(L, t);
     return 1;
 }
@@ -306,8 +355,10 @@ static int l_delete(lua_State *L)
 
 void evl_luaapi_sql_push(lua_State *L)
 {
-    lua_pushcfunction(L, l_upsert);
-    lua_setfield(L, -2, "upsert");
-    lua_pushcfunction(L, l_delete);
+    lua_newtable(L); /* the shapes' metatables, shared */
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, l_upsert, 1);
+    lua_setfield(L, -3, "upsert");
+    lua_pushcclosure(L, l_delete, 1);
     lua_setfield(L, -2, "delete");
 }

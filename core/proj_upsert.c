@@ -52,19 +52,10 @@
 
 static uint64_t shape_hash(const evl_luahost_stmt *st)
 {
-    evl_buf b = {0};
-    evl_buf_putc(&b, (char)('0' + st->op));
-    evl_buf_puts(&b, st->table);
-    evl_buf_putc(&b, '\0');
-    for (size_t i = 0; i < st->nparams; i++) {
-        evl_buf_puts(&b, st->columns[i]);
-        evl_buf_putc(&b, '\0');
-    }
-    char nk[24];
-    snprintf(nk, sizeof nk, "%zu", st->nkey);
-    evl_buf_puts(&b, nk);
-    uint64_t h = evl_hash(b.data, b.len);
-    evl_buf_free(&b);
+    uint64_t h = evl_hash_str(st->table) ^ (uint64_t)st->op << 56 ^
+                 (uint64_t)st->nkey << 48;
+    for (size_t i = 0; i < st->nparams; i++)
+        h = h * 1099511628211ULL ^ evl_hash_str(st->columns[i]);
     return h;
 }
 

@@ -38,6 +38,19 @@ describe("evlua.upsert", function()
     assert.are.equal("'); DROP TABLE t; --", st[3])
   end)
 
+  it("gives the same statement for a shape seen before, after many others", function()
+    local first = evlua.upsert("t", { id = 1, a = 2 }, { key = "id" })
+    for i = 1, 600 do -- more shapes than the cache keeps
+      local st = evlua.upsert("t", { id = i, ["c" .. i] = i }, { key = "id" })
+      assert.are.equal('INSERT INTO "t" ("id", "c' .. i .. '") VALUES ($1, $2) ON CONFLICT ("id") '
+        .. 'DO UPDATE SET "c' .. i .. '" = EXCLUDED."c' .. i .. '"', st[1])
+    end
+    local again = evlua.upsert("t", { id = 3, a = 4 }, { key = "id" })
+    assert.are.equal(first[1], again[1])
+    assert.are.same({ 3, 4 }, { again[2], again[3] })
+    assert.are.equal('DELETE FROM "t" WHERE "id" = $1', evlua.delete("t", { id = 1 })[1])
+  end)
+
   it("names what is wrong", function()
     local cases = {
       { function() evlua.upsert(1, { id = 1 }, { key = "id" }) end, "the table name is a number" },
