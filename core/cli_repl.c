@@ -286,6 +286,15 @@ static void print_statements(const evl_luahost_stmts *s, const char *proj,
         if (out)
             putc('\n', out);
         evl_buf_putc(sql, '\n');
+        if (out && st->op != EVL_SQL_PLAIN)
+            fprintf(out,
+                    "      (evlua.%s: the projector sends the rows of this "
+                    "table, columns and key in a batch as one %s)\n",
+                    st->op == EVL_SQL_DELETE ? "delete" : "upsert",
+                    st->op == EVL_SQL_DELETE
+                        ? "DELETE ... USING unnest($1::type[], ...)"
+                        : "INSERT ... SELECT * FROM unnest($1::type[], ...) "
+                          "ON CONFLICT ...");
     }
 }
 

@@ -257,6 +257,8 @@ void evl_luaapi_push(lua_State *L, const char *script)
 
     evl_json_push_null(L);
     lua_setfield(L, -2, "null");
+
+    evl_luaapi_sql_push(L);
 }
 
 int evl_luaapi_open(lua_State *L)

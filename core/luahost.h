@@ -383,6 +383,15 @@ typedef struct evl_luahost_stmt {
     size_t sql_len;
     const evl_luahost_param *params;
     size_t nparams;
+    /* what evlua.upsert / evlua.delete made (luaapi.h): op is
+     * EVL_SQL_UPSERT or EVL_SQL_DELETE, table the name as given, columns
+     * the nparams column names in parameter order, the first nkey the
+     * key; sql is the single-row form. A plain statement: op
+     * EVL_SQL_PLAIN (0), the rest NULL / 0. */
+    int op;
+    const char *table;
+    const char *const *columns;
+    size_t nkey;
 } evl_luahost_stmt;
 
 /* Owned by the caller; initialise with {0}; project overwrites it (reusing
@@ -394,6 +403,8 @@ typedef struct evl_luahost_stmts {
     evl_buf text;
     evl_luahost_param *params;
     size_t nparams, capparams, capstmts;
+    const char **names; /* columns of upserts and deletes */
+    size_t nnames, capnames;
 } evl_luahost_stmts;
 
 void evl_luahost_stmts_free(evl_luahost_stmts *s); /* accepts NULL */

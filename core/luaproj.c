@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "luaapi.h"
 #include "luahost_int.h"
 
 /* ---- project ---------------------------------------------------------- */
@@ -176,6 +177,7 @@ static int stmt_sql(op *o, lua_State *L, int idx, const char *what,
         s->stmts = evl_xrealloc(s->stmts, sizeof *s->stmts * s->capstmts);
     }
     stmt = &s->stmts[s->n++];
+    memset(stmt, 0, sizeof *stmt);
     stmt->sql = put_text(&s->text, sql, len);
     stmt->sql_len = len;
     stmt->params = (const evl_luahost_param *)(uintptr_t)s->nparams;
@@ -283,6 +285,54 @@ static int add_param(op *o, lua_State *L, const char *what, const char *label,
     }
 }
 
+/* The statement just added came from evlua.upsert or evlua.delete when
+ * the table at idx has their metatable (luaapi.h): record its meaning.
+ * Anything that does not hold together leaves it a plain statement. */
+static void add_meaning(evl_luahost_stmts *s, lua_State *L, int idx)
+{
+    evl_luahost_stmt *stmt = &s->stmts[s->n - 1];
+    int top = lua_gettop(L), kind;
+    if (!lua_getmetatable(L, idx))
+        return;
+    lua_getfield(L, -1, "__name");
+    const char *name = lua_tostring(L, -1);
+    if (name && strcmp(name, "evlua.upsert") == 0)
+        kind = EVL_SQL_UPSERT;
+    else if (name && strcmp(name, "evlua.delete") == 0)
+        kind = EVL_SQL_DELETE;
+    else
+        goto out;
+    lua_getfield(L, top + 1, "nkey");
+    lua_getfield(L, top + 1, "table");
+    lua_getfield(L, top + 1, "columns");
+    lua_Integer nkey = lua_isinteger(L, -3) ? lua_tointeger(L, -3) : 0;
+    if (nkey < 1 || (size_t)nkey > stmt->nparams ||
+        lua_type(L, -2) != LUA_TSTRING || !lua_istable(L, -1) ||
+        lua_rawlen(L, -1) != stmt->nparams)
+        goto out;
+    size_t base = s->nnames;
+    for (size_t i = 1; i <= stmt->nparams; i++) {
+        size_t len;
+        if (lua_rawgeti(L, -1, (lua_Integer)i) != LUA_TSTRING)
+            goto out;
+        const char *c = lua_tolstring(L, -1, &len);
+        if (s->nnames == s->capnames) {
+            s->capnames = s->capnames ? 2 * s->capnames : 16;
+            s->names = evl_xrealloc(s->names, sizeof *s->names * s->capnames);
+        }
+        s->names[s->nnames++] = put_text(&s->text, c, len);
+        lua_pop(L, 1);
+    }
+    size_t tlen;
+    const char *t = lua_tolstring(L, -2, &tlen);
+    stmt->table = put_text(&s->text, t, tlen);
+    stmt->columns = (const char *const *)(uintptr_t)base;
+    stmt->nkey = (size_t)nkey;
+    stmt->op = kind;
+out:
+    lua_settop(L, top);
+}
+
 /* Validate the statement table at idx and append it. label names it in
  * messages ("statement" or "statement 2"). */
 static int add_stmt(op *o, lua_State *L, int idx, const char *what,
@@ -298,6 +348,7 @@ static int add_stmt(op *o, lua_State *L, int idx, const char *what,
             return 0;
         lua_pop(L, 1);
     }
+    add_meaning(o->stmts, L, idx);
     return 1;
 }
 
@@ -307,9 +358,16 @@ static void fix_stmts(evl_luahost_stmts *s)
     for (size_t i = 0; i < s->nparams; i++)
         if (s->params[i].type != EVL_PARAM_NULL)
             s->params[i].text = FIX(s->text.data, s->params[i].text);
+    for (size_t i = 0; i < s->nnames; i++)
+        s->names[i] = FIX(s->text.data, s->names[i]);
     for (size_t i = 0; i < s->n; i++) {
-        s->stmts[i].sql = FIX(s->text.data, s->stmts[i].sql);
-        s->stmts[i].params = s->params + (uintptr_t)s->stmts[i].params;
+        evl_luahost_stmt *st = &s->stmts[i];
+        st->sql = FIX(s->text.data, st->sql);
+        st->params = s->params + (uintptr_t)st->params;
+        if (st->op != EVL_SQL_PLAIN) {
+            st->table = FIX(s->text.data, st->table);
+            st->columns = s->names + (uintptr_t)st->columns;
+        }
     }
 }
 
@@ -404,6 +462,7 @@ static void clear_stmts(evl_luahost_stmts *s)
 {
     s->n = 0;
     s->nparams = 0;
+    s->nnames = 0;
     s->text.len = 0;
 }
 
@@ -482,6 +541,7 @@ void evl_luahost_stmts_free(evl_luahost_stmts *s)
         return;
     free(s->stmts);
     free(s->params);
+    free(s->names);
     evl_buf_free(&s->text);
     memset(s, 0, sizeof *s);
 }

@@ -301,6 +301,7 @@ static void prepare_texts(projector *pj, batch *b, size_t lo, size_t hi,
                 evl_pg_pipe_prepare(pg, b->stmts[ev->stmt0 + s].sql);
         }
     }
+    proj_upsert_prepare(pj);
     evl_pg_pipe_prepare(pg, EVL_PG_ADVANCE_SQL);
     evl_pg_pipe_prepare(pg, EVL_PG_OFFSETS_SQL);
     if (parks)
@@ -327,6 +328,25 @@ static int send_group(projector *pj, batch *b, size_t gi, int *parks)
         }
     }
     return n;
+}
+
+typedef struct emit_ctx {
+    projector *pj;
+    batch *b;
+    int parks;
+} emit_ctx;
+
+/* proj_upsert_plan's sends go down the pipeline. */
+static void emit_pipe(void *ud, const char *sql, int n,
+                      const char *const *values, long tag)
+{
+    emit_ctx *c = ud;
+    if (!sql) {
+        send_park(c->pj, c->b, &c->b->evs[tag]);
+        c->parks++;
+        return;
+    }
+    evl_pg_pipe_send(c->pj->pg, sql, n, values, tag);
 }
 
 static int range_parks(const batch *b, size_t lo, size_t hi)
@@ -361,9 +381,9 @@ int proj_range_send(projector *pj, batch *b, size_t lo, size_t hi, int offs)
     evl_pg_pipe_prepare(pj->pg, "BEGIN");
     evl_pg_pipe_prepare(pj->pg, "COMMIT");
     evl_pg_pipe_send(pj->pg, "BEGIN", 0, NULL, TAG_BEGIN);
-    for (size_t gi = lo; gi < hi; gi++)
-        if (b->groups[gi].touched)
-            pj->stats.statements += send_group(pj, b, gi, &parks);
+    emit_ctx ec = {pj, b, 0};
+    pj->stats.statements += proj_upsert_plan(pj, b, lo, hi, emit_pipe, &ec);
+    parks += ec.parks;
     send_advance(pj, b, lo, hi);
     if (offs)
         send_offsets(pj, b);
@@ -441,6 +461,8 @@ evl_err proj_exec_batch(projector *pj, batch *b, char *err, size_t errlen,
                         : run_range(pj, b, lo, hi, offs, err, errlen);
         first = NOT_SENT;
         if (e == EVL_OK) {
+            if (b->percall) /* row by row passed: was the catalog stale? */
+                proj_upsert_forget(pj);
             proj_committed(pj, b, lo, hi);
             if (offs)
                 return EVL_OK;
@@ -454,9 +476,15 @@ evl_err proj_exec_batch(projector *pj, batch *b, char *err, size_t errlen,
             return evl_seterr(err, errlen, EVL_EFATAL,
                               "a transaction failed without an error: %s", err);
         const failure *f = &pj->fails[0];
+        if (f->tag == TAG_COALESCED) {
+            /* a row of a multi-row statement: row by row, to name it */
+            b->percall = 1;
+            continue;
+        }
         if (f->tag >= 0 && f->tag % 2 == 0) {
             pev *ev = &b->evs[b->stmts[f->tag / 2].ev];
             size_t g = (size_t)ev->group;
+            b->percall = 0; /* found: the rest goes coalesced again */
             mark_failure(pj, b, ev, f->msg);
             if (pj->iso == ISO_AGGREGATE && !pj->halt && ++b->nfail > 2 &&
                 g >= lo && g < hi)
@@ -530,6 +558,9 @@ evl_err proj_exec_per_aggregate(projector *pj, batch *b, char *err,
         }
         for (size_t k = 0; k < pj->nfails; k++) {
             const failure *f = &pj->fails[k];
+            if (f->tag == TAG_ADVANCE && f->cls == EVL_ETRANSIENT)
+                /* a checkpoint guessed wrong (or moved): read them again */
+                return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s", f->msg);
             if (f->tag >= 0 && f->tag % 2 == 0)
                 mark_failure(pj, b, &b->evs[b->stmts[f->tag / 2].ev], f->msg);
             else if (f->tag == EVL_PG_TAG_SYNC && f->seg >= 0) {

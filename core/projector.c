@@ -483,6 +483,7 @@ static void keep_stmts(projector *pj, batch *b, pev *ev)
         ps->values = proj_arena_alloc(&b->attempt_ar,
                                       sizeof(char *) * (st->nparams + 1));
         ps->ev = (int)(ev - b->evs);
+        ps->shape = proj_upsert_shape(pj, st);
         for (size_t k = 0; k < st->nparams; k++) {
             const evl_luahost_param *pa = &st->params[k];
             ps->values[k] =
@@ -509,6 +510,7 @@ static void decide(projector *pj, batch *b)
 {
     char err[EVL_ERRLEN];
     b->nstmts = 0;
+    b->percall = 0;
     for (size_t gi = 0; gi < b->ngroups; gi++) {
         pgroup *g = &b->groups[gi];
         const ckpt *c = proj_ckmap_get(&pj->cache, g->key, g->klen, g->hash);
@@ -667,6 +669,7 @@ static evl_err attempt_sync(projector *pj, batch *b, char *err, size_t errlen)
     if (e != EVL_OK)
         return e;
     decide(pj, b);
+    proj_upsert_resolve(pj);
     if (pj->iso == ISO_AGGREGATE_TX)
         return proj_exec_per_aggregate(pj, b, err, errlen);
     return proj_exec_batch(pj, b, err, errlen, NOT_SENT);
@@ -786,6 +789,7 @@ static enum settle_rc process(projector *pj, batch *b)
             goto out;
         }
     }
+    proj_upsert_resolve(pj); /* new shapes: the connection is idle now */
     e = evl_pg_pipe_begin(pj->pg, err, sizeof err);
     if (e != EVL_OK) {
         r = resolve(pj, b, e, err);
@@ -973,6 +977,7 @@ static void teardown(projector *pj)
     evl_pg_close(pj->pg);
     evl_luahost_free(pj->host);
     evl_luahost_stmts_free(&pj->lstmts);
+    proj_upsert_free(pj);
     evl_projector_topics_free(&pj->topics);
     evl_projector_topics_free(&pj->missing);
     proj_ckmap_clear(&pj->cache);

@@ -10,6 +10,8 @@
  *   proj_read.c     messages -> events and aggregate groups; checkpoints
  *                   read from the database
  *   proj_sql.c      events -> pipelined SQL, and what a failure blames
+ *   proj_upsert.c   evlua.upsert / evlua.delete rows coalesced into
+ *                   multi-row statements
  *   proj_kafka.c    the consumer: topics, creation, rebalances
  *   proj_metrics.c  metrics and readiness
  *   proj_reset.c    evl_projector_reset_db / evl_projector_reset_group
@@ -26,7 +28,10 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "buf.h"
 #include "kafka.h"
+#include "luaapi.h"
+#include "luahost.h"
 #include "metrics.h"
 #include "projector.h"
 
@@ -98,6 +103,9 @@ enum settle_rc {
 #define TAG_ADVANCE (-3L)
 #define TAG_OFFSETS (-4L)
 #define TAG_COMMIT  (-5L)
+/* a multi-row statement of coalesced upserts or deletes: a failure sends
+ * the batch again row by row to find the culprit (proj_upsert.c) */
+#define TAG_COALESCED (-6L)
 
 typedef struct part {
     char *topic;
@@ -142,7 +150,23 @@ typedef struct pstmt {
     int nparams;
     const char **values;
     int ev;
+    int shape; /* an upsert or delete: its index in pj->shapes; else -1 */
 } pstmt;
+
+/* The shape of an upsert or a delete: what one multi-row statement
+ * covers. Looked up in the catalog once (state), kept for the
+ * projector's life (forgotten when a multi-row statement fails). */
+typedef struct ushape {
+    int op; /* EVL_SQL_UPSERT or EVL_SQL_DELETE */
+    char *table;
+    char **cols;
+    int ncols, nkey;
+    uint64_t hash;
+    int state; /* 0: not looked up; 1: coalesced (sql set); -1: sent row
+                  by row (no such table or column, an array column: the
+                  single-row statement says what is wrong) */
+    char *sql; /* the multi-row statement, $k typed arrays */
+} ushape;
 
 typedef struct failure {
     long seg, tag;
@@ -169,6 +193,7 @@ typedef struct batch {
     pstmt *stmts;
     size_t nstmts, capstmts;
     arena attempt_ar;
+    int percall;        /* the next attempt sends upserts row by row */
     double t_collected; /* for evlua_projection_batch_seconds */
     size_t bytes;       /* message bytes (values and keys) collected */
 } batch;
@@ -213,6 +238,9 @@ typedef struct projector {
                                 callback did; else SETTLED */
     int guess_off; /* batches to go before guessing new aggregates again */
     evl_luahost_stmts lstmts;
+    ushape *shapes; /* proj_upsert.c */
+    size_t nshapes, capshapes;
+    struct upsend *us; /* proj_upsert.c's scratch for sending */
     failure *fails;
     size_t nfails, capfails;
 
@@ -300,6 +328,35 @@ evl_err proj_exec_batch(projector *pj, batch *b, char *err, size_t errlen,
                         evl_err first);
 evl_err proj_exec_per_aggregate(projector *pj, batch *b, char *err,
                                 size_t errlen);
+
+/* ---- proj_upsert.c ------------------------------------------------------- */
+
+/* The shape index of st (an upsert or delete) in pj->shapes, added when
+ * new; -1 for a plain statement. */
+int proj_upsert_shape(projector *pj, const evl_luahost_stmt *st);
+/* Look the shapes not yet looked up in the catalog (one query each; only
+ * when the connection is idle, outside a pipeline). A failed lookup
+ * leaves the shape to be sent row by row this time. */
+void proj_upsert_resolve(projector *pj);
+/* Prepare the multi-row statements (before the pipeline's first send). */
+void proj_upsert_prepare(projector *pj);
+/* A multi-row statement failed: look every shape up again. */
+void proj_upsert_forget(projector *pj);
+void proj_upsert_free(projector *pj);
+
+/* The work of the touched groups in [lo, hi) in sending order, handed to
+ * emit: statements (upserts and deletes of a shape coalesced into its
+ * multi-row statement, tag TAG_COALESCED, unless b->percall) and parked
+ * events (sql NULL, tag the event's index). The order of each
+ * aggregate's statements holds (see the top of proj_upsert.c). Returns
+ * the statements emitted. */
+typedef void (*proj_upsert_emit)(void *ud, const char *sql, int n,
+                                 const char *const *values, long tag);
+int proj_upsert_plan(projector *pj, batch *b, size_t lo, size_t hi,
+                     proj_upsert_emit emit, void *ud);
+/* The multi-row statement of shape s with column types types (format_type
+ * text, without []) into out (reset first, NUL-terminated). */
+void proj_upsert_sql(evl_buf *out, const ushape *s, const char *const *types);
 
 /* ---- proj_kafka.c -------------------------------------------------------- */
 

@@ -1,4 +1,12 @@
--- The customers read model: one row per customer.
+-- The customers read model: one row per customer. Each handler names the
+-- columns of the customer's row that its event changes (evlua.upsert):
+-- the projector sends every such row of a batch as one multi-row statement.
+local function customer(e, columns)
+  columns.id = e.aggregate_id
+  columns.updated_at = e.occurred_at
+  return evlua.upsert("customers", columns, { key = "id" })
+end
+
 return {
   name = "customer_profile",
   schema = [[
@@ -12,24 +20,16 @@ return {
   reset = "TRUNCATE customers",
   on = {
     CustomerRegistered = function(e)
-      return { [[INSERT INTO customers (id, name, email, updated_at)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE
-                 SET name = EXCLUDED.name, email = EXCLUDED.email,
-                     updated_at = EXCLUDED.updated_at]],
-               e.aggregate_id, e.data.name, e.data.email, e.occurred_at }
+      return customer(e, { name = e.data.name, email = e.data.email })
     end,
     CustomerNameChanged = function(e)
-      return { [[UPDATE customers SET name = $2, updated_at = $3 WHERE id = $1]],
-               e.aggregate_id, e.data.newName, e.occurred_at }
+      return customer(e, { name = e.data.newName })
     end,
     CustomerAddressChanged = function(e)
-      return { [[UPDATE customers SET address = $2, updated_at = $3 WHERE id = $1]],
-               e.aggregate_id, e.data.newAddress, e.occurred_at }
+      return customer(e, { address = e.data.newAddress })
     end,
     CustomerEmailChanged = function(e)
-      return { [[UPDATE customers SET email = $2, updated_at = $3 WHERE id = $1]],
-               e.aggregate_id, e.data.newEmail, e.occurred_at }
+      return customer(e, { email = e.data.newEmail })
     end,
   },
 }

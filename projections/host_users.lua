@@ -12,19 +12,15 @@ return {
   reset = "TRUNCATE hosts, host_users",
   on = {
     HostCreated = function(e)
-      return { "INSERT INTO hosts (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
-               e.aggregate_id, e.data.name }
+      return evlua.upsert("hosts", { id = e.aggregate_id, name = e.data.name }, { key = "id" })
     end,
     UserAddedToHost = function(e)
-      return { [[INSERT INTO host_users (host_id, user_id, email, role)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (host_id, user_id) DO UPDATE
-                 SET email = EXCLUDED.email, role = EXCLUDED.role]],
-               e.aggregate_id, e.data.userId, e.data.email, e.data.role }
+      return evlua.upsert("host_users",
+        { host_id = e.aggregate_id, user_id = e.data.userId, email = e.data.email, role = e.data.role },
+        { key = { "host_id", "user_id" } })
     end,
     UserRemovedFromHost = function(e)
-      return { "DELETE FROM host_users WHERE host_id = $1 AND user_id = $2",
-               e.aggregate_id, e.data.userId }
+      return evlua.delete("host_users", { host_id = e.aggregate_id, user_id = e.data.userId })
     end,
   },
 }

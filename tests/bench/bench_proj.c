@@ -4,7 +4,12 @@
  *
  *   ceiling  the same upserts pipelined from C with a prepared statement,
  *            one transaction per 500 (no Kafka, no Lua, no checkpoints):
- *            what PostgreSQL can take here;
+ *            what PostgreSQL can take here, one statement per event;
+ *   ceiling, 2 connections  the same split by key over two connections
+ *            at once (evlua's default two projector threads);
+ *   multi-row ceiling  one INSERT ... SELECT * FROM unnest($1::text[],
+ *            ...) ON CONFLICT per 500 events, one transaction each: what
+ *            coalesced upserts can reach;
  *   seed     the seed's literal consumer (event-design-notes.md): poll,
  *            group by aggregate, one DB transaction per aggregate with
  *            one round trip per statement, then a synchronous offset
@@ -15,7 +20,13 @@
  *            that many consumers in the group and connections, so
  *            PostgreSQL works on that many transactions at once); then
  *            the default mode with 1 and with 4 threads (one per
- *            partition).
+ *            partition);
+ *   evlua upserts  the same projection written with evlua.upsert (rows
+ *            coalesced into one multi-row statement per shape and
+ *            transaction), default mode, 2 and 1 threads.
+ *
+ * Under the table: the ratios the targets are about (upserts against the
+ * multi-row ceiling, plain SQL against the two-connection ceiling).
  *
  * Each run starts from an empty schema and reads the same topic of
  * EVENTS events (default 100,000) over KEYS aggregates (default 1,000 and
@@ -67,6 +78,26 @@ static const char script[] =
     "    end,\n"
     "  },\n"
     "}\n";
+
+static const char script_up[] =
+    "return {\n"
+    "  name = 'bench_up',\n"
+    "  schema = [[CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY "
+    "KEY,\n"
+    "    v bigint NOT NULL, name text NOT NULL)]],\n"
+    "  reset = 'TRUNCATE bench_items',\n"
+    "  on = {\n"
+    "    Upserted = function(e)\n"
+    "      return evlua.upsert('bench_items', { id = e.aggregate_id, v = "
+    "e.data.v, name = e.data.name }, { key = 'id' })\n"
+    "    end,\n"
+    "  },\n"
+    "}\n";
+
+#define UNNEST                                                                 \
+    "INSERT INTO bench_items (id, v, name) SELECT * FROM "                     \
+    "unnest($1::text[], $2::bigint[], $3::text[]) ON CONFLICT (id) DO UPDATE " \
+    "SET v = EXCLUDED.v, name = EXCLUDED.name"
 
 #define UPSERT                                                                 \
     "INSERT INTO bench_items (id, v, name) VALUES ($1, $2, $3) ON CONFLICT "   \
@@ -122,8 +153,9 @@ static double self_cpu_s(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-/* EVLUA_BENCH_ONLY=shape,...: run only these shapes (ceiling, seed,
- * aggregate, batch, aggregate-tx, aggregate/1, aggregate/4),
+/* EVLUA_BENCH_ONLY=shape,...: run only these shapes (ceiling, ceiling/2,
+ * unnest, seed, aggregate, batch, aggregate-tx, aggregate/1, aggregate/4,
+ * upserts, upserts/1),
  * e.g. to profile one of them. EVLUA_BENCH_EVLUA_BATCH=N sets evlua's
  * projection.batch_size (default 500, as the references use). */
 static int wanted(const char *shape)
@@ -165,21 +197,30 @@ static void produce(const char *topic, int keys)
 /* ---- the raw PostgreSQL ceiling --------------------------------------------
  */
 
-static double run_ceiling(int keys)
+/* The events of connection `conn` of `nconn` (split by key), BATCH per
+ * transaction, pipelined and prepared; its seconds. */
+typedef struct ceiling_arg {
+    int keys, conn, nconn;
+    PGconn *c;
+} ceiling_arg;
+
+static void *ceiling_conn(void *arg)
 {
-    PGconn *c = PQconnectdb(T.dbinfo);
-    if (PQstatus(c) != CONNECTION_OK)
-        th_die("ceiling: %s", PQerrorMessage(c));
-    PQclear(PQexec(c, TABLE));
-    PQclear(PQprepare(c, "up", UPSERT, 0, NULL));
-    double t0 = th_now();
-    for (long i = 0; i < nevents; i += BATCH) {
-        long end = i + BATCH < nevents ? i + BATCH : nevents;
+    ceiling_arg *a = arg;
+    PGconn *c = a->c;
+    long *mine = malloc(sizeof *mine * (size_t)nevents);
+    long n = 0;
+    for (long k = 0; k < nevents; k++)
+        if ((k % a->keys) % a->nconn == a->conn)
+            mine[n++] = k;
+    for (long i = 0; i < n; i += BATCH) {
+        long end = i + BATCH < n ? i + BATCH : n;
         PQenterPipelineMode(c);
         PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
-        for (long k = i; k < end; k++) {
+        for (long j = i; j < end; j++) {
+            long k = mine[j];
             char id[32], v[24], name[32];
-            snprintf(id, sizeof id, "k%06ld", k % keys);
+            snprintf(id, sizeof id, "k%06ld", k % a->keys);
             snprintf(v, sizeof v, "%ld", k);
             snprintf(name, sizeof name, "name-%ld", k);
             const char *vals[3] = {id, v, name};
@@ -198,7 +239,85 @@ static double run_ceiling(int keys)
         PQclear(r);
         PQexitPipelineMode(c);
     }
+    free(mine);
+    return NULL;
+}
+
+/* The ceiling over nconn connections at once (keys split between them,
+ * so they never wait for each other's row locks). */
+static double run_ceiling_n(int keys, int nconn)
+{
+    ceiling_arg a[2];
+    pthread_t th[2];
+    for (int j = 0; j < nconn; j++) {
+        a[j] = (ceiling_arg){keys, j, nconn, PQconnectdb(T.dbinfo)};
+        if (PQstatus(a[j].c) != CONNECTION_OK)
+            th_die("ceiling: %s", PQerrorMessage(a[j].c));
+        PQclear(PQexec(a[j].c, TABLE));
+        PQclear(PQprepare(a[j].c, "up", UPSERT, 0, NULL));
+    }
+    double t0 = th_now();
+    for (int j = 0; j < nconn; j++)
+        pthread_create(&th[j], NULL, ceiling_conn, &a[j]);
+    for (int j = 0; j < nconn; j++)
+        pthread_join(th[j], NULL);
     double s = th_now() - t0;
+    for (int j = 0; j < nconn; j++)
+        PQfinish(a[j].c);
+    return s;
+}
+
+/* One multi-row statement (unnest of three arrays) per BATCH events, a
+ * transaction each: what coalesced upserts can reach. The BATCH events
+ * of a statement have distinct keys when keys >= BATCH (else a batch is
+ * cut where a key comes again). */
+static double run_unnest(int keys)
+{
+    PGconn *c = PQconnectdb(T.dbinfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        th_die("unnest: %s", PQerrorMessage(c));
+    PQclear(PQexec(c, TABLE));
+    PQclear(PQprepare(c, "un", UNNEST, 0, NULL));
+    evl_buf a[3] = {{0}, {0}, {0}};
+    int span = keys < BATCH ? keys : BATCH;
+    double t0 = th_now();
+    for (long i = 0; i < nevents; i += span) {
+        long end = i + span < nevents ? i + span : nevents;
+        for (int x = 0; x < 3; x++)
+            a[x].len = 0;
+        for (long k = i; k < end; k++) {
+            char id[32], v[24], name[32];
+            snprintf(id, sizeof id, "k%06ld", k % keys);
+            snprintf(v, sizeof v, "%ld", k);
+            snprintf(name, sizeof name, "name-%ld", k);
+            evl_pg_array_add(&a[0], id, strlen(id), k == i);
+            evl_pg_array_add(&a[1], v, strlen(v), k == i);
+            evl_pg_array_add(&a[2], name, strlen(name), k == i);
+        }
+        for (int x = 0; x < 3; x++) {
+            evl_buf_putc(&a[x], '}');
+            evl_buf_putc(&a[x], '\0');
+        }
+        const char *vals[3] = {a[0].data, a[1].data, a[2].data};
+        PQenterPipelineMode(c);
+        PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+        PQsendQueryPrepared(c, "un", 3, vals, NULL, NULL, 0);
+        PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+        PQpipelineSync(c);
+        for (long k = 0; k < 3; k++) {
+            PGresult *r = PQgetResult(c);
+            if (PQresultStatus(r) != PGRES_COMMAND_OK)
+                th_die("unnest: %s", PQresultErrorMessage(r));
+            PQclear(r);
+            PQclear(PQgetResult(c)); /* NULL */
+        }
+        PGresult *r = PQgetResult(c); /* the sync */
+        PQclear(r);
+        PQexitPipelineMode(c);
+    }
+    double s = th_now() - t0;
+    for (int x = 0; x < 3; x++)
+        evl_buf_free(&a[x]);
     PQfinish(c);
     return s;
 }
@@ -349,9 +468,9 @@ static void rss_halves(const rss_probe *r, double seconds, long *first,
  * time: the projector process and the PostgreSQL server */
 static double cpu_evlua, cpu_pg;
 
-static double run_evlua_here(const char *topic, const char *mode, int threads,
-                             long *rss_first, long *rss_second,
-                             long long *applied)
+static double run_evlua_here(const char *topic, const char *proj,
+                             const char *mode, int threads, long *rss_first,
+                             long *rss_second, long long *applied)
 {
     char extra[512], pdir[700];
     snprintf(pdir, sizeof pdir, "%s/projections", T.dir);
@@ -379,7 +498,7 @@ static double run_evlua_here(const char *topic, const char *mode, int threads,
     o.progress = probe;
     o.ud = &r;
     double c0 = self_cpu_s(), p0 = postgres_cpu_s();
-    if (evl_projector_run_opts(&cfg, host, "bench", &o) != 0)
+    if (evl_projector_run_opts(&cfg, host, proj, &o) != 0)
         th_die("evlua %s: the projector failed", mode);
     if (st.seconds > 0) {
         usleep(100000); /* the postmaster reaps the closed backends */
@@ -400,7 +519,7 @@ typedef struct evlua_result {
 } evlua_result;
 
 typedef struct evlua_run {
-    const char *topic, *mode;
+    const char *topic, *proj, *mode;
     int threads;
 } evlua_run;
 
@@ -409,18 +528,19 @@ static void evlua_child(void *arg, void *out)
 {
     const evlua_run *run = arg;
     evlua_result *r = out;
-    r->seconds = run_evlua_here(run->topic, run->mode, run->threads,
+    r->seconds = run_evlua_here(run->topic, run->proj, run->mode, run->threads,
                                 &r->rss_first, &r->rss_second, &r->applied);
     r->cpu_evlua = cpu_evlua;
     r->cpu_pg = cpu_pg;
 }
 
 /* run_evlua_here in a child process, so that its RSS is its own */
-static double run_evlua(const char *topic, const char *mode, int threads,
-                        long *rss_first, long *rss_second, long long *applied)
+static double run_evlua(const char *topic, const char *proj, const char *mode,
+                        int threads, long *rss_first, long *rss_second,
+                        long long *applied)
 {
     evlua_result r = {0, 0, 0, 0, 0, 0};
-    evlua_run run = {topic, mode, threads};
+    evlua_run run = {topic, proj, mode, threads};
     char what[64];
     ++run_no; /* a fresh consumer group for every run */
     snprintf(what, sizeof what, "evlua %s", mode);
@@ -455,6 +575,7 @@ static void row(int keys, const char *shape, double eps, double seed,
 int main(int argc, char **argv)
 {
     int keys[8] = {1000, 50000}, nkeys = 2;
+    static char ratios[8][256];
     if (argc > 1)
         nevents = atol(argv[1]);
     if (argc > 2) {
@@ -472,6 +593,8 @@ int main(int argc, char **argv)
     char path[800];
     snprintf(path, sizeof path, "%s/projections/bench.lua", T.dir);
     th_write_file(path, script);
+    snprintf(path, sizeof path, "%s/projections/bench_up.lua", T.dir);
+    th_write_file(path, script_up);
     pt_producer(&T);
     char fsync_[64];
     pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");
@@ -485,17 +608,32 @@ int main(int argc, char **argv)
 
     /* the isolation modes with the default two projector threads, then
      * the default mode with 1 and with 4 threads (projection.threads; 4 =
-     * one per partition here) */
-    enum { NMODES = 5, NSHAPES = NMODES + 2 };
+     * one per partition here), then the projection with evlua.upsert */
+    enum { NREFS = 4, NMODES = 7, NSHAPES = NREFS + NMODES };
+    static const char *const refs[NREFS] = {"ceiling", "ceiling/2", "unnest",
+                                            "seed"};
+    static const char *const ref_names[NREFS] = {
+        "raw PostgreSQL ceiling (C, pipelined, prepared)",
+        "ceiling, 2 connections at once",
+        "multi-row ceiling (one unnest upsert per 500)",
+        "seed's literal consumer (txn per aggregate)"};
     static const char *const modes[NMODES] = {
-        "aggregate", "batch", "aggregate-tx", "aggregate", "aggregate"};
-    static const int threads[NMODES] = {2, 2, 2, 1, 4};
+        "aggregate", "batch",     "aggregate-tx", "aggregate",
+        "aggregate", "aggregate", "aggregate"};
+    static const int threads[NMODES] = {2, 2, 2, 1, 4, 2, 1};
+    static const char *const projs[NMODES] = {
+        "bench", "bench", "bench", "bench", "bench", "bench_up", "bench_up"};
     static const char *const only[NMODES] = {
-        "aggregate", "batch", "aggregate-tx", "aggregate/1", "aggregate/4"};
+        "aggregate",   "batch",   "aggregate-tx", "aggregate/1",
+        "aggregate/4", "upserts", "upserts/1"};
     static const char *const names[NMODES] = {
-        "evlua isolation=aggregate (default)", "evlua isolation=batch",
-        "evlua isolation=aggregate-tx", "evlua aggregate, threads=1",
-        "evlua aggregate, threads=4"};
+        "evlua isolation=aggregate (default)",
+        "evlua isolation=batch",
+        "evlua isolation=aggregate-tx",
+        "evlua aggregate, threads=1",
+        "evlua aggregate, threads=4",
+        "evlua upserts (evlua.upsert)",
+        "evlua upserts, threads=1"};
     int ok = 1;
     for (int k = 0; k < nkeys; k++) {
         char topic[160];
@@ -503,31 +641,35 @@ int main(int argc, char **argv)
         produce(topic, keys[k]);
         double eps[NSHAPES][MAXREP], cpu[NSHAPES][MAXREP][2];
         long rfirst[NSHAPES][MAXREP], rsecond[NSHAPES][MAXREP];
+        memset(eps, 0, sizeof eps);
+        memset(cpu, 0, sizeof cpu);
+        memset(rfirst, 0, sizeof rfirst);
+        memset(rsecond, 0, sizeof rsecond);
         for (int rep = 0; rep < repeat; rep++) {
-            for (int x = 0; x < 2; x++) {
-                eps[x][rep] = 0;
-                cpu[x][rep][0] = cpu[x][rep][1] = 0;
-                if (!wanted(x == 0 ? "ceiling" : "seed"))
+            for (int x = 0; x < NREFS; x++) {
+                if (!wanted(refs[x]))
                     continue;
                 fresh_schema();
                 double c0 = self_cpu_s(), p0 = postgres_cpu_s();
-                double s = x == 0 ? run_ceiling(keys[k]) : run_seed(topic);
+                double s = x == 0   ? run_ceiling_n(keys[k], 1)
+                           : x == 1 ? run_ceiling_n(keys[k], 2)
+                           : x == 2 ? run_unnest(keys[k])
+                                    : run_seed(topic);
                 eps[x][rep] = (double)nevents / s;
                 cpu[x][rep][0] = (self_cpu_s() - c0) / s;
                 cpu[x][rep][1] = (postgres_cpu_s() - p0) / s;
             }
             for (int m = 0; m < NMODES; m++) {
                 long long applied = 0;
-                eps[m + 2][rep] = 0;
                 if (!wanted(only[m]))
                     continue;
                 fresh_schema();
-                double s =
-                    run_evlua(topic, modes[m], threads[m], &rfirst[m + 2][rep],
-                              &rsecond[m + 2][rep], &applied);
-                eps[m + 2][rep] = (double)nevents / s;
-                cpu[m + 2][rep][0] = cpu_evlua;
-                cpu[m + 2][rep][1] = cpu_pg;
+                double s = run_evlua(topic, projs[m], modes[m], threads[m],
+                                     &rfirst[NREFS + m][rep],
+                                     &rsecond[NREFS + m][rep], &applied);
+                eps[NREFS + m][rep] = (double)nevents / s;
+                cpu[NREFS + m][rep][0] = cpu_evlua;
+                cpu[NREFS + m][rep][1] = cpu_pg;
                 if (applied != nevents) {
                     fprintf(stderr, "FAIL: %s applied %lld of %ld events\n",
                             only[m], applied, nevents);
@@ -539,24 +681,50 @@ int main(int argc, char **argv)
                     fprintf(stderr, "FAIL: %s left %lld rows\n", only[m], rows);
                     ok = 0;
                 }
+                /* the last event of every key won */
+                long long last = pt_long(
+                    &T,
+                    "SELECT count(*) FROM %s.bench_items WHERE v + %d >= %ld",
+                    T.name, keys[k], nevents);
+                if (last != rows) {
+                    fprintf(stderr,
+                            "FAIL: %s: %lld of %lld rows hold their key's "
+                            "last event\n",
+                            only[m], last, rows);
+                    ok = 0;
+                }
             }
         }
         int mid[NSHAPES];
         for (int x = 0; x < NSHAPES; x++)
             mid[x] = median(eps[x], repeat);
-        double ceiling = eps[0][mid[0]], seed = eps[1][mid[1]];
-        if (wanted("ceiling"))
-            row(keys[k], "raw PostgreSQL ceiling (C, pipelined, prepared)",
-                ceiling, 0, 0, cpu[0][mid[0]], 0, 0);
-        if (wanted("seed"))
-            row(keys[k], "seed's literal consumer (txn per aggregate)", seed,
-                seed, ceiling, cpu[1][mid[1]], 0, 0);
+        double ceiling = eps[0][mid[0]], seed = eps[3][mid[3]];
+        for (int x = 0; x < NREFS; x++)
+            if (wanted(refs[x]))
+                row(keys[k], ref_names[x], eps[x][mid[x]], x == 3 ? seed : 0,
+                    x == 0 ? 0 : ceiling, cpu[x][mid[x]], 0, 0);
         for (int m = 0; m < NMODES; m++)
             if (wanted(only[m]))
-                row(keys[k], names[m], eps[m + 2][mid[m + 2]], seed, ceiling,
-                    cpu[m + 2][mid[m + 2]], rfirst[m + 2][mid[m + 2]],
-                    rsecond[m + 2][mid[m + 2]]);
+                row(keys[k], names[m], eps[NREFS + m][mid[NREFS + m]], seed,
+                    ceiling, cpu[NREFS + m][mid[NREFS + m]],
+                    rfirst[NREFS + m][mid[NREFS + m]],
+                    rsecond[NREFS + m][mid[NREFS + m]]);
+        double c2 = eps[1][mid[1]], un = eps[2][mid[2]];
+        double agg = eps[NREFS][mid[NREFS]],
+               up = eps[NREFS + 5][mid[NREFS + 5]],
+               up1 = eps[NREFS + 6][mid[NREFS + 6]];
+        if (un > 0 && up > 0)
+            snprintf(ratios[k], sizeof ratios[k],
+                     "keys %d: upserts / multi-row ceiling %.2fx (threads=1: "
+                     "%.2fx); plain SQL (aggregate) / 2-connection ceiling "
+                     "%.2fx; upserts / plain SQL %.2fx",
+                     keys[k], up / un, up1 / un, c2 > 0 ? agg / c2 : 0,
+                     agg > 0 ? up / agg : 0);
     }
+    printf("\n");
+    for (int k = 0; k < nkeys; k++)
+        if (ratios[k][0])
+            printf("%s\n", ratios[k]);
     printf("\ncommand: scripts/bench-proj %ld", nevents);
     for (int k = 0; k < nkeys; k++)
         printf(" %d", keys[k]);

@@ -35,6 +35,24 @@ describe("against PostgreSQL", function()
                         address = "1 Main St" } }, rows)
   end)
 
+  it("host_users adds, changes and removes users (evlua.upsert, evlua.delete)", function()
+    db = app.projection("host_users").against_postgres(conninfo())
+    local function hev(type_, data, seq)
+      return { type = type_, aggregate_type = "host", aggregate_id = "h1", data = data,
+               sequence = seq }
+    end
+    db.apply{
+      hev("HostCreated", { name = "Harbour" }, 1),
+      hev("UserAddedToHost", { userId = "u1", email = "a@x.io", role = "admin" }, 2),
+      hev("UserAddedToHost", { userId = "u2", email = "b@x.io", role = "member" }, 3),
+      hev("UserAddedToHost", { userId = "u1", email = "a@y.io", role = "owner" }, 4),
+      hev("UserRemovedFromHost", { userId = "u2" }, 5),
+    }
+    assert.are.same({ { host_id = "h1", user_id = "u1", email = "a@y.io", role = "owner" } },
+      db.query("SELECT host_id, user_id, email, role FROM host_users"))
+    assert.are.same({ { id = "h1", name = "Harbour" } }, db.query("SELECT id, name FROM hosts"))
+  end)
+
   it("stores hostile strings and odd Unicode verbatim", function()
     db = app.projection("customer_profile").against_postgres(conninfo())
     local name = "Robert'); DROP TABLE customers; -- 𝓡ö\u{200B}b"
