@@ -598,14 +598,10 @@ static void load_projection(op *o, lua_State *L, int t)
     memset(p, 0, sizeof *p);
     p->name = evl_xstrdup(name);
     p->script = evl_xstrdup(o->script);
-    {
-        unsigned long long v = 0xcbf29ce484222325ULL;
-        for (size_t i = 0; o->file && i < o->file->len; i++) {
-            v ^= (unsigned char)o->file->text[i];
-            v *= 0x100000001b3ULL;
-        }
-        snprintf(p->hash, sizeof p->hash, "%016llx", v);
-    }
+    snprintf(p->hash, sizeof p->hash, "%016llx",
+             (unsigned long long)(o->file
+                                      ? evl_hash(o->file->text, o->file->len)
+                                      : evl_hash("", 0)));
     p->schema = schema;
     p->nschema = nschema;
     p->events = events;
