@@ -450,7 +450,8 @@ static void plan_setup(plan *p)
     }
     /* a fresh start: nothing of any earlier epoch counts */
     memset(u->keys, 0, sizeof *u->keys * u->kcap);
-    memset(u->gepoch, 0, sizeof *u->gepoch * u->gcap);
+    if (u->gcap) /* none yet when no batch had groups (NULL) */
+        memset(u->gepoch, 0, sizeof *u->gepoch * u->gcap);
     u->epoch = 1;
     u->nb = 0;
 }
