@@ -140,8 +140,28 @@ void gw_answer(gw_req *r, int status, const char *body, size_t len,
 }
 
 /* Set e's outcome and answer everyone waiting for it. gw->mu held. */
+/* Answer r 202 (its wait is over; the outcome will be at its Location)
+ * and stop its wait. With gw->mu held. */
+static void answer_pending(evl_gateway *gw, gw_req *r)
+{
+    evl_buf b = {0};
+    char loc[300];
+    snprintf(loc, sizeof loc, "/v1/commands/%s", r->entry->id);
+    evl_buf_puts(&b, "{\"command_id\":");
+    evl_envelope_put_string(&b, r->entry->id, strlen(r->entry->id));
+    evl_buf_puts(&b, ",\"status\":\"pending\"}");
+    gw_unwait(gw, r);
+    gw_answer(r, 202, b.data, b.len, loc);
+    evl_buf_free(&b);
+}
+
+/* The outcome of e is known: keep it and answer its waiters, but a
+ * waiter whose wait is already over (?timeout_ms=0 above all) gets its
+ * 202 as if the outcome had come a moment later: what a client sees does
+ * not depend on which of the two the thread noticed first. */
 static void resolve(evl_gateway *gw, gw_entry *e, int status, evl_buf *body)
 {
+    long long now = evl_now_ms();
     e->done = 1;
     e->status = status;
     e->len = body->len;
@@ -149,6 +169,10 @@ static void resolve(evl_gateway *gw, gw_entry *e, int status, evl_buf *body)
     memcpy(e->body, body->data, body->len);
     while (e->waiters) {
         gw_req *r = e->waiters;
+        if (r->deadline_ms <= now) {
+            answer_pending(gw, r);
+            continue;
+        }
         gw_unwait(gw, r);
         gw_answer(r, status, e->body, e->len, NULL);
     }
@@ -379,15 +403,7 @@ static void expire(evl_gateway *gw)
         next = r->tnext;
         if (r->deadline_ms > now)
             continue;
-        evl_buf b = {0};
-        char loc[300];
-        snprintf(loc, sizeof loc, "/v1/commands/%s", r->entry->id);
-        evl_buf_puts(&b, "{\"command_id\":");
-        evl_envelope_put_string(&b, r->entry->id, strlen(r->entry->id));
-        evl_buf_puts(&b, ",\"status\":\"pending\"}");
-        gw_unwait(gw, r);
-        gw_answer(r, 202, b.data, b.len, loc);
-        evl_buf_free(&b);
+        answer_pending(gw, r);
     }
     pthread_mutex_unlock(&gw->mu);
 }
