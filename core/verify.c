@@ -545,6 +545,19 @@ static int complete(const vf_agg *a, long long n)
     return 1;
 }
 
+/* Count an aggregate whose state the new scripts could not fold or
+ * compare, and show it while there is room. */
+static void state_failed(evl_verify_counts *c, const evl_verify_opts *o,
+                         evl_verify_report *r, evl_verify_diff *d, char *err)
+{
+    c->st_failed++;
+    if (r->shown_state++ < o->show) {
+        d->kind = "failed";
+        d->detail = err;
+        vf_report_add(r, d);
+    }
+}
+
 static void state_aggregate(evl_luahost *host, lua_State *L, const char *type,
                             const vf_hist *h, const vf_agg *a,
                             const evl_verify_opts *o, evl_verify_report *r,
@@ -562,12 +575,7 @@ static void state_aggregate(evl_luahost *host, lua_State *L, const char *type,
     out->len = 0;
     if (vf_fold(host, type, h, a, 0, (size_t)a->snap_version, NULL, 0, out, err,
                 sizeof err) != EVL_OK) {
-        c->st_failed++;
-        if (r->shown_state++ < o->show) {
-            d.kind = "failed";
-            d.detail = err;
-            vf_report_add(r, &d);
-        }
+        state_failed(c, o, r, &d, err);
         return;
     }
     if (out->len == a->slen && memcmp(out->data, snap, a->slen) == 0) {
@@ -577,12 +585,7 @@ static void state_aggregate(evl_luahost *host, lua_State *L, const char *type,
     vf_diff df = {0};
     if (vf_diff_json(L, snap, a->slen, out->data, out->len, 20, &df, err,
                      sizeof err) != EVL_OK) {
-        c->st_failed++;
-        if (r->shown_state++ < o->show) {
-            d.kind = "failed";
-            d.detail = err;
-            vf_report_add(r, &d);
-        }
+        state_failed(c, o, r, &d, err);
         return;
     }
     if (df.total == 0) {
