@@ -13,6 +13,10 @@
  *       bookkeeping trade places with the live ones in one transaction,
  *       and the live tables are pinned to the script that built them
  *       (evlua_pins, checked by the projector at start and reload).
+ *       Running projectors follow: the swap raises the projection's epoch
+ *       (evlua_fences) under an advisory lock their transactions take
+ *       shared, so each fails its next transaction and takes up the new
+ *       tables (projector.c follow_swap).
  *
  * The projector itself is the one `evlua run` uses (projector.h, with
  * opts.schema and opts.group), so the shadow is built exactly as the live
@@ -100,11 +104,14 @@ static const char swap_usage[] =
     "and pinned script version trade places with the shadow's. Readers\n"
     "wait for the commit and then see the new tables; none sees a missing\n"
     "or half-built one. The live version is kept in the shadow schema:\n"
-    "--back swaps it in again. Both consumer groups are deleted first, so\n"
-    "this is refused while projectors of NAME or its shadow run (stop\n"
-    "them); start `evlua run` with the swapped-in script afterwards: it\n"
-    "goes on from the swapped-in offsets, and a projector with another\n"
-    "version of the script refuses to start (the pin).\n"
+    "--back swaps it in again. Refused while the shadow rebuild runs.\n"
+    "Projectors of NAME may run: the swap waits for their transactions in\n"
+    "progress, and their next one fails at a fence, writing nothing; each\n"
+    "then loads its scripts from disk again and goes on from the\n"
+    "swapped-in offsets once the projection's script there is the version\n"
+    "the swapped-in tables are pinned to (until then it waits, not ready).\n"
+    "Deploy the new script first (no SIGHUP needed) or right after. A\n"
+    "projector started with another version refuses to start (the pin).\n"
     "\n"
     "  -c, --config FILE   config file (see docs/config.md)\n"
     "  --back              swap the version swapped out last back in\n"
@@ -688,6 +695,30 @@ static evl_err swap_tx(evl_pg *pg, const args *a, const char *schema,
     if ((e = evl_pg_exec(pg, "SET LOCAL lock_timeout = '30s'", err, errlen)) !=
         EVL_OK)
         return e;
+    /* first, before any table lock: wait for the projectors' transactions
+     * in progress, hold off new ones, and move the epoch, so each running
+     * projector's next transaction fails at its fence and it takes up the
+     * swapped-in tables */
+    if ((e = evl_pg_query(pg, EVL_PG_SWAP_LOCK_SQL, 1, v, NULL, err, errlen)) !=
+        EVL_OK)
+        return e;
+    if ((e = evl_pg_query(pg,
+                          "INSERT INTO evlua_fences (projection, epoch) "
+                          "VALUES ($1, 1) ON CONFLICT (projection) DO UPDATE "
+                          "SET epoch = evlua_fences.epoch + 1",
+                          1, v, NULL, err, errlen)) != EVL_OK)
+        return e;
+    /* tables never swapped have no pin: pin them to the version their
+     * projectors last loaded, so a projector of any other version refuses
+     * them if they are ever swapped back */
+    if ((e = evl_pg_query(
+             pg,
+             "INSERT INTO evlua_pins (projection, script_hash, script) "
+             "SELECT projection, script_hash, script FROM evlua_fences WHERE "
+             "projection = $1 AND script_hash IS NOT NULL ON CONFLICT "
+             "(projection) DO NOTHING",
+             1, v, NULL, err, errlen)) != EVL_OK)
+        return e;
     snprintf(sql, sizeof sql,
              "DROP SCHEMA IF EXISTS evlua_swap_%d CASCADE; CREATE SCHEMA "
              "evlua_swap_%d",
@@ -818,26 +849,27 @@ static int swap(const args *a, evl_config *cfg, const char *schema)
     PQclear(res);
     res = NULL;
 
-    /* no projector of either side may be running: their groups go */
-    for (int side = 0; side < 2; side++) {
-        evl_projector_group(cfg, a->name, group, sizeof group - 8);
-        if (side)
-            strcat(group, ".shadow");
-        evl_err e = evl_projector_reset_group(cfg, group, err, sizeof err);
-        if (e == EVL_EPERMANENT) {
-            fprintf(stderr,
-                    "evlua projection swap: %s of %s is running (consumer "
-                    "group %s has active members): stop it first\n",
-                    side ? "a shadow rebuild" : "a projector", a->name, group);
-            rc = EVL_EXIT_FAILURE;
-            goto out;
-        }
-        if (e != EVL_OK) {
-            rc = db_fail("swap", err);
-            goto out;
-        }
+    /* the shadow's group goes (the swapped-out version reads from the
+     * database offsets if it is ever swapped back); a shadow rebuild still
+     * running is refused here too */
+    evl_projector_group(cfg, a->name, group, sizeof group - 8);
+    strcat(group, ".shadow");
+    evl_err e = evl_projector_reset_group(cfg, group, err, sizeof err);
+    if (e == EVL_EPERMANENT) {
+        fprintf(stderr,
+                "evlua projection swap: a shadow rebuild of %s is running "
+                "(consumer group %s has active members): stop it first\n",
+                a->name, group);
+        rc = EVL_EXIT_FAILURE;
+        goto out;
     }
-    evl_err e = evl_pg_exec(pg, "BEGIN", err, sizeof err);
+    if (e == EVL_OK) /* evlua_fences and evlua_fence, when still missing */
+        e = evl_pg_create_tables(pg, err, sizeof err);
+    if (e != EVL_OK) {
+        rc = db_fail("swap", err);
+        goto out;
+    }
+    e = evl_pg_exec(pg, "BEGIN", err, sizeof err);
     if (e == EVL_OK)
         e = swap_tx(pg, a, schema, &ntables, err, sizeof err);
     if (e == EVL_OK)

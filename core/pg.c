@@ -554,6 +554,36 @@ static const char tables_sql[] =
     "  script_hash text NOT NULL,\n"
     "  script text NOT NULL,\n"
     "  pinned_at timestamptz NOT NULL DEFAULT now());\n"
+    /* one row per projection: `projection swap` raises the epoch; a
+     * projector's every transaction starts with evlua_fence */
+    "CREATE TABLE IF NOT EXISTS evlua_fences (\n"
+    "  projection text PRIMARY KEY,\n"
+    "  epoch bigint NOT NULL DEFAULT 0,\n"
+    /* the script version a projector last loaded: what a swap pins the
+     * tables it moves aside to, when they have no pin yet */
+    "  script_hash text,\n"
+    "  script text);\n"
+    /* The swap holds the exclusive lock of this key for its transaction;
+     * a projector's transaction takes it shared, then reads the epoch
+     * with a snapshot taken after the lock (a volatile function: each
+     * statement its own snapshot), so it either commits before the swap
+     * starts or sees the swap's epoch and fails: nothing written by the
+     * old script lands in the tables swapped in. */
+    "CREATE OR REPLACE FUNCTION evlua_fence(p text, e bigint)\n"
+    "RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$\n"
+    "DECLARE\n"
+    "  cur bigint;\n"
+    "BEGIN\n"
+    "  PERFORM pg_advisory_xact_lock_shared(\n"
+    "    hashtextextended('evlua fence ' || p, 0));\n"
+    "  SELECT epoch INTO cur FROM evlua_fences WHERE projection = p;\n"
+    "  IF coalesce(cur, 0) <> e THEN\n"
+    "    RAISE EXCEPTION 'evlua: projection % was swapped (epoch % -> %): "
+    "the projector follows the swap', p, e, coalesce(cur, 0)\n"
+    "      USING ERRCODE = 'EV001';\n"
+    "  END IF;\n"
+    "  RETURN e;\n"
+    "END $fn$;\n"
     /* Checkpoints are optimistic locks: every row moves from the value
      * this instance read to its new value, or the transaction fails with
      * 40001 and is retried on fresh values. */

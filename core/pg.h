@@ -132,11 +132,14 @@ evl_err evl_pg_query_result(evl_pg *pg, const char *sql, int nparams,
  *   evlua_parked      (id, projection, aggregate_type, aggregate_id,
  *                      sequence, event_type, topic, partition, offset,
  *                      event, error, parked_at)
+ *   evlua_pins        (projection, script_hash, script, pinned_at)
+ *   evlua_fences      (projection, epoch, script_hash, script)
  *   evlua_advance_checkpoints(...) - see EVL_PG_ADVANCE_SQL;
  *   evlua_load_checkpoints(p, types, ids) - see
  *                                     EVL_PG_LOAD_CHECKPOINTS_SQL;
  *   evlua_checkpoint_conflict(p, n) - raises the 40001 of a moved
- *                                     checkpoint.
+ *                                     checkpoint;
+ *   evlua_fence(p, epoch)           - see EVL_PG_FENCE_SQL.
  */
 evl_err evl_pg_create_tables(evl_pg *pg, char *err, size_t errlen);
 
@@ -175,6 +178,35 @@ evl_err evl_pg_exec_locked(evl_pg *pg, const char *sql, char *err,
     "SELECT CASE WHEN (SELECT count(*) FROM u) + (SELECT count(*) FROM i) = "  \
     "1 "                                                                       \
     "THEN 0 ELSE evlua_checkpoint_conflict($1, 1) END"
+
+/* $1 projection, $2 the epoch the projector read (0: no row): the first
+ * statement of every transaction a projector writes. Fails with SQLSTATE
+ * EV001 once `projection swap` has moved the tables since (evlua_fence,
+ * EVL_PG_EPOCH_SQL). */
+#define EVL_PG_FENCE_SQL "SELECT evlua_fence($1, $2::bigint)"
+
+/* $1 projection: the swap epoch (0 when never swapped) and the pinned
+ * script version (NULLs when none), read together. */
+#define EVL_PG_EPOCH_SQL                                                       \
+    "SELECT coalesce((SELECT epoch FROM evlua_fences WHERE projection = "      \
+    "$1), 0), p.script_hash, p.script FROM (SELECT 1) x LEFT JOIN "            \
+    "evlua_pins p ON p.projection = $1"
+
+/* $1 projection, $2 script hash, $3 script file: the version a
+ * projector loaded (at start, reload and after a swap), leaving the
+ * epoch alone. */
+#define EVL_PG_VERSION_SQL                                                     \
+    "INSERT INTO evlua_fences (projection, script_hash, script) VALUES ($1, "  \
+    "$2, $3) ON CONFLICT (projection) DO UPDATE SET script_hash = "            \
+    "EXCLUDED.script_hash, script = EXCLUDED.script WHERE "                    \
+    "evlua_fences.script_hash IS DISTINCT FROM EXCLUDED.script_hash"
+
+/* The swap's side: taken first in its transaction, it waits for the
+ * projectors' transactions in progress and holds off new ones. $1
+ * projection. */
+#define EVL_PG_SWAP_LOCK_SQL                                                   \
+    "SELECT pg_advisory_xact_lock(hashtextextended('evlua fence ' || $1, "     \
+    "0))"
 
 /* $1 projection, $2 text[] topics, $3 integer[] partitions, $4 bigint[]
  * next offsets; an offset never moves back. */

@@ -174,6 +174,9 @@ static void describe_parts(const rd_kafka_topic_partition_list_t *ps,
     }
 }
 
+static int assign_at_db(projector *pj, rd_kafka_t *rk,
+                        rd_kafka_topic_partition_list_t *ps);
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *ps, void *opaque)
 {
@@ -198,6 +201,38 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 "partitions", desc, THREAD_FIELD(pj), NULL);
         return;
     }
+    assign_at_db(pj, rk, ps);
+}
+
+/* Read every assigned partition again from evlua_offsets, as a new
+ * assignment of the same partitions would (after `projection swap`
+ * replaced the offsets). Partitions halted before are resumed: the new
+ * scripts get their chance. Returns 0 when a stop request cut it short. */
+int proj_reassign(projector *pj)
+{
+    rd_kafka_topic_partition_list_t *ps = NULL;
+    if (!pj->assigned)
+        return 1; /* the next assignment reads them anyway */
+    rd_kafka_resp_err_t e = rd_kafka_assignment(pj->rk, &ps);
+    if (e) {
+        evl_log(EVL_LOG_ERROR, "cannot read the consumer's assignment",
+                "projection", pj->name, "error", rd_kafka_err2str(e), NULL);
+        return 1;
+    }
+    proj_parts_clear(pj);
+    int ok = assign_at_db(pj, pj->rk, ps);
+    if (ok)
+        rd_kafka_resume_partitions(pj->rk, ps);
+    rd_kafka_topic_partition_list_destroy(ps);
+    return ok;
+}
+
+/* Assign ps at the offsets evlua_offsets holds for them. Returns 0 when
+ * a stop request cut the reading short (ps is then assigned paused). */
+static int assign_at_db(projector *pj, rd_kafka_t *rk,
+                        rd_kafka_topic_partition_list_t *ps)
+{
+    char desc[1024];
     int ok = offsets_from_db(pj, ps);
     rd_kafka_assign(rk, ps);
     pj->assigned = 1;
@@ -237,6 +272,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (!ok) /* stopping: read nothing more */
         rd_kafka_pause_partitions(rk, ps);
     proj_report_ready(pj);
+    return ok;
 }
 
 /* The group.instance.id of this thread's consumer, "" for none: derived

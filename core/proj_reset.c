@@ -1,7 +1,8 @@
 /*
  * proj_reset.c - `evlua projection reset`: empty a projection's tables
  * (its reset handler), checkpoints, offsets and parked events in one
- * transaction, and delete its consumer group. One-shot, outside any
+ * transaction (a pin a swap left moves to the script resetting), and
+ * delete its consumer group. One-shot, outside any
  * running projector.
  */
 #include "projector_int.h"
@@ -49,6 +50,14 @@ evl_err evl_projector_reset_db(evl_pg *pg, evl_luahost *host,
         "DELETE FROM evlua_parked WHERE projection = $1"};
     for (size_t i = 0; e == EVL_OK && i < 3; i++)
         e = evl_pg_query(pg, deletes[i], 1, vals, NULL, err, errlen);
+    /* tables pinned by a swap are rebuilt by this script now: the pin
+     * moves to it, or the rebuild would be refused with them emptied */
+    const char *pin[3] = {projection, p->hash, p->script};
+    if (e == EVL_OK)
+        e = evl_pg_query(pg,
+                         "UPDATE evlua_pins SET script_hash = $2, script = "
+                         "$3, pinned_at = now() WHERE projection = $1",
+                         3, pin, NULL, err, errlen);
     if (e == EVL_OK)
         e = evl_pg_exec(pg, "COMMIT", err, errlen);
     else if (evl_pg_ok(pg)) {

@@ -138,6 +138,8 @@ static void on_failure(void *ud, const evl_pg_failure *f)
     failure *x = &pj->fails[pj->nfails++];
     x->seg = f->seg;
     x->tag = f->tag;
+    if (f->tag == TAG_FENCE)
+        pj->fenced = 1;
     x->cls = f->cls;
     if (*f->sqlstate)
         snprintf(x->msg, sizeof x->msg, "%s [%s]", f->msg, f->sqlstate);
@@ -184,6 +186,14 @@ static void send_park(projector *pj, batch *b, pev *ev)
                             ev->error ? ev->error : "parked"};
     evl_pg_pipe_send(pj->pg, EVL_PG_PARK_SQL, 10, vals,
                      2L * (long)(ev - b->evs) + 1);
+}
+
+/* The first statement of every transaction: fails once the tables were
+ * swapped since this projector read its epoch (pg.h EVL_PG_FENCE_SQL). */
+static void send_fence(projector *pj)
+{
+    const char *vals[2] = {pj->name, pj->epoch};
+    evl_pg_pipe_send(pj->pg, EVL_PG_FENCE_SQL, 2, vals, TAG_FENCE);
 }
 
 /* One statement moving the checkpoint of group gi alone. */
@@ -302,6 +312,7 @@ static void prepare_texts(projector *pj, batch *b, size_t lo, size_t hi,
         }
     }
     proj_upsert_prepare(pj);
+    evl_pg_pipe_prepare(pg, EVL_PG_FENCE_SQL);
     evl_pg_pipe_prepare(pg, EVL_PG_ADVANCE_SQL);
     evl_pg_pipe_prepare(pg, EVL_PG_OFFSETS_SQL);
     if (parks)
@@ -381,6 +392,7 @@ int proj_range_send(projector *pj, batch *b, size_t lo, size_t hi, int offs)
     evl_pg_pipe_prepare(pj->pg, "BEGIN");
     evl_pg_pipe_prepare(pj->pg, "COMMIT");
     evl_pg_pipe_send(pj->pg, "BEGIN", 0, NULL, TAG_BEGIN);
+    send_fence(pj);
     emit_ctx ec = {pj, b, 0};
     pj->stats.statements += proj_upsert_plan(pj, b, lo, hi, emit_pipe, &ec);
     parks += ec.parks;
@@ -440,10 +452,23 @@ void proj_committed(projector *pj, batch *b, size_t lo, size_t hi)
 static evl_err bookkeeping_failed(const failure *f, char *err, size_t errlen)
 {
     const char *what = f->tag == TAG_BEGIN     ? "BEGIN"
+                       : f->tag == TAG_FENCE   ? "the swap fence"
                        : f->tag == TAG_ADVANCE ? "the checkpoint update"
                        : f->tag == TAG_OFFSETS ? "the evlua_offsets upsert"
                                                : "parking an event";
     return evl_seterr(err, errlen, EVL_EFATAL, "%s failed: %s", what, f->msg);
+}
+
+/* A transaction stopped at the fence: nothing of it was written. The
+ * caller gives the batch up (resolve returns FENCED). */
+static evl_err swapped(projector *pj, char *err, size_t errlen)
+{
+    for (size_t k = 0; k < pj->nfails; k++)
+        if (pj->fails[k].tag == TAG_FENCE)
+            return evl_seterr(err, errlen, EVL_ETRANSIENT, "%s",
+                              pj->fails[k].msg);
+    return evl_seterr(err, errlen, EVL_ETRANSIENT,
+                      "the projection's tables were swapped");
 }
 
 /* Modes aggregate and batch: one transaction per batch; see
@@ -460,6 +485,8 @@ evl_err proj_exec_batch(projector *pj, batch *b, char *err, size_t errlen,
                         ? first
                         : run_range(pj, b, lo, hi, offs, err, errlen);
         first = NOT_SENT;
+        if (e != EVL_OK && pj->fenced)
+            return swapped(pj, err, errlen);
         if (e == EVL_OK) {
             if (b->percall) /* row by row passed: was the catalog stale? */
                 proj_upsert_forget(pj);
@@ -536,12 +563,15 @@ evl_err proj_exec_per_aggregate(projector *pj, batch *b, char *err,
             if (!g->touched || g->done)
                 continue;
             int parks = 0;
+            send_fence(pj);
             pj->stats.statements += send_group(pj, b, gi, &parks);
             send_advance_one(pj, b, gi);
             evl_pg_pipe_sync(pj->pg, (long)gi);
         }
         pj->nfails = 0;
         e = evl_pg_pipe_end(pj->pg, on_failure, pj, err, errlen);
+        if (pj->fenced)
+            return swapped(pj, err, errlen);
         if (e == EVL_ETRANSIENT)
             return e; /* the retry reads the checkpoints again */
         /* every segment that did not fail has committed */
@@ -575,11 +605,15 @@ evl_err proj_exec_per_aggregate(projector *pj, batch *b, char *err,
     evl_err e = evl_pg_pipe_begin(pj->pg, err, errlen);
     if (e != EVL_OK)
         return e;
+    evl_pg_pipe_prepare(pj->pg, EVL_PG_FENCE_SQL);
     evl_pg_pipe_prepare(pj->pg, EVL_PG_OFFSETS_SQL);
+    send_fence(pj);
     send_offsets(pj, b);
     evl_pg_pipe_sync(pj->pg, -1);
     pj->nfails = 0;
     e = evl_pg_pipe_end(pj->pg, on_failure, pj, err, errlen);
+    if (pj->fenced)
+        return swapped(pj, err, errlen);
     if (e == EVL_EPERMANENT && pj->nfails > 0)
         return bookkeeping_failed(&pj->fails[0], err, errlen);
     return e;

@@ -207,33 +207,50 @@ static evl_err load_settings(projector *pj, const evl_luahost *proto)
  * `projection swap` pins the swapped-in tables to the script that built
  * them (evlua_pins); any other version would write them with other
  * rules. EVL_OK when no pin or the same version, EVL_EPERMANENT with the
- * reason in err when another, else the database's class. */
+ * reason in err when another, else the database's class. The swap epoch
+ * read with the pin goes to epoch (when not NULL): read before the
+ * offsets and checkpoints, it fences every write made on them (pg.h
+ * EVL_PG_FENCE_SQL). */
 static evl_err check_pin(projector *pj, const evl_luahost_projection *p,
-                         char *err, size_t errlen)
+                         char *epoch, char *err, size_t errlen)
 {
     PGresult *res = NULL;
     const char *v[1] = {pj->name};
-    evl_err e = evl_pg_query(
-        pj->pg,
-        "SELECT script_hash, script FROM evlua_pins WHERE projection = $1", 1,
-        v, &res, err, errlen);
+    evl_err e = evl_pg_query(pj->pg, EVL_PG_EPOCH_SQL, 1, v, &res, err, errlen);
     if (e != EVL_OK)
         return e;
-    if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), p->hash) != 0)
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return evl_seterr(err, errlen, EVL_ETRANSIENT,
+                          "the swap epoch query returned no row");
+    }
+    if (epoch)
+        snprintf(epoch, sizeof pj->epoch, "%s", PQgetvalue(res, 0, 0));
+    if (!PQgetisnull(res, 0, 1) && strcmp(PQgetvalue(res, 0, 1), p->hash) != 0)
         e = evl_seterr(err, errlen, EVL_EPERMANENT,
                        "the tables of projection %s were swapped in for its "
                        "script version %s (%s, `evlua projection swap`); "
                        "%s is version %s: deploy the swapped script, or "
                        "swap back with `evlua projection swap %s --back`",
-                       pj->name, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                       pj->name, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
                        p->script, p->hash, pj->name);
     PQclear(res);
     return e;
 }
 
+/* Record the version p as the one this projection's tables are written
+ * by now (evlua_fences): a swap pins the tables it moves aside to it. */
+static evl_err note_version(projector *pj, const evl_luahost_projection *p,
+                            char *err, size_t errlen)
+{
+    const char *v[3] = {pj->name, p->hash, p->script};
+    return evl_pg_query(pj->pg, EVL_PG_VERSION_SQL, 3, v, NULL, err, errlen);
+}
+
 static evl_err do_pin(projector *pj, char *err, size_t errlen)
 {
-    return check_pin(pj, pj->proj, err, errlen);
+    evl_err e = check_pin(pj, pj->proj, pj->epoch, err, errlen);
+    return e == EVL_OK ? note_version(pj, pj->proj, err, errlen) : e;
 }
 
 /* The connection, evlua's tables and the projection's schema, each
@@ -684,12 +701,16 @@ static evl_err attempt_sync(projector *pj, batch *b, char *err, size_t errlen)
 static enum settle_rc resolve(projector *pj, batch *b, evl_err e, char *err)
 {
     for (int attempt = 0;; attempt++) {
+        if (pj->fenced)
+            return FENCED; /* nothing of b was written */
         if (e == EVL_EPERMANENT)
             e = proj_exec_batch(pj, b, err, EVL_ERRLEN, EVL_EPERMANENT);
         if (e == EVL_OK) {
             finish_batch(pj, b);
             return SETTLED;
         }
+        if (pj->fenced)
+            return FENCED;
         if (e != EVL_ETRANSIENT) {
             evl_log(EVL_LOG_ERROR, "projector failed", "projection", pj->name,
                     "error", err, NULL);
@@ -760,7 +781,7 @@ static enum settle_rc process(projector *pj, batch *b)
     if (pj->inflight &&
         (pj->iso == ISO_AGGREGATE_TX || proj_needs_load(pj, b))) {
         r = proj_settle(pj); /* the checkpoints must be read after it */
-        if (r == STOPPING || r == FAILED)
+        if (r == STOPPING || r == FAILED || r == FENCED)
             goto out;
     }
     if (pj->iso == ISO_AGGREGATE_TX) {
@@ -782,7 +803,7 @@ static enum settle_rc process(projector *pj, batch *b)
     decide(pj, b); /* while the batch in flight runs */
     if (pj->inflight) {
         r = proj_settle(pj);
-        if (r == STOPPING || r == FAILED)
+        if (r == STOPPING || r == FAILED || r == FENCED)
             goto out;
         if (r == REDECIDE) { /* decided on values that did not hold */
             r = resolve(pj, b, attempt_sync(pj, b, err, sizeof err), err);
@@ -826,6 +847,8 @@ static void maybe_reload(projector *pj)
         pj->abort_rc = r;
         return;
     }
+    if (r == FENCED) /* follow_swap reloads, from the new tables' view */
+        return;
     char err[EVL_ERRLEN];
     evl_luahost *nh = NULL;
     if (evl_luahost_reload(pj->host, &nh, NULL, err, sizeof err) != EVL_OK) {
@@ -846,8 +869,8 @@ static void maybe_reload(projector *pj)
         evl_err e = EVL_OK;
         if (!evl_pg_ok(pj->pg))
             e = evl_pg_reconnect(pj->pg, err, sizeof err);
-        if (e == EVL_OK)
-            e = check_pin(pj, np, err, sizeof err);
+        if (e == EVL_OK) /* the epoch stays: only follow_swap moves it */
+            e = check_pin(pj, np, NULL, err, sizeof err);
         if (e != EVL_OK) {
             evl_log(EVL_LOG_ERROR,
                     "cannot check the new script against the tables' pinned "
@@ -880,6 +903,11 @@ static void maybe_reload(projector *pj)
     pj->proj = np;
     evl_log(EVL_LOG_INFO, "projection reloaded", "projection", pj->name,
             "scripts", evl_luahost_hash(nh), THREAD_FIELD(pj), NULL);
+    if (note_version(pj, np, err, sizeof err) != EVL_OK)
+        evl_log(EVL_LOG_WARN,
+                "cannot record the projection's script version (a swap "
+                "would pin the tables it moves aside to the one before)",
+                "projection", pj->name, "error", err, NULL);
 
     /* halted partitions get another chance with the new scripts */
     for (int p = 0; p < pj->nparts; p++) {
@@ -906,6 +934,103 @@ static void maybe_reload(projector *pj)
         pt->halt_error = NULL;
     }
     proj_report_ready(pj);
+}
+
+/* ---- following a swap ---------------------------------------------------- */
+
+/* One try at taking up the swapped-in tables: scripts loaded again from
+ * disk, the projection's script checked against the tables' pin (the
+ * epoch read with it, before anything else is read), its schema run,
+ * then the new scripts replace the loaded ones. EVL_EPERMANENT when the
+ * script on disk is not the pinned version (err says which it is). */
+static evl_err take_up_swap(projector *pj, char *err, size_t errlen)
+{
+    evl_luahost *nh = NULL;
+    char epoch[sizeof pj->epoch];
+    /* a new connection: its prepared statements were planned for the
+     * tables moved aside */
+    evl_err e = evl_pg_reconnect(pj->pg, err, errlen);
+    if (e != EVL_OK)
+        return e;
+    if (evl_luahost_reload(pj->host, &nh, NULL, err, errlen) != EVL_OK)
+        return EVL_EPERMANENT;
+    const evl_luahost_projection *np = evl_luahost_projection_get(nh, pj->name);
+    if (!np)
+        e = evl_seterr(err, errlen, EVL_EPERMANENT,
+                       "the scripts on disk have no projection %s", pj->name);
+    if (e == EVL_OK)
+        e = check_pin(pj, np, epoch, err, errlen);
+    for (size_t i = 0; e == EVL_OK && i < np->nschema; i++)
+        e = evl_pg_exec_locked(pj->pg, np->schema[i], err, errlen);
+    if (e == EVL_OK)
+        e = note_version(pj, np, err, errlen);
+    if (e != EVL_OK) {
+        evl_luahost_free(nh);
+        return e;
+    }
+    if (strcmp(np->hash, pj->proj->hash) != 0)
+        evl_metrics_scripts(pj->component, "applied",
+                            evl_luahost_hash(pj->host), evl_luahost_hash(nh));
+    evl_luahost_free(pj->host);
+    pj->host = nh;
+    pj->proj = np;
+    snprintf(pj->epoch, sizeof pj->epoch, "%s", epoch);
+    return EVL_OK;
+}
+
+/* A transaction stopped at the fence: `evlua projection swap` traded the
+ * tables, checkpoints, offsets and pin since this projector read them,
+ * and nothing of its batches in progress was written. Take up the new
+ * tables (waiting, not ready, while the script on disk is not the
+ * version they are pinned to), then read every assigned partition again
+ * from the new offsets with an empty checkpoint cache. Returns SETTLED,
+ * or STOPPING when a stop request came while waiting. */
+static enum settle_rc follow_swap(projector *pj)
+{
+    char err[EVL_ERRLEN];
+    double logged = 0;
+    evl_log(EVL_LOG_WARN,
+            "projection swapped (evlua projection swap): following it with "
+            "the scripts on disk",
+            "projection", pj->name, THREAD_FIELD(pj), NULL);
+    evl_metrics_ready(pj->component, 0, "following a projection swap");
+    for (int attempt = 0;; attempt++) {
+        evl_err e = take_up_swap(pj, err, sizeof err);
+        if (e == EVL_OK)
+            break;
+        double t = proj_now_s();
+        if (e == EVL_EPERMANENT && t - logged >= 30) {
+            logged = t;
+            evl_log(EVL_LOG_ERROR,
+                    "projection swapped, and the script on disk is not the "
+                    "version its tables were built by: waiting (not ready) "
+                    "for it to be deployed",
+                    "projection", pj->name, "error", err, THREAD_FIELD(pj),
+                    NULL);
+            evl_metrics_ready(pj->component, 0,
+                              "projection swapped: waiting for the script "
+                              "version its tables were built by");
+        } else if (e != EVL_EPERMANENT)
+            proj_log_retry(pj, "cannot take up the swapped tables; retrying",
+                           err, attempt, proj_backoff_ms(attempt));
+        if (proj_nap(e == EVL_EPERMANENT ? 1000 : proj_backoff_ms(attempt)))
+            return STOPPING;
+    }
+    pj->fenced = 0;
+    proj_upsert_forget(pj); /* shapes read from the old tables' catalog */
+    proj_ckmap_clear(&pj->cache);
+    pj->guess_off = 1000;
+    if (!proj_reassign(pj))
+        return STOPPING;
+    pj->parked_dirty = 1;
+    proj_count_parked(pj);
+    evl_log(EVL_LOG_INFO,
+            "projection follows the swap: the swapped-in tables from their "
+            "own offsets",
+            "projection", pj->name, "script", pj->proj->script, "version",
+            pj->proj->hash, "epoch", pj->epoch, THREAD_FIELD(pj), NULL);
+    proj_report_ready(pj);
+    return SETTLED;
 }
 
 /* ---- progress ------------------------------------------------------------ */
@@ -1022,6 +1147,11 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
 
     enum settle_rc how = SETTLED;
     while (!evl_lifecycle_stopping()) {
+        if (pj->fenced) {
+            how = follow_swap(pj);
+            if (how == STOPPING)
+                break;
+        }
         maybe_reload(pj);
         if (proj_check_missing(pj) != 0) {
             how = FAILED;

@@ -94,7 +94,9 @@ enum settle_rc {
     REDECIDE, /* committed only after trouble: a batch decided meanwhile
                  must be decided again (the cache it used was dropped) */
     STOPPING, /* a stop request left it uncommitted */
-    FAILED    /* a runtime failure (logged) */
+    FAILED,   /* a runtime failure (logged) */
+    FENCED    /* uncommitted: `projection swap` moved the tables since the
+                 scripts were loaded (pj->fenced; see follow_swap) */
 };
 
 /* Statement tags in a pipeline: statement i is 2i, the park insert of
@@ -106,6 +108,8 @@ enum settle_rc {
 /* a multi-row statement of coalesced upserts or deletes: a failure sends
  * the batch again row by row to find the culprit (proj_upsert.c) */
 #define TAG_COALESCED (-6L)
+/* evlua_fence, first in every transaction (EVL_PG_FENCE_SQL) */
+#define TAG_FENCE (-7L)
 
 typedef struct part {
     char *topic;
@@ -236,6 +240,9 @@ typedef struct projector {
     batch *inflight;         /* sent to PostgreSQL, results not read yet */
     enum settle_rc abort_rc; /* STOPPING or FAILED when settling in a
                                 callback did; else SETTLED */
+    char epoch[24];          /* the swap epoch the loaded scripts are for */
+    int fenced;    /* a transaction failed at the fence: the tables were
+                      swapped; follow_swap before anything else */
     int guess_off; /* batches to go before guessing new aggregates again */
     evl_luahost_stmts lstmts;
     ushape *shapes; /* proj_upsert.c */
@@ -361,6 +368,9 @@ void proj_upsert_sql(evl_buf *out, const ushape *s, const char *const *types);
 /* ---- proj_kafka.c -------------------------------------------------------- */
 
 void proj_parts_clear(projector *pj);
+/* Read every assigned partition again from evlua_offsets (after a swap);
+ * 0 when a stop request cut it short. */
+int proj_reassign(projector *pj);
 /* Create the consumer (proj_subscribe subscribes it). EVL_OK, or
  * EVL_EPERMANENT (configuration) with the reason in err. */
 evl_err proj_kafka_open(projector *pj, char *err, size_t errlen);
