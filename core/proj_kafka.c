@@ -284,6 +284,12 @@ static void member_id(const projector *pj, char *buf, size_t n)
 {
     const evl_config *cfg = pj->cfg;
     char suffix[300];
+    if (pj->opts.schema) { /* a shadow rebuild: a static member would keep
+                              its group busy for a session after it ends,
+                              and `projection swap` waits for it empty */
+        *buf = '\0';
+        return;
+    }
     snprintf(suffix, sizeof suffix, "proj.%s.%d", pj->name, pj->instance + 1);
     evl_kafka_instance_id(cfg, suffix, buf, n);
     const char *v = evl_config_kafka(cfg, "group.instance.id");

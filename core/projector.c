@@ -1049,6 +1049,31 @@ static int caught_up(const projector *pj)
     return 1;
 }
 
+/* The threads of one projection reading until caught up: none leaves the
+ * consumer group before every one is caught up, or each departure would
+ * move its partitions to the others in a rebalance (seconds each) for
+ * nothing to read. */
+typedef struct catch_up_group {
+    pthread_mutex_t mu;
+    int n, ncaught;
+    unsigned char *caught; /* per thread */
+} catch_up_group;
+
+/* Thread i is (or is no longer) caught up: are all? */
+static int all_caught_up(catch_up_group *cg, int i, int caught)
+{
+    if (!cg)
+        return caught;
+    pthread_mutex_lock(&cg->mu);
+    if (cg->caught[i] != (caught != 0)) {
+        cg->ncaught += caught ? 1 : -1;
+        cg->caught[i] = caught != 0;
+    }
+    int all = cg->ncaught == cg->n;
+    pthread_mutex_unlock(&cg->mu);
+    return all;
+}
+
 static void report(projector *pj, int final)
 {
     if (!pj->opts.progress)
@@ -1123,7 +1148,8 @@ typedef struct instance_out {
  * of ninstances threads of the projection. */
 static int run_instance(const evl_config *cfg, const evl_luahost *proto,
                         const char *projection, const evl_projector_opts *opts,
-                        int instance, int ninstances, instance_out *out)
+                        int instance, int ninstances, catch_up_group *cg,
+                        instance_out *out)
 {
     memset(out, 0, sizeof *out);
     projector *pj = evl_xmalloc(sizeof *pj);
@@ -1177,7 +1203,8 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
         report(pj, 0);
         if (how == STOPPING || how == FAILED)
             break;
-        if (pj->opts.until_caught_up && !pj->inflight && caught_up(pj))
+        if (pj->opts.until_caught_up && !pj->inflight &&
+            all_caught_up(cg, instance, caught_up(pj)))
             break;
     }
     if (how != STOPPING && how != FAILED) /* finish the batch in flight */
@@ -1218,6 +1245,7 @@ typedef struct thread_group {
     pthread_mutex_t mu;
     evl_projector_progress *progress; /* the last report of each thread */
     int nreported;                    /* threads that reported yet */
+    catch_up_group cg;
 } thread_group;
 
 typedef struct thread_arg {
@@ -1261,7 +1289,8 @@ static void *thread_main(void *arg)
     thread_group *g = a->g;
     evl_thread_name("evl:p:", g->name);
     a->rc = run_instance(g->cfg, g->proto, g->name, &a->opts, a->instance, g->n,
-                         &a->out);
+                         g->opts->until_caught_up ? &g->cg : NULL, &a->out);
+    all_caught_up(&g->cg, a->instance, 1); /* gone: wait no more for it */
     if (a->rc != 0 && !g->opts->until_caught_up)
         evl_lifecycle_request_stop(); /* one thread down: drain all */
     return NULL;
@@ -1280,13 +1309,16 @@ int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
                               : evl_config_projection(cfg, projection).threads;
     if (n <= 1) {
         instance_out out;
-        int rc = run_instance(cfg, proto, projection, opts, 0, 1, &out);
+        int rc = run_instance(cfg, proto, projection, opts, 0, 1, NULL, &out);
         if (opts->stats)
             *opts->stats = out.stats;
         return rc;
     }
-    thread_group g = {
-        cfg, proto, projection, opts, n, PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+    thread_group g = {cfg,  proto, projection,
+                      opts, n,     PTHREAD_MUTEX_INITIALIZER,
+                      NULL, 0,     {PTHREAD_MUTEX_INITIALIZER, n, 0, NULL}};
+    g.cg.caught = evl_xmalloc((size_t)n);
+    memset(g.cg.caught, 0, (size_t)n);
     g.progress = evl_xmalloc(sizeof *g.progress * (size_t)n);
     memset(g.progress, 0, sizeof *g.progress * (size_t)n);
     thread_arg *args = evl_xmalloc(sizeof *args * (size_t)n);
@@ -1340,7 +1372,9 @@ int evl_projector_run_opts(const evl_config *cfg, const evl_luahost *proto,
     free(tids);
     free(args);
     free(g.progress);
+    free(g.cg.caught);
     pthread_mutex_destroy(&g.mu);
+    pthread_mutex_destroy(&g.cg.mu);
     return rc;
 }
 
