@@ -72,7 +72,8 @@ int main(void)
 
     /* refused while a projector runs */
     pid_t run = pt_spawn(&T, "run.log", "run", "-c", cfg, NULL);
-    pt_wait_log(&T, "run.log", "partitions assigned", 4, 60);
+    CHECK(pt_wait_log(&T, "run.log", "partitions assigned", 4, 120) >= 4,
+          "the projectors have joined their groups");
     int rc = cli(out, sizeof out, NULL, NULL);
     CHECK_INT(rc, 1, "reset refuses while projectors run");
     CHECK_HAS(out, "active members", "saying why");
