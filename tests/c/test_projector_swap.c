@@ -20,6 +20,10 @@
  *     own offsets, exactly once;
  *   - no reader query failed; `evlua run` never restarted;
  *   - `projection reset` with another version moves the pin to it.
+ * The shadow is built with `instance` set (static members), as the demo
+ * has it: its consumers must not be static, or its group stays busy for
+ * a session after the rebuild ends and the swap right after it is
+ * refused.
  * Argument: the isolation mode (default aggregate).
  */
 #include "projtest.h"
@@ -27,7 +31,7 @@
 #include <pthread.h>
 
 static pt T;
-static char topic[128], cfg[700], livefile[1200], newdir[700];
+static char topic[128], cfg[700], static_cfg[700], livefile[1200], newdir[700];
 enum { CUSTOMERS = 10 };
 static int seqs[CUSTOMERS];
 static char last[CUSTOMERS][64];
@@ -160,9 +164,16 @@ int main(int argc, char **argv)
     mkdir(path, 0700);
     snprintf(extra, sizeof extra,
              "projection = { topics = { \"%s\" }, group_prefix = \"%s.\", "
-             "isolation = \"%s\" },",
-             topic, T.name, iso);
-    pt_config(&T, livedir, extra);
+             "isolation = \"%s\" }, instance = \"%s\",",
+             topic, T.name, iso, T.name);
+    pt_config(&T, livedir, extra); /* with `instance`: for the shadow */
+    char text[8192];
+    snprintf(path, sizeof path, "%s/evlua.lua", T.dir);
+    th_read_file(path, text, sizeof text);
+    snprintf(static_cfg, sizeof static_cfg, "%s/evlua-static.lua", T.dir);
+    th_write_file(static_cfg, text);
+    *strstr(extra, " instance = ") = '\0';
+    pt_config(&T, livedir, extra); /* without: `evlua run` and reset */
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_exec(&T, "DROP SCHEMA IF EXISTS evlua_shadow_shipping_addresses "
                 "CASCADE");
@@ -187,7 +198,7 @@ int main(int argc, char **argv)
     th_write_file(path, new_script);
     write_events(5);
     pid_t sh = pt_spawn(&T, "shadow.log", "projection", "rebuild",
-                        "shipping_addresses", "--shadow", "-c", cfg,
+                        "shipping_addresses", "--shadow", "-c", static_cfg,
                         "--scripts", newdir, "--until-caught-up", NULL);
     CHECK_INT(pt_output(&T, sh, "shadow.log", out, sizeof out), 0,
               "the shadow of the new script builds");
