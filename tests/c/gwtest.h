@@ -97,7 +97,7 @@ static inline void gw_http(const ct *t, int port, const char *method,
                            const char *token, int timeout_s, gw_resp *r)
 {
     static int seq;
-    char bodyf[1024], outf[1024], hdrf[1024], cmd[4096], auth[600] = "";
+    char bodyf[1024], outf[1024], hdrf[1024], cmd[8192], auth[600] = "";
     char extra[600] = "";
     int n = __sync_fetch_and_add(&seq, 1);
     snprintf(bodyf, sizeof bodyf, "%s/req-%d.json", t->dir, n);
