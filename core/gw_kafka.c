@@ -542,7 +542,12 @@ static void *dr_main(void *arg)
 
 evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen)
 {
-    static const char *const pdefaults[] = {"linger.ms", "1", NULL};
+    /* linger.ms 0: each request waits for its command's acknowledgement
+     * (a 202) or its transaction, so a linger is latency on every one;
+     * under load the producer still batches what arrives while its
+     * in-flight requests are out (bench_gateway, ?timeout_ms=0 with 64
+     * connections: 8,100 -> 11,400 a second against linger.ms 1) */
+    static const char *const pdefaults[] = {"linger.ms", "0", NULL};
     static const char *const prequired[] = {
         "partitioner", "murmur2_random", "enable.idempotence",
         "true",        "acks",           "all",
