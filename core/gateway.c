@@ -380,6 +380,19 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
         free(b);
         goto out;
     }
+    int async;
+    long long wait = wait_ms(gw, conn, &async);
+    if (e && e->acked && wait == 0) {
+        /* in Kafka already, and the client does not wait: 202 now,
+         * however many others wait */
+        evl_buf b = {0};
+        char loc[300];
+        gw_pending(id, &b, loc, sizeof loc);
+        pthread_mutex_unlock(&gw->mu);
+        res = respond_pref(gw, conn, R_POST, 202, b.data, b.len, loc, async);
+        evl_buf_free(&b);
+        goto out;
+    }
     if (gw->nwaiting >= gw->cfg->gateway.max_waiters) {
         pthread_mutex_unlock(&gw->mu);
         snprintf(msg, sizeof msg,
@@ -387,18 +400,6 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
                  "gateway.max_waiters): retry later",
                  gw->cfg->gateway.max_waiters);
         res = fail(gw, conn, R_POST, 503, id, msg);
-        goto out;
-    }
-    int async;
-    long long wait = wait_ms(gw, conn, &async);
-    if (e && e->acked && wait == 0) {
-        /* in Kafka already, and the client does not wait: 202 now */
-        evl_buf b = {0};
-        char loc[300];
-        gw_pending(id, &b, loc, sizeof loc);
-        pthread_mutex_unlock(&gw->mu);
-        res = respond_pref(gw, conn, R_POST, 202, b.data, b.len, loc, async);
-        evl_buf_free(&b);
         goto out;
     }
     if (!e) {
