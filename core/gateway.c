@@ -40,22 +40,35 @@ static const char *const route_names[] = {"POST /v1/commands",
 
 /* ---- answers ----------------------------------------------------------- */
 
-static void count(int route, int status)
+static void count(evl_gateway *gw, int route, int status)
 {
+    evl_metric **slot =
+        status >= 0 && status < 600 ? &gw->counters[route][status] : NULL;
+    evl_metric *m = slot ? __atomic_load_n(slot, __ATOMIC_ACQUIRE) : NULL;
+    if (m) {
+        evl_metric_add(m, 1);
+        return;
+    }
     char labels[128], st[8];
     snprintf(st, sizeof st, "%d", status);
     evl_metrics_labels(labels, sizeof labels, "route", route_names[route],
                        "status", st, NULL);
-    evl_metric_add(evl_metrics_counter("evlua_gateway_requests_total",
-                                       "HTTP requests the gateway answered, "
-                                       "by route and status",
-                                       labels),
-                   1);
+    m = evl_metrics_counter("evlua_gateway_requests_total",
+                            "HTTP requests the gateway answered, by route "
+                            "and status",
+                            labels);
+    if (slot) /* a race stores the same pointer twice */
+        __atomic_store_n(slot, m, __ATOMIC_RELEASE);
+    evl_metric_add(m, 1);
 }
 
-static enum MHD_Result respond(struct MHD_Connection *conn, int route,
-                               int status, const char *body, size_t len,
-                               const char *location)
+/* Answer status with body (copied); location: the Location header (NULL
+ * or "": none); applied: the request's Prefer was honoured (RFC 7240:
+ * Preference-Applied: respond-async). */
+static enum MHD_Result respond_pref(evl_gateway *gw,
+                                    struct MHD_Connection *conn, int route,
+                                    int status, const char *body, size_t len,
+                                    const char *location, int applied)
 {
     struct MHD_Response *res = MHD_create_response_from_buffer(
         len, (void *)body, MHD_RESPMEM_MUST_COPY);
@@ -67,15 +80,25 @@ static enum MHD_Result respond(struct MHD_Connection *conn, int route,
                                 "Bearer realm=\"evlua\"");
     if (status == 503)
         MHD_add_response_header(res, "Retry-After", "1");
+    if (applied)
+        MHD_add_response_header(res, "Preference-Applied", "respond-async");
     enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, res);
     MHD_destroy_response(res);
-    count(route, status);
+    count(gw, route, status);
     return r;
 }
 
+static enum MHD_Result respond(evl_gateway *gw, struct MHD_Connection *conn,
+                               int route, int status, const char *body,
+                               size_t len, const char *location)
+{
+    return respond_pref(gw, conn, route, status, body, len, location, 0);
+}
+
 /* An error answer: {"error": msg} (and the command id when known). */
-static enum MHD_Result fail(struct MHD_Connection *conn, int route, int status,
-                            const char *id, const char *msg)
+static enum MHD_Result fail(evl_gateway *gw, struct MHD_Connection *conn,
+                            int route, int status, const char *id,
+                            const char *msg)
 {
     evl_buf b = {0};
     evl_buf_putc(&b, '{');
@@ -87,7 +110,7 @@ static enum MHD_Result fail(struct MHD_Connection *conn, int route, int status,
     evl_buf_puts(&b, "\"error\":");
     evl_envelope_put_string(&b, msg, strlen(msg));
     evl_buf_putc(&b, '}');
-    enum MHD_Result r = respond(conn, route, status, b.data, b.len, NULL);
+    enum MHD_Result r = respond(gw, conn, route, status, b.data, b.len, NULL);
     evl_buf_free(&b);
     return r;
 }
@@ -274,18 +297,39 @@ out:
     return status;
 }
 
+/* Does the request carry Prefer: respond-async (RFC 7240)? */
+static int prefers_async(struct MHD_Connection *conn)
+{
+    const char *h =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Prefer");
+    for (const char *p = h; p && *p; p++) {
+        /* a preference token of its own: not part of another's name */
+        if (strncasecmp(p, "respond-async", 13) != 0 ||
+            (p > h && !strchr(", \t", p[-1])) || !strchr(",; \t", p[13]))
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
 /* The wait of this request: gateway.timeout_ms, or less when the query
- * asks (?timeout_ms=N). */
-static long long wait_ms(evl_gateway *gw, struct MHD_Connection *conn)
+ * asks (?timeout_ms=N), none with Prefer: respond-async (*async set). */
+static long long wait_ms(evl_gateway *gw, struct MHD_Connection *conn,
+                         int *async)
 {
     long long max = gw->cfg->gateway.timeout_ms;
     const char *q =
         MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "timeout_ms");
+    *async = 0;
     if (q) {
         char *end;
         long long v = strtoll(q, &end, 10);
         if (!*end && v >= 0 && v < max)
             return v;
+    }
+    if (prefers_async(conn)) {
+        *async = 1;
+        return 0;
     }
     return max;
 }
@@ -303,25 +347,25 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
                  "the body is larger than %d bytes "
                  "(gateway.max_body)",
                  gw->cfg->gateway.max_body);
-        return fail(conn, R_POST, 413, NULL, msg);
+        return fail(gw, conn, R_POST, 413, NULL, msg);
     }
     int status = parse_command(gw, r, &t, id, &cmd, agg, msg, sizeof msg);
     if (status) {
         evl_buf_free(&cmd);
-        return fail(conn, R_POST, status, NULL, msg);
+        return fail(gw, conn, R_POST, status, NULL, msg);
     }
     pthread_mutex_lock(&gw->mu);
     gw_entry *e = gw_lookup(gw, id);
     if (!gw->ready) {
         snprintf(msg, sizeof msg, "not ready: %s", gw->notready);
         pthread_mutex_unlock(&gw->mu);
-        res = fail(conn, R_POST, 503, id, msg);
+        res = fail(gw, conn, R_POST, 503, id, msg);
         goto out;
     }
     if (e && strcmp(e->type, t->type) != 0) {
         /* an id names one command: never another type's outcome */
         pthread_mutex_unlock(&gw->mu);
-        res = fail(conn, R_POST, 422, id,
+        res = fail(gw, conn, R_POST, 422, id,
                    "this command id was sent for another aggregate type");
         goto out;
     }
@@ -332,8 +376,21 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
         int st = e->status;
         memcpy(b, e->body, len);
         pthread_mutex_unlock(&gw->mu);
-        res = respond(conn, R_POST, st, b, len, NULL);
+        res = respond(gw, conn, R_POST, st, b, len, NULL);
         free(b);
+        goto out;
+    }
+    int async;
+    long long wait = wait_ms(gw, conn, &async);
+    if (e && e->acked && wait == 0) {
+        /* in Kafka already, and the client does not wait: 202 now,
+         * however many others wait */
+        evl_buf b = {0};
+        char loc[300];
+        gw_pending(id, &b, loc, sizeof loc);
+        pthread_mutex_unlock(&gw->mu);
+        res = respond_pref(gw, conn, R_POST, 202, b.data, b.len, loc, async);
+        evl_buf_free(&b);
         goto out;
     }
     if (gw->nwaiting >= gw->cfg->gateway.max_waiters) {
@@ -342,7 +399,7 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
                  "too many commands waiting for their result (%d, "
                  "gateway.max_waiters): retry later",
                  gw->cfg->gateway.max_waiters);
-        res = fail(conn, R_POST, 503, id, msg);
+        res = fail(gw, conn, R_POST, 503, id, msg);
         goto out;
     }
     if (!e) {
@@ -353,13 +410,17 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
         if (gw_produce(gw, t, agg, id, &cmd, msg, sizeof msg) != 0) {
             gw_remove(gw, e);
             pthread_mutex_unlock(&gw->mu);
-            res = fail(conn, R_POST, 503, id, msg);
+            res = fail(gw, conn, R_POST, 503, id, msg);
             goto out;
         }
     }
+    /* even a wait of 0 is one until the command is in Kafka: a 202
+     * promises that it is (gw_kafka.c answers it from the delivery
+     * report) */
     r->conn = conn;
     r->phase = GW_WAIT;
-    r->deadline_ms = evl_now_ms() + wait_ms(gw, conn);
+    r->async = async;
+    r->deadline_ms = evl_now_ms() + wait;
     gw_wait(gw, e, r);
     MHD_suspend_connection(conn);
     pthread_mutex_unlock(&gw->mu);
@@ -382,7 +443,7 @@ static enum MHD_Result get_command(evl_gateway *gw, const gw_req *r,
         e = NULL;
     if (!e) {
         pthread_mutex_unlock(&gw->mu);
-        return fail(conn, R_GET, 404, id,
+        return fail(gw, conn, R_GET, 404, id,
                     "unknown command id (never sent through this gateway, "
                     "or older than its cache: gateway.cache_size)");
     }
@@ -392,12 +453,11 @@ static enum MHD_Result get_command(evl_gateway *gw, const gw_req *r,
         evl_buf_put(&b, e->body, e->len);
         st = e->status;
     } else {
-        evl_buf_puts(&b, "{\"command_id\":");
-        evl_envelope_put_string(&b, id, strlen(id));
-        evl_buf_puts(&b, ",\"status\":\"pending\"}");
+        char loc[300];
+        gw_pending(id, &b, loc, sizeof loc);
     }
     pthread_mutex_unlock(&gw->mu);
-    enum MHD_Result res = respond(conn, R_GET, st, b.data, b.len, NULL);
+    enum MHD_Result res = respond(gw, conn, R_GET, st, b.data, b.len, NULL);
     evl_buf_free(&b);
     return res;
 }
@@ -433,16 +493,16 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
         else
             r->route = R_OTHER;
         if (r->route == R_OTHER)
-            return fail(conn, R_OTHER, 404, NULL,
+            return fail(gw, conn, R_OTHER, 404, NULL,
                         "no such resource: POST /v1/commands, GET "
                         "/v1/commands/ID");
         if (strcmp(method, r->route == R_POST ? "POST" : "GET") != 0)
-            return fail(conn, r->route, 405, NULL,
+            return fail(gw, conn, r->route, 405, NULL,
                         r->route == R_POST ? "use POST" : "use GET");
         int ok;
         r->tok = authenticate(gw, conn, &ok);
         if (!ok)
-            return fail(conn, r->route, 401, NULL,
+            return fail(gw, conn, r->route, 401, NULL,
                         "a valid bearer token is required (Authorization: "
                         "Bearer TOKEN)");
         const char *cl = MHD_lookup_connection_value(
@@ -453,7 +513,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
             snprintf(msg, sizeof msg,
                      "the body is larger than %d bytes (gateway.max_body)",
                      gw->cfg->gateway.max_body);
-            return fail(conn, R_POST, 413, NULL, msg);
+            return fail(gw, conn, R_POST, 413, NULL, msg);
         }
         return MHD_YES;
     }
@@ -468,8 +528,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
     if (r->phase == GW_DONE) {
         evl_metric_observe(gw->m_wait,
                            (double)(evl_now_ms() - r->started_ms) / 1000.0);
-        return respond(conn, r->route, r->status, r->resp, r->resp_len,
-                       r->location);
+        return respond_pref(gw, conn, r->route, r->status, r->resp, r->resp_len,
+                            r->location, r->async && r->status == 202);
     }
     if (r->phase == GW_WAIT) /* not reached: a waiting request is suspended */
         return MHD_YES;
@@ -558,7 +618,7 @@ void gw_reap(evl_gateway *gw)
     }
     pthread_mutex_unlock(&gw->cmu);
     for (int i = 0; i < reaped; i++)
-        count(R_OTHER, 408);
+        count(gw, R_OTHER, 408);
 }
 
 static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,

@@ -6,12 +6,16 @@
  *   POST /v1/commands       the command JSON; waits for its result:
  *                           200 accepted, 409 rejected, 500 failed,
  *                           202 + Location when gateway.timeout_ms passes
+ *                           (or at once with ?timeout_ms=0, Prefer:
+ *                           respond-async), always only once Kafka has
+ *                           acknowledged the command
  *   GET  /v1/commands/ID    the outcome from a bounded cache (404: unknown)
  *
  * The HTTP side (gateway.c: routes, validation, bearer tokens, limits)
  * runs on libmicrohttpd's threads; the Kafka side (gw_kafka.c: an
  * idempotent murmur2 producer, a read_committed consumer of every results
- * topic, the waiters and the outcome cache) on one thread of its own.
+ * topic, the waiters and the outcome cache) on two threads of its own
+ * (results and deadlines; delivery reports).
  *
  * Does not: decide commands (evlua run's command side does), persist
  * outcomes (the cache dies with the process; the results topics are the

@@ -5,7 +5,8 @@
  * One mutex, gw->mu, guards the cache and every request's waiting state.
  * A request that waits is registered on its command's entry and its
  * connection suspended under that mutex; the Kafka thread resolves the
- * entry (or the deadline passes) and resumes the connection under it, so
+ * entry (or the deadline passes, or the delivery thread learns that the
+ * command is in Kafka) and resumes the connection under it, so
  * a resume can never come before its suspend.
  */
 #ifndef EVL_GATEWAY_INT_H
@@ -29,6 +30,7 @@ typedef struct gw_entry {
     char *id;
     const char *type; /* its aggregate type (gw->types' string) */
     int done;
+    int acked; /* the command is in Kafka (delivery report, or its result) */
     int status;
     char *body;
     size_t len;
@@ -51,6 +53,7 @@ struct gw_req {
     gw_entry *entry;       /* while waiting */
     gw_req *wnext, *wprev; /* entry's waiters */
     gw_req *tnext, *tprev; /* gw->waiting, for deadlines */
+    int async;             /* Prefer: respond-async honoured */
     int status;            /* GW_DONE: the answer */
     char *resp;
     size_t resp_len;
@@ -81,8 +84,8 @@ struct evl_gateway {
     char *tls_cert, *tls_key;
 
     rd_kafka_t *producer, *consumer;
-    pthread_t thread;
-    int thread_started;
+    pthread_t thread, dr_thread;
+    int thread_started, dr_thread_started;
     volatile int quit;
 
     pthread_mutex_t mu;
@@ -95,6 +98,9 @@ struct evl_gateway {
     char notready[256];
 
     evl_metric *m_waiters, *m_wait;
+    /* evlua_gateway_requests_total by route and status, looked up once
+     * each (the registry's lookup walks every metric under its lock) */
+    evl_metric *counters[3][600];
 
     pthread_mutex_t cmu; /* guards conns */
     gw_conn *conns;
@@ -128,5 +134,7 @@ void gw_unwait(evl_gateway *gw, gw_req *r);
 /* Give r its answer (copied) and resume its connection. gw->mu held. */
 void gw_answer(gw_req *r, int status, const char *body, size_t len,
                const char *location);
+/* The 202 answer of command id: its body into b, its Location into loc. */
+void gw_pending(const char *id, evl_buf *b, char *loc, size_t loclen);
 
 #endif

@@ -14,7 +14,8 @@
  * A result finds its entry by command id (a hash table); the entry's
  * outcome is kept, bounded by gateway.cache_size in arrival order, for
  * GET and for retries of the same id, and every waiting request is
- * answered. The thread also ends waits whose deadline passed (202).
+ * answered. The thread also ends waits whose deadline passed (202) once
+ * their command's delivery report came (on a thread of its own).
  */
 #include "gateway_int.h"
 
@@ -139,17 +140,21 @@ void gw_answer(gw_req *r, int status, const char *body, size_t len,
     MHD_resume_connection(r->conn);
 }
 
-/* Set e's outcome and answer everyone waiting for it. gw->mu held. */
+void gw_pending(const char *id, evl_buf *b, char *loc, size_t loclen)
+{
+    snprintf(loc, loclen, "/v1/commands/%s", id);
+    evl_buf_puts(b, "{\"command_id\":");
+    evl_envelope_put_string(b, id, strlen(id));
+    evl_buf_puts(b, ",\"status\":\"pending\"}");
+}
+
 /* Answer r 202 (its wait is over; the outcome will be at its Location)
- * and stop its wait. With gw->mu held. */
+ * and stop its wait. With gw->mu held, r's command acknowledged. */
 static void answer_pending(evl_gateway *gw, gw_req *r)
 {
     evl_buf b = {0};
     char loc[300];
-    snprintf(loc, sizeof loc, "/v1/commands/%s", r->entry->id);
-    evl_buf_puts(&b, "{\"command_id\":");
-    evl_envelope_put_string(&b, r->entry->id, strlen(r->entry->id));
-    evl_buf_puts(&b, ",\"status\":\"pending\"}");
+    gw_pending(r->entry->id, &b, loc, sizeof loc);
     gw_unwait(gw, r);
     gw_answer(r, 202, b.data, b.len, loc);
     evl_buf_free(&b);
@@ -163,6 +168,7 @@ static void resolve(evl_gateway *gw, gw_entry *e, int status, evl_buf *body)
 {
     long long now = evl_now_ms();
     e->done = 1;
+    e->acked = 1; /* a result: the command was in Kafka */
     e->status = status;
     e->len = body->len;
     e->body = evl_xmalloc(body->len + 1);
@@ -180,14 +186,30 @@ static void resolve(evl_gateway *gw, gw_entry *e, int status, evl_buf *body)
 
 /* ---- producing --------------------------------------------------------- */
 
+/* The delivery report of a command: written (the producer is idempotent
+ * and acks=all: it is in Kafka for good), its waits that are over are
+ * answered 202 now, never before; not written, its waiters are answered
+ * 503 and the id forgotten, so a retry sends it again. @locality the
+ * delivery thread (dr_main), or the one stopping the gateway. */
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
     evl_gateway *gw = opaque;
     char *id = rkm->_private;
     (void)rk;
-    if (rkm->err) {
-        /* not written (the producer is idempotent): forget the id, so a
-         * retry sends it again */
+    if (!rkm->err) {
+        long long now = evl_now_ms();
+        pthread_mutex_lock(&gw->mu);
+        gw_entry *e = gw_lookup(gw, id);
+        if (e && !e->acked) {
+            e->acked = 1;
+            for (gw_req *r = e->waiters, *next; r; r = next) {
+                next = r->wnext;
+                if (r->deadline_ms <= now)
+                    answer_pending(gw, r);
+            }
+        }
+        pthread_mutex_unlock(&gw->mu);
+    } else {
         evl_buf b = {0};
         evl_buf_puts(&b, "{\"command_id\":");
         evl_envelope_put_string(&b, id, strlen(id));
@@ -394,14 +416,15 @@ static void on_result(evl_gateway *gw, const rd_kafka_message_t *rkm,
     pthread_mutex_unlock(&gw->mu);
 }
 
-/* Answer 202 to every wait past its deadline. */
+/* Answer 202 to every wait past its deadline whose command is in Kafka
+ * (the others get theirs from the delivery report). */
 static void expire(evl_gateway *gw)
 {
     long long now = evl_now_ms();
     pthread_mutex_lock(&gw->mu);
     for (gw_req *r = gw->waiting, *next; r; r = next) {
         next = r->tnext;
-        if (r->deadline_ms > now)
+        if (r->deadline_ms > now || !r->entry->acked)
             continue;
         answer_pending(gw, r);
     }
@@ -486,7 +509,6 @@ static void *kafka_main(void *arg)
                 next_try = now + 1000;
             }
         }
-        rd_kafka_poll(gw->producer, 0);
         rd_kafka_message_t *rkm =
             rd_kafka_consumer_poll(gw->consumer, gw->ready ? 20 : 100);
         if (rkm) {
@@ -507,9 +529,25 @@ static void *kafka_main(void *arg)
     return NULL;
 }
 
+/* The delivery reports, on a thread of their own: the Kafka thread
+ * blocks in the consumer's poll, and a 202 waits for its report. */
+static void *dr_main(void *arg)
+{
+    evl_gateway *gw = arg;
+    evl_thread_name("evl:gw-dr", NULL);
+    while (!gw->quit)
+        rd_kafka_poll(gw->producer, 100);
+    return NULL;
+}
+
 evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen)
 {
-    static const char *const pdefaults[] = {"linger.ms", "1", NULL};
+    /* linger.ms 0: each request waits for its command's acknowledgement
+     * (a 202) or its transaction, so a linger is latency on every one;
+     * under load the producer still batches what arrives while its
+     * in-flight requests are out (bench_gateway, ?timeout_ms=0 with 64
+     * connections: 8,100 -> 11,400 a second against linger.ms 1) */
+    static const char *const pdefaults[] = {"linger.ms", "0", NULL};
     static const char *const prequired[] = {
         "partitioner", "murmur2_random", "enable.idempotence",
         "true",        "acks",           "all",
@@ -533,6 +571,9 @@ evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen)
     if (pthread_create(&gw->thread, NULL, kafka_main, gw) != 0)
         return evl_seterr(err, errlen, EVL_EFATAL, "pthread_create failed");
     gw->thread_started = 1;
+    if (pthread_create(&gw->dr_thread, NULL, dr_main, gw) != 0)
+        return evl_seterr(err, errlen, EVL_EFATAL, "pthread_create failed");
+    gw->dr_thread_started = 1;
     return EVL_OK;
 }
 
@@ -542,6 +583,11 @@ void gw_kafka_stop(evl_gateway *gw)
         gw->quit = 1;
         pthread_join(gw->thread, NULL);
         gw->thread_started = 0;
+    }
+    if (gw->dr_thread_started) {
+        gw->quit = 1;
+        pthread_join(gw->dr_thread, NULL);
+        gw->dr_thread_started = 0;
     }
     if (gw->producer) {
         rd_kafka_flush(gw->producer, 5000);

@@ -5,13 +5,18 @@
  *
  *   bench_gateway SECONDS CONNECTIONS AGGREGATES [FLOOD]
  *
- * Three phases, SECONDS each, 1-event commands to AGGREGATES aggregates:
+ * Four phases, SECONDS each, 1-event commands to AGGREGATES aggregates:
  *
  *   gateway    CONNECTIONS keep-alive HTTP/1.1 connections on loopback (a
  *              small C client, one thread each), each sending POST
  *              /v1/commands and waiting for its answer: CONNECTIONS
  *              commands in flight; latency = request written -> answer
  *              read.
+ *   gateway async  the same connections sending with ?timeout_ms=0: each
+ *              answer (202) comes once Kafka has the command; two rates:
+ *              the 202s per second, and the results evlua made of them
+ *              (read from the results topic, first to last, as the flood
+ *              phase counts); every 202 must have its result.
  *   direct     the same commands built with envelope.c and produced with
  *              the murmur2 partitioner (as the gateway and `evlua send`
  *              do), CONNECTIONS in flight: a new one each time a result
@@ -22,9 +27,12 @@
  *              the first result to the last; evlua's ceiling, no bound
  *              on what is in flight.
  *
- * Prints one key=value line per phase and a table with each path's
+ * Prints one key=value line per phase (with the command side's mean
+ * batch, transaction and batch size from its /metrics over the phase:
+ * where a waiting request's time goes) and a table with each path's
  * commands/s, p50/p99 and its ratio to the direct path at equal
- * concurrency. Exit 0 when every phase answered every command it sent.
+ * concurrency and to the flood. Exit 0 when every phase answered every
+ * command it sent.
  */
 #define _GNU_SOURCE /* memmem, strcasestr */
 #include <netinet/tcp.h>
@@ -45,7 +53,7 @@ static const char bench_lua[] =
     "}\n";
 
 static ct t;
-static int port, nconn, naggs;
+static int port, mport, nconn, naggs;
 static double seconds;
 
 typedef struct lat {
@@ -96,6 +104,47 @@ static void report(result *r, lat *l)
     fflush(stdout);
 }
 
+/* ---- the command side's own account, from its /metrics --------------- */
+
+typedef struct snap {
+    double batch_s, batch_n, txn_s, txn_n, size_s, size_n;
+} snap;
+
+static double metric(const char *m, const char *name)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\n%s ", name);
+    const char *p = strstr(m, pat);
+    return p ? atof(p + strlen(pat)) : 0;
+}
+
+static void snap_take(snap *s)
+{
+    static char m[1 << 20];
+    th_http_get(mport, "/metrics", m, sizeof m);
+    s->batch_s = metric(m, "evlua_command_batch_seconds_sum");
+    s->batch_n = metric(m, "evlua_command_batch_seconds_count");
+    s->txn_s = metric(m, "evlua_command_transaction_seconds_sum");
+    s->txn_n = metric(m, "evlua_command_transaction_seconds_count");
+    s->size_s = metric(m, "evlua_command_batch_size_sum");
+    s->size_n = metric(m, "evlua_command_batch_size_count");
+}
+
+/* The means over the phase since *s0. */
+static void snap_report(const char *path, const snap *s0)
+{
+    snap s1;
+    snap_take(&s1);
+    double bn = s1.batch_n - s0->batch_n, tn = s1.txn_n - s0->txn_n;
+    double sn = s1.size_n - s0->size_n;
+    printf("path=%s evlua_batch_mean_ms=%.1f evlua_txn_mean_ms=%.1f "
+           "evlua_batch_size_mean=%.1f evlua_txns=%.0f\n",
+           path, bn > 0 ? 1000 * (s1.batch_s - s0->batch_s) / bn : -1,
+           tn > 0 ? 1000 * (s1.txn_s - s0->txn_s) / tn : -1,
+           sn > 0 ? (s1.size_s - s0->size_s) / sn : -1, tn);
+    fflush(stdout);
+}
+
 /* ---- the gateway: keep-alive HTTP clients --------------------------- */
 
 typedef struct client {
@@ -107,6 +156,7 @@ typedef struct client {
 } client;
 
 static volatile int stop_clients;
+static int async_phase; /* ?timeout_ms=0, 202 expected */
 
 /* Read one HTTP response from s into buf; returns its status (0: closed
  * or malformed). */
@@ -148,20 +198,21 @@ static void *client_main(void *arg)
     static __thread char req[1024], body[512], buf[8192];
     for (unsigned long k = 0; !stop_clients; k++) {
         int bl = snprintf(body, sizeof body,
-                          "{\"id\":\"g-%d-%lu\",\"aggregate_type\":\"bench\","
+                          "{\"id\":\"%s-%d-%lu\",\"aggregate_type\":\"bench\","
                           "\"aggregate_id\":\"a-%lu\",\"type\":\"One\","
                           "\"data\":{\"by\":1}}",
-                          c->i, k, (c->i * 7919UL + k) % (unsigned long)naggs);
+                          async_phase ? "ga" : "g", c->i, k,
+                          (c->i * 7919UL + k) % (unsigned long)naggs);
         int rl = snprintf(req, sizeof req,
-                          "POST /v1/commands HTTP/1.1\r\nHost: bench\r\n"
+                          "POST /v1/commands%s HTTP/1.1\r\nHost: bench\r\n"
                           "Content-Type: application/json\r\n"
                           "Content-Length: %d\r\n\r\n%s",
-                          bl, body);
+                          async_phase ? "?timeout_ms=0" : "", bl, body);
         double t0 = th_now();
         if (send(s, req, (size_t)rl, MSG_NOSIGNAL) != rl)
             th_die("send to the gateway failed");
         int st = read_response(s, buf, sizeof buf);
-        if (st != 200) {
+        if (st != (async_phase ? 202 : 200)) {
             c->errors++;
             if (c->errors < 3)
                 fprintf(stderr, "gateway answered %d: %.200s\n", st, buf);
@@ -176,17 +227,27 @@ static void *client_main(void *arg)
     return NULL;
 }
 
-static void run_gateway(result *r)
+static void run_direct_results(result *r, size_t sent, double t_end);
+
+/* The gateway phase; async: with ?timeout_ms=0, and the results of the
+ * 202s counted into *res (NULL otherwise). */
+static void run_gateway(result *r, result *res)
 {
     client *cs = calloc((size_t)nconn, sizeof *cs);
     lat all = {0};
+    snap s0;
+    snap_take(&s0);
     stop_clients = 0;
+    async_phase = res != NULL;
     for (int i = 0; i < nconn; i++) {
         cs[i].i = i;
         pthread_create(&cs[i].th, NULL, client_main, &cs[i]);
     }
     double t0 = th_now();
-    th_sleep_ms((long)(seconds * 1000));
+    if (res)
+        run_direct_results(res, 0, t0 + seconds);
+    else
+        th_sleep_ms((long)(seconds * 1000));
     stop_clients = 1;
     r->n = 0;
     for (int i = 0; i < nconn; i++) {
@@ -198,9 +259,12 @@ static void run_gateway(result *r)
         free(cs[i].l.v);
     }
     r->secs = th_now() - t0;
-    r->path = "gateway";
+    r->path = res ? "gateway async (202s)" : "gateway";
     r->inflight = nconn;
     report(r, &all);
+    if (res) /* every 202's result, however long after the phase */
+        run_direct_results(res, r->n, th_now() + 120);
+    snap_report(r->path, &s0);
     free(all.v);
     free(cs);
 }
@@ -264,8 +328,42 @@ static long result_seq(const rd_kafka_message_t *m, const char *tag)
     return p ? atol(p + strlen(pat)) : -1;
 }
 
+/* Count the results of the async phase (ids "ga-...") into r until
+ * t_end, or, with sent > 0, until sent of them came: commands/s from the
+ * first to the last, as the flood counts them. */
+static void run_direct_results(result *r, size_t sent, double t_end)
+{
+    static double first, last;
+    static size_t done;
+    if (!sent)
+        first = last = 0, done = 0;
+    while (th_now() < t_end && (!sent || done < sent)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 20);
+        if (!m)
+            continue;
+        if (!m->err && result_seq(m, "ga") >= 0) {
+            last = th_now();
+            if (!done++)
+                first = last;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    if (!sent)
+        return;
+    r->path = "gateway async (results)";
+    r->inflight = nconn;
+    r->n = done > 0 ? done - 1 : 0;
+    r->secs = last > first ? last - first : 1;
+    r->errors = (int)(sent - (done < sent ? done : sent));
+    lat none = {0};
+    report(r, &none);
+    r->p50 = r->p99 = -1;
+}
+
 static void run_direct(result *r)
 {
+    snap s0;
+    snap_take(&s0);
     size_t cap = 1 << 22;
     double *sent = calloc(cap, sizeof *sent);
     lat l = {0};
@@ -297,6 +395,7 @@ static void run_direct(result *r)
     r->path = "direct";
     r->inflight = nconn;
     report(r, &l);
+    snap_report(r->path, &s0);
     /* let the commands still in flight finish before the next phase */
     for (double q = th_now() + 10; done < next && th_now() < q;) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 50);
@@ -313,6 +412,8 @@ static void run_direct(result *r)
 static void run_flood(result *r, unsigned long n)
 {
     lat l = {0};
+    snap s0;
+    snap_take(&s0);
     for (unsigned long i = 0; i < n; i++)
         send_direct("f", i);
     rd_kafka_flush(producer, 60000);
@@ -335,6 +436,7 @@ static void run_flood(result *r, unsigned long n)
     r->secs = last > first ? last - first : 1;
     r->errors = (int)(n - done);
     report(r, &l);
+    snap_report(r->path, &s0);
     r->p50 = r->p99 = -1;
 }
 
@@ -349,7 +451,7 @@ int main(int argc, char **argv)
     nconn = atoi(argv[2]);
     naggs = atoi(argv[3]);
     unsigned long flood = argc > 4 ? strtoul(argv[4], NULL, 10) : 50000;
-    int mport = gw_free_port();
+    mport = gw_free_port();
     char gwcfg[256];
     port = gw_free_port();
     ct_init(&t, "bench-gw");
@@ -366,39 +468,41 @@ int main(int argc, char **argv)
     double s0 = seconds;
     seconds = 1;
     result w1 = {0}, w2 = {0};
-    run_gateway(&w1);
+    run_gateway(&w1, NULL);
     run_direct(&w2);
     seconds = s0;
 
-    result g = {0}, d = {0}, f = {0};
-    run_gateway(&g);
+    result g = {0}, ga = {0}, gr = {0}, d = {0}, f = {0};
+    run_gateway(&g, NULL);
+    run_gateway(&ga, &gr);
     run_direct(&d);
     run_flood(&f, flood);
 
     double dr = (double)d.n / d.secs;
+    double fr = (double)f.n / f.secs;
     printf("\n| path | in flight | commands/s | p50 ms | p99 ms | vs direct "
-           "(%d in flight) |\n|---|---|---|---|---|---|\n",
+           "(%d in flight) | vs flood |\n|---|---|---|---|---|---|---|\n",
            nconn);
-    result *rs[] = {&g, &d, &f};
-    for (int i = 0; i < 3; i++) {
+    result *rs[] = {&g, &ga, &gr, &d, &f};
+    for (int i = 0; i < 5; i++) {
         double cps = (double)rs[i]->n / rs[i]->secs;
         char p50[16] = "-", p99[16] = "-";
         if (rs[i]->p50 >= 0) {
             snprintf(p50, sizeof p50, "%.1f", rs[i]->p50);
             snprintf(p99, sizeof p99, "%.1f", rs[i]->p99);
         }
-        printf("| %s | %d | %.0f | %s | %s | %.0f %% |\n", rs[i]->path,
-               rs[i]->inflight, cps, p50, p99, 100 * cps / dr);
+        printf("| %s | %d | %.0f | %s | %s | %.0f %% | %.0f %% |\n",
+               rs[i]->path, rs[i]->inflight, cps, p50, p99, 100 * cps / dr,
+               100 * cps / fr);
     }
-    printf("\ngateway / direct flood: %.0f %%\n",
-           100 * ((double)g.n / g.secs) / ((double)f.n / f.secs));
     fflush(stdout);
 
     rd_kafka_consumer_close(consumer);
     rd_kafka_destroy(consumer);
     rd_kafka_destroy(producer);
     th_stop(rpid, SIGTERM, 30);
-    int bad = g.errors || f.errors || g.n == 0 || d.n == 0;
+    int bad = g.errors || ga.errors || gr.errors || f.errors || g.n == 0 ||
+              ga.n == 0 || d.n == 0;
     if (bad)
         ct_dump_log(&t, "r.log");
     return bad;

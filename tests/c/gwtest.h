@@ -73,6 +73,7 @@ typedef struct gw_resp {
     int status; /* 0: no answer (connection refused, closed, ...) */
     char body[65536];
     char location[512]; /* the Location header, "" when none */
+    char headers[8192]; /* every response header, as received */
     cJSON *json;        /* the body parsed, NULL when not JSON */
 } gw_resp;
 
@@ -86,6 +87,9 @@ static inline void gw_resp_free(gw_resp *r)
  * certificates are self-signed). */
 static const char *gw_scheme = "http";
 
+/* One more request header gw_http sends ("Name: value"; NULL: none). */
+static const char *gw_header;
+
 /* curl METHOD http://127.0.0.1:port PATH with body (NULL: none) and an
  * optional bearer token; timeout_s for the whole exchange. Fills r. */
 static inline void gw_http(const ct *t, int port, const char *method,
@@ -93,7 +97,8 @@ static inline void gw_http(const ct *t, int port, const char *method,
                            const char *token, int timeout_s, gw_resp *r)
 {
     static int seq;
-    char bodyf[1024], outf[1024], hdrf[1024], cmd[4096], auth[600] = "";
+    char bodyf[1024], outf[1024], hdrf[1024], cmd[8192], auth[600] = "";
+    char extra[600] = "";
     int n = __sync_fetch_and_add(&seq, 1);
     snprintf(bodyf, sizeof bodyf, "%s/req-%d.json", t->dir, n);
     snprintf(outf, sizeof outf, "%s/resp-%d.json", t->dir, n);
@@ -102,11 +107,13 @@ static inline void gw_http(const ct *t, int port, const char *method,
         th_write_file(bodyf, body);
     if (token)
         snprintf(auth, sizeof auth, "-H 'Authorization: Bearer %s' ", token);
+    if (gw_header)
+        snprintf(extra, sizeof extra, "-H '%s' ", gw_header);
     snprintf(cmd, sizeof cmd,
-             "curl -s -k -m %d -X %s %s%s%s%s -H 'Content-Type: "
+             "curl -s -k -m %d -X %s %s%s%s%s%s -H 'Content-Type: "
              "application/json' -o %s -D %s -w '%%{http_code}' "
              "'%s://127.0.0.1:%d%s'",
-             timeout_s, method, auth, body ? "--data-binary @" : "",
+             timeout_s, method, auth, extra, body ? "--data-binary @" : "",
              body ? bodyf : "", body ? " " : "", outf, hdrf, gw_scheme, port,
              path);
     memset(r, 0, sizeof *r);
@@ -143,6 +150,7 @@ static inline void gw_http(const ct *t, int port, const char *method,
     r->json = cJSON_Parse(r->body);
     char hdr[8192], *l;
     th_read_file(hdrf, hdr, sizeof hdr);
+    snprintf(r->headers, sizeof r->headers, "%s", hdr);
     if ((l = strstr(hdr, "\nLocation: ")))
         sscanf(l + 11, "%511[^\r\n]", r->location);
     unlink(bodyf);

@@ -74,7 +74,7 @@ static void *conc_main(void *arg)
 int main(void)
 {
     gw_resp r, r2;
-    char gwcfg[256], events[256];
+    char gwcfg[256], events[256], probe_commands[256];
     int mport = gw_free_port(), rport = gw_free_port();
     port = gw_free_port();
 
@@ -86,6 +86,7 @@ int main(void)
     gw_config(&t, "g", "g", mport, gwcfg);
     gw_config(&t, "r", "r", rport, "");
     ct_topic(&t, "customer", "events", events, sizeof events);
+    ct_topic(&t, "probe", "commands", probe_commands, sizeof probe_commands);
 
     /* the gateway alone, before any topic exists: not ready */
     pid_t gpid = gw_start(&t, "g", "g.log");
@@ -239,6 +240,29 @@ int main(void)
     CHECK_INT(gw_int(&r, "version"), 1, "with the outcome");
     gw_resp_free(&r);
 
+    /* Prefer: respond-async is ?timeout_ms=0 (RFC 7240), and a 202 comes
+     * only once the command is in Kafka: the commands topic holds it when
+     * the answer arrives */
+    gw_header = "Prefer: respond-async";
+    post(NULL,
+         "{\"id\":\"g-async\",\"aggregate_type\":\"probe\","
+         "\"aggregate_id\":\"p-3\",\"type\":\"Ok\",\"data\":{}}",
+         &r);
+    gw_header = NULL;
+    CHECK_INT(r.status, 202, "Prefer: respond-async: 202 at once");
+    CHECK_STR(r.location, "/v1/commands/g-async", "with its Location");
+    CHECK_HAS(r.headers, "Preference-Applied: respond-async",
+              "saying the preference was applied");
+    gw_resp_free(&r);
+    th_recs cmds = {0};
+    ct_read_all(&t, probe_commands, "read_uncommitted", &cmds);
+    int found = 0;
+    for (size_t i = 0; i < cmds.n; i++)
+        found |= th_str(&cmds.v[i], "id") &&
+                 strcmp(th_str(&cmds.v[i], "id"), "g-async") == 0;
+    CHECK(found, "the command was in its topic when the 202 came");
+    th_recs_free(&cmds);
+
     /* 404 and 405 */
     get("/v1/commands/never-sent", &r);
     CHECK_INT(r.status, 404, "an unknown id: 404");
@@ -309,6 +333,7 @@ int main(void)
     th_read_file(cmd, names, sizeof names);
     CHECK_HAS(names, "evl:gw-http", "an HTTP thread is named evl:gw-http");
     CHECK_HAS(names, "evl:gw-kafka", "the Kafka thread is named evl:gw-kafka");
+    CHECK_HAS(names, "evl:gw-dr", "the delivery thread is named evl:gw-dr");
 
     CHECK_INT(th_stop(gpid, SIGTERM, 30), 0, "evlua gateway stops with 0");
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
