@@ -39,7 +39,8 @@
  * every 200 ms: the peak of the first half of the run against that of the
  * second (it must not grow). The CPU column is the share of one core the
  * client (the evlua process, or the C program) and the PostgreSQL server
- * (all its processes) used over the run: where the time goes.
+ * (its postmaster and every process it started; not other servers on the
+ * machine) used over the run: where the time goes.
  *
  * usage: bench_proj [EVENTS [KEYS...]]   (services as for the tests:
  * $EVLUA_RUN_DIR/{kafka/bootstrap,pg/conninfo} or EVLUA_KAFKA_BOOTSTRAP /
@@ -106,9 +107,15 @@ static const char script_up[] =
     "CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY KEY, v bigint "   \
     "NOT NULL, name text NOT NULL)"
 
-/* CPU seconds (user + system) spent so far by every process named
- * "postgres" on this machine, ended backends included: the server's
- * share of a run is the difference over it. */
+/* The postmaster of the server the benchmark uses (the parent of one of
+ * its backends), once known; 0: count every "postgres" process. */
+static long postmaster;
+
+/* CPU seconds (user + system) spent so far by the benchmark's server:
+ * its postmaster and the postmaster's children, ended backends included
+ * (every process named "postgres" while the postmaster is unknown): the
+ * server's share of a run is the difference over it. Other servers on
+ * the machine (another worktree's tests) do not count. */
 static double postgres_cpu_s(void)
 {
     DIR *d = opendir("/proc");
@@ -130,15 +137,18 @@ static double postgres_cpu_s(void)
             close != open + 9)
             continue;
         unsigned long ut = 0, st = 0;
-        long cut = 0, cst = 0;
-        /* after ") ": state, fields 4..13, then utime, stime and the
-         * times of reaped children (the postmaster's: backends that
+        long cut = 0, cst = 0, ppid = 0;
+        /* after ") ": state, ppid, fields 5..13, then utime, stime and
+         * the times of reaped children (the postmaster's: backends that
          * ended, such as a projector's when it closed its connection) */
         if (sscanf(close + 2,
-                   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld "
+                   "%*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld "
                    "%ld",
-                   &ut, &st, &cut, &cst) == 4)
-            ticks += (double)ut + (double)st + (double)cut + (double)cst;
+                   &ppid, &ut, &st, &cut, &cst) != 5)
+            continue;
+        if (postmaster && ppid != postmaster && atol(e->d_name) != postmaster)
+            continue;
+        ticks += (double)ut + (double)st + (double)cut + (double)cst;
     }
     if (d)
         closedir(d);
@@ -598,6 +608,17 @@ int main(int argc, char **argv)
     pt_producer(&T);
     char fsync_[64];
     pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");
+    {
+        char st[64], line[256];
+        snprintf(st, sizeof st, "/proc/%lld/status",
+                 pt_long(&T, "SELECT pg_backend_pid()"));
+        FILE *f = fopen(st, "r"); /* NULL: a server on another machine */
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "PPid: %ld", &postmaster) == 1)
+                break;
+        if (f)
+            fclose(f);
+    }
     printf("evlua projector benchmark: %ld events per run, batches of %d, "
            "PostgreSQL fsync=%s, %ld CPUs, median of %d runs\n\n",
            nevents, BATCH, fsync_, sysconf(_SC_NPROCESSORS_ONLN), repeat);
