@@ -103,9 +103,31 @@ static const char script_up[] =
 #define UPSERT                                                                 \
     "INSERT INTO bench_items (id, v, name) VALUES ($1, $2, $3) ON CONFLICT "   \
     "(id) DO UPDATE SET v = EXCLUDED.v, name = EXCLUDED.name"
-#define TABLE                                                                  \
+#define TABLE_SQL                                                              \
     "CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY KEY, v bigint "   \
     "NOT NULL, name text NOT NULL)"
+
+/* EVLUA_BENCH_FILLFACTOR=N: bench_items is created WITH (fillfactor = N)
+ * by every shape (the references and the projections' schema alike), to
+ * measure what room for HOT updates on its pages is worth. */
+static char table_sql[256];
+#define TABLE table_sql
+
+/* src with " WITH (fillfactor = N)" after its first "name text NOT
+ * NULL)" when EVLUA_BENCH_FILLFACTOR is set; a static copy. */
+static const char *with_fillfactor(const char *src, char *out, size_t size)
+{
+    const char *ff = getenv("EVLUA_BENCH_FILLFACTOR");
+    const char *at = strstr(src, "name text NOT NULL)");
+    if (!ff || !*ff || !at) {
+        snprintf(out, size, "%s", src);
+        return out;
+    }
+    at += strlen("name text NOT NULL)");
+    snprintf(out, size, "%.*s WITH (fillfactor = %d)%s", (int)(at - src), src,
+             atoi(ff), at);
+    return out;
+}
 
 /* The postmaster of the server the benchmark uses (the parent of one of
  * its backends), once known; 0: count every "postgres" process. */
@@ -167,7 +189,8 @@ static double self_cpu_s(void)
  * unnest, seed, aggregate, batch, aggregate-tx, aggregate/1, aggregate/4,
  * upserts, upserts/1),
  * e.g. to profile one of them. EVLUA_BENCH_EVLUA_BATCH=N sets evlua's
- * projection.batch_size (default 500, as the references use). */
+ * projection.batch_size (default 500, as the references use);
+ * EVLUA_BENCH_FILLFACTOR=N bench_items' fillfactor (with_fillfactor). */
 static int wanted(const char *shape)
 {
     const char *only = getenv("EVLUA_BENCH_ONLY");
@@ -602,9 +625,11 @@ int main(int argc, char **argv)
     pt_init(&T, "bench_proj");
     char path[800];
     snprintf(path, sizeof path, "%s/projections/bench.lua", T.dir);
-    th_write_file(path, script);
+    char text[2048];
+    with_fillfactor(TABLE_SQL, table_sql, sizeof table_sql);
+    th_write_file(path, with_fillfactor(script, text, sizeof text));
     snprintf(path, sizeof path, "%s/projections/bench_up.lua", T.dir);
-    th_write_file(path, script_up);
+    th_write_file(path, with_fillfactor(script_up, text, sizeof text));
     pt_producer(&T);
     char fsync_[64];
     pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");
