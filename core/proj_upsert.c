@@ -20,10 +20,12 @@
  * a flush sends every bucket in that order and empties them. The order of
  * each aggregate's statements holds because
  *   * a plain statement of an aggregate with rows waiting flushes first;
- *   * a row goes into the newest bucket of its shape unless its aggregate
- *     has a row waiting in a newer bucket, or a row of the same (table,
- *     key columns, key values) is waiting in that bucket or a newer one:
- *     then it opens a new bucket of its shape (a layer). So an
+ *   * a row goes into the oldest bucket of its shape that is not older
+ *     than the newest bucket holding a row of its aggregate and is newer
+ *     than any bucket holding a row of the same (table, key columns, key
+ *     values); when there is none it opens a new bucket of its shape (a
+ *     layer). So a batch whose aggregates each write their key twice
+ *     goes out as two statements per shape, not one per aggregate. An
  *     aggregate's rows go out in the order of its statements, one INSERT
  *     never holds a key twice, every write of a row goes out in the
  *     batch's order (also across aggregates), and no write is merged
@@ -400,15 +402,22 @@ static void add_row(plan *p, int g, int si)
 {
     upsend *u = p->u;
     const pstmt *ps = &p->b->stmts[si];
-    int order = (int)u->nb - 1; /* the newest bucket of the shape */
-    while (order >= 0 && u->buckets[order].shape != ps->shape)
-        order--;
     uint64_t h = key_hash(p->pj, ps);
     kent *e = key_slot(p, ps, h);
-    /* it must go after the aggregate's rows waiting and after any row of
-     * its key waiting: else a newer bucket (a layer) of the shape */
-    if (order < 0 || group_waiting(u, g) > order ||
-        (e->epoch == u->epoch && e->bucket >= order))
+    /* it must go after the aggregate's rows waiting (into the bucket of
+     * its newest one at the earliest) and after any row of its key
+     * waiting (into a later bucket): the oldest bucket of the shape that
+     * allows both, else a new one (a layer). The oldest, not the newest:
+     * when every aggregate writes its key twice, the second rows share
+     * one layer instead of opening one each. */
+    int order = group_waiting(u, g);
+    if (order < 0)
+        order = 0;
+    if (e->epoch == u->epoch && e->bucket >= order)
+        order = e->bucket + 1;
+    while (order < (int)u->nb && u->buckets[order].shape != ps->shape)
+        order++;
+    if (order >= (int)u->nb)
         order = new_bucket(p, ps->shape);
     bucket *k = &u->buckets[order];
     if (k->n == k->cap) {

@@ -39,7 +39,8 @@
  * every 200 ms: the peak of the first half of the run against that of the
  * second (it must not grow). The CPU column is the share of one core the
  * client (the evlua process, or the C program) and the PostgreSQL server
- * (all its processes) used over the run: where the time goes.
+ * (its postmaster and every process it started; not other servers on the
+ * machine) used over the run: where the time goes.
  *
  * usage: bench_proj [EVENTS [KEYS...]]   (services as for the tests:
  * $EVLUA_RUN_DIR/{kafka/bootstrap,pg/conninfo} or EVLUA_KAFKA_BOOTSTRAP /
@@ -102,13 +103,41 @@ static const char script_up[] =
 #define UPSERT                                                                 \
     "INSERT INTO bench_items (id, v, name) VALUES ($1, $2, $3) ON CONFLICT "   \
     "(id) DO UPDATE SET v = EXCLUDED.v, name = EXCLUDED.name"
-#define TABLE                                                                  \
+#define TABLE_SQL                                                              \
     "CREATE TABLE IF NOT EXISTS bench_items (id text PRIMARY KEY, v bigint "   \
     "NOT NULL, name text NOT NULL)"
 
-/* CPU seconds (user + system) spent so far by every process named
- * "postgres" on this machine, ended backends included: the server's
- * share of a run is the difference over it. */
+/* EVLUA_BENCH_FILLFACTOR=N: bench_items is created WITH (fillfactor = N)
+ * by every shape (the references and the projections' schema alike), to
+ * measure what room for HOT updates on its pages is worth. */
+static char table_sql[256];
+#define TABLE table_sql
+
+/* src with " WITH (fillfactor = N)" after its first "name text NOT
+ * NULL)" when EVLUA_BENCH_FILLFACTOR is set; a static copy. */
+static const char *with_fillfactor(const char *src, char *out, size_t size)
+{
+    const char *ff = getenv("EVLUA_BENCH_FILLFACTOR");
+    const char *at = strstr(src, "name text NOT NULL)");
+    if (!ff || !*ff || !at) {
+        snprintf(out, size, "%s", src);
+        return out;
+    }
+    at += strlen("name text NOT NULL)");
+    snprintf(out, size, "%.*s WITH (fillfactor = %d)%s", (int)(at - src), src,
+             atoi(ff), at);
+    return out;
+}
+
+/* The postmaster of the server the benchmark uses (the parent of one of
+ * its backends), once known; 0: count every "postgres" process. */
+static long postmaster;
+
+/* CPU seconds (user + system) spent so far by the benchmark's server:
+ * its postmaster and the postmaster's children, ended backends included
+ * (every process named "postgres" while the postmaster is unknown): the
+ * server's share of a run is the difference over it. Other servers on
+ * the machine (another worktree's tests) do not count. */
 static double postgres_cpu_s(void)
 {
     DIR *d = opendir("/proc");
@@ -130,15 +159,18 @@ static double postgres_cpu_s(void)
             close != open + 9)
             continue;
         unsigned long ut = 0, st = 0;
-        long cut = 0, cst = 0;
-        /* after ") ": state, fields 4..13, then utime, stime and the
-         * times of reaped children (the postmaster's: backends that
+        long cut = 0, cst = 0, ppid = 0;
+        /* after ") ": state, ppid, fields 5..13, then utime, stime and
+         * the times of reaped children (the postmaster's: backends that
          * ended, such as a projector's when it closed its connection) */
         if (sscanf(close + 2,
-                   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld "
+                   "%*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld "
                    "%ld",
-                   &ut, &st, &cut, &cst) == 4)
-            ticks += (double)ut + (double)st + (double)cut + (double)cst;
+                   &ppid, &ut, &st, &cut, &cst) != 5)
+            continue;
+        if (postmaster && ppid != postmaster && atol(e->d_name) != postmaster)
+            continue;
+        ticks += (double)ut + (double)st + (double)cut + (double)cst;
     }
     if (d)
         closedir(d);
@@ -157,7 +189,8 @@ static double self_cpu_s(void)
  * unnest, seed, aggregate, batch, aggregate-tx, aggregate/1, aggregate/4,
  * upserts, upserts/1),
  * e.g. to profile one of them. EVLUA_BENCH_EVLUA_BATCH=N sets evlua's
- * projection.batch_size (default 500, as the references use). */
+ * projection.batch_size (default 500, as the references use);
+ * EVLUA_BENCH_FILLFACTOR=N bench_items' fillfactor (with_fillfactor). */
 static int wanted(const char *shape)
 {
     const char *only = getenv("EVLUA_BENCH_ONLY");
@@ -592,12 +625,25 @@ int main(int argc, char **argv)
     pt_init(&T, "bench_proj");
     char path[800];
     snprintf(path, sizeof path, "%s/projections/bench.lua", T.dir);
-    th_write_file(path, script);
+    char text[2048];
+    with_fillfactor(TABLE_SQL, table_sql, sizeof table_sql);
+    th_write_file(path, with_fillfactor(script, text, sizeof text));
     snprintf(path, sizeof path, "%s/projections/bench_up.lua", T.dir);
-    th_write_file(path, script_up);
+    th_write_file(path, with_fillfactor(script_up, text, sizeof text));
     pt_producer(&T);
     char fsync_[64];
     pt_text(&T, fsync_, sizeof fsync_, "SHOW fsync");
+    {
+        char st[64], line[256];
+        snprintf(st, sizeof st, "/proc/%lld/status",
+                 pt_long(&T, "SELECT pg_backend_pid()"));
+        FILE *f = fopen(st, "r"); /* NULL: a server on another machine */
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "PPid: %ld", &postmaster) == 1)
+                break;
+        if (f)
+            fclose(f);
+    }
     printf("evlua projector benchmark: %ld events per run, batches of %d, "
            "PostgreSQL fsync=%s, %ld CPUs, median of %d runs\n\n",
            nevents, BATCH, fsync_, sysconf(_SC_NPROCESSORS_ONLN), repeat);

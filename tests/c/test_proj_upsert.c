@@ -359,9 +359,25 @@ static void test_plan(void)
     fake_stmt(&f, 0, NULL, "a", "2");
     fake_event(&f, 1, EV_APPLY);
     fake_stmt(&f, 0, NULL, "b", "3");
-    check_plan(&f, "row 0 a 1\nmulti 0 {\"a\",\"b\"} {\"2\",\"3\"}\n",
+    check_plan(&f, "multi 0 {\"a\",\"b\"} {\"1\",\"3\"}\nrow 1 a 2\n",
                "one aggregate's key twice: a second layer, nothing merged "
-               "away");
+               "away; another aggregate's row joins the oldest layer");
+
+    fake_init(&f);
+    for (int g = 0; g < 4; g++) {
+        static const char *const id[] = {"a", "b", "c", "d"};
+        fake_event(&f, g, EV_APPLY);
+        fake_stmt(&f, 0, NULL, id[g], "1");
+        fake_event(&f, g, EV_APPLY);
+        fake_stmt(&f, 0, NULL, id[g], "2");
+    }
+    check_plan(&f,
+               "multi 0 {\"a\",\"b\",\"c\",\"d\"} "
+               "{\"1\",\"1\",\"1\",\"1\"}\n"
+               "multi 0 {\"a\",\"b\",\"c\",\"d\"} "
+               "{\"2\",\"2\",\"2\",\"2\"}\n",
+               "every aggregate writes its key twice: two statements, "
+               "not one per aggregate");
 
     fake_init(&f);
     fake_event(&f, 0, EV_APPLY);
@@ -401,7 +417,7 @@ static void test_plan(void)
     fake_stmt(&f, 0, NULL, "y", "2");
     fake_event(&f, 2, EV_APPLY);
     fake_stmt(&f, 0, NULL, "z", "3");
-    check_plan(&f, "row 0 x 1\nrow 1 y\nmulti 0 {\"y\",\"z\"} {\"2\",\"3\"}\n",
+    check_plan(&f, "multi 0 {\"x\",\"z\"} {\"1\",\"3\"}\nrow 1 y\nrow 2 y 2\n",
                "delete then upsert in one aggregate: sent in that order");
 
     fake_init(&f);
