@@ -35,6 +35,14 @@
 #include "luaapi.h"
 
 enum { R_POST, R_GET, R_OTHER };
+
+/* libmicrohttpd's own connection limit is gateway.max_connections plus
+ * this margin: past max_connections a connection is still accepted and
+ * its request answered 503 (and closed), where libmicrohttpd would close
+ * it without a word; only past the margin too does it do that. The
+ * margin also absorbs libmicrohttpd sharing its limit among the threads
+ * of its pool (each thread accepts up to its share). */
+#define GW_CONN_MARGIN 16
 static const char *const route_names[] = {"POST /v1/commands",
                                           "GET /v1/commands/{id}", "other"};
 
@@ -63,8 +71,9 @@ static void count(evl_gateway *gw, int route, int status)
 }
 
 /* Answer status with body (copied); location: the Location header (NULL
- * or "": none); applied: the request's Prefer was honoured (RFC 7240:
- * Preference-Applied: respond-async). */
+ * or "": none); applied: bit 1, the request's Prefer was honoured (RFC
+ * 7240: Preference-Applied: respond-async); bit 2, close the connection
+ * after the answer (Connection: close). */
 static enum MHD_Result respond_pref(evl_gateway *gw,
                                     struct MHD_Connection *conn, int route,
                                     int status, const char *body, size_t len,
@@ -80,8 +89,10 @@ static enum MHD_Result respond_pref(evl_gateway *gw,
                                 "Bearer realm=\"evlua\"");
     if (status == 503)
         MHD_add_response_header(res, "Retry-After", "1");
-    if (applied)
+    if (applied & 1)
         MHD_add_response_header(res, "Preference-Applied", "respond-async");
+    if (applied & 2)
+        MHD_add_response_header(res, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, res);
     MHD_destroy_response(res);
     count(gw, route, status);
@@ -113,6 +124,16 @@ static enum MHD_Result fail(evl_gateway *gw, struct MHD_Connection *conn,
     enum MHD_Result r = respond(gw, conn, route, status, b.data, b.len, NULL);
     evl_buf_free(&b);
     return r;
+}
+
+/* Was conn accepted past gateway.max_connections (notify_connection)? */
+static int conn_over(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const gw_conn *c = ci ? ci->socket_context : NULL;
+    /* set once, before the connection's first request: no lock needed */
+    return c && c->over;
 }
 
 /* ---- tokens ------------------------------------------------------------ */
@@ -492,6 +513,21 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
             r->route = R_GET;
         else
             r->route = R_OTHER;
+        if (conn_over(conn)) {
+            char msg[200];
+            evl_buf b = {0};
+            snprintf(msg, sizeof msg,
+                     "too many open connections (%d, "
+                     "gateway.max_connections): retry later",
+                     gw->cfg->gateway.max_connections);
+            evl_buf_puts(&b, "{\"error\":");
+            evl_envelope_put_string(&b, msg, strlen(msg));
+            evl_buf_putc(&b, '}');
+            enum MHD_Result res =
+                respond_pref(gw, conn, r->route, 503, b.data, b.len, NULL, 2);
+            evl_buf_free(&b);
+            return res;
+        }
         if (r->route == R_OTHER)
             return fail(gw, conn, R_OTHER, 404, NULL,
                         "no such resource: POST /v1/commands, GET "
@@ -566,6 +602,7 @@ static void notify_connection(void *cls, struct MHD_Connection *conn,
             abort();
         c->conn = conn;
         c->since_ms = evl_now_ms();
+        c->over = ++gw->nconns > gw->cfg->gateway.max_connections;
         c->next = gw->conns;
         if (gw->conns)
             gw->conns->prev = c;
@@ -579,6 +616,7 @@ static void notify_connection(void *cls, struct MHD_Connection *conn,
             gw->conns = c->next;
         if (c->next)
             c->next->prev = c->prev;
+        gw->nconns--;
         free(c);
         *socket_context = NULL;
     }
@@ -784,7 +822,8 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->gateway.threads,
         MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->gateway.connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->gateway.max_connections,
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->gateway.max_connections + GW_CONN_MARGIN,
         MHD_OPTION_NOTIFY_COMPLETED, request_done, gw,
         MHD_OPTION_NOTIFY_CONNECTION, notify_connection, gw, MHD_OPTION_ARRAY,
         tls, MHD_OPTION_END);

@@ -66,6 +66,7 @@ typedef struct gw_conn {
     long long since_ms; /* accept, or the end of its last request */
     int busy;           /* a request is read whole: no deadline */
     int shut;
+    int over; /* accepted past gateway.max_connections: answered 503 */
     struct gw_conn *prev, *next;
 } gw_conn;
 
@@ -102,8 +103,9 @@ struct evl_gateway {
      * each (the registry's lookup walks every metric under its lock) */
     evl_metric *counters[3][600];
 
-    pthread_mutex_t cmu; /* guards conns */
+    pthread_mutex_t cmu; /* guards conns and nconns */
     gw_conn *conns;
+    int nconns;
 };
 
 /* gateway.c: answer 408 on, and shut down, every connection whose request

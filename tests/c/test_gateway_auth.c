@@ -97,6 +97,36 @@ static void trickle(char *b, size_t n, double *secs)
     close(s);
 }
 
+/* Open a keep-alive connection to the gateway on port p and have one
+ * request answered on it, so the gateway has counted it; returns the
+ * open socket, its answer's status line in line. */
+static int held(int p, char *line, size_t n)
+{
+    static const char req[] = "GET /v1/commands/held HTTP/1.1\r\nHost: x\r\n"
+                              "Connection: keep-alive\r\n\r\n";
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)p)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0)
+        th_die("connect to the gateway: %s", strerror(errno));
+    if (send(s, req, sizeof req - 1, MSG_NOSIGNAL) < 0)
+        th_die("send to the gateway: %s", strerror(errno));
+    char b[4096];
+    size_t got = 0;
+    b[0] = '\0';
+    /* the 404's JSON body ends with '}' */
+    while (got < sizeof b - 1 && !strchr(b, '}')) {
+        ssize_t k = recv(s, b + got, sizeof b - 1 - got, 0);
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        b[got] = '\0';
+    }
+    snprintf(line, n, "%.*s", (int)strcspn(b, "\r"), b);
+    return s;
+}
+
 typedef struct trickler {
     pthread_t th;
     char b[2048];
@@ -290,6 +320,58 @@ int main(void)
     CHECK_INT(r.status, 0, "plain HTTP to the HTTPS port gets no answer");
     gw_resp_free(&r);
     CHECK_INT(th_stop(tpid, SIGTERM, 30), 0, "the HTTPS gateway stops with 0");
+    port = tport;
+
+    /* past gateway.max_connections: a clear 503, and served again once
+     * connections close (no Kafka needed: GET reads the cache) */
+    int lport = gw_free_port(), lmport = gw_free_port();
+    char line[256];
+    snprintf(gwcfg, sizeof gwcfg,
+             "listen = '127.0.0.1:%d', max_connections = 2", lport);
+    gw_config(&t, "lim", "lim", lmport, gwcfg);
+    pid_t lpid = gw_start(&t, "lim", "lim.log");
+    port = lport;
+    long long until = th_now_ms() + 30000;
+    do { /* until it listens */
+        th_sleep_ms(100);
+        gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+        gw_resp_free(&r);
+    } while (r.status == 0 && th_now_ms() < until);
+    int h1 = held(lport, line, sizeof line);
+    CHECK_HAS(line, " 404 ", "a first connection is served");
+    int h2 = held(lport, line, sizeof line);
+    CHECK_HAS(line, " 404 ", "a second connection is served");
+    gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+    CHECK_INT(r.status, 503, "a third connection past max_connections: 503");
+    CHECK_HAS(gw_str(&r, "error"), "gateway.max_connections",
+              "its body names the limit");
+    CHECK_HAS(r.headers, "Retry-After: 1", "with Retry-After");
+    CHECK_HAS(r.headers, "Connection: close", "and Connection: close");
+    CHECK(gw_openapi_check(doc, "GET", "/v1/commands/{id}", &r),
+          "the 503 matches the OpenAPI document");
+    gw_resp_free(&r);
+    gw_http(&t, port, "POST", "/v1/commands", reg, NULL, 10, &r);
+    CHECK_INT(r.status, 503, "a POST past max_connections: 503 too");
+    CHECK(gw_openapi_check(doc, "POST", "/v1/commands", &r),
+          "which matches the document");
+    gw_resp_free(&r);
+    close(h1);
+    close(h2);
+    until = th_now_ms() + 30000;
+    do { /* the gateway notices the closes */
+        gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+        gw_resp_free(&r);
+        if (r.status == 404)
+            break;
+        th_sleep_ms(100);
+    } while (th_now_ms() < until);
+    CHECK_INT(r.status, 404, "served again once the connections closed");
+    th_http_get(lmport, "/metrics", m, sizeof m);
+    CHECK_HAS(m,
+              "evlua_gateway_requests_total{route=\"GET /v1/commands/{id}\","
+              "status=\"503\"} 1",
+              "the refusal is counted");
+    CHECK_INT(th_stop(lpid, SIGTERM, 30), 0, "that gateway stops with 0");
     port = tport;
 
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
