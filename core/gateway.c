@@ -31,6 +31,7 @@
 
 #include "envelope.h"
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "luaapi.h"
 
@@ -179,9 +180,9 @@ static int listed(const evl_strlist *l, const char *s)
 /* The command of the request body, checked, as an envelope in cmd; its
  * type in *t and its id in id. Returns 0, or the HTTP status with the
  * reason in msg. */
-static int parse_command(evl_gateway *gw, const gw_req *r, const gw_type **t,
-                         char *id, evl_buf *cmd, char *agg, char *msg,
-                         size_t msglen)
+static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
+                         const gw_type **t, char *id, evl_buf *cmd, char *agg,
+                         char *msg, size_t msglen)
 {
     enum { M_ID, M_AT, M_AID, M_TYPE, M_DATA, M_EV, M_META };
     evl_json_member m[] = {
@@ -210,9 +211,9 @@ static int parse_command(evl_gateway *gw, const gw_req *r, const gw_type **t,
         goto out;
     }
     *t = NULL;
-    for (size_t i = 0; i < gw->ntypes; i++)
-        if (strcmp(gw->types[i].type, STR(M_AT)) == 0)
-            *t = &gw->types[i];
+    for (size_t i = 0; i < ts->n; i++)
+        if (strcmp(ts->v[i].type, STR(M_AT)) == 0)
+            *t = &ts->v[i];
     if (!*t) {
         snprintf(msg, msglen, "unknown aggregate type '%.200s'", STR(M_AT));
         goto out;
@@ -370,10 +371,21 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
                  gw->cfg->gateway.max_body);
         return fail(gw, conn, R_POST, 413, NULL, msg);
     }
-    int status = parse_command(gw, r, &t, id, &cmd, agg, msg, sizeof msg);
+    /* held to the end: a reload may swap the set meanwhile */
+    gw_types *ts = gw_types_get(gw);
+    int status = parse_command(gw, ts, r, &t, id, &cmd, agg, msg, sizeof msg);
     if (status) {
-        evl_buf_free(&cmd);
-        return fail(gw, conn, R_POST, status, NULL, msg);
+        res = fail(gw, conn, R_POST, status, NULL, msg);
+        goto out;
+    }
+    if (!__atomic_load_n(&t->assigned, __ATOMIC_ACQUIRE)) {
+        /* its results would not be read: nothing could answer a wait */
+        snprintf(msg, sizeof msg,
+                 "not ready: the results topic %s of the reloaded type %s "
+                 "is not assigned yet",
+                 t->results_topic, t->type);
+        res = fail(gw, conn, R_POST, 503, id, msg);
+        goto out;
     }
     pthread_mutex_lock(&gw->mu);
     gw_entry *e = gw_lookup(gw, id);
@@ -448,6 +460,7 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
     res = MHD_YES;
 out:
     evl_buf_free(&cmd);
+    gw_types_put(gw, ts);
     return res;
 }
 
@@ -705,17 +718,109 @@ static char *slurp(const char *path)
     return b.data;
 }
 
-static void free_types(evl_gateway *gw)
+static void free_types(gw_types *ts)
 {
-    for (size_t i = 0; i < gw->ntypes; i++) {
-        free(gw->types[i].type);
-        free(gw->types[i].commands_topic);
-        free(gw->types[i].results_topic);
-        for (size_t j = 0; j < gw->types[i].ncmds; j++)
-            free(gw->types[i].cmds[j]);
-        free(gw->types[i].cmds);
+    if (!ts)
+        return;
+    for (size_t i = 0; i < ts->n; i++) {
+        free(ts->v[i].commands_topic);
+        free(ts->v[i].results_topic);
+        for (size_t j = 0; j < ts->v[i].ncmds; j++)
+            free(ts->v[i].cmds[j]);
+        free(ts->v[i].cmds);
     }
-    free(gw->types);
+    free(ts->v);
+    free(ts);
+}
+
+gw_types *gw_types_get(evl_gateway *gw)
+{
+    pthread_mutex_lock(&gw->tmu);
+    gw_types *ts = gw->types;
+    ts->refs++;
+    pthread_mutex_unlock(&gw->tmu);
+    return ts;
+}
+
+void gw_types_put(evl_gateway *gw, gw_types *ts)
+{
+    pthread_mutex_lock(&gw->tmu);
+    int last = --ts->refs == 0;
+    pthread_mutex_unlock(&gw->tmu);
+    if (last)
+        free_types(ts);
+}
+
+static const char *intern(evl_gateway *gw, const char *type)
+{
+    for (gw_name *n = gw->names; n; n = n->next)
+        if (strcmp(n->s, type) == 0)
+            return n->s;
+    size_t len = strlen(type);
+    gw_name *n = evl_xmalloc(sizeof *n + len + 1);
+    memcpy(n->s, type, len + 1);
+    n->next = gw->names;
+    gw->names = n;
+    return n->s;
+}
+
+/* The types of host (one reference: the gateway's). A type of old with
+ * the same results topic keeps its assignment. */
+static gw_types *make_types(evl_gateway *gw, const evl_luahost *host,
+                            const gw_types *old)
+{
+    const evl_config *cfg = gw->cfg;
+    char topic[512];
+    gw_types *ts = evl_xmalloc(sizeof *ts);
+    ts->n = evl_luahost_naggregates(host);
+    ts->v = calloc(ts->n + 1, sizeof *ts->v);
+    ts->refs = 1;
+    if (!ts->v)
+        abort();
+    for (size_t i = 0; i < ts->n; i++) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(host, i);
+        gw_type *t = &ts->v[i];
+        t->type = intern(gw, a->type);
+        evl_config_topic(cfg->cmd.commands_topic, a->type, topic, sizeof topic);
+        t->commands_topic = evl_xstrdup(topic);
+        evl_config_topic(cfg->cmd.results_topic, a->type, topic, sizeof topic);
+        t->results_topic = evl_xstrdup(topic);
+        t->cmds = calloc(a->ncommands + 1, sizeof *t->cmds);
+        if (!t->cmds)
+            abort();
+        for (size_t j = 0; j < a->ncommands; j++)
+            t->cmds[j] = evl_xstrdup(a->commands[j]);
+        t->ncmds = a->ncommands;
+        for (size_t j = 0; old && j < old->n; j++)
+            if (strcmp(old->v[j].results_topic, t->results_topic) == 0)
+                t->assigned =
+                    __atomic_load_n(&old->v[j].assigned, __ATOMIC_ACQUIRE);
+    }
+    return ts;
+}
+
+int gw_reload(evl_gateway *gw)
+{
+    evl_luahost *fresh = NULL;
+    char err[EVL_ERRLEN];
+    if (evl_luahost_reload(gw->host, &fresh, NULL, err, sizeof err) != EVL_OK) {
+        evl_log(EVL_LOG_ERROR, "gateway: reload failed; keeping the types",
+                "error", err, NULL);
+        return 0;
+    }
+    gw_types *ts = make_types(gw, fresh, gw->types);
+    evl_luahost_free(gw->host);
+    gw->host = fresh;
+    pthread_mutex_lock(&gw->tmu);
+    gw_types *old = gw->types;
+    gw->types = ts;
+    pthread_mutex_unlock(&gw->tmu);
+    char n[16];
+    snprintf(n, sizeof n, "%zu", ts->n);
+    evl_log(EVL_LOG_INFO, "gateway: types reloaded", "aggregate_types", n,
+            "scripts", evl_luahost_hash(fresh), NULL);
+    gw_types_put(gw, old); /* freed when the last request lets it go */
+    return 1;
 }
 
 evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
@@ -723,7 +828,7 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
                           size_t errlen)
 {
     const char *listen = cfg->gateway.listen;
-    char hostpart[256], topic[512];
+    char hostpart[256];
     evl_err e = EVL_EPERMANENT;
     const char *colon = listen ? strrchr(listen, ':') : NULL;
     if (!colon || colon == listen ||
@@ -772,21 +877,12 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
     gw->buckets = calloc(gw->nbuckets, sizeof *gw->buckets);
     if (!gw->buckets)
         abort();
-    gw->ntypes = evl_luahost_naggregates(host);
-    gw->types = calloc(gw->ntypes + 1, sizeof *gw->types);
-    for (size_t i = 0; i < gw->ntypes; i++) {
-        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(host, i);
-        gw_type *t = &gw->types[i];
-        t->type = evl_xstrdup(a->type);
-        evl_config_topic(cfg->cmd.commands_topic, a->type, topic, sizeof topic);
-        t->commands_topic = evl_xstrdup(topic);
-        evl_config_topic(cfg->cmd.results_topic, a->type, topic, sizeof topic);
-        t->results_topic = evl_xstrdup(topic);
-        t->cmds = calloc(a->ncommands + 1, sizeof *t->cmds);
-        for (size_t j = 0; j < a->ncommands; j++)
-            t->cmds[j] = evl_xstrdup(a->commands[j]);
-        t->ncmds = a->ncommands;
-    }
+    pthread_mutex_init(&gw->tmu, NULL);
+    /* its own host, to reload from on SIGHUP as the pipelines do */
+    if ((e = evl_luahost_reload(host, &gw->host, NULL, err, errlen)))
+        goto fail;
+    gw->types = make_types(gw, gw->host, NULL);
+    gw->reload_seen = evl_lifecycle_reloads();
     gw->m_waiters =
         evl_metrics_gauge("evlua_gateway_waiters",
                           "requests waiting for their command's result", NULL);
@@ -884,11 +980,18 @@ void evl_gateway_stop(evl_gateway *gw)
             free(e);
         }
     free(gw->buckets);
-    free_types(gw);
+    if (gw->types)
+        gw_types_put(gw, gw->types);
+    for (gw_name *n = gw->names, *next; n; n = next) {
+        next = n->next;
+        free(n);
+    }
+    evl_luahost_free(gw->host);
     free(gw->tls_cert);
     free(gw->tls_key);
     pthread_mutex_destroy(&gw->mu);
     pthread_mutex_destroy(&gw->cmu);
+    pthread_mutex_destroy(&gw->tmu);
     evl_metrics_ready("gateway", 0, "stopped");
     free(gw);
 }

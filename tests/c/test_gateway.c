@@ -314,6 +314,58 @@ int main(void)
     CHECK_INT(regs, 1, "the retried command recorded its event once");
     th_recs_free(&ev);
 
+    /* SIGHUP: a type added to the scripts is accepted without a restart;
+     * a broken set is refused and the loaded one kept */
+    static const char extra_cmd[] =
+        "{\"aggregate_type\":\"extra\",\"aggregate_id\":\"e-1\","
+        "\"type\":\"Add\",\"data\":{}}";
+    post(NULL, extra_cmd, &r);
+    CHECK_INT(r.status, 422, "a type not loaded yet: 422");
+    CHECK_HAS(gw_str(&r, "error"), "unknown aggregate type", "saying so");
+    gw_resp_free(&r);
+    ct_write_file(&t, "aggregates/extra.lua", "return { type = 'extra',");
+    kill(gpid, SIGHUP);
+    until = th_now_ms() + 30000;
+    while (!ct_log_has(&t, "g.log", "keeping the types") && th_now_ms() < until)
+        th_sleep_ms(100);
+    CHECK(ct_log_has(&t, "g.log", "keeping the types"),
+          "a broken script set: the gateway's reload fails");
+    post(NULL,
+         "{\"aggregate_type\":\"probe\",\"aggregate_id\":\"p-7\","
+         "\"type\":\"Ok\",\"data\":{}}",
+         &r);
+    CHECK_INT(r.status, 200, "and it goes on with the loaded types");
+    gw_resp_free(&r);
+    ct_write_file(&t, "aggregates/extra.lua",
+                  "return {\n"
+                  "  type = 'extra',\n"
+                  "  initial = function() return { n = 0 } end,\n"
+                  "  apply = { Added = function(s, e) s.n = s.n + 1 end },\n"
+                  "  handle = { Add = function() return { { type = 'Added', "
+                  "data = {} } } end },\n"
+                  "}\n");
+    kill(rpid, SIGHUP);
+    kill(gpid, SIGHUP);
+    /* 422 until the gateway reloads, 503 until evlua run has made the
+     * topics and the gateway assigned the results */
+    until = th_now_ms() + 90000;
+    do {
+        post(NULL, extra_cmd, &r);
+        if (r.status != 422 && r.status != 503)
+            break;
+        gw_resp_free(&r);
+        th_sleep_ms(200);
+    } while (th_now_ms() < until);
+    CHECK_INT(r.status, 200, "after SIGHUP the new type's command: 200");
+    CHECK_INT(gw_int(&r, "version"), 1, "decided by evlua run");
+    gw_resp_free(&r);
+    post(NULL,
+         "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-1\","
+         "\"type\":\"ChangeEmail\",\"data\":{\"email\":\"b@example.org\"}}",
+         &r);
+    CHECK_INT(r.status, 200, "the types loaded before are still served");
+    gw_resp_free(&r);
+
     /* metrics */
     static char m[1 << 16];
     th_http_get(mport, "/metrics", m, sizeof m);
