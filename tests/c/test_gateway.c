@@ -8,7 +8,9 @@
  * a Location that later answers, 404, 405); retrying an id returns the
  * first outcome and records nothing twice; concurrent requests for one
  * aggregate are all answered, with one version each, in order; the
- * metrics count the requests; the threads are named.
+ * metrics count the requests; the threads are named. On SIGHUP both
+ * gateways (evlua gateway's, evlua run's) accept a type the scripts
+ * gained (422 before), and a broken script set keeps the loaded types.
  */
 #include "gwtest.h"
 
@@ -75,8 +77,10 @@ int main(void)
 {
     gw_resp r, r2;
     char gwcfg[256], events[256], probe_commands[256];
-    int mport = gw_free_port(), rport = gw_free_port();
+    int mport = gw_free_port(), rport = gw_free_port(), rgport = gw_free_port();
+    char rgcfg[256];
     port = gw_free_port();
+    int gport = port;
 
     ct_init(&t, "gateway");
     ct_copy_aggregate(&t, "customer.lua");
@@ -84,7 +88,9 @@ int main(void)
     doc = gw_openapi_load(&t);
     snprintf(gwcfg, sizeof gwcfg, "listen = '127.0.0.1:%d'", port);
     gw_config(&t, "g", "g", mport, gwcfg);
-    gw_config(&t, "r", "r", rport, "");
+    /* evlua run serves a gateway of its own too (for the reload) */
+    snprintf(rgcfg, sizeof rgcfg, "listen = '127.0.0.1:%d'", rgport);
+    gw_config(&t, "r", "r", rport, rgcfg);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "probe", "commands", probe_commands, sizeof probe_commands);
 
@@ -323,6 +329,11 @@ int main(void)
     CHECK_INT(r.status, 422, "a type not loaded yet: 422");
     CHECK_HAS(gw_str(&r, "error"), "unknown aggregate type", "saying so");
     gw_resp_free(&r);
+    port = rgport;
+    post(NULL, extra_cmd, &r);
+    port = gport;
+    CHECK_INT(r.status, 422, "evlua run's gateway: 422 too");
+    gw_resp_free(&r);
     ct_write_file(&t, "aggregates/extra.lua", "return { type = 'extra',");
     kill(gpid, SIGHUP);
     until = th_now_ms() + 30000;
@@ -358,6 +369,19 @@ int main(void)
     } while (th_now_ms() < until);
     CHECK_INT(r.status, 200, "after SIGHUP the new type's command: 200");
     CHECK_INT(gw_int(&r, "version"), 1, "decided by evlua run");
+    gw_resp_free(&r);
+    port = rgport;
+    until = th_now_ms() + 60000;
+    do {
+        post(NULL, extra_cmd, &r);
+        if (r.status != 422 && r.status != 503)
+            break;
+        gw_resp_free(&r);
+        th_sleep_ms(200);
+    } while (th_now_ms() < until);
+    port = gport;
+    CHECK_INT(r.status, 200, "evlua run's gateway reloaded too: 200");
+    CHECK_INT(gw_int(&r, "version"), 2, "the aggregate's next version");
     gw_resp_free(&r);
     post(NULL,
          "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-1\","

@@ -12,7 +12,9 @@
  * gateway (evlua gateway) speaks HTTPS with a certificate and key file,
  * refuses plain HTTP, answers a retry of an id it never saw with the
  * duplicate mapped to accepted, and forgets outcomes past
- * gateway.cache_size.
+ * gateway.cache_size. A third, with gateway.max_connections = 2, answers
+ * a connection past the limit 503 (Retry-After, Connection: close) and
+ * serves again once connections close.
  */
 #include <openssl/sha.h>
 
