@@ -830,34 +830,61 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
     const char *listen = cfg->gateway.listen;
     char hostpart[256];
     evl_err e = EVL_EPERMANENT;
-    const char *colon = listen ? strrchr(listen, ':') : NULL;
-    if (!colon || colon == listen ||
-        (size_t)(colon - listen) >= sizeof hostpart)
+    /* HOST:PORT, or [IPv6]:PORT */
+    const char *h = listen ? listen : "", *colon = strrchr(h, ':');
+    size_t hlen = colon ? (size_t)(colon - h) : 0;
+    int v6 = *h == '[';
+    if (v6) {
+        const char *close = strchr(h, ']');
+        if (!close || close + 1 != colon)
+            colon = NULL;
+        h++;
+        hlen = close ? (size_t)(close - h) : 0;
+    }
+    if (!colon || hlen == 0 || hlen >= sizeof hostpart)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
-                          "gateway.listen \"%s\": expected HOST:PORT",
+                          "gateway.listen \"%s\": expected HOST:PORT or "
+                          "[IPV6]:PORT",
                           listen ? listen : "");
-    memcpy(hostpart, listen, (size_t)(colon - listen));
-    hostpart[colon - listen] = '\0';
+    memcpy(hostpart, h, hlen);
+    hostpart[hlen] = '\0';
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (*end || p < 0 || p > 65535)
+    if (!colon[1] || *end || p < 0 || p > 65535)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "gateway.listen \"%s\": bad port", listen);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)p);
-    if (inet_pton(AF_INET, hostpart, &sa.sin_addr) != 1)
-        return evl_seterr(err, errlen, EVL_EPERMANENT,
-                          "gateway.listen \"%s\": HOST must be an IPv4 "
-                          "address",
-                          listen);
-    if (cfg->gateway.ntokens == 0 && (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
+    struct sockaddr_storage ss;
+    struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sa6 = (struct sockaddr_in6 *)&ss;
+    int loopback;
+    memset(&ss, 0, sizeof ss);
+    if (v6) {
+        sa6->sin6_family = AF_INET6;
+        sa6->sin6_port = htons((uint16_t)p);
+        if (inet_pton(AF_INET6, hostpart, &sa6->sin6_addr) != 1)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "gateway.listen \"%s\": [HOST] must be an "
+                              "IPv6 address",
+                              listen);
+        loopback = IN6_IS_ADDR_LOOPBACK(&sa6->sin6_addr) ||
+                   (IN6_IS_ADDR_V4MAPPED(&sa6->sin6_addr) &&
+                    sa6->sin6_addr.s6_addr[12] == 127);
+    } else {
+        sa->sin_family = AF_INET;
+        sa->sin_port = htons((uint16_t)p);
+        if (inet_pton(AF_INET, hostpart, &sa->sin_addr) != 1)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "gateway.listen \"%s\": HOST must be an IPv4 "
+                              "address (or [IPV6])",
+                              listen);
+        loopback = (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (cfg->gateway.ntokens == 0 && !loopback)
         return evl_seterr(
             err, errlen, EVL_EPERMANENT,
             "gateway.listen \"%s\": no gateway.tokens configured, and "
             "anyone who can reach this address could send commands as "
-            "anyone: configure tokens, or listen on 127.0.0.1",
+            "anyone: configure tokens, or listen on 127.0.0.1 or [::1]",
             listen);
     if (!cfg->gateway.tls_cert != !cfg->gateway.tls_key)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
@@ -896,6 +923,8 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
 
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
+    if (v6)
+        flags |= MHD_USE_IPv6;
     if (cfg->gateway.tls_cert) {
         gw->tls_cert = slurp(cfg->gateway.tls_cert);
         gw->tls_key = slurp(cfg->gateway.tls_key);
@@ -914,7 +943,7 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         {MHD_OPTION_END, 0, NULL}};
     gw->daemon = MHD_start_daemon(
         flags, (uint16_t)p, NULL, NULL, answer, gw, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->gateway.threads,
         MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->gateway.connection_timeout_s,

@@ -376,6 +376,47 @@ int main(void)
     CHECK_INT(th_stop(lpid, SIGTERM, 30), 0, "that gateway stops with 0");
     port = tport;
 
+    /* gateway.listen on IPv6: [::1] is a loopback address (no tokens
+     * needed), [::] without tokens is refused */
+    int s6 = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6,
+                               .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int have6 = s6 >= 0 && bind(s6, (struct sockaddr *)&sa6, sizeof sa6) == 0;
+    if (s6 >= 0)
+        close(s6);
+    if (!have6) {
+        printf("# SKIP the IPv6 listen checks: this machine has no IPv6 "
+               "loopback (cannot bind [::1]: %s)\n",
+               strerror(errno));
+    } else {
+        int p6 = gw_free_port(), m6 = gw_free_port();
+        snprintf(gwcfg, sizeof gwcfg, "listen = '[::]:%d'", p6);
+        gw_config(&t, "open6", "open6", m6, gwcfg);
+        pid_t o6 = gw_start(&t, "open6", "open6.log");
+        CHECK_INT(th_wait(o6, 30), 2, "no tokens on [::]: refused (2)");
+        CHECK(ct_log_has(&t, "open6.log", "no gateway.tokens configured"),
+              "and says why");
+        snprintf(gwcfg, sizeof gwcfg, "listen = '[::1]:%d'", p6);
+        gw_config(&t, "v6", "v6", m6, gwcfg);
+        pid_t v6 = gw_start(&t, "v6", "v6.log");
+        gw_host = "[::1]";
+        port = p6;
+        until = th_now_ms() + 30000;
+        do {
+            th_sleep_ms(100);
+            gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+            if (r.status == 0)
+                gw_resp_free(&r);
+        } while (r.status == 0 && th_now_ms() < until);
+        CHECK_INT(r.status, 404, "a gateway on [::1] answers over IPv6");
+        CHECK(gw_openapi_check(doc, "GET", "/v1/commands/{id}", &r),
+              "as the document says");
+        gw_resp_free(&r);
+        gw_host = "127.0.0.1";
+        port = tport;
+        CHECK_INT(th_stop(v6, SIGTERM, 30), 0, "the IPv6 gateway stops with 0");
+    }
+
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
     if (check_failures_)
         ct_dump_log(&t, "r.log");
