@@ -806,9 +806,12 @@ int gw_reload(evl_gateway *gw)
     if (evl_luahost_reload(gw->host, &fresh, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "gateway: reload failed; keeping the types",
                 "error", err, NULL);
+        evl_metrics_scripts("gateway", "failed", NULL, NULL);
         return 0;
     }
     gw_types *ts = make_types(gw, fresh, gw->types);
+    evl_metrics_scripts("gateway", "applied", evl_luahost_hash(gw->host),
+                        evl_luahost_hash(fresh));
     evl_luahost_free(gw->host);
     gw->host = fresh;
     pthread_mutex_lock(&gw->tmu);
@@ -909,6 +912,7 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
     if ((e = evl_luahost_reload(host, &gw->host, NULL, err, errlen)))
         goto fail;
     gw->types = make_types(gw, gw->host, NULL);
+    evl_metrics_scripts("gateway", NULL, NULL, evl_luahost_hash(gw->host));
     gw->reload_seen = evl_lifecycle_reloads();
     gw->m_waiters =
         evl_metrics_gauge("evlua_gateway_waiters",

@@ -399,6 +399,14 @@ int main(void)
               "requests counted by route and status");
     CHECK_HAS(m, "evlua_gateway_wait_seconds_count", "the wait histogram");
     CHECK_HAS(m, "evlua_gateway_waiters 0", "no waiter left in flight");
+    CHECK_HAS(m,
+              "evlua_script_reloads_total{pipeline=\"gateway\","
+              "outcome=\"failed\"} 1",
+              "the refused reload counted");
+    CHECK_HAS(m,
+              "evlua_script_reloads_total{pipeline=\"gateway\","
+              "outcome=\"applied\"} 1",
+              "the applied one too");
 
     /* its threads are named for top -H and perf */
     char cmd[1024], names[8192];
