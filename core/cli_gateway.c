@@ -24,7 +24,8 @@ static const char gateway_usage[] =
     "(docs/gateway.openapi.json). Commands are decided by `evlua run`\n"
     "elsewhere; `evlua run` also starts the gateway when gateway.listen is\n"
     "set. The scripts are loaded only to learn the aggregate and command\n"
-    "types.\n"
+    "types; SIGHUP reloads them (all or nothing: a failed reload keeps\n"
+    "the loaded ones).\n"
     "\n"
     "  -c, --config FILE   config file (gateway.*, Kafka; docs/config.md)\n"
     "  --scripts DIR       aggregates from DIR/aggregates instead\n"
@@ -75,7 +76,7 @@ int evl_cli_gateway(int argc, char **argv)
         rc = EVL_EXIT_USAGE;
         goto out;
     }
-    if (evl_lifecycle_install() != 0) {
+    if (evl_lifecycle_install() != 0 || evl_lifecycle_install_reload() != 0) {
         evl_log(EVL_LOG_ERROR, "cannot install signal handlers", NULL);
         rc = EVL_EXIT_FAILURE;
         goto out;

@@ -31,10 +31,19 @@
 
 #include "envelope.h"
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "luaapi.h"
 
 enum { R_POST, R_GET, R_OTHER };
+
+/* libmicrohttpd's own connection limit is gateway.max_connections plus
+ * this margin: past max_connections a connection is still accepted and
+ * its request answered 503 (and closed), where libmicrohttpd would close
+ * it without a word; only past the margin too does it do that. The
+ * margin also absorbs libmicrohttpd sharing its limit among the threads
+ * of its pool (each thread accepts up to its share). */
+#define GW_CONN_MARGIN 16
 static const char *const route_names[] = {"POST /v1/commands",
                                           "GET /v1/commands/{id}", "other"};
 
@@ -63,8 +72,9 @@ static void count(evl_gateway *gw, int route, int status)
 }
 
 /* Answer status with body (copied); location: the Location header (NULL
- * or "": none); applied: the request's Prefer was honoured (RFC 7240:
- * Preference-Applied: respond-async). */
+ * or "": none); applied: bit 1, the request's Prefer was honoured (RFC
+ * 7240: Preference-Applied: respond-async); bit 2, close the connection
+ * after the answer (Connection: close). */
 static enum MHD_Result respond_pref(evl_gateway *gw,
                                     struct MHD_Connection *conn, int route,
                                     int status, const char *body, size_t len,
@@ -80,8 +90,10 @@ static enum MHD_Result respond_pref(evl_gateway *gw,
                                 "Bearer realm=\"evlua\"");
     if (status == 503)
         MHD_add_response_header(res, "Retry-After", "1");
-    if (applied)
+    if (applied & 1)
         MHD_add_response_header(res, "Preference-Applied", "respond-async");
+    if (applied & 2)
+        MHD_add_response_header(res, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, res);
     MHD_destroy_response(res);
     count(gw, route, status);
@@ -113,6 +125,16 @@ static enum MHD_Result fail(evl_gateway *gw, struct MHD_Connection *conn,
     enum MHD_Result r = respond(gw, conn, route, status, b.data, b.len, NULL);
     evl_buf_free(&b);
     return r;
+}
+
+/* Was conn accepted past gateway.max_connections (notify_connection)? */
+static int conn_over(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const gw_conn *c = ci ? ci->socket_context : NULL;
+    /* set once, before the connection's first request: no lock needed */
+    return c && c->over;
 }
 
 /* ---- tokens ------------------------------------------------------------ */
@@ -158,9 +180,9 @@ static int listed(const evl_strlist *l, const char *s)
 /* The command of the request body, checked, as an envelope in cmd; its
  * type in *t and its id in id. Returns 0, or the HTTP status with the
  * reason in msg. */
-static int parse_command(evl_gateway *gw, const gw_req *r, const gw_type **t,
-                         char *id, evl_buf *cmd, char *agg, char *msg,
-                         size_t msglen)
+static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
+                         const gw_type **t, char *id, evl_buf *cmd, char *agg,
+                         char *msg, size_t msglen)
 {
     enum { M_ID, M_AT, M_AID, M_TYPE, M_DATA, M_EV, M_META };
     evl_json_member m[] = {
@@ -189,9 +211,9 @@ static int parse_command(evl_gateway *gw, const gw_req *r, const gw_type **t,
         goto out;
     }
     *t = NULL;
-    for (size_t i = 0; i < gw->ntypes; i++)
-        if (strcmp(gw->types[i].type, STR(M_AT)) == 0)
-            *t = &gw->types[i];
+    for (size_t i = 0; i < ts->n; i++)
+        if (strcmp(ts->v[i].type, STR(M_AT)) == 0)
+            *t = &ts->v[i];
     if (!*t) {
         snprintf(msg, msglen, "unknown aggregate type '%.200s'", STR(M_AT));
         goto out;
@@ -349,10 +371,21 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
                  gw->cfg->gateway.max_body);
         return fail(gw, conn, R_POST, 413, NULL, msg);
     }
-    int status = parse_command(gw, r, &t, id, &cmd, agg, msg, sizeof msg);
+    /* held to the end: a reload may swap the set meanwhile */
+    gw_types *ts = gw_types_get(gw);
+    int status = parse_command(gw, ts, r, &t, id, &cmd, agg, msg, sizeof msg);
     if (status) {
-        evl_buf_free(&cmd);
-        return fail(gw, conn, R_POST, status, NULL, msg);
+        res = fail(gw, conn, R_POST, status, NULL, msg);
+        goto out;
+    }
+    if (!__atomic_load_n(&t->assigned, __ATOMIC_ACQUIRE)) {
+        /* its results would not be read: nothing could answer a wait */
+        snprintf(msg, sizeof msg,
+                 "not ready: the results topic %s of the reloaded type %s "
+                 "is not assigned yet",
+                 t->results_topic, t->type);
+        res = fail(gw, conn, R_POST, 503, id, msg);
+        goto out;
     }
     pthread_mutex_lock(&gw->mu);
     gw_entry *e = gw_lookup(gw, id);
@@ -427,6 +460,7 @@ static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
     res = MHD_YES;
 out:
     evl_buf_free(&cmd);
+    gw_types_put(gw, ts);
     return res;
 }
 
@@ -492,6 +526,21 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
             r->route = R_GET;
         else
             r->route = R_OTHER;
+        if (conn_over(conn)) {
+            char msg[200];
+            evl_buf b = {0};
+            snprintf(msg, sizeof msg,
+                     "too many open connections (%d, "
+                     "gateway.max_connections): retry later",
+                     gw->cfg->gateway.max_connections);
+            evl_buf_puts(&b, "{\"error\":");
+            evl_envelope_put_string(&b, msg, strlen(msg));
+            evl_buf_putc(&b, '}');
+            enum MHD_Result res =
+                respond_pref(gw, conn, r->route, 503, b.data, b.len, NULL, 2);
+            evl_buf_free(&b);
+            return res;
+        }
         if (r->route == R_OTHER)
             return fail(gw, conn, R_OTHER, 404, NULL,
                         "no such resource: POST /v1/commands, GET "
@@ -566,6 +615,7 @@ static void notify_connection(void *cls, struct MHD_Connection *conn,
             abort();
         c->conn = conn;
         c->since_ms = evl_now_ms();
+        c->over = ++gw->nconns > gw->cfg->gateway.max_connections;
         c->next = gw->conns;
         if (gw->conns)
             gw->conns->prev = c;
@@ -579,6 +629,7 @@ static void notify_connection(void *cls, struct MHD_Connection *conn,
             gw->conns = c->next;
         if (c->next)
             c->next->prev = c->prev;
+        gw->nconns--;
         free(c);
         *socket_context = NULL;
     }
@@ -667,17 +718,112 @@ static char *slurp(const char *path)
     return b.data;
 }
 
-static void free_types(evl_gateway *gw)
+static void free_types(gw_types *ts)
 {
-    for (size_t i = 0; i < gw->ntypes; i++) {
-        free(gw->types[i].type);
-        free(gw->types[i].commands_topic);
-        free(gw->types[i].results_topic);
-        for (size_t j = 0; j < gw->types[i].ncmds; j++)
-            free(gw->types[i].cmds[j]);
-        free(gw->types[i].cmds);
+    if (!ts)
+        return;
+    for (size_t i = 0; i < ts->n; i++) {
+        free(ts->v[i].commands_topic);
+        free(ts->v[i].results_topic);
+        for (size_t j = 0; j < ts->v[i].ncmds; j++)
+            free(ts->v[i].cmds[j]);
+        free(ts->v[i].cmds);
     }
-    free(gw->types);
+    free(ts->v);
+    free(ts);
+}
+
+gw_types *gw_types_get(evl_gateway *gw)
+{
+    pthread_mutex_lock(&gw->tmu);
+    gw_types *ts = gw->types;
+    ts->refs++;
+    pthread_mutex_unlock(&gw->tmu);
+    return ts;
+}
+
+void gw_types_put(evl_gateway *gw, gw_types *ts)
+{
+    pthread_mutex_lock(&gw->tmu);
+    int last = --ts->refs == 0;
+    pthread_mutex_unlock(&gw->tmu);
+    if (last)
+        free_types(ts);
+}
+
+static const char *intern(evl_gateway *gw, const char *type)
+{
+    for (gw_name *n = gw->names; n; n = n->next)
+        if (strcmp(n->s, type) == 0)
+            return n->s;
+    size_t len = strlen(type);
+    gw_name *n = evl_xmalloc(sizeof *n + len + 1);
+    memcpy(n->s, type, len + 1);
+    n->next = gw->names;
+    gw->names = n;
+    return n->s;
+}
+
+/* The types of host (one reference: the gateway's). A type of old with
+ * the same results topic keeps its assignment. */
+static gw_types *make_types(evl_gateway *gw, const evl_luahost *host,
+                            const gw_types *old)
+{
+    const evl_config *cfg = gw->cfg;
+    char topic[512];
+    gw_types *ts = evl_xmalloc(sizeof *ts);
+    ts->n = evl_luahost_naggregates(host);
+    ts->v = calloc(ts->n + 1, sizeof *ts->v);
+    ts->refs = 1;
+    if (!ts->v)
+        abort();
+    for (size_t i = 0; i < ts->n; i++) {
+        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(host, i);
+        gw_type *t = &ts->v[i];
+        t->type = intern(gw, a->type);
+        evl_config_topic(cfg->cmd.commands_topic, a->type, topic, sizeof topic);
+        t->commands_topic = evl_xstrdup(topic);
+        evl_config_topic(cfg->cmd.results_topic, a->type, topic, sizeof topic);
+        t->results_topic = evl_xstrdup(topic);
+        t->cmds = calloc(a->ncommands + 1, sizeof *t->cmds);
+        if (!t->cmds)
+            abort();
+        for (size_t j = 0; j < a->ncommands; j++)
+            t->cmds[j] = evl_xstrdup(a->commands[j]);
+        t->ncmds = a->ncommands;
+        for (size_t j = 0; old && j < old->n; j++)
+            if (strcmp(old->v[j].results_topic, t->results_topic) == 0)
+                t->assigned =
+                    __atomic_load_n(&old->v[j].assigned, __ATOMIC_ACQUIRE);
+    }
+    return ts;
+}
+
+int gw_reload(evl_gateway *gw)
+{
+    evl_luahost *fresh = NULL;
+    char err[EVL_ERRLEN];
+    if (evl_luahost_reload(gw->host, &fresh, NULL, err, sizeof err) != EVL_OK) {
+        evl_log(EVL_LOG_ERROR, "gateway: reload failed; keeping the types",
+                "error", err, NULL);
+        evl_metrics_scripts("gateway", "failed", NULL, NULL);
+        return 0;
+    }
+    gw_types *ts = make_types(gw, fresh, gw->types);
+    evl_metrics_scripts("gateway", "applied", evl_luahost_hash(gw->host),
+                        evl_luahost_hash(fresh));
+    evl_luahost_free(gw->host);
+    gw->host = fresh;
+    pthread_mutex_lock(&gw->tmu);
+    gw_types *old = gw->types;
+    gw->types = ts;
+    pthread_mutex_unlock(&gw->tmu);
+    char n[16];
+    snprintf(n, sizeof n, "%zu", ts->n);
+    evl_log(EVL_LOG_INFO, "gateway: types reloaded", "aggregate_types", n,
+            "scripts", evl_luahost_hash(fresh), NULL);
+    gw_types_put(gw, old); /* freed when the last request lets it go */
+    return 1;
 }
 
 evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
@@ -685,36 +831,63 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
                           size_t errlen)
 {
     const char *listen = cfg->gateway.listen;
-    char hostpart[256], topic[512];
+    char hostpart[256];
     evl_err e = EVL_EPERMANENT;
-    const char *colon = listen ? strrchr(listen, ':') : NULL;
-    if (!colon || colon == listen ||
-        (size_t)(colon - listen) >= sizeof hostpart)
+    /* HOST:PORT, or [IPv6]:PORT */
+    const char *h = listen ? listen : "", *colon = strrchr(h, ':');
+    size_t hlen = colon ? (size_t)(colon - h) : 0;
+    int v6 = *h == '[';
+    if (v6) {
+        const char *close = strchr(h, ']');
+        if (!close || close + 1 != colon)
+            colon = NULL;
+        h++;
+        hlen = close ? (size_t)(close - h) : 0;
+    }
+    if (!colon || hlen == 0 || hlen >= sizeof hostpart)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
-                          "gateway.listen \"%s\": expected HOST:PORT",
+                          "gateway.listen \"%s\": expected HOST:PORT or "
+                          "[IPV6]:PORT",
                           listen ? listen : "");
-    memcpy(hostpart, listen, (size_t)(colon - listen));
-    hostpart[colon - listen] = '\0';
+    memcpy(hostpart, h, hlen);
+    hostpart[hlen] = '\0';
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (*end || p < 0 || p > 65535)
+    if (!colon[1] || *end || p < 0 || p > 65535)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "gateway.listen \"%s\": bad port", listen);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)p);
-    if (inet_pton(AF_INET, hostpart, &sa.sin_addr) != 1)
-        return evl_seterr(err, errlen, EVL_EPERMANENT,
-                          "gateway.listen \"%s\": HOST must be an IPv4 "
-                          "address",
-                          listen);
-    if (cfg->gateway.ntokens == 0 && (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
+    struct sockaddr_storage ss;
+    struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sa6 = (struct sockaddr_in6 *)&ss;
+    int loopback;
+    memset(&ss, 0, sizeof ss);
+    if (v6) {
+        sa6->sin6_family = AF_INET6;
+        sa6->sin6_port = htons((uint16_t)p);
+        if (inet_pton(AF_INET6, hostpart, &sa6->sin6_addr) != 1)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "gateway.listen \"%s\": [HOST] must be an "
+                              "IPv6 address",
+                              listen);
+        loopback = IN6_IS_ADDR_LOOPBACK(&sa6->sin6_addr) ||
+                   (IN6_IS_ADDR_V4MAPPED(&sa6->sin6_addr) &&
+                    sa6->sin6_addr.s6_addr[12] == 127);
+    } else {
+        sa->sin_family = AF_INET;
+        sa->sin_port = htons((uint16_t)p);
+        if (inet_pton(AF_INET, hostpart, &sa->sin_addr) != 1)
+            return evl_seterr(err, errlen, EVL_EPERMANENT,
+                              "gateway.listen \"%s\": HOST must be an IPv4 "
+                              "address (or [IPV6])",
+                              listen);
+        loopback = (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (cfg->gateway.ntokens == 0 && !loopback)
         return evl_seterr(
             err, errlen, EVL_EPERMANENT,
             "gateway.listen \"%s\": no gateway.tokens configured, and "
             "anyone who can reach this address could send commands as "
-            "anyone: configure tokens, or listen on 127.0.0.1",
+            "anyone: configure tokens, or listen on 127.0.0.1 or [::1]",
             listen);
     if (!cfg->gateway.tls_cert != !cfg->gateway.tls_key)
         return evl_seterr(err, errlen, EVL_EPERMANENT,
@@ -734,21 +907,13 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
     gw->buckets = calloc(gw->nbuckets, sizeof *gw->buckets);
     if (!gw->buckets)
         abort();
-    gw->ntypes = evl_luahost_naggregates(host);
-    gw->types = calloc(gw->ntypes + 1, sizeof *gw->types);
-    for (size_t i = 0; i < gw->ntypes; i++) {
-        const evl_luahost_aggregate *a = evl_luahost_aggregate_at(host, i);
-        gw_type *t = &gw->types[i];
-        t->type = evl_xstrdup(a->type);
-        evl_config_topic(cfg->cmd.commands_topic, a->type, topic, sizeof topic);
-        t->commands_topic = evl_xstrdup(topic);
-        evl_config_topic(cfg->cmd.results_topic, a->type, topic, sizeof topic);
-        t->results_topic = evl_xstrdup(topic);
-        t->cmds = calloc(a->ncommands + 1, sizeof *t->cmds);
-        for (size_t j = 0; j < a->ncommands; j++)
-            t->cmds[j] = evl_xstrdup(a->commands[j]);
-        t->ncmds = a->ncommands;
-    }
+    pthread_mutex_init(&gw->tmu, NULL);
+    /* its own host, to reload from on SIGHUP as the pipelines do */
+    if ((e = evl_luahost_reload(host, &gw->host, NULL, err, errlen)))
+        goto fail;
+    gw->types = make_types(gw, gw->host, NULL);
+    evl_metrics_scripts("gateway", NULL, NULL, evl_luahost_hash(gw->host));
+    gw->reload_seen = evl_lifecycle_reloads();
     gw->m_waiters =
         evl_metrics_gauge("evlua_gateway_waiters",
                           "requests waiting for their command's result", NULL);
@@ -762,6 +927,8 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
 
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
+    if (v6)
+        flags |= MHD_USE_IPv6;
     if (cfg->gateway.tls_cert) {
         gw->tls_cert = slurp(cfg->gateway.tls_cert);
         gw->tls_key = slurp(cfg->gateway.tls_key);
@@ -780,11 +947,12 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         {MHD_OPTION_END, 0, NULL}};
     gw->daemon = MHD_start_daemon(
         flags, (uint16_t)p, NULL, NULL, answer, gw, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->gateway.threads,
         MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->gateway.connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->gateway.max_connections,
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->gateway.max_connections + GW_CONN_MARGIN,
         MHD_OPTION_NOTIFY_COMPLETED, request_done, gw,
         MHD_OPTION_NOTIFY_CONNECTION, notify_connection, gw, MHD_OPTION_ARRAY,
         tls, MHD_OPTION_END);
@@ -845,11 +1013,18 @@ void evl_gateway_stop(evl_gateway *gw)
             free(e);
         }
     free(gw->buckets);
-    free_types(gw);
+    if (gw->types)
+        gw_types_put(gw, gw->types);
+    for (gw_name *n = gw->names, *next; n; n = next) {
+        next = n->next;
+        free(n);
+    }
+    evl_luahost_free(gw->host);
     free(gw->tls_cert);
     free(gw->tls_key);
     pthread_mutex_destroy(&gw->mu);
     pthread_mutex_destroy(&gw->cmu);
+    pthread_mutex_destroy(&gw->tmu);
     evl_metrics_ready("gateway", 0, "stopped");
     free(gw);
 }

@@ -35,11 +35,14 @@ typedef struct evl_gateway evl_gateway;
 
 /* Start the gateway on cfg->gateway.listen for the aggregate types (and
  * their command types) of host, which may be freed afterwards; cfg must
- * outlive the gateway. Refuses (EVL_EPERMANENT with the reason in err)
- * when no token is configured and the address is not a loopback one,
- * when TLS is asked for and libmicrohttpd lacks it, when the address
- * cannot be bound. Kafka is reached in the background: until the results
- * topics are assigned the gateway answers 503 and readiness says why.
+ * outlive the gateway. On each SIGHUP (evl_lifecycle_install_reload) the
+ * gateway reloads the scripts on its Kafka thread and swaps in their
+ * types; requests in flight keep the set they started with; a type it
+ * adds answers 503 until its results topic is assigned. Refuses (EVL_EPERMANENT
+ * with the reason in err) when no token is configured and the address is not a
+ * loopback one, when TLS is asked for and libmicrohttpd lacks it, when the
+ * address cannot be bound. Kafka is reached in the background: until the
+ * results topics are assigned the gateway answers 503 and readiness says why.
  * On success *out (stop it with evl_gateway_stop) and the bound port in
  * *port. */
 evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,

@@ -66,20 +66,41 @@ typedef struct gw_conn {
     long long since_ms; /* accept, or the end of its last request */
     int busy;           /* a request is read whole: no deadline */
     int shut;
+    int over; /* accepted past gateway.max_connections: answered 503 */
     struct gw_conn *prev, *next;
 } gw_conn;
 
 typedef struct gw_type {
-    char *type;
+    const char *type; /* interned (gw->names): lives as long as gw */
     char *commands_topic, *results_topic;
     char **cmds; /* command types it handles */
     size_t ncmds;
+    int assigned; /* its results topic is assigned (atomic) */
 } gw_type;
+
+/* The aggregate types the gateway knows: replaced whole on SIGHUP. An
+ * HTTP thread holds one with gw_types_get for a request; the Kafka
+ * thread (the one that swaps them) reads gw->types as it is. */
+typedef struct gw_types {
+    gw_type *v;
+    size_t n;
+    int refs; /* gw->tmu */
+} gw_types;
+
+/* A type name, kept until the gateway stops: cache entries outlive the
+ * set that named their type. */
+typedef struct gw_name {
+    struct gw_name *next;
+    char s[];
+} gw_name;
 
 struct evl_gateway {
     const evl_config *cfg;
-    gw_type *types;
-    size_t ntypes;
+    gw_types *types;     /* gw->tmu; changed by the Kafka thread only */
+    pthread_mutex_t tmu; /* guards types and the sets' refs */
+    gw_name *names;      /* the Kafka thread's (and start's) */
+    evl_luahost *host;   /* the gateway's own, reloaded on SIGHUP */
+    unsigned reload_seen;
     struct MHD_Daemon *daemon;
     char *tls_cert, *tls_key;
 
@@ -102,8 +123,9 @@ struct evl_gateway {
      * each (the registry's lookup walks every metric under its lock) */
     evl_metric *counters[3][600];
 
-    pthread_mutex_t cmu; /* guards conns */
+    pthread_mutex_t cmu; /* guards conns and nconns */
     gw_conn *conns;
+    int nconns;
 };
 
 /* gateway.c: answer 408 on, and shut down, every connection whose request
@@ -111,6 +133,14 @@ struct evl_gateway {
  * trickling bytes would otherwise hold it for ever: libmicrohttpd's own
  * timeout restarts on every byte). @locality the Kafka thread. */
 void gw_reap(evl_gateway *gw);
+
+/* gateway.c: the current set of types, held (gw_types_put it). */
+gw_types *gw_types_get(evl_gateway *gw);
+void gw_types_put(evl_gateway *gw, gw_types *ts);
+/* Reload the scripts (after a SIGHUP) and swap in their types; a failed
+ * reload keeps the old ones. Returns 1 when the set changed. @locality
+ * the Kafka thread. */
+int gw_reload(evl_gateway *gw);
 
 /* gw_kafka.c */
 evl_err gw_kafka_start(evl_gateway *gw, char *err, size_t errlen);

@@ -26,6 +26,7 @@
 #include "envelope.h"
 #include "json.h"
 #include "kafka.h"
+#include "lifecycle.h"
 #include "log.h"
 
 /* ---- the cache ------------------------------------------------------- */
@@ -389,9 +390,11 @@ static void on_result(evl_gateway *gw, const rd_kafka_message_t *rkm,
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     const char *type = NULL;
     char id[EVL_ENVELOPE_MAX_ID + 1];
-    for (size_t i = 0; i < gw->ntypes && !type; i++)
-        if (strcmp(gw->types[i].results_topic, topic) == 0)
-            type = gw->types[i].type;
+    /* this thread is the one that swaps gw->types */
+    const gw_types *ts = gw->types;
+    for (size_t i = 0; i < ts->n && !type; i++)
+        if (strcmp(ts->v[i].results_topic, topic) == 0)
+            type = ts->v[i].type;
     if (!type || !rkm->payload)
         return;
     /* most results are of commands others sent: look the id up first */
@@ -439,16 +442,22 @@ static void not_ready(evl_gateway *gw, const char *why)
     evl_metrics_ready("gateway", 0, why);
 }
 
-/* Assign every partition of every results topic from its end. Returns 0
- * when done, -1 (with readiness saying why) to try again later. */
-static int assign_results(evl_gateway *gw)
+/* Assign every partition of every results topic not assigned yet from
+ * its end: all of them at start (rd_kafka_assign), those of the types a
+ * reload added later (incremental: the others go on where they are).
+ * Returns 0 when done, -1 (with readiness saying why, or at start) to
+ * try again later. */
+static int assign_results(evl_gateway *gw, int incremental)
 {
     char err[EVL_ERRLEN], why[300];
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
     int rc = -1;
-    for (size_t i = 0; i < gw->ntypes; i++) {
-        const gw_type *t = &gw->types[i];
+    gw_types *ts = gw->types;
+    for (size_t i = 0; i < ts->n; i++) {
+        const gw_type *t = &ts->v[i];
         int n = 0, nc = 0;
+        if (incremental && t->assigned)
+            continue;
         if (evl_kafka_partitions(gw->consumer, t->results_topic, 5000, &n, err,
                                  sizeof err) ||
             evl_kafka_partitions(gw->consumer, t->commands_topic, 5000, &nc,
@@ -477,13 +486,25 @@ static int assign_results(evl_gateway *gw)
                 hi;
         }
     }
-    rd_kafka_resp_err_t aerr = rd_kafka_assign(gw->consumer, l);
-    if (aerr) {
-        snprintf(why, sizeof why, "rd_kafka_assign: %s",
-                 rd_kafka_err2str(aerr));
-        not_ready(gw, why);
-        goto out;
+    if (incremental) {
+        rd_kafka_error_t *ierr = rd_kafka_incremental_assign(gw->consumer, l);
+        if (ierr) {
+            evl_log(EVL_LOG_WARN, "gateway: rd_kafka_incremental_assign failed",
+                    "error", rd_kafka_error_string(ierr), NULL);
+            rd_kafka_error_destroy(ierr);
+            goto out;
+        }
+    } else {
+        rd_kafka_resp_err_t aerr = rd_kafka_assign(gw->consumer, l);
+        if (aerr) {
+            snprintf(why, sizeof why, "rd_kafka_assign: %s",
+                     rd_kafka_err2str(aerr));
+            not_ready(gw, why);
+            goto out;
+        }
     }
+    for (size_t i = 0; i < ts->n; i++)
+        __atomic_store_n(&ts->v[i].assigned, 1, __ATOMIC_RELEASE);
     rc = 0;
 out:
     rd_kafka_topic_partition_list_destroy(l);
@@ -495,11 +516,20 @@ static void *kafka_main(void *arg)
     evl_gateway *gw = arg;
     evl_buf scratch = {0};
     long long next_try = 0, next_expire = 0;
+    int unassigned = 0; /* a reload added types not assigned yet */
     evl_thread_name("evl:gw-kafka", NULL);
     while (!gw->quit) {
         long long now = evl_now_ms();
+        if (evl_lifecycle_reload_requested(&gw->reload_seen) && gw_reload(gw))
+            unassigned = 1, next_try = 0;
+        if (gw->ready && unassigned && now >= next_try) {
+            if (assign_results(gw, 1) == 0)
+                unassigned = 0;
+            else
+                next_try = now + 1000;
+        }
         if (!gw->ready && now >= next_try) {
-            if (assign_results(gw) == 0) {
+            if (assign_results(gw, 0) == 0) {
                 pthread_mutex_lock(&gw->mu);
                 gw->ready = !gw->quit; /* a stop wins */
                 pthread_mutex_unlock(&gw->mu);

@@ -87,10 +87,13 @@ static inline void gw_resp_free(gw_resp *r)
  * certificates are self-signed). */
 static const char *gw_scheme = "http";
 
+/* The host gw_http connects to: "127.0.0.1", or "[::1]". */
+static const char *gw_host = "127.0.0.1";
+
 /* One more request header gw_http sends ("Name: value"; NULL: none). */
 static const char *gw_header;
 
-/* curl METHOD http://127.0.0.1:port PATH with body (NULL: none) and an
+/* curl METHOD http://gw_host:port PATH with body (NULL: none) and an
  * optional bearer token; timeout_s for the whole exchange. Fills r. */
 static inline void gw_http(const ct *t, int port, const char *method,
                            const char *path, const char *body,
@@ -110,12 +113,12 @@ static inline void gw_http(const ct *t, int port, const char *method,
     if (gw_header)
         snprintf(extra, sizeof extra, "-H '%s' ", gw_header);
     snprintf(cmd, sizeof cmd,
-             "curl -s -k -m %d -X %s %s%s%s%s%s -H 'Content-Type: "
+             "curl -s -g -k -m %d -X %s %s%s%s%s%s -H 'Content-Type: "
              "application/json' -o %s -D %s -w '%%{http_code}' "
-             "'%s://127.0.0.1:%d%s'",
+             "'%s://%s:%d%s'",
              timeout_s, method, auth, extra, body ? "--data-binary @" : "",
-             body ? bodyf : "", body ? " " : "", outf, hdrf, gw_scheme, port,
-             path);
+             body ? bodyf : "", body ? " " : "", outf, hdrf, gw_scheme, gw_host,
+             port, path);
     memset(r, 0, sizeof *r);
     /* fork and read(), not popen(): a thread blocked reading a popen'd
      * FILE holds its lock, and th_spawn's fflush(NULL) would wait for it

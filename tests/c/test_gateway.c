@@ -8,7 +8,9 @@
  * a Location that later answers, 404, 405); retrying an id returns the
  * first outcome and records nothing twice; concurrent requests for one
  * aggregate are all answered, with one version each, in order; the
- * metrics count the requests; the threads are named.
+ * metrics count the requests; the threads are named. On SIGHUP both
+ * gateways (evlua gateway's, evlua run's) accept a type the scripts
+ * gained (422 before), and a broken script set keeps the loaded types.
  */
 #include "gwtest.h"
 
@@ -75,8 +77,10 @@ int main(void)
 {
     gw_resp r, r2;
     char gwcfg[256], events[256], probe_commands[256];
-    int mport = gw_free_port(), rport = gw_free_port();
+    int mport = gw_free_port(), rport = gw_free_port(), rgport = gw_free_port();
+    char rgcfg[256];
     port = gw_free_port();
+    int gport = port;
 
     ct_init(&t, "gateway");
     ct_copy_aggregate(&t, "customer.lua");
@@ -84,7 +88,9 @@ int main(void)
     doc = gw_openapi_load(&t);
     snprintf(gwcfg, sizeof gwcfg, "listen = '127.0.0.1:%d'", port);
     gw_config(&t, "g", "g", mport, gwcfg);
-    gw_config(&t, "r", "r", rport, "");
+    /* evlua run serves a gateway of its own too (for the reload) */
+    snprintf(rgcfg, sizeof rgcfg, "listen = '127.0.0.1:%d'", rgport);
+    gw_config(&t, "r", "r", rport, rgcfg);
     ct_topic(&t, "customer", "events", events, sizeof events);
     ct_topic(&t, "probe", "commands", probe_commands, sizeof probe_commands);
 
@@ -314,6 +320,76 @@ int main(void)
     CHECK_INT(regs, 1, "the retried command recorded its event once");
     th_recs_free(&ev);
 
+    /* SIGHUP: a type added to the scripts is accepted without a restart;
+     * a broken set is refused and the loaded one kept */
+    static const char extra_cmd[] =
+        "{\"aggregate_type\":\"extra\",\"aggregate_id\":\"e-1\","
+        "\"type\":\"Add\",\"data\":{}}";
+    post(NULL, extra_cmd, &r);
+    CHECK_INT(r.status, 422, "a type not loaded yet: 422");
+    CHECK_HAS(gw_str(&r, "error"), "unknown aggregate type", "saying so");
+    gw_resp_free(&r);
+    port = rgport;
+    post(NULL, extra_cmd, &r);
+    port = gport;
+    CHECK_INT(r.status, 422, "evlua run's gateway: 422 too");
+    gw_resp_free(&r);
+    ct_write_file(&t, "aggregates/extra.lua", "return { type = 'extra',");
+    kill(gpid, SIGHUP);
+    until = th_now_ms() + 30000;
+    while (!ct_log_has(&t, "g.log", "keeping the types") && th_now_ms() < until)
+        th_sleep_ms(100);
+    CHECK(ct_log_has(&t, "g.log", "keeping the types"),
+          "a broken script set: the gateway's reload fails");
+    post(NULL,
+         "{\"aggregate_type\":\"probe\",\"aggregate_id\":\"p-7\","
+         "\"type\":\"Ok\",\"data\":{}}",
+         &r);
+    CHECK_INT(r.status, 200, "and it goes on with the loaded types");
+    gw_resp_free(&r);
+    ct_write_file(&t, "aggregates/extra.lua",
+                  "return {\n"
+                  "  type = 'extra',\n"
+                  "  initial = function() return { n = 0 } end,\n"
+                  "  apply = { Added = function(s, e) s.n = s.n + 1 end },\n"
+                  "  handle = { Add = function() return { { type = 'Added', "
+                  "data = {} } } end },\n"
+                  "}\n");
+    kill(rpid, SIGHUP);
+    kill(gpid, SIGHUP);
+    /* 422 until the gateway reloads, 503 until evlua run has made the
+     * topics and the gateway assigned the results */
+    until = th_now_ms() + 90000;
+    do {
+        post(NULL, extra_cmd, &r);
+        if (r.status != 422 && r.status != 503)
+            break;
+        gw_resp_free(&r);
+        th_sleep_ms(200);
+    } while (th_now_ms() < until);
+    CHECK_INT(r.status, 200, "after SIGHUP the new type's command: 200");
+    CHECK_INT(gw_int(&r, "version"), 1, "decided by evlua run");
+    gw_resp_free(&r);
+    port = rgport;
+    until = th_now_ms() + 60000;
+    do {
+        post(NULL, extra_cmd, &r);
+        if (r.status != 422 && r.status != 503)
+            break;
+        gw_resp_free(&r);
+        th_sleep_ms(200);
+    } while (th_now_ms() < until);
+    port = gport;
+    CHECK_INT(r.status, 200, "evlua run's gateway reloaded too: 200");
+    CHECK_INT(gw_int(&r, "version"), 2, "the aggregate's next version");
+    gw_resp_free(&r);
+    post(NULL,
+         "{\"aggregate_type\":\"customer\",\"aggregate_id\":\"c-1\","
+         "\"type\":\"ChangeEmail\",\"data\":{\"email\":\"b@example.org\"}}",
+         &r);
+    CHECK_INT(r.status, 200, "the types loaded before are still served");
+    gw_resp_free(&r);
+
     /* metrics */
     static char m[1 << 16];
     th_http_get(mport, "/metrics", m, sizeof m);
@@ -323,6 +399,14 @@ int main(void)
               "requests counted by route and status");
     CHECK_HAS(m, "evlua_gateway_wait_seconds_count", "the wait histogram");
     CHECK_HAS(m, "evlua_gateway_waiters 0", "no waiter left in flight");
+    CHECK_HAS(m,
+              "evlua_script_reloads_total{pipeline=\"gateway\","
+              "outcome=\"failed\"} 1",
+              "the refused reload counted");
+    CHECK_HAS(m,
+              "evlua_script_reloads_total{pipeline=\"gateway\","
+              "outcome=\"applied\"} 1",
+              "the applied one too");
 
     /* its threads are named for top -H and perf */
     char cmd[1024], names[8192];

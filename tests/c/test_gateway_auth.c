@@ -12,7 +12,9 @@
  * gateway (evlua gateway) speaks HTTPS with a certificate and key file,
  * refuses plain HTTP, answers a retry of an id it never saw with the
  * duplicate mapped to accepted, and forgets outcomes past
- * gateway.cache_size.
+ * gateway.cache_size. A third, with gateway.max_connections = 2, answers
+ * a connection past the limit 503 (Retry-After, Connection: close) and
+ * serves again once connections close.
  */
 #include <openssl/sha.h>
 
@@ -95,6 +97,36 @@ static void trickle(char *b, size_t n, double *secs)
     }
     *secs = th_now() - t0;
     close(s);
+}
+
+/* Open a keep-alive connection to the gateway on port p and have one
+ * request answered on it, so the gateway has counted it; returns the
+ * open socket, its answer's status line in line. */
+static int held(int p, char *line, size_t n)
+{
+    static const char req[] = "GET /v1/commands/held HTTP/1.1\r\nHost: x\r\n"
+                              "Connection: keep-alive\r\n\r\n";
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)p)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0)
+        th_die("connect to the gateway: %s", strerror(errno));
+    if (send(s, req, sizeof req - 1, MSG_NOSIGNAL) < 0)
+        th_die("send to the gateway: %s", strerror(errno));
+    char b[4096];
+    size_t got = 0;
+    b[0] = '\0';
+    /* the 404's JSON body ends with '}' */
+    while (got < sizeof b - 1 && !strchr(b, '}')) {
+        ssize_t k = recv(s, b + got, sizeof b - 1 - got, 0);
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        b[got] = '\0';
+    }
+    snprintf(line, n, "%.*s", (int)strcspn(b, "\r"), b);
+    return s;
 }
 
 typedef struct trickler {
@@ -291,6 +323,99 @@ int main(void)
     gw_resp_free(&r);
     CHECK_INT(th_stop(tpid, SIGTERM, 30), 0, "the HTTPS gateway stops with 0");
     port = tport;
+
+    /* past gateway.max_connections: a clear 503, and served again once
+     * connections close (no Kafka needed: GET reads the cache) */
+    int lport = gw_free_port(), lmport = gw_free_port();
+    char line[256];
+    snprintf(gwcfg, sizeof gwcfg,
+             "listen = '127.0.0.1:%d', max_connections = 2", lport);
+    gw_config(&t, "lim", "lim", lmport, gwcfg);
+    pid_t lpid = gw_start(&t, "lim", "lim.log");
+    port = lport;
+    long long until = th_now_ms() + 30000;
+    do { /* until it listens */
+        th_sleep_ms(100);
+        gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+        gw_resp_free(&r);
+    } while (r.status == 0 && th_now_ms() < until);
+    int h1 = held(lport, line, sizeof line);
+    CHECK_HAS(line, " 404 ", "a first connection is served");
+    int h2 = held(lport, line, sizeof line);
+    CHECK_HAS(line, " 404 ", "a second connection is served");
+    gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+    CHECK_INT(r.status, 503, "a third connection past max_connections: 503");
+    CHECK_HAS(gw_str(&r, "error"), "gateway.max_connections",
+              "its body names the limit");
+    CHECK_HAS(r.headers, "Retry-After: 1", "with Retry-After");
+    CHECK_HAS(r.headers, "Connection: close", "and Connection: close");
+    CHECK(gw_openapi_check(doc, "GET", "/v1/commands/{id}", &r),
+          "the 503 matches the OpenAPI document");
+    gw_resp_free(&r);
+    gw_http(&t, port, "POST", "/v1/commands", reg, NULL, 10, &r);
+    CHECK_INT(r.status, 503, "a POST past max_connections: 503 too");
+    CHECK(gw_openapi_check(doc, "POST", "/v1/commands", &r),
+          "which matches the document");
+    gw_resp_free(&r);
+    close(h1);
+    close(h2);
+    until = th_now_ms() + 30000;
+    do { /* the gateway notices the closes */
+        gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+        gw_resp_free(&r);
+        if (r.status == 404)
+            break;
+        th_sleep_ms(100);
+    } while (th_now_ms() < until);
+    CHECK_INT(r.status, 404, "served again once the connections closed");
+    th_http_get(lmport, "/metrics", m, sizeof m);
+    CHECK_HAS(m,
+              "evlua_gateway_requests_total{route=\"GET /v1/commands/{id}\","
+              "status=\"503\"} 1",
+              "the refusal is counted");
+    CHECK_INT(th_stop(lpid, SIGTERM, 30), 0, "that gateway stops with 0");
+    port = tport;
+
+    /* gateway.listen on IPv6: [::1] is a loopback address (no tokens
+     * needed), [::] without tokens is refused */
+    int s6 = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6,
+                               .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int have6 = s6 >= 0 && bind(s6, (struct sockaddr *)&sa6, sizeof sa6) == 0;
+    if (s6 >= 0)
+        close(s6);
+    if (!have6) {
+        printf("# SKIP the IPv6 listen checks: this machine has no IPv6 "
+               "loopback (cannot bind [::1]: %s)\n",
+               strerror(errno));
+    } else {
+        int p6 = gw_free_port(), m6 = gw_free_port();
+        snprintf(gwcfg, sizeof gwcfg, "listen = '[::]:%d'", p6);
+        gw_config(&t, "open6", "open6", m6, gwcfg);
+        pid_t o6 = gw_start(&t, "open6", "open6.log");
+        CHECK_INT(th_wait(o6, 30), 2, "no tokens on [::]: refused (2)");
+        CHECK(ct_log_has(&t, "open6.log", "no gateway.tokens configured"),
+              "and says why");
+        snprintf(gwcfg, sizeof gwcfg, "listen = '[::1]:%d'", p6);
+        gw_config(&t, "v6", "v6", m6, gwcfg);
+        pid_t v6 = gw_start(&t, "v6", "v6.log");
+        gw_host = "[::1]";
+        port = p6;
+        until = th_now_ms() + 30000;
+        do {
+            th_sleep_ms(100);
+            gw_http(&t, port, "GET", "/v1/commands/x", NULL, NULL, 10, &r);
+            if (r.status == 0)
+                gw_resp_free(&r);
+        } while (r.status == 0 && th_now_ms() < until);
+        CHECK_INT(r.status, 404, "a gateway on [::1] answers over IPv6");
+        CHECK(gw_openapi_check(doc, "GET", "/v1/commands/{id}", &r),
+              "as the document says");
+        gw_resp_free(&r);
+        gw_host = "127.0.0.1";
+        port = tport;
+        CHECK_INT(th_stop(v6, SIGTERM, 30), 0, "the IPv6 gateway stops with 0");
+    }
 
     CHECK_INT(th_stop(rpid, SIGTERM, 30), 0, "evlua run stops with 0");
     if (check_failures_)
