@@ -9,7 +9,10 @@
  * with a react table (when reactions.enabled; reactor.h). Each pipeline builds
  * its own host from the loaded one (evl_luahost_reload), so no lua_State is
  * ever shared between threads, and watches SIGHUP and the stop flag at its
- * batch boundaries. The exit code is the worst of the pipelines'.
+ * batch boundaries. The main thread watches SIGHUP too: it starts a
+ * pipeline for each projection or react table a reload adds, and again
+ * one that was started so and failed (such a one stops alone). The exit
+ * code is the worst of the pipelines' started at the start.
  * Beside them, when metrics.listen is set, runs the lag thread (lag.h),
  * which watches the group of each pipeline started, whatever the
  * partitions this process holds.
@@ -45,7 +48,9 @@ static const char run_usage[] =
     "    events it names -> its reactions -> commands to its commands\n"
     "    topic, one Kafka transaction per batch; a failing reaction parks\n"
     "    its source aggregate (see `evlua parked --help`).\n"
-    "SIGHUP reloads every script (all or nothing) between batches.\n"
+    "SIGHUP reloads every script (all or nothing) between batches, and\n"
+    "starts a projector or reactor for each projection or react table it\n"
+    "adds (one that fails stops alone; the next SIGHUP starts it again).\n"
     "\n"
     "  -c, --config FILE   config file (see docs/config.md)\n"
     "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
@@ -59,9 +64,32 @@ typedef struct pipeline {
     const char *name; /* projection name, reacting type, or NULL */
     const evl_config *cfg;
     const evl_luahost *proto;
+    int late;    /* started at a reload: a failure stops it alone */
+    int watched; /* its group is on the lag thread's list */
+    int thread_started;
     int rc;
     int done; /* set (atomically) when the pipeline returned */
 } pipeline;
+
+/* The pipelines of the process, each allocated apart (their threads keep
+ * a pointer), and the script sets those started at reloads were named
+ * from. */
+typedef struct run_set {
+    pipeline **p;
+    size_t n;
+    evl_luahost **hosts;
+    size_t nhosts;
+    evl_luahost *latest; /* the set the last reload loaded (NULL: none) */
+    int latest_kept;     /* latest is in hosts */
+} run_set;
+
+static pipeline *add_pipeline(run_set *rs, pipeline p)
+{
+    rs->p = evl_xrealloc(rs->p, sizeof(pipeline *) * (rs->n + 1));
+    rs->p[rs->n] = evl_xmalloc(sizeof p);
+    *rs->p[rs->n] = p;
+    return rs->p[rs->n++];
+}
 
 static void *pipeline_main(void *arg)
 {
@@ -73,11 +101,20 @@ static void *pipeline_main(void *arg)
             strcmp(p->kind, "projection") == 0 ? "evl:p:" : "evl:r:", p->name);
     if (strcmp(p->kind, "commands") == 0)
         p->rc = evl_cmdproc_run(p->cfg, p->proto);
-    if (strcmp(p->kind, "projection") == 0)
-        p->rc = evl_projector_run(p->cfg, p->proto, p->name);
+    if (strcmp(p->kind, "projection") == 0) {
+        evl_projector_opts o;
+        memset(&o, 0, sizeof o);
+        o.alone = p->late;
+        p->rc = evl_projector_run_opts(p->cfg, p->proto, p->name, &o);
+    }
     if (strcmp(p->kind, "reactions") == 0)
         p->rc = evl_reactor_run(p->cfg, p->proto, p->name);
-    if (p->rc != 0)
+    if (p->rc != 0 && p->late && !evl_lifecycle_stopping())
+        evl_log(EVL_LOG_ERROR,
+                "a pipeline a reload started has stopped; the others go on "
+                "(the next SIGHUP starts it again)",
+                "pipeline", p->kind, "name", p->name, NULL);
+    else if (p->rc != 0)
         evl_lifecycle_request_stop(); /* one pipeline down: drain all */
     __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
     return NULL;
@@ -90,85 +127,56 @@ static double mono_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Wait until every pipeline returned. Once a stop is requested they have
- * shutdown_timeout_ms to drain; a pipeline stuck past that (a broker or
- * database that does not answer) ends the process with exit code 1. What
- * was not committed is processed again after the restart: the open Kafka
- * transaction is aborted by the next instance's init_transactions (or its
- * timeout), an open DB transaction rolls back with the connection. */
-static void wait_pipelines(pipeline *ps, size_t n, int timeout_ms)
+/* Put p's group on the lag thread's list: the commands group over the
+ * commands topic of every aggregate type of proto, a reactor's group over
+ * its source topics, a projection's over its topics. */
+static void watch_pipeline(evl_lag *lag, const evl_config *cfg,
+                           const evl_luahost *proto, pipeline *p)
 {
-    double stop_at = 0;
-    for (;;) {
-        size_t done = 0;
-        for (size_t i = 0; i < n; i++)
-            done += (size_t)__atomic_load_n(&ps[i].done, __ATOMIC_ACQUIRE);
-        if (done == n)
-            return;
-        if (evl_lifecycle_stopping()) {
-            if (stop_at == 0)
-                stop_at = mono_s();
-            else if (mono_s() - stop_at > timeout_ms / 1000.0) {
-                char t[24];
-                snprintf(t, sizeof t, "%d", timeout_ms);
-                for (size_t i = 0; i < n; i++)
-                    if (!__atomic_load_n(&ps[i].done, __ATOMIC_ACQUIRE))
-                        evl_log(EVL_LOG_ERROR,
-                                "shutdown deadline passed with this pipeline "
-                                "still draining; exiting without it (its "
-                                "uncommitted batch is processed again after "
-                                "a restart)",
-                                "pipeline", ps[i].kind, "name", ps[i].name,
-                                "shutdown_timeout_ms", t, NULL);
-                fflush(NULL);
-                _exit(EVL_EXIT_FAILURE);
-            }
+    char group[256];
+    evl_strlist topics = {0};
+    if (!lag || p->watched)
+        return;
+    p->watched = 1;
+    if (strcmp(p->kind, "commands") == 0) {
+        size_t nt = evl_luahost_naggregates(proto);
+        char **names = evl_xmalloc(sizeof(char *) * (nt ? nt : 1));
+        for (size_t t = 0; t < nt; t++) {
+            char buf[512];
+            evl_config_topic(cfg->cmd.commands_topic,
+                             evl_luahost_aggregate_at(proto, t)->type, buf,
+                             sizeof buf);
+            names[t] = evl_xstrdup(buf);
         }
-        usleep(20000);
+        evl_lag_watch(lag, cfg->cmd.group_id, NULL, (const char *const *)names,
+                      nt);
+        for (size_t t = 0; t < nt; t++)
+            free(names[t]);
+        free(names);
+    } else if (strcmp(p->kind, "reactions") == 0) {
+        evl_reactor_group(cfg, p->name, group, sizeof group);
+        evl_reactor_topics(cfg, proto, p->name, &topics);
+        evl_lag_watch(lag, group, NULL, (const char *const *)topics.v,
+                      (size_t)topics.n);
+        evl_reactor_topics_free(&topics);
+    } else {
+        evl_projector_group(cfg, p->name, group, sizeof group);
+        evl_projector_topics(cfg, proto, p->name, &topics);
+        evl_lag_watch(lag, group, p->name, (const char *const *)topics.v,
+                      (size_t)topics.n);
+        evl_projector_topics_free(&topics);
     }
 }
 
-/* The lag thread for the n pipelines of ps: the commands group over the
- * commands topic of every aggregate type, each projection's group over
- * its topics. A failure to start it is logged; the pipelines run
- * without it. */
+/* The lag thread for the pipelines of rs. A failure to start it is
+ * logged; the pipelines run without it. */
 static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
-                          const pipeline *ps, size_t n)
+                          run_set *rs)
 {
-    char err[EVL_ERRLEN], group[256];
+    char err[EVL_ERRLEN];
     evl_lag *lag = evl_lag_new(cfg);
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(ps[i].kind, "commands") == 0) {
-            size_t nt = evl_luahost_naggregates(proto);
-            char **topics = evl_xmalloc(sizeof(char *) * (nt ? nt : 1));
-            for (size_t t = 0; t < nt; t++) {
-                char buf[512];
-                evl_config_topic(cfg->cmd.commands_topic,
-                                 evl_luahost_aggregate_at(proto, t)->type, buf,
-                                 sizeof buf);
-                topics[t] = evl_xstrdup(buf);
-            }
-            evl_lag_watch(lag, cfg->cmd.group_id, NULL,
-                          (const char *const *)topics, nt);
-            for (size_t t = 0; t < nt; t++)
-                free(topics[t]);
-            free(topics);
-        } else if (strcmp(ps[i].kind, "reactions") == 0) {
-            evl_strlist topics = {0};
-            evl_reactor_group(cfg, ps[i].name, group, sizeof group);
-            evl_reactor_topics(cfg, proto, ps[i].name, &topics);
-            evl_lag_watch(lag, group, NULL, (const char *const *)topics.v,
-                          (size_t)topics.n);
-            evl_reactor_topics_free(&topics);
-        } else {
-            evl_strlist topics = {0};
-            evl_projector_group(cfg, ps[i].name, group, sizeof group);
-            evl_projector_topics(cfg, proto, ps[i].name, &topics);
-            evl_lag_watch(lag, group, ps[i].name, (const char *const *)topics.v,
-                          (size_t)topics.n);
-            evl_projector_topics_free(&topics);
-        }
-    }
+    for (size_t i = 0; i < rs->n; i++)
+        watch_pipeline(lag, cfg, proto, rs->p[i]);
     if (evl_lag_start(lag, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_WARN, "lag thread not started: no lag metrics",
                 "reason", err, NULL);
@@ -176,6 +184,146 @@ static evl_lag *start_lag(const evl_config *cfg, const evl_luahost *proto,
         return NULL;
     }
     return lag;
+}
+
+static int start_pipeline(pipeline *p)
+{
+    if (pthread_create(&p->thread, NULL, pipeline_main, p) != 0) {
+        evl_log(EVL_LOG_ERROR, "pthread_create failed", "pipeline", p->kind,
+                "name", p->name, NULL);
+        return -1;
+    }
+    p->thread_started = 1;
+    return 0;
+}
+
+/* The pipeline of kind and name in rs, or NULL. */
+static pipeline *find_pipeline(run_set *rs, const char *kind, const char *name)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        if (strcmp(rs->p[i]->kind, kind) == 0 &&
+            (!name || strcmp(rs->p[i]->name, name) == 0))
+            return rs->p[i];
+    return NULL;
+}
+
+/* Start a pipeline of kind and name, named in nh, unless one runs: the
+ * pipelines watch SIGHUP each for itself, so a projection or a react
+ * table added to the scripts would otherwise wait for a restart. One that
+ * was started so and has failed is started again. Returns 1 when started. */
+static int start_added(run_set *rs, const evl_config *cfg, evl_luahost *nh,
+                       evl_lag *lag, const char *kind, const char *name)
+{
+    pipeline *p = find_pipeline(rs, kind, name);
+    if (p && !(p->late && __atomic_load_n(&p->done, __ATOMIC_ACQUIRE)))
+        return 0;
+    if (p) {
+        if (p->thread_started)
+            pthread_join(p->thread, NULL);
+        p->thread_started = 0;
+        p->name = name; /* nh outlives it */
+        p->proto = nh;
+        p->rc = 0;
+        __atomic_store_n(&p->done, 0, __ATOMIC_RELEASE);
+    } else {
+        p = add_pipeline(rs, (pipeline){.kind = kind,
+                                        .name = name,
+                                        .cfg = cfg,
+                                        .proto = nh,
+                                        .late = 1});
+        watch_pipeline(lag, cfg, nh, p);
+    }
+    if (start_pipeline(p) != 0) {
+        p->rc = EVL_EXIT_FAILURE;
+        __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
+        return 0;
+    }
+    evl_log(EVL_LOG_INFO, "reload started a pipeline", "pipeline", kind, "name",
+            name, NULL);
+    return 1;
+}
+
+/* After a SIGHUP: start the pipelines the reloaded scripts add. The
+ * load speaks for the reload (evl_luahost_reload logs one summary line
+ * per SIGHUP, whoever loads first); a set that does not load starts
+ * nothing. */
+static void start_reloaded(run_set *rs, const evl_config *cfg,
+                           const evl_luahost *proto, evl_lag *lag)
+{
+    char err[EVL_ERRLEN];
+    evl_luahost *nh = NULL;
+    if (evl_luahost_reload(rs->latest ? rs->latest : proto, &nh, NULL, err,
+                           sizeof err) != EVL_OK)
+        return;
+    int used = 0;
+    if (cfg->proj.enabled && cfg->pg_conninfo)
+        for (size_t i = 0; i < evl_luahost_nprojections(nh); i++)
+            used |= start_added(rs, cfg, nh, lag, "projection",
+                                evl_luahost_projection_at(nh, i)->name);
+    for (size_t i = 0; cfg->react.enabled && i < evl_luahost_naggregates(nh);
+         i++) {
+        const char *type = evl_luahost_aggregate_at(nh, i)->type;
+        if (evl_reactor_reacts(nh, type))
+            used |= start_added(rs, cfg, nh, lag, "reactions", type);
+    }
+    if (cfg->cmd.enabled && evl_luahost_naggregates(nh) > 0 &&
+        !find_pipeline(rs, "commands", NULL))
+        evl_log(EVL_LOG_WARN,
+                "the reloaded scripts have aggregates but this process "
+                "started without a command processor: restart evlua to "
+                "start it",
+                NULL);
+    if (rs->latest && !rs->latest_kept)
+        evl_luahost_free(rs->latest);
+    rs->latest = nh;
+    rs->latest_kept = used;
+    if (used) { /* the names of the pipelines it started point into it */
+        rs->hosts =
+            evl_xrealloc(rs->hosts, sizeof(evl_luahost *) * (rs->nhosts + 1));
+        rs->hosts[rs->nhosts++] = nh;
+    }
+}
+
+/* Run until every pipeline returned, starting those a reload adds. Once
+ * a stop is requested they have shutdown_timeout_ms to drain; a pipeline
+ * stuck past that (a broker or database that does not answer) ends the
+ * process with exit code 1. What was not committed is processed again
+ * after the restart: the open Kafka transaction is aborted by the next
+ * instance's init_transactions (or its timeout), an open DB transaction
+ * rolls back with the connection. */
+static void supervise(run_set *rs, const evl_config *cfg,
+                      const evl_luahost *proto, evl_lag *lag, unsigned seen)
+{
+    double stop_at = 0;
+    for (;;) {
+        if (!evl_lifecycle_stopping() && evl_lifecycle_reload_requested(&seen))
+            start_reloaded(rs, cfg, proto, lag);
+        size_t done = 0;
+        for (size_t i = 0; i < rs->n; i++)
+            done += (size_t)__atomic_load_n(&rs->p[i]->done, __ATOMIC_ACQUIRE);
+        if (done == rs->n)
+            return;
+        if (evl_lifecycle_stopping()) {
+            if (stop_at == 0)
+                stop_at = mono_s();
+            else if (mono_s() - stop_at > cfg->shutdown_timeout_ms / 1000.0) {
+                char t[24];
+                snprintf(t, sizeof t, "%d", cfg->shutdown_timeout_ms);
+                for (size_t i = 0; i < rs->n; i++)
+                    if (!__atomic_load_n(&rs->p[i]->done, __ATOMIC_ACQUIRE))
+                        evl_log(EVL_LOG_ERROR,
+                                "shutdown deadline passed with this pipeline "
+                                "still draining; exiting without it (its "
+                                "uncommitted batch is processed again after "
+                                "a restart)",
+                                "pipeline", rs->p[i]->kind, "name",
+                                rs->p[i]->name, "shutdown_timeout_ms", t, NULL);
+                fflush(NULL);
+                _exit(EVL_EXIT_FAILURE);
+            }
+        }
+        usleep(20000);
+    }
 }
 
 /* Start the metrics endpoint when configured, and publish evlua_build_info.
@@ -216,6 +364,7 @@ int evl_cli_run(int argc, char **argv)
     evl_luahost_config hc;
     evl_luahost *proto = NULL;
     evl_gateway *gw = NULL;
+    run_set rs = {0};
     evl_cli_host_config(&cfg, scripts, &hc);
     if ((rc = evl_cli_load_host(&hc, &proto))) {
         evl_config_free(&cfg);
@@ -232,10 +381,9 @@ int evl_cli_run(int argc, char **argv)
         goto out;
     size_t nproj = evl_luahost_nprojections(proto);
     size_t nagg = evl_luahost_naggregates(proto);
-    pipeline *ps = evl_xmalloc(sizeof(pipeline) * (nproj + nagg + 1));
-    size_t n = 0;
-    if (cfg.cmd.enabled && evl_luahost_naggregates(proto) > 0)
-        ps[n++] = (pipeline){.kind = "commands", .cfg = &cfg, .proto = proto};
+    if (cfg.cmd.enabled && nagg > 0)
+        add_pipeline(
+            &rs, (pipeline){.kind = "commands", .cfg = &cfg, .proto = proto});
     if (cfg.proj.enabled && nproj > 0) {
         if (!cfg.pg_conninfo) {
             evl_log(EVL_LOG_WARN,
@@ -244,24 +392,26 @@ int evl_cli_run(int argc, char **argv)
                     NULL);
         } else {
             for (size_t i = 0; i < nproj; i++)
-                ps[n++] = (pipeline){
-                    .kind = "projection",
-                    .name = evl_luahost_projection_at(proto, i)->name,
-                    .cfg = &cfg,
-                    .proto = proto};
+                add_pipeline(
+                    &rs, (pipeline){
+                             .kind = "projection",
+                             .name = evl_luahost_projection_at(proto, i)->name,
+                             .cfg = &cfg,
+                             .proto = proto});
         }
     }
     for (size_t i = 0; cfg.react.enabled && i < nagg; i++) {
         const char *type = evl_luahost_aggregate_at(proto, i)->type;
         if (evl_reactor_reacts(proto, type))
-            ps[n++] = (pipeline){
-                .kind = "reactions", .name = type, .cfg = &cfg, .proto = proto};
+            add_pipeline(&rs, (pipeline){.kind = "reactions",
+                                         .name = type,
+                                         .cfg = &cfg,
+                                         .proto = proto});
     }
-    if (n == 0) {
+    if (rs.n == 0) {
         fprintf(stderr, "evlua run: nothing to run: no aggregates with "
                         "commands.enabled, no projections with a database "
                         "and no react tables with reactions.enabled\n");
-        free(ps);
         rc = EVL_EXIT_USAGE;
         goto out;
     }
@@ -269,26 +419,35 @@ int evl_cli_run(int argc, char **argv)
             "librdkafka", rd_kafka_version_str(), "config", cfg.path, "scripts",
             evl_luahost_hash(proto), NULL);
     /* nobody would see what it measures without the endpoint */
-    evl_lag *lag = cfg.metrics.listen ? start_lag(&cfg, proto, ps, n) : NULL;
-    size_t started = 0;
-    for (; started < n; started++)
-        if (pthread_create(&ps[started].thread, NULL, pipeline_main,
-                           &ps[started]) != 0) {
-            evl_log(EVL_LOG_ERROR, "pthread_create failed", NULL);
+    evl_lag *lag = cfg.metrics.listen ? start_lag(&cfg, proto, &rs) : NULL;
+    unsigned seen = 0; /* the SIGHUPs before the pipelines loaded */
+    evl_lifecycle_reload_requested(&seen);
+    for (size_t i = 0; i < rs.n; i++)
+        if (rc == EVL_EXIT_OK && start_pipeline(rs.p[i]) != 0) {
             evl_lifecycle_request_stop();
             rc = EVL_EXIT_FAILURE;
-            break;
+        } else if (rc != EVL_EXIT_OK) {
+            rs.p[i]->done = 1; /* not started: not waited for */
         }
-    wait_pipelines(ps, started, cfg.shutdown_timeout_ms);
-    for (size_t i = 0; i < started; i++) {
-        pthread_join(ps[i].thread, NULL);
-        if (ps[i].rc > rc)
-            rc = ps[i].rc;
+    supervise(&rs, &cfg, proto, lag, seen);
+    for (size_t i = 0; i < rs.n; i++) {
+        if (rs.p[i]->thread_started)
+            pthread_join(rs.p[i]->thread, NULL);
+        /* one started at a reload and failed alone stopped only itself */
+        if (rs.p[i]->rc > rc && !rs.p[i]->late)
+            rc = rs.p[i]->rc;
     }
     evl_lag_free(lag);
-    free(ps);
     evl_log(EVL_LOG_INFO, "evlua stopped", NULL);
 out:
+    for (size_t i = 0; i < rs.n; i++)
+        free(rs.p[i]);
+    free(rs.p);
+    for (size_t i = 0; i < rs.nhosts; i++)
+        evl_luahost_free(rs.hosts[i]);
+    free(rs.hosts);
+    if (rs.latest && !rs.latest_kept)
+        evl_luahost_free(rs.latest);
     evl_gateway_stop(gw);
     evl_metrics_stop();
     evl_luahost_free(proto);

@@ -50,8 +50,8 @@ typedef struct lpart {
 
 struct evl_lag {
     const evl_config *cfg;
-    watched *w;
-    size_t nw;
+    watched **w; /* each apart: the thread keeps one while a watch is added */
+    size_t nw;   /* under mu once started */
     rd_kafka_t *rk;
     evl_pg *pg;
     pthread_t thread;
@@ -129,8 +129,7 @@ void evl_lag_watch(evl_lag *lag, const char *group, const char *projection,
 void evl_lag_watch_in(evl_lag *lag, const char *group, const char *projection,
                       const char *schema, const char *const *topics, size_t n)
 {
-    lag->w = evl_xrealloc(lag->w, sizeof(watched) * (lag->nw + 1));
-    watched *w = &lag->w[lag->nw++];
+    watched *w = evl_xmalloc(sizeof *w);
     memset(w, 0, sizeof *w);
     w->group = evl_xstrdup(group);
     w->projection = projection ? evl_xstrdup(projection) : NULL;
@@ -140,6 +139,12 @@ void evl_lag_watch_in(evl_lag *lag, const char *group, const char *projection,
         w->topics[i] = evl_xstrdup(topics[i]);
     w->ntopics = n;
     w->last_pos = -1;
+    pthread_mutex_lock(&lag->mu); /* a pipeline started by a reload */
+    lag->w = evl_xrealloc(lag->w, sizeof(watched *) * (lag->nw + 1));
+    lag->w[lag->nw++] = w;
+    lag->kick = 1;
+    pthread_cond_signal(&lag->cv);
+    pthread_mutex_unlock(&lag->mu);
 }
 
 /* ---- one period ---------------------------------------------------------- */
@@ -423,13 +428,14 @@ static void tick(evl_lag *lag)
                 rd_kafka_err2str(ke), NULL);
         return;
     }
-    for (size_t i = 0; i < lag->nw; i++) {
+    for (size_t i = 0;; i++) {
         pthread_mutex_lock(&lag->mu);
         int stop = lag->stop;
+        watched *w = i < lag->nw ? lag->w[i] : NULL;
         pthread_mutex_unlock(&lag->mu);
-        if (stop)
+        if (stop || !w)
             break;
-        measure(lag, &lag->w[i], md, lag->cfg->metrics.lag_interval_ms / 1e3);
+        measure(lag, w, md, lag->cfg->metrics.lag_interval_ms / 1e3);
     }
     rd_kafka_metadata_destroy(md);
 }
@@ -473,7 +479,7 @@ evl_err evl_lag_start(evl_lag *lag, char *err, size_t errlen)
                                            "262144",
                                            NULL};
     snprintf(group, sizeof group, "evlua.lag.%s",
-             lag->nw ? lag->w[0].group : "none");
+             lag->nw ? lag->w[0]->group : "none");
     evl_kafka_client_opts o = {.name = "rd_kafka_new(lag consumer)",
                                .client_id = "evlua-lag",
                                .group_id = group,
@@ -513,12 +519,13 @@ void evl_lag_free(evl_lag *lag)
     }
     evl_pg_close(lag->pg);
     for (size_t i = 0; i < lag->nw; i++) {
-        for (size_t t = 0; t < lag->w[i].ntopics; t++)
-            free(lag->w[i].topics[t]);
-        free(lag->w[i].topics);
-        free(lag->w[i].group);
-        free(lag->w[i].projection);
-        free(lag->w[i].schema);
+        for (size_t t = 0; t < lag->w[i]->ntopics; t++)
+            free(lag->w[i]->topics[t]);
+        free(lag->w[i]->topics);
+        free(lag->w[i]->group);
+        free(lag->w[i]->projection);
+        free(lag->w[i]->schema);
+        free(lag->w[i]);
     }
     free(lag->w);
     pthread_cond_destroy(&lag->cv);

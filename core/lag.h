@@ -64,7 +64,8 @@ evl_lag *evl_lag_new(const evl_config *cfg);
 /* Watch group reading topics (n of them; copied). projection: the
  * projection whose evlua_offsets rows are the group's position, or NULL
  * for a group whose position is its committed Kafka offsets. Before
- * evl_lag_start only. */
+ * evl_lag_start, or after it for a pipeline started later (measured from
+ * the next period on). @locality any thread. */
 void evl_lag_watch(evl_lag *lag, const char *group, const char *projection,
                    const char *const *topics, size_t n);
 

@@ -1291,7 +1291,7 @@ static void *thread_main(void *arg)
     a->rc = run_instance(g->cfg, g->proto, g->name, &a->opts, a->instance, g->n,
                          g->opts->until_caught_up ? &g->cg : NULL, &a->out);
     all_caught_up(&g->cg, a->instance, 1); /* gone: wait no more for it */
-    if (a->rc != 0 && !g->opts->until_caught_up)
+    if (a->rc != 0 && !g->opts->until_caught_up && !g->opts->alone)
         evl_lifecycle_request_stop(); /* one thread down: drain all */
     return NULL;
 }

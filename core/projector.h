@@ -126,6 +126,9 @@ typedef struct evl_projector_opts {
     const char *on_error;
     int batch_size;
     int threads; /* projector threads (0: projection.threads) */
+    /* A failure stops this projection only, not the process (a projection
+     * that `evlua run` started at a reload: cli_run.c). */
+    int alone;
     /* A shadow rebuild (cli_shadow.c): the consumer group instead of the
      * configured one, and the only schema on the search_path, where the
      * projection's tables and evlua's own (checkpoints, offsets, parked)

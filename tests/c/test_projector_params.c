@@ -11,8 +11,11 @@
  * libpq's reason), A's and B's are applied, nothing is retried as a lost
  * connection, a later event of another aggregate is applied within
  * seconds. The projectors keep serving SIGHUP: with a fixed script
- * reloaded, `evlua parked retry` applies BIG's events in order. SIGTERM
- * ends the run with exit 0.
+ * reloaded, `evlua parked retry` applies BIG's events in order. A
+ * projection added to the scripts starts at the next SIGHUP and reads the
+ * topic from its start; one whose schema fails stops alone, the others
+ * going on, and starts at the SIGHUP after its fix. SIGTERM ends the run
+ * with exit 0.
  */
 #include "projtest.h"
 
@@ -63,6 +66,29 @@ static void script(const char *tag, int fixed)
     th_write_file(path, text);
 }
 
+/* Projection NAME counting the events of each aggregate in table
+ * NAME_n; schema_ok 0: a schema PostgreSQL refuses. */
+static void added(const char *name, int schema_ok)
+{
+    char path[800], text[2048];
+    snprintf(path, sizeof path, "%s/projections/%s.lua", T.dir, name);
+    snprintf(text, sizeof text,
+             "return {\n"
+             "  name = '%s',\n"
+             "  schema = { [[CREATE TABLE IF NOT EXISTS %s_n (id text PRIMARY "
+             "KEY, n integer NOT NULL%s)]] },\n"
+             "  on = {\n"
+             "    Counted = function(e)\n"
+             "      return { [[INSERT INTO %s_n (id, n) VALUES ($1, 1)\n"
+             "        ON CONFLICT (id) DO UPDATE SET n = %s_n.n + 1]],\n"
+             "        e.aggregate_id }\n"
+             "    end,\n"
+             "  },\n"
+             "}\n",
+             name, name, schema_ok ? "" : ", n nonsense", name, name);
+    th_write_file(path, text);
+}
+
 static void count(const char *topic, const char *id, long long seq, int big)
 {
     char data[64];
@@ -71,6 +97,49 @@ static void count(const char *topic, const char *id, long long seq, int big)
     else
         snprintf(data, sizeof data, "{}");
     pt_ev(&T, topic, id, seq, "Counted", data);
+}
+
+/* A projection added while evlua runs. */
+static void check_added(pid_t pid, const char *topic)
+{
+    const char *counts = "SELECT CASE WHEN string_agg(id || '=' || n, ',' "
+                         "ORDER BY id) = 'A=2,B=1,BIG=3,C=1' THEN 1 ELSE 0 "
+                         "END FROM %s_n";
+    char sql[256];
+    added("added_ok", 1);
+    added("added_bad", 0);
+    kill(pid, SIGHUP);
+    CHECK_INT(pt_wait_log(&T, "evlua.log", "reload started a pipeline", 2, 30),
+              2, "SIGHUP starts a projector for each added projection");
+    snprintf(sql, sizeof sql, counts, "added_ok");
+    CHECK_INT(pt_wait_for(&T, 1, 60, sql), 1,
+              "the added projection reads the topic from its start: every "
+              "event once");
+    CHECK_INT(pt_wait_log(&T, "evlua.log",
+                          "a pipeline a reload started has stopped", 1, 30),
+              1, "the one whose schema fails stops, logged");
+    CHECK(kill(pid, 0) == 0, "and evlua run goes on");
+    pt_begin(&T);
+    count(topic, "D", 1, 0);
+    pt_commit(&T);
+    CHECK_INT(pt_wait_for(&T, 4, 30,
+                          "SELECT (SELECT count(*) FROM items_agg WHERE id = "
+                          "'D') + (SELECT count(*) FROM items_batch WHERE id "
+                          "= 'D') + (SELECT count(*) FROM items_aggtx WHERE "
+                          "id = 'D') + (SELECT count(*) FROM added_ok_n WHERE "
+                          "id = 'D')"),
+              4, "the other projectors go on applying events");
+    added("added_bad", 1);
+    kill(pid, SIGHUP);
+    CHECK_INT(pt_wait_log(&T, "evlua.log", "reload started a pipeline", 3, 30),
+              3, "the SIGHUP after the fix starts it again");
+    snprintf(sql, sizeof sql,
+             "SELECT CASE WHEN string_agg(id || '=' || n, ',' ORDER BY id) = "
+             "'A=2,B=1,BIG=3,C=1,D=1' THEN 1 ELSE 0 END FROM added_bad_n");
+    CHECK_INT(pt_wait_for(&T, 1, 60, sql), 1,
+              "and it applies every event once");
+    CHECK_INT(pt_log_count(&T, "evlua.log", "reload started a pipeline"), 3,
+              "a running projector is never started twice");
 }
 
 int main(void)
@@ -174,6 +243,8 @@ int main(void)
                       "SELECT count(*) FROM evlua_parked WHERE projection = "
                       "'params_agg'"),
               "0", "and nothing of params_agg is parked any more");
+
+    check_added(pid, topic);
 
     kill(pid, SIGTERM);
     CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");

@@ -99,6 +99,62 @@ static void check_new_source(ct *t, pid_t pid, const char *pev)
     th_recs_free(&pe);
 }
 
+/* A reload that gives a react table to a type that had none (member,
+ * thanking for each kit shipped) starts that type's reactor in the
+ * running process: a Poked event per kit, its metrics and readiness, and
+ * its group on the lag thread's list. */
+static void check_new_reactor(ct *t, pid_t pid, int port)
+{
+    char mev[256], series[512];
+    th_recs me = {0};
+    ct_topic(t, "member", "events", mev, sizeof mev);
+    rt_edit_fixture(t, "member.lua", "  neutral = { \"Poked\" },\n",
+                    "  neutral = { \"Poked\" },\n"
+                    "  react = {\n"
+                    "    [\"parcel.KitShipped\"] = function(e, ctx)\n"
+                    "      return { aggregate_id = 'thanked-' .. "
+                    "e.data.member,\n"
+                    "               type = 'Poke', data = { mode = 'kit' } }\n"
+                    "    end,\n"
+                    "  },\n");
+    kill(pid, SIGHUP);
+    CHECK(ct_wait_log(t, "a.log", "reload started a pipeline", 30000),
+          "SIGHUP: evlua run starts the new type's reactor");
+    long long deadline = th_now_ms() + 90000;
+    long long poked = 0;
+    while (poked < 2 && th_now_ms() < deadline) {
+        th_recs_free(&me);
+        memset(&me, 0, sizeof me);
+        ct_read_all(t, mev, "read_committed", &me);
+        poked = (long long)rt_count(&me, "type", "Poked");
+        if (poked < 2)
+            th_sleep_ms(500);
+    }
+    CHECK_INT(poked, 2,
+              "a Poked event per kit shipped: the member reactor started at "
+              "the reload reads parcel.events from its start");
+    CHECK(by_member(&me, "thanked-m-1") && by_member(&me, "thanked-m-2"),
+          "one for each member's kit");
+    th_recs_free(&me);
+    deadline = th_now_ms() + 30000;
+    while (rt_reactions(port, "member", "reacted") < 2 &&
+           th_now_ms() < deadline)
+        th_sleep_ms(200);
+    CHECK_INT(rt_reactions(port, "member", "reacted"), 2,
+              "evlua_reactions_total{type=\"member\",outcome=\"reacted\"}");
+    snprintf(series, sizeof series,
+             "evlua_consumer_lag_seconds{group=\"%s.react.member\"}",
+             t->prefix);
+    deadline = th_now_ms() + 30000;
+    while (rt_metric(port, series) < 0 && th_now_ms() < deadline)
+        th_sleep_ms(500);
+    CHECK(rt_metric(port, series) >= 0,
+          "the lag thread measures the new reactor's group");
+    char b[16384];
+    th_readyz(port, b, sizeof b);
+    CHECK_HAS(b, "\"reactions.member\"", "/readyz names the member reactor");
+}
+
 /* reactions.batch_bytes closes a batch at its byte bound: four 70 KB
  * events, written while evlua is stopped (so they wait together), take
  * four transactions at a 64 KiB bound where batch_size alone would take
@@ -257,6 +313,7 @@ int main(void)
     }
 
     check_new_source(&t, pid, pev);
+    check_new_reactor(&t, pid, port);
     CHECK_INT(th_stop(pid, SIGTERM, 30), 0, "evlua run exits 0 on SIGTERM");
     CHECK(ct_log_has(&t, "a.log", "reactions so far"),
           "the reactor logs its counts at the stop");
