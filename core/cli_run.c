@@ -266,6 +266,12 @@ static void start_reloaded(run_set *rs, const evl_config *cfg,
         if (evl_reactor_reacts(nh, type))
             used |= start_added(rs, cfg, nh, lag, "reactions", type);
     }
+    if (cfg->proj.enabled && !cfg->pg_conninfo &&
+        evl_luahost_nprojections(nh) > 0)
+        evl_log(EVL_LOG_WARN,
+                "projections loaded but no database configured "
+                "(postgres / EVLUA_PG_CONNINFO): projectors not started",
+                NULL);
     if (cfg->cmd.enabled && evl_luahost_naggregates(nh) > 0 &&
         !find_pipeline(rs, "commands", NULL))
         evl_log(EVL_LOG_WARN,
