@@ -112,7 +112,12 @@ void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
     hc->naggregate_dirs = (size_t)cfg->aggregate_dirs.n;
     hc->projection_dirs = (const char *const *)cfg->projection_dirs.v;
     hc->nprojection_dirs = (size_t)cfg->projection_dirs.n;
+    /* as the script directories: lib when there is one (the layout of
+     * README "Your own project", which testing.load's specs assume) */
+    struct stat st;
     hc->lib_dir = cfg->lib_dir;
+    if (!hc->lib_dir && stat("lib", &st) == 0 && S_ISDIR(st.st_mode))
+        hc->lib_dir = "lib";
 }
 
 int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The layout of README "Your own project": lib/ next to aggregates/ is
+# where require() looks when the config names no `lib`, as the busted
+# specs (testing.load) assume; with `lib` set, only that directory; with
+# neither, require names what is missing.
+set -uo pipefail
+evlua=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+out=$dir/out
+fail() { echo "FAIL: $*"; echo "--- output"; cat "$out"; exit 1; }
+mkdir -p "$dir/p/aggregates" "$dir/p/projections" "$dir/p/lib" "$dir/p/other"
+printf 'return { hello = function() return "hi" end }\n' > "$dir/p/lib/util.lua"
+cat > "$dir/p/aggregates/thing.lua" <<'LUA'
+local util = require("util")
+return {
+  type = "thing",
+  initial = function() return {} end,
+  apply = { Did = function(s, e) end },
+  handle = {
+    Do = function(s, cmd) return { { type = "Did", data = { x = util.hello() } } } end,
+  },
+}
+LUA
+printf 'return { kafka = { ["bootstrap.servers"] = "127.0.0.1:9092" } }\n' > "$dir/p/evlua.lua"
+cd "$dir/p"
+
+"$evlua" check -c evlua.lua > "$out" 2>&1 || fail "lib/ is the default library directory"
+grep -q '^ok: 1 aggregates' "$out" || fail "check says ok"
+"$evlua" check > "$out" 2>&1 || fail "without -c too"
+
+printf 'return { lib = "other" }\n' > evlua.lua
+"$evlua" check -c evlua.lua > "$out" 2>&1 && fail "a configured lib replaces the default"
+grep -q "module 'util' not found" "$out" || fail "require names the module"
+
+mv lib lib.off
+printf 'return {}\n' > evlua.lua
+"$evlua" check -c evlua.lua > "$out" 2>&1 && fail "no lib/: require fails"
+grep -q "module 'util' not found" "$out" || fail "require names the module"
+echo "ok: check_lib"
