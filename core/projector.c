@@ -1166,6 +1166,9 @@ static int run_instance(const evl_config *cfg, const evl_luahost *proto,
 
     evl_err e = setup(pj, proto);
     if (e != EVL_OK) {
+        if (e != EVL_ETRANSIENT) /* no longer starting: a reload's may stay */
+            evl_metrics_ready(pj->component, 0,
+                              "failed to start (see the log)");
         teardown(pj);
         /* transient: a stop request came while waiting for the database */
         return e == EVL_ETRANSIENT ? EVL_EXIT_OK : EVL_EXIT_USAGE;

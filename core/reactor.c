@@ -657,6 +657,7 @@ int evl_reactor_run(const evl_config *cfg, const evl_luahost *proto,
         evl_log(EVL_LOG_ERROR, "reactor: cannot load the scripts", "reaction",
                 type, "error", err, NULL);
         rp_set_free(&r.parked);
+        evl_pipeline_close(&r.pl, EVL_PIPELINE_FAILED);
         return RX_CONFIG;
     }
     evl_metrics_scripts(r.component, NULL, NULL, evl_luahost_hash(r.host));

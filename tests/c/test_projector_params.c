@@ -100,8 +100,9 @@ static void count(const char *topic, const char *id, long long seq, int big)
 }
 
 /* A projection added while evlua runs. */
-static void check_added(pid_t pid, const char *topic)
+static void check_added(pid_t pid, const char *topic, int port)
 {
+    char rz[16384];
     const char *counts = "SELECT CASE WHEN string_agg(id || '=' || n, ',' "
                          "ORDER BY id) = 'A=2,B=1,BIG=3,C=1' THEN 1 ELSE 0 "
                          "END FROM %s_n";
@@ -119,6 +120,10 @@ static void check_added(pid_t pid, const char *topic)
                           "a pipeline a reload started has stopped", 1, 30),
               1, "the one whose schema fails stops, logged");
     CHECK(kill(pid, 0) == 0, "and evlua run goes on");
+    CHECK_HAS(th_readyz(port, rz, sizeof rz),
+              "\"projection added_bad\":{\"ready\":false,\"reason\":\"failed "
+              "to start",
+              "/readyz says it failed, not that it is starting");
     pt_begin(&T);
     count(topic, "D", 1, 0);
     pt_commit(&T);
@@ -145,6 +150,7 @@ static void check_added(pid_t pid, const char *topic)
 int main(void)
 {
     char topic[160], extra[1200], pdir[700], cfg[700], b[1024], sql[1024];
+    int port = 20000 + (int)(getpid() % 30000);
     pt_init(&T, "proj_params");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 1);
@@ -159,8 +165,9 @@ int main(void)
              /* building 65,536 parameters in Lua takes longer than the
               * default second under ASan on a loaded machine: this test
               * is about libpq's refusal, not the clock */
-             "  limits = { time_ms = 60000 },",
-             topic, T.name, modes[0], modes[1], modes[2]);
+             "  limits = { time_ms = 60000 },\n"
+             "  metrics = { listen = \"127.0.0.1:%d\" },",
+             topic, T.name, modes[0], modes[1], modes[2], port);
     pt_config(&T, pdir, extra);
     snprintf(cfg, sizeof cfg, "%s/evlua.lua", T.dir);
     pt_producer(&T);
@@ -244,7 +251,7 @@ int main(void)
                       "'params_agg'"),
               "0", "and nothing of params_agg is parked any more");
 
-    check_added(pid, topic);
+    check_added(pid, topic, port);
 
     kill(pid, SIGTERM);
     CHECK_INT(th_wait(pid, -1), 0, "SIGTERM: exit 0");
