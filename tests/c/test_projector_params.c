@@ -217,7 +217,8 @@ int main(void)
     }
     CHECK_INT(pt_log_count(&T, "evlua.log", "transient database error"), 0,
               "the refusal is never retried as a lost connection");
-    CHECK_INT(pt_log_count(&T, "evlua.log", "aggregate parked"), 3,
+    /* the line comes after the parking transaction's commit */
+    CHECK_INT(pt_wait_log(&T, "evlua.log", "aggregate parked", 3, 30), 3,
               "each projection logs that it parked BIG");
 
     /* the projectors go on */
