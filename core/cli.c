@@ -88,6 +88,19 @@ int evl_cli_load_config(const char *path, evl_config *cfg)
 static char agg_dir[4096], proj_dir[4096], lib_dir[4096];
 static const char *agg_dirs[1] = {agg_dir}, *proj_dirs[1] = {proj_dir};
 
+/* 1: l is just the default directory name and there is none; 0: some
+ * directory of l exists; -1: otherwise (a configured one is missing). */
+static int only_default(const evl_strlist *l, const char *name)
+{
+    struct stat st;
+    int some = 0;
+    for (int i = 0; i < l->n; i++)
+        some |= stat(l->v[i], &st) == 0 && S_ISDIR(st.st_mode);
+    if (some)
+        return 0;
+    return l->n == 1 && strcmp(l->v[0], name) == 0 ? 1 : -1;
+}
+
 void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
                          evl_luahost_config *hc)
 {
@@ -112,6 +125,15 @@ void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
     hc->naggregate_dirs = (size_t)cfg->aggregate_dirs.n;
     hc->projection_dirs = (const char *const *)cfg->projection_dirs.v;
     hc->nprojection_dirs = (size_t)cfg->projection_dirs.n;
+    /* a service of aggregates only (or projections only) needs no empty
+     * directory of the other kind; with neither there, the errors say
+     * where evlua looked */
+    int agg = only_default(&cfg->aggregate_dirs, "aggregates");
+    int proj = only_default(&cfg->projection_dirs, "projections");
+    if (agg == 0 && proj == 1)
+        hc->nprojection_dirs = 0;
+    if (proj == 0 && agg == 1)
+        hc->naggregate_dirs = 0;
     /* as the script directories: lib when there is one (the layout of
      * README "Your own project", which testing.load's specs assume) */
     struct stat st;

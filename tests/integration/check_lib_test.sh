@@ -2,7 +2,9 @@
 # The layout of README "Your own project": lib/ next to aggregates/ is
 # where require() looks when the config names no `lib`, as the busted
 # specs (testing.load) assume; with `lib` set, only that directory; with
-# neither, require names what is missing.
+# neither, require names what is missing. A project of aggregates only
+# needs no empty projections/ (nor the reverse); with neither directory
+# there, check says where it looked.
 set -uo pipefail
 evlua=$1
 dir=$(mktemp -d)
@@ -37,4 +39,19 @@ mv lib lib.off
 printf 'return {}\n' > evlua.lua
 "$evlua" check -c evlua.lua > "$out" 2>&1 && fail "no lib/: require fails"
 grep -q "module 'util' not found" "$out" || fail "require names the module"
+mv lib.off lib
+rmdir projections
+"$evlua" check > "$out" 2>&1 || fail "aggregates only: no projections/ needed"
+grep -q '^ok: 1 aggregates, 0 projections' "$out" || fail "check says ok"
+mkdir projections
+mv aggregates aggregates.off
+"$evlua" check > "$out" 2>&1 || fail "projections only: no aggregates/ needed"
+rmdir projections
+"$evlua" check > "$out" 2>&1 && fail "neither directory: an error"
+grep -q "aggregates: cannot open the aggregate directory" "$out" || fail "names aggregates"
+grep -q "projections: cannot open the projection directory" "$out" || fail "names projections"
+printf 'return { aggregates = "nope" }\n' > evlua.lua
+mkdir projections
+"$evlua" check -c evlua.lua > "$out" 2>&1 && fail "a configured directory that is missing: an error"
+grep -q "nope: cannot open the aggregate directory" "$out" || fail "names it"
 echo "ok: check_lib"
