@@ -69,7 +69,16 @@ int evl_cli_load_config(const char *path, evl_config *cfg)
     }
     /* EVLUA_LOG_LEVEL wins over the file, as for every connection
      * setting; a one-shot command's level comes from -v */
-    if (!getenv("EVLUA_LOG_LEVEL") && !evl_log_is_oneshot())
+    const char *lv = getenv("EVLUA_LOG_LEVEL");
+    if (lv && evl_log_parse_level(lv) < 0) {
+        fprintf(stderr,
+                "evlua: EVLUA_LOG_LEVEL: '%s' is not a level (debug, info, "
+                "warn or error)\n",
+                lv);
+        evl_config_free(cfg);
+        return EVL_EXIT_USAGE;
+    }
+    if (!lv && !evl_log_is_oneshot())
         evl_log_set_level((evl_log_level)evl_log_parse_level(cfg->log_level));
     evl_log_set_format(strcmp(cfg->log_format, "json") == 0 ? EVL_LOG_JSON
                                                             : EVL_LOG_LOGFMT);

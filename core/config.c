@@ -898,10 +898,11 @@ evl_err evl_config_load(const char *path, evl_config *cfg, char *err,
      * quoted: it may come from EVLUA_INSTANCE and be anything */
     if (c.instance && (!evl_valid_name(c.instance) ||
                        strlen(c.instance) > EVL_CONFIG_INSTANCE_MAX)) {
-        e = fail(&ld, "instance",
-                 "is not a valid name (letters, digits, '.', '_' and '-'; "
+        const char *env = getenv("EVLUA_INSTANCE");
+        e = fail(&ld, env && *env ? NULL : "instance",
+                 "%sis not a valid name (letters, digits, '.', '_' and '-'; "
                  "1 to %d bytes)",
-                 EVL_CONFIG_INSTANCE_MAX);
+                 env && *env ? "EVLUA_INSTANCE " : "", EVL_CONFIG_INSTANCE_MAX);
         goto out;
     }
 out:

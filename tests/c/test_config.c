@@ -183,7 +183,8 @@ int main(void)
     setenv("EVLUA_INSTANCE", "bad name", 1);
     CHECK_INT(evl_config_load(NULL, &cfg, err, sizeof err), EVL_EPERMANENT,
               "an invalid EVLUA_INSTANCE is an error");
-    CHECK_HAS(err, "instance: is not a valid name", "naming the key");
+    CHECK_HAS(err, "EVLUA_INSTANCE is not a valid name",
+              "naming the variable, not the file's key");
     unsetenv("EVLUA_INSTANCE");
     CHECK_INT(load("return { instance = 'a/b' }", &cfg, err), EVL_EPERMANENT,
               "an instance with a '/' is an error");

@@ -4,7 +4,8 @@
 # specs (testing.load) assume; with `lib` set, only that directory; with
 # neither, require names what is missing. A project of aggregates only
 # needs no empty projections/ (nor the reverse); with neither directory
-# there, check says where it looked.
+# there, check says where it looked. Environment overrides that are not
+# valid name the variable, not the file.
 set -uo pipefail
 evlua=$1
 dir=$(mktemp -d)
@@ -54,4 +55,14 @@ printf 'return { aggregates = "nope" }\n' > evlua.lua
 mkdir projections
 "$evlua" check -c evlua.lua > "$out" 2>&1 && fail "a configured directory that is missing: an error"
 grep -q "nope: cannot open the aggregate directory" "$out" || fail "names it"
+printf 'return {}\n' > evlua.lua
+EVLUA_LOG_LEVEL=verbose "$evlua" check -c evlua.lua > "$out" 2>&1
+[ $? -eq 2 ] || fail "EVLUA_LOG_LEVEL=verbose: exit 2"
+grep -q "EVLUA_LOG_LEVEL: 'verbose' is not a level" "$out" || fail "names the variable"
+EVLUA_INSTANCE='bad name!' "$evlua" check -c evlua.lua > "$out" 2>&1
+[ $? -eq 2 ] || fail "EVLUA_INSTANCE='bad name!': exit 2"
+grep -q "EVLUA_INSTANCE is not a valid name" "$out" || fail "names the variable"
+printf 'return { instance = "bad name!" }\n' > evlua.lua
+"$evlua" check -c evlua.lua > "$out" 2>&1
+grep -q "evlua.lua: instance: is not a valid name" "$out" || fail "names the key"
 echo "ok: check_lib"
