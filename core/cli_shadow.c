@@ -62,6 +62,8 @@ static const char rebuild_usage[] =
     "\n"
     "  -c, --config FILE   config file (see docs/config.md)\n"
     "  --scripts DIR       the new scripts: DIR/aggregates, DIR/projections\n"
+    "                      (both: the aggregate types name the topics a\n"
+    "                      projection without `topics` reads)\n"
     "  --shadow            required: build beside the live projection\n"
     "                      (`projection reset` rebuilds in place)\n"
     "  --until-caught-up   stop after step 3\n"
