@@ -295,10 +295,20 @@ evl_err evl_kafka_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms,
 {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t rerr = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
-    if (rerr)
+    if (rerr) {
+        char bs[512] = "";
+        size_t n = sizeof bs;
+        if (rd_kafka_conf_get(rd_kafka_conf(rk), "bootstrap.servers", bs, &n) !=
+            RD_KAFKA_CONF_OK)
+            bs[0] = '\0';
         return evl_seterr(err, errlen, EVL_ETRANSIENT,
-                          "cannot read the cluster's metadata: %s",
+                          "cannot read the cluster's metadata from %s (%s): "
+                          "%s",
+                          bs[0] ? bs : "no bootstrap.servers",
+                          "kafka[\"bootstrap.servers\"] or "
+                          "EVLUA_KAFKA_BOOTSTRAP; -c CONFIG",
                           rd_kafka_err2str(rerr));
+    }
     *count = 0;
     for (int i = 0; i < md->topic_cnt; i++) {
         const struct rd_kafka_metadata_topic *t = &md->topics[i];
