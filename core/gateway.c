@@ -194,15 +194,27 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
     evl_buf s = {0}, ms = {0};
     char err[EVL_ERRLEN];
     int is_object, status = 422;
+    size_t unknown;
     const char *body = r->body.data ? r->body.data : "";
-    if (evl_json_members(body, r->body.len, m, 7, &s, &is_object, err,
-                         sizeof err)) {
+    if (evl_json_members_unknown(body, r->body.len, m, 7, &s, &is_object,
+                                 &unknown, err, sizeof err)) {
         snprintf(msg, msglen, "malformed JSON: %.400s", err);
         status = 400;
         goto out;
     }
     if (!is_object) {
         snprintf(msg, msglen, "the command must be a JSON object");
+        goto out;
+    }
+    /* An unknown field is refused, not ignored: a misspelt
+     * "expectedVersion" would otherwise drop the concurrency check the
+     * client asked for. metadata's own keys stay free-form. */
+    if (unknown != EVL_JSON_NONE) {
+        snprintf(msg, msglen,
+                 "unknown field '%.200s'; a command has only id, "
+                 "aggregate_type, aggregate_id, type, data, "
+                 "expected_version, metadata",
+                 s.data + unknown);
         goto out;
     }
 #define STR(i) (s.data + m[i].off)
