@@ -26,11 +26,16 @@ static const char check_usage[] =
     "The config is checked as `evlua run` and `evlua gateway` check it at\n"
     "start: every kafka property is set on a librdkafka configuration (no\n"
     "connection is made), so a misspelt one is a config error, and so is a\n"
-    "non-loopback gateway.listen without gateway.tokens.\n"
+    "non-loopback gateway.listen without gateway.tokens. Then, against the\n"
+    "scripts loaded:\n"
+    "  error    a projection.each.NAME with no projection NAME loaded; a\n"
+    "           gateway token's aggregates entry naming no loaded aggregate\n"
+    "           type (`evlua run` and `evlua gateway` only warn of these)\n"
     "\n"
     "Exit 0 when every script is fine (warnings, `file:line: warning: ...`\n"
     "on stderr, do not change it); 1 with one `file:line: message` line per\n"
-    "problem on stderr; 2 on a usage or config error.\n";
+    "problem on stderr (`CONFIG: KEY: message` for a setting naming what is\n"
+    "not loaded); 2 on a usage or config error.\n";
 
 int evl_cli_check(int argc, char **argv)
 {
@@ -71,6 +76,8 @@ int evl_cli_check(int argc, char **argv)
     {
         evl_luahost_problems errors = {0}, warnings = {0};
         size_t nerr = evl_luahost_lint(host, &errors, &warnings);
+        nerr += evl_cli_config_unloaded(
+            &cfg, host, EVL_CLI_PROJECTIONS | EVL_CLI_TOKENS, &errors);
         for (size_t i = 0; i < errors.n; i++)
             fprintf(stderr, "%s\n", errors.lines[i]);
         for (size_t i = 0; i < warnings.n; i++)
