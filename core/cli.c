@@ -243,3 +243,79 @@ int evl_cli_catch_up(const evl_config *cfg, const evl_luahost *host,
         fputc('\n', stderr);
     return rc;
 }
+
+static void add_line(evl_luahost_problems *out, const char *s)
+{
+    out->lines = evl_xrealloc(out->lines, sizeof *out->lines * (out->n + 1));
+    out->lines[out->n++] = evl_xstrdup(s);
+}
+
+size_t evl_cli_config_unloaded(const evl_config *cfg, const evl_luahost *host,
+                               int what, evl_luahost_problems *out)
+{
+    size_t n0 = out->n;
+    char line[2048];
+    evl_buf loaded = {0};
+    if (what & EVL_CLI_PROJECTIONS) {
+        size_t np = evl_luahost_nprojections(host);
+        for (size_t i = 0; i < np; i++) {
+            evl_buf_puts(&loaded, i ? ", " : "");
+            evl_buf_puts(&loaded, evl_luahost_projection_at(host, i)->name);
+        }
+        evl_buf_putc(&loaded, '\0');
+        for (int i = 0; i < cfg->proj.neach; i++) {
+            const char *name = cfg->proj.each[i].name;
+            int found = 0;
+            for (size_t j = 0; j < np && !found; j++)
+                found =
+                    strcmp(evl_luahost_projection_at(host, j)->name, name) == 0;
+            if (found)
+                continue;
+            snprintf(line, sizeof line,
+                     "%s: projection.each.%.200s: no projection of that name "
+                     "is loaded (loaded: %.1500s)",
+                     cfg->path, name, np ? loaded.data : "none");
+            add_line(out, line);
+        }
+    }
+    if (what & EVL_CLI_TOKENS) {
+        size_t na = evl_luahost_naggregates(host);
+        loaded.len = 0;
+        for (size_t i = 0; i < na; i++) {
+            evl_buf_puts(&loaded, i ? ", " : "");
+            evl_buf_puts(&loaded, evl_luahost_aggregate_at(host, i)->type);
+        }
+        evl_buf_putc(&loaded, '\0');
+        for (int i = 0; i < cfg->gateway.ntokens; i++) {
+            const evl_gateway_token *t = &cfg->gateway.tokens[i];
+            for (int k = 0; k < t->aggregates.n; k++) {
+                const char *type = t->aggregates.v[k];
+                int found = strcmp(type, "*") == 0;
+                for (size_t j = 0; j < na && !found; j++)
+                    found = strcmp(evl_luahost_aggregate_at(host, j)->type,
+                                   type) == 0;
+                if (found)
+                    continue;
+                snprintf(line, sizeof line,
+                         "%s: gateway.tokens[%d] (%.100s): aggregates names "
+                         "'%.200s': no aggregate type of that name is loaded "
+                         "(loaded: %.1400s)",
+                         cfg->path, i + 1, t->principal, type,
+                         na ? loaded.data : "none");
+                add_line(out, line);
+            }
+        }
+    }
+    evl_buf_free(&loaded);
+    return out->n - n0;
+}
+
+void evl_cli_warn_unloaded(const evl_config *cfg, const evl_luahost *host,
+                           int what)
+{
+    evl_luahost_problems p = {0};
+    evl_cli_config_unloaded(cfg, host, what, &p);
+    for (size_t i = 0; i < p.n; i++)
+        evl_log(EVL_LOG_WARN, p.lines[i], NULL);
+    evl_luahost_problems_free(&p);
+}

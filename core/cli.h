@@ -39,6 +39,22 @@ void evl_cli_host_config(const evl_config *cfg, const char *scripts_dir,
  * each to stderr and return EVL_EXIT_USAGE, else EVL_EXIT_OK and *host. */
 int evl_cli_load_host(const evl_luahost_config *hc, evl_luahost **host);
 
+/* Settings of cfg that name what host has not loaded (what: a mask of
+ * EVL_CLI_PROJECTIONS, a projection.each.NAME with no projection NAME;
+ * EVL_CLI_TOKENS, a gateway token's aggregates entry, "*" aside, with no
+ * aggregate type of that name). Appends one line per such name to out,
+ * "CONFIG: KEY: ... (loaded: ...)", and returns how many it appended;
+ * free out with evl_luahost_problems_free(). `evlua check` reports them
+ * as errors; run and gateway only warn (evl_cli_warn_unloaded), since
+ * removing a script before its settings is a legitimate step. */
+enum { EVL_CLI_PROJECTIONS = 1, EVL_CLI_TOKENS = 2 };
+size_t evl_cli_config_unloaded(const evl_config *cfg, const evl_luahost *host,
+                               int what, evl_luahost_problems *out);
+
+/* Log each line of evl_cli_config_unloaded as a warning. */
+void evl_cli_warn_unloaded(const evl_config *cfg, const evl_luahost *host,
+                           int what);
+
 /* Parse the options run, check and repl share: -c/--config FILE,
  * --scripts DIR, -h/--help, and no operands. Returns -1 to go on (with
  * *config and *scripts set, NULL when absent), or the exit code to return

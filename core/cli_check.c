@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kafka.h"
 
 static const char check_usage[] =
     "usage: evlua check [-c CONFIG] [--scripts DIR]\n"
@@ -22,9 +23,19 @@ static const char check_usage[] =
     "  --scripts DIR       use DIR/aggregates, DIR/projections (and DIR/lib)\n"
     "                      instead of the configured directories\n"
     "\n"
+    "The config is checked as `evlua run` and `evlua gateway` check it at\n"
+    "start: every kafka property is set on a librdkafka configuration (no\n"
+    "connection is made), so a misspelt one is a config error, and so is a\n"
+    "non-loopback gateway.listen without gateway.tokens. Then, against the\n"
+    "scripts loaded:\n"
+    "  error    a projection.each.NAME with no projection NAME loaded; a\n"
+    "           gateway token's aggregates entry naming no loaded aggregate\n"
+    "           type (`evlua run` and `evlua gateway` only warn of these)\n"
+    "\n"
     "Exit 0 when every script is fine (warnings, `file:line: warning: ...`\n"
     "on stderr, do not change it); 1 with one `file:line: message` line per\n"
-    "problem on stderr; 2 on a usage or config error.\n";
+    "problem on stderr (`CONFIG: KEY: message` for a setting naming what is\n"
+    "not loaded); 2 on a usage or config error.\n";
 
 int evl_cli_check(int argc, char **argv)
 {
@@ -37,6 +48,24 @@ int evl_cli_check(int argc, char **argv)
     rc = evl_cli_load_config(config, &cfg);
     if (rc)
         return rc;
+    /* what run and gateway refuse at start without the scripts: every
+     * kafka property set on a throwaway librdkafka conf (no connection),
+     * and the gateway's own checks of its settings (binding nothing) */
+    {
+        char err[EVL_ERRLEN];
+        rd_kafka_conf_t *conf = NULL;
+        if (evl_kafka_conf_new(&cfg, NULL, NULL, &conf, err, sizeof err) !=
+                EVL_OK ||
+            (cfg.gateway.listen &&
+             evl_gateway_check(&cfg, err, sizeof err) != EVL_OK)) {
+            fprintf(stderr, "evlua: %s: %s\n", cfg.path, err);
+            if (conf)
+                rd_kafka_conf_destroy(conf);
+            evl_config_free(&cfg);
+            return EVL_EXIT_USAGE;
+        }
+        rd_kafka_conf_destroy(conf);
+    }
     evl_luahost_config hc;
     evl_luahost *host = NULL;
     evl_cli_host_config(&cfg, scripts, &hc);
@@ -47,6 +76,8 @@ int evl_cli_check(int argc, char **argv)
     {
         evl_luahost_problems errors = {0}, warnings = {0};
         size_t nerr = evl_luahost_lint(host, &errors, &warnings);
+        nerr += evl_cli_config_unloaded(
+            &cfg, host, EVL_CLI_PROJECTIONS | EVL_CLI_TOKENS, &errors);
         for (size_t i = 0; i < errors.n; i++)
             fprintf(stderr, "%s\n", errors.lines[i]);
         for (size_t i = 0; i < warnings.n; i++)

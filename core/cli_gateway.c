@@ -70,6 +70,7 @@ int evl_cli_gateway(int argc, char **argv)
     evl_cli_host_config(&cfg, scripts, &hc);
     if ((rc = evl_cli_load_host(&hc, &host)))
         goto out;
+    evl_cli_warn_unloaded(&cfg, host, EVL_CLI_TOKENS);
     if (!cfg.gateway.listen) {
         fprintf(stderr, "evlua gateway: gateway.listen is not set in %s\n",
                 cfg.path);

@@ -376,6 +376,9 @@ int evl_cli_run(int argc, char **argv)
         evl_config_free(&cfg);
         return rc;
     }
+    /* settings for a script that is gone: not refused, since removing a
+     * projection before its settings is a legitimate step (check errs) */
+    evl_cli_warn_unloaded(&cfg, proto, EVL_CLI_PROJECTIONS | EVL_CLI_TOKENS);
     if (evl_lifecycle_install() != 0 || evl_lifecycle_install_reload() != 0) {
         evl_log(EVL_LOG_ERROR, "cannot install signal handlers", NULL);
         rc = EVL_EXIT_FAILURE;

@@ -194,15 +194,27 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
     evl_buf s = {0}, ms = {0};
     char err[EVL_ERRLEN];
     int is_object, status = 422;
+    size_t unknown;
     const char *body = r->body.data ? r->body.data : "";
-    if (evl_json_members(body, r->body.len, m, 7, &s, &is_object, err,
-                         sizeof err)) {
+    if (evl_json_members_unknown(body, r->body.len, m, 7, &s, &is_object,
+                                 &unknown, err, sizeof err)) {
         snprintf(msg, msglen, "malformed JSON: %.400s", err);
         status = 400;
         goto out;
     }
     if (!is_object) {
         snprintf(msg, msglen, "the command must be a JSON object");
+        goto out;
+    }
+    /* An unknown field is refused, not ignored: a misspelt
+     * "expectedVersion" would otherwise drop the concurrency check the
+     * client asked for. metadata's own keys stay free-form. */
+    if (unknown != EVL_JSON_NONE) {
+        snprintf(msg, msglen,
+                 "unknown field '%.200s'; a command has only id, "
+                 "aggregate_type, aggregate_id, type, data, "
+                 "expected_version, metadata",
+                 s.data + unknown);
         goto out;
     }
 #define STR(i) (s.data + m[i].off)
@@ -826,13 +838,13 @@ int gw_reload(evl_gateway *gw)
     return 1;
 }
 
-evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
-                          evl_gateway **out, int *port, char *err,
-                          size_t errlen)
+/* The address of cfg->gateway.listen into *out and its port into *port,
+ * after the checks evl_gateway_check documents. */
+static evl_err check_config(const evl_config *cfg, struct sockaddr_storage *out,
+                            long *port, char *err, size_t errlen)
 {
     const char *listen = cfg->gateway.listen;
     char hostpart[256];
-    evl_err e = EVL_EPERMANENT;
     /* HOST:PORT, or [IPv6]:PORT */
     const char *h = listen ? listen : "", *colon = strrchr(h, ':');
     size_t hlen = colon ? (size_t)(colon - h) : 0;
@@ -897,6 +909,30 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         return evl_seterr(err, errlen, EVL_EPERMANENT,
                           "gateway.tls_cert: this libmicrohttpd has no TLS");
 
+    *out = ss;
+    *port = p;
+    return EVL_OK;
+}
+
+evl_err evl_gateway_check(const evl_config *cfg, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    long p;
+    return check_config(cfg, &ss, &p, err, errlen);
+}
+
+evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
+                          evl_gateway **out, int *port, char *err,
+                          size_t errlen)
+{
+    const char *listen = cfg->gateway.listen;
+    struct sockaddr_storage ss;
+    long p;
+    evl_err e = check_config(cfg, &ss, &p, err, errlen);
+    if (e != EVL_OK)
+        return e;
+    e = EVL_EPERMANENT;
+
     evl_gateway *gw = calloc(1, sizeof *gw);
     if (!gw)
         abort();
@@ -927,7 +963,7 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
 
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
-    if (v6)
+    if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (cfg->gateway.tls_cert) {
         gw->tls_cert = slurp(cfg->gateway.tls_cert);

@@ -33,6 +33,16 @@
 
 typedef struct evl_gateway evl_gateway;
 
+/* The checks of cfg's gateway settings evl_gateway_start makes before it
+ * binds anything, for `evlua check`: gateway.listen is HOST:PORT or
+ * [IPV6]:PORT with a numeric address, tokens are configured unless the
+ * address is a loopback one, tls_cert and tls_key go together and this
+ * libmicrohttpd has TLS when they are set. Returns EVL_OK, or
+ * EVL_EPERMANENT with the reason (naming the key) in err. Binds nothing,
+ * starts nothing; cfg->gateway.listen must be set.
+ * @locality any thread. */
+evl_err evl_gateway_check(const evl_config *cfg, char *err, size_t errlen);
+
 /* Start the gateway on cfg->gateway.listen for the aggregate types (and
  * their command types) of host, which may be freed afterwards; cfg must
  * outlive the gateway. On each SIGHUP (evl_lifecycle_install_reload) the

@@ -923,9 +923,10 @@ static size_t skip_value(const unsigned char *s, size_t len, size_t i,
     return i;
 }
 
-evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
-                         size_t nm, evl_buf *scratch, int *is_object, char *err,
-                         size_t errlen)
+/* evl_json_members, and with unknown non-NULL, evl_json_members_unknown. */
+static evl_err members(const char *text, size_t len, evl_json_member *m,
+                       size_t nm, evl_buf *scratch, int *is_object,
+                       size_t *unknown, char *err, size_t errlen)
 {
     num stack_nums[64];
     uint32_t stack_counts[32];
@@ -939,6 +940,8 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
         m[k].type = EVL_JSON_ABSENT;
     *is_object = 0;
     scratch->len = 0;
+    if (unknown)
+        *unknown = EVL_JSON_NONE;
     if ((rc = scan(&st)) != EVL_OK)
         goto out;
     skip_ws(s, len, &i);
@@ -964,6 +967,19 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
             if (strlen(m[k].name) == klen && memcmp(m[k].name, key, klen) == 0)
                 hit = &m[k]; /* a duplicate key: the last one counts, as in
                                 evl_json_decode */
+        if (!hit && unknown && *unknown == EVL_JSON_NONE) {
+            /* keep the first unknown key, unescaped, NUL-terminated */
+            size_t at = scratch->len, kl = end - from;
+            if (scratch->cap - at < kl + 1)
+                evl_buf_reserve(scratch, kl + 1); /* may move key: redo */
+            if (esc)
+                klen = unescape(s, from, end, scratch->data + at);
+            else
+                memcpy(scratch->data + at, s + from, klen);
+            scratch->data[at + klen] = '\0';
+            scratch->len = at + klen + 1;
+            *unknown = at;
+        }
         i = end + 1;
         skip_ws(s, len, &i);
         i++; /* ':' */
@@ -1006,6 +1022,21 @@ evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
 out:
     scan_free(&st);
     return rc;
+}
+
+evl_err evl_json_members(const char *text, size_t len, evl_json_member *m,
+                         size_t nm, evl_buf *scratch, int *is_object, char *err,
+                         size_t errlen)
+{
+    return members(text, len, m, nm, scratch, is_object, NULL, err, errlen);
+}
+
+evl_err evl_json_members_unknown(const char *text, size_t len,
+                                 evl_json_member *m, size_t nm,
+                                 evl_buf *scratch, int *is_object,
+                                 size_t *unknown, char *err, size_t errlen)
+{
+    return members(text, len, m, nm, scratch, is_object, unknown, err, errlen);
 }
 
 evl_err evl_json_array_strings(const char *text, size_t len, evl_buf *scratch,

@@ -102,6 +102,18 @@ evl_err evl_json_members(const char *s, size_t len, evl_json_member *m,
                          size_t nm, evl_buf *scratch, int *is_object, char *err,
                          size_t errlen);
 
+/* As evl_json_members, and also finds the first top-level key that is
+ * none of m's names (for readers that refuse unknown members, so a typo
+ * of a field's name is not silently ignored): *unknown is EVL_JSON_NONE
+ * when every key is named in m (or the text is no object), else the key,
+ * unescaped and NUL-terminated (a \u0000 in it ends it early), is at
+ * scratch->data + *unknown.
+ * @locality any thread. */
+#define EVL_JSON_NONE ((size_t)-1)
+evl_err evl_json_members_unknown(const char *s, size_t len, evl_json_member *m,
+                                 size_t nm, evl_buf *scratch, int *is_object,
+                                 size_t *unknown, char *err, size_t errlen);
+
 /* Call fn(ud, str, n) for each element of the JSON array s[0..len), a
  * value evl_json_members (or evl_json_decode) has already found valid,
  * with the element unescaped and NUL-terminated in scratch (valid while

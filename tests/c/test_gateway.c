@@ -5,7 +5,8 @@
  * a real request and matches the document (200 accepted with the events'
  * ids and sequences, 409 rejected and expected_version conflicts, 500 a
  * script error with script:line, 422 and 400 invalid commands, 202 with
- * a Location that later answers, 404, 405); retrying an id returns the
+ * a Location that later answers, 404, 405; an unknown field of the
+ * command is refused, not ignored); retrying an id returns the
  * first outcome and records nothing twice; concurrent requests for one
  * aggregate are all answered, with one version each, in order; the
  * metrics count the requests; the threads are named. On SIGHUP both
@@ -217,6 +218,25 @@ int main(void)
         gw_resp_free(&r);
     }
 
+    /* an unknown field (a typo of expected_version) is refused, naming
+     * it and the fields there are; metadata's own keys are free-form */
+    post(NULL,
+         "{\"id\":\"g-typo\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+         "\"p-8\",\"type\":\"Ok\",\"data\":{},\"expectedVersion\":7}",
+         &r);
+    CHECK_INT(r.status, 422, "an unknown field: 422");
+    CHECK_HAS(gw_str(&r, "error"), "'expectedVersion'", "naming the field");
+    CHECK_HAS(gw_str(&r, "error"), "expected_version, metadata",
+              "listing the allowed ones");
+    gw_resp_free(&r);
+    post(NULL,
+         "{\"id\":\"g-meta\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+         "\"p-8\",\"type\":\"Ok\",\"data\":{},\"metadata\":{\"shop\":"
+         "\"eu\"}}",
+         &r);
+    CHECK_INT(r.status, 200, "a key of the user's own in metadata: 200");
+    gw_resp_free(&r);
+
     post(NULL,
          "{\"id\":\"g-1\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
          "\"p-9\",\"type\":\"Ok\",\"data\":{}}",
@@ -267,6 +287,11 @@ int main(void)
         found |= th_str(&cmds.v[i], "id") &&
                  strcmp(th_str(&cmds.v[i], "id"), "g-async") == 0;
     CHECK(found, "the command was in its topic when the 202 came");
+    found = 0;
+    for (size_t i = 0; i < cmds.n; i++)
+        found |= th_str(&cmds.v[i], "id") &&
+                 strcmp(th_str(&cmds.v[i], "id"), "g-typo") == 0;
+    CHECK(!found, "the command with an unknown field was not produced");
     th_recs_free(&cmds);
 
     /* 404 and 405 */

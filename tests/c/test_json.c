@@ -732,6 +732,28 @@ static void test_members(void)
                                &is_object, err, sizeof err),
               EVL_EPERMANENT, "as is what decode refuses beyond syntax");
     CHECK_HAS(err, "outside +-2^53", "naming why");
+
+    /* the first key none of m's names, escaped keys unescaped; the
+     * strings read after it are still right */
+    size_t unknown = 0;
+    const char *typo = "{\"type\":\"A\",\"ty\\u0070o\":{\"x\":1},"
+                       "\"other\":2,\"aggregate_id\":\"k\"}";
+    CHECK_INT(evl_json_members_unknown(typo, strlen(typo), m, 4, &scratch,
+                                       &is_object, &unknown, err, sizeof err),
+              EVL_OK, "an object with unknown keys is read");
+    CHECK(unknown != EVL_JSON_NONE, "an unknown key is found");
+    if (unknown != EVL_JSON_NONE)
+        CHECK_STR(scratch.data + unknown, "typo", "the first, unescaped");
+    CHECK_STR(scratch.data + m[0].off, "A", "a member before it is read");
+    CHECK_STR(scratch.data + m[1].off, "k", "and one after it");
+    CHECK_INT(evl_json_members_unknown(ev, strlen(ev), m, 4, &scratch,
+                                       &is_object, &unknown, err, sizeof err),
+              EVL_OK, "nested keys do not count");
+    CHECK_STR(scratch.data + unknown, "data", "only top-level ones");
+    CHECK_INT(evl_json_members_unknown("{\"type\":1}", 10, m, 4, &scratch,
+                                       &is_object, &unknown, err, sizeof err),
+              EVL_OK, "an object of known keys is read");
+    CHECK(unknown == EVL_JSON_NONE, "with no unknown key");
     evl_buf_free(&scratch);
 }
 
