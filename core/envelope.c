@@ -131,6 +131,11 @@ void evl_envelope_command(evl_buf *out, const evl_envelope_command_in *c)
         evl_buf_puts(out, sep);
         evl_buf_puts(out, "\"causation_id\":");
         put_str(out, c->causation_id);
+        sep = ",";
+    }
+    if (c->metadata_more && *c->metadata_more) {
+        evl_buf_puts(out, sep);
+        evl_buf_puts(out, c->metadata_more);
     }
     evl_buf_puts(out, "}}");
 }

@@ -101,11 +101,15 @@ typedef struct evl_envelope_command_in {
     const char *user_id;
     const char *correlation_id;
     const char *causation_id; /* the event a reaction answers; NULL: none */
+    /* more members of metadata, as JSON text without the braces (the
+     * client's own keys, none of the three above); NULL: none */
+    const char *metadata_more;
 } evl_envelope_command_in;
 
 /* Append the command in the wire format to out (not NUL-terminated):
  * {"id","type","aggregate_type","aggregate_id"[,"expected_version"],
- * "data","metadata":{["user_id"][,"correlation_id"][,"causation_id"]}}.
+ * "data","metadata":{["user_id"][,"correlation_id"][,"causation_id"]
+ * [,metadata_more]}}.
  * data must not point into out. */
 void evl_envelope_command(evl_buf *out, const evl_envelope_command_in *c);
 

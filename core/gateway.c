@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <cjson/cJSON.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
@@ -177,6 +178,35 @@ static int listed(const evl_strlist *l, const char *s)
 
 /* ---- POST /v1/commands -------------------------------------------------- */
 
+/* The members of the metadata object text[0..len) but user_id and
+ * correlation_id (the envelope writes those itself), as JSON text without
+ * the braces, so a handler sees the client's own keys in ctx.metadata as
+ * it does for a command sent to Kafka directly; NULL when there are none.
+ * text is valid JSON already (parse_command checked the body). */
+static char *metadata_more(const char *text, size_t len)
+{
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    char *out = NULL;
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "user_id");
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "correlation_id");
+    if (o->child) {
+        char *p = cJSON_PrintUnformatted(o);
+        size_t n = p ? strlen(p) : 0;
+        if (n >= 2) {
+            out = evl_xmalloc(n - 1);
+            memcpy(out, p + 1, n - 2);
+            out[n - 2] = '\0';
+        }
+        cJSON_free(p);
+    }
+    cJSON_Delete(o);
+    return out;
+}
+
 /* The command of the request body, checked, as an envelope in cmd; its
  * type in *t and its id in id. Returns 0, or the HTTP status with the
  * reason in msg. */
@@ -184,6 +214,7 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
                          const gw_type **t, char *id, evl_buf *cmd, char *agg,
                          char *msg, size_t msglen)
 {
+    char *more = NULL; /* metadata's other members */
     enum { M_ID, M_AT, M_AID, M_TYPE, M_DATA, M_EV, M_META };
     evl_json_member m[] = {
         {.name = "id"},           {.name = "aggregate_type"},
@@ -287,6 +318,7 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
             user = ms.data + mm[0].off;
         if (mm[1].type == EVL_JSON_STRING)
             corr = ms.data + mm[1].off;
+        more = metadata_more(body + m[M_META].voff, m[M_META].vlen);
     }
     if (gw->cfg->gateway.ntokens > 0) {
         if (!listed(&r->tok->aggregates, (*t)->type) ||
@@ -320,12 +352,14 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
                                  .data = data,
                                  .data_len = m[M_DATA].vlen,
                                  .user_id = user,
-                                 .correlation_id = corr};
+                                 .correlation_id = corr,
+                                 .metadata_more = more};
     evl_envelope_command(cmd, &c);
     free(data);
 #undef STR
     status = 0;
 out:
+    free(more);
     evl_buf_free(&s);
     evl_buf_free(&ms);
     return status;

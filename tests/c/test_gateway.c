@@ -22,7 +22,8 @@ static const char probe_lua[] =
     "  apply = { Probed = function(s, e) s.n = s.n + 1 end },\n"
     "  handle = {\n"
     "    Ok = function(s, cmd, ctx)\n"
-    "      return { { type = 'Probed', data = {} } }\n"
+    "      return { { type = 'Probed', data = { shop = ctx.metadata.shop } } "
+    "}\n"
     "    end,\n"
     "    Boom = function(s, cmd, ctx)\n"
     "      error('boom')\n" /* line 10 */
@@ -292,6 +293,20 @@ int main(void)
         found |= th_str(&cmds.v[i], "id") &&
                  strcmp(th_str(&cmds.v[i], "id"), "g-typo") == 0;
     CHECK(!found, "the command with an unknown field was not produced");
+    /* metadata's own keys reach the command (and ctx.metadata), as for a
+     * command produced to Kafka directly; user_id stays the gateway's */
+    const th_rec *meta = NULL;
+    for (size_t i = 0; i < cmds.n; i++)
+        if (th_str(&cmds.v[i], "id") &&
+            strcmp(th_str(&cmds.v[i], "id"), "g-meta") == 0)
+            meta = &cmds.v[i];
+    CHECK(meta != NULL, "the command with metadata.shop was produced");
+    if (meta) {
+        cJSON *md = cJSON_GetObjectItemCaseSensitive(meta->json, "metadata");
+        cJSON *shop = cJSON_GetObjectItemCaseSensitive(md, "shop");
+        CHECK(cJSON_IsString(shop) && strcmp(shop->valuestring, "eu") == 0,
+              "metadata.shop is carried to the commands topic");
+    }
     th_recs_free(&cmds);
 
     /* 404 and 405 */
@@ -344,6 +359,21 @@ int main(void)
                 strcmp(th_str(&ev.v[i], "type"), "CustomerRegistered") == 0;
     CHECK_INT(regs, 1, "the retried command recorded its event once");
     th_recs_free(&ev);
+    {
+        /* g-meta's handler saw metadata.shop in ctx.metadata */
+        char pev[256];
+        th_recs pe = {0};
+        ct_topic(&t, "probe", "events", pev, sizeof pev);
+        ct_read_all(&t, pev, "read_committed", &pe);
+        int shop = 0;
+        for (size_t i = 0; i < pe.n; i++) {
+            cJSON *d = cJSON_GetObjectItemCaseSensitive(pe.v[i].json, "data");
+            cJSON *v = cJSON_GetObjectItemCaseSensitive(d, "shop");
+            shop |= cJSON_IsString(v) && strcmp(v->valuestring, "eu") == 0;
+        }
+        CHECK(shop, "the handler saw metadata.shop in ctx.metadata");
+        th_recs_free(&pe);
+    }
 
     /* SIGHUP: a type added to the scripts is accepted without a restart;
      * a broken set is refused and the loaded one kept */
