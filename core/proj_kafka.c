@@ -425,14 +425,18 @@ evl_err proj_subscribe(projector *pj, char *err, size_t errlen)
                                               RD_KAFKA_PARTITION_UA);
     }
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+    int was = pj->nsubscribed;
     pj->nsubscribed = sub->cnt;
     if (sub->cnt > 0) {
         e = rd_kafka_subscribe(pj->rk, sub);
         evl_kafka_wait_begin(&pj->wait);
-    }
+    } else if (was > 0) /* a reload left only missing topics */
+        e = rd_kafka_unsubscribe(pj->rk);
     rd_kafka_topic_partition_list_destroy(sub);
     if (e)
-        return evl_seterr(err, errlen, EVL_EPERMANENT, "rd_kafka_subscribe: %s",
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "%s: %s",
+                          pj->nsubscribed ? "rd_kafka_subscribe"
+                                          : "rd_kafka_unsubscribe",
                           rd_kafka_err2str(e));
     return EVL_OK;
 }
@@ -541,4 +545,85 @@ int proj_check_missing(projector *pj)
                       pj->missing.n ? pj->missing_why
                                     : "waiting for a partition assignment");
     return 0;
+}
+
+/* ---- topics after a reload ---------------------------------------------- */
+
+void proj_join_topics(const evl_strlist *l, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    for (int i = 0; i < l->n; i++) {
+        size_t o = strlen(buf);
+        snprintf(buf + o, n - o, "%s%s", i ? "," : "", l->v[i]);
+    }
+}
+
+/* Do a and b name the same topics, in any order? */
+static int same_topics(const evl_strlist *a, const evl_strlist *b)
+{
+    if (a->n != b->n)
+        return 0;
+    for (int i = 0; i < a->n; i++) {
+        int found = 0;
+        for (int k = 0; k < b->n && !found; k++)
+            found = strcmp(a->v[i], b->v[k]) == 0;
+        if (!found)
+            return 0;
+    }
+    return 1;
+}
+
+/* Swap the topic lists of pj with *topics and *missing. */
+static void swap_lists(projector *pj, evl_strlist *topics, evl_strlist *missing)
+{
+    evl_strlist t = pj->topics, m = pj->missing;
+    pj->topics = *topics;
+    pj->missing = *missing;
+    *topics = t;
+    *missing = m;
+}
+
+/* Made the way setup makes them: each topic looked up (created when
+ * configured to, else waited for), then one subscription to all that
+ * exist. nh is pj->host for the time of it: the partition count of a
+ * topic to create comes from its aggregate type, which may be new. On a
+ * failure the old lists and subscription are back (a failure to take the
+ * old subscription again is fatal to the projector: logged). */
+evl_err proj_resubscribe(projector *pj, evl_luahost *nh, char *err,
+                         size_t errlen)
+{
+    evl_strlist topics = {0}, missing = {0};
+    if (evl_projector_topics(pj->cfg, nh, pj->name, &topics) == 0)
+        return evl_seterr(err, errlen, EVL_EPERMANENT,
+                          "the reloaded scripts leave the projection no "
+                          "topics (no aggregate script whose events topic "
+                          "it reads)");
+    if (same_topics(&topics, &pj->topics)) {
+        evl_projector_topics_free(&topics);
+        return EVL_OK;
+    }
+    evl_luahost *oh = pj->host;
+    swap_lists(pj, &topics, &missing); /* the old ones held here */
+    pj->host = nh;
+    proj_ensure_topics(pj);
+    pj->host = oh;
+    evl_err e = proj_subscribe(pj, err, errlen);
+    if (e != EVL_OK) {
+        char again[EVL_ERRLEN];
+        swap_lists(pj, &topics, &missing); /* the new ones freed below */
+        if (proj_subscribe(pj, again, sizeof again) != EVL_OK) {
+            evl_log(EVL_LOG_ERROR, "cannot subscribe to the topics again",
+                    "projection", pj->name, "error", again, THREAD_FIELD(pj),
+                    NULL);
+            pj->abort_rc = FAILED;
+        }
+    } else {
+        char list[1024];
+        proj_join_topics(&pj->topics, list, sizeof list);
+        evl_log(EVL_LOG_INFO, "projection subscribed to the reloaded topics",
+                "projection", pj->name, "topics", list, THREAD_FIELD(pj), NULL);
+    }
+    evl_projector_topics_free(&topics);
+    evl_projector_topics_free(&missing);
+    return e;
 }

@@ -323,12 +323,8 @@ static evl_err setup(projector *pj, const evl_luahost *proto)
     }
     evl_lifecycle_reload_requested(&pj->hup_seen);
 
-    char topics[512] = "", bs[24], conn[512];
-    for (int i = 0; i < pj->topics.n; i++) {
-        size_t o = strlen(topics);
-        snprintf(topics + o, sizeof topics - o, "%s%s", i ? "," : "",
-                 pj->topics.v[i]);
-    }
+    char topics[512], bs[24], conn[512];
+    proj_join_topics(&pj->topics, topics, sizeof topics);
     snprintf(bs, sizeof bs, "%d", pj->batch_size);
     evl_config_redact_conninfo(cfg->pg_conninfo, conn, sizeof conn);
     evl_log(EVL_LOG_INFO, "projector started", "projection", pj->name, "group",
@@ -838,6 +834,17 @@ out:
 
 /* ---- reload -------------------------------------------------------------- */
 
+/* A reload refused: nh freed, counted as failed; the loaded set stays.
+ * err may be NULL. */
+static void refuse(projector *pj, evl_luahost *nh, const char *msg,
+                   const char *err)
+{
+    evl_log(EVL_LOG_ERROR, msg, "projection", pj->name, "error", err ? err : "",
+            THREAD_FIELD(pj), NULL);
+    evl_luahost_free(nh);
+    evl_metrics_scripts(pj->component, "failed", NULL, NULL);
+}
+
 static void maybe_reload(projector *pj)
 {
     if (!evl_lifecycle_reload_requested(&pj->hup_seen))
@@ -857,12 +864,10 @@ static void maybe_reload(projector *pj)
     }
     const evl_luahost_projection *np = evl_luahost_projection_get(nh, pj->name);
     if (!np) {
-        evl_log(EVL_LOG_ERROR,
-                "the new script set has no projection of this name; keeping "
-                "the loaded set",
-                "projection", pj->name, NULL);
-        evl_luahost_free(nh);
-        evl_metrics_scripts(pj->component, "failed", NULL, NULL);
+        refuse(pj, nh,
+               "the new script set has no projection of this name; keeping "
+               "the loaded set",
+               NULL);
         return;
     }
     if (strcmp(np->hash, pj->proj->hash) != 0) {
@@ -872,12 +877,10 @@ static void maybe_reload(projector *pj)
         if (e == EVL_OK) /* the epoch stays: only follow_swap moves it */
             e = check_pin(pj, np, NULL, err, sizeof err);
         if (e != EVL_OK) {
-            evl_log(EVL_LOG_ERROR,
-                    "cannot check the new script against the tables' pinned "
-                    "version; keeping the loaded set",
-                    "projection", pj->name, "error", err, NULL);
-            evl_luahost_free(nh);
-            evl_metrics_scripts(pj->component, "failed", NULL, NULL);
+            refuse(pj, nh,
+                   "cannot check the new script against the tables' pinned "
+                   "version; keeping the loaded set",
+                   err);
             return;
         }
     }
@@ -888,13 +891,19 @@ static void maybe_reload(projector *pj)
         if (e == EVL_OK)
             e = evl_pg_exec_locked(pj->pg, np->schema[i], err, sizeof err);
         if (e != EVL_OK) {
-            evl_log(EVL_LOG_ERROR,
-                    "the new schema failed; keeping the loaded set",
-                    "projection", pj->name, "error", err, NULL);
-            evl_luahost_free(nh);
-            evl_metrics_scripts(pj->component, "failed", NULL, NULL);
+            refuse(pj, nh, "the new schema failed; keeping the loaded set",
+                   err);
             return;
         }
+    }
+    /* a new aggregate type's events topic, for a projection without
+     * configured topics */
+    if (proj_resubscribe(pj, nh, err, sizeof err) != EVL_OK) {
+        refuse(pj, nh,
+               "reload refused: the projection cannot subscribe to the "
+               "reloaded scripts' topics; keeping the loaded set",
+               err);
+        return;
     }
     evl_metrics_scripts(pj->component, "applied", evl_luahost_hash(pj->host),
                         evl_luahost_hash(nh));
@@ -964,6 +973,8 @@ static evl_err take_up_swap(projector *pj, char *err, size_t errlen)
         e = evl_pg_exec_locked(pj->pg, np->schema[i], err, errlen);
     if (e == EVL_OK)
         e = note_version(pj, np, err, errlen);
+    if (e == EVL_OK && proj_resubscribe(pj, nh, err, errlen) != EVL_OK)
+        e = EVL_ETRANSIENT; /* retried: not the pin's wait */
     if (e != EVL_OK) {
         evl_luahost_free(nh);
         return e;

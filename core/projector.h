@@ -66,7 +66,9 @@
  * refresh, minutes later.
  *
  * Between batches: SIGHUP reloads the scripts (the projection's schema is
- * run again; on any failure the loaded set stays); the stop flag
+ * run again; when the projection's topics follow from the aggregate
+ * scripts and the reload changes them, the consumer subscribes to the new
+ * ones first; on any failure the loaded set stays); the stop flag
  * (lifecycle.h) finishes the batch in flight, commits, closes and
  * returns.
  *

@@ -386,6 +386,18 @@ void proj_ensure_topics(projector *pj);
 /* Between batches: subscribe again when missing topics appeared. Returns
  * 0, or 1 on a failure to subscribe (logged). */
 int proj_check_missing(projector *pj);
+/* After a reload, between batches (nothing in flight), before nh
+ * replaces pj->host: when the projection's topics with the scripts nh
+ * differ from the subscribed ones (a new aggregate type's events topic),
+ * make the new ones usable as at start (created, or waited for) and
+ * subscribe to the new list; the rebalance reads each partition from
+ * evlua_offsets, a new topic from its start. Logged when it subscribes.
+ * EVL_OK (also when nothing changed), or EVL_EPERMANENT with the reason
+ * in err and the old topics and subscription kept. */
+evl_err proj_resubscribe(projector *pj, evl_luahost *nh, char *err,
+                         size_t errlen);
+/* The topics of l joined with commas into buf (truncated to n). */
+void proj_join_topics(const evl_strlist *l, char *buf, size_t n);
 
 /* ---- proj_metrics.c ------------------------------------------------------ */
 
