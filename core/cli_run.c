@@ -7,7 +7,7 @@
  * and commands.enabled), one projector per projection (when a database
  * is configured and projection.enabled) and one reactor per aggregate type
  * with a react table (when reactions.enabled; reactor.h). Each pipeline builds
- * its own host from the loaded one (evl_luahost_reload), so no lua_State is
+ * its own host from the loaded one (evl_luahost_again), so no lua_State is
  * ever shared between threads, and watches SIGHUP and the stop flag at its
  * batch boundaries. The main thread watches SIGHUP too: it starts a
  * pipeline for each projection or react table a reload adds, and again
@@ -244,16 +244,21 @@ static int start_added(run_set *rs, const evl_config *cfg, evl_luahost *nh,
 }
 
 /* After a SIGHUP: start the pipelines the reloaded scripts add. The
- * load speaks for the reload (evl_luahost_reload logs one summary line
- * per SIGHUP, whoever loads first); a set that does not load starts
- * nothing. */
+ * running pipelines speak for the reload (the first to switch to the new
+ * set logs the summary line, so it means commands are now decided by the
+ * new scripts); this load is silent unless none runs. A set that does not
+ * load starts nothing. */
 static void start_reloaded(run_set *rs, const evl_config *cfg,
                            const evl_luahost *proto, evl_lag *lag)
 {
     char err[EVL_ERRLEN];
     evl_luahost *nh = NULL;
-    if (evl_luahost_reload(rs->latest ? rs->latest : proto, &nh, NULL, err,
-                           sizeof err) != EVL_OK)
+    const evl_luahost *from = rs->latest ? rs->latest : proto;
+    size_t live = 0;
+    for (size_t i = 0; i < rs->n; i++)
+        live += !__atomic_load_n(&rs->p[i]->done, __ATOMIC_ACQUIRE);
+    if ((live ? evl_luahost_again(from, &nh, NULL, err, sizeof err)
+              : evl_luahost_reload(from, &nh, NULL, err, sizeof err)) != EVL_OK)
         return;
     int used = 0;
     if (cfg->proj.enabled && cfg->pg_conninfo)

@@ -655,7 +655,7 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
                       cfg->cmd.batch_size, cfg->cmd.linger_ms);
     metrics_open(&cp);
     evl_testhooks_read(&cp.hooks);
-    if (evl_luahost_reload(proto, &cp.host, NULL, err, sizeof err) != EVL_OK) {
+    if (evl_luahost_again(proto, &cp.host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "command processor: cannot load the scripts",
                 "error", err, NULL);
         return EXIT_CONFIG;

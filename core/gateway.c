@@ -979,7 +979,7 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
         abort();
     pthread_mutex_init(&gw->tmu, NULL);
     /* its own host, to reload from on SIGHUP as the pipelines do */
-    if ((e = evl_luahost_reload(host, &gw->host, NULL, err, errlen)))
+    if ((e = evl_luahost_again(host, &gw->host, NULL, err, errlen)))
         goto fail;
     gw->types = make_types(gw, gw->host, NULL);
     evl_metrics_scripts("gateway", NULL, NULL, evl_luahost_hash(gw->host));

@@ -936,13 +936,11 @@ evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
  * logged for. */
 static atomic_uint reload_logged;
 
-evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
-                           evl_luahost_problems *problems, char *err,
-                           size_t errlen)
+evl_err evl_luahost_again(const evl_luahost *old, evl_luahost **out,
+                          evl_luahost_problems *problems, char *err,
+                          size_t errlen)
 {
-    evl_luahost_problems probs = {0};
     evl_luahost_config cfg;
-    evl_err rc;
 
     memset(&cfg, 0, sizeof cfg);
     cfg.aggregate_dirs = (const char *const *)old->adirs;
@@ -954,7 +952,15 @@ evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
     cfg.instruction_limit = old->instr_limit;
     cfg.time_limit_ms = old->time_limit_ms;
     cfg.max_string_op = old->max_string_op;
-    rc = evl_luahost_new(&cfg, out, &probs, err, errlen);
+    return evl_luahost_new(&cfg, out, problems, err, errlen);
+}
+
+evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
+                           evl_luahost_problems *problems, char *err,
+                           size_t errlen)
+{
+    evl_luahost_problems probs = {0};
+    evl_err rc = evl_luahost_again(old, out, &probs, err, errlen);
     /* Every pipeline reloads on its own, from the same files: the first to
      * reload after a SIGHUP speaks for all (one summary line per reload,
      * not one per pipeline). A caller that collects the problems reports

@@ -175,11 +175,22 @@ evl_err evl_luahost_new(const evl_luahost_config *cfg, evl_luahost **out,
                         size_t errlen);
 
 /* Build a complete new host from old's config (the same directories,
- * sandbox and limits). On success: EVL_OK, *out is the new host (log
- * line "scripts loaded"); the caller swaps it in between batches and frees
- * old. On failure: EVL_EPERMANENT, old is untouched and stays in use,
- * each problem is logged ("script reload failed; keeping the loaded set")
- * and appended to problems when non-NULL. */
+ * sandbox and limits), silently: a pipeline's own copy of the set it was
+ * started with, or a look at what the files hold now. EVL_OK and *out,
+ * or EVL_EPERMANENT with old untouched, err written and every problem
+ * appended to problems when non-NULL. */
+evl_err evl_luahost_again(const evl_luahost *old, evl_luahost **out,
+                          evl_luahost_problems *problems, char *err,
+                          size_t errlen);
+
+/* A pipeline's reload on SIGHUP: evl_luahost_again, and the first caller
+ * to switch after each signal speaks for every pipeline of the process
+ * (one line: "scripts reloaded" with the new and old hashes, or "script
+ * reload refused; keeping the loaded set" and its problems), so the line
+ * means a pipeline now decides with the new set. The caller swaps *out in
+ * between batches and frees old; on failure old stays in use. A caller
+ * that collects the problems (problems non-NULL) reports them itself and
+ * logs nothing. */
 evl_err evl_luahost_reload(const evl_luahost *old, evl_luahost **out,
                            evl_luahost_problems *problems, char *err,
                            size_t errlen);

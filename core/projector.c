@@ -145,7 +145,7 @@ static evl_err load_settings(projector *pj, const evl_luahost *proto)
     char err[EVL_ERRLEN];
     const evl_config *cfg = pj->cfg;
 
-    if (evl_luahost_reload(proto, &pj->host, NULL, err, sizeof err) != EVL_OK) {
+    if (evl_luahost_again(proto, &pj->host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "projector cannot load the scripts",
                 "projection", pj->name, "error", err, NULL);
         return EVL_EPERMANENT;

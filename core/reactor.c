@@ -653,7 +653,7 @@ int evl_reactor_run(const evl_config *cfg, const evl_luahost *proto,
     evl_pipeline_open(&r.pl, r.component, r.group, cfg->react.batch_size,
                       cfg->react.linger_ms);
     metrics_open(&r);
-    if (evl_luahost_reload(proto, &r.host, NULL, err, sizeof err) != EVL_OK) {
+    if (evl_luahost_again(proto, &r.host, NULL, err, sizeof err) != EVL_OK) {
         evl_log(EVL_LOG_ERROR, "reactor: cannot load the scripts", "reaction",
                 type, "error", err, NULL);
         rp_set_free(&r.parked);

@@ -451,9 +451,9 @@ int main(int argc, char **argv)
     nconn = atoi(argv[2]);
     naggs = atoi(argv[3]);
     unsigned long flood = argc > 4 ? strtoul(argv[4], NULL, 10) : 50000;
-    mport = gw_free_port();
+    mport = th_free_port();
     char gwcfg[256];
-    port = gw_free_port();
+    port = th_free_port();
     ct_init(&t, "bench-gw");
     ct_write_file(&t, "aggregates/bench.lua", bench_lua);
     ct_topic(&t, "bench", "commands", commands, sizeof commands);

@@ -44,20 +44,6 @@ static inline void gw_config(const ct *t, const char *name, const char *txid,
     ct_write_file(t, rel, text);
 }
 
-/* A free TCP port on 127.0.0.1 (bound and released). */
-static inline int gw_free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    socklen_t len = sizeof sa;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        getsockname(s, (struct sockaddr *)&sa, &len) != 0)
-        th_die("cannot find a free port");
-    close(s);
-    return ntohs(sa.sin_port);
-}
-
 /* `evlua gateway -c DIR/CONFIG.lua`, output to DIR/LOG. */
 static inline pid_t gw_start(const ct *t, const char *config, const char *log)
 {

@@ -52,6 +52,10 @@ char *th_strndup(const void *p, size_t n);
 /* rm -rf dir (a warning when it fails). */
 void th_remove_dir(const char *dir);
 
+/* A TCP port on 127.0.0.1 free now (the kernel's pick, for a listener a
+ * child opens: never a port derived from the pid, which can be taken). */
+int th_free_port(void);
+
 /* ---- processes --------------------------------------------------------- */
 
 /* Start argv[0] with argv (NULL-terminated), stdout and stderr appended

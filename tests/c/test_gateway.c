@@ -79,9 +79,9 @@ int main(void)
 {
     gw_resp r, r2;
     char gwcfg[256], events[256], probe_commands[256];
-    int mport = gw_free_port(), rport = gw_free_port(), rgport = gw_free_port();
+    int mport = th_free_port(), rport = th_free_port(), rgport = th_free_port();
     char rgcfg[256];
-    port = gw_free_port();
+    port = th_free_port();
     int gport = port;
 
     ct_init(&t, "gateway");

@@ -146,8 +146,8 @@ int main(void)
 {
     char gwcfg[2048], shop_hash[65], probe_hash[65], cmds[256], pcmds[256];
     char events[256], logpath[1024];
-    int rport = gw_free_port();
-    port = gw_free_port();
+    int rport = th_free_port();
+    port = th_free_port();
 
     ct_init(&t, "gwauth");
     doc = gw_openapi_load(&t);
@@ -161,7 +161,7 @@ int main(void)
 
     /* no tokens: only a loopback address */
     snprintf(gwcfg, sizeof gwcfg, "listen = '0.0.0.0:%d'", port);
-    gw_config(&t, "open", "open", gw_free_port(), gwcfg);
+    gw_config(&t, "open", "open", th_free_port(), gwcfg);
     pid_t opid = gw_start(&t, "open", "open.log");
     CHECK_INT(th_wait(opid, 30), 2,
               "no tokens on 0.0.0.0: evlua gateway refuses to start (2)");
@@ -282,8 +282,8 @@ int main(void)
 
     /* HTTPS through libmicrohttpd's GnuTLS */
     char sh[2048];
-    int tport = port, tmport = gw_free_port();
-    port = gw_free_port();
+    int tport = port, tmport = th_free_port();
+    port = th_free_port();
     snprintf(sh, sizeof sh,
              "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "
              "/CN=127.0.0.1 -keyout %s/key.pem -out %s/cert.pem 2>/dev/null",
@@ -326,7 +326,7 @@ int main(void)
 
     /* past gateway.max_connections: a clear 503, and served again once
      * connections close (no Kafka needed: GET reads the cache) */
-    int lport = gw_free_port(), lmport = gw_free_port();
+    int lport = th_free_port(), lmport = th_free_port();
     char line[256];
     snprintf(gwcfg, sizeof gwcfg,
              "listen = '127.0.0.1:%d', max_connections = 2", lport);
@@ -389,7 +389,7 @@ int main(void)
                "loopback (cannot bind [::1]: %s)\n",
                strerror(errno));
     } else {
-        int p6 = gw_free_port(), m6 = gw_free_port();
+        int p6 = th_free_port(), m6 = th_free_port();
         snprintf(gwcfg, sizeof gwcfg, "listen = '[::]:%d'", p6);
         gw_config(&t, "open6", "open6", m6, gwcfg);
         pid_t o6 = gw_start(&t, "open6", "open6.log");

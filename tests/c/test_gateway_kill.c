@@ -42,8 +42,8 @@ static void start(req *q, const char *id, const char *query)
 int main(void)
 {
     char gwcfg[512], events[256];
-    int mport = gw_free_port(), rport = gw_free_port();
-    port = gw_free_port();
+    int mport = th_free_port(), rport = th_free_port();
+    port = th_free_port();
     ct_init(&t, "gwkill");
     ct_copy_aggregate(&t, "customer.lua");
     ct_topic(&t, "customer", "events", events, sizeof events);

@@ -97,7 +97,7 @@ int main(void)
     char type[120], events[200], commands[200], pgroup[200], cgroup[200],
         path[800], extra[1500], cfg[800], msg[600];
     static char b[1 << 18];
-    int port = 20000 + (int)(getpid() % 30000);
+    int port = th_free_port();
     pt_init(&T, "lag");
     snprintf(type, sizeof type, "%s_acct", T.name);
     snprintf(events, sizeof events, "%s.events", type);

@@ -54,7 +54,7 @@ int main(void)
 {
     char type[120], events[200], group[200], path[800], cfga[800], cfgb[800],
         msg[1200], ba[8192], bb[8192];
-    int port = 20000 + (int)(getpid() % 30000);
+    int port = th_free_port();
     pt_init(&T, "lagsb");
     snprintf(type, sizeof type, "%s_t", T.name);
     snprintf(events, sizeof events, "%s.events", type);

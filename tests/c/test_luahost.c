@@ -1360,6 +1360,17 @@ static void test_reload(void)
     /* a fixed script: the new set takes over */
     write_file(adir, "counter.lua", agg_v2);
     raise(SIGHUP);
+    /* a look at the new set (a pipeline's own copy, the main thread's
+     * check for additions) says nothing: the summary line is for a
+     * pipeline that switched */
+    capture_begin();
+    CHECK_INT(evl_luahost_again(h, &h2, NULL, err, sizeof err), EVL_OK,
+              "a silent load of the new set succeeds");
+    capture_end(log, sizeof log);
+    CHECK(strstr(log, "scripts reloaded") == NULL,
+          "and logs no summary: no pipeline has switched yet");
+    evl_luahost_free(h2);
+    h2 = NULL;
     capture_begin();
     CHECK_INT(evl_luahost_reload(h, &h2, NULL, err, sizeof err), EVL_OK,
               "reloading a good set succeeds");

@@ -58,7 +58,7 @@ static const char *items(char *b, size_t n)
 int main(void)
 {
     char topic[160], extra[600], pdir[700], cfg[700], b[1024];
-    int port = 20000 + (int)(getpid() % 30000);
+    int port = th_free_port();
     pt_init(&T, "proj_halt");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 1);

@@ -262,7 +262,7 @@ static void run_reload(int port)
 int main(void)
 {
     char type[120];
-    int port = 20000 + (int)(getpid() % 30000);
+    int port = th_free_port();
     pt_init(&T, "proj_newtopic");
     projection();
     pt_producer(&T);

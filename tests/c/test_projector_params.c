@@ -150,7 +150,7 @@ static void check_added(pid_t pid, const char *topic, int port)
 int main(void)
 {
     char topic[160], extra[1200], pdir[700], cfg[700], b[1024], sql[1024];
-    int port = 20000 + (int)(getpid() % 30000);
+    int port = th_free_port();
     pt_init(&T, "proj_params");
     snprintf(topic, sizeof topic, "%s.events", T.name);
     pt_topic(&T, topic, 1);

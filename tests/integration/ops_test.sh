@@ -25,7 +25,8 @@ mkdir -p "$work/aggregates" "$work/projections"
 sed "s/type = \"customer\"/type = \"$tag\"/" "$src/aggregates/customer.lua" > "$work/aggregates/c.lua"
 sed -e "s/name = \"customer_profile\"/name = \"${tag}_profile\"/" \
     -e "s/customers/${tag}_customers/g" "$src/projections/customer_profile.lua" > "$work/projections/p.lua"
-port=$((20000 + RANDOM % 30000))
+. "$src/scripts/lib.sh" # free_port
+port=$(free_port)
 cat > "$work/evlua.lua" <<LUA
 return {
   aggregates = "$work/aggregates", projections = "$work/projections",
