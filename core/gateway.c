@@ -13,7 +13,9 @@
  * applies, so a command accepted here never fails there for its JSON),
  * checked against the token, and written as the command envelope
  * (envelope.h, as `evlua send` writes it) with metadata.user_id set to
- * the token's principal. Then the request waits (gateway_int.h).
+ * the token's principal. Then the request waits (gateway_int.h). POST
+ * /v1/batch does the same for each command of {"commands": [...]}, and
+ * answers them all in one list once the last one's answer is known.
  */
 #include "gateway_int.h"
 
@@ -36,7 +38,7 @@
 #include "log.h"
 #include "luaapi.h"
 
-enum { R_POST, R_GET, R_OTHER };
+enum { R_POST, R_GET, R_BATCH, R_OTHER };
 
 /* libmicrohttpd's own connection limit is gateway.max_connections plus
  * this margin: past max_connections a connection is still accepted and
@@ -45,8 +47,8 @@ enum { R_POST, R_GET, R_OTHER };
  * margin also absorbs libmicrohttpd sharing its limit among the threads
  * of its pool (each thread accepts up to its share). */
 #define GW_CONN_MARGIN 16
-static const char *const route_names[] = {"POST /v1/commands",
-                                          "GET /v1/commands/{id}", "other"};
+static const char *const route_names[] = {
+    "POST /v1/commands", "GET /v1/commands/{id}", "POST /v1/batch", "other"};
 
 /* ---- answers ----------------------------------------------------------- */
 
@@ -108,21 +110,27 @@ static enum MHD_Result respond(evl_gateway *gw, struct MHD_Connection *conn,
     return respond_pref(gw, conn, route, status, body, len, location, 0);
 }
 
-/* An error answer: {"error": msg} (and the command id when known). */
+/* An error's body: {"error": msg} (and the command id when known). */
+static void error_body(evl_buf *b, const char *id, const char *msg)
+{
+    evl_buf_putc(b, '{');
+    if (id) {
+        evl_buf_puts(b, "\"command_id\":");
+        evl_envelope_put_string(b, id, strlen(id));
+        evl_buf_putc(b, ',');
+    }
+    evl_buf_puts(b, "\"error\":");
+    evl_envelope_put_string(b, msg, strlen(msg));
+    evl_buf_putc(b, '}');
+}
+
+/* An error answer (error_body). */
 static enum MHD_Result fail(evl_gateway *gw, struct MHD_Connection *conn,
                             int route, int status, const char *id,
                             const char *msg)
 {
     evl_buf b = {0};
-    evl_buf_putc(&b, '{');
-    if (id) {
-        evl_buf_puts(&b, "\"command_id\":");
-        evl_envelope_put_string(&b, id, strlen(id));
-        evl_buf_putc(&b, ',');
-    }
-    evl_buf_puts(&b, "\"error\":");
-    evl_envelope_put_string(&b, msg, strlen(msg));
-    evl_buf_putc(&b, '}');
+    error_body(&b, id, msg);
     enum MHD_Result r = respond(gw, conn, route, status, b.data, b.len, NULL);
     evl_buf_free(&b);
     return r;
@@ -207,10 +215,12 @@ static char *metadata_more(const char *text, size_t len)
     return out;
 }
 
-/* The command of the request body, checked, as an envelope in cmd; its
- * type in *t and its id in id. Returns 0, or the HTTP status with the
- * reason in msg. */
-static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
+/* The command body[0..blen) (a request's body, or one command of a
+ * batch), checked for token tok, as an envelope in cmd; its type in *t
+ * and its id in id. Returns 0, or the HTTP status with the reason in
+ * msg. */
+static int parse_command(evl_gateway *gw, const gw_types *ts, const char *body,
+                         size_t blen, const evl_gateway_token *tok,
                          const gw_type **t, char *id, evl_buf *cmd, char *agg,
                          char *msg, size_t msglen)
 {
@@ -226,9 +236,10 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
     char err[EVL_ERRLEN];
     int is_object, status = 422;
     size_t unknown;
-    const char *body = r->body.data ? r->body.data : "";
-    if (evl_json_members_unknown(body, r->body.len, m, 7, &s, &is_object,
-                                 &unknown, err, sizeof err)) {
+    if (!body)
+        body = "";
+    if (evl_json_members_unknown(body, blen, m, 7, &s, &is_object, &unknown,
+                                 err, sizeof err)) {
         snprintf(msg, msglen, "malformed JSON: %.400s", err);
         status = 400;
         goto out;
@@ -321,15 +332,14 @@ static int parse_command(evl_gateway *gw, const gw_types *ts, const gw_req *r,
         more = metadata_more(body + m[M_META].voff, m[M_META].vlen);
     }
     if (gw->cfg->gateway.ntokens > 0) {
-        if (!listed(&r->tok->aggregates, (*t)->type) ||
-            (r->tok->commands.n > 0 &&
-             !listed(&r->tok->commands, STR(M_TYPE)))) {
+        if (!listed(&tok->aggregates, (*t)->type) ||
+            (tok->commands.n > 0 && !listed(&tok->commands, STR(M_TYPE)))) {
             snprintf(msg, msglen, "principal %s may not send %.200s to %s",
-                     r->tok->principal, STR(M_TYPE), (*t)->type);
+                     tok->principal, STR(M_TYPE), (*t)->type);
             status = 403;
             goto out;
         }
-        user = r->tok->principal; /* never the body's */
+        user = tok->principal; /* never the body's */
     }
     if (m[M_ID].type == EVL_JSON_STRING)
         snprintf(id, EVL_ENVELOPE_MAX_ID + 1, "%s", STR(M_ID));
@@ -402,110 +412,292 @@ static long long wait_ms(evl_gateway *gw, struct MHD_Connection *conn,
     return max;
 }
 
-static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
-                                    struct MHD_Connection *conn)
+/* A command of a request, checked before the lock: its envelope, or why
+ * it is refused. */
+typedef struct gw_item {
+    const gw_type *t;
+    int status; /* 0: to send; else its refusal, with msg */
+    char *id;   /* NULL: unknown (a refusal before the id was read) */
+    char *agg;
+    char *msg;
+    evl_buf cmd;
+} gw_item;
+
+static void item_parse(evl_gateway *gw, const gw_types *ts, const gw_req *r,
+                       const char *body, size_t len, gw_item *it)
 {
     char id[EVL_ENVELOPE_MAX_ID + 1], agg[EVL_ENVELOPE_MAX_AGGREGATE_ID + 1];
     char msg[EVL_ERRLEN];
-    const gw_type *t = NULL;
-    evl_buf cmd = {0};
+    it->status = parse_command(gw, ts, body, len, r->tok, &it->t, id, &it->cmd,
+                               agg, msg, sizeof msg);
+    if (it->status) {
+        it->msg = evl_xstrdup(msg);
+        return;
+    }
+    it->id = evl_xstrdup(id);
+    it->agg = evl_xstrdup(agg);
+}
+
+static void items_free(gw_item *it, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(it[i].id);
+        free(it[i].agg);
+        free(it[i].msg);
+        evl_buf_free(&it[i].cmd);
+    }
+    free(it);
+}
+
+/* Answer slot s with an error (error_body). gw->mu held. */
+static void slot_fail(evl_gateway *gw, gw_slot *s, int status, const char *id,
+                      const char *msg)
+{
+    evl_buf b = {0};
+    error_body(&b, id, msg);
+    gw_slot_answer(gw, s, status, b.data, b.len, NULL);
+    evl_buf_free(&b);
+}
+
+/* Send the commands it[0..n) of r, one slot each, and answer r once every
+ * slot has its answer: at once when none waits, else when the last wait
+ * ends (the connection suspended meanwhile). Refused whole (503) when the
+ * gateway is not ready or the waits would pass gateway.max_waiters, and
+ * then nothing is sent. */
+static enum MHD_Result send_items(evl_gateway *gw, gw_req *r,
+                                  struct MHD_Connection *conn, gw_item *it,
+                                  size_t n)
+{
+    char msg[EVL_ERRLEN];
+    int async;
+    long long wait = wait_ms(gw, conn, &async);
+    const char *id1 = r->route == R_POST ? it[0].id : NULL;
+    pthread_mutex_lock(&gw->mu);
+    if (!gw->ready) {
+        snprintf(msg, sizeof msg, "not ready: %s", gw->notready);
+        pthread_mutex_unlock(&gw->mu);
+        return fail(gw, conn, r->route, 503, id1, msg);
+    }
+    /* the commands that would wait, counted before any is sent */
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        gw_entry *e = it[i].status ? NULL : gw_lookup(gw, it[i].id);
+        k += !it[i].status && !(e && e->done) && !(e && e->acked && wait == 0);
+    }
+    if (k > 0 &&
+        (size_t)gw->nwaiting + k > (size_t)gw->cfg->gateway.max_waiters) {
+        pthread_mutex_unlock(&gw->mu);
+        snprintf(msg, sizeof msg,
+                 "too many commands waiting for their result (%d, "
+                 "gateway.max_waiters): retry later",
+                 gw->cfg->gateway.max_waiters);
+        return fail(gw, conn, r->route, 503, id1, msg);
+    }
+    r->conn = conn;
+    r->async = async;
+    r->deadline_ms = evl_now_ms() + wait;
+    for (size_t i = 0; i < n; i++) {
+        gw_slot *s = &r->slots[i];
+        const gw_type *t = it[i].t;
+        if (it[i].status) {
+            slot_fail(gw, s, it[i].status, NULL, it[i].msg);
+            continue;
+        }
+        if (!__atomic_load_n(&t->assigned, __ATOMIC_ACQUIRE)) {
+            /* its results would not be read: nothing could answer a wait */
+            snprintf(msg, sizeof msg,
+                     "not ready: the results topic %s of the reloaded type %s "
+                     "is not assigned yet",
+                     t->results_topic, t->type);
+            slot_fail(gw, s, 503, it[i].id, msg);
+            continue;
+        }
+        gw_entry *e = gw_lookup(gw, it[i].id);
+        if (e && strcmp(e->type, t->type) != 0) {
+            /* an id names one command: never another type's outcome */
+            slot_fail(gw, s, 422, it[i].id,
+                      "this command id was sent for another aggregate type");
+            continue;
+        }
+        if (e && e->done) { /* a retry: the first outcome again */
+            gw_slot_answer(gw, s, e->status, e->body, e->len, NULL);
+            continue;
+        }
+        if (e && e->acked && wait == 0) {
+            /* in Kafka already, and the client does not wait: 202 now,
+             * however many others wait */
+            evl_buf b = {0};
+            char loc[300];
+            gw_pending(e->id, &b, loc, sizeof loc);
+            gw_slot_answer(gw, s, 202, b.data, b.len, loc);
+            evl_buf_free(&b);
+            continue;
+        }
+        if (!e) {
+            /* the same id already in flight waits for the same result and
+             * is not sent twice */
+            e = gw_insert(gw, it[i].id);
+            e->type = t->type;
+            if (gw_produce(gw, t, it[i].agg, it[i].id, &it[i].cmd, msg,
+                           sizeof msg) != 0) {
+                gw_remove(gw, e);
+                slot_fail(gw, s, 503, it[i].id, msg);
+                continue;
+            }
+        }
+        /* even a wait of 0 is one until the command is in Kafka: a 202
+         * promises that it is (gw_kafka.c answers it from the delivery
+         * report) */
+        gw_wait(gw, e, s);
+    }
+    if (r->nwait == 0) {
+        gw_compose(r);
+        pthread_mutex_unlock(&gw->mu);
+        return respond_pref(
+            gw, conn, r->route, r->status, r->resp, r->resp_len, r->location,
+            r->async && (r->status == 202 || r->route == R_BATCH));
+    }
+    r->phase = GW_WAIT;
+    MHD_suspend_connection(conn);
+    pthread_mutex_unlock(&gw->mu);
+    return MHD_YES;
+}
+
+typedef struct gw_split {
+    evl_gateway *gw;
+    const gw_types *ts;
+    const gw_req *r;
+    gw_item *it;
+    size_t n, cap, max; /* it[0..min(n, max)) parsed; n counts all */
+} gw_split;
+
+static void split_item(void *ud, const char *value, size_t len)
+{
+    gw_split *sp = ud;
+    if (sp->n < sp->max) {
+        if (sp->n == sp->cap) {
+            sp->cap = sp->cap ? sp->cap * 2 : 16;
+            sp->it = evl_xrealloc(sp->it, sp->cap * sizeof *sp->it);
+        }
+        memset(&sp->it[sp->n], 0, sizeof *sp->it);
+        item_parse(sp->gw, sp->ts, sp->r, value, len, &sp->it[sp->n]);
+    }
+    sp->n++;
+}
+
+void gw_compose(gw_req *r)
+{
+    if (r->route != R_BATCH) {
+        gw_slot *s = &r->slots[0];
+        r->status = s->status;
+        r->resp = s->body;
+        r->resp_len = s->len;
+        s->body = NULL;
+        snprintf(r->location, sizeof r->location, "%s",
+                 s->location ? s->location : "");
+        return;
+    }
+    /* {"results":[{"http_status":N, and the single answer's members},...]} */
+    evl_buf b = {0};
+    char num[32];
+    evl_buf_puts(&b, "{\"results\":[");
+    for (size_t i = 0; i < r->nslots; i++) {
+        const gw_slot *s = &r->slots[i];
+        snprintf(num, sizeof num, "%s{\"http_status\":%d", i ? "," : "",
+                 s->status);
+        evl_buf_puts(&b, num);
+        if (s->location) {
+            evl_buf_puts(&b, ",\"location\":");
+            evl_envelope_put_string(&b, s->location, strlen(s->location));
+        }
+        /* a body is an object with members: its '{' replaced by ',' */
+        evl_buf_putc(&b, ',');
+        evl_buf_put(&b, s->body + 1, s->len - 1);
+    }
+    evl_buf_puts(&b, "]}");
+    r->status = 200;
+    r->resp = b.data;
+    r->resp_len = b.len;
+    r->location[0] = '\0';
+}
+
+static enum MHD_Result post_command(evl_gateway *gw, gw_req *r,
+                                    struct MHD_Connection *conn)
+{
+    char msg[EVL_ERRLEN];
     enum MHD_Result res;
     if (r->too_big) {
         snprintf(msg, sizeof msg,
                  "the body is larger than %d bytes "
                  "(gateway.max_body)",
                  gw->cfg->gateway.max_body);
-        return fail(gw, conn, R_POST, 413, NULL, msg);
+        return fail(gw, conn, r->route, 413, NULL, msg);
     }
     /* held to the end: a reload may swap the set meanwhile */
     gw_types *ts = gw_types_get(gw);
-    int status = parse_command(gw, ts, r, &t, id, &cmd, agg, msg, sizeof msg);
-    if (status) {
-        res = fail(gw, conn, R_POST, status, NULL, msg);
-        goto out;
-    }
-    if (!__atomic_load_n(&t->assigned, __ATOMIC_ACQUIRE)) {
-        /* its results would not be read: nothing could answer a wait */
-        snprintf(msg, sizeof msg,
-                 "not ready: the results topic %s of the reloaded type %s "
-                 "is not assigned yet",
-                 t->results_topic, t->type);
-        res = fail(gw, conn, R_POST, 503, id, msg);
-        goto out;
-    }
-    pthread_mutex_lock(&gw->mu);
-    gw_entry *e = gw_lookup(gw, id);
-    if (!gw->ready) {
-        snprintf(msg, sizeof msg, "not ready: %s", gw->notready);
-        pthread_mutex_unlock(&gw->mu);
-        res = fail(gw, conn, R_POST, 503, id, msg);
-        goto out;
-    }
-    if (e && strcmp(e->type, t->type) != 0) {
-        /* an id names one command: never another type's outcome */
-        pthread_mutex_unlock(&gw->mu);
-        res = fail(gw, conn, R_POST, 422, id,
-                   "this command id was sent for another aggregate type");
-        goto out;
-    }
-    if (e && e->done) {
-        /* a retry: the first outcome again */
-        char *b = evl_xmalloc(e->len + 1);
-        size_t len = e->len;
-        int st = e->status;
-        memcpy(b, e->body, len);
-        pthread_mutex_unlock(&gw->mu);
-        res = respond(gw, conn, R_POST, st, b, len, NULL);
-        free(b);
-        goto out;
-    }
-    int async;
-    long long wait = wait_ms(gw, conn, &async);
-    if (e && e->acked && wait == 0) {
-        /* in Kafka already, and the client does not wait: 202 now,
-         * however many others wait */
-        evl_buf b = {0};
-        char loc[300];
-        gw_pending(id, &b, loc, sizeof loc);
-        pthread_mutex_unlock(&gw->mu);
-        res = respond_pref(gw, conn, R_POST, 202, b.data, b.len, loc, async);
-        evl_buf_free(&b);
-        goto out;
-    }
-    if (gw->nwaiting >= gw->cfg->gateway.max_waiters) {
-        pthread_mutex_unlock(&gw->mu);
-        snprintf(msg, sizeof msg,
-                 "too many commands waiting for their result (%d, "
-                 "gateway.max_waiters): retry later",
-                 gw->cfg->gateway.max_waiters);
-        res = fail(gw, conn, R_POST, 503, id, msg);
-        goto out;
-    }
-    if (!e) {
-        /* the same id already in flight waits for the same result and is
-         * not sent twice */
-        e = gw_insert(gw, id);
-        e->type = t->type;
-        if (gw_produce(gw, t, agg, id, &cmd, msg, sizeof msg) != 0) {
-            gw_remove(gw, e);
-            pthread_mutex_unlock(&gw->mu);
-            res = fail(gw, conn, R_POST, 503, id, msg);
+    gw_item *it = NULL;
+    size_t n = 0;
+    if (r->route == R_POST) {
+        it = evl_xmalloc(sizeof *it);
+        memset(it, 0, sizeof *it);
+        n = 1;
+        item_parse(gw, ts, r, r->body.data, r->body.len, it);
+        if (it->status) { /* a single command's refusal is the answer */
+            res = fail(gw, conn, R_POST, it->status, NULL, it->msg);
             goto out;
         }
+        r->slots = &r->one;
+    } else {
+        /* {"commands": [command, ...]} */
+        evl_json_member m[] = {{.name = "commands"}};
+        evl_buf sc = {0};
+        char err[EVL_ERRLEN];
+        int is_object, status = 422;
+        size_t unknown;
+        const char *body = r->body.data ? r->body.data : "";
+        int max = gw->cfg->gateway.max_waiters;
+        if (evl_json_members_unknown(body, r->body.len, m, 1, &sc, &is_object,
+                                     &unknown, err, sizeof err)) {
+            snprintf(msg, sizeof msg, "malformed JSON: %.400s", err);
+            status = 400;
+        } else if (!is_object) {
+            snprintf(msg, sizeof msg, "a batch must be a JSON object");
+        } else if (unknown != EVL_JSON_NONE) {
+            snprintf(msg, sizeof msg,
+                     "unknown field '%.200s'; a batch has only commands",
+                     sc.data + unknown);
+        } else if (m[0].type != EVL_JSON_OTHER || body[m[0].voff] != '[') {
+            snprintf(msg, sizeof msg, "commands must be an array of commands");
+        } else {
+            gw_split sp = {gw, ts, r, NULL, 0, 0, (size_t)max};
+            evl_json_array_values(body + m[0].voff, m[0].vlen, split_item, &sp,
+                                  err, sizeof err);
+            it = sp.it;
+            n = sp.n < sp.max ? sp.n : sp.max;
+            status = 0;
+            if (sp.n == 0 || sp.n > sp.max) {
+                snprintf(msg, sizeof msg,
+                         "a batch holds 1 to %d commands "
+                         "(gateway.max_waiters); this one holds %zu",
+                         max, sp.n);
+                status = 422;
+            }
+        }
+        evl_buf_free(&sc);
+        if (status) {
+            res = fail(gw, conn, R_BATCH, status, NULL, msg);
+            goto out;
+        }
+        r->slots = calloc(n, sizeof *r->slots);
+        if (!r->slots)
+            abort();
     }
-    /* even a wait of 0 is one until the command is in Kafka: a 202
-     * promises that it is (gw_kafka.c answers it from the delivery
-     * report) */
-    r->conn = conn;
-    r->phase = GW_WAIT;
-    r->async = async;
-    r->deadline_ms = evl_now_ms() + wait;
-    gw_wait(gw, e, r);
-    MHD_suspend_connection(conn);
-    pthread_mutex_unlock(&gw->mu);
-    res = MHD_YES;
+    r->nslots = n;
+    for (size_t i = 0; i < n; i++)
+        r->slots[i].req = r;
+    res = send_items(gw, r, conn, it, n);
 out:
-    evl_buf_free(&cmd);
+    items_free(it, n);
     gw_types_put(gw, ts);
     return res;
 }
@@ -568,6 +760,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
         r->started_ms = evl_now_ms();
         if (strcmp(url, "/v1/commands") == 0)
             r->route = R_POST;
+        else if (strcmp(url, "/v1/batch") == 0)
+            r->route = R_BATCH;
         else if (strncmp(url, "/v1/commands/", 13) == 0 && url[13])
             r->route = R_GET;
         else
@@ -589,11 +783,11 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
         }
         if (r->route == R_OTHER)
             return fail(gw, conn, R_OTHER, 404, NULL,
-                        "no such resource: POST /v1/commands, GET "
-                        "/v1/commands/ID");
-        if (strcmp(method, r->route == R_POST ? "POST" : "GET") != 0)
+                        "no such resource: POST /v1/commands, POST "
+                        "/v1/batch, GET /v1/commands/ID");
+        if (strcmp(method, r->route == R_GET ? "GET" : "POST") != 0)
             return fail(gw, conn, r->route, 405, NULL,
-                        r->route == R_POST ? "use POST" : "use GET");
+                        r->route == R_GET ? "use GET" : "use POST");
         int ok;
         r->tok = authenticate(gw, conn, &ok);
         if (!ok)
@@ -602,13 +796,13 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
                         "Bearer TOKEN)");
         const char *cl = MHD_lookup_connection_value(
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (r->route == R_POST && cl &&
+        if (r->route != R_GET && cl &&
             strtoll(cl, NULL, 10) > gw->cfg->gateway.max_body) {
             char msg[200];
             snprintf(msg, sizeof msg,
                      "the body is larger than %d bytes (gateway.max_body)",
                      gw->cfg->gateway.max_body);
-            return fail(gw, conn, R_POST, 413, NULL, msg);
+            return fail(gw, conn, r->route, 413, NULL, msg);
         }
         return MHD_YES;
     }
@@ -623,8 +817,9 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
     if (r->phase == GW_DONE) {
         evl_metric_observe(gw->m_wait,
                            (double)(evl_now_ms() - r->started_ms) / 1000.0);
-        return respond_pref(gw, conn, r->route, r->status, r->resp, r->resp_len,
-                            r->location, r->async && r->status == 202);
+        return respond_pref(
+            gw, conn, r->route, r->status, r->resp, r->resp_len, r->location,
+            r->async && (r->status == 202 || r->route == R_BATCH));
     }
     if (r->phase == GW_WAIT) /* not reached: a waiting request is suspended */
         return MHD_YES;
@@ -730,6 +925,12 @@ static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_lock(&gw->mu);
     gw_unwait(gw, r);
     pthread_mutex_unlock(&gw->mu);
+    for (size_t i = 0; i < r->nslots; i++) {
+        free(r->slots[i].body);
+        free(r->slots[i].location);
+    }
+    if (r->slots != &r->one)
+        free(r->slots);
     evl_buf_free(&r->body);
     free(r->resp);
     free(r);
@@ -984,9 +1185,9 @@ evl_err evl_gateway_start(const evl_config *cfg, const evl_luahost *host,
     gw->types = make_types(gw, gw->host, NULL);
     evl_metrics_scripts("gateway", NULL, NULL, evl_luahost_hash(gw->host));
     gw->reload_seen = evl_lifecycle_reloads();
-    gw->m_waiters =
-        evl_metrics_gauge("evlua_gateway_waiters",
-                          "requests waiting for their command's result", NULL);
+    gw->m_waiters = evl_metrics_gauge(
+        "evlua_gateway_waiters",
+        "commands waiting for their result (a batch counts each)", NULL);
     gw->m_wait = evl_metrics_histogram(
         "evlua_gateway_wait_seconds",
         "from a request's arrival to its answer, for requests that waited "
@@ -1057,10 +1258,12 @@ void evl_gateway_stop(evl_gateway *gw)
     if (gw->daemon) {
         static const char msg[] = "{\"error\":\"the gateway is stopping\"}";
         pthread_mutex_lock(&gw->mu);
-        while (gw->waiting) {
+        while (gw->waiting) { /* its last slot's answer unlists it */
             gw_req *r = gw->waiting;
-            gw_unwait(gw, r);
-            gw_answer(r, 503, msg, sizeof msg - 1, NULL);
+            for (size_t i = 0; i < r->nslots; i++)
+                if (r->slots[i].entry)
+                    gw_slot_answer(gw, &r->slots[i], 503, msg, sizeof msg - 1,
+                                   NULL);
         }
         pthread_mutex_unlock(&gw->mu);
         MHD_quiesce_daemon(gw->daemon);

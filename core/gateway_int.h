@@ -3,11 +3,13 @@
  * outcome cache) share. Not for other modules: use gateway.h.
  *
  * One mutex, gw->mu, guards the cache and every request's waiting state.
- * A request that waits is registered on its command's entry and its
- * connection suspended under that mutex; the Kafka thread resolves the
- * entry (or the deadline passes, or the delivery thread learns that the
- * command is in Kafka) and resumes the connection under it, so
- * a resume can never come before its suspend.
+ * A request has a slot per command (one, or a batch's); each slot that
+ * waits is registered on its command's entry, and the connection is
+ * suspended, under that mutex; the Kafka thread resolves the entry (or
+ * the deadline passes, or the delivery thread learns that the command is
+ * in Kafka) and answers the slot under it, and the request's last answer
+ * resumes the connection, so a resume can never come before its
+ * suspend.
  */
 #ifndef EVL_GATEWAY_INT_H
 #define EVL_GATEWAY_INT_H
@@ -23,6 +25,7 @@
 #include "metrics.h"
 
 typedef struct gw_req gw_req;
+typedef struct gw_slot gw_slot;
 
 /* A command id the gateway has sent or answered: pending until its
  * result arrives, then its outcome (an HTTP status and JSON body). */
@@ -34,12 +37,24 @@ typedef struct gw_entry {
     int status;
     char *body;
     size_t len;
-    gw_req *waiters;
+    gw_slot *waiters;
     struct gw_entry *hnext;         /* hash chain */
     struct gw_entry *older, *newer; /* age list, for eviction */
 } gw_entry;
 
 enum { GW_READ, GW_WAIT, GW_DONE };
+
+/* One command a request answers: POST /v1/commands has one, POST
+ * /v1/batch one per command of its body. */
+struct gw_slot {
+    gw_req *req;
+    gw_entry *entry;               /* while waiting */
+    struct gw_slot *wnext, *wprev; /* entry's waiters */
+    int status;                    /* its answer (0: none yet) */
+    char *body;                    /* its JSON object */
+    size_t len;
+    char *location; /* 202: where its outcome will be (else NULL) */
+};
 
 /* One HTTP request (libmicrohttpd's con_cls). */
 struct gw_req {
@@ -50,9 +65,12 @@ struct gw_req {
     const evl_gateway_token *tok;
     struct MHD_Connection *conn;
     long long started_ms, deadline_ms;
-    gw_entry *entry;       /* while waiting */
-    gw_req *wnext, *wprev; /* entry's waiters */
-    gw_req *tnext, *tprev; /* gw->waiting, for deadlines */
+    gw_slot one;    /* a single command's slot */
+    gw_slot *slots; /* &one, or a batch's */
+    size_t nslots;
+    size_t nwait;          /* slots still waiting */
+    int listed;            /* on gw->waiting, for its deadline */
+    gw_req *tnext, *tprev; /* gw->waiting */
     int async;             /* Prefer: respond-async honoured */
     int status;            /* GW_DONE: the answer */
     char *resp;
@@ -121,7 +139,7 @@ struct evl_gateway {
     evl_metric *m_waiters, *m_wait;
     /* evlua_gateway_requests_total by route and status, looked up once
      * each (the registry's lookup walks every metric under its lock) */
-    evl_metric *counters[3][600];
+    evl_metric *counters[4][600];
 
     pthread_mutex_t cmu; /* guards conns and nconns */
     gw_conn *conns;
@@ -157,13 +175,20 @@ gw_entry *gw_lookup(evl_gateway *gw, const char *id);
 gw_entry *gw_insert(evl_gateway *gw, const char *id);
 /* Drop e (a pending entry whose command was not sent). gw->mu held. */
 void gw_remove(evl_gateway *gw, gw_entry *e);
-/* Register r as a waiter of e until deadline. gw->mu held. */
-void gw_wait(evl_gateway *gw, gw_entry *e, gw_req *r);
-/* Unlink r from its entry and the deadline list. gw->mu held. */
+/* Register slot s as a waiter of e until its request's deadline.
+ * gw->mu held. */
+void gw_wait(evl_gateway *gw, gw_entry *e, gw_slot *s);
+/* Unlink every waiting slot of r from its entry, and r from the deadline
+ * list. gw->mu held. */
 void gw_unwait(evl_gateway *gw, gw_req *r);
-/* Give r its answer (copied) and resume its connection. gw->mu held. */
-void gw_answer(gw_req *r, int status, const char *body, size_t len,
-               const char *location);
+/* Give slot s its answer (copied; location: a 202's, or NULL) and stop
+ * its wait; the request's last answer completes it (gw_complete) when it
+ * is suspended. gw->mu held. */
+void gw_slot_answer(evl_gateway *gw, gw_slot *s, int status, const char *body,
+                    size_t len, const char *location);
+/* Every slot of r answered: build r's answer (a single command's own, or
+ * a batch's list) into r->status/resp/location. gw->mu held. */
+void gw_compose(gw_req *r);
 /* The 202 answer of command id: its body into b, its Location into loc. */
 void gw_pending(const char *id, evl_buf *b, char *loc, size_t loclen);
 

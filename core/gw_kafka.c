@@ -91,54 +91,77 @@ gw_entry *gw_insert(evl_gateway *gw, const char *id)
     return e;
 }
 
-void gw_wait(evl_gateway *gw, gw_entry *e, gw_req *r)
+void gw_wait(evl_gateway *gw, gw_entry *e, gw_slot *s)
 {
-    r->entry = e;
-    r->wprev = NULL;
-    r->wnext = e->waiters;
+    gw_req *r = s->req;
+    s->entry = e;
+    s->wprev = NULL;
+    s->wnext = e->waiters;
     if (e->waiters)
-        e->waiters->wprev = r;
-    e->waiters = r;
-    r->tprev = NULL;
-    r->tnext = gw->waiting;
-    if (gw->waiting)
-        gw->waiting->tprev = r;
-    gw->waiting = r;
+        e->waiters->wprev = s;
+    e->waiters = s;
+    if (!r->listed) {
+        r->tprev = NULL;
+        r->tnext = gw->waiting;
+        if (gw->waiting)
+            gw->waiting->tprev = r;
+        gw->waiting = r;
+        r->listed = 1;
+    }
+    r->nwait++;
     gw->nwaiting++;
     evl_metric_set(gw->m_waiters, gw->nwaiting);
 }
 
-void gw_unwait(evl_gateway *gw, gw_req *r)
+/* Unlink s from its entry; its request leaves the deadline list with its
+ * last waiting slot. */
+static void slot_unwait(evl_gateway *gw, gw_slot *s)
 {
-    if (!r->entry)
+    gw_req *r = s->req;
+    if (!s->entry)
         return;
-    if (r->wprev)
-        r->wprev->wnext = r->wnext;
+    if (s->wprev)
+        s->wprev->wnext = s->wnext;
     else
-        r->entry->waiters = r->wnext;
-    if (r->wnext)
-        r->wnext->wprev = r->wprev;
-    if (r->tprev)
-        r->tprev->tnext = r->tnext;
-    else
-        gw->waiting = r->tnext;
-    if (r->tnext)
-        r->tnext->tprev = r->tprev;
-    r->entry = NULL;
+        s->entry->waiters = s->wnext;
+    if (s->wnext)
+        s->wnext->wprev = s->wprev;
+    s->entry = NULL;
+    r->nwait--;
     gw->nwaiting--;
     evl_metric_set(gw->m_waiters, gw->nwaiting);
+    if (r->nwait == 0 && r->listed) {
+        if (r->tprev)
+            r->tprev->tnext = r->tnext;
+        else
+            gw->waiting = r->tnext;
+        if (r->tnext)
+            r->tnext->tprev = r->tprev;
+        r->listed = 0;
+    }
 }
 
-void gw_answer(gw_req *r, int status, const char *body, size_t len,
-               const char *location)
+void gw_unwait(evl_gateway *gw, gw_req *r)
 {
-    r->status = status;
-    r->resp = evl_xmalloc(len + 1);
-    memcpy(r->resp, body, len);
-    r->resp_len = len;
-    snprintf(r->location, sizeof r->location, "%s", location ? location : "");
-    r->phase = GW_DONE;
-    MHD_resume_connection(r->conn);
+    for (size_t i = 0; i < r->nslots && r->nwait > 0; i++)
+        slot_unwait(gw, &r->slots[i]);
+}
+
+void gw_slot_answer(evl_gateway *gw, gw_slot *s, int status, const char *body,
+                    size_t len, const char *location)
+{
+    gw_req *r = s->req;
+    slot_unwait(gw, s);
+    s->status = status;
+    s->body = evl_xmalloc(len + 1);
+    memcpy(s->body, body, len);
+    s->len = len;
+    s->location = location ? evl_xstrdup(location) : NULL;
+    if (r->phase == GW_WAIT && r->nwait == 0) {
+        gw_compose(r);
+        r->phase = GW_DONE;
+        MHD_resume_connection(r->conn);
+    }
 }
 
 void gw_pending(const char *id, evl_buf *b, char *loc, size_t loclen)
@@ -149,15 +172,14 @@ void gw_pending(const char *id, evl_buf *b, char *loc, size_t loclen)
     evl_buf_puts(b, ",\"status\":\"pending\"}");
 }
 
-/* Answer r 202 (its wait is over; the outcome will be at its Location)
- * and stop its wait. With gw->mu held, r's command acknowledged. */
-static void answer_pending(evl_gateway *gw, gw_req *r)
+/* Answer s 202 (its wait is over; the outcome will be at its Location)
+ * and stop its wait. With gw->mu held, s's command acknowledged. */
+static void answer_pending(evl_gateway *gw, gw_slot *s)
 {
     evl_buf b = {0};
     char loc[300];
-    gw_pending(r->entry->id, &b, loc, sizeof loc);
-    gw_unwait(gw, r);
-    gw_answer(r, 202, b.data, b.len, loc);
+    gw_pending(s->entry->id, &b, loc, sizeof loc);
+    gw_slot_answer(gw, s, 202, b.data, b.len, loc);
     evl_buf_free(&b);
 }
 
@@ -175,13 +197,11 @@ static void resolve(evl_gateway *gw, gw_entry *e, int status, evl_buf *body)
     e->body = evl_xmalloc(body->len + 1);
     memcpy(e->body, body->data, body->len);
     while (e->waiters) {
-        gw_req *r = e->waiters;
-        if (r->deadline_ms <= now) {
-            answer_pending(gw, r);
-            continue;
-        }
-        gw_unwait(gw, r);
-        gw_answer(r, status, e->body, e->len, NULL);
+        gw_slot *s = e->waiters;
+        if (s->req->deadline_ms <= now)
+            answer_pending(gw, s);
+        else
+            gw_slot_answer(gw, s, status, e->body, e->len, NULL);
     }
 }
 
@@ -203,10 +223,10 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
         gw_entry *e = gw_lookup(gw, id);
         if (e && !e->acked) {
             e->acked = 1;
-            for (gw_req *r = e->waiters, *next; r; r = next) {
-                next = r->wnext;
-                if (r->deadline_ms <= now)
-                    answer_pending(gw, r);
+            for (gw_slot *s = e->waiters, *next; s; s = next) {
+                next = s->wnext;
+                if (s->req->deadline_ms <= now)
+                    answer_pending(gw, s);
             }
         }
         pthread_mutex_unlock(&gw->mu);
@@ -225,11 +245,8 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
         pthread_mutex_lock(&gw->mu);
         gw_entry *e = gw_lookup(gw, id);
         if (e && !e->done) {
-            while (e->waiters) {
-                gw_req *r = e->waiters;
-                gw_unwait(gw, r);
-                gw_answer(r, 503, b.data, b.len, NULL);
-            }
+            while (e->waiters)
+                gw_slot_answer(gw, e->waiters, 503, b.data, b.len, NULL);
             gw_remove(gw, e);
         }
         pthread_mutex_unlock(&gw->mu);
@@ -427,9 +444,11 @@ static void expire(evl_gateway *gw)
     pthread_mutex_lock(&gw->mu);
     for (gw_req *r = gw->waiting, *next; r; r = next) {
         next = r->tnext;
-        if (r->deadline_ms > now || !r->entry->acked)
+        if (r->deadline_ms > now)
             continue;
-        answer_pending(gw, r);
+        for (size_t i = 0; i < r->nslots; i++)
+            if (r->slots[i].entry && r->slots[i].entry->acked)
+                answer_pending(gw, &r->slots[i]);
     }
     pthread_mutex_unlock(&gw->mu);
 }

@@ -1078,6 +1078,32 @@ evl_err evl_json_array_strings(const char *text, size_t len, evl_buf *scratch,
     }
 }
 
+evl_err evl_json_array_values(const char *text, size_t len,
+                              void (*fn)(void *ud, const char *value, size_t n),
+                              void *ud, char *err, size_t errlen)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0, nums = 0;
+    skip_ws(s, len, &i);
+    if (i >= len || s[i] != '[')
+        return evl_seterr(err, errlen, EVL_EPERMANENT, "not an array");
+    i++;
+    for (;;) {
+        skip_ws(s, len, &i);
+        if (i >= len)
+            return evl_seterr(err, errlen, EVL_EPERMANENT, "unfinished array");
+        if (s[i] == ']')
+            return EVL_OK;
+        if (s[i] == ',') {
+            i++;
+            continue;
+        }
+        size_t end = skip_value(s, len, i, &nums);
+        fn(ud, text + i, end - i);
+        i = end;
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* Lua bindings                                                         */
 

@@ -125,6 +125,15 @@ evl_err evl_json_array_strings(const char *s, size_t len, evl_buf *scratch,
                                void (*fn)(void *ud, const char *str, size_t n),
                                void *ud, char *err, size_t errlen);
 
+/* Call fn(ud, value, n) for each element of the JSON array s[0..len), a
+ * value evl_json_members (or evl_json_decode) has already found valid,
+ * with the element's own text (no white space around it; a span of s).
+ * Returns EVL_OK, or EVL_EPERMANENT when s is not an array.
+ * @locality any thread. */
+evl_err evl_json_array_values(const char *s, size_t len,
+                              void (*fn)(void *ud, const char *value, size_t n),
+                              void *ud, char *err, size_t errlen);
+
 /* Append the JSON text of the value at index idx of L to out (which is
  * not NUL-terminated by the encoder; out->len grows). On error out->len is
  * restored to what it was and the message (with the path of the bad value)

@@ -3,9 +3,9 @@
  * the same commands produced straight to Kafka, in one run, against one
  * `evlua run` (the binary in EVLUA_BIN) serving both (gateway.listen set).
  *
- *   bench_gateway SECONDS CONNECTIONS AGGREGATES [FLOOD]
+ *   bench_gateway SECONDS CONNECTIONS AGGREGATES [FLOOD [BATCH]]
  *
- * Four phases, SECONDS each, 1-event commands to AGGREGATES aggregates:
+ * Five phases, SECONDS each, 1-event commands to AGGREGATES aggregates:
  *
  *   gateway    CONNECTIONS keep-alive HTTP/1.1 connections on loopback (a
  *              small C client, one thread each), each sending POST
@@ -17,6 +17,10 @@
  *              the 202s per second, and the results evlua made of them
  *              (read from the results topic, first to last, as the flood
  *              phase counts); every 202 must have its result.
+ *   gateway batch  the same connections sending POST /v1/batch with
+ *              BATCH commands each (default 100) and waiting for all their
+ *              results: CONNECTIONS x BATCH commands in flight; latency =
+ *              batch written -> its answer read.
  *   direct     the same commands built with envelope.c and produced with
  *              the murmur2 partitioner (as the gateway and `evlua send`
  *              do), CONNECTIONS in flight: a new one each time a result
@@ -53,7 +57,7 @@ static const char bench_lua[] =
     "}\n";
 
 static ct t;
-static int port, mport, nconn, naggs;
+static int port, mport, nconn, naggs, batch = 100;
 static double seconds;
 
 typedef struct lat {
@@ -157,6 +161,7 @@ typedef struct client {
 
 static volatile int stop_clients;
 static int async_phase; /* ?timeout_ms=0, 202 expected */
+static int batch_phase; /* POST /v1/batch with batch commands each */
 
 /* Read one HTTP response from s into buf; returns its status (0: closed
  * or malformed). */
@@ -195,34 +200,59 @@ static void *client_main(void *arg)
     if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0)
         th_die("connect: %s", strerror(errno));
     setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    static __thread char req[1024], body[512], buf[8192];
+    int per = batch_phase ? batch : 1;
+    size_t cap = 512 * (size_t)per + 1024, bufcap = 1024 * (size_t)per + 8192;
+    char *req = malloc(cap), *body = malloc(cap), *buf = malloc(bufcap);
     for (unsigned long k = 0; !stop_clients; k++) {
-        int bl = snprintf(body, sizeof body,
-                          "{\"id\":\"%s-%d-%lu\",\"aggregate_type\":\"bench\","
-                          "\"aggregate_id\":\"a-%lu\",\"type\":\"One\","
-                          "\"data\":{\"by\":1}}",
-                          async_phase ? "ga" : "g", c->i, k,
-                          (c->i * 7919UL + k) % (unsigned long)naggs);
-        int rl = snprintf(req, sizeof req,
-                          "POST /v1/commands%s HTTP/1.1\r\nHost: bench\r\n"
+        int bl = 0;
+        if (batch_phase)
+            bl += snprintf(body, cap, "{\"commands\":[");
+        for (int j = 0; j < per; j++) {
+            unsigned long n = k * (unsigned long)per + (unsigned long)j;
+            bl += snprintf(body + bl, cap - (size_t)bl,
+                           "%s{\"id\":\"%s-%d-%lu\",\"aggregate_type\":"
+                           "\"bench\",\"aggregate_id\":\"a-%lu\",\"type\":"
+                           "\"One\",\"data\":{\"by\":1}}",
+                           j ? "," : "",
+                           async_phase   ? "ga"
+                           : batch_phase ? "gb"
+                                         : "g",
+                           c->i, n, (c->i * 7919UL + n) % (unsigned long)naggs);
+        }
+        if (batch_phase)
+            bl += snprintf(body + bl, cap - (size_t)bl, "]}");
+        int rl = snprintf(req, cap,
+                          "POST %s%s HTTP/1.1\r\nHost: bench\r\n"
                           "Content-Type: application/json\r\n"
                           "Content-Length: %d\r\n\r\n%s",
+                          batch_phase ? "/v1/batch" : "/v1/commands",
                           async_phase ? "?timeout_ms=0" : "", bl, body);
         double t0 = th_now();
         if (send(s, req, (size_t)rl, MSG_NOSIGNAL) != rl)
             th_die("send to the gateway failed");
-        int st = read_response(s, buf, sizeof buf);
-        if (st != (async_phase ? 202 : 200)) {
+        int st = read_response(s, buf, bufcap);
+        int ok = 0; /* commands answered as expected */
+        if (batch_phase && st == 200)
+            for (const char *p = buf; (p = strstr(p, "\"http_status\":200"));
+                 p++)
+                ok++;
+        else if (st == (async_phase ? 202 : 200))
+            ok = 1;
+        if (ok != per) {
             c->errors++;
             if (c->errors < 3)
-                fprintf(stderr, "gateway answered %d: %.200s\n", st, buf);
+                fprintf(stderr, "gateway answered %d (%d of %d): %.300s\n", st,
+                        ok, per, buf);
             if (st == 0)
                 break;
             continue;
         }
         lat_add(&c->l, (th_now() - t0) * 1000);
-        c->n++;
+        c->n += (size_t)per;
     }
+    free(req);
+    free(body);
+    free(buf);
     close(s);
     return NULL;
 }
@@ -230,8 +260,9 @@ static void *client_main(void *arg)
 static void run_direct_results(result *r, size_t sent, double t_end);
 
 /* The gateway phase; async: with ?timeout_ms=0, and the results of the
- * 202s counted into *res (NULL otherwise). */
-static void run_gateway(result *r, result *res)
+ * 202s counted into *res (NULL otherwise); with batches of batch
+ * commands when batched. */
+static void run_gateway(result *r, result *res, int batched)
 {
     client *cs = calloc((size_t)nconn, sizeof *cs);
     lat all = {0};
@@ -239,6 +270,7 @@ static void run_gateway(result *r, result *res)
     snap_take(&s0);
     stop_clients = 0;
     async_phase = res != NULL;
+    batch_phase = batched;
     for (int i = 0; i < nconn; i++) {
         cs[i].i = i;
         pthread_create(&cs[i].th, NULL, client_main, &cs[i]);
@@ -259,8 +291,10 @@ static void run_gateway(result *r, result *res)
         free(cs[i].l.v);
     }
     r->secs = th_now() - t0;
-    r->path = res ? "gateway async (202s)" : "gateway";
-    r->inflight = nconn;
+    r->path = res       ? "gateway async (202s)"
+              : batched ? "gateway batch"
+                        : "gateway";
+    r->inflight = batched ? nconn * batch : nconn;
     report(r, &all);
     if (res) /* every 202's result, however long after the phase */
         run_direct_results(res, r->n, th_now() + 120);
@@ -444,13 +478,17 @@ int main(int argc, char **argv)
 {
     if (argc < 4) {
         fprintf(stderr, "usage: bench_gateway SECONDS CONNECTIONS AGGREGATES "
-                        "[FLOOD]\n");
+                        "[FLOOD [BATCH]]\n");
         return 2;
     }
     seconds = atof(argv[1]);
     nconn = atoi(argv[2]);
     naggs = atoi(argv[3]);
     unsigned long flood = argc > 4 ? strtoul(argv[4], NULL, 10) : 50000;
+    if (argc > 5)
+        batch = atoi(argv[5]);
+    if (batch < 1)
+        th_die("BATCH must be at least 1");
     mport = th_free_port();
     char gwcfg[256];
     port = th_free_port();
@@ -458,7 +496,10 @@ int main(int argc, char **argv)
     ct_write_file(&t, "aggregates/bench.lua", bench_lua);
     ct_topic(&t, "bench", "commands", commands, sizeof commands);
     ct_topic(&t, "bench", "results", results, sizeof results);
-    snprintf(gwcfg, sizeof gwcfg, "listen = '127.0.0.1:%d'", port);
+    /* every command of the batch phase may wait at once */
+    snprintf(gwcfg, sizeof gwcfg,
+             "listen = '127.0.0.1:%d', max_waiters = %d, max_body = %d", port,
+             nconn * batch + 4096, 16777216);
     gw_config(&t, "r", "r", mport, gwcfg);
     pid_t rpid = ct_start(&t, "r", "r.log", NULL);
     if (!gw_wait_ready(mport, 120))
@@ -468,13 +509,14 @@ int main(int argc, char **argv)
     double s0 = seconds;
     seconds = 1;
     result w1 = {0}, w2 = {0};
-    run_gateway(&w1, NULL);
+    run_gateway(&w1, NULL, 0);
     run_direct(&w2);
     seconds = s0;
 
-    result g = {0}, ga = {0}, gr = {0}, d = {0}, f = {0};
-    run_gateway(&g, NULL);
-    run_gateway(&ga, &gr);
+    result g = {0}, ga = {0}, gr = {0}, gb = {0}, d = {0}, f = {0};
+    run_gateway(&g, NULL, 0);
+    run_gateway(&ga, &gr, 0);
+    run_gateway(&gb, NULL, 1);
     run_direct(&d);
     run_flood(&f, flood);
 
@@ -483,8 +525,8 @@ int main(int argc, char **argv)
     printf("\n| path | in flight | commands/s | p50 ms | p99 ms | vs direct "
            "(%d in flight) | vs flood |\n|---|---|---|---|---|---|---|\n",
            nconn);
-    result *rs[] = {&g, &ga, &gr, &d, &f};
-    for (int i = 0; i < 5; i++) {
+    result *rs[] = {&g, &ga, &gr, &gb, &d, &f};
+    for (int i = 0; i < 6; i++) {
         double cps = (double)rs[i]->n / rs[i]->secs;
         char p50[16] = "-", p99[16] = "-";
         if (rs[i]->p50 >= 0) {
@@ -501,8 +543,8 @@ int main(int argc, char **argv)
     rd_kafka_destroy(consumer);
     rd_kafka_destroy(producer);
     th_stop(rpid, SIGTERM, 30);
-    int bad = g.errors || ga.errors || gr.errors || f.errors || g.n == 0 ||
-              ga.n == 0 || d.n == 0;
+    int bad = g.errors || ga.errors || gr.errors || gb.errors || f.errors ||
+              g.n == 0 || ga.n == 0 || gb.n == 0 || d.n == 0;
     if (bad)
         ct_dump_log(&t, "r.log");
     return bad;

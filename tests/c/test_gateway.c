@@ -15,6 +15,8 @@
  */
 #include "gwtest.h"
 
+#include "buf.h"
+
 static const char probe_lua[] =
     "return {\n"
     "  type = 'probe',\n"
@@ -373,6 +375,154 @@ int main(void)
         }
         CHECK(shop, "the handler saw metadata.shop in ctx.metadata");
         th_recs_free(&pe);
+    }
+
+    /* POST /v1/batch: each command answered in its place, as alone */
+    static const char batch[] =
+        "{\"commands\":["
+        "{\"id\":\"b-1\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+        "\"p-b\",\"type\":\"Ok\",\"data\":{}},"
+        "{\"id\":\"b-2\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+        "\"p-b\",\"type\":\"Ok\",\"data\":{}},"
+        "{\"id\":\"b-3\",\"aggregate_type\":\"nope\",\"aggregate_id\":"
+        "\"x\",\"type\":\"A\",\"data\":{}},"
+        "{\"id\":\"g-1\",\"aggregate_type\":\"customer\",\"aggregate_id\":"
+        "\"c-1\",\"type\":\"RegisterCustomer\",\"data\":{\"name\":\"Ann\","
+        "\"email\":\"ann@example.org\",\"address\":\"1 Main St\"}},"
+        "{\"id\":\"b-5\",\"aggregate_type\":\"probe\",\"aggregate_id\":"
+        "\"p-c\",\"type\":\"Boom\",\"data\":{}},"
+        "{\"id\":\"b-6\",\"aggregate_type\":\"customer\","
+        "\"aggregate_id\":\"c-1\",\"type\":\"RegisterCustomer\","
+        "\"data\":{\"name\":\"Ann\",\"email\":\"ann@example.org\"}}"
+        "]}";
+    static const int want[] = {200, 200, 422, 200, 500, 409};
+    char first[65536] = "";
+    for (int round = 0; round < 2; round++) {
+        gw_http(&t, port, "POST", "/v1/batch", batch, NULL, 30, &r);
+        CHECK_INT(r.status, 200, "a batch: 200");
+        CHECK(gw_openapi_check(doc, "POST", "/v1/batch", &r),
+              "the batch's answer matches the OpenAPI document");
+        const cJSON *res = cJSON_GetObjectItemCaseSensitive(r.json, "results");
+        CHECK_INT(cJSON_GetArraySize(res), 6, "one result per command");
+        for (int i = 0; i < 6 && cJSON_GetArraySize(res) == 6; i++) {
+            const cJSON *it = cJSON_GetArrayItem(res, i);
+            const cJSON *hs =
+                cJSON_GetObjectItemCaseSensitive(it, "http_status");
+            char what[120];
+            snprintf(what, sizeof what, "batch item %d: %d", i, want[i]);
+            CHECK_INT(cJSON_IsNumber(hs) ? (long long)hs->valuedouble : -1,
+                      want[i], what);
+        }
+        if (cJSON_GetArraySize(res) == 6) {
+            const cJSON *v0 = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, 0), "version");
+            const cJSON *v1 = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, 1), "version");
+            CHECK(cJSON_IsNumber(v0) && cJSON_IsNumber(v1) &&
+                      v0->valuedouble == 1 && v1->valuedouble == 2,
+                  "one aggregate's commands of a batch: in their order");
+            const cJSON *e2 = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, 2), "error");
+            CHECK_HAS(cJSON_IsString(e2) ? e2->valuestring : NULL,
+                      "unknown aggregate type", "an invalid one says why");
+            const cJSON *c3 = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, 3), "command_id");
+            const cJSON *v3 = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, 3), "version");
+            CHECK(cJSON_IsString(c3) && strcmp(c3->valuestring, "g-1") == 0 &&
+                      cJSON_IsNumber(v3) && v3->valuedouble == 2,
+                  "an id sent before: its first outcome");
+            const cJSON *e4 = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, 4), "error");
+            CHECK_HAS(cJSON_IsString(e4) ? e4->valuestring : NULL,
+                      "probe.lua:10:", "a script error: script:line");
+        }
+        if (round == 0)
+            snprintf(first, sizeof first, "%s", r.body);
+        else
+            CHECK_STR(r.body, first, "the same batch again: the same answers");
+        gw_resp_free(&r);
+    }
+    /* the wait ends first: each command 202 with its location */
+    gw_http(&t, port, "POST", "/v1/batch?timeout_ms=0",
+            "{\"commands\":[{\"id\":\"b-7\",\"aggregate_type\":\"probe\","
+            "\"aggregate_id\":\"p-d\",\"type\":\"Ok\",\"data\":{}},"
+            "{\"id\":\"b-8\",\"aggregate_type\":\"probe\","
+            "\"aggregate_id\":\"p-e\",\"type\":\"Ok\",\"data\":{}}]}",
+            NULL, 30, &r);
+    CHECK_INT(r.status, 200, "a batch that does not wait: 200");
+    CHECK(gw_openapi_check(doc, "POST", "/v1/batch", &r),
+          "and matches the document");
+    {
+        const cJSON *it = cJSON_GetArrayItem(
+            cJSON_GetObjectItemCaseSensitive(r.json, "results"), 1);
+        const cJSON *hs = cJSON_GetObjectItemCaseSensitive(it, "http_status");
+        const cJSON *lo = cJSON_GetObjectItemCaseSensitive(it, "location");
+        CHECK(cJSON_IsNumber(hs) && hs->valuedouble == 202,
+              "a command not decided yet: 202");
+        CHECK_STR(cJSON_IsString(lo) ? lo->valuestring : NULL,
+                  "/v1/commands/b-8", "with the location of its outcome");
+    }
+    gw_resp_free(&r);
+    /* a batch refused whole: nothing of it sent */
+    {
+        static const struct {
+            const char *body, *why;
+            int status;
+        } badb[] = {
+            {"{\"commands\":[]}", "1 to 4096", 422},
+            {"{\"commands\":{}}", "must be an array", 422},
+            {"{\"cmds\":[]}", "unknown field 'cmds'", 422},
+            {"[]", "JSON object", 422},
+            {"{\"commands\":[", "malformed JSON", 400},
+        };
+        for (size_t i = 0; i < sizeof badb / sizeof badb[0]; i++) {
+            char what[120];
+            gw_http(&t, port, "POST", "/v1/batch", badb[i].body, NULL, 30, &r);
+            snprintf(what, sizeof what, "invalid batch %zu: %d", i,
+                     badb[i].status);
+            CHECK_INT(r.status, badb[i].status, what);
+            CHECK_HAS(gw_str(&r, "error"), badb[i].why, "the error says why");
+            CHECK(gw_openapi_check(doc, "POST", "/v1/batch", &r),
+                  "and matches the document");
+            gw_resp_free(&r);
+        }
+        /* more commands than may wait at once (gateway.max_waiters) */
+        evl_buf big = {0};
+        evl_buf_puts(&big, "{\"commands\":[");
+        for (int i = 0; i < 4097; i++) {
+            char one[200];
+            snprintf(one, sizeof one,
+                     "%s{\"id\":\"big-%d\",\"aggregate_type\":\"probe\","
+                     "\"aggregate_id\":\"p-f\",\"type\":\"Ok\","
+                     "\"data\":{}}",
+                     i ? "," : "", i);
+            evl_buf_puts(&big, one);
+        }
+        evl_buf_puts(&big, "]}");
+        evl_buf_putc(&big, '\0');
+        gw_http(&t, port, "POST", "/v1/batch", big.data, NULL, 30, &r);
+        evl_buf_free(&big);
+        CHECK_INT(r.status, 422, "a batch past gateway.max_waiters: 422");
+        CHECK_HAS(gw_str(&r, "error"), "holds 4097", "saying how many");
+        gw_resp_free(&r);
+    }
+    {
+        /* b-1 and b-2 recorded once each, though their batch came twice;
+         * nothing of the refused batches */
+        char pev[256];
+        th_recs pc = {0};
+        ct_topic(&t, "probe", "commands", pev, sizeof pev);
+        ct_read_all(&t, pev, "read_uncommitted", &pc);
+        int b1 = 0, big = 0;
+        for (size_t i = 0; i < pc.n; i++) {
+            const char *id = th_str(&pc.v[i], "id");
+            b1 += id && strcmp(id, "b-1") == 0;
+            big += id && strncmp(id, "big-", 4) == 0;
+        }
+        CHECK_INT(b1, 1, "a batch sent twice: its commands produced once");
+        CHECK_INT(big, 0, "a refused batch: none of its commands produced");
+        th_recs_free(&pc);
     }
 
     /* SIGHUP: a type added to the scripts is accepted without a restart;

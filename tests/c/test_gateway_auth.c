@@ -56,8 +56,9 @@ static int status_of(const char *method, const char *path, const char *body,
     snprintf(what, sizeof what, "%s -> %d matches the OpenAPI document", method,
              r.status);
     CHECK(gw_openapi_check(doc, method,
-                           strcmp(method, "POST") == 0 ? "/v1/commands"
-                                                       : "/v1/commands/{id}",
+                           strcmp(path, "/v1/batch") == 0 ? "/v1/batch"
+                           : strcmp(method, "POST") == 0  ? "/v1/commands"
+                                                          : "/v1/commands/{id}",
                            &r),
           what);
     if (want_in_error)
@@ -255,13 +256,52 @@ int main(void)
     CHECK_INT(status_of("POST", "/v1/commands", reg, SHOP_TOKEN, NULL), 200,
               "the gateway stays up: the retry still answers");
 
+    /* a batch: the token checked for each command, the principal set */
+    static const char batch[] =
+        "{\"commands\":[{\"id\":\"a-3\",\"aggregate_type\":\"probe\","
+        "\"aggregate_id\":\"p\",\"type\":\"Ok\",\"data\":{},"
+        "\"metadata\":{\"user_id\":\"admin\"}},"
+        "{\"id\":\"a-4\",\"aggregate_type\":\"customer\","
+        "\"aggregate_id\":\"c-2\",\"type\":\"RegisterCustomer\","
+        "\"data\":{\"name\":\"Bo\",\"email\":\"bo@example.org\"}},"
+        "{\"id\":\"a-5\",\"aggregate_type\":\"probe\","
+        "\"aggregate_id\":\"p\",\"type\":\"Boom\",\"data\":{}}]}";
+    CHECK_INT(status_of("POST", "/v1/batch", batch, NULL, "bearer token"), 401,
+              "a batch without a token: 401");
+    gw_http(&t, port, "POST", "/v1/batch", batch, PROBE_TOKEN, 30, &r);
+    CHECK_INT(r.status, 200, "a batch with the prober's token: 200");
+    CHECK(gw_openapi_check(doc, "POST", "/v1/batch", &r),
+          "it matches the OpenAPI document");
+    {
+        const cJSON *res = cJSON_GetObjectItemCaseSensitive(r.json, "results");
+        int st[3] = {0, 0, 0};
+        for (int i = 0; i < 3 && i < cJSON_GetArraySize(res); i++) {
+            const cJSON *h = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(res, i), "http_status");
+            st[i] = cJSON_IsNumber(h) ? (int)h->valuedouble : 0;
+        }
+        CHECK_INT(st[0], 200, "the command it may send: 200");
+        CHECK_INT(st[1], 403, "another aggregate type's: 403");
+        CHECK_INT(st[2], 403, "another command type's: 403");
+    }
+    gw_resp_free(&r);
+
     /* nothing produced for the refused requests */
     th_recs c = {0};
     ct_read_all(&t, cmds, "read_uncommitted", &c);
     CHECK_INT(c.n, 1, "one customer command produced: the shop's");
     th_recs_free(&c);
     ct_read_all(&t, pcmds, "read_uncommitted", &c);
-    CHECK_INT(c.n, 1, "one probe command produced: the allowed Ok");
+    CHECK_INT(c.n, 2, "two probe commands produced: the allowed Oks");
+    for (size_t i = 0; i < c.n; i++)
+        if (th_str(&c.v[i], "id") &&
+            strcmp(th_str(&c.v[i], "id"), "a-3") == 0) {
+            const cJSON *u = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(c.v[i].json, "metadata"),
+                "user_id");
+            CHECK_STR(cJSON_IsString(u) ? u->valuestring : NULL, "prober",
+                      "a batch's command: user_id is the token's principal");
+        }
     th_recs_free(&c);
 
     /* the tokens are nowhere */

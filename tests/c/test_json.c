@@ -757,6 +757,38 @@ static void test_members(void)
     evl_buf_free(&scratch);
 }
 
+static void collect_value(void *ud, const char *v, size_t n)
+{
+    evl_buf *b = ud;
+    evl_buf_put(b, v, n);
+    evl_buf_putc(b, '|');
+}
+
+/* evl_json_array_values: each element's own text, whatever it holds */
+static void test_array_values(void)
+{
+    static const char a[] =
+        " [ {\"a\":[1,{\"b\":\"],\"}]} , \"x\\\"]\",-1.5e3,true,null,[] ,{}] ";
+    evl_buf b = {0};
+    char aerr[EVL_ERRLEN];
+    CHECK_INT(evl_json_array_values(a, strlen(a), collect_value, &b, aerr,
+                                    sizeof aerr),
+              EVL_OK, "an array's values are listed");
+    evl_buf_putc(&b, '\0');
+    CHECK_STR(b.data,
+              "{\"a\":[1,{\"b\":\"],\"}]}|\"x\\\"]\"|-1.5e3|true|null|[]|{}|",
+              "each element's text, brackets inside strings kept");
+    b.len = 0;
+    CHECK_INT(
+        evl_json_array_values("[]", 2, collect_value, &b, aerr, sizeof aerr),
+        EVL_OK, "an empty array");
+    CHECK_INT((long long)b.len, 0, "has no values");
+    CHECK_INT(
+        evl_json_array_values("{}", 2, collect_value, &b, aerr, sizeof aerr),
+        EVL_EPERMANENT, "an object is not an array");
+    evl_buf_free(&b);
+}
+
 static void test_memory_exhaustion(void)
 {
     cap c = {0, (size_t)-1};
@@ -823,6 +855,7 @@ int main(void)
     test_utf8_check();
     test_lua_api();
     test_members();
+    test_array_values();
     test_memory_exhaustion();
 
     CHECK_INT(lua_gettop(L), 0, "the tests leave the Lua stack empty");
