@@ -207,6 +207,34 @@ static pipeline *find_pipeline(run_set *rs, const char *kind, const char *name)
     return NULL;
 }
 
+/* The pipelines the script set h calls for under cfg, each passed to
+ * fn(ud, kind, name), name pointing into h: the command processor
+ * (aggregates, commands.enabled), a projector per projection
+ * (projection.enabled and a database: without one, a warning), a reactor
+ * per aggregate type with a react table (reactions.enabled). The one
+ * place that decides, at start and at each reload. */
+static void
+each_wanted(const evl_config *cfg, const evl_luahost *h,
+            void (*fn)(void *ud, const char *kind, const char *name), void *ud)
+{
+    size_t nproj = evl_luahost_nprojections(h);
+    size_t nagg = evl_luahost_naggregates(h);
+    if (cfg->cmd.enabled && nagg > 0)
+        fn(ud, "commands", NULL);
+    if (cfg->proj.enabled && nproj > 0 && !cfg->pg_conninfo)
+        evl_log(EVL_LOG_WARN,
+                "projections loaded but no database configured "
+                "(postgres / EVLUA_PG_CONNINFO): projectors not started",
+                NULL);
+    for (size_t i = 0; cfg->proj.enabled && cfg->pg_conninfo && i < nproj; i++)
+        fn(ud, "projection", evl_luahost_projection_at(h, i)->name);
+    for (size_t i = 0; cfg->react.enabled && i < nagg; i++) {
+        const char *type = evl_luahost_aggregate_at(h, i)->type;
+        if (evl_reactor_reacts(h, type))
+            fn(ud, "reactions", type);
+    }
+}
+
 /* Start a pipeline of kind and name, named in nh, unless one runs: the
  * pipelines watch SIGHUP each for itself, so a projection or a react
  * table added to the scripts would otherwise wait for a restart. One that
@@ -243,6 +271,28 @@ static int start_added(run_set *rs, const evl_config *cfg, evl_luahost *nh,
     return 1;
 }
 
+typedef struct added {
+    run_set *rs;
+    const evl_config *cfg;
+    evl_luahost *nh;
+    evl_lag *lag;
+    int used; /* a pipeline was started with nh */
+} added;
+
+/* each_wanted's visitor at a reload: start what does not run yet. */
+static void add_late(void *ud, const char *kind, const char *name)
+{
+    added *a = ud;
+    if (strcmp(kind, "commands") != 0)
+        a->used |= start_added(a->rs, a->cfg, a->nh, a->lag, kind, name);
+    else if (!find_pipeline(a->rs, "commands", NULL))
+        evl_log(EVL_LOG_WARN,
+                "the reloaded scripts have aggregates but this process "
+                "started without a command processor: restart evlua to "
+                "start it",
+                NULL);
+}
+
 /* After a SIGHUP: start the pipelines the reloaded scripts add. The
  * running pipelines speak for the reload (the first to switch to the new
  * set logs the summary line, so it means commands are now decided by the
@@ -260,30 +310,9 @@ static void start_reloaded(run_set *rs, const evl_config *cfg,
     if ((live ? evl_luahost_again(from, &nh, NULL, err, sizeof err)
               : evl_luahost_reload(from, &nh, NULL, err, sizeof err)) != EVL_OK)
         return;
-    int used = 0;
-    if (cfg->proj.enabled && cfg->pg_conninfo)
-        for (size_t i = 0; i < evl_luahost_nprojections(nh); i++)
-            used |= start_added(rs, cfg, nh, lag, "projection",
-                                evl_luahost_projection_at(nh, i)->name);
-    for (size_t i = 0; cfg->react.enabled && i < evl_luahost_naggregates(nh);
-         i++) {
-        const char *type = evl_luahost_aggregate_at(nh, i)->type;
-        if (evl_reactor_reacts(nh, type))
-            used |= start_added(rs, cfg, nh, lag, "reactions", type);
-    }
-    if (cfg->proj.enabled && !cfg->pg_conninfo &&
-        evl_luahost_nprojections(nh) > 0)
-        evl_log(EVL_LOG_WARN,
-                "projections loaded but no database configured "
-                "(postgres / EVLUA_PG_CONNINFO): projectors not started",
-                NULL);
-    if (cfg->cmd.enabled && evl_luahost_naggregates(nh) > 0 &&
-        !find_pipeline(rs, "commands", NULL))
-        evl_log(EVL_LOG_WARN,
-                "the reloaded scripts have aggregates but this process "
-                "started without a command processor: restart evlua to "
-                "start it",
-                NULL);
+    added a = {rs, cfg, nh, lag, 0};
+    each_wanted(cfg, nh, add_late, &a);
+    int used = a.used;
     if (rs->latest && !rs->latest_kept)
         evl_luahost_free(rs->latest);
     rs->latest = nh;
@@ -335,6 +364,15 @@ static void supervise(run_set *rs, const evl_config *cfg,
         }
         usleep(20000);
     }
+}
+
+/* each_wanted's visitor at start. */
+static void add_start(void *ud, const char *kind, const char *name)
+{
+    added *a = ud;
+    add_pipeline(
+        a->rs,
+        (pipeline){.kind = kind, .name = name, .cfg = a->cfg, .proto = a->nh});
 }
 
 /* Start the metrics endpoint when configured, and publish evlua_build_info.
@@ -393,35 +431,8 @@ int evl_cli_run(int argc, char **argv)
     if ((rc = evl_cli_serve_metrics(&cfg, "run")) != EVL_EXIT_OK ||
         (rc = evl_cli_gateway_start(&cfg, proto, &gw)) != EVL_EXIT_OK)
         goto out;
-    size_t nproj = evl_luahost_nprojections(proto);
-    size_t nagg = evl_luahost_naggregates(proto);
-    if (cfg.cmd.enabled && nagg > 0)
-        add_pipeline(
-            &rs, (pipeline){.kind = "commands", .cfg = &cfg, .proto = proto});
-    if (cfg.proj.enabled && nproj > 0) {
-        if (!cfg.pg_conninfo) {
-            evl_log(EVL_LOG_WARN,
-                    "projections loaded but no database configured "
-                    "(postgres / EVLUA_PG_CONNINFO): projectors not started",
-                    NULL);
-        } else {
-            for (size_t i = 0; i < nproj; i++)
-                add_pipeline(
-                    &rs, (pipeline){
-                             .kind = "projection",
-                             .name = evl_luahost_projection_at(proto, i)->name,
-                             .cfg = &cfg,
-                             .proto = proto});
-        }
-    }
-    for (size_t i = 0; cfg.react.enabled && i < nagg; i++) {
-        const char *type = evl_luahost_aggregate_at(proto, i)->type;
-        if (evl_reactor_reacts(proto, type))
-            add_pipeline(&rs, (pipeline){.kind = "reactions",
-                                         .name = type,
-                                         .cfg = &cfg,
-                                         .proto = proto});
-    }
+    added a = {&rs, &cfg, proto, NULL, 0};
+    each_wanted(&cfg, proto, add_start, &a);
     if (rs.n == 0) {
         fprintf(stderr, "evlua run: nothing to run: no aggregates with "
                         "commands.enabled, no projections with a database "

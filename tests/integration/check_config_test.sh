@@ -6,7 +6,8 @@
 # gateway token's aggregates entry naming no loaded aggregate type are
 # errors of check (exit 1) and warnings of run, with the same text, since
 # run must not refuse a set from which a script was removed on purpose.
-# No broker, no database: check connects to neither.
+# run names projections left without a database and refuses a set that
+# leaves nothing to run. No broker, no database: neither is asked.
 set -uo pipefail
 evlua=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -73,4 +74,16 @@ kill -0 "$pid" 2>/dev/null || { wait "$pid"; fail "run refused to start (exit $?
 { kill -KILL "$pid"; wait "$pid"; } 2>/dev/null # a clean stop waits for the broker
 has "level=warn msg=\"$dir/evlua.lua: projection.each.todoz: no projection of that name is loaded (loaded: balances,"
 has "level=warn msg=\"$dir/evlua.lua: gateway.tokens[1] (web): aggregates names 'todoz': no aggregate type of that name is loaded"
+# run decides what to start from the scripts and the config: projections
+# without a database are named, and a set that leaves nothing to run is a
+# usage error (exit 2) before any broker is asked
+mkdir -p "$dir/ponly/aggregates" "$dir/ponly/projections"
+cp "$src/projections/customer_profile.lua" "$dir/ponly/projections/"
+printf 'return { aggregates = "%s", projections = "%s" }\n' \
+    "$dir/ponly/aggregates" "$dir/ponly/projections" > "$dir/ponly/evlua.lua"
+env -u EVLUA_PG_CONNINFO "$evlua" run -c "$dir/ponly/evlua.lua" > "$out" 2>&1
+rc=$?
+[ "$rc" -eq 2 ] || fail "projections without a database, nothing else: exit 2 (got $rc)"
+has "projections loaded but no database configured"
+has "nothing to run"
 echo "ok: check_config"
