@@ -80,19 +80,24 @@ agtype *cmd_type_by_state(cmdproc *cp, const char *topic)
     return NULL;
 }
 
-/* Partition count of topic, retrying while the cluster does not answer. */
+/* Partition count of topic, retrying while the cluster does not answer:
+ * a second at a time, so a stop is seen soon; logged every 10 s. */
 static evl_err partitions_of(cmdproc *cp, const char *topic, int *count,
                              char *err, size_t errlen)
 {
     long long deadline = evl_now_ms() + STARTUP_TIMEOUT_MS;
+    long long warn_at = evl_now_ms() + 10000;
     for (;;) {
-        evl_err e = evl_kafka_partitions(cp->txn[0].rk, topic, 10000, count,
-                                         err, errlen);
+        evl_err e = evl_kafka_partitions(cp->txn[0].rk, topic, 1000, count, err,
+                                         errlen);
         if (e != EVL_ETRANSIENT || evl_now_ms() > deadline ||
             evl_lifecycle_stopping())
             return e;
-        evl_log(EVL_LOG_WARN, "waiting for the Kafka cluster", "error", err,
-                NULL);
+        if (evl_now_ms() > warn_at) {
+            evl_log(EVL_LOG_WARN, "waiting for the Kafka cluster", "error", err,
+                    NULL);
+            warn_at = evl_now_ms() + 10000;
+        }
     }
 }
 

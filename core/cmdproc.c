@@ -570,8 +570,9 @@ static int open_rest(cmdproc *cp)
         return rc;
     }
     if ((e = cmd_ensure_all(cp, cp->types, cp->ntypes, err, sizeof err))) {
-        evl_log(EVL_LOG_ERROR, "command processor: topics not usable", "error",
-                err, NULL);
+        if (e != EVL_ETRANSIENT || !evl_lifecycle_stopping())
+            evl_log(EVL_LOG_ERROR, "command processor: topics not usable",
+                    "error", err, NULL);
         return e == EVL_EPERMANENT ? EXIT_CONFIG : EXIT_RUNTIME;
     }
     if ((rc = init_transactions(cp)) != EXIT_OK)
@@ -663,6 +664,13 @@ int evl_cmdproc_run(const evl_config *cfg, const evl_luahost *proto)
     evl_metrics_scripts("commands", NULL, NULL, evl_luahost_hash(cp.host));
     if ((rc = open_rest(&cp)) == EXIT_OK)
         rc = loop(&cp);
+    else if (rc == EXIT_RUNTIME && evl_lifecycle_stopping() && !cp.fatal) {
+        /* asked to stop while starting (a broker out of reach): nothing
+         * was processed, nothing is lost */
+        evl_log(EVL_LOG_INFO, "command processor stopped before it was ready",
+                NULL);
+        rc = EXIT_OK;
+    }
     close_all(&cp);
     evl_pipeline_close(&cp.pl,
                        rc == EXIT_OK ? EVL_PIPELINE_DONE : EVL_PIPELINE_FAILED);

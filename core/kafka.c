@@ -1,12 +1,14 @@
 /* kafka.c - librdkafka configuration, error classes and topics (kafka.h). */
 #include "kafka.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 
 evl_err evl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
                            const char *value, char *err, size_t errlen)
@@ -51,11 +53,68 @@ int evl_kafka_log_fenced(const rd_kafka_t *rk, const char *fac, const char *buf)
     return 1;
 }
 
+/* A broker connection that failed ("FAIL"): every client of the process
+ * (a dozen in `evlua run`) reports the same broker down, each every
+ * second or so. The first line of a text is logged, the same text from
+ * any client again only after FAIL_QUIET_MS, with how many were left out;
+ * and the readiness of what is still starting names it. Returns 1 when
+ * the line is to be left out. */
+#define FAIL_QUIET_MS 30000
+#define FAIL_TEXTS    16
+static pthread_mutex_t fail_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char text[256];
+    long long last_ms;
+    unsigned left_out;
+} fails[FAIL_TEXTS];
+
+static int fail_quiet(const char *kind, const char *buf, unsigned *left_out)
+{
+    /* "[thrd:HOST:PORT/ID]: HOST:PORT/ID: Connect to ... failed: Connection
+     * refused (after 0ms in state CONNECT, 1 identical error(s) ...)" */
+    const char *p = strstr(buf, "]: ");
+    p = p ? p + 3 : buf;
+    const char *end = strstr(p, " (after ");
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    char text[256], hint[300];
+    snprintf(text, sizeof text, "%s %.*s", kind, (int)n, p);
+    snprintf(hint, sizeof hint, "cannot reach Kafka: %.*s", (int)n, p);
+    if (strcmp(kind, "FAIL") == 0)
+        evl_metrics_ready_hint(hint);
+    long long now = evl_now_ms();
+    int quiet = 0, slot = 0;
+    pthread_mutex_lock(&fail_mu);
+    for (int i = 0; i < FAIL_TEXTS; i++) {
+        if (strcmp(fails[i].text, text) == 0) {
+            slot = i;
+            break;
+        }
+        if (fails[i].last_ms < fails[slot].last_ms)
+            slot = i; /* the oldest, if the text is new */
+    }
+    if (strcmp(fails[slot].text, text) == 0 &&
+        now - fails[slot].last_ms < FAIL_QUIET_MS) {
+        fails[slot].left_out++;
+        quiet = 1;
+    } else {
+        *left_out =
+            strcmp(fails[slot].text, text) == 0 ? fails[slot].left_out : 0;
+        snprintf(fails[slot].text, sizeof fails[slot].text, "%s", text);
+        fails[slot].last_ms = now;
+        fails[slot].left_out = 0;
+    }
+    pthread_mutex_unlock(&fail_mu);
+    return quiet;
+}
+
 /* librdkafka's syslog levels -> ours. Its notices (reconnects, group
  * changes) are worth seeing at info. */
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf)
 {
+    unsigned left_out = 0;
+    if (strcmp(fac, "FAIL") == 0 && fail_quiet(fac, buf, &left_out))
+        return;
     evl_log_level lvl = level <= 3   ? EVL_LOG_ERROR
                         : level == 4 ? EVL_LOG_WARN
                         : level <= 6 ? EVL_LOG_INFO
@@ -64,8 +123,10 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
      * producer (and back) are expected, not worth a warning. */
     if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "will be ignored"))
         lvl = EVL_LOG_DEBUG;
+    char n[16];
+    snprintf(n, sizeof n, "%u", left_out);
     evl_log(evl_log_lib(lvl), buf, "client", rd_kafka_name(rk), "facility", fac,
-            NULL);
+            left_out ? "left_out" : NULL, n, NULL);
     evl_kafka_log_fenced(rk, fac, buf);
 }
 
@@ -85,11 +146,20 @@ static void error_cb(rd_kafka_t *rk, int code, const char *reason, void *opaque)
         return;
     }
     /* non-fatal: librdkafka retries by itself (a one-shot command reports
-     * what it could not do in its own words) */
+     * what it could not do in its own words); a broker out of reach is
+     * reported by every client, logged as fail_quiet says */
+    unsigned left_out = 0;
+    const char *name = rd_kafka_err2name((rd_kafka_resp_err_t)code);
+    if ((code == RD_KAFKA_RESP_ERR__TRANSPORT ||
+         code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+         code == RD_KAFKA_RESP_ERR__RESOLVE) &&
+        fail_quiet(name, reason, &left_out))
+        return;
+    char n[16];
+    snprintf(n, sizeof n, "%u", left_out);
     evl_log(evl_log_lib(EVL_LOG_WARN), "kafka client error", "client",
-            rd_kafka_name(rk), "error",
-            rd_kafka_err2name((rd_kafka_resp_err_t)code), "reason", reason,
-            NULL);
+            rd_kafka_name(rk), "error", name, "reason", reason,
+            left_out ? "left_out" : NULL, n, NULL);
 }
 
 static evl_err set_pairs(rd_kafka_conf_t *conf, const char *const *kv,

@@ -9,7 +9,10 @@
  *     guarantees rest on (isolation.level, transactional.id, ...), which
  *     win over the table (a conflicting value is logged and overridden),
  *     and defaults the table may change. librdkafka's log lines and
- *     client errors go through log.h.
+ *     client errors go through log.h; a failed broker connection is
+ *     logged once per text for every client of the process within 30 s
+ *     (with how many were left out) and named by the readiness of what
+ *     is still starting (metrics.h, evl_metrics_ready_hint).
  *   - Errors: rd_kafka_error_t is classified by its flags, in the order
  *     DESIGN.md fixes (fatal, then txn_requires_abort, then retriable):
  *       fatal              -> EVL_EFATAL      (fenced: log and exit)

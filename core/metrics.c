@@ -45,6 +45,8 @@ typedef struct ready_entry {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static evl_metric *metrics, *metrics_tail;
 static ready_entry *readies;
+static char ready_hint[400]; /* mu; "" none */
+static long long ready_hint_ms;
 
 /*
  * The HTTP endpoint runs libmicrohttpd in "external polling" mode on a
@@ -311,6 +313,14 @@ void evl_metrics_ready(const char *component, int ready, const char *reason)
     pthread_mutex_unlock(&mu);
 }
 
+void evl_metrics_ready_hint(const char *why)
+{
+    pthread_mutex_lock(&mu);
+    snprintf(ready_hint, sizeof ready_hint, "%s", why ? why : "");
+    ready_hint_ms = evl_now_ms();
+    pthread_mutex_unlock(&mu);
+}
+
 static void json_str(char *buf, size_t n, size_t *o, const char *s)
 {
     if (*o + 1 < n)
@@ -341,11 +351,19 @@ int evl_metrics_readiness(char *buf, size_t n)
             all = 0;
     o += (size_t)snprintf(buf, n, "{\"ready\":%s,\"components\":{",
                           all ? "true" : "false");
+    int hint =
+        ready_hint[0] && evl_now_ms() - ready_hint_ms < EVL_METRICS_HINT_MS;
     for (ready_entry *r = readies; r && o + 64 < n; r = r->next) {
         json_str(buf, n, &o, r->component);
         o += (size_t)snprintf(buf + o, n - o, ":{\"ready\":%s,\"reason\":",
                               r->ready ? "true" : "false");
-        json_str(buf, n, &o, r->reason);
+        if (hint && !r->ready && strcmp(r->reason, "starting") == 0) {
+            char why[512];
+            snprintf(why, sizeof why, "starting: %s", ready_hint);
+            json_str(buf, n, &o, why);
+        } else {
+            json_str(buf, n, &o, r->reason);
+        }
         o += (size_t)snprintf(buf + o, n - o, "}%s", r->next ? "," : "");
     }
     if (o + 3 < n) {

@@ -58,6 +58,13 @@ char *evl_metrics_render(void);
  * ready makes /readyz answer 503 with its reason. */
 void evl_metrics_ready(const char *component, int ready, const char *reason);
 
+/* Why the components still starting may wait (the brokers cannot be
+ * reached: kafka.c reports each failed connection): a not-ready
+ * component whose reason is "starting" shows "starting: WHY" while the
+ * last report is less than EVL_METRICS_HINT_MS old. */
+#define EVL_METRICS_HINT_MS 30000
+void evl_metrics_ready_hint(const char *why);
+
 /* Render the readiness JSON into buf; returns 1 when everything is ready. */
 int evl_metrics_readiness(char *buf, size_t n);
 

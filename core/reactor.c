@@ -671,6 +671,12 @@ int evl_reactor_run(const evl_config *cfg, const evl_luahost *proto,
                     "instance with the same commands.transactional_id?)",
                     "reaction", type, NULL);
         log_counts(&r);
+    } else if (rc == RX_RUNTIME && evl_lifecycle_stopping() && !r.fatal) {
+        /* asked to stop while starting (a broker out of reach): nothing
+         * was processed, nothing is lost */
+        evl_log(EVL_LOG_INFO, "reactor stopped before it was ready", "reaction",
+                type, NULL);
+        rc = RX_OK;
     }
     close_all(&r);
     evl_pipeline_close(&r.pl,

@@ -86,21 +86,30 @@ evl_err evl_txn_open(evl_txn *t, const evl_config *cfg,
 
 evl_err evl_txn_init(evl_txn *t, long long deadline_ms)
 {
+    /* a call that times out is resumed by the next one (librdkafka keeps
+     * the operation), so short calls lose nothing and see a stop soon */
+    long long warn_at = now_ms() + 30000;
     for (;;) {
         char err[EVL_ERRLEN];
         evl_err e =
-            evl_kafka_error(rd_kafka_init_transactions(t->rk, 30000),
+            evl_kafka_error(rd_kafka_init_transactions(t->rk, 1000),
                             "rd_kafka_init_transactions", err, sizeof err);
         if (e == EVL_OK)
             return EVL_OK;
-        if (e == EVL_EFATAL || now_ms() > deadline_ms ||
-            evl_lifecycle_stopping()) {
+        if (evl_lifecycle_stopping() && e != EVL_EFATAL)
+            return EVL_ETRANSIENT;
+        if (e == EVL_EFATAL || now_ms() > deadline_ms) {
             evl_log(EVL_LOG_ERROR, "cannot start the transactional producer",
                     "error", err, NULL);
             return e;
         }
-        evl_log(EVL_LOG_WARN, "retrying init_transactions", "error", err, NULL);
-        sleep_ms(500);
+        if (e != EVL_ETRANSIENT || now_ms() > warn_at) {
+            evl_log(EVL_LOG_WARN, "retrying init_transactions", "error", err,
+                    NULL);
+            warn_at = now_ms() + 30000;
+        }
+        if (e != EVL_ETRANSIENT)
+            sleep_ms(500);
     }
 }
 

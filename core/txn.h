@@ -62,8 +62,11 @@ typedef struct evl_txn {
 evl_err evl_txn_open(evl_txn *t, const evl_config *cfg,
                      const evl_kafka_client_opts *o, char *err, size_t errlen);
 
-/* init_transactions, retried until deadline (monotonic ms) or a stop.
- * Returns EVL_OK, or the class of the last error (logged). */
+/* init_transactions, retried until deadline (monotonic ms) or a stop
+ * (asked for a second at a time, so a stop is seen within about one).
+ * Returns EVL_OK; EVL_ETRANSIENT, unlogged, when a stop came first
+ * (evl_lifecycle_stopping: the caller stops as asked); or the class of
+ * the last error (logged). */
 evl_err evl_txn_init(evl_txn *t, long long deadline_ms);
 
 /* Destroy t's producer (NULL is fine) and forget its transaction. */
