@@ -253,6 +253,18 @@ static int switch_types(cmdproc *cp, agtype *ts, size_t nts)
         drop_types(cp, ts, nts);
         return -1;
     }
+    for (size_t i = 0; i < cp->ntypes; i++) {
+        size_t k = 0;
+        while (k < nts && strcmp(ts[k].type, cp->types[i].type) != 0)
+            k++;
+        if (k == nts) /* its commands would wait without a word */
+            evl_log(EVL_LOG_WARN,
+                    "an aggregate type is gone from the scripts: its commands "
+                    "topic is no longer read; commands sent to it wait there "
+                    "until a script of that type is loaded again",
+                    "type", cp->types[i].type, "topic", cp->types[i].commands,
+                    NULL);
+    }
     cmd_types_free(cp);
     cp->types = ts, cp->ntypes = nts;
     if (cmd_subscribe(cp, err, sizeof err) != EVL_OK) {

@@ -121,6 +121,23 @@ int main(void)
         CHECK_STR(r ? th_str(r, "status") : NULL, "accepted",
                   "the new type's command is accepted");
         th_recs_free(&res);
+
+        /* a type removed by a reload: its commands would wait unread, so
+         * the processor says so */
+        char probe_file[1024];
+        snprintf(probe_file, sizeof probe_file, "%s/aggregates/probe.lua",
+                 t.dir);
+        unlink(probe_file);
+        kill(pid, SIGHUP);
+        for (int i = 0;
+             i < 200 && !ct_log_has(&t, "a3.log", "is gone from the scripts");
+             i++)
+            th_sleep_ms(50);
+        CHECK(ct_log_has(&t, "a3.log",
+                         "an aggregate type is gone from the scripts"),
+              "a type a reload removes: the processor warns its commands "
+              "wait unread");
+        CHECK(ct_log_has(&t, "a3.log", "type=probe"), "naming the type");
     }
 
     ct_read_all(&t, events, "read_committed", &evs);
