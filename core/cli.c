@@ -13,6 +13,25 @@
 #include "log.h"
 #include "pg.h"
 
+void evl_cli_usage_error(const char *usage)
+{
+    const char *end = strstr(usage, "\n\n");
+    size_t n = end ? (size_t)(end - usage) + 1 : strlen(usage);
+    fwrite(usage, 1, n, stderr);
+    /* "usage: evlua SUB ..." names the subcommand */
+    const char *sub = strstr(usage, "evlua ");
+    int len = 0;
+    if (sub) {
+        sub += 6;
+        while (sub[len] && sub[len] != ' ' && sub[len] != '\n')
+            len++;
+    }
+    if (len > 0 && sub[0] != '[' && sub[0] != '-')
+        fprintf(stderr, "(the whole text: evlua %.*s --help)\n", len, sub);
+    else
+        fprintf(stderr, "(the whole text: evlua --help)\n");
+}
+
 int evl_cli_script_opts(int argc, char **argv, const char *name,
                         const char *usage, const char **config,
                         const char **scripts)
@@ -29,12 +48,13 @@ int evl_cli_script_opts(int argc, char **argv, const char *name,
         case 'c': *config = optarg; break;
         case 's': *scripts = optarg; break;
         case 'h': fputs(usage, stdout); return EVL_EXIT_OK;
-        default: fputs(usage, stderr); return EVL_EXIT_USAGE;
+        default: evl_cli_usage_error(usage); return EVL_EXIT_USAGE;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "evlua %s: unexpected argument '%s'\n%s", name,
-                argv[optind], usage);
+        fprintf(stderr, "evlua %s: unexpected argument '%s'\n", name,
+                argv[optind]);
+        evl_cli_usage_error(usage);
         return EVL_EXIT_USAGE;
     }
     return -1;

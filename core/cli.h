@@ -55,6 +55,12 @@ size_t evl_cli_config_unloaded(const evl_config *cfg, const evl_luahost *host,
 void evl_cli_warn_unloaded(const evl_config *cfg, const evl_luahost *host,
                            int what);
 
+/* After a usage error's own line: the synopsis of usage (its text up to
+ * the first blank line) and where the whole text is ("evlua SUB --help"),
+ * to stderr; a mistyped option does not scroll the mistake away under
+ * the whole help. */
+void evl_cli_usage_error(const char *usage);
+
 /* Parse the options run, check and repl share: -c/--config FILE,
  * --scripts DIR, -h/--help, and no operands. Returns -1 to go on (with
  * *config and *scripts set, NULL when absent), or the exit code to return

@@ -132,12 +132,13 @@ static int parse(int argc, char **argv, const char *usage, args *a)
             }
             break;
         case 'h': fputs(usage, stdout); return -1;
-        default: fputs(usage, stderr); return EVL_EXIT_USAGE;
+        default: evl_cli_usage_error(usage); return EVL_EXIT_USAGE;
         }
     }
     for (int i = optind; i < argc; i++) {
         if (a->npos == 4) {
-            fprintf(stderr, "evlua %s: too many arguments\n%s", argv[0], usage);
+            fprintf(stderr, "evlua %s: too many arguments\n", argv[0]);
+            evl_cli_usage_error(usage);
             return EVL_EXIT_USAGE;
         }
         a->pos[a->npos++] = argv[i];
@@ -358,12 +359,12 @@ static int parked_reactions(const args *a)
     int list = strcmp(sub, "list") == 0;
     int req = strcmp(sub, "retry") == 0 || strcmp(sub, "drop") == 0;
     if ((!list && !req) || (list && a->npos > 2) || (req && a->npos != 4)) {
-        fprintf(stderr, "evlua parked: %s\n%s",
+        fprintf(stderr, "evlua parked: %s\n",
                 !list && !req ? "expected list, retry or drop"
                 : list        ? "list --reactions takes at most a TYPE"
                               : "retry|drop --reactions takes TYPE "
-                                "SOURCE_TYPE SOURCE_ID",
-                parked_usage);
+                                "SOURCE_TYPE SOURCE_ID");
+        evl_cli_usage_error(parked_usage);
         return EVL_EXIT_USAGE;
     }
     if ((rc = evl_cli_load_config(a->config, &cfg)) != 0)
@@ -388,10 +389,10 @@ int evl_cli_parked(int argc, char **argv)
                : strcmp(sub, "drop") == 0  ? 3
                                            : 0;
     if (want == 0 || (want < 0 && a.npos > 2) || (want > 0 && a.npos != want)) {
-        fprintf(stderr, "evlua parked: %s\n%s",
+        fprintf(stderr, "evlua parked: %s\n",
                 want == 0 ? "expected list, retry or drop"
-                          : "wrong number of arguments",
-                parked_usage);
+                          : "wrong number of arguments");
+        evl_cli_usage_error(parked_usage);
         return EVL_EXIT_USAGE;
     }
     if ((rc = evl_cli_load_config(a.config, &cfg)) != 0)
@@ -434,10 +435,9 @@ int evl_cli_projection(int argc, char **argv)
     if (rc)
         return rc < 0 ? EVL_EXIT_OK : rc;
     if (a.npos != 2 || strcmp(a.pos[0], "reset") != 0) {
-        fprintf(stderr,
-                "evlua projection: expected reset NAME, rebuild NAME "
-                "--shadow, diff NAME or swap NAME\n%s",
-                projection_usage);
+        fprintf(stderr, "evlua projection: expected reset NAME, rebuild NAME "
+                        "--shadow, diff NAME or swap NAME\n");
+        evl_cli_usage_error(projection_usage);
         return EVL_EXIT_USAGE;
     }
     const char *name = a.pos[1];

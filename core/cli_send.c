@@ -340,11 +340,13 @@ int evl_cli_send(int argc, char **argv)
         case O_USER: o.user = optarg; break;
         case O_CORRELATION: o.correlation = optarg; break;
         case 'h': fputs(send_usage, stdout); return EVL_EXIT_OK;
-        default: fputs(send_usage, stderr); return EVL_EXIT_USAGE;
+        default: evl_cli_usage_error(send_usage); return EVL_EXIT_USAGE;
         }
     }
     if (argc - optind < 3 || argc - optind > 4) {
-        fputs(send_usage, stderr);
+        fprintf(stderr, "evlua send: %s arguments\n",
+                argc - optind < 3 ? "too few" : "too many");
+        evl_cli_usage_error(send_usage);
         return EVL_EXIT_USAGE;
     }
     const char *data = argc - optind == 4 ? argv[optind + 3] : "{}";

@@ -260,11 +260,10 @@ static int rebuild(const args *a, evl_config *cfg, evl_luahost *host,
     evl_lag *lag = NULL;
     int rc;
     if (!a->shadow) {
-        fprintf(stderr,
-                "evlua projection rebuild: add --shadow to build "
-                "beside the live projection (`evlua projection "
-                "reset NAME` rebuilds it in place)\n%s",
-                rebuild_usage);
+        fprintf(stderr, "evlua projection rebuild: add --shadow to build "
+                        "beside the live projection (`evlua projection "
+                        "reset NAME` rebuilds it in place)\n");
+        evl_cli_usage_error(rebuild_usage);
         return EVL_EXIT_USAGE;
     }
     if ((rc = evl_cli_connect_db(cfg, &lock)) != 0)

@@ -200,8 +200,8 @@ int evl_cli_test(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "--paths") == 0) {
         if (argc > 2) {
-            fprintf(stderr, "evlua test: --paths takes no arguments\n%s",
-                    test_usage);
+            fprintf(stderr, "evlua test: --paths takes no arguments\n");
+            evl_cli_usage_error(test_usage);
             return EVL_EXIT_USAGE;
         }
         paths = 1;

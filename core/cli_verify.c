@@ -263,19 +263,19 @@ int evl_cli_verify(int argc, char **argv)
             break;
         case 'j': json = 1; break;
         case 'h': fputs(verify_usage, stdout); return EVL_EXIT_OK;
-        default: fputs(verify_usage, stderr); return EVL_EXIT_USAGE;
+        default: evl_cli_usage_error(verify_usage); return EVL_EXIT_USAGE;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "evlua verify: unexpected argument '%s'\n%s",
-                argv[optind], verify_usage);
+        fprintf(stderr, "evlua verify: unexpected argument '%s'\n",
+                argv[optind]);
+        evl_cli_usage_error(verify_usage);
         return EVL_EXIT_USAGE;
     }
     if (!scripts) {
-        fprintf(stderr,
-                "evlua verify: --scripts NEWDIR is required (the new "
-                "scripts to check)\n%s",
-                verify_usage);
+        fprintf(stderr, "evlua verify: --scripts NEWDIR is required (the new "
+                        "scripts to check)\n");
+        evl_cli_usage_error(verify_usage);
         return EVL_EXIT_USAGE;
     }
     vo.show = (size_t)show;
